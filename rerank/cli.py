@@ -1,0 +1,199 @@
+"""The ``rerank`` command line: ``index``, ``retrieve`` and ``evaluate``."""
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+from rerank.errors import RerankError
+
+log = logging.getLogger("rerank")
+
+
+def _add_tokenizer_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("BM25 tokenizer")
+    g.add_argument("--language", choices=["en", "zh"], default="en",
+                   help="'zh' splits Chinese into character bigrams (or jieba words, see --chinese)")
+    g.add_argument("--chinese", choices=["bigram", "jieba"], default="bigram", help="Chinese segmentation (default: bigram)")
+    g.add_argument("--stopwords", default=None, help="stopword list: en, en_plus, zh or 'none' (default: en, or zh for --language zh)")
+    g.add_argument("--stemmer", default=None, help="Snowball stemmer (PyStemmer name) or 'none' (default: english; none for zh)")
+
+
+def _tokenizer(args):
+    from rerank.tokenize import Tokenizer
+
+    zh = args.language == "zh"
+    stop = args.stopwords or ("zh" if zh else "en")
+    stem = args.stemmer or ("none" if zh else "english")
+    return Tokenizer(language=args.language, chinese=args.chinese,
+                     stopwords=None if stop == "none" else stop, stemmer=None if stem == "none" else stem)
+
+
+def cmd_index(args) -> int:
+    """Build BM25 and/or dense indexes under ``<indexes-dir>/<name>/``."""
+    from rerank.data.detect import iter_collection
+    from rerank.retrieve import BM25Index, BM25Params, DenseIndex
+
+    kinds = args.kind or ["bm25"]
+    began = time.perf_counter()
+    passages = list(iter_collection(args.corpus, skip_bad=args.skip_bad))
+    log.info("read %d passages from %s in %.1fs", len(passages), args.corpus, time.perf_counter() - began)
+    root = Path(args.indexes_dir) / args.name
+    for kind in kinds:
+        began = time.perf_counter()
+        if kind == "bm25":
+            params = BM25Params(k1=args.k1, b=args.b, method=args.method, idf=args.idf)
+            index = BM25Index.build(passages, tokenizer=_tokenizer(args), params=params, backend=args.backend)
+            folder = index.save(root / "bm25")
+        else:
+            index = DenseIndex.build(passages, args.model, factory=args.factory, batch_size=args.batch_size)
+            folder = index.save(root / "dense")
+        print(f"{kind}: {index!r} -> {folder} ({time.perf_counter() - began:.1f}s)")
+    return 0
+
+
+def cmd_retrieve(args) -> int:
+    """Search one index, or fuse several, and write a TREC run."""
+    from rerank.data import write_run
+    from rerank.data.detect import read_queries
+    from rerank.fusion import fuse
+    from rerank.retrieve import load_index
+
+    queries = read_queries(args.queries, args.split, skip_bad=args.skip_bad)
+    if not queries:
+        raise RerankError(f"no queries in {args.queries} (split {args.split!r})")
+    results = []
+    for folder in args.index:
+        index = load_index(folder)
+        began = time.perf_counter()
+        results.append(index.search(queries, k=args.k))
+        log.info("%s: %d queries in %.2fs", folder, len(queries), time.perf_counter() - began)
+    if len(results) > 1:
+        results = [[c.top(args.k) for c in fuse(*results, method=args.fusion)]]
+    empty = sum(1 for c in results[0] if not len(c))
+    if empty:
+        log.warning("%d queries matched no passage", empty)
+    write_run(results[0], args.out, tag=args.tag)
+    print(f"wrote {sum(len(c) for c in results[0])} lines for {len(queries)} queries to {args.out}")
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    """Evaluate one or more TREC runs against qrels and print a table."""
+    from rerank.data import read_run
+    from rerank.data.detect import read_any_qrels
+    from rerank.evaluate import evaluate, parse_measures
+
+    parse_measures(args.measures)  # fail on a typo before reading anything
+    qrels = read_any_qrels(args.qrels, args.split, skip_bad=args.skip_bad)
+    rows = []
+    for path in args.run:
+        result = evaluate(read_run(path, skip_bad=args.skip_bad), qrels, args.measures,
+                          missing=args.missing, min_coverage=args.min_coverage)
+        rows.append((Path(path).name, result))
+    measures = list(rows[0][1].aggregate)
+    if args.format == "json":
+        print(json.dumps({name: {"aggregate": r.aggregate, "queries": r.judged_queries,
+                                 **({"per_query": r.per_query} if args.per_query else {})} for name, r in rows}, indent=2))
+        return 0
+    if args.format == "csv":
+        buffer = io.StringIO()
+        writer = csv.writer(buffer)
+        writer.writerow(["run", "query", *measures])
+        for name, r in rows:
+            writer.writerow([name, "all", *(f"{r.aggregate[m]:.4f}" for m in measures)])
+            for qid, values in (r.per_query.items() if args.per_query else []):
+                writer.writerow([name, qid, *(f"{values.get(m, 0.0):.4f}" for m in measures)])
+        print(buffer.getvalue(), end="")
+        return 0
+    print("| run | " + " | ".join(measures) + " | queries |")
+    print("|---|" + "---:|" * (len(measures) + 1))
+    for name, r in rows:
+        print(f"| {name} | " + " | ".join(f"{r.aggregate[m]:.4f}" for m in measures) + f" | {r.judged_queries} |")
+        if args.per_query:
+            for qid, values in r.per_query.items():
+                print(f"| {name}:{qid} | " + " | ".join(f"{values.get(m, 0.0):.4f}" for m in measures) + " | 1 |")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``rerank`` command."""
+    parser = argparse.ArgumentParser(prog="rerank", description="Neural passage re-ranking: index, retrieve, evaluate.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("index", help="build BM25 and/or dense indexes of a collection",
+                       description="Build indexes of a collection: a BEIR folder (or 'scifact', the bundled copy), "
+                                   "a corpus.jsonl[.gz], or a TSV collection (pid<TAB>text).")
+    p.add_argument("corpus", help="BEIR folder, bundled dataset name, corpus.jsonl[.gz] or TSV collection")
+    p.add_argument("--name", required=True, help="index name; files go to <indexes-dir>/<name>/<kind>/")
+    p.add_argument("--kind", action="append", choices=["bm25", "dense"], help="index kind; repeat for both (default: bm25)")
+    p.add_argument("--indexes-dir", default="indexes", help="where indexes live (default: indexes)")
+    p.add_argument("--skip-bad", action="store_true", help="skip malformed lines (their count is reported) instead of failing")
+    g = p.add_argument_group("BM25")
+    g.add_argument("--backend", choices=["bm25s", "rank-bm25"], default="bm25s", help="BM25 implementation (default: bm25s)")
+    g.add_argument("--k1", type=float, default=0.9, help="term-frequency saturation (default: 0.9, as Anserini)")
+    g.add_argument("--b", type=float, default=0.4, help="length normalization (default: 0.4, as Anserini)")
+    g.add_argument("--method", default="lucene", choices=["lucene", "robertson", "atire", "bm25l", "bm25+"],
+                   help="BM25 variant (default: lucene)")
+    g.add_argument("--idf", default=None, choices=["lucene", "robertson", "atire", "bm25l", "bm25+"],
+                   help="override the variant's IDF formula")
+    _add_tokenizer_options(p)
+    g = p.add_argument_group("dense")
+    g.add_argument("--model", default="minilm-l6", help="bi-encoder: short name, Hugging Face id or path (default: minilm-l6)")
+    g.add_argument("--factory", default="Flat", help="FAISS factory string: Flat, HNSW32, IVF256,PQ32... (default: Flat)")
+    g.add_argument("--batch-size", type=int, default=64, help="max texts per encoder batch (default: 64)")
+    p.set_defaults(func=cmd_index)
+
+    p = sub.add_parser("retrieve", help="search an index (or fuse several) and write a TREC run",
+                       description="Search indexes built by 'rerank index' and write a 6-column TREC run.")
+    p.add_argument("--index", action="append", required=True,
+                   help="index folder (e.g. indexes/scifact/bm25); repeat to fuse several")
+    p.add_argument("--queries", required=True, help="BEIR folder or name, queries.jsonl, TREC topics or TSV queries")
+    p.add_argument("--split", default="test", help="with a BEIR folder: queries judged in this qrels split (default: test)")
+    p.add_argument("-k", type=int, default=100, help="results per query (default: 100)")
+    p.add_argument("--fusion", default="rrf", choices=["rrf", "zscore", "minmax", "sum"],
+                   help="how to fuse several indexes (default: rrf)")
+    p.add_argument("--out", required=True, help="TREC run file to write (atomically)")
+    p.add_argument("--tag", default="rerank", help="run tag, the 6th column (default: rerank)")
+    p.add_argument("--skip-bad", action="store_true", help="skip malformed query lines instead of failing")
+    p.set_defaults(func=cmd_retrieve)
+
+    p = sub.add_parser("evaluate", help="score TREC runs against qrels with ir-measures",
+                       description="Evaluate runs with ir-measures; judged queries missing from a run count as 0 "
+                                   "unless --missing says otherwise.")
+    p.add_argument("--run", nargs="+", required=True, help="TREC run file(s)")
+    p.add_argument("--qrels", required=True, help="BEIR folder or name, BEIR qrels TSV, or TREC qrels")
+    p.add_argument("--split", default="test", help="with a BEIR folder: the qrels split (default: test)")
+    p.add_argument("-m", "--measures", nargs="+", default=["nDCG@10", "RR@10", "R@100", "AP"],
+                   help="ir-measures strings, e.g. nDCG@10 'RR(rel=2)@10' R@100 (default: nDCG@10 RR@10 R@100 AP)")
+    p.add_argument("--per-query", action="store_true", help="also print per-query scores")
+    p.add_argument("--missing", choices=["zero", "ignore", "error"], default="zero",
+                   help="judged queries without results: count as 0 (default), leave out, or fail")
+    p.add_argument("--min-coverage", type=float, default=0.5,
+                   help="fail if the run answers fewer than this share of judged queries (default: 0.5)")
+    p.add_argument("--format", choices=["table", "csv", "json"], default="table", help="output format (default: table)")
+    p.add_argument("--skip-bad", action="store_true", help="skip malformed lines instead of failing")
+    p.set_defaults(func=cmd_evaluate)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``rerank`` console script."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    try:
+        return args.func(args)
+    except (RerankError, ValueError, KeyError) as exc:
+        print(f"rerank {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

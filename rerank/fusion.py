@@ -1,0 +1,90 @@
+"""Rank fusion of result lists: reciprocal rank fusion and normalized score combination."""
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+from rerank.types import Candidates, Passage, StageCost, sort_candidates
+
+NORMALIZATIONS = ("minmax", "zscore", "none")
+
+
+def _normalize(scores: list[float], how: str) -> list[float]:
+    if how == "none" or not scores:
+        return list(scores)
+    if how == "minmax":
+        low, high = min(scores), max(scores)
+        return [1.0 if high == low else (s - low) / (high - low) for s in scores]
+    mean = sum(scores) / len(scores)
+    std = math.sqrt(sum((s - mean) ** 2 for s in scores) / len(scores))
+    return [0.0 if std == 0 else (s - mean) / std for s in scores]
+
+
+def _check_aligned(runs: Sequence[Sequence[Candidates]]) -> None:
+    if len(runs) < 2:
+        raise ValueError("fusion needs at least two result lists")
+    first = [c.query.id for c in runs[0]]
+    for other in runs[1:]:
+        if [c.query.id for c in other] != first:
+            raise ValueError("result lists to fuse must cover the same queries in the same order")
+
+
+def _fuse(runs: Sequence[Sequence[Candidates]], contribution, name: str) -> list[Candidates]:
+    """Sum per-list contributions; ``contribution(i, cands)`` gives ``({id: value}, value_if_absent)``."""
+    _check_aligned(runs)
+    out = []
+    for per_query in zip(*runs):
+        parts = [contribution(i, cands) for i, cands in enumerate(per_query)]
+        passages: dict[str, Passage] = {}
+        for cands in per_query:
+            for p in cands.passages:
+                passages.setdefault(p.id, p)
+        scores = [sum(values.get(d, absent) for values, absent in parts) for d in passages]
+        result = sort_candidates(per_query[0].query, list(passages.values()), scores)
+        result.trace = [cost for cands in per_query for cost in cands.trace] + [StageCost(name)]
+        out.append(result)
+    return out
+
+
+def _weights(weights: Sequence[float] | None, n: int) -> list[float]:
+    weights = list(weights or [1.0] * n)
+    if len(weights) != n:
+        raise ValueError(f"{len(weights)} weights for {n} result lists")
+    return weights
+
+
+def reciprocal_rank_fusion(*runs: Sequence[Candidates], k: int = 60, weights: Sequence[float] | None = None) -> list[Candidates]:
+    """RRF (Cormack et al. 2009): score = sum of ``weight / (k + rank)`` over the lists, ranks from 1."""
+    w = _weights(weights, len(runs))
+
+    def contribution(i: int, cands: Candidates) -> tuple[dict[str, float], float]:
+        return {p.id: w[i] / (k + rank) for rank, p in enumerate(cands.passages, start=1)}, 0.0
+
+    return _fuse(runs, contribution, f"rrf(k={k})")
+
+
+def score_fusion(*runs: Sequence[Candidates], normalization: str = "zscore",
+                 weights: Sequence[float] | None = None) -> list[Candidates]:
+    """Weighted sum of per-query normalized scores (CombSUM); a passage missing from a list gets
+    that list's lowest normalized score, so it is neither rewarded nor dropped."""
+    if normalization not in NORMALIZATIONS:
+        raise ValueError(f"normalization must be one of {NORMALIZATIONS}, got {normalization!r}")
+    w = _weights(weights, len(runs))
+
+    def contribution(i: int, cands: Candidates) -> tuple[dict[str, float], float]:
+        normalized = _normalize(list(cands.scores), normalization)
+        floor = w[i] * min(normalized) if normalized else 0.0
+        return {p.id: w[i] * s for p, s in zip(cands.passages, normalized)}, floor
+
+    return _fuse(runs, contribution, f"fusion({normalization})")
+
+
+def fuse(*runs: Sequence[Candidates], method: str = "rrf", **options) -> list[Candidates]:
+    """Fuse result lists by ``method``: ``rrf``, or ``zscore``/``minmax``/``sum`` score fusion."""
+    if method == "rrf":
+        return reciprocal_rank_fusion(*runs, **options)
+    if method in ("zscore", "minmax"):
+        return score_fusion(*runs, normalization=method, **options)
+    if method == "sum":
+        return score_fusion(*runs, normalization="none", **options)
+    raise ValueError(f"unknown fusion method {method!r}; choose rrf, zscore, minmax or sum")

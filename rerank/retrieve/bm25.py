@@ -1,0 +1,309 @@
+"""BM25 retrieval over one shared tokenizer, with bm25s (default) or rank-bm25 as the scorer.
+
+Both backends see identical tokens; they differ only in their scoring formulas. With the same
+IDF (``idf="lucene"``) their rankings agree; left to their defaults they differ in IDF
+(rank-bm25's Okapi variant floors negative IDFs at ``epsilon`` times the mean IDF, Lucene's
+``log(1 + (N - df + .5) / (df + .5))`` is always positive).
+"""
+from __future__ import annotations
+
+import gzip
+import json
+import math
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from rerank.atomic import atomic_directory
+from rerank.errors import BadIndexError, EmptyQueryError
+from rerank.retrieve.store import (
+    corpus_fingerprint, library_versions, read_manifest, read_passages, write_manifest, write_passages,
+)
+from rerank.tokenize import Tokenizer
+from rerank.types import Candidates, Passage, Query, StageCost
+
+KIND = "bm25"
+METHODS = ("lucene", "robertson", "atire", "bm25l", "bm25+")
+
+
+@dataclass(frozen=True)
+class BM25Params:
+    """BM25 settings. Defaults are Anserini's (k1=0.9, b=0.4) with Lucene's BM25 variant.
+
+    ``method`` picks the variant (``lucene``, ``robertson``, ``atire``, ``bm25l``, ``bm25+``);
+    ``idf`` overrides its IDF formula (same names), ``None`` keeps the variant's own.
+    """
+
+    k1: float = 0.9
+    b: float = 0.4
+    method: str = "lucene"
+    idf: str | None = None
+    delta: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"unknown BM25 method {self.method!r}; choose from {METHODS}")
+        if self.idf is not None and self.idf not in METHODS:
+            raise ValueError(f"unknown IDF {self.idf!r}; choose from {METHODS}")
+        if self.k1 < 0 or not 0 <= self.b <= 1:
+            raise ValueError(f"need k1 >= 0 and 0 <= b <= 1, got k1={self.k1}, b={self.b}")
+
+
+class _Backend(Protocol):
+    name: str
+
+    def top_k(self, query_tokens: list[list[str]], k: int) -> tuple[np.ndarray, np.ndarray]: ...
+
+    def scores(self, query_tokens: list[str]) -> np.ndarray: ...
+
+    def save(self, folder: Path) -> None: ...
+
+
+class _Bm25sBackend:
+    name = "bm25s"
+
+    def __init__(self, retriever) -> None:
+        self.retriever = retriever
+        self.vocab = retriever.vocab_dict
+
+    @classmethod
+    def build(cls, tokens: list[list[str]], params: BM25Params, progress: bool) -> "_Bm25sBackend":
+        import bm25s
+
+        retriever = bm25s.BM25(k1=params.k1, b=params.b, delta=params.delta, method=params.method,
+                               idf_method=params.idf)
+        vocab: dict[str, int] = {}
+        ids = [[vocab.setdefault(t, len(vocab)) for t in doc] for doc in tokens]
+        retriever.index(bm25s.tokenization.Tokenized(ids=ids, vocab=vocab), show_progress=progress)
+        return cls(retriever)
+
+    def _ids(self, query_tokens: list[str]) -> list[int]:
+        return [self.vocab[t] for t in query_tokens if t in self.vocab]
+
+    def top_k(self, query_tokens: list[list[str]], k: int) -> tuple[np.ndarray, np.ndarray]:
+        import bm25s
+
+        # Unknown terms are dropped here: they score 0 in BM25 and bm25s would reject them.
+        ids = [self._ids(q) for q in query_tokens]
+        docs, scores = self.retriever.retrieve(
+            bm25s.tokenization.Tokenized(ids=ids, vocab=self.vocab), k=k, show_progress=False,
+        )
+        return docs, scores
+
+    def scores(self, query_tokens: list[str]) -> np.ndarray:
+        return self.retriever.get_scores(self._ids(query_tokens))
+
+    def save(self, folder: Path) -> None:
+        self.retriever.save(folder / "bm25s", show_progress=False)
+
+    @classmethod
+    def load(cls, folder: Path, mmap: bool) -> "_Bm25sBackend":
+        import bm25s
+
+        retriever = bm25s.BM25.load(folder / "bm25s", mmap=mmap, show_progress=False)
+        return cls(retriever)
+
+
+def _rank_bm25_class(params: BM25Params):
+    import rank_bm25
+
+    base = {"lucene": rank_bm25.BM25Okapi, "robertson": rank_bm25.BM25Okapi, "atire": rank_bm25.BM25Okapi,
+            "bm25l": rank_bm25.BM25L, "bm25+": rank_bm25.BM25Plus}[params.method]
+    idf = params.idf or ("lucene" if params.method == "lucene" else None)
+    if idf is None:
+        return base, {}
+    formulas = {
+        "lucene": lambda n, df: math.log(1 + (n - df + 0.5) / (df + 0.5)),
+        "robertson": lambda n, df: math.log((n - df + 0.5) / (df + 0.5)),
+        "atire": lambda n, df: math.log(n / df),
+        "bm25l": lambda n, df: math.log((n + 1) / (df + 0.5)),
+        "bm25+": lambda n, df: math.log((n + 1) / df),
+    }
+    formula = formulas[idf]
+
+    class WithIdf(base):  # type: ignore[misc,valid-type]
+        def _calc_idf(self, nd):
+            self.idf = {word: formula(self.corpus_size, df) for word, df in nd.items()}
+
+    return WithIdf, {}
+
+
+class _RankBm25Backend:
+    name = "rank-bm25"
+
+    def __init__(self, model, tokens: list[list[str]]) -> None:
+        self.model = model
+        self.tokens = tokens
+
+    @classmethod
+    def build(cls, tokens: list[list[str]], params: BM25Params, progress: bool) -> "_RankBm25Backend":
+        klass, extra = _rank_bm25_class(params)
+        kwargs = {"k1": params.k1, "b": params.b, **extra}
+        if params.method in ("bm25l", "bm25+"):
+            kwargs["delta"] = params.delta
+        return cls(klass(tokens, **kwargs), tokens)
+
+    def scores(self, query_tokens: list[str]) -> np.ndarray:
+        return np.asarray(self.model.get_scores(query_tokens), dtype=np.float32)
+
+    def top_k(self, query_tokens: list[list[str]], k: int) -> tuple[np.ndarray, np.ndarray]:
+        all_docs, all_scores = [], []
+        for q in query_tokens:
+            scores = self.scores(q)
+            top = np.argpartition(-scores, k - 1)[:k] if k < len(scores) else np.arange(len(scores))
+            top = top[np.lexsort((top, -scores[top]))]
+            all_docs.append(top)
+            all_scores.append(scores[top])
+        return np.array(all_docs), np.array(all_scores)
+
+    def save(self, folder: Path) -> None:
+        # rank-bm25 has no file format (only pickle, which is unsafe to load); store the tokens.
+        with gzip.open(folder / "tokens.jsonl.gz", "wt", encoding="utf-8", compresslevel=1) as fh:
+            for doc in self.tokens:
+                fh.write(json.dumps(doc, ensure_ascii=False) + "\n")
+
+    @classmethod
+    def load_tokens(cls, folder: Path) -> list[list[str]]:
+        with gzip.open(folder / "tokens.jsonl.gz", "rt", encoding="utf-8") as fh:
+            return [json.loads(line) for line in fh]
+
+
+BACKENDS = {"bm25s": _Bm25sBackend, "rank-bm25": _RankBm25Backend}
+
+
+class BM25Index:
+    """A BM25 index over a passage collection: build, search, re-score, save and load.
+
+    >>> index = BM25Index.build(passages)                 # doctest: +SKIP
+    >>> results = index.search([Query("q1", "protein folding")], k=100)  # doctest: +SKIP
+    """
+
+    def __init__(self, passages: list[Passage], tokenizer: Tokenizer, params: BM25Params,
+                 backend: _Backend, fingerprint: str) -> None:
+        self.passages = passages
+        self.tokenizer = tokenizer
+        self.params = params
+        self.backend = backend
+        self.fingerprint = fingerprint
+        self._position = {p.id: i for i, p in enumerate(passages)}
+
+    def __repr__(self) -> str:
+        return (f"BM25Index({len(self.passages)} passages, backend={self.backend.name}, "
+                f"k1={self.params.k1}, b={self.params.b}, method={self.params.method})")
+
+    def __len__(self) -> int:
+        return len(self.passages)
+
+    @classmethod
+    def build(cls, passages: Iterable[Passage], *, tokenizer: Tokenizer | None = None,
+              params: BM25Params | None = None, backend: str = "bm25s", progress: bool = True) -> "BM25Index":
+        """Tokenize ``passages`` (title + text) and index them with ``backend``."""
+        if backend not in BACKENDS:
+            raise ValueError(f"unknown BM25 backend {backend!r}; choose from {sorted(BACKENDS)}")
+        passages = _unique_passages(passages)
+        tokenizer = tokenizer or Tokenizer()
+        params = params or BM25Params()
+        tokens = _tokenize(tokenizer, [p.full_text for p in passages], progress)
+        engine = BACKENDS[backend].build(tokens, params, progress)
+        return cls(passages, tokenizer, params, engine, corpus_fingerprint(passages))
+
+    def tokenize_queries(self, queries: Sequence[Query]) -> list[list[str]]:
+        """Tokenize query texts with the index's tokenizer; an empty query is an error."""
+        for q in queries:
+            if not q.text or not q.text.strip():
+                raise EmptyQueryError(f"query {q.id!r} has empty text")
+        return self.tokenizer([q.text for q in queries])
+
+    def search(self, queries: Sequence[Query], k: int = 100, *, batch_size: int = 1024,
+               progress: bool = False) -> list[Candidates]:
+        """The top ``k`` passages per query, best first.
+
+        Only passages that match at least one query term are returned, so a query made only of
+        stopwords or unknown words gets an empty candidate list (as in Lucene).
+        """
+        if k < 1:
+            raise ValueError(f"k must be >= 1, got {k}")
+        k = min(k, len(self.passages))
+        out: list[Candidates] = []
+        for start in tqdm(range(0, len(queries), batch_size), desc="BM25 search", unit="batch",
+                          disable=not progress or len(queries) <= batch_size):
+            chunk = list(queries[start:start + batch_size])
+            began = time.perf_counter()
+            tokens = self.tokenize_queries(chunk)
+            docs, scores = self.backend.top_k(tokens, k)
+            seconds = (time.perf_counter() - began) / max(len(chunk), 1)
+            for query, row_docs, row_scores in zip(chunk, docs, scores):
+                keep = row_scores > 0
+                cost = StageCost(f"bm25[{self.backend.name}]", seconds, passages_scored=len(self.passages))
+                out.append(Candidates(query, [self.passages[i] for i in row_docs[keep]],
+                                      [float(s) for s in row_scores[keep]], [cost]))
+        return out
+
+    def score(self, query: Query, doc_ids: Sequence[str]) -> list[float]:
+        """BM25 scores of the given passages for ``query`` (for re-scoring candidates)."""
+        missing = [d for d in doc_ids if d not in self._position]
+        if missing:
+            raise KeyError(f"{len(missing)} id(s) not in the index, e.g. {missing[:3]}")
+        scores = self.backend.scores(self.tokenize_queries([query])[0])
+        return [float(scores[self._position[d]]) for d in doc_ids]
+
+    def save(self, folder: str | Path) -> Path:
+        """Write the index atomically to ``folder`` (replacing any index there)."""
+        folder = Path(folder)
+        with atomic_directory(folder) as staging:
+            self.backend.save(staging)
+            write_passages(self.passages, staging)
+            write_manifest(staging, KIND, {
+                "backend": self.backend.name,
+                "n_passages": len(self.passages),
+                "corpus_fingerprint": self.fingerprint,
+                "tokenizer": self.tokenizer.to_dict(),
+                "params": asdict(self.params),
+                "libraries": library_versions("bm25s", "rank-bm25", "PyStemmer"),
+            })
+        return folder
+
+    @classmethod
+    def load(cls, folder: str | Path, *, verify: bool = True, mmap: bool = False) -> "BM25Index":
+        """Load an index written by :meth:`save`, checking its manifest and files first."""
+        folder = Path(folder)
+        manifest = read_manifest(folder, KIND, verify=verify)
+        try:
+            tokenizer = Tokenizer.from_dict(manifest["tokenizer"])
+            params = BM25Params(**manifest["params"])
+            passages = read_passages(folder)
+            if manifest["backend"] == "bm25s":
+                engine = _Bm25sBackend.load(folder, mmap=mmap)
+            else:
+                engine = _RankBm25Backend.build(_RankBm25Backend.load_tokens(folder), params, False)
+        except (KeyError, ValueError, OSError) as exc:
+            raise BadIndexError(f"{folder}: index files are inconsistent ({exc!r}); rebuild it") from None
+        if len(passages) != manifest["n_passages"]:
+            raise BadIndexError(f"{folder}: {len(passages)} passages stored, manifest says {manifest['n_passages']}")
+        return cls(passages, tokenizer, params, engine, manifest["corpus_fingerprint"])
+
+
+def _unique_passages(passages: Iterable[Passage]) -> list[Passage]:
+    out, seen = [], set()
+    for p in passages:
+        if p.id in seen:
+            raise ValueError(f"duplicate passage id {p.id!r}")
+        seen.add(p.id)
+        out.append(p)
+    if not out:
+        raise ValueError("cannot index an empty collection")
+    return out
+
+
+def _tokenize(tokenizer: Tokenizer, texts: list[str], progress: bool, chunk: int = 2048) -> list[list[str]]:
+    tokens: list[list[str]] = []
+    with tqdm(total=len(texts), desc="Tokenizing", unit="doc", disable=not progress) as bar:
+        for start in range(0, len(texts), chunk):
+            tokens.extend(tokenizer(texts[start:start + chunk]))
+            bar.update(min(chunk, len(texts) - start))
+    return tokens

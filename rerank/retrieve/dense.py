@@ -1,0 +1,189 @@
+"""Dense retrieval: a bi-encoder encodes the corpus once, FAISS searches it at query time.
+
+Indexes come from FAISS factory strings (``Flat``, ``HNSW32``, ``IVF256,PQ32``...) with inner
+product similarity (cosine for normalizing encoders such as all-MiniLM-L6-v2). The passage
+vectors are kept beside the FAISS index (``embeddings.npy``, memory-mapped on load) so later
+stages can score candidates without re-encoding them.
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from rerank.atomic import atomic_directory
+from rerank.encode import BiEncoder
+from rerank.errors import BadIndexError, EmptyQueryError
+from rerank.retrieve.bm25 import _unique_passages
+from rerank.retrieve.store import (
+    corpus_fingerprint, library_versions, read_manifest, read_passages, write_manifest, write_passages,
+)
+from rerank.types import Candidates, Passage, Query, StageCost
+
+KIND = "dense"
+
+
+def build_faiss(vectors: np.ndarray, factory: str = "Flat", *, seed: int = 0):
+    """A FAISS inner-product index of ``vectors`` from a factory string, trained if it needs it."""
+    import faiss
+
+    try:
+        index = faiss.index_factory(vectors.shape[1], factory, faiss.METRIC_INNER_PRODUCT)
+    except RuntimeError as exc:
+        raise ValueError(f"bad FAISS factory string {factory!r}: {str(exc).splitlines()[-1]}") from None
+    if not index.is_trained:
+        needed = _training_points_needed(factory)
+        if len(vectors) < needed:
+            raise ValueError(f"{factory!r} needs at least {needed} vectors to train, the corpus has {len(vectors)}")
+        sample = vectors
+        if len(vectors) > 256 * needed:
+            sample = vectors[np.random.default_rng(seed).choice(len(vectors), 256 * needed, replace=False)]
+        index.train(sample)
+    index.add(vectors)
+    return index
+
+
+def _training_points_needed(factory: str) -> int:
+    import re
+
+    ivf = re.search(r"IVF(\d+)", factory)
+    pq = re.search(r"PQ(\d+)(?:x(\d+))?", factory)
+    needed = int(ivf.group(1)) if ivf else 1
+    if pq:
+        needed = max(needed, 2 ** int(pq.group(2) or 8))
+    return needed
+
+
+class DenseIndex:
+    """Passages encoded by a :class:`~rerank.encode.BiEncoder` and searched with FAISS."""
+
+    def __init__(self, passages: list[Passage], encoder: BiEncoder | str, faiss_index, embeddings: np.ndarray,
+                 factory: str, fingerprint: str, encoder_settings: dict | None = None) -> None:
+        self.passages = passages
+        self._encoder = encoder
+        self._encoder_settings = encoder_settings or {}
+        self.faiss = faiss_index
+        self.embeddings = embeddings
+        self.factory = factory
+        self.fingerprint = fingerprint
+
+    @property
+    def encoder(self) -> BiEncoder:
+        """The query encoder, loaded on first use (loading an index alone does not load the model)."""
+        if isinstance(self._encoder, str):
+            self._encoder = BiEncoder(self._encoder, **self._encoder_settings)
+        return self._encoder
+
+    @property
+    def model_name(self) -> str:
+        """The encoder's name as given at build time (short name, Hub id or path)."""
+        return self._encoder if isinstance(self._encoder, str) else self._encoder.name
+
+    def __repr__(self) -> str:
+        return f"DenseIndex({len(self.passages)} passages, model={self.model_name!r}, faiss={self.factory!r})"
+
+    def __len__(self) -> int:
+        return len(self.passages)
+
+    @classmethod
+    def build(cls, passages: Iterable[Passage], encoder: BiEncoder | str = "minilm-l6", *, factory: str = "Flat",
+              batch_size: int = 64, progress: bool = True) -> "DenseIndex":
+        """Encode ``passages`` (title + text) and index the vectors with FAISS ``factory``."""
+        passages = _unique_passages(passages)
+        if isinstance(encoder, str):
+            encoder = BiEncoder(encoder)
+        vectors = encoder.encode_passages([p.full_text for p in passages], batch_size=batch_size,
+                                          progress=progress, desc="Encoding corpus")
+        return cls.from_vectors(passages, encoder, vectors, factory=factory)
+
+    @classmethod
+    def from_vectors(cls, passages: list[Passage], encoder: BiEncoder | str, vectors: np.ndarray, *,
+                     factory: str = "Flat") -> "DenseIndex":
+        """Index already-computed passage vectors (e.g. to try several FAISS factories)."""
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        if vectors.shape[0] != len(passages):
+            raise ValueError(f"{vectors.shape[0]} vectors for {len(passages)} passages")
+        return cls(passages, encoder, build_faiss(vectors, factory), vectors, factory, corpus_fingerprint(passages))
+
+    def search(self, queries: Sequence[Query], k: int = 100, *, ef_search: int | None = None,
+               nprobe: int | None = None, query_vectors: np.ndarray | None = None) -> list[Candidates]:
+        """The top ``k`` passages per query by inner product, best first.
+
+        ``ef_search`` (HNSW) and ``nprobe`` (IVF) trade speed for recall; ``query_vectors``
+        skips query encoding when the caller already has them.
+        """
+        import faiss
+
+        if k < 1:
+            raise ValueError(f"k must be >= 1, got {k}")
+        for q in queries:
+            if not q.text or not q.text.strip():
+                raise EmptyQueryError(f"query {q.id!r} has empty text")
+        if not queries:
+            return []
+        began = time.perf_counter()
+        if query_vectors is None:
+            query_vectors = self.encoder.encode_queries([q.text for q in queries])
+        encoded = time.perf_counter()
+        params = faiss.ParameterSpace()
+        if ef_search is not None:
+            params.set_index_parameter(self.faiss, "efSearch", ef_search)
+        if nprobe is not None:
+            params.set_index_parameter(self.faiss, "nprobe", nprobe)
+        scores, rows = self.faiss.search(np.ascontiguousarray(query_vectors, dtype=np.float32), min(k, len(self.passages)))
+        per_query = (time.perf_counter() - began) / len(queries)
+        calls = 0 if encoded == began else 1
+        out = []
+        for query, row, score in zip(queries, rows, scores):
+            keep = row >= 0  # FAISS pads with -1 when fewer than k results exist
+            cost = StageCost(f"dense[{self.factory}]", per_query, passages_scored=len(self.passages), model_calls=calls)
+            out.append(Candidates(query, [self.passages[i] for i in row[keep]], [float(s) for s in score[keep]], [cost]))
+        return out
+
+    def save(self, folder: str | Path) -> Path:
+        """Write the FAISS index, the vectors, the passages and the manifest atomically."""
+        import faiss
+
+        folder = Path(folder)
+        with atomic_directory(folder) as staging:
+            faiss.write_index(self.faiss, str(staging / "faiss.index"))
+            np.save(staging / "embeddings.npy", self.embeddings)
+            write_passages(self.passages, staging)
+            write_manifest(staging, KIND, {
+                "model": self.model_name,
+                "dim": int(self.embeddings.shape[1]),
+                "factory": self.factory,
+                "n_passages": len(self.passages),
+                "corpus_fingerprint": self.fingerprint,
+                "encoder": self._settings(),
+                "libraries": library_versions("faiss-cpu", "transformers", "torch"),
+            })
+        return folder
+
+    @classmethod
+    def load(cls, folder: str | Path, *, verify: bool = True, encoder: BiEncoder | None = None) -> "DenseIndex":
+        """Load an index written by :meth:`save`; vectors are memory-mapped, the model loads lazily."""
+        import faiss
+
+        folder = Path(folder)
+        manifest = read_manifest(folder, KIND, verify=verify)
+        try:
+            index = faiss.read_index(str(folder / "faiss.index"))
+            embeddings = np.load(folder / "embeddings.npy", mmap_mode="r")
+            passages = read_passages(folder)
+        except (RuntimeError, ValueError, OSError, KeyError) as exc:
+            raise BadIndexError(f"{folder}: cannot read index files ({exc}); rebuild it") from None
+        if not (index.ntotal == len(passages) == embeddings.shape[0] == manifest["n_passages"]):
+            raise BadIndexError(f"{folder}: {index.ntotal} vectors, {len(passages)} passages, manifest says "
+                                f"{manifest['n_passages']}; rebuild it")
+        return cls(passages, encoder or manifest["model"], index, embeddings, manifest["factory"],
+                   manifest["corpus_fingerprint"], manifest.get("encoder"))
+
+    def _settings(self) -> dict:
+        if isinstance(self._encoder, str):
+            return self._encoder_settings
+        e = self._encoder
+        return {"pooling": e.pooling, "normalize": e.normalize, "max_length": e.max_length,
+                "query_prefix": e.query_prefix, "passage_prefix": e.passage_prefix}

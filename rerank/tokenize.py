@@ -1,0 +1,105 @@
+"""The lexical tokenizer every BM25 backend shares, so backends differ only in scoring."""
+from __future__ import annotations
+
+import functools
+import re
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+_CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]+")
+
+
+@functools.lru_cache(maxsize=None)
+def _stopwords(name: str) -> frozenset[str]:
+    from bm25s import stopwords as sw
+
+    table = {"en": sw.STOPWORDS_EN, "en_plus": sw.STOPWORDS_EN_PLUS, "zh": sw.STOPWORDS_CHINESE}
+    if name not in table:
+        raise ValueError(f"unknown stopword list {name!r}; choose from {sorted(table)}")
+    return frozenset(table[name])
+
+
+@functools.lru_cache(maxsize=None)
+def _stemmer(algorithm: str):
+    import Stemmer
+
+    if algorithm not in Stemmer.algorithms():
+        raise ValueError(f"unknown stemmer {algorithm!r}; PyStemmer offers {Stemmer.algorithms()}")
+    return Stemmer.Stemmer(algorithm)
+
+
+@dataclass(frozen=True)
+class Tokenizer:
+    """Lowercasing, regex word splitting, stopword removal and Snowball stemming (PyStemmer).
+
+    ``language="zh"`` tokenizes runs of Chinese characters into overlapping character bigrams
+    (``chinese="bigram"``, no dictionary needed) or into jieba words (``chinese="jieba"``);
+    any Latin text inside is handled as in English.
+    """
+
+    language: str = "en"
+    lowercase: bool = True
+    stopwords: str | None = "en"
+    stemmer: str | None = "english"
+    pattern: str = r"(?u)\b\w\w+\b"
+    chinese: str = "bigram"
+
+    def __post_init__(self) -> None:
+        if self.language not in ("en", "zh"):
+            raise ValueError(f"language must be 'en' or 'zh', got {self.language!r}")
+        if self.chinese not in ("bigram", "jieba"):
+            raise ValueError(f"chinese must be 'bigram' or 'jieba', got {self.chinese!r}")
+        if self.stopwords:
+            _stopwords(self.stopwords)
+        if self.stemmer:
+            _stemmer(self.stemmer)
+        re.compile(self.pattern)
+
+    def __call__(self, texts: Sequence[str]) -> list[list[str]]:
+        """Tokenize many texts; stems are computed once per distinct word."""
+        words = [self._words(t) for t in texts]
+        if not self.stemmer:
+            return words
+        vocab = sorted({w for ws in words for w in ws if not _CJK.search(w)})
+        stems = dict(zip(vocab, _stemmer(self.stemmer).stemWords(vocab)))
+        return [[stems.get(w, w) for w in ws] for ws in words]
+
+    def _words(self, text: str) -> list[str]:
+        if self.lowercase:
+            text = text.lower()
+        if self.language == "zh":
+            words = self._chinese_words(text)
+        else:
+            words = re.findall(self.pattern, text)
+        if self.stopwords:
+            stop = _stopwords(self.stopwords)
+            words = [w for w in words if w not in stop]
+        return words
+
+    def _chinese_words(self, text: str) -> list[str]:
+        if self.chinese == "jieba":
+            import jieba
+
+            jieba.setLogLevel(60)
+            out = []
+            for piece in jieba.cut(text):
+                out.extend(re.findall(self.pattern, piece) if not _CJK.fullmatch(piece) else [piece])
+            return out
+        out: list[str] = []
+        position = 0
+        for run in _CJK.finditer(text):
+            out.extend(re.findall(self.pattern, text[position:run.start()]))
+            chars = run.group()
+            out.extend([chars] if len(chars) == 1 else [chars[i:i + 2] for i in range(len(chars) - 1)])
+            position = run.end()
+        out.extend(re.findall(self.pattern, text[position:]))
+        return out
+
+    def to_dict(self) -> dict:
+        """The settings as plain data (stored in index manifests)."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Tokenizer":
+        """Rebuild a tokenizer from :meth:`to_dict` output."""
+        return cls(**data)

@@ -1,0 +1,90 @@
+"""Core value types shared by every part of rerank: queries, passages and ranked candidates."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True, slots=True)
+class Query:
+    """A search query: an id unique within its collection and its text."""
+
+    id: str
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class Passage:
+    """A retrievable unit of text (a passage or a whole document) with an optional title."""
+
+    id: str
+    text: str
+    title: str = ""
+
+    @property
+    def full_text(self) -> str:
+        """Title and text joined the way BEIR models expect (title first, one space between)."""
+        return f"{self.title} {self.text}" if self.title else self.text
+
+
+@dataclass(slots=True)
+class StageCost:
+    """What one stage spent on one batch: wall time and work counters."""
+
+    stage: str
+    seconds: float = 0.0
+    passages_scored: int = 0
+    model_calls: int = 0
+    tokens: int = 0
+
+
+@dataclass(slots=True)
+class Candidates:
+    """The ranked candidates for one query, best first, with the cost of producing them.
+
+    ``passages[i]`` has score ``scores[i]``; scores never increase along the list.
+    """
+
+    query: Query
+    passages: list[Passage]
+    scores: list[float]
+    trace: list[StageCost] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if len(self.passages) != len(self.scores):
+            raise ValueError(
+                f"query {self.query.id!r}: {len(self.passages)} passages but {len(self.scores)} scores"
+            )
+
+    def __len__(self) -> int:
+        return len(self.passages)
+
+    @property
+    def ids(self) -> list[str]:
+        """The passage ids in rank order."""
+        return [p.id for p in self.passages]
+
+    def top(self, k: int) -> "Candidates":
+        """A copy cut to the first ``k`` candidates (the trace is shared)."""
+        return Candidates(self.query, self.passages[:k], self.scores[:k], self.trace)
+
+    def as_dict(self) -> dict[str, float]:
+        """``{passage_id: score}``, the shape ir-measures and TREC writers take."""
+        return {p.id: float(s) for p, s in zip(self.passages, self.scores)}
+
+
+def sort_candidates(query: Query, passages: list[Passage], scores: list[float]) -> Candidates:
+    """Build :class:`Candidates` from unordered passages and scores: score descending, ties by id."""
+    order = sorted(range(len(passages)), key=lambda i: (-scores[i], passages[i].id))
+    return Candidates(query, [passages[i] for i in order], [float(scores[i]) for i in order])
+
+
+Run = dict[str, dict[str, float]]
+"""A run in the shape TREC files and ir-measures use: ``{query_id: {doc_id: score}}``."""
+
+Qrels = dict[str, dict[str, int]]
+"""Relevance judgments: ``{query_id: {doc_id: grade}}``."""
+
+
+def batch_to_run(batch: list[Candidates]) -> Run:
+    """Turn a batch of :class:`Candidates` into a :data:`Run`."""
+    return {c.query.id: c.as_dict() for c in batch}
