@@ -1,8 +1,10 @@
 """Evaluation through ir-measures: aggregate and per-query scores with honest query accounting.
 
-ir-measures (like trec_eval without ``-c``) silently averages only over queries present in the
-run. Here a judged query with no results counts as 0 by default, the counts of missing and
-unjudged queries are reported, and a run that shares too few queries with the qrels is an error.
+Which queries a mean covers differs between tools (trec_eval without ``-c`` averages only over
+queries present in the run; ir-measures' providers may not), so it is made explicit here: a
+judged query with no results counts as 0 by default or is left out on request, the counts of
+missing and unjudged queries are reported, and a run that shares too few queries with the
+qrels is an error.
 """
 from __future__ import annotations
 
@@ -94,6 +96,7 @@ def evaluate(run: Run | Sequence[Candidates], qrels: Qrels, measures: Sequence[s
     scored_run = {q: run[q] for q in shared}
     if missing == "zero":
         scored_run.update({q: {_NO_RESULT: 0.0} for q in missing_ids})
+    qrels = {q: qrels[q] for q in scored_run}
     per_query: dict[str, dict[str, float]] = {}
     for metric in ir_measures.iter_calc(parsed, qrels, scored_run):
         per_query.setdefault(metric.query_id, {})[str(metric.measure)] = float(metric.value)

@@ -13,7 +13,7 @@ from rerank.types import Candidates, Qrels, Query, Run
 
 _TOP = re.compile(r"<top>(.*?)</top>", re.S | re.I)
 _NUM = re.compile(r"<num>\s*(?:Number:)?\s*(\S+)", re.I)
-_TITLE = re.compile(r"<title>\s*(?:Topic:)?\s*(.*?)\s*(?=<desc>|<narr>|</top>|<\w+>)", re.S | re.I)
+_TITLE = re.compile(r"<title>\s*(?:Topic:)?\s*(.*?)\s*(?=<\w+>|\Z)", re.S | re.I)
 
 
 def read_topics(path: str | Path, field: str = "title") -> list[Query]:
@@ -32,7 +32,7 @@ def read_topics(path: str | Path, field: str = "title") -> list[Query]:
 
 def _read_sgml_topics(path: str | Path, text: str, field: str) -> list[Query]:
     pattern = _TITLE if field == "title" else re.compile(
-        rf"<{field}>\s*(?:Description:|Narrative:)?\s*(.*?)\s*(?=<\w+>|</top>)", re.S | re.I
+        rf"<{field}>\s*(?:Description:|Narrative:)?\s*(.*?)\s*(?=<\w+>|\Z)", re.S | re.I
     )
     queries: dict[str, Query] = {}
     for block in _TOP.findall(text):

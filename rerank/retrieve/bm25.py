@@ -73,8 +73,11 @@ class _Bm25sBackend:
 
     @classmethod
     def build(cls, tokens: list[list[str]], params: BM25Params, progress: bool) -> "_Bm25sBackend":
+        import logging
+
         import bm25s
 
+        logging.getLogger("bm25s").setLevel(logging.WARNING)
         retriever = bm25s.BM25(k1=params.k1, b=params.b, delta=params.delta, method=params.method,
                                idf_method=params.idf)
         vocab: dict[str, int] = {}
