@@ -124,9 +124,9 @@ class DenseIndex:
         if not queries:
             return []
         began = time.perf_counter()
+        model_calls = int(query_vectors is None)
         if query_vectors is None:
             query_vectors = self.encoder.encode_queries([q.text for q in queries])
-        encoded = time.perf_counter()
         params = faiss.ParameterSpace()
         if ef_search is not None:
             params.set_index_parameter(self.faiss, "efSearch", ef_search)
@@ -134,11 +134,10 @@ class DenseIndex:
             params.set_index_parameter(self.faiss, "nprobe", nprobe)
         scores, rows = self.faiss.search(np.ascontiguousarray(query_vectors, dtype=np.float32), min(k, len(self.passages)))
         per_query = (time.perf_counter() - began) / len(queries)
-        calls = 0 if encoded == began else 1
         out = []
         for query, row, score in zip(queries, rows, scores):
             keep = row >= 0  # FAISS pads with -1 when fewer than k results exist
-            cost = StageCost(f"dense[{self.factory}]", per_query, passages_scored=len(self.passages), model_calls=calls)
+            cost = StageCost(f"dense[{self.factory}]", per_query, passages_scored=len(self.passages), model_calls=model_calls)
             out.append(Candidates(query, [self.passages[i] for i in row[keep]], [float(s) for s in score[keep]], [cost]))
         return out
 
