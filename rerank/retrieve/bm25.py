@@ -22,7 +22,8 @@ from tqdm.auto import tqdm
 from rerank.atomic import atomic_directory
 from rerank.errors import BadIndexError, EmptyQueryError
 from rerank.retrieve.store import (
-    corpus_fingerprint, library_versions, read_manifest, read_passages, write_manifest, write_passages,
+    corpus_fingerprint, library_versions, read_manifest, read_passages, unique_passages, write_manifest,
+    write_passages,
 )
 from rerank.tokenize import Tokenizer
 from rerank.types import Candidates, Passage, Query, StageCost
@@ -119,7 +120,7 @@ def _rank_bm25_class(params: BM25Params):
             "bm25l": rank_bm25.BM25L, "bm25+": rank_bm25.BM25Plus}[params.method]
     idf = params.idf or ("lucene" if params.method == "lucene" else None)
     if idf is None:
-        return base, {}
+        return base
     formulas = {
         "lucene": lambda n, df: math.log(1 + (n - df + 0.5) / (df + 0.5)),
         "robertson": lambda n, df: math.log((n - df + 0.5) / (df + 0.5)),
@@ -133,7 +134,7 @@ def _rank_bm25_class(params: BM25Params):
         def _calc_idf(self, nd):
             self.idf = {word: formula(self.corpus_size, df) for word, df in nd.items()}
 
-    return WithIdf, {}
+    return WithIdf
 
 
 class _RankBm25Backend:
@@ -145,8 +146,8 @@ class _RankBm25Backend:
 
     @classmethod
     def build(cls, tokens: list[list[str]], params: BM25Params, progress: bool) -> "_RankBm25Backend":
-        klass, extra = _rank_bm25_class(params)
-        kwargs = {"k1": params.k1, "b": params.b, **extra}
+        klass = _rank_bm25_class(params)
+        kwargs = {"k1": params.k1, "b": params.b}
         if params.method in ("bm25l", "bm25+"):
             kwargs["delta"] = params.delta
         return cls(klass(tokens, **kwargs), tokens)
@@ -208,7 +209,7 @@ class BM25Index:
         """Tokenize ``passages`` (title + text) and index them with ``backend``."""
         if backend not in BACKENDS:
             raise ValueError(f"unknown BM25 backend {backend!r}; choose from {sorted(BACKENDS)}")
-        passages = _unique_passages(passages)
+        passages = unique_passages(passages)
         tokenizer = tokenizer or Tokenizer()
         params = params or BM25Params()
         tokens = _tokenize(tokenizer, [p.full_text for p in passages], progress)
@@ -289,18 +290,6 @@ class BM25Index:
         if len(passages) != manifest["n_passages"]:
             raise BadIndexError(f"{folder}: {len(passages)} passages stored, manifest says {manifest['n_passages']}")
         return cls(passages, tokenizer, params, engine, manifest["corpus_fingerprint"])
-
-
-def _unique_passages(passages: Iterable[Passage]) -> list[Passage]:
-    out, seen = [], set()
-    for p in passages:
-        if p.id in seen:
-            raise ValueError(f"duplicate passage id {p.id!r}")
-        seen.add(p.id)
-        out.append(p)
-    if not out:
-        raise ValueError("cannot index an empty collection")
-    return out
 
 
 def _tokenize(tokenizer: Tokenizer, texts: list[str], progress: bool, chunk: int = 2048) -> list[list[str]]:

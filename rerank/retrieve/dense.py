@@ -16,9 +16,9 @@ import numpy as np
 from rerank.atomic import atomic_directory
 from rerank.encode import BiEncoder
 from rerank.errors import BadIndexError, EmptyQueryError
-from rerank.retrieve.bm25 import _unique_passages
 from rerank.retrieve.store import (
-    corpus_fingerprint, library_versions, read_manifest, read_passages, write_manifest, write_passages,
+    corpus_fingerprint, library_versions, read_manifest, read_passages, unique_passages, write_manifest,
+    write_passages,
 )
 from rerank.types import Candidates, Passage, Query, StageCost
 
@@ -91,7 +91,7 @@ class DenseIndex:
     def build(cls, passages: Iterable[Passage], encoder: BiEncoder | str = "minilm-l6", *, factory: str = "Flat",
               batch_size: int = 64, progress: bool = True) -> "DenseIndex":
         """Encode ``passages`` (title + text) and index the vectors with FAISS ``factory``."""
-        passages = _unique_passages(passages)
+        passages = unique_passages(passages)
         if isinstance(encoder, str):
             encoder = BiEncoder(encoder)
         vectors = encoder.encode_passages([p.full_text for p in passages], batch_size=batch_size,

@@ -42,6 +42,19 @@ def corpus_fingerprint(passages: Iterable[Passage]) -> str:
     return digest.hexdigest()
 
 
+def unique_passages(passages: Iterable[Passage]) -> list[Passage]:
+    """The passages as a list; a duplicate id or an empty collection is an error."""
+    out, seen = [], set()
+    for p in passages:
+        if p.id in seen:
+            raise ValueError(f"duplicate passage id {p.id!r}")
+        seen.add(p.id)
+        out.append(p)
+    if not out:
+        raise ValueError("cannot index an empty collection")
+    return out
+
+
 def _sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
