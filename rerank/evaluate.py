@@ -100,6 +100,6 @@ def evaluate(run: Run | Sequence[Candidates], qrels: Qrels, measures: Sequence[s
     per_query: dict[str, dict[str, float]] = {}
     for metric in ir_measures.iter_calc(parsed, qrels, scored_run):
         per_query.setdefault(metric.query_id, {})[str(metric.measure)] = float(metric.value)
-    aggregate = {str(m): float(v) for m, v in ir_measures.calc_aggregate(parsed, qrels, scored_run).items()}
-    aggregate = {str(m): aggregate[str(m)] for m in parsed}
+    computed = ir_measures.calc_aggregate(parsed, qrels, scored_run)
+    aggregate = {str(m): float(computed[m]) for m in parsed}  # in the order the caller asked
     return Evaluation(aggregate, per_query, len(scored_run), missing_ids, unjudged, missing)
