@@ -28,12 +28,17 @@ class Passage:
 
 @dataclass(slots=True)
 class StageCost:
-    """What one stage spent on one batch: wall time and work counters."""
+    """What one stage spent on one query: wall time and work counters.
+
+    When a stage scores many queries in one batch, its wall time and model forward calls are
+    shared among them in proportion to their candidates (so ``model_calls`` may be fractional
+    and sums to the true count over the batch); tokens are counted exactly per query.
+    """
 
     stage: str
     seconds: float = 0.0
     passages_scored: int = 0
-    model_calls: int = 0
+    model_calls: float = 0
     tokens: int = 0
 
 

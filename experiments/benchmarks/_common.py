@@ -45,3 +45,15 @@ def print_table(rows: list[dict], columns: list[str]) -> None:
 def print_json(figures: dict) -> None:
     """The benchmark's last line: one JSON object with every figure."""
     print(json.dumps(figures, sort_keys=True))
+
+
+DL19 = Path(__file__).resolve().parents[3] / "shared" / "data" / "trec-dl-2019"
+
+
+def dl19_workload(run_name: str = "bm25"):
+    """TREC DL 2019 from ../shared/data: queries, corpus, a first-stage run and qrels."""
+    from rerank.data import read_qrels, read_run
+    from rerank.data.beir import load_corpus, load_queries
+
+    return (load_queries(DL19 / "queries.jsonl"), load_corpus(DL19 / "corpus.jsonl"),
+            read_run(DL19 / "runs" / f"{run_name}.trec"), read_qrels(DL19 / "qrels" / "test.tsv"))

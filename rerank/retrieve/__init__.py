@@ -1,4 +1,4 @@
-"""First-stage retrieval: BM25 (bm25s or rank-bm25) and dense (bi-encoder + FAISS)."""
+"""First-stage retrieval: BM25 (bm25s or rank-bm25), dense (bi-encoder + FAISS) and SPLADE."""
 from __future__ import annotations
 
 import json
@@ -7,10 +7,11 @@ from pathlib import Path
 from rerank.errors import BadIndexError
 from rerank.retrieve.bm25 import BM25Index, BM25Params
 from rerank.retrieve.dense import DenseIndex
+from rerank.retrieve.splade import SpladeIndex
 from rerank.retrieve.store import MANIFEST
 
 
-def load_index(folder: str | Path, **options) -> BM25Index | DenseIndex:
+def load_index(folder: str | Path, **options) -> BM25Index | DenseIndex | SpladeIndex:
     """Load whichever kind of index ``folder`` holds (read from its manifest)."""
     path = Path(folder) / MANIFEST
     try:
@@ -21,7 +22,9 @@ def load_index(folder: str | Path, **options) -> BM25Index | DenseIndex:
         return BM25Index.load(folder, **options)
     if kind == "dense":
         return DenseIndex.load(folder, **options)
+    if kind == "splade":
+        return SpladeIndex.load(folder, **options)
     raise BadIndexError(f"{folder}: unknown index kind {kind!r}")
 
 
-__all__ = ["BM25Index", "BM25Params", "DenseIndex", "load_index"]
+__all__ = ["BM25Index", "BM25Params", "DenseIndex", "SpladeIndex", "load_index"]

@@ -195,6 +195,7 @@ class BM25Index:
         self.backend = backend
         self.fingerprint = fingerprint
         self._position = {p.id: i for i, p in enumerate(passages)}
+        self.folder: Path | None = None  # where the index was saved or loaded from
 
     def __repr__(self) -> str:
         return (f"BM25Index({len(self.passages)} passages, backend={self.backend.name}, "
@@ -270,6 +271,7 @@ class BM25Index:
                 "params": asdict(self.params),
                 "libraries": library_versions("bm25s", "rank-bm25", "PyStemmer"),
             })
+        self.folder = folder
         return folder
 
     @classmethod
@@ -289,7 +291,9 @@ class BM25Index:
             raise BadIndexError(f"{folder}: index files are inconsistent ({exc!r}); rebuild it") from None
         if len(passages) != manifest["n_passages"]:
             raise BadIndexError(f"{folder}: {len(passages)} passages stored, manifest says {manifest['n_passages']}")
-        return cls(passages, tokenizer, params, engine, manifest["corpus_fingerprint"])
+        loaded = cls(passages, tokenizer, params, engine, manifest["corpus_fingerprint"])
+        loaded.folder = folder
+        return loaded
 
 
 def _tokenize(tokenizer: Tokenizer, texts: list[str], progress: bool, chunk: int = 2048) -> list[list[str]]:

@@ -68,6 +68,7 @@ class DenseIndex:
         self.embeddings = embeddings
         self.factory = factory
         self.fingerprint = fingerprint
+        self.folder: Path | None = None  # where the index was saved or loaded from
 
     @property
     def encoder(self) -> BiEncoder:
@@ -159,6 +160,7 @@ class DenseIndex:
                 "encoder": self._settings(),
                 "libraries": library_versions("faiss-cpu", "transformers", "torch"),
             })
+        self.folder = folder
         return folder
 
     @classmethod
@@ -177,8 +179,10 @@ class DenseIndex:
         if not (index.ntotal == len(passages) == embeddings.shape[0] == manifest["n_passages"]):
             raise BadIndexError(f"{folder}: {index.ntotal} vectors, {len(passages)} passages, manifest says "
                                 f"{manifest['n_passages']}; rebuild it")
-        return cls(passages, encoder or manifest["model"], index, embeddings, manifest["factory"],
+        loaded = cls(passages, encoder or manifest["model"], index, embeddings, manifest["factory"],
                    manifest["corpus_fingerprint"], manifest.get("encoder"))
+        loaded.folder = folder
+        return loaded
 
     def _settings(self) -> dict:
         if isinstance(self._encoder, str):

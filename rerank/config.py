@@ -1,0 +1,272 @@
+"""Pipelines as TOML: the same expression as in Python, with each named stage in a table.
+
+::
+
+    pipeline = "bm25 % 100 >> student % 30 >> teacher"
+
+    [stages.bm25]
+    kind = "retrieve"
+    index = "indexes/scifact/bm25"
+
+    [stages.student]
+    kind = "bi-encoder"
+    model = "minilm-l6"
+    index = "indexes/scifact/dense"     # cached passage vectors
+
+    [stages.teacher]
+    kind = "cross-encoder"
+    model = "path/or/hub-id"
+
+The expression allows stage names, ``>>``, ``% k``, ``|`` and ``fuse(a, b, method="zscore")``.
+:func:`parse_config` checks everything it can (kinds, argument names, files, names in the
+expression) before :func:`build_pipeline` loads any model. :func:`dump_pipeline` writes a built
+pipeline back, so configs round-trip.
+"""
+from __future__ import annotations
+
+import ast
+import inspect
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from rerank.errors import RerankError
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
+
+
+class ConfigError(RerankError):
+    """A pipeline config that cannot be built; the message names the file, line and stage."""
+
+
+def _kinds() -> dict[str, Callable[..., Any]]:
+    from rerank.cascade.idcm import IntraDocumentCascade
+    from rerank.pipeline import Identity
+    from rerank.retrieve.stage import Retriever
+    from rerank.score.bi_encoder import BiEncoderScorer
+    from rerank.score.bm25 import BM25Scorer
+    from rerank.score.cross_encoder import CrossEncoder
+    from rerank.score.splade import SpladeScorer
+
+    return {"retrieve": Retriever, "cross-encoder": CrossEncoder, "bi-encoder": BiEncoderScorer,
+            "splade": SpladeScorer, "bm25": BM25Scorer, "idcm": IntraDocumentCascade, "identity": Identity}
+
+
+KINDS = ("retrieve", "cross-encoder", "bi-encoder", "splade", "bm25", "idcm", "identity")
+"""Stage kinds a config may use."""
+
+_REFERENCES = {"idcm": ("student", "teacher")}  # arguments naming other stages of the config
+_PATHS = ("index",)  # arguments that must name an existing file or folder
+
+
+@dataclass
+class StageSpec:
+    """One ``[stages.<name>]`` table: its kind and arguments, and where it sits in the file."""
+
+    name: str
+    kind: str
+    args: dict[str, Any]
+    line: int = 0
+
+
+@dataclass
+class PipelineConfig:
+    """A parsed, checked config: the expression and the specs of the stages it names."""
+
+    expression: str
+    stages: dict[str, StageSpec]
+    source: str = "<config>"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def used(self) -> list[str]:
+        """Stage names the expression uses (and the stages those refer to), in first-use order."""
+        names: list[str] = []
+        for node in ast.walk(ast.parse(self.expression, mode="eval")):
+            if isinstance(node, ast.Name) and node.id != "fuse" and node.id not in names:
+                names.append(node.id)
+        for name in list(names):
+            spec = self.stages[name]
+            for ref in _REFERENCES.get(spec.kind, ()):
+                target = spec.args.get(ref)
+                if isinstance(target, str) and target not in names:
+                    names.append(target)
+        return names
+
+
+def _line_of(text: str, name: str) -> int:
+    match = re.search(rf"^\s*\[\s*stages\.\"?{re.escape(name)}\"?\s*\]", text, re.M)
+    return text[: match.start()].count("\n") + 1 if match else 0
+
+
+def parse_config(source: str | Path | dict, *, text: str | None = None) -> PipelineConfig:
+    """Read and check a pipeline config (a TOML file path, TOML text via ``text=``, or a dict),
+    without building anything. Raises :class:`ConfigError` naming the line of the first problem."""
+    where = "<config>"
+    if isinstance(source, dict):
+        data = source
+        text = text or ""
+    else:
+        if text is None:
+            path = Path(source)
+            where = str(path)
+            try:
+                text = path.read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError) as exc:
+                raise ConfigError(f"{path}: cannot read the config ({exc})") from None
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{where}: not valid TOML ({exc})") from None
+    expression = data.get("pipeline")
+    if not isinstance(expression, str) or not expression.strip():
+        raise ConfigError(f'{where}: needs a top-level  pipeline = "..."  expression, e.g. "bm25 % 100 >> ce"')
+    tables = data.get("stages", {})
+    if not isinstance(tables, dict):
+        raise ConfigError(f"{where}: [stages] must be a table of named stages")
+    specs = {}
+    for name, table in tables.items():
+        line = _line_of(text, name)
+        at = f"{where}:{line} [stages.{name}]" if line else f"{where} [stages.{name}]"
+        if not isinstance(table, dict):
+            raise ConfigError(f"{at}: must be a table")
+        args = dict(table)
+        kind = args.pop("kind", None)
+        if kind not in KINDS:
+            raise ConfigError(f"{at}: unknown kind {kind!r}; choose one of {', '.join(KINDS)}")
+        specs[name] = StageSpec(name, kind, args, line)
+    config = PipelineConfig(expression, specs, where, {k: v for k, v in data.items() if k not in ("pipeline", "stages")})
+    _check_expression(config)
+    kinds = _kinds()
+    for name in config.used():
+        _check_spec(config.stages[name], kinds, config)
+    return config
+
+
+def _check_expression(config: PipelineConfig) -> None:
+    where = f"{config.source}: pipeline = {config.expression!r}"
+    try:
+        tree = ast.parse(config.expression, mode="eval")
+    except SyntaxError as exc:
+        raise ConfigError(f"{where}: not a valid expression ({exc.msg})") from None
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Name):
+            if node.id != "fuse" and node.id not in config.stages:
+                known = ", ".join(config.stages) or "none"
+                raise ConfigError(f"{where}: no stage named {node.id!r} (stages defined: {known})")
+        elif isinstance(node, ast.BinOp):
+            if not isinstance(node.op, (ast.RShift, ast.Mod, ast.BitOr)):
+                raise ConfigError(f"{where}: only >>, % and | combine stages")
+            if isinstance(node.op, ast.Mod) and not (isinstance(node.right, ast.Constant)
+                                                     and type(node.right.value) is int and node.right.value > 0):
+                raise ConfigError(f"{where}: a cut-off (% k) needs a positive integer")
+        elif isinstance(node, ast.Call):
+            if not (isinstance(node.func, ast.Name) and node.func.id == "fuse"):
+                raise ConfigError(f"{where}: the only function is fuse(...)")
+            for kw in node.keywords:
+                if kw.arg is None or not isinstance(kw.value, (ast.Constant, ast.List, ast.Tuple)):
+                    raise ConfigError(f"{where}: fuse() options must be constants, e.g. method=\"zscore\"")
+        elif not isinstance(node, (ast.Expression, ast.Constant, ast.Load, ast.operator, ast.keyword,
+                                   ast.List, ast.Tuple, ast.expr_context)):
+            raise ConfigError(f"{where}: {type(node).__name__} is not allowed in a pipeline expression")
+
+
+def _check_spec(spec: StageSpec, kinds: dict, config: PipelineConfig) -> None:
+    at = f"{config.source}:{spec.line} [stages.{spec.name}]" if spec.line else f"{config.source} [stages.{spec.name}]"
+    factory = kinds[spec.kind]
+    try:
+        inspect.signature(factory).bind(**{k: None for k in spec.args})
+    except TypeError as exc:
+        params = [p for p in inspect.signature(factory).parameters if p not in ("self", "search_options")]
+        raise ConfigError(f"{at}: {exc} (kind {spec.kind!r} takes: {', '.join(params)})") from None
+    for ref in _REFERENCES.get(spec.kind, ()):
+        target = spec.args.get(ref)
+        if target is not None and target not in config.stages:
+            raise ConfigError(f"{at}: {ref} = {target!r} names no stage of this config")
+    for key in _PATHS:
+        value = spec.args.get(key)
+        if isinstance(value, str) and not Path(value).exists():
+            raise ConfigError(f"{at}: {key} = {value!r} does not exist (build it with 'rerank index')")
+
+
+def build_pipeline(config: PipelineConfig | str | Path | dict):
+    """Build the :class:`~rerank.pipeline.Stage` a config describes (loading its models)."""
+    from rerank.pipeline import Cutoff, Fusion, Pipeline
+
+    if not isinstance(config, PipelineConfig):
+        config = parse_config(config)
+    kinds = _kinds()
+    built: dict[str, Any] = {}
+
+    def stage(name: str):
+        if name not in built:
+            spec = config.stages[name]
+            args = dict(spec.args)
+            for ref in _REFERENCES.get(spec.kind, ()):
+                if isinstance(args.get(ref), str):
+                    args[ref] = stage(args[ref])
+            try:
+                built[name] = kinds[spec.kind](**args, name=name)
+            except (OSError, ValueError) as exc:
+                raise ConfigError(f"{config.source}:{spec.line} [stages.{name}]: {exc}") from exc
+        return built[name]
+
+    def walk(node):
+        if isinstance(node, ast.Expression):
+            return walk(node.body)
+        if isinstance(node, ast.Name):
+            return stage(node.id)
+        if isinstance(node, ast.BinOp):
+            left = walk(node.left)
+            if isinstance(node.op, ast.Mod):
+                return left % node.right.value
+            right = walk(node.right)
+            return Pipeline([left, right]) if isinstance(node.op, ast.RShift) else Fusion([left, right])
+        if isinstance(node, ast.Call):
+            options = {kw.arg: ast.literal_eval(kw.value) for kw in node.keywords}
+            return Fusion([walk(a) for a in node.args], **options)
+        raise ConfigError(f"{config.source}: cannot build {ast.dump(node)}")
+
+    _ = Cutoff  # cut-offs come from ``%`` (which lets a first stage push the k down)
+    return walk(ast.parse(config.expression, mode="eval"))
+
+
+def dump_pipeline(pipeline) -> str:
+    """TOML text that :func:`build_pipeline` turns back into an equal pipeline.
+
+    Every leaf stage must have a config (indexes must be saved, models named by id or path).
+    Distinct stages with the same name get numbered suffixes.
+    """
+    import tomli_w
+
+    from rerank.pipeline import leaves, render
+
+    names: dict[int, str] = {}
+    tables: dict[str, dict[str, Any]] = {}
+
+    def name_of(leaf) -> str:
+        if id(leaf) in names:
+            return names[id(leaf)]
+        base = re.sub(r"\W+", "_", leaf.name).strip("_") or "stage"
+        if not base[0].isalpha():
+            base = f"s_{base}"
+        candidate, n = base, 1
+        while candidate in tables or candidate in ("fuse", "pipeline"):
+            n += 1
+            candidate = f"{base}_{n}"
+        names[id(leaf)] = candidate
+        tables[candidate] = {}
+        cfg = dict(leaf.config())
+        for ref in _REFERENCES.get(cfg.get("kind"), ()):
+            if cfg.get(ref) is not None:
+                cfg[ref] = name_of(cfg[ref])
+        tables[candidate] = {k: v for k, v in cfg.items() if v is not None}
+        return candidate
+
+    for leaf in leaves(pipeline):
+        name_of(leaf)
+    expression = render(pipeline, name_of)
+    return tomli_w.dumps({"pipeline": expression, "stages": tables})

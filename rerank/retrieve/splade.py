@@ -1,0 +1,119 @@
+"""Learned sparse retrieval with SPLADE: passage vectors computed once at index time, stored as a
+sparse matrix, searched (or used to re-score candidates) with one sparse product per batch."""
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from rerank.atomic import atomic_directory
+from rerank.errors import BadIndexError, EmptyQueryError
+from rerank.retrieve.store import (corpus_fingerprint, library_versions, read_manifest, read_passages,
+                                   unique_passages, write_manifest, write_passages)
+from rerank.sparse_encode import SpladeEncoder
+from rerank.types import Candidates, Passage, Query, StageCost
+
+KIND = "splade"
+
+
+class SpladeIndex:
+    """SPLADE vectors of a passage collection (a ``passages x vocab`` CSR matrix)."""
+
+    def __init__(self, passages: list[Passage], encoder: SpladeEncoder | str, matrix, fingerprint: str,
+                 max_length: int = 256) -> None:
+        self.passages = passages
+        self._encoder = encoder
+        self.matrix = matrix.tocsr()
+        self.fingerprint = fingerprint
+        self.max_length = max_length
+        self.rows = {p.id: i for i, p in enumerate(passages)}
+        self.folder: Path | None = None
+
+    @property
+    def encoder(self) -> SpladeEncoder:
+        """The query encoder, loaded on first use."""
+        if isinstance(self._encoder, str):
+            self._encoder = SpladeEncoder(self._encoder, max_length=self.max_length)
+        return self._encoder
+
+    @property
+    def model_name(self) -> str:
+        """The model's short name, id or path."""
+        return self._encoder if isinstance(self._encoder, str) else self._encoder.name
+
+    def __repr__(self) -> str:
+        nnz = self.matrix.nnz / max(len(self.passages), 1)
+        return f"SpladeIndex({len(self.passages)} passages, model={self.model_name!r}, {nnz:.0f} terms/passage)"
+
+    def __len__(self) -> int:
+        return len(self.passages)
+
+    @classmethod
+    def build(cls, passages: Iterable[Passage], encoder: SpladeEncoder | str = "splade-tiny", *,
+              progress: bool = True) -> "SpladeIndex":
+        """Encode every passage (title + text)."""
+        passages = unique_passages(passages)
+        if isinstance(encoder, str):
+            encoder = SpladeEncoder(encoder)
+        matrix = encoder.encode([p.full_text for p in passages], progress=progress)
+        return cls(passages, encoder, matrix, corpus_fingerprint(passages), encoder.max_length)
+
+    def search(self, queries: Sequence[Query], k: int = 100) -> list[Candidates]:
+        """The top ``k`` passages per query by sparse dot product, best first (matches only)."""
+        if k < 1:
+            raise ValueError(f"k must be >= 1, got {k}")
+        for q in queries:
+            if not q.text or not q.text.strip():
+                raise EmptyQueryError(f"query {q.id!r} has empty text")
+        if not queries:
+            return []
+        began = time.perf_counter()
+        query_matrix = self.encoder.encode([q.text for q in queries])
+        scores = (query_matrix @ self.matrix.T).toarray()
+        per_query = (time.perf_counter() - began) / len(queries)
+        out = []
+        for query, row in zip(queries, scores):
+            top = min(k, len(row))
+            best = np.argpartition(-row, top - 1)[:top]
+            best = best[np.lexsort((best, -row[best]))]
+            best = best[row[best] > 0]
+            cost = StageCost("splade", per_query, passages_scored=len(self.passages), model_calls=1)
+            out.append(Candidates(query, [self.passages[i] for i in best], [float(row[i]) for i in best], [cost]))
+        return out
+
+    def save(self, folder: str | Path) -> Path:
+        """Write the vectors, passages and manifest atomically."""
+        import scipy.sparse as sp
+
+        folder = Path(folder)
+        with atomic_directory(folder) as staging:
+            sp.save_npz(staging / "vectors.npz", self.matrix, compressed=False)
+            write_passages(self.passages, staging)
+            write_manifest(staging, KIND, {
+                "model": self.model_name, "max_length": self.max_length, "vocab": int(self.matrix.shape[1]),
+                "n_passages": len(self.passages), "corpus_fingerprint": self.fingerprint,
+                "libraries": library_versions("scipy", "transformers", "torch"),
+            })
+        self.folder = folder
+        return folder
+
+    @classmethod
+    def load(cls, folder: str | Path, *, verify: bool = True, encoder: SpladeEncoder | None = None) -> "SpladeIndex":
+        """Load an index written by :meth:`save`; the model loads on the first query."""
+        import scipy.sparse as sp
+
+        folder = Path(folder)
+        manifest = read_manifest(folder, KIND, verify=verify)
+        try:
+            matrix = sp.load_npz(folder / "vectors.npz")
+            passages = read_passages(folder)
+        except (ValueError, OSError, KeyError) as exc:
+            raise BadIndexError(f"{folder}: cannot read index files ({exc}); rebuild it") from None
+        if not (matrix.shape[0] == len(passages) == manifest["n_passages"]):
+            raise BadIndexError(f"{folder}: {matrix.shape[0]} vectors, {len(passages)} passages; rebuild it")
+        index = cls(passages, encoder or manifest["model"], matrix, manifest["corpus_fingerprint"],
+                    manifest.get("max_length", 256))
+        index.folder = folder
+        return index

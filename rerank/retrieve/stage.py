@@ -1,0 +1,46 @@
+"""First stages as pipeline stages: search an index for each query of the batch."""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from rerank.pipeline import Cutoff, Stage
+from rerank.types import Candidates
+
+
+class Retriever(Stage):
+    """Retrieve candidates from a BM25, dense or SPLADE index (or its folder).
+
+    The input batch supplies only the queries; any candidates it carries are replaced. A cut-off
+    is pushed down: ``Retriever(index) % 100`` asks the index for 100 results, not ``k``.
+    """
+
+    def __init__(self, index, *, k: int = 1000, name: str | None = None, **search_options: Any) -> None:
+        from rerank.retrieve import load_index
+
+        self.index = load_index(index) if isinstance(index, (str, Path)) else index
+        self.k = k
+        self.search_options = search_options
+        self.name = name or type(self.index).__name__.replace("Index", "").lower()
+
+    def config(self) -> dict[str, Any]:
+        """``kind`` and the arguments that rebuild this stage (needs a saved index)."""
+        if getattr(self.index, "folder", None) is None:
+            raise NotImplementedError("save the index first: a config refers to it by folder")
+        return {"kind": "retrieve", "index": str(self.index.folder), **self.search_options}
+
+    def __mod__(self, k: int) -> Stage:
+        pushed = Retriever(self.index, k=k, name=self.name, **self.search_options)
+        return Cutoff(pushed, k)
+
+    def __call__(self, batch: Sequence[Candidates]) -> list[Candidates]:
+        if not batch:
+            return []
+        results = self.index.search([c.query for c in batch], k=self.k, **self.search_options)
+        out = []
+        for source, found in zip(batch, results):
+            trace = list(source.trace) + [type(cost)(self.name, cost.seconds, cost.passages_scored, cost.model_calls,
+                                                     cost.tokens) for cost in found.trace]
+            out.append(Candidates(found.query, found.passages, found.scores, trace))
+        return out

@@ -1,0 +1,85 @@
+"""Bi-encoder scoring: the dot product of a query vector and passage vectors, computed at query
+time from raw text or read from a dense index's stored passage vectors."""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from rerank.encode import BiEncoder
+from rerank.pipeline import Scorer, Work
+from rerank.types import Candidates
+
+
+class BiEncoderScorer(Scorer):
+    """Score candidates by the similarity of bi-encoder vectors (a cheap student for pruning).
+
+    ``model``: a short name, Hugging Face id or path, or a loaded :class:`~rerank.encode.BiEncoder`.
+    ``index``: a :class:`~rerank.retrieve.DenseIndex` (or its folder) built with the same
+    model; passages found in it are scored from their stored vectors, so only the query is
+    encoded. Passages missing from it are encoded on the fly (and counted in the trace).
+    """
+
+    def __init__(self, model: str | BiEncoder = "minilm-l6", *, index=None, precision: str = "fp32",
+                 batch_size: int = 64, name: str | None = None) -> None:
+        from rerank.retrieve.dense import DenseIndex
+
+        if isinstance(index, (str, Path)):
+            index = DenseIndex.load(index)
+        self.index = index
+        self.index_path = str(index.folder) if index is not None and getattr(index, "folder", None) else None
+        if isinstance(model, BiEncoder):
+            self.encoder = model
+        elif index is not None and index.model_name == model:
+            self.encoder = index.encoder
+        else:
+            self.encoder = BiEncoder(model, precision=precision)
+        if index is not None and index.embeddings.shape[1] != self.encoder.dim:
+            raise ValueError(f"index vectors have {index.embeddings.shape[1]} dimensions, the model {self.encoder.dim}")
+        self.model_name = model if isinstance(model, str) else model.name
+        self.precision = precision
+        self.batch_size = batch_size
+        self._rows = {p.id: i for i, p in enumerate(index.passages)} if index is not None else {}
+        self.name = name or f"bi-encoder({self.model_name}{', cached' if index is not None else ''})"
+
+    def config(self) -> dict[str, Any]:
+        """``kind`` and the arguments that rebuild this scorer."""
+        out: dict[str, Any] = {"kind": "bi-encoder", "model": self.model_name}
+        if self.index_path:
+            out["index"] = self.index_path
+        if self.precision != "fp32":
+            out["precision"] = self.precision
+        return out
+
+    def score_pairs(self, batch: Sequence[Candidates]) -> tuple[list[Sequence[float]], Work]:
+        """Query vectors · passage vectors for every candidate."""
+        calls_before = self.encoder.forward_calls
+        query_vectors = self.encoder.encode_queries([c.query.text for c in batch], batch_size=self.batch_size)
+        tokens = list(self.encoder.last_lengths)
+        vectors: dict[str, np.ndarray] = {}
+        fresh = {}
+        for c in batch:
+            for p in c.passages:
+                row = self._rows.get(p.id)
+                if row is not None:
+                    vectors[p.id] = self.index.embeddings[row]
+                else:
+                    fresh.setdefault(p.id, p)
+        fresh_lengths = {}
+        if fresh:
+            encoded = self.encoder.encode_passages([p.full_text for p in fresh.values()], batch_size=self.batch_size)
+            for (pid, _), vector, length in zip(fresh.items(), encoded, self.encoder.last_lengths):
+                vectors[pid] = vector
+                fresh_lengths[pid] = length
+        scores = []
+        for i, c in enumerate(batch):
+            if len(c):
+                matrix = np.stack([vectors[p.id] for p in c.passages])
+                scores.append(matrix @ query_vectors[i])
+            else:
+                scores.append(np.zeros(0, dtype=np.float32))
+            # A passage shared by several queries is encoded once; its tokens count for the first.
+            tokens[i] += sum(fresh_lengths.pop(p.id, 0) for p in c.passages)
+        return scores, Work(self.encoder.forward_calls - calls_before, tokens)

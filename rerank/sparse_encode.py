@@ -1,0 +1,87 @@
+"""SPLADE encoders: texts to learned sparse vectors over the model's vocabulary.
+
+A SPLADE model is a masked-language model; a text's weight for vocabulary term ``v`` is
+``max over tokens of log(1 + relu(logit[token, v]))`` (SPLADE v2 "max" pooling). Vectors are
+returned as a SciPy CSR matrix, one row per text.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from rerank.models import resolve
+
+
+class SpladeEncoder:
+    """Encode texts into sparse SPLADE vectors with any ``AutoModelForMaskedLM`` checkpoint.
+
+    ``model``: a short name (``splade-tiny``), Hugging Face id or path. Batches are capped by
+    ``max_batch_tokens`` because the vocabulary-sized logits (tokens x 30k floats) dominate
+    memory.
+    """
+
+    def __init__(self, model: str = "splade-tiny", *, max_length: int = 256, max_batch_tokens: int = 2048,
+                 device: str = "cpu") -> None:
+        import torch
+        from transformers import AutoModelForMaskedLM, AutoTokenizer
+
+        self.name = model
+        self.path = resolve(model)
+        self.tokenizer = AutoTokenizer.from_pretrained(self.path)
+        self.model = AutoModelForMaskedLM.from_pretrained(self.path).to(device).eval()
+        self.max_length = min(max_length, int(getattr(self.model.config, "max_position_embeddings", 512)))
+        self.max_batch_tokens = max_batch_tokens
+        self.vocab_size = int(self.model.config.vocab_size)
+        self.device = device
+        self.forward_calls = 0
+        self.last_lengths: list[int] = []
+        self._torch = torch
+
+    def __repr__(self) -> str:
+        return f"SpladeEncoder({self.name!r}, vocab={self.vocab_size}, max_length={self.max_length})"
+
+    def encode(self, texts: Sequence[str], *, progress: bool = False, desc: str = "SPLADE encoding"):
+        """A ``len(texts) x vocab`` CSR matrix of term weights, rows in input order."""
+        import scipy.sparse as sp
+
+        torch = self._torch
+        encoded = self.tokenizer(list(texts), truncation=True, max_length=self.max_length,
+                                 return_attention_mask=False, return_token_type_ids=False)["input_ids"]
+        self.last_lengths = [len(ids) for ids in encoded]
+        order = np.argsort([-len(ids) for ids in encoded], kind="stable")
+        rows: list[np.ndarray] = [np.zeros(0, np.int32)] * len(texts)
+        values: list[np.ndarray] = [np.zeros(0, np.float32)] * len(texts)
+        with tqdm(total=len(texts), desc=desc, unit="text", disable=not progress) as bar, torch.inference_mode():
+            start = 0
+            while start < len(order):
+                longest = max(len(encoded[order[start]]), 1)
+                size = max(1, self.max_batch_tokens // longest)
+                chunk = order[start:start + size]
+                batch = self.tokenizer.pad({"input_ids": [encoded[i] for i in chunk]}, return_tensors="pt")
+                batch = {k: v.to(self.device) for k, v in batch.items()}
+                logits = self.model(**batch).logits
+                # log(1 + relu(x)) is monotone, so the max can be taken on the raw logits first:
+                # two passes over the tokens x vocab tensor instead of four.
+                logits.masked_fill_(batch["attention_mask"].unsqueeze(-1) == 0, float("-inf"))
+                pooled = torch.log1p(torch.relu(logits.amax(dim=1))).float().cpu()
+                for j, i in enumerate(chunk):
+                    nonzero = torch.nonzero(pooled[j], as_tuple=True)[0]
+                    rows[i] = nonzero.numpy().astype(np.int32)
+                    values[i] = pooled[j, nonzero].numpy()
+                self.forward_calls += 1
+                start += len(chunk)
+                bar.update(len(chunk))
+        indptr = np.zeros(len(texts) + 1, dtype=np.int64)
+        indptr[1:] = np.cumsum([len(r) for r in rows])
+        indices = np.concatenate(rows) if rows else np.zeros(0, np.int32)
+        data = np.concatenate(values) if values else np.zeros(0, np.float32)
+        return sp.csr_matrix((data, indices, indptr), shape=(len(texts), self.vocab_size))
+
+    def terms(self, vector, top: int = 10) -> list[tuple[str, float]]:
+        """The ``top`` heaviest vocabulary terms of one encoded row (for inspecting expansions)."""
+        row = vector.tocsr()
+        order = np.argsort(-row.data)[:top]
+        tokens = self.tokenizer.convert_ids_to_tokens(row.indices[order].tolist())
+        return [(t, float(w)) for t, w in zip(tokens, row.data[order])]
