@@ -1,4 +1,4 @@
-"""The ``rerank`` command line: ``index``, ``retrieve`` and ``evaluate``."""
+"""The ``rerank`` command line: ``index``, ``retrieve``, ``rerank`` and ``evaluate``."""
 from __future__ import annotations
 
 import argparse
@@ -37,7 +37,7 @@ def _tokenizer(args):
 def cmd_index(args) -> int:
     """Build BM25 and/or dense indexes under ``<indexes-dir>/<name>/``."""
     from rerank.data.detect import iter_collection
-    from rerank.retrieve import BM25Index, BM25Params, DenseIndex
+    from rerank.retrieve import BM25Index, BM25Params, DenseIndex, SpladeIndex
 
     kinds = args.kind or ["bm25"]
     began = time.perf_counter()
@@ -50,6 +50,9 @@ def cmd_index(args) -> int:
             params = BM25Params(k1=args.k1, b=args.b, method=args.method, idf=args.idf)
             index = BM25Index.build(passages, tokenizer=_tokenizer(args), params=params, backend=args.backend)
             folder = index.save(root / "bm25")
+        elif kind == "splade":
+            index = SpladeIndex.build(passages, args.splade_model)
+            folder = index.save(root / "splade")
         else:
             index = DenseIndex.build(passages, args.model, factory=args.factory, batch_size=args.batch_size)
             folder = index.save(root / "dense")
@@ -80,6 +83,70 @@ def cmd_retrieve(args) -> int:
         log.warning("%d queries matched no passage", empty)
     write_run(results[0], args.out, tag=args.tag)
     print(f"wrote {sum(len(c) for c in results[0])} lines for {len(queries)} queries to {args.out}")
+    return 0
+
+
+def _rerank_inputs(args) -> list:
+    """One :class:`Candidates` per query from --candidates, or --run + --corpus + --queries, or
+    --queries alone (for pipelines that retrieve)."""
+    from rerank.data import read_run
+    from rerank.data.detect import iter_collection, read_queries
+    from rerank.data.jsonl import iter_candidates
+    from rerank.data.trec import ranked_items
+    from rerank.types import Candidates
+
+    depth = args.depth
+    if args.candidates:
+        if args.run or args.corpus:
+            raise RerankError("give either --candidates (JSONL with texts) or --run with --corpus, not both")
+        return [c.top(depth) if depth else c for c in iter_candidates(args.candidates, skip_bad=args.skip_bad)]
+    if not args.queries:
+        raise RerankError("--queries is required with --run, or when the pipeline retrieves its own candidates")
+    queries = {q.id: q for q in read_queries(args.queries, args.split, skip_bad=args.skip_bad)}
+    if not args.run:
+        return [Candidates(q, [], []) for q in queries.values()]
+    if not args.corpus:
+        raise RerankError("--run needs --corpus to read the passages' text")
+    run = read_run(args.run, skip_bad=args.skip_bad)
+    unknown = [q for q in run if q not in queries]
+    if unknown:
+        raise RerankError(f"{len(unknown)} query id(s) of {args.run} are not in {args.queries}, e.g. {unknown[:5]}")
+    ranked = {qid: ranked_items(scores)[:depth] if depth else ranked_items(scores) for qid, scores in run.items()}
+    wanted = {doc for items in ranked.values() for doc, _ in items}
+    corpus = {p.id: p for p in iter_collection(args.corpus, skip_bad=args.skip_bad) if p.id in wanted}
+    missing = sorted(wanted - set(corpus))
+    if missing and not args.skip_missing:
+        raise RerankError(f"{len(missing)} document id(s) of {args.run} are not in the corpus {args.corpus}, "
+                          f"e.g. {missing[:5]}; pass --skip-missing to drop them")
+    if missing:
+        log.warning("dropping %d document ids missing from the corpus", len(missing))
+    out = []
+    for qid, items in ranked.items():
+        kept = [(corpus[d], s) for d, s in items if d in corpus]
+        out.append(Candidates(queries[qid], [p for p, _ in kept], [s for _, s in kept]))
+    return out
+
+
+def cmd_rerank(args) -> int:
+    """Re-rank a run (or JSONL candidates) with a pipeline config, resumably."""
+    from rerank.batch import rerank_to_file
+    from rerank.config import build_pipeline, parse_config
+    from rerank.trace import format_costs, summarize
+
+    config = parse_config(args.pipeline)  # a bad config fails before any data or model loads
+    began = time.perf_counter()
+    batch = _rerank_inputs(args)
+    if not batch:
+        raise RerankError("no queries to re-rank")
+    log.info("read %d queries in %.1fs", len(batch), time.perf_counter() - began)
+    pipeline = build_pipeline(config)
+    print(f"pipeline: {pipeline}", file=sys.stderr)
+    result = rerank_to_file(pipeline, batch, args.out, fmt=args.format, tag=args.tag, chunk_size=args.chunk_size,
+                            progress=not args.no_progress, overwrite=args.overwrite)
+    if result.resumed:
+        print(f"resumed: {result.resumed} queries were already done, {result.done_now} re-ranked now", file=sys.stderr)
+    print(format_costs(summarize(result.traces.values())))
+    print(f"wrote {len(batch)} queries to {result.out}")
     return 0
 
 
@@ -132,7 +199,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "a corpus.jsonl[.gz], or a TSV collection (pid<TAB>text).")
     p.add_argument("corpus", help="BEIR folder, bundled dataset name, corpus.jsonl[.gz] or TSV collection")
     p.add_argument("--name", required=True, help="index name; files go to <indexes-dir>/<name>/<kind>/")
-    p.add_argument("--kind", action="append", choices=["bm25", "dense"], help="index kind; repeat for both (default: bm25)")
+    p.add_argument("--kind", action="append", choices=["bm25", "dense", "splade"],
+                   help="index kind; repeat for several (default: bm25)")
     p.add_argument("--indexes-dir", default="indexes", help="where indexes live (default: indexes)")
     p.add_argument("--skip-bad", action="store_true", help="skip malformed lines (their count is reported) instead of failing")
     g = p.add_argument_group("BM25")
@@ -148,6 +216,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--model", default="minilm-l6", help="bi-encoder: short name, Hugging Face id or path (default: minilm-l6)")
     g.add_argument("--factory", default="Flat", help="FAISS factory string: Flat, HNSW32, IVF256,PQ32... (default: Flat)")
     g.add_argument("--batch-size", type=int, default=64, help="max texts per encoder batch (default: 64)")
+    g = p.add_argument_group("SPLADE")
+    g.add_argument("--splade-model", default="splade-tiny", help="SPLADE model: short name, Hugging Face id or path (default: splade-tiny)")
     p.set_defaults(func=cmd_index)
 
     p = sub.add_parser("retrieve", help="search an index (or fuse several) and write a TREC run",
@@ -163,6 +233,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tag", default="rerank", help="run tag, the 6th column (default: rerank)")
     p.add_argument("--skip-bad", action="store_true", help="skip malformed query lines instead of failing")
     p.set_defaults(func=cmd_retrieve)
+
+    p = sub.add_parser("rerank", help="re-rank a TREC run or JSONL candidates with a pipeline (resumable)",
+                       description="Run a pipeline config over many queries. Input: a TREC run with --corpus "
+                                   "and --queries, or JSONL candidates with their text, or --queries alone when "
+                                   "the pipeline retrieves. Killed and run again with the same arguments, it "
+                                   "continues where it stopped; the output appears only when complete.")
+    p.add_argument("--pipeline", required=True, help="pipeline config (TOML), e.g. experiments/pipelines/dl19-cascade.toml")
+    p.add_argument("--run", help="TREC run to re-rank")
+    p.add_argument("--candidates", help="JSONL candidates with text (instead of --run/--corpus/--queries)")
+    p.add_argument("--corpus", help="BEIR folder or name, corpus.jsonl[.gz] or TSV collection holding the run's documents")
+    p.add_argument("--queries", help="BEIR folder or name, queries.jsonl, TREC topics or TSV queries")
+    p.add_argument("--split", default="test", help="with a BEIR folder: queries judged in this split (default: test)")
+    p.add_argument("--depth", type=int, default=None, help="re-rank only the top DEPTH candidates of each query")
+    p.add_argument("--out", required=True, help="output: a TREC run, or JSONL if the name ends in .jsonl")
+    p.add_argument("--format", choices=["trec", "jsonl"], default=None, help="output format (default: from --out's name)")
+    p.add_argument("--tag", default="rerank", help="run tag for TREC output (default: rerank)")
+    p.add_argument("--chunk-size", type=int, default=8, help="queries per pipeline call and per checkpoint (default: 8)")
+    p.add_argument("--skip-missing", action="store_true", help="drop run documents missing from the corpus instead of failing")
+    p.add_argument("--skip-bad", action="store_true", help="skip malformed input lines instead of failing")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing complete output")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_rerank)
 
     p = sub.add_parser("evaluate", help="score TREC runs against qrels with ir-measures",
                        description="Evaluate runs with ir-measures; judged queries missing from a run count as 0 "

@@ -25,6 +25,7 @@ pipeline back, so configs round-trip.
 from __future__ import annotations
 
 import ast
+import difflib
 import inspect
 import re
 from dataclasses import dataclass, field
@@ -98,7 +99,7 @@ class PipelineConfig:
 
 
 def _line_of(text: str, name: str) -> int:
-    match = re.search(rf"^\s*\[\s*stages\.\"?{re.escape(name)}\"?\s*\]", text, re.M)
+    match = re.search(rf"^[ \t]*\[[ \t]*stages\.\"?{re.escape(name)}\"?\s*\]", text, re.M)
     return text[: match.start()].count("\n") + 1 if match else 0
 
 
@@ -176,12 +177,19 @@ def _check_expression(config: PipelineConfig) -> None:
 
 def _check_spec(spec: StageSpec, kinds: dict, config: PipelineConfig) -> None:
     at = f"{config.source}:{spec.line} [stages.{spec.name}]" if spec.line else f"{config.source} [stages.{spec.name}]"
-    factory = kinds[spec.kind]
+    signature = inspect.signature(kinds[spec.kind])
+    params = [p for p, v in signature.parameters.items() if v.kind is not inspect.Parameter.VAR_KEYWORD and p != "name"]
+    takes = f"(kind {spec.kind!r} takes: {', '.join(params)})"
+    open_ended = any(v.kind is inspect.Parameter.VAR_KEYWORD for v in signature.parameters.values())
+    for key in spec.args:
+        if key not in params and not open_ended:
+            close = difflib.get_close_matches(key, params, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ConfigError(f"{at}: unknown argument {key!r}{hint} {takes}")
     try:
-        inspect.signature(factory).bind(**{k: None for k in spec.args})
+        signature.bind(**{k: None for k in spec.args})
     except TypeError as exc:
-        params = [p for p in inspect.signature(factory).parameters if p not in ("self", "search_options")]
-        raise ConfigError(f"{at}: {exc} (kind {spec.kind!r} takes: {', '.join(params)})") from None
+        raise ConfigError(f"{at}: {exc} {takes}") from None
     for ref in _REFERENCES.get(spec.kind, ()):
         target = spec.args.get(ref)
         if target is not None and target not in config.stages:

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from rerank.types import Candidates
+from rerank.types import Candidates, StageCost
 
 
 @dataclass
@@ -32,14 +32,14 @@ class StageSummary:
         return 1000 * float(np.percentile(self.per_query_seconds, 95)) if self.per_query_seconds else 0.0
 
 
-def summarize(batch: Iterable[Candidates]) -> list[StageSummary]:
-    """Sum each stage's trace entries over the queries, stages in the order they ran.
-
-    A stage that appears twice in one query's trace (e.g. the same scorer reused) is summed."""
+def summarize(batch: Iterable[Candidates | Sequence[StageCost]]) -> list[StageSummary]:
+    """Sum each stage's trace entries over the queries (each a :class:`Candidates` or its trace),
+    stages in the order they ran. A stage that appears twice in one trace is summed."""
     stages: dict[str, StageSummary] = {}
-    for cands in batch:
+    for item in batch:
+        trace = item.trace if isinstance(item, Candidates) else item
         seen: dict[str, float] = {}
-        for cost in cands.trace:
+        for cost in trace:
             s = stages.setdefault(cost.stage, StageSummary(cost.stage))
             s.seconds += cost.seconds
             s.passages_scored += cost.passages_scored

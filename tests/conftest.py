@@ -58,3 +58,55 @@ def scifact_subset(scifact_corpus, scifact_test):
     docs = [scifact_corpus[d] for d in sorted(relevant)]
     docs += [p for p in scifact_corpus.values() if p.id not in relevant][: 600 - len(docs)]
     return docs, queries, {q.id: qrels[q.id] for q in queries}
+
+
+def build_tiny_cross_encoder(folder: Path, num_labels: int = 1, seed: int = 0) -> Path:
+    """A randomly initialized 2-layer BERT cross-encoder (hidden size 32) with MiniLM's tokenizer:
+    the tests' stand-in for a trained cross-encoder, which cannot be downloaded here."""
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    from rerank.models import resolve
+
+    torch.manual_seed(seed)
+    tokenizer = AutoTokenizer.from_pretrained(resolve("minilm-l6"))
+    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=128, num_labels=num_labels)
+    BertForSequenceClassification(config).eval().save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_ce_path(tmp_path_factory):
+    return build_tiny_cross_encoder(tmp_path_factory.mktemp("tiny-ce-1"), num_labels=1)
+
+
+@pytest.fixture(scope="session")
+def tiny_ce2_path(tmp_path_factory):
+    return build_tiny_cross_encoder(tmp_path_factory.mktemp("tiny-ce-2"), num_labels=2)
+
+
+@pytest.fixture(scope="session")
+def dl19():
+    """TREC DL 2019: queries by id, the corpus, the BM25 run and qrels."""
+    from rerank.data import read_qrels, read_run
+    from rerank.data.beir import load_corpus, load_queries
+
+    root = shared("trec-dl-2019")
+    return (load_queries(root / "queries.jsonl"), load_corpus(root / "corpus.jsonl"),
+            read_run(root / "runs" / "bm25.trec"), read_qrels(root / "qrels" / "test.tsv"))
+
+
+@pytest.fixture(scope="session")
+def dl19_batch(dl19):
+    """The BM25 top-20 of the first 4 DL19 queries, as a batch of Candidates."""
+    from rerank.data.trec import ranked_items
+    from rerank.types import Candidates
+
+    queries, corpus, run, _ = dl19
+    out = []
+    for qid in sorted(run)[:4]:
+        items = ranked_items(run[qid])[:20]
+        out.append(Candidates(queries[qid], [corpus[d] for d, _ in items], [s for _, s in items]))
+    return out
