@@ -30,6 +30,9 @@ test: install
 bench-quick: install
 	$(PY) experiments/benchmarks/bm25.py --quick
 	$(PY) experiments/benchmarks/dense.py --quick
+	$(PY) experiments/benchmarks/cross_encoder.py --quick
+	$(PY) experiments/benchmarks/cascade.py --quick
+	$(PY) experiments/benchmarks/idcm.py --quick
 
 clean-indexes:
 	find indexes -mindepth 1 -maxdepth 1 -type d -exec rm -rf {} +

@@ -1,19 +1,27 @@
 """rerank: neural passage re-ranking — first-stage retrieval, cascades and evaluation.
 
-The first stage, data formats and evaluation are importable from here::
+Everything a pipeline needs is importable from here::
 
-    from rerank import BM25Index, DenseIndex, Query, evaluate, fuse, open_dataset
+    from rerank import BM25Index, CrossEncoder, Retriever, SpladeScorer, evaluate, open_dataset
+    pipe = Retriever(BM25Index.load("indexes/scifact/bm25")) % 100 >> SpladeScorer() % 30 >> CrossEncoder(path)
 """
 from rerank.data import open_dataset, read_qrels, read_run, write_run
 from rerank.evaluate import Evaluation, evaluate
 from rerank.fusion import fuse, reciprocal_rank_fusion, score_fusion
-from rerank.retrieve import BM25Index, BM25Params, DenseIndex, load_index
+from rerank.cascade import IntraDocumentCascade
+from rerank.config import build_pipeline, dump_pipeline, parse_config
+from rerank.pipeline import Fusion, Pipeline, Stage, fuse_stages
+from rerank.retrieve import BM25Index, BM25Params, DenseIndex, SpladeIndex, load_index
+from rerank.retrieve.stage import Retriever
+from rerank.score import BiEncoderScorer, BM25Scorer, CrossEncoder, SpladeScorer
 from rerank.tokenize import Tokenizer
 from rerank.types import Candidates, Passage, Query
 
 __version__ = "0.1.0"
 __all__ = [
-    "BM25Index", "BM25Params", "Candidates", "DenseIndex", "Evaluation", "Passage", "Query", "Tokenizer",
-    "evaluate", "fuse", "load_index", "open_dataset", "read_qrels", "read_run", "reciprocal_rank_fusion",
+    "BM25Index", "BM25Params", "BM25Scorer", "BiEncoderScorer", "Candidates", "CrossEncoder", "DenseIndex",
+    "Evaluation", "Fusion", "IntraDocumentCascade", "Passage", "Pipeline", "Query", "Retriever", "SpladeIndex",
+    "SpladeScorer", "Stage", "Tokenizer", "build_pipeline", "dump_pipeline", "evaluate", "fuse", "fuse_stages",
+    "load_index", "open_dataset", "parse_config", "read_qrels", "read_run", "reciprocal_rank_fusion",
     "score_fusion", "write_run",
 ]

@@ -103,9 +103,10 @@ def _line_of(text: str, name: str) -> int:
     return text[: match.start()].count("\n") + 1 if match else 0
 
 
-def parse_config(source: str | Path | dict, *, text: str | None = None) -> PipelineConfig:
+def parse_config(source: str | Path | dict, *, text: str | None = None, check_files: bool = True) -> PipelineConfig:
     """Read and check a pipeline config (a TOML file path, TOML text via ``text=``, or a dict),
-    without building anything. Raises :class:`ConfigError` naming the line of the first problem."""
+    without building anything. Raises :class:`ConfigError` naming the line of the first problem.
+    ``check_files=False`` skips checking that index folders exist (to lint a config elsewhere)."""
     where = "<config>"
     if isinstance(source, dict):
         data = source
@@ -143,7 +144,7 @@ def parse_config(source: str | Path | dict, *, text: str | None = None) -> Pipel
     _check_expression(config)
     kinds = _kinds()
     for name in config.used():
-        _check_spec(config.stages[name], kinds, config)
+        _check_spec(config.stages[name], kinds, config, check_files)
     return config
 
 
@@ -175,7 +176,7 @@ def _check_expression(config: PipelineConfig) -> None:
             raise ConfigError(f"{where}: {type(node).__name__} is not allowed in a pipeline expression")
 
 
-def _check_spec(spec: StageSpec, kinds: dict, config: PipelineConfig) -> None:
+def _check_spec(spec: StageSpec, kinds: dict, config: PipelineConfig, check_files: bool) -> None:
     at = f"{config.source}:{spec.line} [stages.{spec.name}]" if spec.line else f"{config.source} [stages.{spec.name}]"
     signature = inspect.signature(kinds[spec.kind])
     params = [p for p, v in signature.parameters.items() if v.kind is not inspect.Parameter.VAR_KEYWORD and p != "name"]
@@ -194,7 +195,7 @@ def _check_spec(spec: StageSpec, kinds: dict, config: PipelineConfig) -> None:
         target = spec.args.get(ref)
         if target is not None and target not in config.stages:
             raise ConfigError(f"{at}: {ref} = {target!r} names no stage of this config")
-    for key in _PATHS:
+    for key in _PATHS if check_files else ():
         value = spec.args.get(key)
         if isinstance(value, str) and not Path(value).exists():
             raise ConfigError(f"{at}: {key} = {value!r} does not exist (build it with 'rerank index')")

@@ -339,7 +339,12 @@ class Scorer(Stage):
     def __call__(self, batch: Sequence[Candidates]) -> list[Candidates]:
         from rerank.types import sort_candidates
 
+        from rerank.errors import EmptyQueryError
+
         batch = list(batch)
+        for c in batch:
+            if len(c) and not c.query.text.strip():
+                raise EmptyQueryError(f"query {c.query.id!r} has empty text; cannot score its {len(c)} candidates")
         began = time.perf_counter()
         scores, work = self.score_pairs(batch) if any(len(c) for c in batch) else ([[] for _ in batch], Work())
         seconds = time.perf_counter() - began

@@ -169,3 +169,13 @@ def test_bad_configs_fail_before_anything_loads(tmp_path, body, message):
     with pytest.raises(ConfigError, match=re.escape(message)) as err:
         parse_config(_write(tmp_path, body))
     assert "pipe.toml" in str(err.value)
+
+
+def test_committed_pipeline_configs_parse():
+    from conftest import REPO
+
+    configs = sorted((REPO / "experiments" / "pipelines").glob("*.toml"))
+    assert configs
+    for path in configs:
+        config = parse_config(path, check_files=False)
+        assert config.used()

@@ -109,6 +109,10 @@ def test_empty_inputs(tiny_ce):
     out = tiny_ce([Candidates(Query("q", "anything"), [], [])])
     assert len(out) == 1 and len(out[0]) == 0
     assert tiny_ce.predict([]).shape == (0,)
+    from rerank.errors import EmptyQueryError
+
+    with pytest.raises(EmptyQueryError, match="'q2' has empty text"):
+        tiny_ce([Candidates(Query("q2", "  "), [Passage("d", "text")], [0.0])])
 
 
 @pytest.fixture(scope="module")
