@@ -104,6 +104,22 @@ def test_int8_quantizes_linear_layers_and_stays_close_on_a_real_model(tiny_ce_pa
     assert (fp32 * int8).sum(1).min() > 0.9  # measured 0.92-0.96: int8 drifts, see the benchmark
 
 
+@pytest.mark.parametrize("labels", [1, 2])
+def test_onnx_backend_matches_torch(tiny_ce_path, tiny_ce2_path, dl19_batch, tmp_path, monkeypatch, labels):
+    from rerank.score.cross_encoder import CrossEncoder
+
+    monkeypatch.setenv("RERANK_CACHE", str(tmp_path))
+    path = str(tiny_ce_path if labels == 1 else tiny_ce2_path)
+    pairs = [(c.query.text, p.full_text) for c in dl19_batch[:2] for p in c.passages]
+    onnx = CrossEncoder(path, backend="onnx")
+    np.testing.assert_allclose(onnx.predict(pairs), CrossEncoder(path).predict(pairs), atol=1e-5)
+    assert onnx.onnx.path.is_file() and str(tmp_path) in str(onnx.onnx.path)
+    again = CrossEncoder(path, backend="onnx")  # reuses the cached export
+    assert again.onnx.path == onnx.onnx.path
+    assert CrossEncoder(path, backend="onnx", precision="int8").predict(pairs).shape == (len(pairs),)
+    assert onnx.config()["backend"] == "onnx"
+
+
 def test_empty_inputs(tiny_ce):
     assert tiny_ce([]) == []
     out = tiny_ce([Candidates(Query("q", "anything"), [], [])])

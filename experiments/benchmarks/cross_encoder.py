@@ -16,6 +16,7 @@ int8); the random-head cross-encoder's rankings only show agreement (top-10 over
 from __future__ import annotations
 
 import argparse
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -91,28 +92,39 @@ def main() -> None:
           f"torch threads {torch.get_num_threads()}")
 
     with tempfile.TemporaryDirectory() as tmp:
+        os.environ["RERANK_CACHE"] = tmp  # a fresh ONNX export, removed afterwards
         folder = make_cross_encoder(Path(tmp) / "minilm-ce")
         ours = CrossEncoder(str(folder), max_length=args.max_length)
         int8 = CrossEncoder(str(folder), max_length=args.max_length, precision="int8")
+        onnx = CrossEncoder(str(folder), max_length=args.max_length, backend="onnx")
+        onnx8 = CrossEncoder(str(folder), max_length=args.max_length, backend="onnx", precision="int8")
         peer = PeerCrossEncoder(str(folder), max_length=args.max_length, device="cpu")
         warm = pairs[:32]
-        ours.predict(warm), int8.predict(warm), peer.predict(warm, activation_fn=torch.nn.Identity())
+        for scorer in (ours, int8, onnx, onnx8):
+            scorer.predict(warm)
+        peer.predict(warm, activation_fn=torch.nn.Identity())
 
         # Interleaved repeats, median time of each: this 2-core machine's speed drifts between runs.
-        times: dict[str, list[float]] = {"peer": [], "fp32": [], "int8": []}
+        runners = {"peer": lambda: peer.predict(pairs, batch_size=32, activation_fn=torch.nn.Identity()),
+                   "fp32": lambda: ours.predict(pairs), "int8": lambda: int8.predict(pairs),
+                   "onnx": lambda: onnx.predict(pairs), "onnx-int8": lambda: onnx8.predict(pairs)}
+        times: dict[str, list[float]] = {k: [] for k in runners}
+        scores: dict[str, np.ndarray] = {}
         for _ in range(args.repeats):
-            peer_scores, seconds = timed(peer.predict, pairs, batch_size=32, activation_fn=torch.nn.Identity())
-            times["peer"].append(seconds)
-            our_scores, seconds = timed(ours.predict, pairs)
-            times["fp32"].append(seconds)
-            int8_scores, seconds = timed(int8.predict, pairs)
-            times["int8"].append(seconds)
-        peer_s, our_s, int8_s = (float(np.median(times[k])) for k in ("peer", "fp32", "int8"))
+            for key, fn in runners.items():
+                scores[key], seconds = timed(fn)
+                times[key].append(seconds)
+        median = {k: float(np.median(v)) for k, v in times.items()}
+        peer_s, our_s, int8_s = median["peer"], median["fp32"], median["int8"]
+        peer_scores, our_scores, int8_scores = scores["peer"], scores["fp32"], scores["int8"]
         rows = [
             {"scorer": "sentence-transformers CrossEncoder.predict (fp32, batch 32)", "pairs/s": len(pairs) / peer_s},
-            {"scorer": "rerank CrossEncoder fp32", "pairs/s": len(pairs) / our_s},
-            {"scorer": "rerank CrossEncoder int8 (dynamic)", "pairs/s": len(pairs) / int8_s},
+            {"scorer": "rerank CrossEncoder fp32 (torch)", "pairs/s": len(pairs) / our_s},
+            {"scorer": "rerank CrossEncoder fp32 (backend='onnx')", "pairs/s": len(pairs) / median["onnx"]},
+            {"scorer": "rerank CrossEncoder int8 (torch dynamic quantization)", "pairs/s": len(pairs) / int8_s},
+            {"scorer": "rerank CrossEncoder int8 (backend='onnx')", "pairs/s": len(pairs) / median["onnx-int8"]},
         ]
+        onnx_diff = float(np.abs(scores["onnx"] - peer_scores).max())
         bf16_rate = None
         if args.bf16:
             bf16 = CrossEncoder(str(folder), max_length=args.max_length, precision="bf16")
@@ -139,8 +151,11 @@ def main() -> None:
         overlap.append(len(top(our_scores) & top(int8_scores)) / 10)
     ratio = (len(pairs) / our_s) / (len(pairs) / peer_s)
     int8_ratio = (len(pairs) / int8_s) / (len(pairs) / peer_s)
-    print(f"\nfp32 vs sentence-transformers: {ratio:.2f}x, max |score diff| {max_diff:.2e}")
-    print(f"int8 vs sentence-transformers: {int8_ratio:.2f}x; int8 vs fp32: max |score diff| {int8_diff:.3f}, "
+    onnx_ratio = peer_s / median["onnx"]
+    onnx8_ratio = peer_s / median["onnx-int8"]
+    print(f"\nfp32 vs sentence-transformers: torch {ratio:.2f}x (max |score diff| {max_diff:.2e}), "
+          f"onnx {onnx_ratio:.2f}x (max |score diff| {onnx_diff:.2e})")
+    print(f"int8 vs sentence-transformers: torch {int8_ratio:.2f}x, onnx {onnx8_ratio:.2f}x; int8 vs fp32: max |score diff| {int8_diff:.3f}, "
           f"top-10 overlap {np.mean(overlap):.3f}")
     print(f"mean pair length {mean_tokens:.1f} tokens; fp32 runs at {len(pairs) / our_s / bound:.0%} of the FLOP bound")
 
@@ -153,7 +168,9 @@ def main() -> None:
         "repeats": args.repeats, "st_pairs_per_s": round(len(pairs) / peer_s, 1), "fp32_pairs_per_s": round(len(pairs) / our_s, 1),
         "int8_pairs_per_s": round(len(pairs) / int8_s, 1), "bf16_pairs_per_s": bf16_rate and round(bf16_rate, 1),
         "fp32_vs_st": round(ratio, 3), "int8_vs_st": round(int8_ratio, 3), "max_abs_diff_fp32_vs_st": max_diff,
-        "int8_max_abs_diff": round(int8_diff, 4), "int8_top10_overlap": round(float(np.mean(overlap)), 3),
+        "onnx_pairs_per_s": round(len(pairs) / median["onnx"], 1), "onnx_vs_st": round(onnx_ratio, 3),
+        "onnx_int8_pairs_per_s": round(len(pairs) / median["onnx-int8"], 1), "onnx_int8_vs_st": round(onnx8_ratio, 3),
+        "max_abs_diff_onnx_vs_st": onnx_diff, "int8_max_abs_diff": round(int8_diff, 4), "int8_top10_overlap": round(float(np.mean(overlap)), 3),
         "flop_bound_pairs_per_s": round(bound, 1), "gemm_gflops": round(gflops, 1),
         "int8_ndcg10_fp32": round(int8_ndcg["fp32"], 4), "int8_ndcg10_int8": round(int8_ndcg["int8"], 4),
     })

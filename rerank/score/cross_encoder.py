@@ -21,6 +21,8 @@ from rerank.models import resolve
 from rerank.pipeline import Scorer, Work
 from rerank.types import Candidates
 
+BACKENDS = ("torch", "onnx")
+
 class CrossEncoder(Scorer):
     """Re-rank candidates with a cross-encoder.
 
@@ -34,6 +36,9 @@ class CrossEncoder(Scorer):
     ``precision``: ``fp32`` (default); ``int8`` applies dynamic int8 quantization to the linear
     layers (about 2x faster on CPU, scores drift slightly); ``bf16`` only pays off on CPUs with
     AVX-512-BF16 or AMX.
+    ``backend``: ``torch`` (default) or ``onnx`` — export once to ONNX and run with ONNX Runtime
+    (about 1.15x faster on CPU at identical fp32 scores; ``precision="int8"`` then uses ONNX
+    Runtime's dynamic quantization). Needs the ``onnx`` extra and a local model folder.
     ``normalize``: return probabilities (sigmoid of the logit, or the softmax of the relevant
     class) instead of logits. Rankings are the same either way; the two-class default is the
     log-odds ``logit[1] - logit[0]``, which orders pairs exactly as the softmax probability but
@@ -43,7 +48,7 @@ class CrossEncoder(Scorer):
     def __init__(self, model: str, *, max_length: int | None = None, batch_size: int = 32,
                  max_batch_tokens: int = 2048, precision: str = "fp32", normalize: bool = False,
                  threads: int | None = None, device: str = "cpu", progress: bool = False,
-                 name: str | None = None) -> None:
+                 backend: str = "torch", name: str | None = None) -> None:
         import torch
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
@@ -57,7 +62,19 @@ class CrossEncoder(Scorer):
         if labels not in (1, 2):
             raise ValueError(f"{model}: a cross-encoder needs 1 or 2 output labels, this model has {labels}")
         self.num_labels = labels
-        self.net = net = quantize(net.to(device).eval(), precision)
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        self.onnx = None
+        if backend == "onnx":
+            from rerank.score.onnx_runtime import OnnxClassifier
+
+            uses_types = "token_type_ids" in self.tokenizer.model_input_names
+            self.onnx = OnnxClassifier(net.eval(), self.path, uses_token_types=uses_types, precision=precision,
+                                       threads=threads)
+        else:
+            net = quantize(net.to(device).eval(), precision)
+        self.net = net
+        self.backend = backend
         limit = min(int(getattr(net.config, "max_position_embeddings", 512)), 512)
         self.max_length = min(max_length or limit, limit)
         self.batch_size = batch_size
@@ -70,11 +87,12 @@ class CrossEncoder(Scorer):
         self.truncated_queries = 0
         self._torch = torch
         self._settings = {"max_length": max_length, "batch_size": batch_size, "max_batch_tokens": max_batch_tokens,
-                          "precision": precision, "normalize": normalize}
+                          "precision": precision, "normalize": normalize, "backend": backend}
 
     def config(self) -> dict[str, Any]:
         """``kind`` and the arguments that rebuild this scorer."""
-        defaults = {"max_length": None, "batch_size": 32, "max_batch_tokens": 2048, "precision": "fp32", "normalize": False}
+        defaults = {"max_length": None, "batch_size": 32, "max_batch_tokens": 2048, "precision": "fp32",
+                    "normalize": False, "backend": "torch"}
         return {"kind": "cross-encoder", "model": self.model_name,
                 **{k: v for k, v in self._settings.items() if v != defaults[k]}}
 
@@ -126,10 +144,14 @@ class CrossEncoder(Scorer):
                     mask[j, :len(seq)] = 1
                     if types is not None:
                         types[j, :len(seq)] = torch.tensor(all_types[r])
-                inputs = {"input_ids": ids.to(self.device), "attention_mask": mask.to(self.device)}
-                if types is not None:
-                    inputs["token_type_ids"] = types.to(self.device)
-                logits = self.net(**inputs).logits.float()
+                if self.onnx is not None:
+                    logits = torch.from_numpy(self.onnx(ids.numpy(), mask.numpy(),
+                                                        None if types is None else types.numpy()))
+                else:
+                    inputs = {"input_ids": ids.to(self.device), "attention_mask": mask.to(self.device)}
+                    if types is not None:
+                        inputs["token_type_ids"] = types.to(self.device)
+                    logits = self.net(**inputs).logits.float()
                 out[rows] = self._to_scores(logits).cpu().numpy()
                 calls += 1
                 start += len(rows)
