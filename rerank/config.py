@@ -203,7 +203,7 @@ def _check_spec(spec: StageSpec, kinds: dict, config: PipelineConfig, check_file
 
 def build_pipeline(config: PipelineConfig | str | Path | dict):
     """Build the :class:`~rerank.pipeline.Stage` a config describes (loading its models)."""
-    from rerank.pipeline import Cutoff, Fusion, Pipeline
+    from rerank.pipeline import Fusion, Pipeline
 
     if not isinstance(config, PipelineConfig):
         config = parse_config(config)
@@ -239,7 +239,6 @@ def build_pipeline(config: PipelineConfig | str | Path | dict):
             return Fusion([walk(a) for a in node.args], **options)
         raise ConfigError(f"{config.source}: cannot build {ast.dump(node)}")
 
-    _ = Cutoff  # cut-offs come from ``%`` (which lets a first stage push the k down)
     return walk(ast.parse(config.expression, mode="eval"))
 
 

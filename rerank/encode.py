@@ -91,10 +91,11 @@ class BiEncoder:
         """Token counts after truncation, as the model sees them."""
         return [len(ids) for ids in self.tokenizer(list(texts), truncation=True, max_length=self.max_length)["input_ids"]]
 
-    def encode(self, texts: Sequence[str], *, batch_size: int = 64, max_batch_tokens: int = 8192,
+    def encode(self, texts: Sequence[str], *, batch_size: int = 64, max_batch_tokens: int = 2048,
                progress: bool = False, desc: str = "Encoding") -> np.ndarray:
         """Vectors for ``texts`` in input order: length-sorted batches of at most ``batch_size``
-        texts and ``max_batch_tokens`` padded tokens each."""
+        texts and ``max_batch_tokens`` padded tokens each (on a 2-core CPU, ~2k-token batches ran
+        1.3-1.4x faster than 8k ones: they stay in cache)."""
         torch = self._torch
         if len(texts) == 0:
             self.last_lengths = []

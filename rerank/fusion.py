@@ -79,8 +79,16 @@ def score_fusion(*runs: Sequence[Candidates], normalization: str = "zscore",
     return _fuse(runs, contribution, f"fusion({normalization})")
 
 
-def fuse(*runs: Sequence[Candidates], method: str = "rrf", **options) -> list[Candidates]:
-    """Fuse result lists by ``method``: ``rrf``, or ``zscore``/``minmax``/``sum`` score fusion."""
+def fuse(*runs, method: str = "rrf", **options):
+    """Fuse result lists by ``method``: ``rrf``, or ``zscore``/``minmax``/``sum`` score fusion.
+
+    Given pipeline stages instead of result lists, returns the fusion *stage*
+    (``fuse(bm25 % 100, dense % 100, method="zscore") >> cross_encoder``), as in a TOML config.
+    """
+    from rerank.pipeline import Fusion, Stage
+
+    if runs and all(isinstance(r, Stage) for r in runs):
+        return Fusion(runs, method=method, **options)
     if method == "rrf":
         return reciprocal_rank_fusion(*runs, **options)
     if method in ("zscore", "minmax"):

@@ -76,6 +76,7 @@ def test_fusion_matches_the_fusion_module_and_traces_each_branch_once(indexes):
         expected = fuse(a.search(queries), b.search(queries), method=method)
         assert [c.ids for c in out] == [c.ids for c in expected]
         assert [t.stage for t in out[0].trace] == ["lucene", "robertson", f"fuse[{method}]"]
+    assert str(fuse(a, b, method="zscore")) == str(fuse_stages(a, b, method="zscore"))
     start = [Candidates(q, [], []) for q in queries]
     staged = (Identity() >> (a | b)).__call__(start)
     assert len(staged[0].trace) == 3
