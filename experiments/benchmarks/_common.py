@@ -57,3 +57,16 @@ def dl19_workload(run_name: str = "bm25"):
 
     return (load_queries(DL19 / "queries.jsonl"), load_corpus(DL19 / "corpus.jsonl"),
             read_run(DL19 / "runs" / f"{run_name}.trec"), read_qrels(DL19 / "qrels" / "test.tsv"))
+
+
+def run_per_query(stage, batch):
+    """Run ``stage`` on one query at a time (the latency a search backend sees); returns the
+    results and each query's wall time in seconds."""
+    import time
+
+    out, seconds = [], []
+    for cands in batch:
+        began = time.perf_counter()
+        out.extend(stage([cands]))
+        seconds.append(time.perf_counter() - began)
+    return out, seconds

@@ -21,7 +21,7 @@ import argparse
 import time
 
 import numpy as np
-from _common import dl19_workload, machine, print_json, print_table
+from _common import run_per_query, dl19_workload, machine, print_json, print_table
 
 from rerank.data.trec import ranked_items
 from rerank.encode import BiEncoder
@@ -35,16 +35,6 @@ from rerank.trace import format_costs, summarize
 from rerank.types import Candidates
 
 MEASURES = ["nDCG@10", "RR(rel=2)@10"]
-
-
-def run_per_query(stage, batch):
-    """Run ``stage`` on one query at a time; returns the results and each query's wall time."""
-    out, seconds = [], []
-    for cands in batch:
-        began = time.perf_counter()
-        out.extend(stage([cands]))
-        seconds.append(time.perf_counter() - began)
-    return out, seconds
 
 
 def main() -> None:

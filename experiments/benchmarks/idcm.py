@@ -16,10 +16,9 @@ Figures: nDCG@10, teacher window-calls per query, mean ms/query, speed-up agains
 from __future__ import annotations
 
 import argparse
-import time
 
 import numpy as np
-from _common import machine, print_json, print_table
+from _common import run_per_query, machine, print_json, print_table
 
 from rerank.cascade.idcm import IntraDocumentCascade, split_windows
 from rerank.data import open_dataset
@@ -30,16 +29,6 @@ from rerank.score.bi_encoder import BiEncoderScorer
 from rerank.score.bm25 import BM25Scorer
 
 WINDOW, OVERLAP = 44, 11
-
-
-def run_per_query(stage, batch):
-    """Run ``stage`` one query at a time; the results and each query's wall time."""
-    out, seconds = [], []
-    for cands in batch:
-        began = time.perf_counter()
-        out.extend(stage([cands]))
-        seconds.append(time.perf_counter() - began)
-    return out, seconds
 
 
 def main() -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 from rerank.pipeline import Scorer, Stage
@@ -97,9 +98,9 @@ class IntraDocumentCascade(Stage):
             ranked = sort_candidates(c.query, list(c.passages), doc_scores)
             trace = list(c.trace)
             if student_costs[qi] is not None:
-                trace.append(_renamed(student_costs[qi], f"{self.name}/student"))
+                trace.append(replace(student_costs[qi], stage=f"{self.name}/student"))
             if result.trace:
-                trace.append(_renamed(result.trace[-1], f"{self.name}/teacher"))
+                trace.append(replace(result.trace[-1], stage=f"{self.name}/teacher"))
             ranked.trace = trace
             out.append(ranked)
         overhead = time.perf_counter() - began - scoring
@@ -116,7 +117,3 @@ class IntraDocumentCascade(Stage):
         best = sorted(scores_in_doc_order, reverse=True)[: len(self.weights)]
         weights = self.weights[: len(best)]
         return sum(w * s for w, s in zip(weights, best)) / sum(weights)
-
-
-def _renamed(cost: StageCost, name: str) -> StageCost:
-    return StageCost(name, cost.seconds, cost.passages_scored, cost.model_calls, cost.tokens)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +41,6 @@ class Retriever(Stage):
         results = self.index.search([c.query for c in batch], k=self.k, **self.search_options)
         out = []
         for source, found in zip(batch, results):
-            trace = list(source.trace) + [type(cost)(self.name, cost.seconds, cost.passages_scored, cost.model_calls,
-                                                     cost.tokens) for cost in found.trace]
+            trace = list(source.trace) + [replace(cost, stage=self.name) for cost in found.trace]
             out.append(Candidates(found.query, found.passages, found.scores, trace))
         return out
