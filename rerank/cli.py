@@ -1,4 +1,4 @@
-"""The ``rerank`` command line: ``index``, ``retrieve``, ``rerank`` and ``evaluate``."""
+"""The ``rerank`` command line: ``index``, ``retrieve``, ``rerank``, ``evaluate`` and ``train``."""
 from __future__ import annotations
 
 import argparse
@@ -190,7 +190,7 @@ def cmd_evaluate(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``rerank`` command."""
-    parser = argparse.ArgumentParser(prog="rerank", description="Neural passage re-ranking: index, retrieve, evaluate.")
+    parser = argparse.ArgumentParser(prog="rerank", description="Neural passage re-ranking: index, retrieve, re-rank, evaluate, train.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -272,6 +272,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=["table", "csv", "json"], default="table", help="output format (default: table)")
     p.add_argument("--skip-bad", action="store_true", help="skip malformed lines instead of failing")
     p.set_defaults(func=cmd_evaluate)
+
+    from rerank.train.cli import add_train_parser
+
+    add_train_parser(sub)
     return parser
 
 

@@ -110,3 +110,20 @@ def dl19_batch(dl19):
         items = ranked_items(run[qid])[:20]
         out.append(Candidates(queries[qid], [corpus[d] for d, _ in items], [s for _, s in items]))
     return out
+
+
+def build_tiny_masked_lm(folder: Path, seed: int = 0) -> Path:
+    """A randomly initialized 2-layer BERT masked-language model (hidden size 32) with MiniLM's
+    tokenizer: the tests' stand-in for SPLADE students, which train for minutes, not seconds."""
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertForMaskedLM
+
+    from rerank.models import resolve
+
+    torch.manual_seed(seed)
+    tokenizer = AutoTokenizer.from_pretrained(resolve("minilm-l6"))
+    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=128)
+    BertForMaskedLM(config).eval().save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder

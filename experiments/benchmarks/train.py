@@ -1,0 +1,227 @@
+"""Training on SciFact: a fine-tuned cross-encoder teacher and distilled 2-layer students.
+
+SciFact train (809 queries) -> test (300 queries). Hard negatives: 7 per positive, drawn at
+random from the BM25 top-100, judged positives excluded; 50 training queries are held out as
+the dev set (BM25 top-20 re-ranked during training).
+
+1. Teacher: all-MiniLM-L6-v2's encoder fine-tuned as a cross-encoder (listwise softmax
+   cross-entropy, 1 positive + 7 negatives per group, 4 groups per step, one epoch, 128
+   tokens), with and without a curriculum (BM25 reciprocal-rank difficulty, annealed to
+   uniform over the first half of the steps).
+2. Students: the first 2 layers of MiniLM-L6 as a cross-encoder, distilled from the teacher's
+   scores of the same training triples with Margin-MSE and, for comparison, plain MSE.
+
+Figures, on the BM25 top-100 of every test query: nDCG@10 (and RR@10) of BM25, dense MiniLM,
+each teacher and student; the students' speed against the teacher (pairs/s on the same 1,000
+pairs in this run, interleaved, median of 3); how much of the teacher's top-10 survives the
+student's top-k cut and what ``bm25 % 100 >> student % k >> teacher`` scores (k = 10, 20, 30).
+
+Trained models and cached test scores live in --workdir (default ``models/train-bench``): a
+second run reuses them, so an interrupted run resumes.
+
+    python experiments/benchmarks/train.py [--quick]
+"""
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+from _common import machine, print_json, print_table
+
+from rerank.data import open_dataset
+from rerank.data.trec import ranked_items
+from rerank.evaluate import evaluate
+from rerank.fusion import fuse
+from rerank.retrieve import BM25Index, DenseIndex
+from rerank.score import CrossEncoder
+from rerank.train import (Curriculum, TrainConfig, add_scores, dev_set, distill, group_triples, mine_triples,
+                          read_teacher_scores, score_triples, split_dev, train_cross_encoder, write_triples)
+from rerank.train.trainer import TRAINING_FILE
+from rerank.types import Candidates, batch_to_run, sort_candidates
+
+REPO = Path(__file__).resolve().parents[2]
+MEASURES = ["nDCG@10", "RR@10", "R@100"]
+KS = (10, 20, 30)
+
+
+def first_stage(index, queries, depth):
+    return {c.query.id: c for c in index.search(queries, k=depth)}
+
+
+def cached_scores(scorer: CrossEncoder, batch: list[Candidates], path: Path) -> tuple[list[np.ndarray], float]:
+    """Scores of every candidate (input order), cached in ``path``; and the seconds it took."""
+    if path.is_file():
+        data = np.load(path)
+        flat, seconds = data["scores"], float(data["seconds"])
+    else:
+        began = time.perf_counter()
+        flat = np.concatenate([np.asarray(s, dtype=np.float32) for s in scorer.score_pairs(batch)[0]])
+        seconds = time.perf_counter() - began
+        np.savez(path, scores=flat, seconds=seconds)
+    out, at = [], 0
+    for c in batch:
+        out.append(flat[at:at + len(c)])
+        at += len(c)
+    return out, seconds
+
+
+def ranked(batch, scores):
+    return [sort_candidates(c.query, list(c.passages), list(map(float, s))) for c, s in zip(batch, scores)]
+
+
+def cascade(batch, student, teacher, k):
+    """``student % k >> teacher`` from cached scores: the teacher orders the student's top k."""
+    out = []
+    for c, s, t in zip(batch, student, teacher):
+        keep = np.argsort(-s, kind="stable")[:k]
+        out.append(sort_candidates(c.query, [c.passages[i] for i in keep], [float(t[i]) for i in keep]))
+    return out
+
+
+def survival(batch, student, teacher, k):
+    """Mean share of the teacher's top 10 that is inside the student's top k."""
+    shares = []
+    for s, t in zip(student, teacher):
+        top_t = set(np.argsort(-t, kind="stable")[:10])
+        top_s = set(np.argsort(-s, kind="stable")[:k])
+        shares.append(len(top_t & top_s) / len(top_t))
+    return float(np.mean(shares))
+
+
+def speed(paths: dict[str, Path], pairs, repeats: int = 3) -> dict[str, float]:
+    """Pairs/s of each model on the same pairs, interleaved, median of ``repeats``."""
+    scorers = {name: CrossEncoder(str(p), max_length=128) for name, p in paths.items()}
+    for s in scorers.values():
+        s.predict(pairs[:32])
+    times = {name: [] for name in scorers}
+    for _ in range(repeats):
+        for name, s in scorers.items():
+            began = time.perf_counter()
+            s.predict(pairs)
+            times[name].append(time.perf_counter() - began)
+    return {name: len(pairs) / float(np.median(t)) for name, t in times.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="a tiny version: 40 training queries, a few steps, 20 test queries")
+    parser.add_argument("--workdir", default=None, help="where models and cached scores go (default: models/train-bench[-quick])")
+    args = parser.parse_args()
+    quick = args.quick
+    work = Path(args.workdir or REPO / "models" / ("train-bench-quick" if quick else "train-bench"))
+    work.mkdir(parents=True, exist_ok=True)
+    dataset = open_dataset("scifact")
+    corpus = dataset.corpus()
+    train_q, train_qrels = dataset.queries("train"), dataset.qrels("train")
+    test_q, test_qrels = dataset.queries("test"), dataset.qrels("test")
+    depth = 20 if quick else 100
+    if quick:
+        train_q, test_q = train_q[:40], test_q[:20]
+        test_qrels = {q.id: test_qrels[q.id] for q in test_q}
+    queries = {q.id: q for q in train_q + test_q}
+    print(f"SciFact: {len(corpus)} abstracts, {len(train_q)} training and {len(test_q)} test queries; {machine()}")
+
+    bm25 = BM25Index.build(corpus.values(), progress=False)
+    train_run = batch_to_run(list(first_stage(bm25, train_q, 100).values()))
+    triples = mine_triples(train_run, train_qrels, negatives=7, depth=100, seed=0)
+    write_triples(triples, work / "triples.tsv")
+    groups = group_triples(triples, 7)
+    groups, dev_qids = split_dev(groups, 5 if quick else 50, seed=0)
+    dev = dev_set(dev_qids, train_run, queries, corpus, train_qrels, depth=20)
+    print(f"mined {len(triples)} triples from the BM25 top-100: {len(groups)} training groups of 1+7 "
+          f"over {len({g.qid for g in groups})} queries; {len(dev_qids)} dev queries held out")
+
+    steps = 6 if quick else None
+    teacher_cfg = dict(loss="listwise", epochs=1, max_steps=steps, groups_per_step=4, learning_rate=5e-5,
+                       warmup=0.1, seed=0, save_every=50, eval_every=None if not quick else 3)
+    card = {"dataset": "BeIR/scifact", "split": "train", "triples": "triples.tsv", "mined_by": "BM25 top-100 (bm25s)"}
+    teachers = {}
+    for name, with_curriculum in (("ce-listwise", False), ("ce-listwise-curriculum", True)):
+        out = work / name
+        if not (out / TRAINING_FILE).exists():
+            config = TrainConfig(**teacher_cfg)
+            total = config.max_steps or -(-len(groups) // config.groups_per_step)
+            curriculum = Curriculum(train_run, anneal_steps=max(1, total // 2)) if with_curriculum else None
+            result = train_cross_encoder(groups, queries, corpus, out, init="minilm-l6", max_length=128, config=config,
+                                         curriculum=curriculum, dev=dev, card=card)
+            print(f"{name}: {result.steps} steps in {result.seconds:.0f}s ({result.pairs_per_second:.1f} pairs/s), "
+                  f"dev nDCG@10 {[round(d['value'], 4) for d in result.dev]}")
+        teachers[name] = out
+
+    test_batch = list(first_stage(bm25, test_q, depth).values())
+    n_pairs = sum(len(c) for c in test_batch)
+    rows, figures = [], {"test_queries": len(test_batch), "pairs": n_pairs}
+
+    def add(name, run_batch, extra=None):
+        ev = evaluate(run_batch, test_qrels, MEASURES).aggregate
+        rows.append({"run": name, **ev, **(extra or {})})
+        figures[name] = round(ev["nDCG@10"], 4)
+        return ev
+
+    add("BM25 (bm25s)", test_batch)
+    dense_folder = REPO / "indexes" / "scifact" / "dense"
+    if dense_folder.exists() and not quick:
+        add("dense MiniLM-L6 (flat)", DenseIndex.load(dense_folder).search(test_q, k=depth))
+    teacher_scores = {}
+    for name, folder in teachers.items():
+        scorer = CrossEncoder(str(folder), max_length=128, progress=True)
+        scores, seconds = cached_scores(scorer, test_batch, work / f"{name}.test.npz")
+        teacher_scores[name] = scores
+        ev = add(f"BM25 >> {name}", ranked(test_batch, scores), {"pairs/s": f"{n_pairs / seconds:.1f}"})
+        add_scores(folder, {f"SciFact test nDCG@10 (BM25 top-{depth} re-ranked)": round(ev["nDCG@10"], 4)})
+    best = "ce-listwise"
+    add(f"BM25 | {best} (z-score fusion)",
+        fuse(test_batch, ranked(test_batch, teacher_scores[best]), method="zscore"))
+
+    # Distillation: the teacher scores the training triples (cached, resumable).
+    teacher_path = teachers[best]
+    teacher = CrossEncoder(str(teacher_path), max_length=128, batch_size=64)
+    train_triples = [t for t in triples if t.qid not in set(dev_qids)]
+    scored = score_triples(teacher, train_triples, queries, corpus, work / "teacher_scores.tsv")
+    scored = read_teacher_scores(work / "teacher_scores.tsv")
+    student_groups = group_triples(scored, 7)
+    students = {}
+    for loss in ("margin-mse", "mse"):
+        out = work / f"student-2layer-{loss}"
+        if not (out / TRAINING_FILE).exists():
+            config = TrainConfig(loss=loss, epochs=2, max_steps=steps, groups_per_step=4, learning_rate=7e-5,
+                                 warmup=0.1, seed=0, save_every=50, eval_every=None if not quick else 3)
+            result = distill(student_groups, queries, corpus, out, student="cross-encoder", init="minilm-l6", layers=2,
+                             max_length=128, config=config, dev=dev,
+                             card={**card, "teacher": f"{best} (this run)", "teacher_scores": "teacher_scores.tsv"})
+            print(f"{out.name}: {result.steps} steps in {result.seconds:.0f}s, dev nDCG@10 "
+                  f"{[round(d['value'], 4) for d in result.dev]}")
+        students[loss] = out
+    cascade_rows = []
+    t_scores = teacher_scores[best]
+    for loss, folder in students.items():
+        scorer = CrossEncoder(str(folder), max_length=128, progress=True)
+        s_scores, seconds = cached_scores(scorer, test_batch, work / f"student-{loss}.test.npz")
+        ev = add(f"BM25 >> 2-layer student ({loss})", ranked(test_batch, s_scores), {"pairs/s": f"{n_pairs / seconds:.1f}"})
+        add_scores(folder, {f"SciFact test nDCG@10 (BM25 top-{depth} re-ranked)": round(ev["nDCG@10"], 4)})
+        for k in KS:
+            cut = evaluate(cascade(test_batch, s_scores, t_scores, k), test_qrels, ["nDCG@10"]).aggregate["nDCG@10"]
+            share = survival(test_batch, s_scores, t_scores, k)
+            cascade_rows.append({"student": loss, "k": k, "teacher top-10 kept": share, "cascade nDCG@10": cut})
+            figures[f"survival_{loss}_k{k}"] = round(share, 4)
+            figures[f"cascade_{loss}_k{k}"] = round(cut, 4)
+
+    print(f"\nRe-ranking the BM25 top-{depth} of {len(test_batch)} SciFact test queries ({n_pairs} pairs, 128 tokens):")
+    print_table(rows, ["run", *MEASURES, "pairs/s"])
+    print(f"\nStudent top-k cut before the teacher ({best}); 'kept' = share of the teacher's top 10 inside the student's top k:")
+    print_table(cascade_rows, ["student", "k", "teacher top-10 kept", "cascade nDCG@10"])
+
+    sample = [(c.query.text, p.full_text) for c in test_batch[:10] for p in c.passages]
+    rates = speed({"teacher": teacher_path, **{f"student ({k})": v for k, v in students.items()}}, sample)
+    print(f"\nSpeed on the same {len(sample)} pairs (interleaved, median of 3):")
+    print_table([{"model": k, "pairs/s": f"{v:.1f}", "x teacher": f"{v / rates['teacher']:.2f}x"} for k, v in rates.items()],
+                ["model", "pairs/s", "x teacher"])
+    figures.update({f"pairs_per_s_{k}": round(v, 1) for k, v in rates.items()})
+    figures["student_speedup"] = round(rates["student (margin-mse)"] / rates["teacher"], 2)
+    print_json(figures)
+
+
+if __name__ == "__main__":
+    main()

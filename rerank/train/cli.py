@@ -1,0 +1,233 @@
+"""``rerank train``: mine triples, score them with a teacher, fine-tune a cross-encoder, distill
+a student. Each subcommand is a thin shell over :mod:`rerank.train`."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from rerank.errors import RerankError
+
+
+def _dataset(args):
+    from rerank.data import open_dataset
+
+    dataset = open_dataset(args.dataset)
+    return dataset, {q.id: q for q in dataset.queries(None)}, dataset.corpus()
+
+
+def cmd_mine(args) -> int:
+    """Mine (query, positive, hard negative) triples from qrels and a first stage."""
+    from rerank.data import read_run, write_run
+    from rerank.train import mine_triples, write_triples
+    from rerank.types import batch_to_run
+
+    sources = [bool(args.index), bool(args.run), bool(args.pipeline)]
+    if sum(sources) != 1:
+        raise RerankError("give exactly one first stage: --index (repeatable), --run or --pipeline")
+    dataset, queries, _ = _dataset(args)
+    qrels = dataset.qrels(args.split)
+    split_queries = [queries[q] for q in qrels if q in queries]
+    if args.max_queries and args.max_queries < len(split_queries):
+        import random
+
+        split_queries = random.Random(args.seed).sample(split_queries, args.max_queries)
+        qrels = {q.id: qrels[q.id] for q in split_queries}
+    if args.run:
+        run = read_run(args.run)
+    else:
+        if args.pipeline:
+            from rerank.config import build_pipeline
+
+            ranked = build_pipeline(args.pipeline).search(split_queries)
+        else:
+            from rerank.fusion import fuse
+            from rerank.retrieve import load_index
+
+            results = [load_index(folder).search(split_queries, k=args.depth) for folder in args.index]
+            ranked = results[0] if len(results) == 1 else fuse(*results, method="rrf")
+        run = batch_to_run([c.top(args.depth) for c in ranked])
+        if args.run_out:
+            write_run([c.top(args.depth) for c in ranked], args.run_out, tag="mined")
+    triples = mine_triples(run, qrels, negatives=args.negatives, depth=args.depth, min_relevance=args.min_relevance,
+                           sampling=args.sampling, seed=args.seed)
+    write_triples(triples, args.out)
+    print(f"wrote {len(triples)} triples over {len({t.qid for t in triples})} queries to {args.out}")
+    return 0
+
+
+def cmd_teacher_scores(args) -> int:
+    """Score triples with a teacher model or pipeline (cached, resumable)."""
+    from rerank.train import read_triples, score_triples
+
+    if bool(args.model) == bool(args.pipeline):
+        raise RerankError("give the teacher as --model (a cross-encoder) or --pipeline (a TOML config), not both")
+    triples = read_triples(args.triples)
+    _, queries, corpus = _dataset(args)
+    if args.pipeline:
+        from rerank.config import build_pipeline
+
+        teacher = build_pipeline(args.pipeline)
+    else:
+        from rerank.score import CrossEncoder
+
+        teacher = CrossEncoder(args.model, max_length=args.max_length, batch_size=args.batch_size)
+    scores = score_triples(teacher, triples, queries, corpus, args.out, progress=not args.no_progress)
+    print(f"wrote {len(scores)} teacher scores to {args.out}")
+    return 0
+
+
+def _config(args, loss: str):
+    from rerank.train import TrainConfig
+
+    return TrainConfig(loss=loss, epochs=args.epochs, max_steps=args.max_steps, groups_per_step=args.batch_groups,
+                       learning_rate=args.lr, warmup=args.warmup, seed=args.seed, save_every=args.save_every,
+                       eval_every=args.eval_every, keep_checkpoints=args.keep_checkpoints)
+
+
+def _dev(args, groups, queries, corpus, dataset):
+    from rerank.data import read_run
+    from rerank.train import dev_set, split_dev
+
+    if not args.dev_queries:
+        return groups, None, None
+    if not args.run:
+        raise RerankError("--dev-queries needs --run: the first-stage run whose candidates the dev queries re-rank")
+    run = read_run(args.run)
+    groups, dev_qids = split_dev(groups, args.dev_queries, seed=args.seed)
+    return groups, dev_set(dev_qids, run, queries, corpus, dataset.qrels(args.split), depth=args.dev_depth), run
+
+
+def _report(result) -> int:
+    dev = ", ".join(f"step {d['step']}: {d['value']:.4f}" for d in result.dev)
+    print(f"trained {result.steps} steps in {result.seconds:.0f}s ({result.pairs_per_second:.1f} pairs/s); "
+          f"model in {result.folder}" + (f"; dev {result.dev[0]['measure']}: {dev}" if dev else ""))
+    return 0
+
+
+def cmd_cross_encoder(args) -> int:
+    """Fine-tune a Hugging Face encoder as a cross-encoder on labelled triples."""
+    from rerank.data import read_run
+    from rerank.train import Curriculum, group_triples, read_triples, train_cross_encoder
+
+    config = _config(args, args.loss)
+    dataset, queries, corpus = _dataset(args)
+    groups = group_triples(read_triples(args.triples), args.negatives)
+    groups, dev, run = _dev(args, groups, queries, corpus, dataset)
+    curriculum = None
+    if args.curriculum:
+        if not args.run:
+            raise RerankError("--curriculum needs --run: the first-stage run the negatives were mined from")
+        run = run or read_run(args.run)
+        steps = config.max_steps or config.epochs * -(-len(groups) // config.groups_per_step)
+        curriculum = Curriculum(run, anneal_steps=args.anneal_steps or max(1, steps // 2), heuristic=args.curriculum)
+    card = {"dataset": str(args.dataset), "split": args.split, "triples": str(args.triples),
+            "mined_by": str(args.run) if args.run else ""}
+    return _report(train_cross_encoder(groups, queries, corpus, args.out, init=args.init or "minilm-l6", max_length=args.max_length,
+                                       layers=args.layers, config=config, curriculum=curriculum, dev=dev,
+                                       resume=not args.no_resume, overwrite=args.overwrite,
+                                       progress=not args.no_progress, card=card))
+
+
+def cmd_distill(args) -> int:
+    """Distill teacher scores into a student (Margin-MSE, MSE or KL)."""
+    from rerank.train import distill, group_triples, read_teacher_scores
+
+    config = _config(args, args.loss)
+    dataset, queries, corpus = _dataset(args)
+    groups = group_triples(read_teacher_scores(args.teacher_scores), args.negatives)
+    groups, dev, _ = _dev(args, groups, queries, corpus, dataset)
+    card = {"dataset": str(args.dataset), "split": args.split, "teacher_scores": str(args.teacher_scores)}
+    return _report(distill(groups, queries, corpus, args.out, student=args.student, init=args.init,
+                           max_length=args.max_length, layers=args.layers, config=config, dev=dev,
+                           resume=not args.no_resume, overwrite=args.overwrite, progress=not args.no_progress,
+                           card=card))
+
+
+def _data_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dataset", required=True, help="BEIR folder or bundled name ('scifact') holding the texts and qrels")
+    p.add_argument("--split", default="train", help="qrels split to train on (default: train)")
+
+
+def _training_options(p: argparse.ArgumentParser, loss_default: str, losses: tuple[str, ...]) -> None:
+    p.add_argument("--out", required=True, help="output folder: the trained model (Hugging Face format) and its card")
+    p.add_argument("--loss", default=loss_default, choices=losses, help=f"training loss (default: {loss_default})")
+    p.add_argument("--init", default=None, help="starting weights: short name, Hugging Face id or path "
+                                                "(default: minilm-l6; splade-tiny for SPLADE)")
+    p.add_argument("--layers", type=int, default=None, help="keep only the first N transformer layers (e.g. 2 for a student)")
+    p.add_argument("--max-length", type=int, default=128, help="tokens per pair or text (default: 128)")
+    p.add_argument("--negatives", type=int, default=7, help="negatives per training group (default: 7)")
+    p.add_argument("--batch-groups", type=int, default=4, help="groups per optimizer step (default: 4)")
+    p.add_argument("--epochs", type=int, default=1, help="passes over the data (default: 1)")
+    p.add_argument("--max-steps", type=int, default=None, help="stop after this many steps (overrides --epochs)")
+    p.add_argument("--lr", type=float, default=5e-5, help="peak learning rate of AdamW (default: 5e-5)")
+    p.add_argument("--warmup", type=float, default=0.1, help="share of steps for linear warm-up (default: 0.1)")
+    p.add_argument("--seed", type=int, default=0, help="seed for weights, data order and dropout (default: 0)")
+    p.add_argument("--save-every", type=int, default=100, help="checkpoint every N steps (default: 100)")
+    p.add_argument("--eval-every", type=int, default=None, help="evaluate on the dev queries every N steps (default: each epoch)")
+    p.add_argument("--run", default=None, help="first-stage TREC run of the training queries (dev candidates, curriculum)")
+    p.add_argument("--dev-queries", type=int, default=0, help="hold out N training queries as a dev set (needs --run)")
+    p.add_argument("--dev-depth", type=int, default=20, help="dev candidates re-ranked per query (default: 20)")
+    p.add_argument("--no-resume", action="store_true", help="ignore checkpoints in --out and start over")
+    p.add_argument("--overwrite", action="store_true", help="retrain even if --out holds a finished model")
+    p.add_argument("--keep-checkpoints", action="store_true", help="keep the last checkpoint after training")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def add_train_parser(sub) -> None:
+    """Add ``rerank train ...`` to the top-level subparsers."""
+    from rerank.train.curriculum import HEURISTICS
+    from rerank.train.data import SAMPLINGS
+    from rerank.train.losses import DISTILL_LOSSES, LABEL_LOSSES
+    from rerank.train.models import STUDENT_KINDS
+
+    train = sub.add_parser("train", help="mine triples, score them with a teacher, fine-tune or distill models",
+                           description="Training: 'mine' -> triples, 'teacher-scores' -> Hofstätter's teacher-score "
+                                       "file, 'cross-encoder' fine-tunes on triples, 'distill' trains a student on "
+                                       "teacher scores. Killed and run again, training resumes from its last checkpoint.")
+    tsub = train.add_subparsers(dest="train_command", required=True)
+
+    p = tsub.add_parser("mine", help="triples from qrels with hard negatives from a first stage")
+    _data_options(p)
+    p.add_argument("--index", action="append", help="index folder to retrieve negatives from; repeat to fuse (RRF)")
+    p.add_argument("--run", help="a TREC run of the training queries to take negatives from")
+    p.add_argument("--pipeline", help="a TOML pipeline that retrieves (its output ranking gives the negatives)")
+    p.add_argument("--depth", type=int, default=100, help="negatives come from the top DEPTH (default: 100)")
+    p.add_argument("--negatives", type=int, default=7, help="negatives per positive (default: 7)")
+    p.add_argument("--sampling", choices=SAMPLINGS, default="random", help="random from the top DEPTH, or the top ones (default: random)")
+    p.add_argument("--min-relevance", type=int, default=1, help="lowest grade that counts as a positive (default: 1)")
+    p.add_argument("--max-queries", type=int, default=None, help="mine only N queries of the split (seeded sample)")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
+    p.add_argument("--out", required=True, help="triples file to write (qid, pid_pos, pid_neg; tab-separated)")
+    p.add_argument("--run-out", help="also write the first-stage run (for --curriculum and --dev-queries later)")
+    p.set_defaults(func=cmd_mine)
+
+    p = tsub.add_parser("teacher-scores", help="score triples with a teacher (Hofstätter's format; resumable)")
+    _data_options(p)
+    p.add_argument("--triples", required=True, help="triples file from 'rerank train mine'")
+    p.add_argument("--model", help="teacher cross-encoder: short name, Hugging Face id or path")
+    p.add_argument("--pipeline", help="teacher pipeline (TOML) that scores every passage it is given")
+    p.add_argument("--max-length", type=int, default=None, help="teacher tokens per pair (default: the model's limit)")
+    p.add_argument("--batch-size", type=int, default=32, help="pairs per model batch (default: 32)")
+    p.add_argument("--out", required=True, help="teacher-score file: pos_score neg_score qid pid_pos pid_neg")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_teacher_scores)
+
+    p = tsub.add_parser("cross-encoder", help="fine-tune a Hugging Face encoder as a cross-encoder on triples")
+    _data_options(p)
+    p.add_argument("--triples", required=True, help="triples file from 'rerank train mine'")
+    _training_options(p, "listwise", LABEL_LOSSES)
+    p.add_argument("--curriculum", choices=HEURISTICS, default=None,
+                   help="weight easy groups first (difficulty from --run), annealed to uniform")
+    p.add_argument("--anneal-steps", type=int, default=None, help="curriculum length in steps (default: half the steps)")
+    p.set_defaults(func=cmd_cross_encoder)
+
+    p = tsub.add_parser("distill", help="distill teacher scores into a cross-encoder, bi-encoder or SPLADE student")
+    _data_options(p)
+    p.add_argument("--teacher-scores", required=True, help="pos_score neg_score qid pid_pos pid_neg file")
+    p.add_argument("--student", choices=STUDENT_KINDS, default="cross-encoder", help="student kind (default: cross-encoder)")
+    _training_options(p, "margin-mse", DISTILL_LOSSES)
+    p.set_defaults(func=cmd_distill)
+
+
+if __name__ == "__main__":
+    sys.exit("use the 'rerank train' command")

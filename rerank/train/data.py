@@ -1,0 +1,190 @@
+"""Training data for re-rankers: (query, positive, negative) triples and teacher scores.
+
+Two plain-text formats, as published with MS MARCO and by Hofstätter et al.:
+
+* id triples, ``qid<TAB>pid_pos<TAB>pid_neg`` (MS MARCO's ``qidpidtriples``);
+* teacher scores, ``pos_score<TAB>neg_score<TAB>qid<TAB>pid_pos<TAB>pid_neg`` (the Margin-MSE
+  release), so published teacher scores can be used as they are.
+
+:func:`mine_triples` builds triples from qrels, with hard negatives taken from any first stage's
+ranking (a BM25 or dense run, a fused run, a whole pipeline), never a judged positive.
+"""
+from __future__ import annotations
+
+import random
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from rerank.atomic import atomic_file
+from rerank.data.trec import ranked_items
+from rerank.errors import DataError
+from rerank.types import Qrels, Run
+
+SAMPLINGS = ("random", "top")
+
+
+@dataclass(frozen=True, slots=True)
+class Triple:
+    """A query, a relevant passage and a non-relevant one, by id."""
+
+    qid: str
+    pos_id: str
+    neg_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class TeacherScore:
+    """A teacher's scores for both passages of a triple (Hofstätter's file format)."""
+
+    qid: str
+    pos_id: str
+    neg_id: str
+    pos_score: float
+    neg_score: float
+
+    @property
+    def margin(self) -> float:
+        """``pos_score - neg_score``: what Margin-MSE teaches."""
+        return self.pos_score - self.neg_score
+
+
+@dataclass(frozen=True, slots=True)
+class TrainingGroup:
+    """One training example: a query, its positive and ``n`` negatives (a "group" for listwise
+    losses), with the teacher's scores for ``[positive, *negatives]`` when distilling."""
+
+    qid: str
+    pos_id: str
+    neg_ids: tuple[str, ...]
+    teacher: tuple[float, ...] | None = None
+
+    @property
+    def passage_ids(self) -> tuple[str, ...]:
+        """``(pos_id, *neg_ids)``: the order every loss expects, positive first."""
+        return (self.pos_id, *self.neg_ids)
+
+
+def _fields(line: str, path: Path, number: int, count: int, what: str) -> list[str]:
+    parts = line.rstrip("\n\r").split("\t")
+    if len(parts) != count or any(not p.strip() for p in parts):
+        raise DataError(path, number, f"expected {count} tab-separated fields ({what}), got {line.strip()[:120]!r}")
+    return [p.strip() for p in parts]
+
+
+def _lines(path: str | Path) -> Iterable[tuple[int, str]]:
+    path = Path(path)
+    try:
+        with open(path, encoding="utf-8") as fh:
+            for number, line in enumerate(fh, 1):
+                if line.strip() and not line.startswith("#"):
+                    yield number, line
+    except UnicodeDecodeError as exc:
+        raise DataError(path, None, f"not UTF-8 text ({exc})") from None
+    except FileNotFoundError:
+        raise DataError(path, None, "no such file") from None
+
+
+def read_triples(path: str | Path) -> list[Triple]:
+    """Read ``qid<TAB>pid_pos<TAB>pid_neg`` lines; a malformed line is an error naming it."""
+    path = Path(path)
+    out = [Triple(*_fields(line, path, n, 3, "qid, pid_pos, pid_neg")) for n, line in _lines(path)]
+    if not out:
+        raise DataError(path, None, "no triples")
+    return out
+
+
+def write_triples(triples: Sequence[Triple], path: str | Path) -> None:
+    """Write id triples atomically."""
+    with atomic_file(path) as fh:
+        for t in triples:
+            fh.write(f"{t.qid}\t{t.pos_id}\t{t.neg_id}\n")
+
+
+def read_teacher_scores(path: str | Path) -> list[TeacherScore]:
+    """Read Hofstätter's ``pos_score neg_score qid pid_pos pid_neg`` lines (tab-separated)."""
+    path = Path(path)
+    out = []
+    for n, line in _lines(path):
+        pos, neg, qid, pid_pos, pid_neg = _fields(line, path, n, 5, "pos_score, neg_score, qid, pid_pos, pid_neg")
+        try:
+            out.append(TeacherScore(qid, pid_pos, pid_neg, float(pos), float(neg)))
+        except ValueError:
+            raise DataError(path, n, f"scores must be numbers, got {pos!r} and {neg!r}") from None
+    if not out:
+        raise DataError(path, None, "no teacher scores")
+    return out
+
+
+def write_teacher_scores(scores: Sequence[TeacherScore], path: str | Path) -> None:
+    """Write teacher scores atomically in Hofstätter's format (``repr`` keeps every float bit)."""
+    with atomic_file(path) as fh:
+        for s in scores:
+            fh.write(f"{s.pos_score!r}\t{s.neg_score!r}\t{s.qid}\t{s.pos_id}\t{s.neg_id}\n")
+
+
+def mine_triples(run: Run, qrels: Qrels, *, negatives: int = 7, depth: int = 100, min_relevance: int = 1,
+                 sampling: str = "random", seed: int = 0) -> list[Triple]:
+    """Triples for every judged query of ``run``: each positive (grade >= ``min_relevance``)
+    paired with ``negatives`` hard negatives from the run's top ``depth``.
+
+    Judged positives are never negatives; passages judged non-relevant are kept (they are the
+    hardest negatives there are). ``sampling="random"`` draws negatives uniformly from the top
+    ``depth`` (seeded; as the MS MARCO BM25 triples were built), ``"top"`` takes the best-ranked
+    ones. A query with fewer candidates than ``negatives`` gets what there is; a query with
+    none is skipped.
+    """
+    if sampling not in SAMPLINGS:
+        raise ValueError(f"sampling must be one of {SAMPLINGS}, got {sampling!r}")
+    if negatives < 1 or depth < 1:
+        raise ValueError("negatives and depth must be at least 1")
+    shared = sorted(run.keys() & qrels.keys())
+    if not shared:
+        raise DataError("run/qrels", None, f"the run and the qrels share no query ids (run e.g. {sorted(run)[:3]}, "
+                        f"qrels e.g. {sorted(qrels)[:3]}); wrong split?")
+    rng = random.Random(seed)
+    triples = []
+    for qid in shared:
+        positives = sorted(d for d, g in qrels[qid].items() if g >= min_relevance)
+        pool = [d for d, _ in ranked_items(run[qid])[:depth] if qrels[qid].get(d, 0) < min_relevance]
+        if not positives or not pool:
+            continue
+        for pos in positives:
+            chosen = pool[:negatives] if sampling == "top" else rng.sample(pool, min(negatives, len(pool)))
+            triples.extend(Triple(qid, pos, neg) for neg in chosen)
+    if not triples:
+        raise DataError("run/qrels", None, "no triples: no judged query has both a positive and an unjudged candidate")
+    return triples
+
+
+def group_triples(triples: Sequence[Triple] | Sequence[TeacherScore], group_size: int) -> list[TrainingGroup]:
+    """Gather triples sharing a (query, positive) into groups of ``group_size`` negatives
+    (file order kept; a last incomplete group is kept if it has at least one negative).
+    Teacher scores, if given, travel with their passages."""
+    if group_size < 1:
+        raise ValueError("group_size must be at least 1")
+    by_pair: dict[tuple[str, str], list] = {}
+    for t in triples:
+        by_pair.setdefault((t.qid, t.pos_id), []).append(t)
+    groups = []
+    for (qid, pos), items in by_pair.items():
+        for start in range(0, len(items), group_size):
+            chunk = items[start:start + group_size]
+            teacher = None
+            if isinstance(chunk[0], TeacherScore):
+                # Published files repeat the positive's score per line; it can differ slightly
+                # between lines (different batches), so the mean is used.
+                teacher = (sum(c.pos_score for c in chunk) / len(chunk), *(c.neg_score for c in chunk))
+            groups.append(TrainingGroup(qid, pos, tuple(c.neg_id for c in chunk), teacher))
+    return groups
+
+
+def check_ids(groups: Sequence[TrainingGroup], queries: Mapping[str, object], corpus: Mapping[str, object],
+              source: str) -> None:
+    """A clear error if any query or passage id of ``groups`` is unknown."""
+    bad_q = sorted({g.qid for g in groups if g.qid not in queries})
+    if bad_q:
+        raise DataError(source, None, f"{len(bad_q)} query id(s) are not in the queries, e.g. {bad_q[:5]}")
+    bad_p = sorted({p for g in groups for p in g.passage_ids if p not in corpus})
+    if bad_p:
+        raise DataError(source, None, f"{len(bad_p)} passage id(s) are not in the corpus, e.g. {bad_p[:5]}")

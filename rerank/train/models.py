@@ -1,0 +1,230 @@
+"""The models rerank trains, each scoring (query, passage) pairs differentiably.
+
+* :class:`CrossEncoderModel`: any Hugging Face encoder with a sequence-classification head
+  (one logit), optionally cut to its first ``layers`` layers (a 2-layer MiniLM student);
+* :class:`BiEncoderModel`: mean-pooled query and passage vectors, scored by dot product;
+* :class:`SpladeModel`: SPLADE max-pooled vocabulary vectors, dot product, with the FLOPS
+  regularizer that keeps them sparse.
+
+Each saves a Hugging Face folder that the matching inference class loads by path
+(:class:`~rerank.score.CrossEncoder`, :class:`~rerank.encode.BiEncoder`,
+:class:`~rerank.sparse_encode.SpladeEncoder`).
+"""
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+from rerank.models import resolve
+
+STUDENT_KINDS = ("cross-encoder", "bi-encoder", "splade")
+
+
+def _quiet_transformers():
+    import transformers
+
+    # Loading an encoder under a new head prints a report of the head's fresh weights; that
+    # is the point of fine-tuning, not news.
+    transformers.logging.set_verbosity_error()
+    logging.getLogger("transformers").setLevel(logging.ERROR)
+
+
+class TrainableModel:
+    """Base of the trainable models: ``scores(queries, passages)`` gives one differentiable
+    score per pair; ``regularizer()`` any extra loss term of the last call."""
+
+    kind = ""
+
+    def __init__(self, init: str, max_length: int) -> None:
+        from transformers import AutoTokenizer
+
+        _quiet_transformers()
+        self.init = init
+        self.path = resolve(init)
+        self.tokenizer = AutoTokenizer.from_pretrained(self.path)
+        self.max_length = max_length
+        self.net = None
+
+    def parameters(self):
+        """The parameters to optimize."""
+        return self.net.parameters()
+
+    def train(self, mode: bool = True) -> None:
+        """Switch dropout on (training) or off (evaluation)."""
+        self.net.train(mode)
+
+    def scores(self, queries: Sequence[str], passages: Sequence[str]):
+        """One score per (query, passage) pair, as a 1-d tensor with gradients."""
+        raise NotImplementedError
+
+    def regularizer(self):
+        """An extra loss term from the last :meth:`scores` call (0 unless overridden)."""
+        return 0.0
+
+    def save(self, folder: Path) -> None:
+        """Write a Hugging Face folder (config, safetensors weights, tokenizer)."""
+        self.net.save_pretrained(folder)
+        self.tokenizer.save_pretrained(folder)
+
+    def load_weights(self, folder: Path) -> None:
+        """Load weights saved by :meth:`save` into this model (resuming)."""
+        from safetensors.torch import load_file
+
+        self.net.load_state_dict(load_file(str(Path(folder) / "model.safetensors")))
+
+    def inference_scorer(self, folder: Path):
+        """The inference-time scorer for a folder written by :meth:`save`."""
+        raise NotImplementedError
+
+    def describe(self) -> dict:
+        """Architecture facts for the model card."""
+        cfg = self.net.config
+        return {"kind": self.kind, "init": self.init, "layers": int(getattr(cfg, "num_hidden_layers", 0)),
+                "hidden_size": int(getattr(cfg, "hidden_size", 0)), "max_length": self.max_length,
+                "parameters": sum(p.numel() for p in self.net.parameters())}
+
+
+class CrossEncoderModel(TrainableModel):
+    """A cross-encoder in training: ``[CLS] query [SEP] passage [SEP]`` to one logit.
+
+    ``layers`` keeps only the first ``layers`` transformer layers of ``init`` (the 2-layer
+    students of the cascade). The classification head is freshly initialized unless ``init``
+    already has a one-logit head.
+    """
+
+    kind = "cross-encoder"
+
+    def __init__(self, init: str = "minilm-l6", *, max_length: int = 128, layers: int | None = None) -> None:
+        from transformers import AutoConfig, AutoModelForSequenceClassification
+
+        super().__init__(init, max_length)
+        config = AutoConfig.from_pretrained(self.path, num_labels=1)
+        if layers is not None:
+            if not 1 <= layers <= config.num_hidden_layers:
+                raise ValueError(f"layers must be between 1 and {config.num_hidden_layers} for {init}, got {layers}")
+            config.num_hidden_layers = layers
+        self.net = AutoModelForSequenceClassification.from_pretrained(self.path, config=config)
+
+    def scores(self, queries, passages):
+        batch = self.tokenizer(list(queries), list(passages), truncation="only_second", max_length=self.max_length,
+                               padding=True, return_tensors="pt")
+        return self.net(**batch).logits[:, 0]
+
+    def inference_scorer(self, folder):
+        from rerank.score import CrossEncoder
+
+        return CrossEncoder(str(folder), max_length=self.max_length)
+
+
+def _write_sentence_transformers_config(folder: Path, max_length: int) -> None:
+    """Tell :class:`~rerank.encode.BiEncoder` (and sentence-transformers) how to pool: mean,
+    no normalization (the model was trained for dot products)."""
+    (folder / "1_Pooling").mkdir(exist_ok=True)
+    modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+               {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]
+    (folder / "modules.json").write_text(json.dumps(modules, indent=2), encoding="utf-8")
+    (folder / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": max_length}), encoding="utf-8")
+
+
+class BiEncoderModel(TrainableModel):
+    """A bi-encoder in training: mean-pooled vectors, score = dot product (not cosine: a margin
+    target of several logits cannot be met by a score bounded to [-1, 1])."""
+
+    kind = "bi-encoder"
+
+    def __init__(self, init: str = "minilm-l6", *, max_length: int = 128, layers: int | None = None) -> None:
+        from transformers import AutoConfig, AutoModel
+
+        super().__init__(init, max_length)
+        config = AutoConfig.from_pretrained(self.path)
+        if layers is not None:
+            config.num_hidden_layers = layers
+        self.net = AutoModel.from_pretrained(self.path, config=config)
+
+    def _encode(self, texts):
+        import torch
+
+        batch = self.tokenizer(list(texts), truncation=True, max_length=self.max_length, padding=True,
+                               return_tensors="pt")
+        hidden = self.net(**batch).last_hidden_state
+        mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+        return (hidden * mask).sum(1) / torch.clamp(mask.sum(1), min=1e-9)
+
+    def scores(self, queries, passages):
+        unique_q = list(dict.fromkeys(queries))
+        unique_p = list(dict.fromkeys(passages))
+        q = self._encode(unique_q)
+        p = self._encode(unique_p)
+        qi = [unique_q.index(x) for x in queries]
+        pi = [unique_p.index(x) for x in passages]
+        return (q[qi] * p[pi]).sum(1)
+
+    def save(self, folder):
+        super().save(folder)
+        _write_sentence_transformers_config(Path(folder), self.max_length)
+
+    def inference_scorer(self, folder):
+        from rerank.score import BiEncoderScorer
+
+        return BiEncoderScorer(str(folder))
+
+
+class SpladeModel(TrainableModel):
+    """SPLADE in training: ``max over tokens of log(1 + relu(MLM logits))`` per text, dot
+    product, plus the FLOPS regularizer ``lambda * sum_v (mean_i w_iv)^2`` (Paria et al.) on
+    queries and passages, which pushes the vectors towards sparsity."""
+
+    kind = "splade"
+
+    def __init__(self, init: str = "splade-tiny", *, max_length: int = 128, flops_query: float = 3e-4,
+                 flops_passage: float = 1e-4, layers: int | None = None) -> None:
+        from transformers import AutoModelForMaskedLM
+
+        super().__init__(init, max_length)
+        if layers is not None:
+            raise ValueError("a SPLADE student keeps all its layers (layers is for cross- and bi-encoders)")
+        self.net = AutoModelForMaskedLM.from_pretrained(self.path)
+        self.flops_query = flops_query
+        self.flops_passage = flops_passage
+        self._last_reg = 0.0
+
+    def _encode(self, texts):
+        import torch
+
+        batch = self.tokenizer(list(texts), truncation=True, max_length=self.max_length, padding=True,
+                               return_tensors="pt")
+        logits = self.net(**batch).logits
+        weights = torch.log1p(torch.relu(logits)) * batch["attention_mask"].unsqueeze(-1)
+        return weights.amax(dim=1)
+
+    def scores(self, queries, passages):
+        unique_q = list(dict.fromkeys(queries))
+        unique_p = list(dict.fromkeys(passages))
+        q = self._encode(unique_q)
+        p = self._encode(unique_p)
+        self._last_reg = (self.flops_query * (q.mean(0) ** 2).sum() + self.flops_passage * (p.mean(0) ** 2).sum())
+        qi = [unique_q.index(x) for x in queries]
+        pi = [unique_p.index(x) for x in passages]
+        return (q[qi] * p[pi]).sum(1)
+
+    def regularizer(self):
+        return self._last_reg
+
+    def inference_scorer(self, folder):
+        from rerank.score import SpladeScorer
+
+        return SpladeScorer(str(folder), max_length=self.max_length)
+
+
+def build_model(kind: str, init: str | None = None, *, max_length: int = 128, layers: int | None = None) -> TrainableModel:
+    """A trainable model of ``kind`` (``cross-encoder``, ``bi-encoder`` or ``splade``) from
+    ``init`` (default ``minilm-l6``, or ``splade-tiny`` for SPLADE)."""
+    if kind == "cross-encoder":
+        return CrossEncoderModel(init or "minilm-l6", max_length=max_length, layers=layers)
+    if kind == "bi-encoder":
+        return BiEncoderModel(init or "minilm-l6", max_length=max_length, layers=layers)
+    if kind == "splade":
+        return SpladeModel(init or "splade-tiny", max_length=max_length, layers=layers)
+    raise ValueError(f"unknown student kind {kind!r}; choose from {', '.join(STUDENT_KINDS)}")

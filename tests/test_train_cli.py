@@ -1,0 +1,61 @@
+"""``rerank train``: mine -> cross-encoder -> teacher-scores -> distill on real SciFact with tiny
+models, and the trained checkpoint used by ``rerank rerank`` through a pipeline config."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from conftest import build_tiny_cross_encoder, shared
+from rerank.cli import main
+from rerank.data import read_run
+from rerank.train import read_teacher_scores, read_triples
+
+
+def test_the_whole_training_chain_from_the_command_line(tmp_path, scifact_bm25, capsys):
+    data = str(shared("scifact"))
+    index = scifact_bm25.save(tmp_path / "bm25")
+    init = build_tiny_cross_encoder(tmp_path / "init")
+    assert main(["train", "mine", "--dataset", data, "--index", str(index), "--max-queries", "12", "--depth", "20",
+                 "--negatives", "2", "--out", str(tmp_path / "t.tsv"), "--run-out", str(tmp_path / "r.trec")]) == 0
+    triples = read_triples(tmp_path / "t.tsv")
+    assert len({t.qid for t in triples}) == 12 and len(read_run(tmp_path / "r.trec")) == 12
+
+    assert main(["train", "cross-encoder", "--dataset", data, "--triples", str(tmp_path / "t.tsv"), "--init", str(init),
+                 "--max-length", "64", "--negatives", "2", "--max-steps", "3", "--batch-groups", "2",
+                 "--run", str(tmp_path / "r.trec"), "--dev-queries", "2", "--curriculum", "reciprocal-rank",
+                 "--out", str(tmp_path / "ce"), "--no-progress"]) == 0
+    info = json.loads((tmp_path / "ce" / "rerank_training.json").read_text())
+    assert info["curriculum"] == {"heuristic": "reciprocal-rank", "anneal_steps": 1} and info["steps"] == 3
+    assert len(info["dev"]) == 1 and "dev nDCG@10" in capsys.readouterr().out
+
+    assert main(["train", "teacher-scores", "--dataset", data, "--triples", str(tmp_path / "t.tsv"),
+                 "--model", str(tmp_path / "ce"), "--max-length", "64", "--out", str(tmp_path / "s.tsv"),
+                 "--no-progress"]) == 0
+    assert len(read_teacher_scores(tmp_path / "s.tsv")) == len(triples)
+
+    assert main(["train", "distill", "--dataset", data, "--teacher-scores", str(tmp_path / "s.tsv"),
+                 "--init", str(tmp_path / "ce"), "--layers", "1", "--max-length", "64", "--max-steps", "2",
+                 "--out", str(tmp_path / "student"), "--no-progress"]) == 0
+    assert json.loads((tmp_path / "student" / "rerank_training.json").read_text())["model"]["layers"] == 1
+
+    (tmp_path / "pipe.toml").write_text(f'pipeline = "student % 3 >> teacher"\n\n'
+                                        f'[stages.student]\nkind = "cross-encoder"\nmodel = "{tmp_path / "student"}"\n\n'
+                                        f'[stages.teacher]\nkind = "cross-encoder"\nmodel = "{tmp_path / "ce"}"\n')
+    assert main(["rerank", "--pipeline", str(tmp_path / "pipe.toml"), "--run", str(tmp_path / "r.trec"),
+                 "--corpus", data, "--queries", data, "--split", "train", "--depth", "5",
+                 "--out", str(tmp_path / "out.trec"), "--no-progress"]) == 0
+    out = read_run(tmp_path / "out.trec")
+    assert len(out) == 12 and all(len(docs) == 3 for docs in out.values())
+
+
+def test_cli_errors_are_clear(tmp_path, capsys):
+    data = str(shared("scifact"))
+    assert main(["train", "mine", "--dataset", data, "--out", str(tmp_path / "t.tsv")]) == 2
+    assert "exactly one first stage" in capsys.readouterr().err
+    (tmp_path / "t.tsv").write_text("q\tp\n")
+    assert main(["train", "cross-encoder", "--dataset", data, "--triples", str(tmp_path / "t.tsv"),
+                 "--out", str(tmp_path / "x")]) == 2
+    assert "t.tsv:1: expected 3" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["train", "distill", "--dataset", data, "--teacher-scores", "s", "--out", "x", "--loss", "listwise"])
