@@ -355,3 +355,15 @@ def test_distillation_needs_teacher_scores(train_data, tiny_init, tmp_path):
     with pytest.raises(TrainingError, match="needs teacher scores"):
         distill(_groups(train_data), queries, corpus, tmp_path / "x", init=str(tiny_init),
                 config=TrainConfig(loss="margin-mse"), progress=False)
+
+
+def test_the_splade_tiny_encoder_becomes_a_cross_encoder_student(train_data, teacher_groups, tmp_path):
+    from rerank.score import CrossEncoder
+
+    queries, corpus, *_ = train_data
+    distill(teacher_groups[:8], queries, corpus, tmp_path / "s", student="cross-encoder", init="splade-tiny",
+            max_length=64, config=TrainConfig(loss="margin-mse", max_steps=2), progress=False)
+    info = json.loads((tmp_path / "s" / TRAINING_FILE).read_text())
+    assert info["model"]["init"] == "splade-tiny" and info["model"]["parameters"] < 5_000_000
+    g = teacher_groups[0]
+    assert len(CrossEncoder(str(tmp_path / "s")).predict([(queries[g.qid].text, corpus[g.pos_id].full_text)])) == 1

@@ -24,6 +24,7 @@ second run reuses them, so an interrupted run resumes.
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from pathlib import Path
 
@@ -112,13 +113,17 @@ def main() -> None:
     quick = args.quick
     work = Path(args.workdir or REPO / "models" / ("train-bench-quick" if quick else "train-bench"))
     work.mkdir(parents=True, exist_ok=True)
+    settings = json.dumps({"quick": quick, "version": 1}, sort_keys=True)
+    if (work / "settings.json").is_file() and (work / "settings.json").read_text() != settings:
+        parser.error(f"{work} holds models trained with other settings; pass another --workdir or delete it")
+    (work / "settings.json").write_text(settings)
     dataset = open_dataset("scifact")
     corpus = dataset.corpus()
     train_q, train_qrels = dataset.queries("train"), dataset.qrels("train")
     test_q, test_qrels = dataset.queries("test"), dataset.qrels("test")
     depth = 20 if quick else 100
     if quick:
-        train_q, test_q = train_q[:40], test_q[:20]
+        train_q, test_q = train_q[:24], test_q[:10]
         test_qrels = {q.id: test_qrels[q.id] for q in test_q}
     queries = {q.id: q for q in train_q + test_q}
     print(f"SciFact: {len(corpus)} abstracts, {len(train_q)} training and {len(test_q)} test queries; {machine()}")
@@ -128,14 +133,14 @@ def main() -> None:
     triples = mine_triples(train_run, train_qrels, negatives=7, depth=100, seed=0)
     write_triples(triples, work / "triples.tsv")
     groups = group_triples(triples, 7)
-    groups, dev_qids = split_dev(groups, 5 if quick else 50, seed=0)
-    dev = dev_set(dev_qids, train_run, queries, corpus, train_qrels, depth=20)
+    groups, dev_qids = split_dev(groups, 4 if quick else 50, seed=0)
+    dev = dev_set(dev_qids, train_run, queries, corpus, train_qrels, depth=10 if quick else 20)
     print(f"mined {len(triples)} triples from the BM25 top-100: {len(groups)} training groups of 1+7 "
           f"over {len({g.qid for g in groups})} queries; {len(dev_qids)} dev queries held out")
 
-    steps = 6 if quick else None
+    steps = 3 if quick else None
     teacher_cfg = dict(loss="listwise", epochs=1, max_steps=steps, groups_per_step=4, learning_rate=5e-5,
-                       warmup=0.1, seed=0, save_every=50, eval_every=None if not quick else 3)
+                       warmup=0.1, seed=0, save_every=50, eval_every=None)
     card = {"dataset": "BeIR/scifact", "split": "train", "triples": "triples.tsv", "mined_by": "BM25 top-100 (bm25s)"}
     teachers = {}
     for name, with_curriculum in (("ce-listwise", False), ("ce-listwise-curriculum", True)):
@@ -187,7 +192,7 @@ def main() -> None:
         out = work / f"student-2layer-{loss}"
         if not (out / TRAINING_FILE).exists():
             config = TrainConfig(loss=loss, epochs=2, max_steps=steps, groups_per_step=4, learning_rate=7e-5,
-                                 warmup=0.1, seed=0, save_every=50, eval_every=None if not quick else 3)
+                                 warmup=0.1, seed=0, save_every=50, eval_every=None)
             result = distill(student_groups, queries, corpus, out, student="cross-encoder", init="minilm-l6", layers=2,
                              max_length=128, config=config, dev=dev,
                              card={**card, "teacher": f"{best} (this run)", "teacher_scores": "teacher_scores.tsv"})
@@ -208,14 +213,28 @@ def main() -> None:
             figures[f"survival_{loss}_k{k}"] = round(share, 4)
             figures[f"cascade_{loss}_k{k}"] = round(cut, 4)
 
+    train_rows = []
+    for folder in [*teachers.values(), *students.values()]:
+        info = json.loads((folder / TRAINING_FILE).read_text(encoding="utf-8"))
+        dev_scores = [d["value"] for d in info.get("dev", [])]
+        train_rows.append({"model": folder.name, "loss": info["config"]["loss"], "layers": info["model"]["layers"],
+                           "steps": info["steps"], "pairs/step": info["pairs_per_step"],
+                           "train s": info.get("train_seconds", info.get("train_seconds_last_session")),
+                           "train pairs/s": info["pairs_per_second"],
+                           "dev nDCG@10": dev_scores[-1] if dev_scores else ""})
+        figures[f"train_seconds_{folder.name}"] = train_rows[-1]["train s"]
+    print(f"\nTraining ({len(groups)} groups of 1 positive + 7 negatives, 128 tokens; dev = {len(dev_qids)} held-out "
+          f"training queries, BM25 top-{len(dev.candidates[0])}):")
+    print_table(train_rows, ["model", "loss", "layers", "steps", "pairs/step", "train s", "train pairs/s", "dev nDCG@10"])
     print(f"\nRe-ranking the BM25 top-{depth} of {len(test_batch)} SciFact test queries ({n_pairs} pairs, 128 tokens):")
     print_table(rows, ["run", *MEASURES, "pairs/s"])
     print(f"\nStudent top-k cut before the teacher ({best}); 'kept' = share of the teacher's top 10 inside the student's top k:")
     print_table(cascade_rows, ["student", "k", "teacher top-10 kept", "cascade nDCG@10"])
 
-    sample = [(c.query.text, p.full_text) for c in test_batch[:10] for p in c.passages]
-    rates = speed({"teacher": teacher_path, **{f"student ({k})": v for k, v in students.items()}}, sample)
-    print(f"\nSpeed on the same {len(sample)} pairs (interleaved, median of 3):")
+    sample = [(c.query.text, p.full_text) for c in test_batch[:10] for p in c.passages][: 100 if quick else None]
+    repeats = 1 if quick else 3
+    rates = speed({"teacher": teacher_path, **{f"student ({k})": v for k, v in students.items()}}, sample, repeats)
+    print(f"\nSpeed on the same {len(sample)} pairs (interleaved, median of {repeats}):")
     print_table([{"model": k, "pairs/s": f"{v:.1f}", "x teacher": f"{v / rates['teacher']:.2f}x"} for k, v in rates.items()],
                 ["model", "pairs/s", "x teacher"])
     figures.update({f"pairs_per_s_{k}": round(v, 1) for k, v in rates.items()})

@@ -125,7 +125,7 @@ def cmd_cross_encoder(args) -> int:
     return _report(train_cross_encoder(groups, queries, corpus, args.out, init=args.init or "minilm-l6", max_length=args.max_length,
                                        layers=args.layers, config=config, curriculum=curriculum, dev=dev,
                                        resume=not args.no_resume, overwrite=args.overwrite,
-                                       progress=not args.no_progress, card=card))
+                                       progress=not args.no_progress, card=card, device=args.device))
 
 
 def cmd_distill(args) -> int:
@@ -140,7 +140,7 @@ def cmd_distill(args) -> int:
     return _report(distill(groups, queries, corpus, args.out, student=args.student, init=args.init,
                            max_length=args.max_length, layers=args.layers, config=config, dev=dev,
                            resume=not args.no_resume, overwrite=args.overwrite, progress=not args.no_progress,
-                           card=card))
+                           card=card, device=args.device))
 
 
 def _data_options(p: argparse.ArgumentParser) -> None:
@@ -170,6 +170,7 @@ def _training_options(p: argparse.ArgumentParser, loss_default: str, losses: tup
     p.add_argument("--no-resume", action="store_true", help="ignore checkpoints in --out and start over")
     p.add_argument("--overwrite", action="store_true", help="retrain even if --out holds a finished model")
     p.add_argument("--keep-checkpoints", action="store_true", help="keep the last checkpoint after training")
+    p.add_argument("--device", default="cpu", help="torch device to train on: cpu (default), cuda, cuda:1...")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 

@@ -46,6 +46,18 @@ class TrainableModel:
         self.tokenizer = AutoTokenizer.from_pretrained(self.path)
         self.max_length = max_length
         self.net = None
+        self.device = "cpu"
+
+    def to(self, device: str) -> "TrainableModel":
+        """Move the model to ``device`` (``cpu``, ``cuda``, ``cuda:1``...); inputs follow it."""
+        self.device = device
+        self.net.to(device)
+        return self
+
+    def _tokens(self, *texts):
+        batch = self.tokenizer(*[list(t) for t in texts], truncation="only_second" if len(texts) == 2 else True,
+                               max_length=self.max_length, padding=True, return_tensors="pt")
+        return {k: v.to(self.device) for k, v in batch.items()}
 
     def parameters(self):
         """The parameters to optimize."""
@@ -72,7 +84,7 @@ class TrainableModel:
         """Load weights saved by :meth:`save` into this model (resuming)."""
         from safetensors.torch import load_file
 
-        self.net.load_state_dict(load_file(str(Path(folder) / "model.safetensors")))
+        self.net.load_state_dict(load_file(str(Path(folder) / "model.safetensors"), device=str(self.device)))
 
     def inference_scorer(self, folder: Path):
         """The inference-time scorer for a folder written by :meth:`save`."""
@@ -108,9 +120,7 @@ class CrossEncoderModel(TrainableModel):
         self.net = AutoModelForSequenceClassification.from_pretrained(self.path, config=config)
 
     def scores(self, queries, passages):
-        batch = self.tokenizer(list(queries), list(passages), truncation="only_second", max_length=self.max_length,
-                               padding=True, return_tensors="pt")
-        return self.net(**batch).logits[:, 0]
+        return self.net(**self._tokens(queries, passages)).logits[:, 0]
 
     def inference_scorer(self, folder):
         from rerank.score import CrossEncoder
@@ -146,8 +156,7 @@ class BiEncoderModel(TrainableModel):
     def _encode(self, texts):
         import torch
 
-        batch = self.tokenizer(list(texts), truncation=True, max_length=self.max_length, padding=True,
-                               return_tensors="pt")
+        batch = self._tokens(texts)
         hidden = self.net(**batch).last_hidden_state
         mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
         return (hidden * mask).sum(1) / torch.clamp(mask.sum(1), min=1e-9)
@@ -193,8 +202,7 @@ class SpladeModel(TrainableModel):
     def _encode(self, texts):
         import torch
 
-        batch = self.tokenizer(list(texts), truncation=True, max_length=self.max_length, padding=True,
-                               return_tensors="pt")
+        batch = self._tokens(texts)
         logits = self.net(**batch).logits
         weights = torch.log1p(torch.relu(logits)) * batch["attention_mask"].unsqueeze(-1)
         return weights.amax(dim=1)

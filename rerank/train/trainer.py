@@ -189,7 +189,7 @@ class Trainer:
         losses = []
         for i, part in zip(indices, torch.split(scores, sizes)):
             g = self.groups[i]
-            teacher = None if g.teacher is None else torch.tensor([g.teacher], dtype=part.dtype)
+            teacher = None if g.teacher is None else torch.tensor([g.teacher], dtype=part.dtype, device=part.device)
             loss = self.loss_fn(part.unsqueeze(0), teacher)[0]
             if self.curriculum is not None:
                 loss = loss * self.curriculum.weight(self.difficulty[i], step)
@@ -208,7 +208,9 @@ class Trainer:
         with atomic_directory(self.output / CHECKPOINTS / f"step-{step:07d}") as staging:
             self.model.save(staging)
             torch.save({"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                        "rng": torch.get_rng_state(), "history": history}, staging / "trainer_state.pt")
+                        "rng": torch.get_rng_state(), "history": history,
+                        "seconds": self._seconds_before + time.perf_counter() - self._began},
+                       staging / "trainer_state.pt")
             (staging / "run.json").write_text(json.dumps(self.run_id, indent=1, sort_keys=True), encoding="utf-8")
         for old in self._checkpoints()[:-1]:
             shutil.rmtree(old, ignore_errors=True)
@@ -229,10 +231,11 @@ class Trainer:
                     f"{last} was written by a different run ({key} differs: {saved.get(key)} vs {mine.get(key)}); "
                     f"use another output folder or delete {self.output / CHECKPOINTS} to start over")
         self.model.load_weights(last)
-        state = torch.load(last / "trainer_state.pt", weights_only=False)
+        state = torch.load(last / "trainer_state.pt", weights_only=False, map_location=self.model.device)
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["rng"])
+        torch.set_rng_state(state["rng"].cpu())
+        self._seconds_before = float(state.get("seconds", 0.0))
         return int(state["step"]), list(state["history"])
 
     def _write_log(self, history: list[dict]) -> None:
@@ -259,10 +262,13 @@ class Trainer:
         optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": self.config.weight_decay},
                                        {"params": no_decay, "weight_decay": 0.0}], lr=self.config.learning_rate)
         scheduler = get_linear_schedule_with_warmup(optimizer, int(self.config.warmup * self.total_steps), self.total_steps)
+        self._seconds_before, self._began = 0.0, time.perf_counter()
         step, history = self._resume(optimizer, scheduler) if resume else (0, [])
+        resumed_at = step
         eval_every = self.config.eval_every or self.steps_per_epoch
         self.model.train(True)
         began, pairs_done, running = time.perf_counter(), 0, None
+        self._began = began
         bar = tqdm(total=self.total_steps, initial=step, desc=f"Training {self.model.kind} ({self.config.loss})",
                    unit="step", disable=not self.progress)
         with bar:
@@ -295,9 +301,11 @@ class Trainer:
                 if self.callback is not None:
                     self.callback(step)
         seconds = time.perf_counter() - began
-        return self._finish(step, seconds, pairs_done / seconds if seconds else 0.0, running or 0.0, history)
+        rate = pairs_done / seconds if seconds else 0.0
+        return self._finish(step, self._seconds_before + seconds, rate, running or 0.0, history, resumed_at)
 
-    def _finish(self, steps: int, seconds: float, rate: float, loss: float, history: list[dict]) -> TrainResult:
+    def _finish(self, steps: int, seconds: float, rate: float, loss: float, history: list[dict],
+                resumed_at: int) -> TrainResult:
         from rerank.train.card import write_model_card
 
         self.model.save(self.output)
@@ -307,7 +315,7 @@ class Trainer:
                if dev_key and dev_key in r]
         info = {**self.card, **self.run_id, "steps": steps, "groups": len(self.groups),
                 "pairs_per_step": self.config.groups_per_step * max(len(g.passage_ids) for g in self.groups),
-                "train_seconds_last_session": round(seconds, 1), "pairs_per_second": round(rate, 2),
+                "train_seconds": round(seconds, 1), "resumed_at_step": resumed_at, "pairs_per_second": round(rate, 2),
                 "final_loss": round(loss, 6), "dev": dev, "scores": {}}
         write_model_card(self.output, info)
         with atomic_file(self.output / TRAINING_FILE) as fh:
