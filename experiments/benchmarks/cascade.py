@@ -52,7 +52,7 @@ def main() -> None:
                         help="the expensive stage: the trained cross-encoder (default) or MiniLM+SPLADE z-score fusion")
     parser.add_argument("--cross-encoder", default=str(TRAINED / "ce-listwise"),
                         help="trained cross-encoder folder (default: the one experiments/benchmarks/train.py writes)")
-    parser.add_argument("--student", default=str(TRAINED / "student-2layer-margin-mse"),
+    parser.add_argument("--student", default=str(TRAINED / "student-splade-tiny-margin-mse"),
                         help="distilled cross-encoder student folder, used if it exists")
     args = parser.parse_args()
     if args.expensive == "cross-encoder" and not Path(args.cross_encoder, "config.json").is_file():

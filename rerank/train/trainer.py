@@ -253,6 +253,8 @@ class Trainer:
         done_marker = self.output / TRAINING_FILE
         if done_marker.exists() and not overwrite:
             raise TrainingError(f"{self.output} already holds a finished model; pass overwrite=True (--overwrite) to retrain")
+        if done_marker.exists():  # overwrite: the folder no longer holds a finished model
+            done_marker.unlink()
         if not resume and (self.output / CHECKPOINTS).exists():
             shutil.rmtree(self.output / CHECKPOINTS)
         self.output.mkdir(parents=True, exist_ok=True)
