@@ -116,7 +116,7 @@ def speed(paths: dict[str, Path], pairs, repeats: int = 3) -> dict[str, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="a tiny version: 40 training queries, a few steps, 20 test queries")
+    parser.add_argument("--quick", action="store_true", help="a tiny version: 12 training queries, 3 steps per model, 6 test queries (about a minute)")
     parser.add_argument("--idcm", action="store_true",
                         help="also re-rank with the teacher reading each abstract's best window (IDCM top-1; +13 min)")
     parser.add_argument("--workdir", default=None, help="where models and cached scores go (default: models/train-bench[-quick])")
@@ -134,7 +134,7 @@ def main() -> None:
     test_q, test_qrels = dataset.queries("test"), dataset.qrels("test")
     depth = 20 if quick else 100
     if quick:
-        train_q, test_q = train_q[:24], test_q[:10]
+        train_q, test_q = train_q[:12], test_q[:6]
         test_qrels = {q.id: test_qrels[q.id] for q in test_q}
     queries = {q.id: q for q in train_q + test_q}
     print(f"SciFact: {len(corpus)} abstracts, {len(train_q)} training and {len(test_q)} test queries; {machine()}")
@@ -144,7 +144,7 @@ def main() -> None:
     triples = mine_triples(train_run, train_qrels, negatives=7, depth=100, seed=0)
     write_triples(triples, work / "triples.tsv")
     groups = group_triples(triples, 7)
-    groups, dev_qids = split_dev(groups, 4 if quick else 50, seed=0)
+    groups, dev_qids = split_dev(groups, 2 if quick else 50, seed=0)
     dev = dev_set(dev_qids, train_run, queries, corpus, train_qrels, depth=10 if quick else 20)
     dev_bm25 = evaluate(dev.candidates, dev.qrels, ["nDCG@10"]).aggregate["nDCG@10"]
     figures_dev = {"dev_bm25_ndcg10": round(dev_bm25, 4)}

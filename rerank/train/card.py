@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from rerank.atomic import atomic_file
+from rerank.models import REGISTRY
 
 _USAGE = {
     "cross-encoder": ("from rerank.score import CrossEncoder\n"
@@ -28,8 +29,10 @@ def render_card(folder: Path, info: dict) -> str:
     model = info.get("model", {})
     config = info.get("config", {})
     kind = model.get("kind", "cross-encoder")
+    init = model.get("init", "")
+    base = REGISTRY[init].hub_id if init in REGISTRY else init  # the Hub's metadata wants a Hub id
     lines = ["---", "library_name: transformers", f"pipeline_tag: {_PIPELINE_TAG.get(kind, 'text-classification')}",
-             f"base_model: {model.get('init', '')}", "tags:", "- rerank", f"- {kind}", "- passage-reranking"]
+             f"base_model: {base}", "tags:", "- rerank", f"- {kind}", "- passage-reranking"]
     if info.get("dataset"):
         lines += ["datasets:", f"- {info['dataset']}"]
     lines += ["---", "", f"# {folder.name}", "",
