@@ -166,8 +166,10 @@ class BiEncoderModel(TrainableModel):
         unique_p = list(dict.fromkeys(passages))
         q = self._encode(unique_q)
         p = self._encode(unique_p)
-        qi = [unique_q.index(x) for x in queries]
-        pi = [unique_p.index(x) for x in passages]
+        q_row = {text: i for i, text in enumerate(unique_q)}
+        p_row = {text: i for i, text in enumerate(unique_p)}
+        qi = [q_row[x] for x in queries]
+        pi = [p_row[x] for x in passages]
         return (q[qi] * p[pi]).sum(1)
 
     def save(self, folder):
@@ -213,8 +215,10 @@ class SpladeModel(TrainableModel):
         q = self._encode(unique_q)
         p = self._encode(unique_p)
         self._last_reg = (self.flops_query * (q.mean(0) ** 2).sum() + self.flops_passage * (p.mean(0) ** 2).sum())
-        qi = [unique_q.index(x) for x in queries]
-        pi = [unique_p.index(x) for x in passages]
+        q_row = {text: i for i, text in enumerate(unique_q)}
+        p_row = {text: i for i, text in enumerate(unique_p)}
+        qi = [q_row[x] for x in queries]
+        pi = [p_row[x] for x in passages]
         return (q[qi] * p[pi]).sum(1)
 
     def regularizer(self):
