@@ -12,7 +12,7 @@ the dev set (BM25 top-20 re-ranked during training).
    MS MARCO-trained as a sparse encoder) as a cross-encoder, distilled from the teacher's scores
    of the same training triples (6 epochs, learning rate 5e-4) with Margin-MSE and, for
    comparison, plain MSE. (The first 2 layers of MiniLM-L6, or of the teacher, did not learn
-   from 6k triples: dev nDCG@10 0.31 and 0.36 after an epoch, against 0.62 for SPLADE-tiny.)
+   from 6k triples: dev nDCG@10 0.31 and 0.36 after an epoch, against 0.60 for SPLADE-tiny.)
 
 Figures, on the BM25 top-100 of every test query: nDCG@10 (and RR@10) of BM25, dense MiniLM,
 each teacher and student; the teacher fused with BM25 (z-score); the teacher reading each
