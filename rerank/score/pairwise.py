@@ -1,0 +1,202 @@
+"""Pairwise ranking prompting (Qin et al., 2023): order candidates by asking a judge which of two
+passages is more relevant, with the three sorting strategies of the PRP paper.
+
+* ``allpair``: every ordered pair; a passage scores its wins (a tie counts half). N(N-1) calls.
+* ``heapsort``: heap selection of the top ``k``; about N log2 N comparisons.
+* ``sliding``: ``k`` bubble-sort passes from the bottom of the list to the top; each pass
+  floats the best remaining passage up; about k(N-1) comparisons.
+
+A comparison asks the judge in both orders (``both_orders=True``, the default) and averages
+``P(a > b)`` from the first with ``1 - P(b > a)`` from the second, which cancels a judge's
+preference for whichever passage comes first; a pair whose two answers disagree is counted as
+position-inconsistent. Judged pairs are cached, so no ordered pair is asked twice, and an
+optional budget caps the calls per query (past it, comparisons are ties and counted).
+
+The judge is anything with ``compare(query, first, second) -> P(first more relevant)``: an LLM
+(the LLM issue), or :class:`OracleJudge`, which answers from qrels with optional noise and
+position bias, to study the algorithms apart from any one model's quality.
+"""
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from rerank.pipeline import Stage
+from rerank.types import Candidates, Passage, Qrels, Query, StageCost
+
+METHODS = ("allpair", "heapsort", "sliding")
+
+
+class Judge(Protocol):
+    """Answers which of two passages is more relevant to a query."""
+
+    def compare(self, query: Query, first: Passage, second: Passage) -> float:
+        """The probability that ``first`` is more relevant than ``second`` (0.5: a tie)."""
+
+
+@dataclass
+class OracleJudge:
+    """A judge that answers from qrels: 1 if the first passage has the higher grade, 0 if the
+    lower, 0.5 if equal. With probability ``noise`` it answers at random instead, and with
+    probability ``position_bias`` it answers "the first" whatever the passages (seeded)."""
+
+    qrels: Qrels
+    noise: float = 0.0
+    position_bias: float = 0.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not (0 <= self.noise <= 1 and 0 <= self.position_bias <= 1):
+            raise ValueError("noise and position_bias are probabilities in [0, 1]")
+        self._rng = random.Random(self.seed)
+
+    def compare(self, query: Query, first: Passage, second: Passage) -> float:
+        if self.position_bias and self._rng.random() < self.position_bias:
+            return 1.0
+        if self.noise and self._rng.random() < self.noise:
+            return float(self._rng.random() < 0.5)
+        grades = self.qrels.get(query.id, {})
+        a, b = grades.get(first.id, 0), grades.get(second.id, 0)
+        return 1.0 if a > b else 0.0 if a < b else 0.5
+
+
+class PairwiseJudgments:
+    """A judge wrapped with both-order asking, a cache of ordered pairs, a call budget and
+    counters, for one query."""
+
+    def __init__(self, judge: Judge, query: Query, *, both_orders: bool = True, budget: int | None = None) -> None:
+        self.judge = judge
+        self.query = query
+        self.both_orders = both_orders
+        self.budget = budget
+        self.cache: dict[tuple[str, str], float] = {}
+        self.calls = 0
+        self.inconsistent = 0
+        self.over_budget = 0
+        self._seen_pairs: set[frozenset] = set()
+
+    def _ask(self, first: Passage, second: Passage) -> float | None:
+        key = (first.id, second.id)
+        if key not in self.cache:
+            if self.budget is not None and self.calls >= self.budget:
+                return None
+            self.cache[key] = float(self.judge.compare(self.query, first, second))
+            self.calls += 1
+        return self.cache[key]
+
+    def prefer(self, a: Passage, b: Passage) -> float:
+        """``P(a more relevant than b)``, from one or both orders."""
+        forward = self._ask(a, b)
+        if not self.both_orders:
+            if forward is None:
+                self.over_budget += 1
+                return 0.5
+            return forward
+        backward = self._ask(b, a)
+        if forward is None or backward is None:
+            self.over_budget += 1
+            return 0.5 if forward is None and backward is None else (forward if backward is None else 1.0 - backward)
+        pair = frozenset((a.id, b.id))
+        if pair not in self._seen_pairs:
+            self._seen_pairs.add(pair)
+            if forward != 0.5 and backward != 0.5 and (forward > 0.5) == (backward > 0.5):
+                self.inconsistent += 1
+        return (forward + 1.0 - backward) / 2
+
+
+def allpair(judgments: PairwiseJudgments, passages: Sequence[Passage]) -> list[float]:
+    """Scores from every pair: wins, a tie counting half."""
+    scores = [0.0] * len(passages)
+    for i in range(len(passages)):
+        for j in range(i + 1, len(passages)):
+            p = judgments.prefer(passages[i], passages[j])
+            scores[i] += p
+            scores[j] += 1.0 - p
+    return scores
+
+
+def heapsort_top(judgments: PairwiseJudgments, passages: Sequence[Passage], k: int) -> list[int]:
+    """Indices of the top ``k`` passages, best first, by heap selection."""
+    heap = list(range(len(passages)))
+
+    def better(i: int, j: int) -> bool:
+        return judgments.prefer(passages[heap[i]], passages[heap[j]]) > 0.5
+
+    def sift_down(root: int, size: int) -> None:
+        while True:
+            child = 2 * root + 1
+            if child >= size:
+                return
+            if child + 1 < size and better(child + 1, child):
+                child += 1
+            if not better(child, root):
+                return
+            heap[root], heap[child] = heap[child], heap[root]
+            root = child
+
+    size = len(heap)
+    for root in range(size // 2 - 1, -1, -1):
+        sift_down(root, size)
+    top = []
+    while size and len(top) < k:
+        top.append(heap[0])
+        size -= 1
+        heap[0] = heap[size]
+        sift_down(0, size)
+    return top
+
+
+def sliding_top(judgments: PairwiseJudgments, passages: Sequence[Passage], k: int) -> list[int]:
+    """The whole order after ``k`` bubble passes from the bottom up (its first ``k`` are final)."""
+    order = list(range(len(passages)))
+    for start in range(min(k, len(order))):
+        for i in range(len(order) - 2, start - 1, -1):
+            if judgments.prefer(passages[order[i + 1]], passages[order[i]]) > 0.5:
+                order[i], order[i + 1] = order[i + 1], order[i]
+    return order
+
+
+class PairwiseReranker(Stage):
+    """Re-rank each query's candidates with pairwise judgments (``allpair``, ``heapsort`` or
+    ``sliding``); ``top_k`` bounds the heapsort and sliding work (the rest keep their order
+    below). The trace counts judge calls as model calls."""
+
+    def __init__(self, judge: Judge, *, method: str = "heapsort", top_k: int = 10, both_orders: bool = True,
+                 budget: int | None = None, name: str | None = None) -> None:
+        if method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+        if top_k < 1:
+            raise ValueError("top_k must be at least 1")
+        self.judge = judge
+        self.method = method
+        self.top_k = top_k
+        self.both_orders = both_orders
+        self.budget = budget
+        self.name = name or f"prp[{method}]"
+        self.last: list[PairwiseJudgments] = []
+
+    def __call__(self, batch: Sequence[Candidates]) -> list[Candidates]:
+        out, self.last = [], []
+        for cands in batch:
+            began = time.perf_counter()
+            judgments = PairwiseJudgments(self.judge, cands.query, both_orders=self.both_orders, budget=self.budget)
+            passages = list(cands.passages)
+            n = len(passages)
+            if self.method == "allpair":
+                scores = allpair(judgments, passages)
+                order = sorted(range(n), key=lambda i: (-scores[i], i))
+            else:
+                top = (heapsort_top if self.method == "heapsort" else sliding_top)(judgments, passages, self.top_k)
+                top = top[: self.top_k]
+                chosen = set(top)
+                order = top + [i for i in range(n) if i not in chosen]
+            # Rank-based scores: strictly decreasing, so sorting never disturbs the order found.
+            ranked = Candidates(cands.query, [passages[i] for i in order], [float(n - r) for r in range(n)])
+            ranked.trace = list(cands.trace) + [StageCost(self.name, time.perf_counter() - began,
+                                                          passages_scored=n, model_calls=judgments.calls)]
+            self.last.append(judgments)
+            out.append(ranked)
+        return out
