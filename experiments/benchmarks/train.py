@@ -35,18 +35,18 @@ from pathlib import Path
 
 import numpy as np
 from scipy.stats import ttest_rel
+from transformers import AutoTokenizer
 from _common import machine, print_json, print_table
 
 from rerank.cascade.idcm import IntraDocumentCascade, split_windows
 from rerank.data import open_dataset, read_run, write_run
-from rerank.data.trec import ranked_items
 from rerank.evaluate import evaluate
 from rerank.fusion import fuse
 from rerank.retrieve import BM25Index, DenseIndex
 from rerank.score import CrossEncoder
 from rerank.score.bm25 import BM25Scorer
 from rerank.train import (Curriculum, TrainConfig, add_scores, dev_set, distill, group_triples, mine_triples,
-                          read_teacher_scores, score_triples, split_dev, train_cross_encoder, write_triples)
+                          score_triples, split_dev, train_cross_encoder, write_triples)
 from rerank.train.trainer import TRAINING_FILE
 from rerank.types import Candidates, Passage, batch_to_run, sort_candidates
 
@@ -193,7 +193,7 @@ def main() -> None:
         add_scores(folder, {f"SciFact test nDCG@10 (BM25 top-{depth} re-ranked)": round(ev["nDCG@10"], 4)})
     # SciFact abstracts run to ~335 wordpiece tokens; a 128-token pair sees about the first 100.
     # BM25 restricted to that same view shows what the truncation alone costs.
-    tok = CrossEncoder(str(teachers[best_teacher]), max_length=128).tokenizer
+    tok = AutoTokenizer.from_pretrained(str(teachers[best_teacher]))
     head = {p.id: Passage(p.id, tok.decode(tok(p.full_text, add_special_tokens=False)["input_ids"][:100]))
             for c in test_batch for p in c.passages}
     add("BM25 re-scoring the top-100 from each abstract's first 100 tokens only",
@@ -226,7 +226,6 @@ def main() -> None:
     teacher = CrossEncoder(str(teacher_path), max_length=128, batch_size=64)
     train_triples = [t for t in triples if t.qid not in set(dev_qids)]
     scored = score_triples(teacher, train_triples, queries, corpus, work / "teacher_scores.tsv")
-    scored = read_teacher_scores(work / "teacher_scores.tsv")
     student_groups = group_triples(scored, 7)
     students = {}
     for loss in ("margin-mse", "mse"):

@@ -264,13 +264,13 @@ class Trainer:
         optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": self.config.weight_decay},
                                        {"params": no_decay, "weight_decay": 0.0}], lr=self.config.learning_rate)
         scheduler = get_linear_schedule_with_warmup(optimizer, int(self.config.warmup * self.total_steps), self.total_steps)
-        self._seconds_before, self._began = 0.0, time.perf_counter()
+        self._seconds_before = 0.0  # training time of earlier sessions, restored by _resume
         step, history = self._resume(optimizer, scheduler) if resume else (0, [])
         resumed_at = step
         eval_every = self.config.eval_every or self.steps_per_epoch
         self.model.train(True)
-        began, pairs_done, running = time.perf_counter(), 0, None
-        self._began = began
+        began = self._began = time.perf_counter()
+        pairs_done, running = 0, None
         bar = tqdm(total=self.total_steps, initial=step, desc=f"Training {self.model.kind} ({self.config.loss})",
                    unit="step", disable=not self.progress)
         with bar:
