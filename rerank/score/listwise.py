@@ -1,0 +1,120 @@
+"""Listwise LLM re-ranking: the model reads a window of passages and writes their order
+(RankGPT's ``[2] > [1] > [3]``), from the bottom of the list up with a sliding window, or over
+the whole list at once (``full=True``, the full-ranking mode of long-context LLMs).
+
+Small models write bad permutations; :func:`parse_permutation` keeps what it can: ids outside
+the window and repeats are dropped, and ids the answer leaves out keep their input order after
+the ones it names. Each repair is counted.
+"""
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from rerank.pipeline import Stage
+from rerank.score.llm import LLM, open_llm
+from rerank.score.prompts import LISTWISE, FitStats, fit_passages
+from rerank.types import Candidates, StageCost
+
+_ID = re.compile(r"\[\s*(\d+)\s*\]|\b(\d+)\b")
+
+
+@dataclass
+class PermutationRepairs:
+    """What :func:`parse_permutation` had to fix in an answer."""
+
+    invented: int = 0
+    repeated: int = 0
+    missing: int = 0
+
+
+def parse_permutation(text: str, n: int, repairs: PermutationRepairs | None = None) -> list[int]:
+    """A full order of ``range(n)`` from an answer naming 1-based ids (``[3] > [1] > [2]``).
+
+    Bracketed ids are used if there are any, else bare numbers. Ids outside ``1..n`` are invented,
+    later mentions of an id are repeats, and ids never named follow in their input order."""
+    repairs = repairs if repairs is not None else PermutationRepairs()
+    matches = _ID.findall(text)
+    bracketed = [int(a) for a, _ in matches if a]
+    named = bracketed if bracketed else [int(b) for _, b in matches if b]
+    order, seen = [], set()
+    for number in named:
+        if not 1 <= number <= n:
+            repairs.invented += 1
+        elif number - 1 in seen:
+            repairs.repeated += 1
+        else:
+            seen.add(number - 1)
+            order.append(number - 1)
+    rest = [i for i in range(n) if i not in seen]
+    repairs.missing += len(rest)
+    return order + rest
+
+
+class ListwiseReranker(Stage):
+    """Permutation generation with an LLM, in windows of ``window`` passages moved up by ``step``
+    from the bottom of the list (``full=True``: one window holding every candidate).
+
+    The trace counts LLM calls (one per window) and prompt tokens; ``repairs`` and ``fit`` count
+    what the parser fixed and the passages cut to fit the context.
+    """
+
+    def __init__(self, llm: "LLM | str" = "smollm2-135m", *, window: int = 20, step: int = 10, full: bool = False,
+                 max_passage_tokens: int = 96, llm_options: dict[str, Any] | None = None,
+                 name: str | None = None) -> None:
+        if window < 2 or not 1 <= step <= window:
+            raise ValueError("window must be at least 2 and step between 1 and window")
+        self.llm_spec = llm if isinstance(llm, str) else getattr(llm, "name", None)
+        self.llm_options = dict(llm_options or {})
+        self.llm = open_llm(llm, **self.llm_options)
+        self.window = window
+        self.step = step
+        self.full = full
+        self.max_passage_tokens = max_passage_tokens
+        self.name = name or ("listwise[full]" if full else "listwise")
+        self.repairs = PermutationRepairs()
+        self.fit = FitStats()
+
+    def _rank_window(self, query: str, passages: list) -> list[int]:
+        n = len(passages)
+        answer_tokens = 6 * n + 8  # "[12] > " is about 5-6 tokens per id
+        texts = fit_passages(self.llm, passages, LISTWISE, self.max_passage_tokens, self.fit,
+                             extra_answer_tokens=answer_tokens, query=query, n=str(n))
+        listing = "\n".join(f"[{i + 1}] {t}" for i, t in enumerate(texts))
+        prompt = self.llm.render(LISTWISE.format(n=n, query=query, passages=listing))
+        answer = self.llm.generate([prompt], max_new_tokens=answer_tokens)[0]
+        return parse_permutation(answer, n, self.repairs)
+
+    def __call__(self, batch: Sequence[Candidates]) -> list[Candidates]:
+        out = []
+        for cands in batch:
+            began = time.perf_counter()
+            calls, tokens = self.llm.usage.calls, self.llm.usage.prompt_tokens
+            order = list(range(len(cands)))
+            n = len(order)
+            window = n if self.full else self.window
+            if n > 1:
+                end = n
+                while True:
+                    start = max(0, end - window)
+                    ids = order[start:end]
+                    new = self._rank_window(cands.query.text, [cands.passages[i] for i in ids])
+                    order[start:end] = [ids[i] for i in new]
+                    if start == 0:
+                        break
+                    end -= self.step
+            ranked = Candidates(cands.query, [cands.passages[i] for i in order], [float(n - r) for r in range(n)])
+            ranked.trace = list(cands.trace) + [StageCost(
+                self.name, time.perf_counter() - began, passages_scored=n,
+                model_calls=self.llm.usage.calls - calls, tokens=self.llm.usage.prompt_tokens - tokens)]
+            out.append(ranked)
+        return out
+
+    def config(self) -> dict[str, Any]:
+        if not isinstance(self.llm_spec, str):
+            raise NotImplementedError("a listwise stage built on an LLM object cannot be written to a config")
+        return {"kind": "listwise", "llm": self.llm_spec, "window": self.window, "step": self.step, "full": self.full,
+                "max_passage_tokens": self.max_passage_tokens, "llm_options": self.llm_options or None}
