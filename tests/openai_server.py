@@ -22,9 +22,9 @@ class Misbehaviour:
         self.requests = 0
 
 
-def _echo_logprobs(llm, prompt: str) -> tuple[list[str], list[float | None], list[int], float]:
+def _echo_logprobs(llm, prompt: str) -> tuple[list[str], list[float | None], list[int], str, float]:
     """Tokens of ``prompt`` with their log-probabilities and character offsets, as vLLM echoes
-    them, and the log-probability of the greedy next token."""
+    them, and the greedy next token with its log-probability."""
     import torch
 
     enc = llm.tokenizer(prompt, return_offsets_mapping=True)
@@ -37,7 +37,8 @@ def _echo_logprobs(llm, prompt: str) -> tuple[list[str], list[float | None], lis
     table = torch.log_softmax(logits, dim=-1)
     values: list[float | None] = [None] + [float(table[i - 1, ids[i]]) for i in range(1, len(ids))]
     tokens = llm.tokenizer.convert_ids_to_tokens(ids)
-    return tokens, values, [int(start) for start, _ in offsets], float(table[-1].max())
+    best = int(table[-1].argmax())
+    return tokens, values, [int(start) for start, _ in offsets], llm.tokenizer.decode([best]), float(table[-1, best])
 
 
 def make_handler(llm, misbehaviour: Misbehaviour):
@@ -67,16 +68,18 @@ def make_handler(llm, misbehaviour: Misbehaviour):
             max_tokens = int(request.get("max_tokens", 16))
             if self.path == "/v1/completions":
                 prompt = request["prompt"]
-                text = llm.generate([prompt], max_new_tokens=max(max_tokens, 1))[0] if max_tokens else ""
-                choice = {"index": 0, "text": text, "finish_reason": "length"}
                 if request.get("echo") and request.get("logprobs") is not None:
-                    # The prompt's own tokens, then the generated text as one more entry (a real
-                    # server echoes the prompt's tokenization and appends generated tokens).
-                    tokens, values, offsets, next_value = _echo_logprobs(llm, prompt)
+                    # The prompt's own tokens, then one generated token (a real server echoes the
+                    # prompt's tokenization and appends what it generated).
+                    tokens, values, offsets, text, next_value = _echo_logprobs(llm, prompt)
+                    text = text if max_tokens else ""
                     if text:
                         tokens, values, offsets = tokens + [text], values + [next_value], offsets + [len(prompt)]
                     choice = {"index": 0, "text": prompt + text, "finish_reason": "length",
                               "logprobs": {"tokens": tokens, "token_logprobs": values, "text_offset": offsets}}
+                else:
+                    text = llm.generate([prompt], max_new_tokens=max_tokens)[0] if max_tokens else ""
+                    choice = {"index": 0, "text": text, "finish_reason": "length"}
                 usage = {"prompt_tokens": llm.count_tokens(prompt), "completion_tokens": llm.count_tokens(text)}
                 return self._send(200, json.dumps({"object": "text_completion", "choices": [choice],
                                                    "usage": usage}).encode())

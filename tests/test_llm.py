@@ -15,7 +15,10 @@ from rerank.score.llm_pointwise import QueryLikelihood, YesNoRelevance
 from rerank.score.prp import PRP, LLMJudge, parse_choice
 from rerank.types import Candidates, Passage, Query
 
+from conftest import REPO
 from openai_server import Misbehaviour, OpenAITestServer
+
+REPO_PIPELINES = REPO / "experiments" / "pipelines"
 
 
 def _plain_logprob(llm: TransformersLLM, prompt: str, continuation: str) -> float:
@@ -279,3 +282,45 @@ def test_http_backend_serving_smollm2_gives_the_local_ranking(smollm2, dl19_batc
         remote = OpenAICompatibleLLM(url, model="smollm2-135m", tokenizer="smollm2-135m", concurrency=2)
         served = PRP(remote, method="allpair")([cands])[0]
     assert served.ids == local.ids
+
+
+def test_cli_reranks_a_trec_run_with_an_llm_stage(tiny_llm_path, dl19, tmp_path, capsys):
+    from conftest import shared
+    from rerank.cli import main
+    from rerank.config import parse_config
+    from rerank.data import read_run
+    from rerank.data.trec import ranked_items
+
+    parse_config(REPO_PIPELINES / "dl19-prp.toml")  # the shipped example config is valid
+    _, _, run, _ = dl19
+    qids = sorted(run)[:2]
+    with open(tmp_path / "in.trec", "w") as fh:
+        for qid in qids:
+            for rank, (doc, score) in enumerate(ranked_items(run[qid])[:5], start=1):
+                fh.write(f"{qid} Q0 {doc} {rank} {score} bm25\n")
+    (tmp_path / "pipe.toml").write_text(f'pipeline = "prp"\n[stages.prp]\nkind = "prp"\nllm = "{tiny_llm_path}"\n'
+                                        'method = "allpair"\n')
+    out = tmp_path / "out.trec"
+    assert main(["rerank", "--pipeline", str(tmp_path / "pipe.toml"), "--run", str(tmp_path / "in.trec"),
+                 "--corpus", str(shared("trec-dl-2019", "corpus.jsonl")),
+                 "--queries", str(shared("trec-dl-2019", "queries.jsonl")), "--out", str(out), "--no-progress"]) == 0
+    assert "| prp |" in capsys.readouterr().out
+    result = read_run(out)
+    assert sorted(result) == qids and all(len(result[q]) == 5 for q in qids)
+
+
+def test_the_full_cascade_expression_with_prp_on_top(scifact_bm25, scifact_test, minilm, tiny_ce_path, tiny_llm):
+    from rerank.retrieve.stage import Retriever
+    from rerank.score import BiEncoderScorer, CrossEncoder
+
+    bm25, student = Retriever(scifact_bm25, name="bm25"), BiEncoderScorer(minilm, name="student")
+    cross = CrossEncoder(str(tiny_ce_path), name="cross")
+    prp = PRP(tiny_llm, method="heapsort", top_k=3, name="prp")
+    pipe = bm25 % 20 >> student % 8 >> cross % 4 >> prp
+    assert str(pipe) == "bm25 % 20 >> student % 8 >> cross % 4 >> prp"
+    queries, _ = scifact_test
+    out = pipe.search(queries[:2])
+    for cands in out:
+        assert len(cands) == 4
+        assert [c.stage for c in cands.trace] == ["bm25", "student", "cross", "prp"]
+        assert cands.trace[-1].model_calls > 0 and cands.trace[-1].tokens > 0

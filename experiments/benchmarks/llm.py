@@ -17,8 +17,10 @@ judged queries (``--queries`` changes that); the cheap pipeline is scored on the
 
     python experiments/benchmarks/llm.py [--quick] [--queries N]
 
-``--quick``: oracle on 10 queries, one seed; the LLM on 1 query's top 5 (under a minute once the
-model's dequantized copy is cached).
+``--quick``: oracle on 10 queries, one seed; the LLM on 1 query's top 5, and the prefix-reuse
+check on it (about a minute once the model's dequantized copy is cached).
+``--prefix-check-only``: PRP allpair on the first query's BM25 top 20 with the shared-prefix
+key/value reuse on and off (same rankings; forward tokens and seconds).
 """
 from __future__ import annotations
 
@@ -152,11 +154,38 @@ def llm_part(top, qrels, k: int, queries: int):
     return rows, figures
 
 
+def prefix_reuse_check(top, n_queries: int = 1) -> dict:
+    """PRP allpair on the first queries, with and without re-using the key/value cache of a
+    prefix shared by a batch (instructions + query + first passage): the same log-probabilities
+    either way (checked), so the difference is cost only."""
+    from rerank.score import PRP, open_llm
+
+    llm = open_llm("smollm2-135m")
+    out = {}
+    orders = {}
+    for reuse in (True, False):
+        llm.prefix_reuse = reuse
+        stage = PRP(llm, method="allpair")  # a fresh pair cache
+        tokens = llm.usage.forward_tokens
+        began = time.perf_counter()
+        results = stage(top[:n_queries])
+        out["on" if reuse else "off"] = {"seconds": round(time.perf_counter() - began, 1),
+                                         "forward_tokens": llm.usage.forward_tokens - tokens}
+        orders[reuse] = [r.ids for r in results]
+    llm.prefix_reuse = True
+    out["same_ranking"] = orders[True] == orders[False]
+    out["token_saving"] = round(1 - out["on"]["forward_tokens"] / out["off"]["forward_tokens"], 3)
+    out["speedup"] = round(out["off"]["seconds"] / out["on"]["seconds"], 2)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a small subset (under a minute)")
     parser.add_argument("--queries", type=int, default=None, help="queries the LLM re-ranks (default 10; 1 with --quick)")
     parser.add_argument("--skip-llm", action="store_true", help="only the oracle part")
+    parser.add_argument("--prefix-check-only", action="store_true",
+                        help="only the prefix-reuse check (allpair on the first query, reuse on and off)")
     args = parser.parse_args()
     queries, corpus, run, qrels = dl19_workload()
     qids = [q for q in sorted(run) if q in qrels][: (10 if args.quick else None)]
@@ -172,6 +201,11 @@ def main() -> None:
 
     n, k = (5, 2) if args.quick else (20, 10)
     print(f"TREC DL 2019, {len(qids)} queries; {machine()}")
+    if args.prefix_check_only:
+        check = prefix_reuse_check(batch_of(n))
+        print(f"prefix reuse, PRP allpair on the BM25 top-{n} of query {qids[0]}: {check}")
+        print_json({"benchmark": "llm-prefix-reuse", "n": n, "prefix_reuse": check})
+        return
     print(f"\nPart 1: oracle judge on the BM25 top-{n}, top-{k} for heapsort and sliding")
     rows, oracle = oracle_part(batch_of(n), qrels, 1 if args.quick else 5, k, n)
     print_table(rows, ["method", "condition", "both orders", "nDCG@10", "sd over seeds", "calls/query",
@@ -188,6 +222,9 @@ def main() -> None:
               f"{llm['cached_rerun']['seconds']} s; model load {llm['load_seconds']} s; "
               f"passages cut to 128 tokens in allpair: {llm['truncated_passages']}")
         figures.update({"llm": llm, "llm_queries": n_llm, "pipeline": pipeline})
+        if args.quick:
+            figures["prefix_reuse"] = check = prefix_reuse_check(top)
+            print(f"prefix reuse, PRP allpair on query {top[0].query.id}: {check}")
     print_json(figures)
 
 
