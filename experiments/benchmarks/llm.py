@@ -10,8 +10,8 @@ re-ranks the top 20 of the best cheaper pipeline of the cascade benchmark,
 ``bm25 % 100 >> splade-cached % 30 >> fuse(minilm, splade, method="zscore")``: PRP allpair,
 heapsort top-10 and sliding top-10 in scoring mode, query likelihood, yes/no relevance and
 listwise sliding windows. Per method: nDCG@10, LLM calls, prompt tokens and seconds per query,
-calls against theory (allpair N(N-1); heapsort about N log2 N; sliding k passes at most
-2k(N-1)), then a second identical heapsort run to show the pair cache makes it free. The LLM is
+calls against theory (both orders: allpair N(N-1); heapsort about N log2 N comparisons, 2 calls
+each; sliding k passes, at most 2k(N-1)), then a second identical heapsort run to show the pair cache makes it free. The LLM is
 slow on a CPU (about 0.5 s per 225-token prompt here), so by default it runs on the first 10
 judged queries (``--queries`` changes that); the cheap pipeline is scored on the same queries.
 
@@ -40,12 +40,14 @@ METHODS = ("allpair", "heapsort", "sliding")
 
 
 def theory_calls(method: str, n: int, k: int) -> float:
-    """Calls each method needs in theory, asking both orders: allpair N(N-1); heapsort
-    about N log2 N; sliding at most 2 per comparison of k bubble passes, 2k(N-1)."""
+    """LLM calls each method needs in theory when every comparison is asked in both orders (two
+    calls): allpair N(N-1); heapsort about N log2 N comparisons, so 2 N log2 N calls (fewer for
+    a top-k); sliding k passes of at most N-1 comparisons, so at most 2k(N-1) calls (fewer when
+    a pair is met again and comes from the cache)."""
     if method == "allpair":
         return n * (n - 1)
     if method == "heapsort":
-        return n * math.log2(n)
+        return 2 * n * math.log2(n)
     return 2 * k * (n - 1)
 
 
@@ -78,6 +80,7 @@ def oracle_part(batch, qrels, seeds: int, k: int, n: int) -> tuple[list[dict], d
                 rows.append({"method": method, "condition": label, "both orders": "yes" if both else "no",
                              "nDCG@10": ndcg, "sd over seeds": statistics.pstdev(scores),
                              "calls/query": statistics.mean(calls),
+                             "theory calls": theory_calls(method, len(batch[0]), k) / (1 if both else 2),
                              "inconsistent pairs/query": statistics.mean(inconsistent)})
                 key = f"{method}_{label.replace(' ', '_').replace('%', 'pct')}_{'both' if both else 'one'}"
                 figures[key] = {"ndcg10": round(ndcg, 4), "calls": round(statistics.mean(calls), 1)}
@@ -209,7 +212,7 @@ def main() -> None:
     print(f"\nPart 1: oracle judge on the BM25 top-{n}, top-{k} for heapsort and sliding")
     rows, oracle = oracle_part(batch_of(n), qrels, 1 if args.quick else 5, k, n)
     print_table(rows, ["method", "condition", "both orders", "nDCG@10", "sd over seeds", "calls/query",
-                       "inconsistent pairs/query"])
+                       "theory calls", "inconsistent pairs/query"])
     figures = {"benchmark": "llm", "quick": args.quick, "queries": len(qids), "n": n, "k": k, "oracle": oracle}
     if not args.skip_llm:
         top, pipeline = cheap_pipeline_top(batch_of(depth), n, args.quick)

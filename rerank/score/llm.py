@@ -70,12 +70,32 @@ class LLM(Protocol):
         """``text`` cut to at most ``max_tokens`` tokens, and whether it was cut."""
 
 
+def render_prompt(tokenizer, message: str, answer_prefix: str = "") -> str:
+    """``message`` as a user turn in ``tokenizer``'s chat template (if it has one) with the
+    assistant's answer opened by ``answer_prefix``; plain text otherwise."""
+    if tokenizer is not None and getattr(tokenizer, "chat_template", None):
+        prompt = tokenizer.apply_chat_template([{"role": "user", "content": message}], tokenize=False,
+                                               add_generation_prompt=True)
+        return prompt + answer_prefix
+    return f"{message}\n{answer_prefix}" if answer_prefix else message
+
+
+def truncate_tokens(tokenizer, text: str, max_tokens: int) -> tuple[str, bool]:
+    """``text`` cut after its first ``max_tokens`` tokens (at a character offset, so the kept
+    text is the original's prefix), and whether it was cut."""
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    if len(enc["input_ids"]) <= max_tokens:
+        return text, False
+    end = enc["offset_mapping"][max_tokens - 1][1] if max_tokens > 0 else 0
+    return text[:end], True
+
+
 def cache_dir() -> Path:
     """Where converted models are cached: ``$RERANK_CACHE`` or ``~/.cache/rerank``."""
     return Path(os.environ.get("RERANK_CACHE") or Path.home() / ".cache" / "rerank")
 
 
-def _dequantized_gguf(folder: str, gguf: str, progress: bool) -> str:
+def _dequantized_gguf(folder: str, gguf: str) -> str:
     """A safetensors copy of a GGUF model, converted on first use (tens of seconds) and cached,
     so later loads take under a second."""
     import transformers
@@ -107,6 +127,16 @@ def _dequantized_gguf(folder: str, gguf: str, progress: bool) -> str:
     return str(target)
 
 
+def load_tokenizer(name: str):
+    """The tokenizer of a short model name, Hub id or path (a GGUF's from its cached copy)."""
+    from transformers import AutoTokenizer
+
+    from rerank.models import gguf_file, resolve
+
+    path, gguf = resolve(name), gguf_file(name)
+    return AutoTokenizer.from_pretrained(_dequantized_gguf(path, gguf) if gguf else path)
+
+
 class TransformersLLM:
     """A local Hugging Face model as an :class:`LLM`.
 
@@ -122,7 +152,7 @@ class TransformersLLM:
 
     def __init__(self, model: str, *, batch_size: int = 8, max_context: int | None = None,
                  prefix_reuse: bool = True, min_shared_prefix: int = 16, threads: int | None = None,
-                 device: str = "cpu", progress: bool = False) -> None:
+                 device: str = "cpu") -> None:
         import torch
         import transformers
         from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
@@ -143,7 +173,7 @@ class TransformersLLM:
         if gguf is None and str(path).endswith(".gguf"):
             path, gguf = str(Path(path).parent), Path(path).name
         if gguf is not None:
-            path = _dequantized_gguf(path, gguf, progress)
+            path = _dequantized_gguf(path, gguf)
         verbosity = transformers.logging.get_verbosity()
         transformers.logging.set_verbosity_error()
         try:
@@ -167,21 +197,13 @@ class TransformersLLM:
 
     # -- text -------------------------------------------------------------------------------
     def render(self, message: str, answer_prefix: str = "") -> str:
-        if getattr(self.tokenizer, "chat_template", None) and not self.seq2seq:
-            prompt = self.tokenizer.apply_chat_template([{"role": "user", "content": message}], tokenize=False,
-                                                        add_generation_prompt=True)
-            return prompt + answer_prefix
-        return f"{message}\n{answer_prefix}" if answer_prefix else message
+        return render_prompt(None if self.seq2seq else self.tokenizer, message, answer_prefix)
 
     def count_tokens(self, text: str) -> int:
         return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
     def truncate(self, text: str, max_tokens: int) -> tuple[str, bool]:
-        enc = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-        if len(enc["input_ids"]) <= max_tokens:
-            return text, False
-        end = enc["offset_mapping"][max_tokens - 1][1] if max_tokens > 0 else 0
-        return text[:end], True
+        return truncate_tokens(self.tokenizer, text, max_tokens)
 
     def _split(self, prompt: str, continuation: str) -> tuple[list[int], int]:
         """Token ids of ``prompt + continuation`` and the index of the first continuation token."""

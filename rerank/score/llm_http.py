@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from rerank.score.llm import LLMError, LLMUsage
+from rerank.score.llm import LLMError, LLMUsage, load_tokenizer, render_prompt, truncate_tokens
 
 _RETRIED_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
 
@@ -56,20 +56,7 @@ class OpenAICompatibleLLM:
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._client = httpx.Client(timeout=timeout, headers=headers,
                                     limits=httpx.Limits(max_connections=concurrency))
-        self.tokenizer = None
-        if tokenizer is not None:
-            from transformers import AutoTokenizer
-
-            from rerank.score.llm import TransformersLLM
-            from rerank.models import gguf_file, resolve
-
-            if gguf_file(tokenizer) is not None:  # a GGUF short name: use the cached dequantized copy
-                from rerank.score.llm import _dequantized_gguf
-
-                self.tokenizer = AutoTokenizer.from_pretrained(_dequantized_gguf(resolve(tokenizer), gguf_file(tokenizer), False))
-            else:
-                self.tokenizer = AutoTokenizer.from_pretrained(resolve(tokenizer))
-            self._render_like = TransformersLLM.render
+        self.tokenizer = None if tokenizer is None else load_tokenizer(tokenizer)
 
     def __repr__(self) -> str:
         return f"OpenAICompatibleLLM({self.base_url!r}, model={self.model!r}, api={self.api!r})"
@@ -82,11 +69,7 @@ class OpenAICompatibleLLM:
     def render(self, message: str, answer_prefix: str = "") -> str:
         if self.api == "chat":
             return message  # the server applies its own chat template
-        if self.tokenizer is not None and getattr(self.tokenizer, "chat_template", None):
-            prompt = self.tokenizer.apply_chat_template([{"role": "user", "content": message}], tokenize=False,
-                                                        add_generation_prompt=True)
-            return prompt + answer_prefix
-        return f"{message}\n{answer_prefix}" if answer_prefix else message
+        return render_prompt(self.tokenizer, message, answer_prefix)
 
     def count_tokens(self, text: str) -> int:
         if self.tokenizer is None:
@@ -96,11 +79,7 @@ class OpenAICompatibleLLM:
     def truncate(self, text: str, max_tokens: int) -> tuple[str, bool]:
         if self.tokenizer is None:
             return (text, False) if len(text) <= 4 * max_tokens else (text[: 4 * max_tokens], True)
-        enc = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-        if len(enc["input_ids"]) <= max_tokens:
-            return text, False
-        end = enc["offset_mapping"][max_tokens - 1][1] if max_tokens > 0 else 0
-        return text[:end], True
+        return truncate_tokens(self.tokenizer, text, max_tokens)
 
     # -- transport --------------------------------------------------------------------------
     def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
