@@ -60,7 +60,8 @@ def _line_query(line: str, fmt: str) -> str | None:
 
 def _trace_to_json(trace: Sequence[StageCost]) -> list[dict]:
     return [{"stage": c.stage, "seconds": c.seconds, "passages_scored": c.passages_scored,
-             "model_calls": c.model_calls, "tokens": c.tokens} for c in trace]
+             "model_calls": c.model_calls, "tokens": c.tokens, **({"counters": c.counters} if c.counters else {})}
+            for c in trace]
 
 
 def _read_progress(path: Path) -> dict[str, list[StageCost]]:

@@ -19,6 +19,7 @@ class StageSummary:
     passages_scored: int = 0
     model_calls: float = 0.0
     tokens: int = 0
+    counters: dict[str, int] = field(default_factory=dict)
     per_query_seconds: list[float] = field(default_factory=list, repr=False)
 
     @property
@@ -45,6 +46,8 @@ def summarize(batch: Iterable[Candidates | Sequence[StageCost]]) -> list[StageSu
             s.passages_scored += cost.passages_scored
             s.model_calls += cost.model_calls
             s.tokens += cost.tokens
+            for key, value in cost.counters.items():
+                s.counters[key] = s.counters.get(key, 0) + value
             seen[cost.stage] = seen.get(cost.stage, 0.0) + cost.seconds
         for name, seconds in seen.items():
             stages[name].queries += 1
@@ -59,7 +62,7 @@ def total_seconds_per_query(batch: Sequence[Candidates]) -> list[float]:
 
 def format_costs(summaries: Sequence[StageSummary], *, markdown: bool = True) -> str:
     """A table with one row per stage plus a total: queries, mean and p95 ms per query,
-    passages scored, model forward calls and tokens."""
+    passages scored, model forward calls and tokens; then a line per stage with counters."""
     header = ["stage", "queries", "mean ms/q", "p95 ms/q", "passages", "model calls", "tokens"]
     rows = [[s.stage, str(s.queries), f"{s.mean_ms:.1f}", f"{s.p95_ms:.1f}", str(s.passages_scored),
              f"{s.model_calls:.0f}", str(s.tokens)] for s in summaries]
@@ -69,10 +72,12 @@ def format_costs(summaries: Sequence[StageSummary], *, markdown: bool = True) ->
         rows.append(["total", str(queries), f"{1000 * total / max(queries, 1):.1f}", "",
                      str(sum(s.passages_scored for s in summaries)),
                      f"{sum(s.model_calls for s in summaries):.0f}", str(sum(s.tokens for s in summaries))])
+    notes = [f"{s.stage}: " + ", ".join(f"{key.replace('_', ' ')} {value}" for key, value in s.counters.items())
+             for s in summaries if s.counters]
     if markdown:
         lines = ["| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]
         lines += ["| " + " | ".join(r) + " |" for r in rows]
-        return "\n".join(lines)
+        return "\n".join(lines + notes)
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     fmt = lambda r: "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))  # noqa: E731
-    return "\n".join([fmt(header), *map(fmt, rows)])
+    return "\n".join([fmt(header), *map(fmt, rows), *notes])

@@ -32,7 +32,8 @@ class StageCost:
 
     When a stage scores many queries in one batch, its wall time and model forward calls are
     shared among them in proportion to their candidates (so ``model_calls`` may be fractional
-    and sums to the true count over the batch); tokens are counted exactly per query.
+    and sums to the true count over the batch); tokens are counted exactly per query (for an
+    LLM stage, prompt tokens).
     """
 
     stage: str
@@ -40,6 +41,8 @@ class StageCost:
     passages_scored: int = 0
     model_calls: float = 0
     tokens: int = 0
+    counters: dict[str, int] = field(default_factory=dict)
+    """Stage-specific counts, e.g. PRP's ``inconsistent_pairs`` or ``unparsable`` answers."""
 
 
 @dataclass(slots=True)

@@ -304,7 +304,8 @@ def test_cli_reranks_a_trec_run_with_an_llm_stage(tiny_llm_path, dl19, tmp_path,
     assert main(["rerank", "--pipeline", str(tmp_path / "pipe.toml"), "--run", str(tmp_path / "in.trec"),
                  "--corpus", str(shared("trec-dl-2019", "corpus.jsonl")),
                  "--queries", str(shared("trec-dl-2019", "queries.jsonl")), "--out", str(out), "--no-progress"]) == 0
-    assert "| prp |" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "| prp |" in printed and "prp: inconsistent pairs" in printed  # the PRP counters under the cost table
     result = read_run(out)
     assert sorted(result) == qids and all(len(result[q]) == 5 for q in qids)
 

@@ -93,6 +93,7 @@ class ListwiseReranker(Stage):
         for cands in batch:
             began = time.perf_counter()
             calls, tokens = self.llm.usage.calls, self.llm.usage.prompt_tokens
+            before = (self.repairs.invented, self.repairs.repeated, self.repairs.missing, self.fit.truncated)
             order = list(range(len(cands)))
             n = len(order)
             window = n if self.full else self.window
@@ -109,7 +110,10 @@ class ListwiseReranker(Stage):
             ranked = Candidates(cands.query, [cands.passages[i] for i in order], [float(n - r) for r in range(n)])
             ranked.trace = list(cands.trace) + [StageCost(
                 self.name, time.perf_counter() - began, passages_scored=n,
-                model_calls=self.llm.usage.calls - calls, tokens=self.llm.usage.prompt_tokens - tokens)]
+                model_calls=self.llm.usage.calls - calls, tokens=self.llm.usage.prompt_tokens - tokens,
+                counters=dict(zip(("invented_ids", "repeated_ids", "missing_ids", "truncated_passages"),
+                                  (after - b for after, b in zip((self.repairs.invented, self.repairs.repeated,
+                                                                  self.repairs.missing, self.fit.truncated), before)))))]
             out.append(ranked)
         return out
 

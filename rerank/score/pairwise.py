@@ -208,8 +208,9 @@ class PairwiseReranker(Stage):
     """Re-rank each query's candidates with pairwise judgments (``allpair``, ``heapsort`` or
     ``sliding``); ``top_k`` bounds the heapsort and sliding work (the rest keep their order
     below). Judged pairs are cached across queries and calls (``cache``), so re-running the same
-    input asks nothing. The trace counts judge calls as model calls and prompt tokens as tokens;
-    ``last_stats`` holds per-query counters of the last call."""
+    input asks nothing. The trace counts judge calls as model calls, prompt tokens as tokens, and
+    position-inconsistent pairs, unparsable answers, cut passages and comparisons past the budget
+    as counters; ``last_stats`` holds the same per query for the last call."""
 
     def __init__(self, judge: Judge, *, method: str = "heapsort", top_k: int = 10, both_orders: bool = True,
                  budget: int | None = None, progress: bool = False, name: str | None = None) -> None:
@@ -260,8 +261,11 @@ class PairwiseReranker(Stage):
             unparsable, truncated = (after - before for after, before in zip(_judge_counters(self.judge), counters_before))
             # Rank-based scores: strictly decreasing, so sorting never disturbs the order found.
             ranked = Candidates(cands.query, [passages[i] for i in order], [float(n - r) for r in range(n)])
+            counters = {"inconsistent_pairs": judgments.inconsistent, "unparsable": unparsable,
+                        "truncated_passages": truncated, "over_budget": judgments.over_budget}
             ranked.trace = list(cands.trace) + [StageCost(self.name, seconds, passages_scored=n,
-                                                          model_calls=judgments.calls, tokens=tokens)]
+                                                          model_calls=judgments.calls, tokens=tokens,
+                                                          counters=counters)]
             self.last.append(judgments)
             self.last_stats.append(PairwiseStats(cands.query.id, n, judgments.calls, tokens, judgments.inconsistent,
                                                  unparsable, truncated, judgments.over_budget, seconds))
