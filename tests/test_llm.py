@@ -276,7 +276,7 @@ def test_smollm2_scores_a_real_question_above_nonsense(smollm2):
 
 @pytest.mark.slow
 def test_http_backend_serving_smollm2_gives_the_local_ranking(smollm2, dl19_batch):
-    cands = dl19_batch[1].top(5)
+    cands = dl19_batch[1].top(4)
     local = PRP(smollm2, method="allpair")([cands])[0]
     with OpenAITestServer(smollm2) as url:
         remote = OpenAICompatibleLLM(url, model="smollm2-135m", tokenizer="smollm2-135m", concurrency=2)

@@ -17,7 +17,7 @@ judged queries (``--queries`` changes that); the cheap pipeline is scored on the
 
     python experiments/benchmarks/llm.py [--quick] [--queries N]
 
-``--quick``: oracle on 10 queries, one seed; the LLM on 1 query's top 5, and the prefix-reuse
+``--quick``: oracle on 10 queries, one seed; the LLM on 1 query's top 4, and the prefix-reuse
 check on it (about a minute once the model's dequantized copy is cached).
 ``--prefix-check-only``: PRP allpair on the first query's BM25 top 20 with the shared-prefix
 key/value reuse on and off (same rankings; forward tokens and seconds).
@@ -154,6 +154,9 @@ def llm_part(top, qrels, k: int, queries: int):
     figures["cached_rerun"] = {"calls": sum(r.trace[-1].model_calls for r in again),
                                "seconds": round(time.perf_counter() - t, 3)}
     figures["truncated_passages"] = stages["prp-allpair"].judge.fit.truncated
+    repairs = stages["listwise"].repairs
+    figures["listwise_repairs"] = {"invented": repairs.invented, "repeated": repairs.repeated, "missing": repairs.missing}
+    print(f"listwise parser repairs over {len(subset)} queries: {figures['listwise_repairs']}")
     return rows, figures
 
 
@@ -202,7 +205,7 @@ def main() -> None:
             out.append(Candidates(queries[qid], [corpus[d] for d, _ in items], [s for _, s in items]))
         return out
 
-    n, k = (5, 2) if args.quick else (20, 10)
+    n, k = (4, 2) if args.quick else (20, 10)
     print(f"TREC DL 2019, {len(qids)} queries; {machine()}")
     if args.prefix_check_only:
         check = prefix_reuse_check(batch_of(n))
