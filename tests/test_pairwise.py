@@ -68,3 +68,12 @@ def test_noise_degrades_the_ranking_deterministically(graded_batch):
     assert [c.ids for c in noisy[0]] == [c.ids for c in noisy[1]]  # seeded
     with pytest.raises(ValueError, match="method must be"):
         PairwiseReranker(OracleJudge(qrels), method="quicksort")
+
+
+def test_the_pair_cache_is_bounded(graded_batch):
+    batch, qrels = graded_batch
+    stage = PairwiseReranker(OracleJudge(qrels), method="allpair", max_cached_pairs=100)
+    stage(batch[:1])
+    assert len(stage.cache) == 380  # one query fills it past the bound...
+    stage(batch[1:2])
+    assert len(stage.cache) == 380  # ...so it is emptied before the next query

@@ -208,12 +208,13 @@ class PairwiseReranker(Stage):
     """Re-rank each query's candidates with pairwise judgments (``allpair``, ``heapsort`` or
     ``sliding``); ``top_k`` bounds the heapsort and sliding work (the rest keep their order
     below). Judged pairs are cached across queries and calls (``cache``), so re-running the same
-    input asks nothing. The trace counts judge calls as model calls, prompt tokens as tokens, and
+    input asks nothing (the cache is emptied past ``max_cached_pairs``). The trace counts judge calls as model calls, prompt tokens as tokens, and
     position-inconsistent pairs, unparsable answers, cut passages and comparisons past the budget
     as counters; ``last_stats`` holds the same per query for the last call."""
 
     def __init__(self, judge: Judge, *, method: str = "heapsort", top_k: int = 10, both_orders: bool = True,
-                 budget: int | None = None, progress: bool = False, name: str | None = None) -> None:
+                 budget: int | None = None, progress: bool = False, max_cached_pairs: int = 1_000_000,
+                 name: str | None = None) -> None:
         if method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {method!r}")
         if top_k < 1:
@@ -227,6 +228,7 @@ class PairwiseReranker(Stage):
         self.budget = budget
         self.progress = progress
         self.name = name or f"prp[{method}]"
+        self.max_cached_pairs = max_cached_pairs
         self.cache: dict[tuple[str, str, str, str], float] = {}
         self.last: list[PairwiseJudgments] = []
         self.last_stats: list[PairwiseStats] = []
@@ -241,6 +243,8 @@ class PairwiseReranker(Stage):
         for cands in tqdm(batch, desc=f"Re-ranking ({self.name})", unit="query", disable=not self.progress):
             if len(cands) and not cands.query.text.strip():
                 raise EmptyQueryError(f"query {cands.query.id!r} has empty text; cannot judge its {len(cands)} candidates")
+            if len(self.cache) > self.max_cached_pairs:  # a long-running service must not grow without bound
+                self.cache.clear()
             began = time.perf_counter()
             tokens_before = llm.usage.prompt_tokens if llm is not None else 0
             counters_before = _judge_counters(self.judge)
