@@ -207,8 +207,9 @@ class PairwiseStats:
 class PairwiseReranker(Stage):
     """Re-rank each query's candidates with pairwise judgments (``allpair``, ``heapsort`` or
     ``sliding``); ``top_k`` bounds the heapsort and sliding work (the rest keep their order
-    below). Judged pairs are cached across queries and calls (``cache``), so re-running the same
-    input asks nothing (the cache is emptied past ``max_cached_pairs``). The trace counts judge calls as model calls, prompt tokens as tokens, and
+    below). Judged pairs are cached across queries and calls (``cache``, emptied past
+    ``max_cached_pairs``), so re-running the same input asks nothing. The trace counts judge
+    calls as model calls, prompt tokens as tokens, and
     position-inconsistent pairs, unparsable answers, cut passages and comparisons past the budget
     as counters; ``last_stats`` holds the same per query for the last call."""
 
