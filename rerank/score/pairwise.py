@@ -209,9 +209,9 @@ class PairwiseReranker(Stage):
     ``sliding``); ``top_k`` bounds the heapsort and sliding work (the rest keep their order
     below). Judged pairs are cached across queries and calls (``cache``, emptied past
     ``max_cached_pairs``), so re-running the same input asks nothing. The trace counts judge
-    calls as model calls, prompt tokens as tokens, and
-    position-inconsistent pairs, unparsable answers, cut passages and comparisons past the budget
-    as counters; ``last_stats`` holds the same per query for the last call."""
+    calls as model calls, prompt tokens as tokens, and position-inconsistent pairs, unparsable
+    answers, cut passages and comparisons past the budget as counters; ``last_stats`` holds the
+    same per query for the last call."""
 
     def __init__(self, judge: Judge, *, method: str = "heapsort", top_k: int = 10, both_orders: bool = True,
                  budget: int | None = None, progress: bool = False, max_cached_pairs: int = 1_000_000,
