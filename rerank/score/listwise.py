@@ -88,12 +88,16 @@ class ListwiseReranker(Stage):
         answer = self.llm.generate([prompt], max_new_tokens=answer_tokens)[0]
         return parse_permutation(answer, n, self.repairs)
 
+    def _counts(self) -> dict[str, int]:
+        return {"invented_ids": self.repairs.invented, "repeated_ids": self.repairs.repeated,
+                "missing_ids": self.repairs.missing, "truncated_passages": self.fit.truncated}
+
     def __call__(self, batch: Sequence[Candidates]) -> list[Candidates]:
         out = []
         for cands in batch:
             began = time.perf_counter()
             calls, tokens = self.llm.usage.calls, self.llm.usage.prompt_tokens
-            before = (self.repairs.invented, self.repairs.repeated, self.repairs.missing, self.fit.truncated)
+            before = self._counts()
             order = list(range(len(cands)))
             n = len(order)
             window = n if self.full else self.window
@@ -111,9 +115,7 @@ class ListwiseReranker(Stage):
             ranked.trace = list(cands.trace) + [StageCost(
                 self.name, time.perf_counter() - began, passages_scored=n,
                 model_calls=self.llm.usage.calls - calls, tokens=self.llm.usage.prompt_tokens - tokens,
-                counters=dict(zip(("invented_ids", "repeated_ids", "missing_ids", "truncated_passages"),
-                                  (after - b for after, b in zip((self.repairs.invented, self.repairs.repeated,
-                                                                  self.repairs.missing, self.fit.truncated), before)))))]
+                counters={key: value - before[key] for key, value in self._counts().items()})]
             out.append(ranked)
         return out
 

@@ -191,6 +191,9 @@ class TransformersLLM:
         limit = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None) or 512
         self.max_context = int(max_context or limit)
         self._lock = threading.Lock()  # one forward at a time (the HTTP test server shares one model)
+        # transformers >= 5.2 names the key/value cache argument ``cache``; older versions ``past_key_values``.
+        forward = inspect.signature(self._decoder_body().forward).parameters
+        self._cache_arg = "cache" if "cache" in forward else "past_key_values"
 
     def __repr__(self) -> str:
         return f"TransformersLLM({self.name!r})"
@@ -294,8 +297,7 @@ class TransformersLLM:
 
         body = self._decoder_body()
         prefix = torch.tensor([list(chunk[0][:shared])], device=self.device)
-        # transformers >= 5.2 names the key/value cache ``cache``; older versions ``past_key_values``.
-        cache_arg = "cache" if "cache" in inspect.signature(body.forward).parameters else "past_key_values"
+        cache_arg = self._cache_arg
         first = body(input_ids=prefix, use_cache=True)
         cache = getattr(first, cache_arg)
         cache.batch_repeat_interleave(len(chunk))

@@ -25,7 +25,7 @@ from rerank.score.prompts import PAIRWISE, FitStats, cut_passage, passage_limit
 from rerank.types import Passage, Query
 
 MODES = ("scoring", "generation")
-_ANSWER = re.compile(r"\b(?:passage\s*)?([AB])\b", re.IGNORECASE)
+_LETTER = re.compile(r"\b([AB])\b")  # capital only: a lowercase "a" is the article
 
 
 def parse_choice(text: str) -> float | None:
@@ -33,7 +33,7 @@ def parse_choice(text: str) -> float | None:
     both (e.g. "A or B"). Only the first line counts; "Passage A" beats a stray letter."""
     line = text.strip().splitlines()[0] if text.strip() else ""
     named = re.findall(r"passage\s*([AB])\b", line, re.IGNORECASE)
-    letters = {m.upper() for m in named} or {m.upper() for m in _ANSWER.findall(line) if m in "AB"}
+    letters = {m.upper() for m in named} or set(_LETTER.findall(line))
     if len(letters) != 1:
         return None
     return 1.0 if letters == {"A"} else 0.0
@@ -68,13 +68,14 @@ class LLMJudge:
         self.fit = FitStats()
         self._texts: dict[str, str] = {}
         self._texts_for: str | None = None
+        self._limit = max_passage_tokens
 
     def _text(self, query: Query, passage: Passage) -> str:
-        if self._texts_for != query.text:  # passages are cut once per query
+        if self._texts_for != query.text:  # the limit is found and passages are cut once per query
             self._texts, self._texts_for = {}, query.text
+            self._limit = passage_limit(self.llm, PAIRWISE, 2, self.max_passage_tokens, query=query.text)
         if passage.id not in self._texts:
-            limit = passage_limit(self.llm, PAIRWISE, 2, self.max_passage_tokens, query=query.text)
-            self._texts[passage.id] = cut_passage(self.llm, passage, limit, self.fit)
+            self._texts[passage.id] = cut_passage(self.llm, passage, self._limit, self.fit)
         return self._texts[passage.id]
 
     def prompt(self, query: Query, first: Passage, second: Passage) -> str:
@@ -132,12 +133,11 @@ class PRP(PairwiseReranker):
         judge = LLMJudge(open_llm(llm, **self.llm_options), mode=mode, max_passage_tokens=max_passage_tokens)
         super().__init__(judge, method=method, top_k=top_k, both_orders=both_orders, budget=budget,
                          name=name or f"prp[{method}]", progress=progress)
-        self.mode = mode
-        self.max_passage_tokens = max_passage_tokens
 
     def config(self) -> dict[str, Any]:
         if not isinstance(self.llm_spec, str):
             raise NotImplementedError("a PRP stage built on an LLM object cannot be written to a config")
-        return {"kind": "prp", "llm": self.llm_spec, "method": self.method, "top_k": self.top_k, "mode": self.mode,
-                "both_orders": self.both_orders, "budget": self.budget, "max_passage_tokens": self.max_passage_tokens,
+        return {"kind": "prp", "llm": self.llm_spec, "method": self.method, "top_k": self.top_k, "mode": self.judge.mode,
+                "both_orders": self.both_orders, "budget": self.budget,
+                "max_passage_tokens": self.judge.max_passage_tokens,
                 "llm_options": self.llm_options or None}
