@@ -7,6 +7,7 @@ Everything a pipeline needs is importable from here::
 """
 from rerank.data import open_dataset, read_qrels, read_run, write_run
 from rerank.evaluate import Evaluation, evaluate
+from rerank.experiment import Experiment, ExperimentResult
 from rerank.fusion import fuse, reciprocal_rank_fusion, score_fusion
 from rerank.cascade import IntraDocumentCascade
 from rerank.config import build_pipeline, dump_pipeline, parse_config
@@ -20,7 +21,7 @@ from rerank.types import Candidates, Passage, Query
 __version__ = "0.1.0"
 __all__ = [
     "BM25Index", "BM25Params", "BM25Scorer", "BiEncoderScorer", "Candidates", "CrossEncoder", "DenseIndex",
-    "Evaluation", "Fusion", "IntraDocumentCascade", "Passage", "Pipeline", "Query", "Retriever", "SpladeIndex",
+    "Evaluation", "Experiment", "ExperimentResult", "Fusion", "IntraDocumentCascade", "Passage", "Pipeline", "Query", "Retriever", "SpladeIndex",
     "SpladeScorer", "Stage", "Tokenizer", "build_pipeline", "dump_pipeline", "evaluate", "fuse", "fuse_stages",
     "load_index", "open_dataset", "parse_config", "read_qrels", "read_run", "reciprocal_rank_fusion",
     "score_fusion", "write_run",

@@ -1,4 +1,4 @@
-"""The ``rerank`` command line: ``index``, ``retrieve``, ``rerank``, ``evaluate`` and ``train``."""
+"""The ``rerank`` command line: ``index``, ``retrieve``, ``rerank``, ``evaluate``, ``experiment`` and ``train``."""
 from __future__ import annotations
 
 import argparse
@@ -90,9 +90,9 @@ def _rerank_inputs(args) -> list:
     """One :class:`Candidates` per query from --candidates, or --run + --corpus + --queries, or
     --queries alone (for pipelines that retrieve)."""
     from rerank.data import read_run
-    from rerank.data.detect import iter_collection, read_queries
+    from rerank.data.candidates import candidates_from_run
+    from rerank.data.detect import read_queries
     from rerank.data.jsonl import iter_candidates
-    from rerank.data.trec import ranked_items
     from rerank.types import Candidates
 
     depth = args.depth
@@ -107,24 +107,8 @@ def _rerank_inputs(args) -> list:
         return [Candidates(q, [], []) for q in queries.values()]
     if not args.corpus:
         raise RerankError("--run needs --corpus to read the passages' text")
-    run = read_run(args.run, skip_bad=args.skip_bad)
-    unknown = [q for q in run if q not in queries]
-    if unknown:
-        raise RerankError(f"{len(unknown)} query id(s) of {args.run} are not in {args.queries}, e.g. {unknown[:5]}")
-    ranked = {qid: ranked_items(scores)[:depth] if depth else ranked_items(scores) for qid, scores in run.items()}
-    wanted = {doc for items in ranked.values() for doc, _ in items}
-    corpus = {p.id: p for p in iter_collection(args.corpus, skip_bad=args.skip_bad) if p.id in wanted}
-    missing = sorted(wanted - set(corpus))
-    if missing and not args.skip_missing:
-        raise RerankError(f"{len(missing)} document id(s) of {args.run} are not in the corpus {args.corpus}, "
-                          f"e.g. {missing[:5]}; pass --skip-missing to drop them")
-    if missing:
-        log.warning("dropping %d document ids missing from the corpus", len(missing))
-    out = []
-    for qid, items in ranked.items():
-        kept = [(corpus[d], s) for d, s in items if d in corpus]
-        out.append(Candidates(queries[qid], [p for p, _ in kept], [s for _, s in kept]))
-    return out
+    return candidates_from_run(read_run(args.run, skip_bad=args.skip_bad), queries, args.corpus, depth=depth,
+                               skip_missing=args.skip_missing, skip_bad=args.skip_bad, source=args.run)
 
 
 def cmd_rerank(args) -> int:
@@ -185,6 +169,34 @@ def cmd_evaluate(args) -> int:
         if args.per_query:
             for qid, values in r.per_query.items():
                 print(f"| {name}:{qid} | " + " | ".join(f"{values.get(m, 0.0):.4f}" for m in measures) + " | 1 |")
+    return 0
+
+
+def cmd_experiment(args) -> int:
+    """Run an experiment config: every pipeline over every query, the report under --out."""
+    from rerank.experiment import Experiment
+    from rerank.experiment.result import ExpectationError
+
+    only = [p.strip() for p in args.pipelines.split(",") if p.strip()] if args.pipelines else None
+    experiment = Experiment.from_config(args.config, max_queries=args.max_queries, only=only,
+                                        progress=not args.no_progress)
+    out = Path(args.out) if args.out else Path("experiments/results") / experiment.name
+    if args.max_queries or only:
+        print(f"note: a partial run ({args.max_queries or 'all'} queries, pipelines {only or 'all'}); "
+              "expected scores are not checked", file=sys.stderr)
+    began = time.perf_counter()
+    try:
+        result = experiment.run(out, check=not (args.no_check or args.max_queries or only))
+    except ExpectationError as exc:
+        print(exc.result.table())
+        print(f"\nwrote {out}/ (results.md, results.csv, runs/, trade-off.png, per-query.png)")
+        print(f"rerank experiment: error: {exc}", file=sys.stderr)
+        return 3
+    print(result.table())
+    print(f"\n{result.legend()}")
+    checked = f"; {len(result.expected)} expected scores held" if result.expected and not result.drifts else ""
+    print(f"\n{len(result.rows)} pipelines x {result.queries} queries in {time.perf_counter() - began:.1f}s{checked}")
+    print(f"wrote {out}/: results.md, results.csv, summary.json, runs/*.trec, trade-off.png, per-query.png")
     return 0
 
 
@@ -272,6 +284,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=["table", "csv", "json"], default="table", help="output format (default: table)")
     p.add_argument("--skip-bad", action="store_true", help="skip malformed lines instead of failing")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("experiment", help="compare pipelines on a dataset from a TOML config: table, tests, plots",
+                       description="Run every pipeline of an experiment config over its queries; write a Markdown "
+                                   "and CSV table (scores, paired significance against the baseline with correction, "
+                                   "latency, per-stage cost), TREC runs and PNG plots; fail (exit 3) if an expected "
+                                   "score drifted past its tolerance.")
+    p.add_argument("config", help="experiment config, e.g. experiments/scifact.toml")
+    p.add_argument("--out", help="output folder (default: experiments/results/<name>)")
+    p.add_argument("--max-queries", type=int, default=None, help="only the first N judged queries (a quick look; no check)")
+    p.add_argument("--pipelines", default=None, help="comma-separated pipelines to run (plus the baseline; no check)")
+    p.add_argument("--no-check", action="store_true", help="do not fail on expected scores that drifted")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_experiment)
 
     from rerank.train.cli import add_train_parser
 

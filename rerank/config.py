@@ -114,11 +114,12 @@ def _line_of(text: str, name: str) -> int:
     return text[: match.start()].count("\n") + 1 if match else 0
 
 
-def parse_config(source: str | Path | dict, *, text: str | None = None, check_files: bool = True) -> PipelineConfig:
+def parse_config(source: str | Path | dict, *, text: str | None = None, check_files: bool = True,
+                 where: str = "<config>") -> PipelineConfig:
     """Read and check a pipeline config (a TOML file path, TOML text via ``text=``, or a dict),
     without building anything. Raises :class:`ConfigError` naming the line of the first problem.
-    ``check_files=False`` skips checking that index folders exist (to lint a config elsewhere)."""
-    where = "<config>"
+    ``check_files=False`` skips checking that index folders exist (to lint a config elsewhere).
+    With a dict, ``text`` (the TOML it came from) and ``where`` (its file name) locate lines."""
     if isinstance(source, dict):
         data = source
         text = text or ""
@@ -212,14 +213,18 @@ def _check_spec(spec: StageSpec, kinds: dict, config: PipelineConfig, check_file
             raise ConfigError(f"{at}: {key} = {value!r} does not exist (build it with 'rerank index')")
 
 
-def build_pipeline(config: PipelineConfig | str | Path | dict):
-    """Build the :class:`~rerank.pipeline.Stage` a config describes (loading its models)."""
+def build_pipeline(config: PipelineConfig | str | Path | dict, *, built: dict[str, Any] | None = None):
+    """Build the :class:`~rerank.pipeline.Stage` a config describes (loading its models).
+
+    ``built`` maps stage names to stages already built; new ones are added to it, so several
+    pipelines over the same ``[stages]`` share their stage objects (each model loads once).
+    """
     from rerank.pipeline import Fusion, Pipeline
 
     if not isinstance(config, PipelineConfig):
         config = parse_config(config)
     kinds = _kinds()
-    built: dict[str, Any] = {}
+    built = {} if built is None else built
 
     def stage(name: str):
         if name not in built:

@@ -128,13 +128,16 @@ class Fusion(Stage):
         return render(self)
 
     def __call__(self, batch: Sequence[Candidates]) -> list[Candidates]:
+        return self.combine(batch, [branch(batch) for branch in self.branches])
+
+    def combine(self, batch: Sequence[Candidates], results: Sequence[Sequence[Candidates]]) -> list[Candidates]:
+        """Fuse the branches' outputs for ``batch`` (one list per branch, in branch order); the
+        experiment runner calls this directly when the branches were computed once and shared."""
         from rerank.fusion import fuse
 
         began = time.perf_counter()
-        results = [branch(batch) for branch in self.branches]
-        branch_seconds = time.perf_counter() - began
         fused = fuse(*results, method=self.method, **self.options)
-        fusion_seconds = (time.perf_counter() - began - branch_seconds) / max(len(batch), 1)
+        fusion_seconds = (time.perf_counter() - began) / max(len(batch), 1)
         out = []
         for i, (source, result) in enumerate(zip(batch, fused)):
             # Each branch's trace starts with the input's; keep that once, then every branch's own costs.

@@ -51,10 +51,15 @@ def plot_trade_off(points: Sequence[TradeOffPoint], path: str | Path, *, measure
     fig, ax = plt.subplots(figsize=(7.5, 5))
     front = pareto_front(points)
     on_front = {p.name for p in front}
+    # A log axis cannot show 0 ms (e.g. a precomputed input run): such points sit at a floor, labelled.
+    positive = [p.ms_per_query for p in points if p.ms_per_query > 0]
+    floor = min(positive) / 3 if positive else 1.0
+    x = {p.name: p.ms_per_query if p.ms_per_query > 0 else floor for p in points}
     for p in points:
-        ax.scatter(p.ms_per_query, p.score, s=40, color="tab:blue" if p.name in on_front else "tab:gray", zorder=3)
-        ax.annotate(p.name, (p.ms_per_query, p.score), textcoords="offset points", xytext=(5, 4), fontsize=8)
-    ax.plot([p.ms_per_query for p in front], [p.score for p in front], color="tab:blue", lw=1.2,
+        label = p.name if p.ms_per_query > 0 else f"{p.name} (0 ms: precomputed)"
+        ax.scatter(x[p.name], p.score, s=40, color="tab:blue" if p.name in on_front else "tab:gray", zorder=3)
+        ax.annotate(label, (x[p.name], p.score), textcoords="offset points", xytext=(5, 4), fontsize=8)
+    ax.plot([x[p.name] for p in front], [p.score for p in front], color="tab:blue", lw=1.2,
             label="Pareto front", zorder=2)
     ax.set_xscale("log")
     ax.set_xlabel("mean latency per query (ms, log scale)")
@@ -89,6 +94,46 @@ def plot_per_query_delta(baseline: Mapping[str, float], system: Mapping[str, flo
     ax.set_ylabel(f"Δ {measure}")
     ax.set_title(f"{names[1]} against {names[0]}: per-query {measure}")
     ax.grid(True, axis="y", alpha=0.3)
+    try:
+        return _save(fig, path)
+    finally:
+        plt.close(fig)
+
+
+def plot_per_query_deltas(baseline: Mapping[str, float], systems: Mapping[str, Mapping[str, float]],
+                          path: str | Path, *, measure: str = "nDCG@10", baseline_name: str = "baseline") -> Path:
+    """One panel per system: its per-query difference from the baseline, sorted, as bars (wins
+    up in green, losses down in red), all panels on the same y scale."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from rerank.significance import paired_scores
+
+    if not systems:
+        raise ValueError("no systems to compare with the baseline")
+    deltas = {}
+    for name, scores in systems.items():
+        _, base, other = paired_scores(baseline, scores)
+        deltas[name] = sorted((o - b for b, o in zip(base, other)), reverse=True)
+    columns = 1 if len(deltas) == 1 else 2
+    rows = -(-len(deltas) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(6.5 * columns, 2.6 * rows), sharey=True, squeeze=False)
+    for ax, (name, values) in zip(axes.flat, deltas.items()):
+        colors = ["tab:green" if d > 0 else "tab:red" if d < 0 else "tab:gray" for d in values]
+        ax.bar(range(len(values)), values, color=colors, width=1.0)
+        ax.axhline(0, color="black", lw=0.8)
+        wins, losses = sum(d > 0 for d in values), sum(d < 0 for d in values)
+        mean = sum(values) / len(values)
+        ax.set_title(f"{name}: {wins} better, {losses} worse, mean {mean:+.4f}", fontsize=9)
+        ax.set_xlabel("queries, sorted by difference", fontsize=8)
+        ax.set_ylabel(f"Δ {measure}", fontsize=8)
+        ax.grid(True, axis="y", alpha=0.3)
+    for ax in list(axes.flat)[len(deltas):]:
+        ax.set_visible(False)
+    fig.suptitle(f"Per-query {measure} against {baseline_name}", fontsize=11)
+    fig.tight_layout()
     try:
         return _save(fig, path)
     finally:

@@ -1,0 +1,318 @@
+"""Experiment configs (TOML): what to compare, on which data, how to judge it, what to expect.
+
+::
+
+    name = "scifact"                      # results go to experiments/results/<name>/
+    description = "BM25, dense, fusion and cascades on SciFact test"
+
+    [dataset]                             # a BEIR folder or bundled name...
+    beir = "scifact"
+    split = "test"                        # ...or corpus / queries / qrels files
+
+    [input]                               # optional: re-rank a first-stage run
+    run = "../shared/data/trec-dl-2019/runs/bm25.trec"
+    depth = 100
+
+    [[prepare]]                           # rerank commands that create what is missing
+    creates = "indexes/scifact/bm25"
+    command = "rerank index scifact --name scifact --kind bm25"
+
+    [evaluation]
+    measures = ["nDCG@10", "RR@10", "R@100"]
+    baseline = "bm25"
+    test = "t-test"                       # t-test | wilcoxon | randomization
+    correction = "holm"                   # holm | bonferroni | none
+    tolerance = 0.002                     # default tolerance of [expected] scores
+
+    [pipelines]                           # name = expression over [stages]
+    bm25 = "bm25 % 100"
+    cascade = "bm25 % 100 >> minilm % 30 >> splade"
+
+    [stages.bm25]
+    kind = "retrieve"
+    index = "indexes/scifact/bm25"
+
+    [expected.cascade]
+    "nDCG@10" = 0.6650                    # or { score = 0.6650, tolerance = 0.01 }
+
+:func:`load_spec` checks all of it (keys, stages, measures, files, prepare commands) before
+anything is read or loaded, and names the file and line of the first problem.
+"""
+from __future__ import annotations
+
+import contextlib
+import difflib
+import io
+import re
+import shlex
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rerank.config import ConfigError, PipelineConfig, parse_config
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
+
+_TOP = ("name", "description", "dataset", "input", "prepare", "evaluation", "pipelines", "stages", "expected")
+_DATASET = ("beir", "corpus", "queries", "qrels", "split", "max_queries")
+_INPUT = ("run", "depth", "skip_missing")
+_EVALUATION = ("measures", "baseline", "test", "correction", "alpha", "tolerance", "batch_size", "plot_measure")
+_PREPARE = ("creates", "command")
+
+
+@dataclass(frozen=True)
+class Expectation:
+    """A score a pipeline is expected to reach, give or take ``tolerance``."""
+
+    pipeline: str
+    measure: str
+    score: float
+    tolerance: float
+    line: int = 0
+
+
+@dataclass(frozen=True)
+class PrepareStep:
+    """A ``rerank`` command line that creates ``creates`` (an index, a trained model) if missing."""
+
+    creates: str
+    argv: tuple[str, ...]
+    line: int = 0
+
+
+@dataclass
+class ExperimentSpec:
+    """A parsed, checked experiment config."""
+
+    name: str
+    source: str
+    description: str
+    corpus: str
+    queries: str
+    qrels: str
+    split: str
+    max_queries: int | None
+    input_run: str | None
+    depth: int | None
+    skip_missing: bool
+    prepare: list[PrepareStep]
+    measures: list[str]
+    baseline: str
+    test: str
+    correction: str
+    alpha: float
+    batch_size: int
+    plot_measure: str
+    pipelines: dict[str, PipelineConfig]
+    expected: list[Expectation] = field(default_factory=list)
+
+
+class _Locator:
+    """Finds the line of a table or key in the TOML text, for error messages."""
+
+    def __init__(self, source: str, text: str) -> None:
+        self.source, self.lines = source, text.splitlines()
+
+    def line(self, table: str, key: str | None = None, nth: int = 0) -> int:
+        header = re.compile(r"^\s*\[\[?\s*" + r"\.".join(rf'"?{re.escape(p)}"?' for p in table.split(".")) + r"\s*\]\]?")
+        starts = [i for i, text in enumerate(self.lines) if header.match(text)]
+        start = starts[nth] if nth < len(starts) else None
+        if start is None:
+            return 0
+        if key is None:
+            return start + 1
+        pattern = re.compile(rf'^\s*["\']?{re.escape(key)}["\']?\s*=')
+        for i in range(start + 1, len(self.lines)):
+            if self.lines[i].lstrip().startswith("["):
+                break
+            if pattern.match(self.lines[i]):
+                return i + 1
+        return start + 1
+
+    def at(self, table: str, key: str | None = None, nth: int = 0) -> str:
+        line = self.line(table, key, nth)
+        label = f"[{table}]" + (f" {key}" if key else "")
+        return f"{self.source}:{line} {label}" if line else f"{self.source} {label}"
+
+
+def _known(table: dict, allowed: tuple[str, ...], where: str) -> None:
+    for key in table:
+        if key not in allowed:
+            close = difflib.get_close_matches(key, allowed, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ConfigError(f"{where}: unknown key {key!r}{hint} (allowed: {', '.join(allowed)})")
+
+
+def _typed(value: Any, kind: type | tuple, where: str, what: str) -> Any:
+    if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
+        raise ConfigError(f"{where}: {what} has the wrong type ({type(value).__name__}: {value!r})")
+    return value
+
+
+def _prepare_argv(command: Any, where: str) -> tuple[str, ...]:
+    from rerank.cli import build_parser
+
+    argv = shlex.split(command) if isinstance(command, str) else command
+    if not isinstance(argv, list) or not argv or not all(isinstance(a, str) for a in argv):
+        raise ConfigError(f"{where}: command must be a string or a list of strings")
+    if argv[0] != "rerank":
+        raise ConfigError(f"{where}: only rerank commands can prepare an experiment, got {argv[0]!r}")
+    messages = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(messages), contextlib.redirect_stdout(messages):
+            build_parser().parse_args(argv[1:])
+    except SystemExit:
+        last = messages.getvalue().strip().splitlines()[-1:] or ["bad arguments"]
+        raise ConfigError(f"{where}: {last[0]}") from None
+    return tuple(argv[1:])
+
+
+def load_spec(path: str | Path, *, check_files: bool = True) -> ExperimentSpec:
+    """Read and check an experiment config without reading data or loading models; a
+    :class:`~rerank.config.ConfigError` names the file and line of the first problem."""
+    from rerank.evaluate import parse_measures
+    from rerank.significance import CORRECTIONS, TESTS
+
+    path = Path(path)
+    source = str(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read the experiment config ({exc})") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML ({exc})") from None
+    at = _Locator(source, text)
+    _known(data, _TOP, source)
+
+    dataset = _typed(data.get("dataset", {}), dict, at.at("dataset"), "[dataset]")
+    _known(dataset, _DATASET, at.at("dataset"))
+    beir = dataset.get("beir")
+    files = {key: dataset.get(key, beir) for key in ("corpus", "queries", "qrels")}
+    for key, value in files.items():
+        if value is None:
+            raise ConfigError(f"{at.at('dataset')}: needs beir = <BEIR folder or bundled name>, or {key} = <file>")
+        _typed(value, str, at.at("dataset", key if key in dataset else "beir"), key)
+    max_queries = dataset.get("max_queries")
+    if max_queries is not None and (_typed(max_queries, int, at.at("dataset", "max_queries"), "max_queries") < 1):
+        raise ConfigError(f"{at.at('dataset', 'max_queries')}: must be a positive number")
+
+    inputs = _typed(data.get("input", {}), dict, at.at("input"), "[input]")
+    _known(inputs, _INPUT, at.at("input"))
+    depth = inputs.get("depth")
+    if depth is not None and _typed(depth, int, at.at("input", "depth"), "depth") < 1:
+        raise ConfigError(f"{at.at('input', 'depth')}: must be a positive number")
+    if inputs and "run" not in inputs:
+        raise ConfigError(f"{at.at('input')}: needs run = <TREC run file>")
+
+    prepare = []
+    steps = _typed(data.get("prepare", []), list, at.at("prepare"), "[[prepare]]")
+    for number, step in enumerate(steps):
+        where = at.at("prepare", nth=number)
+        _typed(step, dict, where, "a [[prepare]] entry")
+        _known(step, _PREPARE, where)
+        if "creates" not in step or "command" not in step:
+            raise ConfigError(f"{where}: each [[prepare]] needs creates = <path> and command = \"rerank ...\"")
+        prepare.append(PrepareStep(_typed(step["creates"], str, where, "creates"), _prepare_argv(step["command"], where),
+                                   at.line("prepare", nth=number)))
+    created = {Path(p.creates) for p in prepare}
+
+    evaluation = _typed(data.get("evaluation", {}), dict, at.at("evaluation"), "[evaluation]")
+    _known(evaluation, _EVALUATION, at.at("evaluation"))
+    measures = evaluation.get("measures", ["nDCG@10", "RR@10", "R@100"])
+    if not isinstance(measures, list) or not measures or not all(isinstance(m, str) for m in measures):
+        raise ConfigError(f"{at.at('evaluation', 'measures')}: must be a list of ir-measures strings")
+    try:
+        measures = [str(m) for m in parse_measures(measures)]
+    except ValueError as exc:
+        raise ConfigError(f"{at.at('evaluation', 'measures')}: {exc}") from None
+    test = evaluation.get("test", "t-test")
+    if test not in TESTS:
+        raise ConfigError(f"{at.at('evaluation', 'test')}: test must be one of {', '.join(TESTS)}, got {test!r}")
+    correction = evaluation.get("correction", "holm")
+    if correction not in CORRECTIONS:
+        raise ConfigError(f"{at.at('evaluation', 'correction')}: correction must be one of "
+                          f"{', '.join(CORRECTIONS)}, got {correction!r}")
+    alpha = float(_typed(evaluation.get("alpha", 0.05), (int, float), at.at("evaluation", "alpha"), "alpha"))
+    tolerance = float(_typed(evaluation.get("tolerance", 0.002), (int, float), at.at("evaluation", "tolerance"), "tolerance"))
+    batch_size = _typed(evaluation.get("batch_size", 1), int, at.at("evaluation", "batch_size"), "batch_size")
+    if batch_size < 1:
+        raise ConfigError(f"{at.at('evaluation', 'batch_size')}: must be a positive number")
+    plot_measure = evaluation.get("plot_measure", measures[0])
+    if plot_measure not in measures:
+        raise ConfigError(f"{at.at('evaluation', 'plot_measure')}: {plot_measure!r} is not among the measures "
+                          f"({', '.join(measures)})")
+
+    tables = _typed(data.get("pipelines"), dict, at.at("pipelines"), "[pipelines]") if "pipelines" in data else {}
+    if not tables:
+        raise ConfigError(f"{source}: needs a [pipelines] table: name = \"expression over [stages]\"")
+    stages = data.get("stages", {})
+    pipelines = {}
+    for name, expression in tables.items():
+        where = at.at("pipelines", name)
+        _typed(expression, str, where, "a pipeline expression")
+        try:
+            config = parse_config({"pipeline": expression, "stages": stages}, text=text, where=source, check_files=False)
+        except ConfigError as exc:
+            message, prefix = str(exc), f"{source}: pipeline = {expression!r}"
+            if message.startswith(prefix):  # an error in the expression: point at its line
+                raise ConfigError(f"{where} = {expression!r}{message[len(prefix):]}") from None
+            raise
+        for stage in config.used():
+            spec = config.stages[stage]
+            index = spec.args.get("index")
+            if check_files and isinstance(index, str) and Path(index) not in created and not Path(index).exists():
+                raise ConfigError(f"{source}:{spec.line} [stages.{stage}]: index = {index!r} does not exist, "
+                                  "and no [[prepare]] step creates it")
+        pipelines[name] = config
+    baseline = evaluation.get("baseline", next(iter(pipelines)))
+    if baseline not in pipelines:
+        raise ConfigError(f"{at.at('evaluation', 'baseline')}: baseline {baseline!r} is not a pipeline "
+                          f"(pipelines: {', '.join(pipelines)})")
+
+    expected = []
+    for pipeline, scores in _typed(data.get("expected", {}), dict, at.at("expected"), "[expected]").items():
+        where = at.at(f"expected.{pipeline}")
+        if pipeline not in pipelines:
+            raise ConfigError(f"{where}: no pipeline named {pipeline!r} (pipelines: {', '.join(pipelines)})")
+        for measure, value in _typed(scores, dict, where, f"[expected.{pipeline}]").items():
+            where = at.at(f"expected.{pipeline}", measure)
+            if measure not in measures:
+                close = difflib.get_close_matches(measure, measures, n=1)
+                hint = f"; did you mean {close[0]!r}?" if close else ""
+                raise ConfigError(f"{where}: {measure!r} is not among the measures{hint} ({', '.join(measures)})")
+            if isinstance(value, dict):
+                _known(value, ("score", "tolerance"), where)
+                score, tol = value.get("score"), value.get("tolerance", tolerance)
+            else:
+                score, tol = value, tolerance
+            _typed(score, (int, float), where, "the expected score")
+            _typed(tol, (int, float), where, "the tolerance")
+            expected.append(Expectation(pipeline, measure, float(score), float(tol), at.line(f"expected.{pipeline}", measure)))
+
+    if check_files:
+        for key in ("corpus", "queries", "qrels"):
+            _check_data_path(files[key], at.at("dataset", key if key in dataset else "beir"))
+        if inputs and not Path(inputs["run"]).exists():
+            raise ConfigError(f"{at.at('input', 'run')}: {inputs['run']!r} does not exist")
+    name = _typed(data.get("name", path.stem), str, at.at("name") if "name" in data else source, "name")
+    if not re.fullmatch(r"[\w.-]+", name):
+        raise ConfigError(f"{source}: name {name!r} must be a plain folder name (letters, digits, . _ -)")
+    return ExperimentSpec(
+        name=name, source=source, description=str(data.get("description", "")), corpus=files["corpus"],
+        queries=files["queries"], qrels=files["qrels"], split=str(dataset.get("split", "test")),
+        max_queries=max_queries, input_run=inputs.get("run"), depth=depth,
+        skip_missing=bool(inputs.get("skip_missing", False)), prepare=prepare, measures=measures,
+        baseline=baseline, test=test, correction=correction, alpha=alpha, batch_size=batch_size,
+        plot_measure=plot_measure, pipelines=pipelines, expected=expected)
+
+
+def _check_data_path(value: str, where: str) -> None:
+    from rerank.datasets import bundled_path
+
+    if not Path(value).exists() and bundled_path(value) is None:
+        raise ConfigError(f"{where}: {value!r} does not exist (and is not a bundled dataset name)")
