@@ -17,6 +17,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from rerank.data.trec import format_score
 from rerank.errors import RerankError
 from rerank.types import Candidates, StageCost
 
@@ -47,7 +48,7 @@ def _lines(cands: Candidates, fmt: str, tag: str) -> list[str]:
         from rerank.data.jsonl import candidates_to_json
 
         return [candidates_to_json(cands) + "\n"]
-    return [f"{cands.query.id} Q0 {p.id} {rank} {score:.6f} {tag}\n"
+    return [f"{cands.query.id} Q0 {p.id} {rank} {format_score(score)} {tag}\n"
             for rank, (p, score) in enumerate(zip(cands.passages, cands.scores), start=1)]
 
 

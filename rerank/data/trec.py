@@ -109,6 +109,12 @@ def ranked_items(scores: Mapping[str, float]) -> list[tuple[str, float]]:
     return sorted(scores.items(), key=lambda item: (-item[1], item[0]))
 
 
+def format_score(score: float) -> str:
+    """A score as written to a TREC run: the shortest text that reads back as the same float, so
+    close scores never collapse into ties that evaluation tools would re-order by doc id."""
+    return repr(float(score))
+
+
 def write_run(run: Run | Iterable[Candidates], path: str | Path, tag: str = "rerank") -> None:
     """Write a 6-column TREC run atomically, ranks from 1 in score order."""
     if not isinstance(run, Mapping):
@@ -118,7 +124,7 @@ def write_run(run: Run | Iterable[Candidates], path: str | Path, tag: str = "rer
     with atomic_file(path) as fh:
         for query_id, scores in run.items():
             for rank, (doc_id, score) in enumerate(ranked_items(scores), start=1):
-                fh.write(f"{query_id} Q0 {doc_id} {rank} {score:.6f} {tag}\n")
+                fh.write(f"{query_id} Q0 {doc_id} {rank} {format_score(score)} {tag}\n")
 
 
 def write_qrels(qrels: Qrels, path: str | Path) -> None:

@@ -87,6 +87,7 @@ class Experiment:
                 raise ValueError(f"expected score for {e.pipeline!r} {e.measure!r}: no such pipeline or measure")
         self.expected = list(expected)
         self.name, self.description, self.progress = name, description, progress
+        self.source = ""  # the config file, when built from one (named in expected-score errors)
 
     @classmethod
     def from_config(cls, path: str | Path, *, max_queries: int | None = None, only: Sequence[str] | None = None,
@@ -117,9 +118,12 @@ class Experiment:
         began = time.perf_counter()
         pipelines = {name: build_pipeline(config, built=built) for name, config in spec.pipelines.items()}
         log.info("built %d pipelines (%d stages) in %.1fs", len(pipelines), len(built), time.perf_counter() - began)
-        return cls(pipelines, inputs, qrels, spec.measures, baseline=spec.baseline, test=spec.test,
-                   correction=spec.correction, alpha=spec.alpha, batch_size=spec.batch_size, expected=spec.expected,
-                   name=spec.name, description=spec.description, plot_measure=spec.plot_measure, progress=progress)
+        experiment = cls(pipelines, inputs, qrels, spec.measures, baseline=spec.baseline, test=spec.test,
+                         correction=spec.correction, alpha=spec.alpha, batch_size=spec.batch_size,
+                         expected=spec.expected, name=spec.name, description=spec.description,
+                         plot_measure=spec.plot_measure, progress=progress)
+        experiment.source = spec.source
+        return experiment
 
     def run(self, out: str | Path | None = None, *, check: bool = True) -> ExperimentResult:
         """Run every pipeline over every query (parts shared between pipelines once per batch),
@@ -140,7 +144,7 @@ class Experiment:
         if out is not None:
             result.write(out)
         if check:
-            result.check()
+            result.check(self.source)
         return result
 
     def evaluate(self, outputs: Mapping[str, list[Candidates]]) -> ExperimentResult:
