@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: install demo test bench-quick clean-indexes
+.PHONY: install demo test bench-quick experiments readme clean-indexes
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -21,8 +21,10 @@ $(STAMP): $(PY) pyproject.toml Makefile
 
 install: $(STAMP)
 
+# The SciFact experiment: builds the indexes it lacks, runs every pipeline, checks the expected
+# scores, prints the table and writes the report and plots to experiments/results/scifact/.
 demo: install
-	$(PY) -m rerank.demo
+	$(VENV)/bin/rerank experiment experiments/scifact.toml
 
 test: install
 	$(PY) -m pytest -q
@@ -34,6 +36,17 @@ bench-quick: install
 	$(PY) experiments/benchmarks/cascade.py --quick
 	$(PY) experiments/benchmarks/idcm.py --quick
 	$(PY) experiments/benchmarks/llm.py --quick
+
+# The committed experiments, one command each (see README: Results), then the README's tables.
+experiments: install
+	$(VENV)/bin/rerank experiment experiments/scifact.toml
+	$(VENV)/bin/rerank experiment experiments/scifact-trained.toml
+	$(VENV)/bin/rerank experiment experiments/vaswani.toml
+	$(VENV)/bin/rerank experiment experiments/dl19.toml
+	$(PY) experiments/readme_table.py
+
+readme: install
+	$(PY) experiments/readme_table.py
 
 clean-indexes:
 	find indexes -mindepth 1 -maxdepth 1 -type d -exec rm -rf {} +

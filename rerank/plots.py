@@ -56,12 +56,13 @@ def plot_trade_off(points: Sequence[TradeOffPoint], path: str | Path, *, measure
     floor = min(positive) / 3 if positive else 1.0
     x = {p.name: p.ms_per_query if p.ms_per_query > 0 else floor for p in points}
     for p in points:
-        label = p.name if p.ms_per_query > 0 else f"{p.name} (0 ms: precomputed)"
         ax.scatter(x[p.name], p.score, s=40, color="tab:blue" if p.name in on_front else "tab:gray", zorder=3)
-        ax.annotate(label, (x[p.name], p.score), textcoords="offset points", xytext=(5, 4), fontsize=8)
     ax.plot([x[p.name] for p in front], [p.score for p in front], color="tab:blue", lw=1.2,
             label="Pareto front", zorder=2)
     ax.set_xscale("log")
+    ax.margins(x=0.12, y=0.08)
+    _label_points(ax, [(p.name if p.ms_per_query > 0 else f"{p.name} (0 ms: precomputed)", x[p.name], p.score)
+                       for p in points])
     ax.set_xlabel("mean latency per query (ms, log scale)")
     ax.set_ylabel(measure)
     ax.grid(True, which="both", alpha=0.3)
@@ -71,6 +72,23 @@ def plot_trade_off(points: Sequence[TradeOffPoint], path: str | Path, *, measure
         return _save(fig, path)
     finally:
         plt.close(fig)
+
+
+def _label_points(ax, labels: Sequence[tuple[str, float, float]]) -> None:
+    """Annotate points, moving a label down while it would overlap one already placed."""
+    fig = ax.figure
+    fig.canvas.draw()
+    placed: list[tuple[float, float]] = []
+    points_per_pixel = 72 / fig.dpi
+    for text, px, py in sorted(labels, key=lambda item: (-item[2], item[1])):
+        sx, sy = ax.transData.transform((px, py))
+        width = 6.5 * len(text) / points_per_pixel * 0.75
+        dy = 4.0
+        while any(abs((sy + dy / points_per_pixel) - oy) < 11 / points_per_pixel and abs(sx - ox) < width
+                  for ox, oy in placed):
+            dy -= 10
+        placed.append((sx, sy + dy / points_per_pixel))
+        ax.annotate(text, (px, py), textcoords="offset points", xytext=(5, dy), fontsize=8)
 
 
 def plot_per_query_delta(baseline: Mapping[str, float], system: Mapping[str, float], path: str | Path, *,

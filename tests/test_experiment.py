@@ -87,7 +87,7 @@ def result(workspace):
 
 
 def test_report_numbers_match_ir_measures_and_scipy(result, workspace):
-    from rerank.data import read_qrels, read_run
+    from rerank.data import read_run
     from rerank.data.detect import read_any_qrels
     from rerank.evaluate import evaluate
 
@@ -172,7 +172,7 @@ def test_expected_scores_hold_and_fail_on_drift(result, workspace, capsys):
     assert main(["experiment", str(drift), "--out", str(root / "drift"), "--no-progress"]) == 3
     err = capsys.readouterr().err
     line = text.splitlines().index(next(l for l in text.splitlines() if l.startswith('"nDCG@10" ='))) + 1
-    assert f"1 score(s) drifted" in err and f"drift.toml:{line}: ce nDCG@10 = {actual:.4f}, expected" in err
+    assert "1 score(s) drifted" in err and f"drift.toml:{line}: ce nDCG@10 = {actual:.4f}, expected" in err
     assert "(off by -0.0100)" in err
     assert (root / "drift" / "results.md").exists()  # written before failing, to look at
     with pytest.raises(ExpectationError) as caught:
@@ -284,3 +284,12 @@ def test_python_api_errors(scifact_test):
         Experiment({"a": Identity()}, [queries[0], queries[0]], qrels)
     with pytest.raises(EvaluationError, match="mismatched query ids"):
         Experiment({"a": Identity()}, queries[:3], {"nope": {"d": 1}})
+
+
+def test_readme_results_come_from_the_committed_experiments():
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, str(REPO / "experiments" / "readme_table.py"), "--check"],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
