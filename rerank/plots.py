@@ -60,18 +60,28 @@ def plot_trade_off(points: Sequence[TradeOffPoint], path: str | Path, *, measure
     ax.plot([x[p.name] for p in front], [p.score for p in front], color="tab:blue", lw=1.2,
             label="Pareto front", zorder=2)
     ax.set_xscale("log")
+    _plain_log_ticks(ax)
     ax.margins(x=0.12, y=0.08)
     _label_points(ax, [(p.name if p.ms_per_query > 0 else f"{p.name} (0 ms: precomputed)", x[p.name], p.score)
                        for p in points])
     ax.set_xlabel("mean latency per query (ms, log scale)")
     ax.set_ylabel(measure)
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(loc="lower right")
+    ax.legend(loc="best")
     ax.set_title(title or f"{measure} against latency")
     try:
         return _save(fig, path)
     finally:
         plt.close(fig)
+
+
+def _plain_log_ticks(ax) -> None:
+    """Ticks at 1, 2, 5 x 10^k written as plain numbers, instead of matplotlib's crowded minor labels."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}" if v >= 1 else f"{v:g}"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
 
 
 def _label_points(ax, labels: Sequence[tuple[str, float, float]]) -> None:

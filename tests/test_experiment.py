@@ -95,7 +95,7 @@ def test_report_numbers_match_ir_measures_and_scipy(result, workspace):
     qrels = read_any_qrels(str(data))
     assert result.queries == 40 and [r.name for r in result.rows] == ["bm25", "ce", "hybrid"]
     for row in result.rows:  # the written TREC run scores what the table says
-        written = evaluate(read_run(root / "out" / "runs" / f"{row.name}.trec"), qrels, result.measures)
+        written = evaluate(read_run(root / "out" / "runs" / f"{row.name}.trec.gz"), qrels, result.measures)
         for m in result.measures:
             assert written.aggregate[m] == pytest.approx(row.scores[m], abs=1e-9)
     for m in result.measures:  # paired t-test from scipy, then Holm by hand over the 2 comparisons

@@ -1,6 +1,7 @@
 """TREC formats: topics (SGML ``<top>`` or TSV), qrels (4 columns) and runs (6 columns)."""
 from __future__ import annotations
 
+import gzip
 import math
 import re
 from collections.abc import Iterable, Mapping
@@ -116,15 +117,19 @@ def format_score(score: float) -> str:
 
 
 def write_run(run: Run | Iterable[Candidates], path: str | Path, tag: str = "rerank") -> None:
-    """Write a 6-column TREC run atomically, ranks from 1 in score order."""
+    """Write a 6-column TREC run atomically, ranks from 1 in score order (gzipped if ``path`` ends in ``.gz``)."""
     if not isinstance(run, Mapping):
         run = {c.query.id: c.as_dict() for c in run}
     if not tag or any(ch.isspace() for ch in tag):
         raise ValueError(f"run tag must be one word, got {tag!r}")
+    lines = (f"{query_id} Q0 {doc_id} {rank} {format_score(score)} {tag}\n"
+             for query_id, scores in run.items() for rank, (doc_id, score) in enumerate(ranked_items(scores), start=1))
+    if str(path).endswith(".gz"):  # mtime=0: the same run gives the same bytes
+        with atomic_file(path, "wb", encoding=None) as fh:
+            fh.write(gzip.compress("".join(lines).encode("utf-8"), mtime=0))
+        return
     with atomic_file(path) as fh:
-        for query_id, scores in run.items():
-            for rank, (doc_id, score) in enumerate(ranked_items(scores), start=1):
-                fh.write(f"{query_id} Q0 {doc_id} {rank} {format_score(score)} {tag}\n")
+        fh.writelines(lines)
 
 
 def write_qrels(qrels: Qrels, path: str | Path) -> None:

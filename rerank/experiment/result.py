@@ -199,7 +199,7 @@ class ExperimentResult:
         }
 
     def write(self, folder: str | Path) -> dict[str, Path]:
-        """Write ``results.md``, ``results.csv``, ``summary.json``, ``runs/<pipeline>.trec``,
+        """Write ``results.md``, ``results.csv``, ``summary.json``, ``runs/<pipeline>.trec.gz``,
         ``trade-off.png`` and ``per-query.png`` under ``folder`` (each atomically); returns the paths."""
         from rerank.atomic import atomic_file
         from rerank.data import write_run
@@ -213,7 +213,7 @@ class ExperimentResult:
             with atomic_file(paths[key], "w") as fh:
                 fh.write(text)
         for name, batch in self.runs.items():
-            path = folder / "runs" / f"{name}.trec"
+            path = folder / "runs" / f"{name}.trec.gz"
             write_run(batch, path, tag=name)
             paths[f"run:{name}"] = path
         measure = self.plot_measure or self.measures[0]
