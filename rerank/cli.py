@@ -108,7 +108,8 @@ def _rerank_inputs(args) -> list:
     if not args.corpus:
         raise RerankError("--run needs --corpus to read the passages' text")
     return candidates_from_run(read_run(args.run, skip_bad=args.skip_bad), queries, args.corpus, depth=depth,
-                               skip_missing=args.skip_missing, skip_bad=args.skip_bad, source=args.run)
+                               skip_missing=args.skip_missing, skip_bad=args.skip_bad, source=args.run,
+                               queries_source=args.queries)
 
 
 def cmd_rerank(args) -> int:

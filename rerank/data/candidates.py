@@ -12,7 +12,8 @@ log = logging.getLogger("rerank.data")
 
 
 def candidates_from_run(run: Run, queries: Mapping[str, Query], corpus: str | Path, *, depth: int | None = None,
-                        skip_missing: bool = False, skip_bad: bool = False, source: str = "the run") -> list[Candidates]:
+                        skip_missing: bool = False, skip_bad: bool = False, source: str = "the run",
+                        queries_source: str = "the queries") -> list[Candidates]:
     """One :class:`Candidates` per query of ``run`` (its top ``depth`` documents, with the run's
     scores), texts read from ``corpus`` (anything :func:`~rerank.data.detect.iter_collection` reads).
 
@@ -24,7 +25,7 @@ def candidates_from_run(run: Run, queries: Mapping[str, Query], corpus: str | Pa
 
     unknown = sorted(q for q in run if q not in queries)
     if unknown:
-        raise DataError(source, None, f"{len(unknown)} query id(s) are not among the queries, e.g. {unknown[:5]}")
+        raise DataError(source, None, f"{len(unknown)} query id(s) are not in {queries_source}, e.g. {unknown[:5]}")
     ranked = {qid: ranked_items(scores)[:depth] if depth else ranked_items(scores) for qid, scores in run.items()}
     wanted = {doc for items in ranked.values() for doc, _ in items}
     texts = {p.id: p for p in iter_collection(corpus, skip_bad=skip_bad) if p.id in wanted}
