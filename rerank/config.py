@@ -114,6 +114,23 @@ def _line_of(text: str, name: str) -> int:
     return text[: match.start()].count("\n") + 1 if match else 0
 
 
+def _loads(text: str, where: str) -> dict:
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{where}: not valid TOML ({exc})") from None
+
+
+def read_toml(path: str | Path, what: str = "config") -> tuple[str, dict]:
+    """The text of a TOML file and what it holds; an unreadable file or bad TOML is a
+    :class:`ConfigError` naming the file."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read the {what} ({exc})") from None
+    return text, _loads(text, str(path))
+
+
 def parse_config(source: str | Path | dict, *, text: str | None = None, check_files: bool = True,
                  where: str = "<config>") -> PipelineConfig:
     """Read and check a pipeline config (a TOML file path, TOML text via ``text=``, or a dict),
@@ -123,18 +140,11 @@ def parse_config(source: str | Path | dict, *, text: str | None = None, check_fi
     if isinstance(source, dict):
         data = source
         text = text or ""
+    elif text is None:
+        where = str(source)
+        text, data = read_toml(source)
     else:
-        if text is None:
-            path = Path(source)
-            where = str(path)
-            try:
-                text = path.read_text(encoding="utf-8")
-            except (OSError, UnicodeDecodeError) as exc:
-                raise ConfigError(f"{path}: cannot read the config ({exc})") from None
-        try:
-            data = tomllib.loads(text)
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"{where}: not valid TOML ({exc})") from None
+        data = _loads(text, where)
     expression = data.get("pipeline")
     if not isinstance(expression, str) or not expression.strip():
         raise ConfigError(f'{where}: needs a top-level  pipeline = "..."  expression, e.g. "bm25 % 100 >> ce"')

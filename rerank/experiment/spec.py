@@ -49,12 +49,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rerank.config import ConfigError, PipelineConfig, parse_config
-
-try:
-    import tomllib
-except ModuleNotFoundError:  # Python 3.10
-    import tomli as tomllib
+from rerank.config import ConfigError, PipelineConfig, parse_config, read_toml
 
 _TOP = ("name", "description", "dataset", "input", "prepare", "evaluation", "pipelines", "stages", "expected")
 _DATASET = ("beir", "corpus", "queries", "qrels", "split", "max_queries")
@@ -178,14 +173,7 @@ def load_spec(path: str | Path, *, check_files: bool = True) -> ExperimentSpec:
 
     path = Path(path)
     source = str(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: cannot read the experiment config ({exc})") from None
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML ({exc})") from None
+    text, data = read_toml(path, "experiment config")
     at = _Locator(source, text)
     _known(data, _TOP, source)
 
