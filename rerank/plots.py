@@ -103,29 +103,9 @@ def _label_points(ax, labels: Sequence[tuple[str, float, float]]) -> None:
 
 def plot_per_query_delta(baseline: Mapping[str, float], system: Mapping[str, float], path: str | Path, *,
                          measure: str = "nDCG@10", names: tuple[str, str] = ("baseline", "system")) -> Path:
-    """Per-query difference (system minus baseline), sorted, as bars: wins up, losses down."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from rerank.significance import paired_scores
-
-    _, base, other = paired_scores(baseline, system)
-    deltas = sorted((o - b for b, o in zip(base, other)), reverse=True)
-    fig, ax = plt.subplots(figsize=(7.5, 4))
-    colors = ["tab:green" if d > 0 else "tab:red" if d < 0 else "tab:gray" for d in deltas]
-    ax.bar(range(len(deltas)), deltas, color=colors, width=1.0)
-    ax.axhline(0, color="black", lw=0.8)
-    wins, losses = sum(d > 0 for d in deltas), sum(d < 0 for d in deltas)
-    ax.set_xlabel(f"queries, sorted by difference ({wins} better, {losses} worse, {len(deltas) - wins - losses} tied)")
-    ax.set_ylabel(f"Δ {measure}")
-    ax.set_title(f"{names[1]} against {names[0]}: per-query {measure}")
-    ax.grid(True, axis="y", alpha=0.3)
-    try:
-        return _save(fig, path)
-    finally:
-        plt.close(fig)
+    """Per-query difference (system minus baseline), sorted, as bars: wins up, losses down
+    (:func:`plot_per_query_deltas` with one system)."""
+    return plot_per_query_deltas(baseline, {names[1]: system}, path, measure=measure, baseline_name=names[0])
 
 
 def plot_per_query_deltas(baseline: Mapping[str, float], systems: Mapping[str, Mapping[str, float]],
