@@ -201,6 +201,23 @@ def cmd_experiment(args) -> int:
     return 0
 
 
+def cmd_serve(args) -> int:
+    from rerank.serve import RerankServer, load_service
+
+    pipeline, settings = load_service(
+        args.pipeline, host=args.host, port=args.port, batching=False if args.no_batching else None,
+        max_batch_size=args.max_batch_size, max_wait_ms=args.max_wait_ms, max_queue=args.max_queue,
+        max_documents=args.max_documents, max_document_chars=args.max_document_chars,
+        max_body_bytes=args.max_body_bytes, request_timeout_s=args.request_timeout)
+    server = RerankServer(pipeline, settings, log_level=args.log_level)
+    batching = (f"micro-batching up to {settings.max_batch_size} pairs, {settings.max_wait_ms:g} ms wait"
+                if settings.batching else "no batching")
+    print(f"rerank serve: {pipeline} on http://{settings.host}:{settings.port} ({batching}); "
+          "POST /rerank, GET /health /info /metrics; Ctrl-C stops", file=sys.stderr, flush=True)
+    server.run()
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``rerank`` command."""
     parser = argparse.ArgumentParser(prog="rerank", description="Neural passage re-ranking: index, retrieve, re-rank, evaluate, train.")
@@ -298,6 +315,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-check", action="store_true", help="do not fail on expected scores that drifted")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_experiment)
+
+    p = sub.add_parser("serve", help="serve a re-ranking pipeline over HTTP (Cohere/TEI-compatible POST /rerank)",
+                       description="Serve a pipeline config's re-ranking expression: POST /rerank (Cohere or TEI "
+                                   "request shape), GET /health, /info, /metrics (Prometheus). Concurrent requests "
+                                   "are micro-batched into shared model calls. Settings come from the config's "
+                                   "[serve] table; flags override them. SIGTERM/Ctrl-C: in-flight requests finish, "
+                                   "new ones are refused.")
+    p.add_argument("--pipeline", required=True, help="pipeline config (TOML) whose expression re-ranks given documents")
+    p.add_argument("--host", default=None, help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=None, help="port (default 8080; 0 picks a free one)")
+    p.add_argument("--no-batching", action="store_true", help="one model call per request (no micro-batching)")
+    p.add_argument("--max-batch-size", type=int, default=None, help="most (query, document) pairs per model call (512)")
+    p.add_argument("--max-wait-ms", type=float, default=None, help="how long an idle model waits for more requests (2)")
+    p.add_argument("--max-queue", type=int, default=None, help="waiting requests before 503 (256)")
+    p.add_argument("--max-documents", type=int, default=None, help="documents per request (1000)")
+    p.add_argument("--max-document-chars", type=int, default=None, help="characters per document (20000)")
+    p.add_argument("--max-body-bytes", type=int, default=None, help="bytes per request body (8 MiB)")
+    p.add_argument("--request-timeout", type=float, default=None, help="seconds before a request gets 504 (30)")
+    p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"],
+                   help="uvicorn log level (default info)")
+    p.set_defaults(func=cmd_serve)
 
     from rerank.train.cli import add_train_parser
 

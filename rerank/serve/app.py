@@ -1,0 +1,170 @@
+"""The ASGI application: ``POST /rerank``, ``GET /health``, ``GET /info`` and ``GET /metrics``."""
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from contextlib import asynccontextmanager
+from dataclasses import asdict
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+
+from rerank.errors import RerankError
+from rerank.pipeline import Stage, leaves
+from rerank.serve.batcher import MicroBatcher, QueueFullError, ShuttingDownError
+from rerank.serve.metrics import ServiceMetrics
+from rerank.serve.protocol import CohereRequest, RequestError, RerankRequest, TeiRequest, parse_request, render_response
+from rerank.serve.settings import ServeSettings
+from rerank.types import Candidates, Passage, Query
+
+
+class ServiceError(RerankError):
+    """A pipeline that cannot be served."""
+
+
+class Service:
+    """What the routes share: the pipeline, its batcher, settings and metrics, and whether the
+    server is draining (shutting down: in-flight requests finish, new ones get 503)."""
+
+    def __init__(self, pipeline: Stage, settings: ServeSettings) -> None:
+        check_servable(pipeline)
+        self.pipeline = pipeline
+        self.settings = settings
+        self.metrics = ServiceMetrics()
+        self.batcher = MicroBatcher(pipeline, batching=settings.batching, max_batch_size=settings.max_batch_size,
+                                    max_wait_ms=settings.max_wait_ms, max_queue=settings.max_queue,
+                                    on_batch=self._on_batch)
+        self.draining = False
+        self.started = time.time()
+        self._ids = itertools.count(1)
+
+    def _on_batch(self, stats) -> None:
+        self.metrics.record_batch(stats)
+        self.metrics.queue_depth.set(self.batcher.queued)
+
+    def drain(self) -> None:
+        """Refuse new requests from now on; those already accepted still finish."""
+        self.draining = True
+
+    async def rerank(self, request: RerankRequest) -> tuple[str, list[tuple[int, float]]]:
+        """Run the pipeline on one request through the batcher: its id and the ranked
+        (document index, score) pairs."""
+        request_id = f"req-{next(self._ids)}"
+        passages = [Passage(f"{request_id}:{i}", text) for i, text in enumerate(request.documents)]
+        # The caller's order is the first-stage ranking, so a leading cut-off keeps its top k.
+        candidates = Candidates(Query(request_id, request.query), passages,
+                                [float(len(passages) - i) for i in range(len(passages))])
+        self.metrics.documents.observe(len(passages))
+        self.metrics.queue_depth.set(self.batcher.queued + 1)
+        try:
+            result = await asyncio.wait_for(self.batcher.submit(candidates), self.settings.request_timeout_s)
+        except asyncio.TimeoutError:
+            raise RequestError(504, "timeout", f"not answered within request_timeout_s={self.settings.request_timeout_s:g}"
+                                               " (the service is overloaded or the request is too large)") from None
+        except QueueFullError as exc:
+            raise RequestError(503, "overloaded", f"service overloaded: {exc}; retry later") from None
+        except ShuttingDownError:
+            raise RequestError(503, "shutting_down", "the server is shutting down; retry on another replica") from None
+        except Exception as exc:  # the pipeline failed on this request alone (see MicroBatcher)
+            raise RequestError(500, "pipeline", f"the pipeline failed on this request: {type(exc).__name__}: {exc}") from None
+        index = {p.id: i for i, p in enumerate(passages)}
+        return request_id, [(index[p.id], float(s)) for p, s in zip(result.passages, result.scores)]
+
+
+def check_servable(pipeline: Stage) -> None:
+    """Refuse a pipeline that would ignore the documents a request sends (a retrieval stage)."""
+    from rerank.retrieve.stage import Retriever
+
+    if not isinstance(pipeline, Stage):
+        raise ServiceError(f"cannot serve {type(pipeline).__name__}; expected a Stage")
+    for leaf in leaves(pipeline):
+        if isinstance(leaf, Retriever):
+            raise ServiceError(f"stage {leaf.name} retrieves from an index, but a served pipeline re-ranks the "
+                               "documents each request sends; serve a re-ranking expression (e.g. 'ce' or 'student % 30 >> ce')")
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        if not declared.isdigit():
+            raise RequestError(400, "http", f"Content-Length {declared!r} is not a number")
+        if int(declared) > limit:
+            raise RequestError(413, "limit", f"request body of {int(declared):,} bytes exceeds max_body_bytes={limit:,}")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise RequestError(413, "limit", f"request body exceeds max_body_bytes={limit:,}")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _request_schema() -> dict[str, Any]:
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": {"oneOf": [
+        CohereRequest.model_json_schema(), TeiRequest.model_json_schema()]}}}}}
+
+
+def create_app(pipeline: Stage, settings: ServeSettings | None = None) -> FastAPI:
+    """The service for ``pipeline`` (a re-ranking :class:`~rerank.pipeline.Stage`), ready for any
+    ASGI server; :class:`~rerank.serve.server.RerankServer` runs it with uvicorn."""
+    service = Service(pipeline, settings or ServeSettings())
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        await service.batcher.start()
+        yield
+        service.drain()
+        await service.batcher.stop()
+
+    from rerank import __version__
+
+    app = FastAPI(title="rerank", version=__version__, lifespan=lifespan,
+                  description=f"Re-ranks documents with `{pipeline}` (Cohere- and TEI-compatible `POST /rerank`).")
+    app.state.service = service
+
+    @app.post("/rerank", openapi_extra=_request_schema())
+    async def rerank(request: Request) -> Response:
+        """Rank the request's documents for its query, best first."""
+        began = time.perf_counter()
+        metrics = service.metrics
+        metrics.in_flight.inc()
+        shape, status = "unknown", 200
+        try:
+            if service.draining:
+                raise RequestError(503, "shutting_down", "the server is shutting down; retry on another replica")
+            parsed = parse_request(await _read_body(request, service.settings.max_body_bytes), service.settings)
+            shape = parsed.shape
+            request_id, ranked = await service.rerank(parsed)
+            payload = render_response(parsed, ranked, normalize=service.settings.normalize, request_id=request_id,
+                                      pipeline=str(service.pipeline))
+        except RequestError as exc:
+            status, payload = exc.status, exc.body()
+            metrics.errors.labels(exc.error_type).inc()
+        finally:
+            metrics.in_flight.dec()
+        metrics.requests.labels(shape, str(status)).inc()
+        metrics.latency.observe(time.perf_counter() - began)
+        headers = {"Connection": "close"} if status == 503 and service.draining else None
+        return JSONResponse(payload, status_code=status, headers=headers)
+
+    @app.get("/health")
+    async def health() -> Response:
+        """200 while serving, 503 once shutting down (so load balancers stop routing here)."""
+        if service.draining:
+            return JSONResponse({"status": "shutting_down"}, status_code=503)
+        return JSONResponse({"status": "ok", "queued": service.batcher.queued})
+
+    @app.get("/info")
+    async def info() -> dict[str, Any]:
+        """The served pipeline, the settings and the version."""
+        return {"pipeline": str(service.pipeline), "version": __version__, "settings": asdict(service.settings),
+                "uptime_s": round(time.time() - service.started, 3)}
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        """Prometheus text exposition."""
+        return Response(service.metrics.render(), media_type=service.metrics.content_type)
+
+    return app

@@ -1,0 +1,126 @@
+"""A Python client for a running rerank service (or any Cohere-compatible ``/rerank``), and a
+:class:`RemoteReranker` stage that puts the service into a local pipeline."""
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from rerank.errors import RerankError
+from rerank.pipeline import Stage
+from rerank.types import Candidates, StageCost
+
+
+@dataclass(frozen=True)
+class RankedDocument:
+    """One result: the document's position in the request, its score, and its text if asked."""
+
+    index: int
+    relevance_score: float
+    text: str | None = None
+
+
+class ServiceRequestError(RerankError):
+    """The service refused or failed a request: the HTTP ``status`` and its message."""
+
+    def __init__(self, status: int, error_type: str, message: str) -> None:
+        super().__init__(f"HTTP {status} ({error_type}): {message}")
+        self.status = status
+        self.error_type = error_type
+        self.message = message
+
+
+class RerankClient:
+    """Call ``POST /rerank`` of a service at ``url`` (keeps one HTTP connection pool).
+
+    503 answers (overloaded, shutting down) and refused connections are retried ``retries``
+    times with exponential back-off; any other 4xx/5xx raises :class:`ServiceRequestError`.
+    """
+
+    def __init__(self, url: str = "http://127.0.0.1:8080", *, timeout: float = 30.0, retries: int = 2,
+                 http: httpx.Client | None = None) -> None:
+        self.url = url.rstrip("/")
+        self.retries = retries
+        self._http = http or httpx.Client(timeout=timeout)
+
+    def rerank(self, query: str, documents: Sequence[str], *, top_n: int | None = None,
+               return_documents: bool = False, raw_scores: bool = False) -> list[RankedDocument]:
+        """The documents ranked for ``query``, best first (at most ``top_n``)."""
+        body: dict[str, Any] = {"query": query, "documents": list(documents), "return_documents": return_documents,
+                                "raw_scores": raw_scores}
+        if top_n is not None:
+            body["top_n"] = top_n
+        answer = self._post("/rerank", body)
+        return [RankedDocument(r["index"], float(r["relevance_score"]), (r.get("document") or {}).get("text"))
+                for r in answer["results"]]
+
+    def health(self) -> bool:
+        """Whether the service answers ``GET /health`` with 200."""
+        try:
+            return self._http.get(f"{self.url}/health").status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def info(self) -> dict[str, Any]:
+        """The served pipeline, settings and version."""
+        response = self._http.get(f"{self.url}/info")
+        response.raise_for_status()
+        return response.json()
+
+    def _post(self, path: str, body: dict[str, Any]) -> Any:
+        for attempt in range(self.retries + 1):
+            try:
+                response = self._http.post(f"{self.url}{path}", json=body)
+            except httpx.ConnectError:
+                if attempt == self.retries:
+                    raise
+            else:
+                if response.status_code == 200:
+                    return response.json()
+                if response.status_code != 503 or attempt == self.retries:
+                    try:
+                        error = response.json()
+                        error_type, message = error.get("error_type", "http"), error.get("error", response.text)
+                    except ValueError:
+                        error_type, message = "http", response.text
+                    raise ServiceRequestError(response.status_code, error_type, message)
+            time.sleep(0.1 * 2**attempt)
+        raise AssertionError("unreachable")
+
+    def close(self) -> None:
+        """Close the connection pool."""
+        self._http.close()
+
+    def __enter__(self) -> "RerankClient":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class RemoteReranker(Stage):
+    """A pipeline stage that re-ranks through a rerank service: ``bm25 % 100 >> RemoteReranker(url)``.
+
+    Sends each query's candidates (title and text) in one request, in their current order, and
+    takes the service's ranking and ``raw_scores``.
+    """
+
+    def __init__(self, url: str = "http://127.0.0.1:8080", *, client: RerankClient | None = None,
+                 name: str = "remote") -> None:
+        self.client = client or RerankClient(url)
+        self.name = name
+
+    def __call__(self, batch: Sequence[Candidates]) -> list[Candidates]:
+        out = []
+        for cands in batch:
+            began = time.perf_counter()
+            ranked = (self.client.rerank(cands.query.text, [p.full_text for p in cands.passages], raw_scores=True)
+                      if len(cands) else [])
+            seconds = time.perf_counter() - began
+            out.append(Candidates(cands.query, [cands.passages[r.index] for r in ranked],
+                                  [r.relevance_score for r in ranked],
+                                  list(cands.trace) + [StageCost(self.name, seconds, passages_scored=len(cands))]))
+        return out

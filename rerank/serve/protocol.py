@@ -1,0 +1,197 @@
+"""The ``POST /rerank`` wire format: Cohere's and text-embeddings-inference's request shapes in,
+their response shapes out, and every way a request can be refused.
+
+Cohere shape (``documents``)::
+
+    {"query": "...", "documents": ["...", {"text": "..."}], "top_n": 3, "return_documents": true}
+    -> {"id": "...", "results": [{"index": 1, "relevance_score": 0.93, "document": {"text": "..."}}],
+        "meta": {...}}
+
+TEI shape (``texts``)::
+
+    {"query": "...", "texts": ["...", "..."], "raw_scores": false, "return_text": false}
+    -> [{"index": 1, "score": 0.93}, {"index": 0, "score": 0.12}]
+
+Results come best first. Refusals are ``{"error": message, "error_type": kind}`` with a 4xx
+status; the message names the field or the limit.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, PlainValidator, StrictBool, StrictInt, StrictStr, ValidationError
+
+from rerank.serve.settings import ServeSettings
+
+
+class RequestError(Exception):
+    """A request the service refuses: HTTP ``status``, a short ``error_type`` and a message that
+    says what to change."""
+
+    def __init__(self, status: int, error_type: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.error_type = error_type
+        self.message = message
+
+    def body(self) -> dict[str, str]:
+        """The JSON error body (TEI's ``{"error", "error_type"}``)."""
+        return {"error": self.message, "error_type": self.error_type}
+
+
+def _document(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, dict) and isinstance(value.get("text"), str):
+        return value["text"]
+    raise ValueError('expected a string or an object with a string "text"')
+
+
+Document = Annotated[str, PlainValidator(_document, json_schema_input_type=str | dict)]
+
+
+class CohereRequest(BaseModel):
+    """Cohere's rerank request (v1/v2). ``model``, ``rank_fields`` and ``max_chunks_per_doc`` are
+    accepted and ignored: the service runs the one pipeline it was started with."""
+
+    model_config = ConfigDict(extra="ignore", strict=True)
+    query: StrictStr
+    documents: list[Document]
+    top_n: Optional[StrictInt] = Field(default=None, ge=1)
+    return_documents: StrictBool = False
+    raw_scores: StrictBool = False
+    model: Optional[StrictStr] = None
+
+
+class TeiRequest(BaseModel):
+    """text-embeddings-inference's rerank request. ``truncate`` is accepted; passages longer than
+    the model's limit are always truncated (the query never is)."""
+
+    model_config = ConfigDict(extra="ignore", strict=True)
+    query: StrictStr
+    texts: list[StrictStr]
+    raw_scores: StrictBool = False
+    return_text: StrictBool = False
+    truncate: Optional[StrictBool] = None
+
+
+@dataclass(frozen=True)
+class RerankRequest:
+    """A validated request, whichever shape it came in."""
+
+    shape: Literal["cohere", "tei"]
+    query: str
+    documents: list[str]
+    top_n: int | None
+    return_documents: bool
+    raw_scores: bool
+
+
+def _location(loc: tuple) -> str:
+    text = ""
+    for part in loc:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text or "body"
+
+
+def _validation_message(exc: ValidationError) -> str:
+    errors = exc.errors(include_url=False)
+    parts = []
+    for err in errors[:3]:
+        message = str(err["msg"]).removeprefix("Value error, ")
+        if err["type"] == "missing":
+            message = "is required"
+        parts.append(f"{_location(err['loc'])}: {message}")
+    more = f" (and {len(errors) - 3} more)" if len(errors) > 3 else ""
+    return "; ".join(parts) + more
+
+
+def parse_request(body: bytes, settings: ServeSettings) -> RerankRequest:
+    """Decode, validate and limit-check one request body, or raise :class:`RequestError`."""
+    if len(body) > settings.max_body_bytes:
+        raise RequestError(413, "limit", f"request body of {len(body):,} bytes exceeds max_body_bytes="
+                                         f"{settings.max_body_bytes:,}")
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise RequestError(400, "encoding", f"request body is not valid UTF-8 (byte {exc.start}: "
+                                            f"{body[exc.start:exc.start + 1]!r})") from None
+    if not text.strip():
+        raise RequestError(400, "json", "request body is empty; send a JSON object with query and documents")
+    try:
+        data = json.loads(text, parse_constant=_reject_constant)
+    except RecursionError:
+        raise RequestError(400, "json", "request body nests too deeply to be a rerank request") from None
+    except ValueError as exc:
+        raise RequestError(400, "json", f"request body is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise RequestError(422, "validation", f"request body must be a JSON object, got a JSON {_json_type(data)}")
+    if "texts" in data and "documents" in data:
+        raise RequestError(422, "validation", "give either documents (Cohere shape) or texts (TEI shape), not both")
+    model = TeiRequest if "texts" in data else CohereRequest
+    try:
+        parsed = model.model_validate(data)
+    except ValidationError as exc:
+        raise RequestError(422, "validation", _validation_message(exc)) from None
+    if isinstance(parsed, TeiRequest):
+        request = RerankRequest("tei", parsed.query, parsed.texts, None, parsed.return_text, parsed.raw_scores)
+        field = "texts"
+    else:
+        request = RerankRequest("cohere", parsed.query, parsed.documents, parsed.top_n, parsed.return_documents,
+                                parsed.raw_scores)
+        field = "documents"
+    _check_limits(request, field, settings)
+    return request
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not allowed in JSON")
+
+
+def _json_type(value: Any) -> str:
+    return {list: "array", str: "string", bool: "boolean", int: "number", float: "number"}.get(type(value), "null")
+
+
+def _check_limits(request: RerankRequest, field: str, settings: ServeSettings) -> None:
+    if not request.query.strip():
+        raise RequestError(422, "validation", "query is empty")
+    if not request.documents:
+        raise RequestError(422, "validation", f"{field} is empty; send at least one document to rank")
+    if len(request.documents) > settings.max_documents:
+        raise RequestError(413, "limit", f"{len(request.documents):,} {field} exceed max_documents="
+                                         f"{settings.max_documents:,} per request")
+    if len(request.query) > settings.max_document_chars:
+        raise RequestError(413, "limit", f"query of {len(request.query):,} characters exceeds max_document_chars="
+                                         f"{settings.max_document_chars:,}")
+    for i, doc in enumerate(request.documents):
+        if len(doc) > settings.max_document_chars:
+            raise RequestError(413, "limit", f"{field}[{i}] has {len(doc):,} characters, more than "
+                                             f"max_document_chars={settings.max_document_chars:,}")
+
+
+def sigmoid(score: float) -> float:
+    """The logistic function, safe for any finite score."""
+    if score >= 0:
+        return 1.0 / (1.0 + math.exp(-score))
+    z = math.exp(score)
+    return z / (1.0 + z)
+
+
+def render_response(request: RerankRequest, ranked: list[tuple[int, float]], *, normalize: bool,
+                    request_id: str, pipeline: str) -> Any:
+    """The JSON answer for ``ranked`` ((document index, pipeline score) pairs, best first)."""
+    raw = request.raw_scores or not normalize
+    if request.top_n is not None:
+        ranked = ranked[: request.top_n]
+    scored = [(index, score if raw else sigmoid(score)) for index, score in ranked]
+    if request.shape == "tei":
+        return [{"index": i, "score": s, **({"text": request.documents[i]} if request.return_documents else {})}
+                for i, s in scored]
+    results = [{"index": i, "relevance_score": s,
+                **({"document": {"text": request.documents[i]}} if request.return_documents else {})}
+               for i, s in scored]
+    return {"id": request_id, "results": results,
+            "meta": {"pipeline": pipeline, "billed_units": {"search_units": 1}}}
