@@ -166,10 +166,21 @@ def _check_limits(request: RerankRequest, field: str, settings: ServeSettings) -
     if len(request.query) > settings.max_document_chars:
         raise RequestError(413, "limit", f"query of {len(request.query):,} characters exceeds max_document_chars="
                                          f"{settings.max_document_chars:,}")
+    _check_encodable(request.query, "query")
     for i, doc in enumerate(request.documents):
+        _check_encodable(doc, f"{field}[{i}]")
         if len(doc) > settings.max_document_chars:
             raise RequestError(413, "limit", f"{field}[{i}] has {len(doc):,} characters, more than "
                                              f"max_document_chars={settings.max_document_chars:,}")
+
+
+def _check_encodable(text: str, where: str) -> None:
+    # JSON escapes can spell lone surrogates (\\ud800), which are not text and break tokenizers.
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise RequestError(422, "encoding", f"{where} holds an unpaired surrogate ({text[exc.start]!r} at "
+                                            f"character {exc.start}); send valid Unicode") from None
 
 
 def sigmoid(score: float) -> float:

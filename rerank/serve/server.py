@@ -25,6 +25,9 @@ class _DrainingServer(uvicorn.Server):
     def handle_exit(self, sig, frame) -> None:
         self._on_exit()
         super().handle_exit(sig, frame)
+        # uvicorn re-raises the signal once shut down, so the process would die by it; a graceful
+        # stop is a normal end for `rerank serve` (exit status 0).
+        getattr(self, "_captured_signals", []).clear()
 
 
 class RerankServer:

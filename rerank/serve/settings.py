@@ -48,11 +48,13 @@ class ServeSettings:
 
     def __post_init__(self) -> None:
         positive = ("max_batch_size", "max_queue", "max_documents", "max_document_chars", "max_body_bytes",
-                    "request_timeout_s", "port")
+                    "request_timeout_s")
         for name in positive:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
                 raise SettingsError(f"serve setting {name} must be a positive number, got {value!r}")
+        if isinstance(self.port, bool) or not isinstance(self.port, int) or not 0 <= self.port <= 65535:
+            raise SettingsError(f"serve setting port must be 0-65535 (0 picks a free port), got {self.port!r}")
         for name in ("max_wait_ms", "shutdown_timeout_s"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
