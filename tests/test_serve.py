@@ -391,3 +391,25 @@ def test_cli_serve_refuses_a_bad_config_before_loading_models(tmp_path):
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 2
     assert "unknown serve setting 'max_wait'; did you mean 'max_wait_ms'?" in done.stderr
+
+
+def test_readme_service_config_and_request(tmp_path):
+    """The README's `rerank serve --pipeline experiments/pipelines/serve.toml` and its curl body,
+    with the offline MiniLM and SPLADE-tiny models."""
+    from pathlib import Path
+
+    from rerank.serve import load_service
+
+    config = Path(__file__).resolve().parents[1] / "experiments" / "pipelines" / "serve.toml"
+    pipeline, settings = load_service(config, port=0)
+    assert settings.port == 0 and settings.max_documents == 1000 and settings.batching
+    with RerankServer(pipeline, settings) as running:
+        answer = httpx.post(f"{running.url}/rerank", timeout=60, json={
+            "query": "what causes fever",
+            "documents": ["Influenza commonly causes fever and aches.", {"text": "The central bank raised interest rates."}],
+            "top_n": 1, "return_documents": True}).json()
+        assert [r["index"] for r in answer["results"]] == [0]
+        assert answer["results"][0]["document"]["text"].startswith("Influenza")
+        tei = httpx.post(f"{running.url}/rerank", json={"query": "what causes fever", "texts": ["a", "b"],
+                                                        "raw_scores": True}, timeout=60).json()
+        assert sorted(r["index"] for r in tei) == [0, 1]
