@@ -137,6 +137,8 @@ def test_health_info_and_prometheus_metrics(http, requests_data):
     assert metric(text, "rerank_request_duration_seconds_count") >= 2
     assert 'rerank_batch_requests_bucket{le="1.0"}' in text and "rerank_queue_wait_seconds_sum" in text
     assert "rerank_in_flight_requests" in text and "rerank_queue_depth" in text
+    schema = http.get("/openapi.json").json()["paths"]["/rerank"]["post"]["requestBody"]
+    assert len(schema["content"]["application/json"]["schema"]["oneOf"]) == 2  # Cohere and TEI shapes
 
 
 # --- limits and bad input ---------------------------------------------------------------------
@@ -289,6 +291,16 @@ def test_request_timeout_and_a_full_queue(tiny_ce):
         assert any("max_queue=2" in a.json()["error"] for a in answers if a.status_code == 503)
     # requests that timed out while queued were dropped, never run
     assert stage.calls <= 3
+
+
+def test_a_body_that_never_finishes_arriving_times_out(tiny_ce):
+    with RerankServer(tiny_ce, ServeSettings(port=0, request_timeout_s=0.5)) as running:
+        with socket.create_connection(("127.0.0.1", running.port), timeout=10) as sock:
+            sock.sendall(b"POST /rerank HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                         b"Content-Length: 100\r\n\r\n{\"query\": ")
+            answer = sock.recv(4096).decode()
+        assert answer.startswith("HTTP/1.1 408") and "request_timeout_s=0.5" in answer
+        assert httpx.get(f"{running.url}/health").status_code == 200
 
 
 def test_graceful_shutdown_finishes_in_flight_and_refuses_new(tiny_ce):

@@ -134,7 +134,12 @@ def create_app(pipeline: Stage, settings: ServeSettings | None = None) -> FastAP
         try:
             if service.draining:
                 raise RequestError(503, "shutting_down", "the server is shutting down; retry on another replica")
-            parsed = parse_request(await _read_body(request, service.settings.max_body_bytes), service.settings)
+            timeout = service.settings.request_timeout_s
+            try:
+                body = await asyncio.wait_for(_read_body(request, service.settings.max_body_bytes), timeout)
+            except asyncio.TimeoutError:
+                raise RequestError(408, "timeout", f"request body not received within request_timeout_s={timeout:g}") from None
+            parsed = parse_request(body, service.settings)
             shape = parsed.shape
             request_id, ranked = await service.rerank(parsed)
             payload = render_response(parsed, ranked, normalize=service.settings.normalize, request_id=request_id,
