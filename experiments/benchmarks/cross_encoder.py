@@ -28,15 +28,16 @@ from rerank.models import resolve
 from rerank.score.cross_encoder import CrossEncoder
 
 
-def make_cross_encoder(folder: Path) -> Path:
-    """all-MiniLM-L6-v2's encoder with a seeded, freshly initialized one-logit head."""
+def make_cross_encoder(folder: Path, body: str = "minilm-l6") -> Path:
+    """A packaged model's encoder (all-MiniLM-L6-v2 by default) with a seeded, freshly
+    initialized one-logit head."""
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
     torch.manual_seed(0)
-    source = resolve("minilm-l6")
+    source = resolve(body)
     AutoModelForSequenceClassification.from_pretrained(source, num_labels=1).save_pretrained(folder)
     AutoTokenizer.from_pretrained(source).save_pretrained(folder)
     return folder
