@@ -304,16 +304,23 @@ def test_a_body_that_never_finishes_arriving_times_out(tiny_ce):
 
 
 def test_graceful_shutdown_finishes_in_flight_and_refuses_new(tiny_ce):
-    stage = FlakyStage(tiny_ce, delay=1.0)
+    stage = FlakyStage(tiny_ce, delay=2.0)
     running = RerankServer(stage, ServeSettings(port=0)).start()
     url = running.url
     with ThreadPoolExecutor(2) as pool:
         in_flight = pool.submit(httpx.post, f"{url}/rerank", json={"query": "q", "texts": ["a", "b"]}, timeout=30)
         time.sleep(0.3)
         stopping = pool.submit(running.stop, 30)
-        time.sleep(0.2)
-        with pytest.raises(httpx.ConnectError):
-            httpx.post(f"{url}/rerank", json={"query": "q", "texts": ["a"]}, timeout=5)
+        refused, deadline = False, time.monotonic() + 5
+        while not refused and time.monotonic() < deadline:  # a new request: 503 while draining, then refused
+            try:
+                late = httpx.post(f"{url}/rerank", json={"query": "q", "texts": ["a"]}, timeout=5)
+                assert late.status_code == 503 and "shutting down" in late.json()["error"]
+                time.sleep(0.05)
+            except httpx.ConnectError:
+                refused = True
+        assert refused
+        assert not in_flight.done()
         answer = in_flight.result()
         stopping.result()
     assert answer.status_code == 200 and len(answer.json()) == 2

@@ -35,14 +35,11 @@ class Service:
         self.metrics = ServiceMetrics()
         self.batcher = MicroBatcher(pipeline, batching=settings.batching, max_batch_size=settings.max_batch_size,
                                     max_wait_ms=settings.max_wait_ms, max_queue=settings.max_queue,
-                                    on_batch=self._on_batch)
+                                    on_batch=self.metrics.record_batch)
+        self.metrics.queue_depth.set_function(lambda: self.batcher.queued)
         self.draining = False
         self.started = time.time()
         self._ids = itertools.count(1)
-
-    def _on_batch(self, stats) -> None:
-        self.metrics.record_batch(stats)
-        self.metrics.queue_depth.set(self.batcher.queued)
 
     def drain(self) -> None:
         """Refuse new requests from now on; those already accepted still finish."""
@@ -57,7 +54,6 @@ class Service:
         candidates = Candidates(Query(request_id, request.query), passages,
                                 [float(len(passages) - i) for i in range(len(passages))])
         self.metrics.documents.observe(len(passages))
-        self.metrics.queue_depth.set(self.batcher.queued + 1)
         try:
             result = await asyncio.wait_for(self.batcher.submit(candidates), self.settings.request_timeout_s)
         except asyncio.TimeoutError:
