@@ -243,6 +243,14 @@ def test_a_request_larger_than_the_batch_limit_runs_alone(tiny_ce, requests_data
         assert metric(text, 'rerank_batch_pairs_bucket{le="64.0"}') == metric(text, "rerank_batch_pairs_count")
 
 
+def test_a_lone_request_never_waits_for_a_batch(tiny_ce):
+    with RerankServer(tiny_ce, ServeSettings(port=0, max_wait_ms=5000)) as running:
+        began = time.perf_counter()
+        answer = httpx.post(f"{running.url}/rerank", json={"query": "q", "texts": ["a", "b"]}, timeout=30)
+        assert answer.status_code == 200
+        assert time.perf_counter() - began < 2.5  # nothing else was arriving, so no 5 s wait
+
+
 class FlakyStage(Stage):
     """Deliberately fails on queries containing "boom" and sleeps ``delay`` seconds per call:
     a real stage standing in for a model that breaks or stalls, which a test cannot provoke."""

@@ -1,21 +1,27 @@
-"""Serving under load: `rerank serve` with micro-batching on and off, on loopback, then a fuzz run.
+"""Serving under load: `rerank serve` with micro-batching on and off, against the peer Infinity,
+on loopback, then a fuzz run.
 
 A real `rerank serve` process (uvicorn, one model worker) serves a MiniLM-L6-sized cross-encoder:
 all-MiniLM-L6-v2's encoder with a seeded one-logit head, the shape of cross-encoder/ms-marco-
-MiniLM-L-6-v2, which cannot be downloaded here (``--model`` takes any other). Each request
-carries a TREC DL 2019 query and its BM25 top 20 passages. 1, 4 and 16 closed-loop clients
-(threads with keep-alive connections) send a fixed number of requests each level, under a time
-limit, against a server with micro-batching and one without (each request its own model call,
-same queue and worker), in interleaved rounds so that a slow spell of the machine hits both.
-The same runs with a student-sized cross-encoder (2 layers), where per-call overhead weighs more.
-Figures: requests/s, p50 and p99 latency, errors, requests merged per model call, and the
-throughput ratio with/without batching.
+MiniLM-L-6-v2, which cannot be downloaded here (``--models`` takes any other folder). Each
+request carries a TREC DL 2019 query and its BM25 top 20 passages. 1, 4 and 16 closed-loop
+clients (threads with keep-alive connections) send a fixed number of requests each level, under
+a time limit, against a server with micro-batching and one without (each request its own model
+call, same queue and worker), and, given ``--infinity``, Infinity serving the same model folder,
+in interleaved rounds so that a slow spell of the machine hits all alike. The same runs with a
+student-sized cross-encoder (2 layers), where per-call overhead weighs more. Figures: requests/s,
+p50 and p99 latency, errors, requests merged per model call, the throughput ratio with/without
+batching, rerank against Infinity, and the in-process ceiling of what merging can gain.
 
 Every answer's raw scores are compared with the unbatched Python API (CrossEncoder.predict on
 that request alone). Then a few hundred malformed requests (rerank.serve.fuzz) must all get a
 4xx, and the server must still answer a valid request correctly.
 
-    python experiments/benchmarks/serve.py [--quick]
+Infinity pins numpy<2 and older transformers, so it gets a virtual environment of its own:
+
+    python3 -m venv .venv-infinity && .venv-infinity/bin/pip install torch==2.13.0 \
+        "infinity-emb[server,torch]==0.0.78"
+    python experiments/benchmarks/serve.py [--quick] [--infinity .venv-infinity/bin/infinity_emb]
 """
 from __future__ import annotations
 
@@ -41,6 +47,7 @@ from rerank.serve.fuzz import malformed_requests
 from rerank.serve.settings import ServeSettings
 
 CLIENTS = (1, 4, 16)
+LABELS = {"off": "rerank, batching off", "on": "rerank, batching on", "infinity": "Infinity (peer)"}
 
 
 def free_port() -> int:
@@ -97,6 +104,32 @@ class Server:
     def stop(self) -> int:
         self.process.terminate()
         return self.process.wait(timeout=60)
+
+
+class InfinityServer(Server):
+    """The peer: Infinity (michaelfeil/infinity, ``infinity_emb v2``) serving the same model folder
+    on CPU with torch, its defaults otherwise (dynamic batching, batch size 32). It must live in
+    a virtual environment of its own (it pins numpy<2, transformers<=5.0, uvicorn 0.32)."""
+
+    def __init__(self, model: Path, executable: str) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "INFINITY_ANONYMOUS_USAGE_STATS": "0", "DO_NOT_TRACK": "1"}
+        self.process = subprocess.Popen([executable, "v2", "--model-id", str(model), "--engine", "torch",
+                                         "--device", "cpu", "--host", "127.0.0.1", "--port", str(self.port),
+                                         "--no-bettertransformer", "--log-level", "warning"],
+                                        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def metric(self, name: str) -> float:
+        return float("nan")  # Infinity does not export model-call sizes
+
+
+def infinity_version(executable: str) -> str:
+    """The installed Infinity version, read with the Python of its own environment."""
+    python = Path(executable).with_name("python")
+    done = subprocess.run([str(python), "-c", "import importlib.metadata as m; print(m.version('infinity_emb'))"],
+                          capture_output=True, text=True)
+    return done.stdout.strip() or "unknown"
 
 
 def load_level(url: str, bodies: list[dict], clients: int, n_requests: int, time_limit: float) -> dict:
@@ -172,11 +205,11 @@ def measure_level(servers: dict[str, Server], bodies: list[dict], clients: int, 
     for mode, total in totals.items():
         lat = np.array(total["latencies"]) * 1000
         done = len(lat)
-        out[mode] = ({"batching": mode, "clients": clients, "requests": done, "errors": sum(total["errors"].values()),
+        out[mode] = ({"server": LABELS[mode], "clients": clients, "requests": done, "errors": sum(total["errors"].values()),
                       "req/s": done / total["wall"],
                       "p50 ms": float(np.percentile(lat, 50)) if done else float("nan"),
                       "p99 ms": float(np.percentile(lat, 99)) if done else float("nan"),
-                      "requests/model call": total["merged"] / total["calls"] if total["calls"] else 0.0,
+                      "requests/model call": total["merged"] / total["calls"] if total["calls"] > 0 else "n/a",
                       "error kinds": dict(total["errors"])}, total["answers"])
     return out
 
@@ -230,7 +263,9 @@ def run_model(model: Path, bodies: list[dict], requests_per_level: dict[int, int
     rounds (then the fuzz run if asked), and the scores compared with the unbatched Python API."""
     rows, levels, answers, result = [], {}, {}, {}
     # Both servers load their model at once; an idle server takes no CPU while the other is measured.
-    servers = {mode: Server(model, batching=mode == "on", folder=folder) for mode in ("off", "on")}
+    servers: dict[str, Server] = {mode: Server(model, batching=mode == "on", folder=folder) for mode in ("off", "on")}
+    if args.infinity:
+        servers["infinity"] = InfinityServer(model, args.infinity)
     try:
         for server in servers.values():  # both loaded before any measuring: loading takes the CPU
             server.wait_ready()
@@ -242,7 +277,7 @@ def run_model(model: Path, bodies: list[dict], requests_per_level: dict[int, int
             for mode, (row, got) in measured.items():
                 rows.append(row)
                 levels[f"{mode}_{clients}"] = {k.replace(" ", "_").replace("/", "_per_"): v for k, v in row.items()
-                                               if k not in ("batching", "clients")}
+                                               if k not in ("server", "clients")}
                 for index, scores in got.items():
                     answers[mode].setdefault(index, scores)
         if fuzz_after:
@@ -269,12 +304,16 @@ def run_model(model: Path, bodies: list[dict], requests_per_level: dict[int, int
         diffs = [abs(a - b) for i, scores in got.items() for a, b in zip(scores, reference[i])]
         differences[mode] = max(diffs) if diffs else float("nan")
     ceiling = batching_ceiling(reference_scorer, bodies[:16], group=8)
-    ratios = {}
+    ratios, peer = {}, {}
     for clients in CLIENTS:
         off, on = levels[f"off_{clients}"], levels[f"on_{clients}"]
         ratios[str(clients)] = on["req_per_s"] / off["req_per_s"] if off["req_per_s"] else float("nan")
+        if "infinity" in servers:
+            peer[str(clients)] = on["req_per_s"] / levels[f"infinity_{clients}"]["req_per_s"]
     if fuzz_after:
         result["correct_after_fuzz"] = result["alive_after_fuzz"] and differences.get("after_fuzz", 1.0) < 1e-4
+    if peer:
+        result["throughput_ratio_vs_infinity"] = peer
     return {"rows": rows, "levels": levels, "throughput_ratio_batching": ratios, "in_process": ceiling,
             "errors": sum(level["errors"] for level in levels.values()), "max_score_difference": differences, **result}
 
@@ -287,6 +326,8 @@ def main() -> None:
                         help=f"comma-separated, of {', '.join(MODELS)} or cross-encoder folders (default: both; quick: student)")
     parser.add_argument("--time-limit", type=float, default=120.0, help="seconds per load level at most")
     parser.add_argument("--fuzz", type=int, default=300, help="malformed requests to send")
+    parser.add_argument("--infinity", default=os.environ.get("RERANK_BENCH_INFINITY"),
+                        help="path to an `infinity_emb` executable (its own venv) to compare against, as the peer")
     parser.add_argument("--rounds", type=int, default=None, help="interleaved off/on rounds per level (2; quick: 1)")
     args = parser.parse_args()
 
@@ -308,12 +349,14 @@ def main() -> None:
         figures["models"][name] = result
         print(f"# {described}: rerank serve under load ({machine()}); {len(bodies)} distinct DL19 requests "
               "of 20 BM25 passages; load generator on the same machine")
-        print_table(rows, ["batching", "clients", "requests", "errors", "req/s", "p50 ms", "p99 ms",
+        print_table(rows, ["server", "clients", "requests", "errors", "req/s", "p50 ms", "p99 ms",
                            "requests/model call"])
         for clients in CLIENTS:
             off, on = result["levels"][f"off_{clients}"], result["levels"][f"on_{clients}"]
             print(f"{clients:>2} clients: batching {result['throughput_ratio_batching'][str(clients)]:.2f}x throughput;"
-                  f" p50 {off['p50_ms']:.0f} -> {on['p50_ms']:.0f} ms, p99 {off['p99_ms']:.0f} -> {on['p99_ms']:.0f} ms")
+                  f" p50 {off['p50_ms']:.0f} -> {on['p50_ms']:.0f} ms, p99 {off['p99_ms']:.0f} -> {on['p99_ms']:.0f} ms"
+                  + (f"; rerank (batching) vs Infinity {result['throughput_ratio_vs_infinity'][str(clients)]:.2f}x"
+                     if "throughput_ratio_vs_infinity" in result else ""))
         print(f"errors under load: {result['errors']}; largest score difference from the unbatched Python API: "
               + ", ".join(f"{mode} {diff:.2e}" for mode, diff in result["max_score_difference"].items()))
         ceiling = result["in_process"]
@@ -323,6 +366,8 @@ def main() -> None:
         if "fuzz" in result:
             print(f"fuzz: {result['fuzz']}; alive and correct afterwards: {result['correct_after_fuzz']}")
         print(flush=True)
+    if args.infinity:
+        figures["infinity_version"] = infinity_version(args.infinity)
     figures["errors"] = sum(m["errors"] for m in figures["models"].values())
     figures["target_2x_at_16_met"] = {name: m["throughput_ratio_batching"]["16"] >= 2.0
                                       for name, m in figures["models"].items()}

@@ -35,7 +35,9 @@ class Service:
         self.metrics = ServiceMetrics()
         self.batcher = MicroBatcher(pipeline, batching=settings.batching, max_batch_size=settings.max_batch_size,
                                     max_wait_ms=settings.max_wait_ms, max_queue=settings.max_queue,
-                                    on_batch=self.metrics.record_batch)
+                                    on_batch=self.metrics.record_batch, arriving=lambda: self.arriving)
+        self.arriving = 0
+        """Requests accepted whose bodies are still being read or parsed."""
         self.metrics.queue_depth.set_function(lambda: self.batcher.queued)
         self.draining = False
         self.started = time.time()
@@ -127,6 +129,8 @@ def create_app(pipeline: Stage, settings: ServeSettings | None = None) -> FastAP
         metrics = service.metrics
         metrics.in_flight.inc()
         shape, status = "unknown", 200
+        service.arriving += 1
+        arrived = False
         try:
             if service.draining:
                 raise RequestError(503, "shutting_down", "the server is shutting down; retry on another replica")
@@ -137,6 +141,8 @@ def create_app(pipeline: Stage, settings: ServeSettings | None = None) -> FastAP
                 raise RequestError(408, "timeout", f"request body not received within request_timeout_s={timeout:g}") from None
             parsed = parse_request(body, service.settings)
             shape = parsed.shape
+            service.arriving -= 1
+            arrived = True
             request_id, ranked = await service.rerank(parsed)
             payload = render_response(parsed, ranked, normalize=service.settings.normalize, request_id=request_id,
                                       pipeline=str(service.pipeline))
@@ -145,6 +151,8 @@ def create_app(pipeline: Stage, settings: ServeSettings | None = None) -> FastAP
             metrics.errors.labels(exc.error_type).inc()
         finally:
             metrics.in_flight.dec()
+            if not arrived:
+                service.arriving -= 1
         metrics.requests.labels(shape, str(status)).inc()
         metrics.latency.observe(time.perf_counter() - began)
         headers = {"Connection": "close"} if status == 503 and service.draining else None

@@ -3,7 +3,8 @@
 One worker thread runs the pipeline, so model calls never compete for the CPU cores. Requests
 wait in a FIFO queue; when the worker is free it takes the queued requests in arrival order up to
 ``max_batch_size`` (query, document) pairs, waiting up to ``max_wait_ms`` for more if the queue
-runs dry, scores them together and hands each request its own result. A request larger than
+runs dry while more requests are arriving, scores them together and hands each request its
+own result. A request larger than
 the batch limit runs alone. If a merged call fails, each of its requests is retried alone, so a
 request that breaks the model fails by itself.
 """
@@ -53,13 +54,17 @@ class MicroBatcher:
     """Score :class:`Candidates` from concurrent requests with shared model calls.
 
     ``run`` is the pipeline (a batch of candidates in, re-ranked candidates out). ``on_batch``
-    is called with each call's :class:`BatchStats` (from the event loop).
+    is called with each call's :class:`BatchStats` (from the event loop). ``arriving`` counts
+    requests accepted but not queued yet (their bodies still being read or parsed): the batcher
+    waits for more only while some are on their way, so a lone request never waits.
     """
 
     def __init__(self, run: Callable[[Sequence[Candidates]], list[Candidates]], *, batching: bool = True,
                  max_batch_size: int = 512, max_wait_ms: float = 2.0, max_queue: int = 256,
-                 on_batch: Callable[[BatchStats], None] | None = None) -> None:
+                 on_batch: Callable[[BatchStats], None] | None = None,
+                 arriving: Callable[[], int] | None = None) -> None:
         self.run = run
+        self.arriving = arriving
         self.batching = batching
         self.max_batch_size = max_batch_size
         self.max_wait = max_wait_ms / 1000
@@ -116,7 +121,7 @@ class MicroBatcher:
         while pairs < self.max_batch_size:
             if not self._queue:
                 left = deadline - time.perf_counter()
-                if left <= 0 or self._closing:
+                if left <= 0 or self._closing or (self.arriving is not None and self.arriving() == 0):
                     break
                 self._arrived.clear()
                 try:

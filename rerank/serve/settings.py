@@ -29,7 +29,8 @@ class ServeSettings:
     max_batch_size: int = 512
     """Most (query, document) pairs in one merged model call; a larger request runs alone."""
     max_wait_ms: float = 2.0
-    """How long an idle worker waits for more requests to join a batch."""
+    """How long an idle worker waits for more requests to join a batch, while some are still
+    arriving (a lone request never waits)."""
     max_queue: int = 256
     """Requests waiting for the model beyond this are refused with 503 (back-pressure)."""
     max_documents: int = 1000
