@@ -47,7 +47,6 @@ class BatchStats:
     pairs: int
     waits: list[float]
     model_seconds: float
-    failed: bool
 
 
 class MicroBatcher:
@@ -156,8 +155,7 @@ class MicroBatcher:
                 else:
                     job.future.set_result(outcome)
             if self.on_batch is not None:
-                self.on_batch(BatchStats(len(batch), sum(job.pairs for job in batch), waits, seconds,
-                                         any(isinstance(o, BaseException) for o in outcomes)))
+                self.on_batch(BatchStats(len(batch), sum(job.pairs for job in batch), waits, seconds))
 
     def _score(self, batch: list[Candidates]) -> list[Candidates | Exception]:
         try:

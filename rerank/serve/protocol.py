@@ -18,11 +18,12 @@ status; the message names the field or the limit.
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, PlainValidator, StrictBool, StrictInt, StrictStr, ValidationError
+
+from scipy.special import expit as sigmoid
 
 from rerank.serve.settings import ServeSettings
 
@@ -183,21 +184,13 @@ def _check_encodable(text: str, where: str) -> None:
                                             f"character {exc.start}); send valid Unicode") from None
 
 
-def sigmoid(score: float) -> float:
-    """The logistic function, safe for any finite score."""
-    if score >= 0:
-        return 1.0 / (1.0 + math.exp(-score))
-    z = math.exp(score)
-    return z / (1.0 + z)
-
-
 def render_response(request: RerankRequest, ranked: list[tuple[int, float]], *, normalize: bool,
                     request_id: str, pipeline: str) -> Any:
     """The JSON answer for ``ranked`` ((document index, pipeline score) pairs, best first)."""
     raw = request.raw_scores or not normalize
     if request.top_n is not None:
         ranked = ranked[: request.top_n]
-    scored = [(index, score if raw else sigmoid(score)) for index, score in ranked]
+    scored = [(index, score if raw else float(sigmoid(score))) for index, score in ranked]
     if request.shape == "tei":
         return [{"index": i, "score": s, **({"text": request.documents[i]} if request.return_documents else {})}
                 for i, s in scored]

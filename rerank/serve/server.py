@@ -10,7 +10,7 @@ import uvicorn
 
 from rerank.config import build_pipeline, parse_config
 from rerank.pipeline import Stage
-from rerank.serve.app import check_servable, create_app
+from rerank.serve.app import create_app
 from rerank.serve.settings import ServeSettings
 
 
@@ -93,9 +93,8 @@ class RerankServer:
 
 def load_service(config_path: str | Path, **overrides) -> tuple[Stage, ServeSettings]:
     """The pipeline and settings a config describes: its ``pipeline`` and ``[stages]``, its
-    ``[serve]`` table, then ``overrides`` (``None`` values ignored). Checks before loading models."""
+    ``[serve]`` table, then ``overrides`` (``None`` values ignored). The config and the settings
+    are checked before any model loads; :func:`create_app` refuses a pipeline it cannot serve."""
     config = parse_config(config_path)
     settings = ServeSettings.from_table(config.extra.get("serve"), f"{config_path} [serve]").override(**overrides)
-    pipeline = build_pipeline(config)
-    check_servable(pipeline)
-    return pipeline, settings
+    return build_pipeline(config), settings
