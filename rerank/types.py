@@ -81,8 +81,11 @@ class Candidates:
 
 
 def sort_candidates(query: Query, passages: list[Passage], scores: list[float]) -> Candidates:
-    """Build :class:`Candidates` from unordered passages and scores: score descending, ties by id."""
-    order = sorted(range(len(passages)), key=lambda i: (-scores[i], passages[i].id))
+    """Build :class:`Candidates` from passages and their new scores, sorted under the tie rule
+    of :mod:`rerank.order`: score descending, equal scores in the given order."""
+    from rerank.order import ranking_order
+
+    order = ranking_order(scores)
     return Candidates(query, [passages[i] for i in order], [float(scores[i]) for i in order])
 
 

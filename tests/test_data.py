@@ -94,7 +94,7 @@ def test_gzipped_corpus_streams(tmp_path):
 @pytest.mark.parametrize("content, message, line", [
     ('{"_id": "a", "text": "x"}\n{"_id": "b", "text": \n', "bad JSON", 2),
     ('{"_id": "a", "text": "x"}\n\n{"_id": "b"}\n', "missing field 'text'", 3),
-    ('{"_id": "a", "text": "x"}\n{"_id": "a", "text": "y"}\n', "duplicate document id 'a' (first on line 1)", 2),
+    ('{"_id": "a", "text": "x"}\n{"_id": "a", "text": "y"}\n', "duplicate passage id 'a' (first on line 1)", 2),
     ('{"_id": "a", "text": 5}\n', "must be a string", 1),
     ('["a", "b"]\n', "expected a JSON object", 1),
 ])
@@ -131,7 +131,7 @@ def test_skip_bad_counts_every_bad_line(tmp_path, caplog):
 def test_duplicate_doc_in_run_and_conflicting_qrels(tmp_path):
     run = tmp_path / "run.trec"
     run.write_text("q1 Q0 d1 1 2.0 t\nq1 Q0 d1 2 1.0 t\n")
-    with pytest.raises(DataError, match="run.trec:2: document 'd1' appears twice"):
+    with pytest.raises(DataError, match=r"run.trec:2: duplicate \(query id, document id\) 'q1' 'd1' \(first on line 1\)"):
         read_run(run)
     qrels = tmp_path / "qrels.txt"
     qrels.write_text("q1 0 d1 1\nq1 0 d1 2\n")
@@ -166,3 +166,68 @@ def test_jsonl_candidates_round_trip_and_errors(tmp_path):
     bad.write_text('{"query_id": "q", "query": "x", "candidates": [{"id": "a", "text": "t"}, {"id": "a", "text": "u"}]}\n')
     with pytest.raises(DataError, match="bad.jsonl:1: duplicate candidate id 'a'"):
         list(iter_candidates(bad))
+
+
+DUPLICATE_INPUTS = {
+    # reader: (file name, content with the id repeated on lines 1 and 3, what the error names)
+    "corpus.jsonl": ('{"_id": "d1", "text": "first"}\n{"_id": "d2", "text": "x"}\n{"_id": "d1", "text": "second"}\n',
+                     "duplicate passage id 'd1' (first on line 1)"),
+    "collection.tsv": ("d1\tfirst\nd2\tx\nd1\tsecond\n", "duplicate passage id 'd1' (first on line 1)"),
+    "queries.jsonl": ('{"_id": "q1", "text": "first"}\n{"_id": "q2", "text": "x"}\n{"_id": "q1", "text": "second"}\n',
+                      "duplicate query id 'q1' (first on line 1)"),
+    "queries.tsv": ("q1\tfirst\nq2\tx\nq1\tsecond\n", "duplicate query id 'q1' (first on line 1)"),
+    "candidates.jsonl": ('{"query_id": "q1", "query": "first", "candidates": []}\n'
+                         '{"query_id": "q2", "query": "x", "candidates": []}\n'
+                         '{"query_id": "q1", "query": "second", "candidates": []}\n',
+                         "duplicate query id 'q1' (first on line 1)"),
+    "run.trec": ("q1 Q0 d1 1 2.0 t\nq1 Q0 d2 2 1.5 t\nq1 Q0 d1 3 1.0 t\n",
+                 "duplicate (query id, document id) 'q1' 'd1' (first on line 1)"),
+    "triples.tsv": ("q1\td1\td2\nq1\td1\td3\nq1\td1\td2\n", "duplicate triple 'q1' 'd1' 'd2' (first on line 1)"),
+    "teacher.tsv": ("1.0\t0.5\tq1\td1\td2\n2.0\t1.0\tq1\td1\td3\n9.0\t0.0\tq1\td1\td2\n",
+                    "duplicate triple 'q1' 'd1' 'd2' (first on line 1)"),
+}
+
+
+def _read_any(name, path, skip_bad):
+    from rerank.data import iter_tsv_collection, read_tsv_queries
+    from rerank.train import read_teacher_scores, read_triples
+
+    readers = {
+        "corpus.jsonl": lambda: list(iter_corpus(path, skip_bad=skip_bad)),
+        "collection.tsv": lambda: list(iter_tsv_collection(path, skip_bad=skip_bad)),
+        "queries.jsonl": lambda: list(load_queries(path, skip_bad=skip_bad).values()),
+        "queries.tsv": lambda: list(read_tsv_queries(path, skip_bad=skip_bad).values()),
+        "candidates.jsonl": lambda: [c.query for c in iter_candidates(path, skip_bad=skip_bad)],
+        "run.trec": lambda: read_run(path, skip_bad=skip_bad)["q1"],
+        "triples.tsv": lambda: read_triples(path, skip_bad=skip_bad),
+        "teacher.tsv": lambda: read_teacher_scores(path, skip_bad=skip_bad),
+    }
+    return readers[name]()
+
+
+@pytest.mark.parametrize("name", list(DUPLICATE_INPUTS))
+def test_a_repeated_id_names_both_lines_or_keeps_the_first(tmp_path, caplog, name):
+    content, message = DUPLICATE_INPUTS[name]
+    path = tmp_path / name
+    path.write_text(content)
+    with pytest.raises(DataError) as err:
+        _read_any(name, path, skip_bad=False)
+    assert err.value.line == 3 and message in str(err.value) and str(path) in str(err.value)
+    with caplog.at_level(logging.WARNING):
+        items = _read_any(name, path, skip_bad=True)
+    assert len(items) == 2
+    first = items[0] if not isinstance(items, dict) else next(iter(items.items()))
+    assert "second" not in repr(first) and "9.0" not in repr(first)
+    assert "dropped 1 line(s) repeating an earlier" in caplog.text
+
+
+def test_a_candidate_repeated_within_a_line_names_both_positions(tmp_path, caplog):
+    path = tmp_path / "c.jsonl"
+    path.write_text('{"query_id": "q", "query": "x", "candidates": [{"id": "a", "text": "first"}, '
+                    '{"id": "b", "text": "t"}, {"id": "a", "text": "second"}]}\n')
+    with pytest.raises(DataError, match=r"c.jsonl:1: duplicate candidate id 'a' \(candidates 1 and 3 of the line\)"):
+        list(iter_candidates(path))
+    with caplog.at_level(logging.WARNING):
+        [cands] = list(iter_candidates(path, skip_bad=True))
+    assert [(p.id, p.text) for p in cands.passages] == [("a", "first"), ("b", "t")]
+    assert "dropped 1 repeated candidate id" in caplog.text

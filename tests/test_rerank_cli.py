@@ -145,3 +145,21 @@ def test_resume_after_kill_outputs_every_query_exactly_once(job, tmp_path):
 def _close(a, b) -> bool:
     return a.keys() == b.keys() and all(
         list(a[q]) == list(b[q]) and list(a[q].values()) == pytest.approx(list(b[q].values()), abs=1e-5) for q in a)
+
+
+def test_a_corpus_with_a_repeated_passage_id_is_refused_or_keeps_the_first(tmp_path, capsys, caplog):
+    (tmp_path / "corpus.jsonl").write_text('{"_id": "d1", "text": "first text"}\n{"_id": "d2", "text": "x"}\n'
+                                           '{"_id": "d1", "text": "second text"}\n')
+    (tmp_path / "queries.tsv").write_text("q1\tsome query\n")
+    (tmp_path / "in.trec").write_text("q1 Q0 d1 1 2.0 bm25\nq1 Q0 d2 2 1.0 bm25\n")
+    (tmp_path / "pipe.toml").write_text('pipeline = "keep"\n\n[stages.keep]\nkind = "identity"\n')
+    args = ["rerank", "--pipeline", str(tmp_path / "pipe.toml"), "--run", str(tmp_path / "in.trec"),
+            "--corpus", str(tmp_path / "corpus.jsonl"), "--queries", str(tmp_path / "queries.tsv"),
+            "--format", "jsonl", "--no-progress"]
+    assert main([*args, "--out", str(tmp_path / "out.jsonl")]) == 2
+    assert "corpus.jsonl:3: duplicate passage id 'd1' (first on line 1)" in capsys.readouterr().err
+    assert not (tmp_path / "out.jsonl").exists()
+    assert main([*args, "--out", str(tmp_path / "out.jsonl"), "--skip-bad"]) == 0
+    [line] = (tmp_path / "out.jsonl").read_text().splitlines()
+    assert json.loads(line)["candidates"][0] == {"id": "d1", "text": "first text", "score": 2.0}
+    assert "dropped 1 line(s) repeating an earlier passage id" in caplog.text

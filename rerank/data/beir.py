@@ -53,30 +53,24 @@ def _parse_query(line: str) -> Query:
 
 
 def iter_corpus(path: str | Path, *, skip_bad: bool = False) -> Iterator[Passage]:
-    """Stream the passages of a BEIR ``corpus.jsonl`` (or ``.jsonl.gz``) file in file order."""
-    for _, passage in parse_lines(path, _parse_passage, skip_bad=skip_bad):
+    """Stream the passages of a BEIR ``corpus.jsonl`` (or ``.jsonl.gz``) file in file order; a
+    repeated id is an error naming both lines (``skip_bad``: the first is kept)."""
+    for _, passage in parse_lines(path, _parse_passage, skip_bad=skip_bad, key=_id, what="passage id"):
         yield passage
 
 
-def _unique(path: str | Path, items: Iterator[tuple[int, Passage | Query]], what: str) -> dict:
-    seen: dict[str, Passage | Query] = {}
-    first_line: dict[str, int] = {}
-    for number, item in items:
-        if item.id in seen:
-            raise DataError(path, number, f"duplicate {what} id {item.id!r} (first on line {first_line[item.id]})")
-        seen[item.id] = item
-        first_line[item.id] = number
-    return seen
+def _id(item: Passage | Query) -> str:
+    return item.id
 
 
 def load_corpus(path: str | Path, *, skip_bad: bool = False) -> dict[str, Passage]:
     """Read a whole BEIR corpus into ``{id: Passage}``; a duplicate id is an error."""
-    return _unique(path, parse_lines(path, _parse_passage, skip_bad=skip_bad), "document")
+    return {p.id: p for p in iter_corpus(path, skip_bad=skip_bad)}
 
 
 def load_queries(path: str | Path, *, skip_bad: bool = False) -> dict[str, Query]:
     """Read a BEIR ``queries.jsonl`` into ``{id: Query}``; a duplicate id is an error."""
-    return _unique(path, parse_lines(path, _parse_query, skip_bad=skip_bad), "query")
+    return {q.id: q for _, q in parse_lines(path, _parse_query, skip_bad=skip_bad, key=_id, what="query id")}
 
 
 def load_qrels_tsv(path: str | Path, *, skip_bad: bool = False) -> Qrels:

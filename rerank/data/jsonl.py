@@ -6,15 +6,21 @@ Each line: ``{"query_id": str, "query": str, "candidates": [{"id": str, "text": 
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterable, Iterator
+from functools import partial
 from pathlib import Path
 
 from rerank.atomic import atomic_file
 from rerank.data._lines import parse_lines
 from rerank.types import Candidates, Passage, Query
 
+log = logging.getLogger("rerank.data")
 
-def _parse(line: str) -> Candidates:
+
+def _parse(line: str, dropped: list[str] | None = None) -> Candidates:
+    """One line's candidates; a repeated candidate id is an error naming both positions, or,
+    given ``dropped`` (``--skip-bad``), the first is kept and the repeat recorded there."""
     try:
         obj = json.loads(line)
     except json.JSONDecodeError as exc:
@@ -27,14 +33,18 @@ def _parse(line: str) -> Candidates:
     raw = obj["candidates"]
     if not isinstance(raw, list):
         raise TypeError("'candidates' must be a list")
-    passages, scores, seen = [], [], set()
+    passages, scores, seen = [], [], {}
     for i, cand in enumerate(raw):
         if not isinstance(cand, dict):
             raise TypeError(f"candidate {i} is not an object")
         doc_id = str(cand["id"])
         if doc_id in seen:
-            raise ValueError(f"duplicate candidate id {doc_id!r}")
-        seen.add(doc_id)
+            message = f"duplicate candidate id {doc_id!r} (candidates {seen[doc_id] + 1} and {i + 1} of the line)"
+            if dropped is None:
+                raise ValueError(message)
+            dropped.append(message)
+            continue
+        seen[doc_id] = i
         text = cand["text"]
         if not isinstance(text, str):
             raise TypeError(f"candidate {doc_id!r}: 'text' must be a string")
@@ -47,9 +57,16 @@ def _parse(line: str) -> Candidates:
 
 
 def iter_candidates(path: str | Path, *, skip_bad: bool = False) -> Iterator[Candidates]:
-    """Stream :class:`Candidates` from a JSONL candidate file."""
-    for _, candidates in parse_lines(path, _parse, skip_bad=skip_bad):
+    """Stream :class:`Candidates` from a JSONL candidate file.
+
+    A query id on two lines, or a candidate id twice in one line, is an error naming both; with
+    ``skip_bad`` the first is kept and the repeats are dropped and counted in a warning."""
+    dropped: list[str] = []
+    parse = partial(_parse, dropped=dropped if skip_bad else None)
+    for number, candidates in parse_lines(path, parse, skip_bad=skip_bad, key=lambda c: c.query.id, what="query id"):
         yield candidates
+    if dropped:
+        log.warning("%s: dropped %d repeated candidate id(s) (kept the first); first: %s", path, len(dropped), dropped[0])
 
 
 def candidates_to_json(candidates: Candidates) -> str:

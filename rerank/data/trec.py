@@ -79,7 +79,8 @@ def read_qrels(path: str | Path, *, skip_bad: bool = False) -> Qrels:
 def read_run(path: str | Path, *, skip_bad: bool = False) -> Run:
     """Read a 6-column TREC run (``qid Q0 docid rank score tag``) into :data:`Run`.
 
-    A document listed twice for the same query is an error (trec_eval would silently keep one).
+    A document listed twice for the same query is an error naming both lines (trec_eval would
+    silently keep one); with ``skip_bad`` the first is kept.
     """
     def parse(line: str) -> tuple[str, str, float]:
         cols = line.split()
@@ -95,19 +96,18 @@ def read_run(path: str | Path, *, skip_bad: bool = False) -> Run:
         return cols[0], cols[2], score
 
     run: Run = {}
-    for number, (query_id, doc_id, score) in parse_lines(path, parse, skip_bad=skip_bad):
-        ranked = run.setdefault(query_id, {})
-        if doc_id in ranked:
-            raise DataError(path, number, f"document {doc_id!r} appears twice for query {query_id!r}")
-        ranked[doc_id] = score
+    rows = parse_lines(path, parse, skip_bad=skip_bad, key=lambda row: row[:2], what="(query id, document id)")
+    for _, (query_id, doc_id, score) in rows:
+        run.setdefault(query_id, {})[doc_id] = score
     if not run:
         raise DataError(path, None, "run file has no entries")
     return run
 
 
 def ranked_items(scores: Mapping[str, float]) -> list[tuple[str, float]]:
-    """``(doc_id, score)`` pairs best first; ties broken by doc id so output is deterministic."""
-    return sorted(scores.items(), key=lambda item: (-item[1], item[0]))
+    """``(doc_id, score)`` pairs best first; equal scores keep the mapping's order (the tie rule
+    of :mod:`rerank.order`), so a run built from a ranking is written in that ranking's order."""
+    return sorted(scores.items(), key=lambda item: -item[1])
 
 
 def format_score(score: float) -> str:

@@ -5,7 +5,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from rerank.data._lines import parse_lines
-from rerank.errors import DataError
 from rerank.types import Passage, Query
 
 
@@ -19,20 +18,18 @@ def _split(line: str, allowed: tuple[int, ...]) -> list[str]:
 
 
 def iter_tsv_collection(path: str | Path, *, skip_bad: bool = False) -> Iterator[Passage]:
-    """Stream passages from ``pid<TAB>text`` (or ``pid<TAB>title<TAB>text``) lines."""
+    """Stream passages from ``pid<TAB>text`` (or ``pid<TAB>title<TAB>text``) lines; a repeated id
+    is an error naming both lines (``skip_bad``: the first is kept)."""
     def parse(line: str) -> Passage:
         cols = _split(line, (2, 3))
         return Passage(cols[0], cols[-1], cols[1] if len(cols) == 3 else "")
 
-    for _, passage in parse_lines(path, parse, skip_bad=skip_bad):
+    for _, passage in parse_lines(path, parse, skip_bad=skip_bad, key=lambda p: p.id, what="passage id"):
         yield passage
 
 
 def read_tsv_queries(path: str | Path, *, skip_bad: bool = False) -> dict[str, Query]:
     """Read ``qid<TAB>text`` lines into ``{id: Query}``; a duplicate id is an error."""
-    queries: dict[str, Query] = {}
-    for number, cols in parse_lines(path, lambda line: _split(line, (2,)), skip_bad=skip_bad):
-        if cols[0] in queries:
-            raise DataError(path, number, f"duplicate query id {cols[0]!r}")
-        queries[cols[0]] = Query(cols[0], cols[1])
-    return queries
+    rows = parse_lines(path, lambda line: _split(line, (2,)), skip_bad=skip_bad, key=lambda cols: cols[0],
+                       what="query id")
+    return {cols[0]: Query(cols[0], cols[1]) for _, cols in rows}

@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 
 from rerank.atomic import atomic_directory
 from rerank.errors import BadIndexError, EmptyQueryError
+from rerank.order import top_k_positions
 from rerank.retrieve.store import (
     corpus_fingerprint, library_versions, read_manifest, read_passages, unique_passages, write_manifest,
     write_passages,
@@ -58,8 +59,6 @@ class BM25Params:
 class _Backend(Protocol):
     name: str
 
-    def top_k(self, query_tokens: list[list[str]], k: int) -> tuple[np.ndarray, np.ndarray]: ...
-
     def scores(self, query_tokens: list[str]) -> np.ndarray: ...
 
     def save(self, folder: Path) -> None: ...
@@ -89,18 +88,9 @@ class _Bm25sBackend:
     def _ids(self, query_tokens: list[str]) -> list[int]:
         return [self.vocab[t] for t in query_tokens if t in self.vocab]
 
-    def top_k(self, query_tokens: list[list[str]], k: int) -> tuple[np.ndarray, np.ndarray]:
-        import bm25s
-
-        # Unknown terms are dropped here: they score 0 in BM25 and bm25s would reject them.
-        ids = [self._ids(q) for q in query_tokens]
-        docs, scores = self.retriever.retrieve(
-            bm25s.tokenization.Tokenized(ids=ids, vocab=self.vocab), k=k, show_progress=False,
-        )
-        return docs, scores
-
     def scores(self, query_tokens: list[str]) -> np.ndarray:
-        return self.retriever.get_scores(self._ids(query_tokens))
+        # Unknown terms are dropped here: they score 0 in BM25 and bm25s would reject them.
+        return self.retriever.get_scores_from_ids(self._ids(query_tokens))
 
     def save(self, folder: Path) -> None:
         self.retriever.save(folder / "bm25s", show_progress=False)
@@ -154,16 +144,6 @@ class _RankBm25Backend:
 
     def scores(self, query_tokens: list[str]) -> np.ndarray:
         return np.asarray(self.model.get_scores(query_tokens), dtype=np.float32)
-
-    def top_k(self, query_tokens: list[list[str]], k: int) -> tuple[np.ndarray, np.ndarray]:
-        all_docs, all_scores = [], []
-        for q in query_tokens:
-            scores = self.scores(q)
-            top = np.argpartition(-scores, k - 1)[:k] if k < len(scores) else np.arange(len(scores))
-            top = top[np.lexsort((top, -scores[top]))]
-            all_docs.append(top)
-            all_scores.append(scores[top])
-        return np.array(all_docs), np.array(all_scores)
 
     def save(self, folder: Path) -> None:
         # rank-bm25 has no file format (only pickle, which is unsafe to load); store the tokens.
@@ -226,7 +206,8 @@ class BM25Index:
 
     def search(self, queries: Sequence[Query], k: int = 100, *, batch_size: int = 1024,
                progress: bool = False) -> list[Candidates]:
-        """The top ``k`` passages per query, best first.
+        """The top ``k`` passages per query, best first; equal scores in collection order (the
+        tie rule of :mod:`rerank.order`), whichever backend scores them.
 
         Only passages that match at least one query term are returned, so a query made only of
         stopwords or unknown words gets an empty candidate list (as in Lucene).
@@ -239,14 +220,17 @@ class BM25Index:
                           disable=not progress or len(queries) <= batch_size):
             chunk = list(queries[start:start + batch_size])
             began = time.perf_counter()
-            tokens = self.tokenize_queries(chunk)
-            docs, scores = self.backend.top_k(tokens, k)
+            rows = []
+            for tokens in self.tokenize_queries(chunk):
+                scores = self.backend.scores(tokens)
+                top = top_k_positions(scores, k)
+                top = top[scores[top] > 0]
+                rows.append((top, scores[top]))
             seconds = (time.perf_counter() - began) / max(len(chunk), 1)
-            for query, row_docs, row_scores in zip(chunk, docs, scores):
-                keep = row_scores > 0
+            for query, (row_docs, row_scores) in zip(chunk, rows):
                 cost = StageCost(f"bm25[{self.backend.name}]", seconds, passages_scored=len(self.passages))
-                out.append(Candidates(query, [self.passages[i] for i in row_docs[keep]],
-                                      [float(s) for s in row_scores[keep]], [cost]))
+                out.append(Candidates(query, [self.passages[i] for i in row_docs],
+                                      [float(s) for s in row_scores], [cost]))
         return out
 
     def score(self, query: Query, doc_ids: Sequence[str]) -> list[float]:

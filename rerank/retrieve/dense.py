@@ -110,7 +110,8 @@ class DenseIndex:
 
     def search(self, queries: Sequence[Query], k: int = 100, *, ef_search: int | None = None,
                nprobe: int | None = None, query_vectors: np.ndarray | None = None) -> list[Candidates]:
-        """The top ``k`` passages per query by inner product, best first.
+        """The top ``k`` passages per query by inner product, best first; equal scores in
+        collection order (the tie rule of :mod:`rerank.order`), also across the cut.
 
         ``ef_search`` (HNSW) and ``nprobe`` (IVF) trade speed for recall; ``query_vectors``
         skips query encoding when the caller already has them.
@@ -133,14 +134,40 @@ class DenseIndex:
             params.set_index_parameter(self.faiss, "efSearch", ef_search)
         if nprobe is not None:
             params.set_index_parameter(self.faiss, "nprobe", nprobe)
-        scores, rows = self.faiss.search(np.ascontiguousarray(query_vectors, dtype=np.float32), min(k, len(self.passages)))
+        query_vectors = np.ascontiguousarray(query_vectors, dtype=np.float32)
+        k = min(k, len(self.passages))
+        ranked = self._search_many(query_vectors, k)
         per_query = (time.perf_counter() - began) / len(queries)
         out = []
-        for query, row, score in zip(queries, rows, scores):
-            keep = row >= 0  # FAISS pads with -1 when fewer than k results exist
+        for query, (row, score) in zip(queries, ranked):
             cost = StageCost(f"dense[{self.factory}]", per_query, passages_scored=len(self.passages), model_calls=model_calls)
-            out.append(Candidates(query, [self.passages[i] for i in row[keep]], [float(s) for s in score[keep]], [cost]))
+            out.append(Candidates(query, [self.passages[i] for i in row], [float(s) for s in score], [cost]))
         return out
+
+    def _search_many(self, query_vectors: np.ndarray, k: int) -> list[tuple[np.ndarray, np.ndarray]]:
+        """One FAISS call for all queries, asking one result more than ``k`` so a tie across the
+        cut shows; only a query whose k-th and (k+1)-th scores tie is searched again, deeper."""
+        scores, rows = self.faiss.search(query_vectors, min(k + 1, len(self.passages)))
+        out = []
+        for vector, row, score in zip(query_vectors, rows, scores):
+            if len(row) > k and row[k] >= 0 and score[k] == score[k - 1]:
+                out.append(self._search_one(vector, k))
+            else:
+                out.append(_tie_ordered(row, score, k))
+        return out
+
+    def _search_one(self, vector: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Search deeper until no score ties across the cut, then order under the tie rule of
+        :mod:`rerank.order` (equal scores in collection order), so the result is the same
+        whichever order FAISS's kernels return equal scores in."""
+        fetch = min(k + 1, len(self.passages))
+        while True:
+            scores, rows = self.faiss.search(vector[None, :], fetch)
+            row, score = rows[0], scores[0]
+            crossing = fetch > k and row[fetch - 1] >= 0 and score[fetch - 1] == score[k - 1]
+            if not crossing or fetch == len(self.passages):
+                return _tie_ordered(row, score, k)
+            fetch = min(2 * fetch, len(self.passages))
 
     def save(self, folder: str | Path) -> Path:
         """Write the FAISS index, the vectors, the passages and the manifest atomically."""
@@ -190,3 +217,10 @@ class DenseIndex:
         e = self._encoder
         return {"pooling": e.pooling, "normalize": e.normalize, "max_length": e.max_length,
                 "query_prefix": e.query_prefix, "passage_prefix": e.passage_prefix}
+
+
+def _tie_ordered(row: np.ndarray, score: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    keep = row >= 0  # FAISS pads with -1 when fewer than k results exist
+    row, score = row[keep], score[keep]
+    order = np.lexsort((row, -score))[:k]
+    return row[order], score[order]

@@ -6,10 +6,9 @@ import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-import numpy as np
-
 from rerank.atomic import atomic_directory
 from rerank.errors import BadIndexError, EmptyQueryError
+from rerank.order import top_k_positions
 from rerank.retrieve.store import (corpus_fingerprint, library_versions, read_manifest, read_passages,
                                    unique_passages, write_manifest, write_passages)
 from rerank.sparse_encode import SpladeEncoder
@@ -75,9 +74,7 @@ class SpladeIndex:
         per_query = (time.perf_counter() - began) / len(queries)
         out = []
         for query, row in zip(queries, scores):
-            top = min(k, len(row))
-            best = np.argpartition(-row, top - 1)[:top]
-            best = best[np.lexsort((best, -row[best]))]
+            best = top_k_positions(row, k)
             best = best[row[best] > 0]
             cost = StageCost("splade", per_query, passages_scored=len(self.passages), model_calls=1)
             out.append(Candidates(query, [self.passages[i] for i in best], [float(row[i]) for i in best], [cost]))

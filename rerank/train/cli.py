@@ -12,7 +12,7 @@ def _dataset(args):
     from rerank.data import open_dataset
 
     dataset = open_dataset(args.dataset)
-    return dataset, {q.id: q for q in dataset.queries(None)}, dataset.corpus()
+    return dataset, {q.id: q for q in dataset.queries(None)}, dataset.corpus(skip_bad=args.skip_bad)
 
 
 def cmd_mine(args) -> int:
@@ -61,7 +61,7 @@ def cmd_teacher_scores(args) -> int:
 
     if bool(args.model) == bool(args.pipeline):
         raise RerankError("give the teacher as --model (a cross-encoder) or --pipeline (a TOML config), not both")
-    triples = read_triples(args.triples)
+    triples = read_triples(args.triples, skip_bad=args.skip_bad)
     _, queries, corpus = _dataset(args)
     if args.pipeline:
         from rerank.config import build_pipeline
@@ -111,7 +111,7 @@ def cmd_cross_encoder(args) -> int:
 
     config = _config(args, args.loss)
     dataset, queries, corpus = _dataset(args)
-    groups = group_triples(read_triples(args.triples), args.negatives)
+    groups = group_triples(read_triples(args.triples, skip_bad=args.skip_bad), args.negatives)
     groups, dev, run = _dev(args, groups, queries, corpus, dataset)
     curriculum = None
     if args.curriculum:
@@ -134,7 +134,7 @@ def cmd_distill(args) -> int:
 
     config = _config(args, args.loss)
     dataset, queries, corpus = _dataset(args)
-    groups = group_triples(read_teacher_scores(args.teacher_scores), args.negatives)
+    groups = group_triples(read_teacher_scores(args.teacher_scores, skip_bad=args.skip_bad), args.negatives)
     groups, dev, _ = _dev(args, groups, queries, corpus, dataset)
     card = {"dataset": str(args.dataset), "split": args.split, "teacher_scores": str(args.teacher_scores)}
     return _report(distill(groups, queries, corpus, args.out, student=args.student, init=args.init,
@@ -146,6 +146,8 @@ def cmd_distill(args) -> int:
 def _data_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", required=True, help="BEIR folder or bundled name ('scifact') holding the texts and qrels")
     p.add_argument("--split", default="train", help="qrels split to train on (default: train)")
+    p.add_argument("--skip-bad", action="store_true",
+                   help="skip malformed lines of the corpus and training files; keep the first of a repeated id or triple (counted)")
 
 
 def _training_options(p: argparse.ArgumentParser, loss_default: str, losses: tuple[str, ...]) -> None:

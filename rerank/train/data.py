@@ -12,11 +12,12 @@ ranking (a BM25 or dense run, a fused run, a whole pipeline), never a judged pos
 from __future__ import annotations
 
 import random
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from rerank.atomic import atomic_file
+from rerank.data._lines import parse_lines
 from rerank.data.trec import ranked_items
 from rerank.errors import DataError
 from rerank.types import Qrels, Run
@@ -65,33 +66,30 @@ class TrainingGroup:
         return (self.pos_id, *self.neg_ids)
 
 
-def _fields(line: str, path: Path, number: int, count: int, what: str) -> list[str]:
-    parts = line.rstrip("\n\r").split("\t")
+def _fields(line: str, count: int, what: str) -> list[str]:
+    parts = line.split("\t")
     if len(parts) != count or any(not p.strip() for p in parts):
-        raise DataError(path, number, f"expected {count} tab-separated fields ({what}), got {line.strip()[:120]!r}")
+        raise ValueError(f"expected {count} tab-separated fields ({what}), got {line.strip()[:120]!r}")
     return [p.strip() for p in parts]
 
 
-def _lines(path: str | Path) -> Iterable[tuple[int, str]]:
-    path = Path(path)
-    try:
-        with open(path, encoding="utf-8") as fh:
-            for number, line in enumerate(fh, 1):
-                if line.strip() and not line.startswith("#"):
-                    yield number, line
-    except UnicodeDecodeError as exc:
-        raise DataError(path, None, f"not UTF-8 text ({exc})") from None
-    except FileNotFoundError:
-        raise DataError(path, None, "no such file") from None
-
-
-def read_triples(path: str | Path) -> list[Triple]:
-    """Read ``qid<TAB>pid_pos<TAB>pid_neg`` lines; a malformed line is an error naming it."""
-    path = Path(path)
-    out = [Triple(*_fields(line, path, n, 3, "qid, pid_pos, pid_neg")) for n, line in _lines(path)]
+def _read(path: str | Path, parse, what: str, skip_bad: bool) -> list:
+    """Parse a training file (``#`` lines are comments); the same triple on two lines is an error
+    naming both (``skip_bad``: bad lines are skipped and a repeated triple keeps its first line)."""
+    out = [item for _, item in parse_lines(path, parse, skip_bad=skip_bad, comment="#",
+                                           key=lambda t: (t.qid, t.pos_id, t.neg_id), what="triple")]
     if not out:
-        raise DataError(path, None, "no triples")
+        raise DataError(path, None, f"no {what}")
     return out
+
+
+def _triple(line: str) -> Triple:
+    return Triple(*_fields(line, 3, "qid, pid_pos, pid_neg"))
+
+
+def read_triples(path: str | Path, *, skip_bad: bool = False) -> list[Triple]:
+    """Read ``qid<TAB>pid_pos<TAB>pid_neg`` lines; a malformed or repeated line is an error naming it."""
+    return _read(path, _triple, "triples", skip_bad)
 
 
 def write_triples(triples: Sequence[Triple], path: str | Path) -> None:
@@ -101,19 +99,18 @@ def write_triples(triples: Sequence[Triple], path: str | Path) -> None:
             fh.write(f"{t.qid}\t{t.pos_id}\t{t.neg_id}\n")
 
 
-def read_teacher_scores(path: str | Path) -> list[TeacherScore]:
-    """Read Hofstätter's ``pos_score neg_score qid pid_pos pid_neg`` lines (tab-separated)."""
-    path = Path(path)
-    out = []
-    for n, line in _lines(path):
-        pos, neg, qid, pid_pos, pid_neg = _fields(line, path, n, 5, "pos_score, neg_score, qid, pid_pos, pid_neg")
-        try:
-            out.append(TeacherScore(qid, pid_pos, pid_neg, float(pos), float(neg)))
-        except ValueError:
-            raise DataError(path, n, f"scores must be numbers, got {pos!r} and {neg!r}") from None
-    if not out:
-        raise DataError(path, None, "no teacher scores")
-    return out
+def _teacher_score(line: str) -> TeacherScore:
+    pos, neg, qid, pid_pos, pid_neg = _fields(line, 5, "pos_score, neg_score, qid, pid_pos, pid_neg")
+    try:
+        return TeacherScore(qid, pid_pos, pid_neg, float(pos), float(neg))
+    except ValueError:
+        raise ValueError(f"scores must be numbers, got {pos!r} and {neg!r}") from None
+
+
+def read_teacher_scores(path: str | Path, *, skip_bad: bool = False) -> list[TeacherScore]:
+    """Read Hofstätter's ``pos_score neg_score qid pid_pos pid_neg`` lines (tab-separated); a
+    malformed line or a triple scored twice is an error naming it."""
+    return _read(path, _teacher_score, "teacher scores", skip_bad)
 
 
 def write_teacher_scores(scores: Sequence[TeacherScore], path: str | Path) -> None:
