@@ -1,5 +1,10 @@
 """rerank: neural passage re-ranking — first-stage retrieval, cascades and evaluation.
 
+Rank strings in one line::
+
+    import rerank
+    rerank.load("minilm-l6").rank("what is an axon", ["Axons carry nerve signals.", "The cat sat."])
+
 Everything a pipeline needs is importable from here::
 
     from rerank import BM25Index, CrossEncoder, Retriever, SpladeScorer, evaluate, open_dataset
@@ -11,17 +16,20 @@ from rerank.experiment import Experiment, ExperimentResult
 from rerank.fusion import fuse, reciprocal_rank_fusion, score_fusion
 from rerank.cascade import IntraDocumentCascade
 from rerank.config import build_pipeline, dump_pipeline, parse_config
+from rerank.loading import detect_kind, load
 from rerank.pipeline import Fusion, Pipeline, Stage, fuse_stages
+from rerank.ranking import RankedDocument
 from rerank.retrieve import BM25Index, BM25Params, DenseIndex, SpladeIndex, load_index
 from rerank.retrieve.stage import Retriever
 from rerank.score import BiEncoderScorer, BM25Scorer, CrossEncoder, SpladeScorer
 from rerank.tokenize import Tokenizer
 from rerank.types import Candidates, Passage, Query
+from rerank.version import __version__
 
-__version__ = "0.1.0"
 __all__ = [
     "BM25Index", "BM25Params", "BM25Scorer", "BiEncoderScorer", "Candidates", "CrossEncoder", "DenseIndex",
-    "Evaluation", "Experiment", "ExperimentResult", "Fusion", "IntraDocumentCascade", "Passage", "Pipeline", "Query", "Retriever", "SpladeIndex",
+    "Evaluation", "Experiment", "ExperimentResult", "Fusion", "IntraDocumentCascade", "Passage", "Pipeline", "Query",
+    "RankedDocument", "Retriever", "SpladeIndex", "__version__", "detect_kind", "load",
     "SpladeScorer", "Stage", "Tokenizer", "build_pipeline", "dump_pipeline", "evaluate", "fuse", "fuse_stages",
     "load_index", "open_dataset", "parse_config", "read_qrels", "read_run", "reciprocal_rank_fusion",
     "score_fusion", "write_run",

@@ -36,9 +36,10 @@ import inspect
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from rerank.errors import RerankError
+from rerank.pipeline import Stage, stage_kinds
 
 try:
     import tomllib
@@ -48,31 +49,6 @@ except ModuleNotFoundError:  # Python 3.10
 
 class ConfigError(RerankError):
     """A pipeline config that cannot be built; the message names the file, line and stage."""
-
-
-def _kinds() -> dict[str, Callable[..., Any]]:
-    from rerank.cascade.idcm import IntraDocumentCascade
-    from rerank.pipeline import Identity
-    from rerank.retrieve.stage import Retriever
-    from rerank.score.bi_encoder import BiEncoderScorer
-    from rerank.score.bm25 import BM25Scorer
-    from rerank.score.cross_encoder import CrossEncoder
-    from rerank.score.listwise import ListwiseReranker
-    from rerank.score.llm_pointwise import QueryLikelihood, YesNoRelevance
-    from rerank.score.prp import PRP
-    from rerank.score.splade import SpladeScorer
-
-    return {"retrieve": Retriever, "cross-encoder": CrossEncoder, "bi-encoder": BiEncoderScorer,
-            "splade": SpladeScorer, "bm25": BM25Scorer, "idcm": IntraDocumentCascade, "identity": Identity,
-            "prp": PRP, "query-likelihood": QueryLikelihood, "yes-no": YesNoRelevance, "listwise": ListwiseReranker}
-
-
-KINDS = ("retrieve", "cross-encoder", "bi-encoder", "splade", "bm25", "idcm", "identity",
-         "prp", "query-likelihood", "yes-no", "listwise")
-"""Stage kinds a config may use."""
-
-_REFERENCES = {"idcm": ("student", "teacher")}  # arguments naming other stages of the config
-_PATHS = ("index",)  # arguments that must name an existing file or folder
 
 
 @dataclass
@@ -100,9 +76,10 @@ class PipelineConfig:
         for node in ast.walk(ast.parse(self.expression, mode="eval")):
             if isinstance(node, ast.Name) and node.id != "fuse" and node.id not in names:
                 names.append(node.id)
+        kinds = stage_kinds()
         for name in list(names):
             spec = self.stages[name]
-            for ref in _REFERENCES.get(spec.kind, ()):
+            for ref in kinds[spec.kind].stage_arguments:
                 target = spec.args.get(ref)
                 if isinstance(target, str) and target not in names:
                     names.append(target)
@@ -152,6 +129,7 @@ def parse_config(source: str | Path | dict, *, text: str | None = None, check_fi
     if not isinstance(tables, dict):
         raise ConfigError(f"{where}: [stages] must be a table of named stages")
     specs = {}
+    kinds = stage_kinds()
     for name, table in tables.items():
         line = _line_of(text, name)
         at = f"{where}:{line} [stages.{name}]" if line else f"{where} [stages.{name}]"
@@ -159,12 +137,13 @@ def parse_config(source: str | Path | dict, *, text: str | None = None, check_fi
             raise ConfigError(f"{at}: must be a table")
         args = dict(table)
         kind = args.pop("kind", None)
-        if kind not in KINDS:
-            raise ConfigError(f"{at}: unknown kind {kind!r}; choose one of {', '.join(KINDS)}")
+        if kind not in kinds:
+            close = difflib.get_close_matches(str(kind), kinds, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ConfigError(f"{at}: unknown kind {kind!r}{hint}; choose one of {', '.join(sorted(kinds))}")
         specs[name] = StageSpec(name, kind, args, line)
     config = PipelineConfig(expression, specs, where, {k: v for k, v in data.items() if k not in ("pipeline", "stages")})
     _check_expression(config)
-    kinds = _kinds()
     for name in config.used():
         _check_spec(config.stages[name], kinds, config, check_files)
     return config
@@ -200,7 +179,8 @@ def _check_expression(config: PipelineConfig) -> None:
 
 def _check_spec(spec: StageSpec, kinds: dict, config: PipelineConfig, check_files: bool) -> None:
     at = f"{config.source}:{spec.line} [stages.{spec.name}]" if spec.line else f"{config.source} [stages.{spec.name}]"
-    signature = inspect.signature(kinds[spec.kind])
+    stage_class = kinds[spec.kind]
+    signature = inspect.signature(stage_class)
     params = [p for p, v in signature.parameters.items() if v.kind is not inspect.Parameter.VAR_KEYWORD and p != "name"]
     takes = f"(kind {spec.kind!r} takes: {', '.join(params)})"
     open_ended = any(v.kind is inspect.Parameter.VAR_KEYWORD for v in signature.parameters.values())
@@ -213,11 +193,11 @@ def _check_spec(spec: StageSpec, kinds: dict, config: PipelineConfig, check_file
         signature.bind(**{k: None for k in spec.args})
     except TypeError as exc:
         raise ConfigError(f"{at}: {exc} {takes}") from None
-    for ref in _REFERENCES.get(spec.kind, ()):
+    for ref in stage_class.stage_arguments:
         target = spec.args.get(ref)
         if target is not None and target not in config.stages:
             raise ConfigError(f"{at}: {ref} = {target!r} names no stage of this config")
-    for key in _PATHS if check_files else ():
+    for key in stage_class.path_arguments if check_files else ():
         value = spec.args.get(key)
         if isinstance(value, str) and not Path(value).exists():
             raise ConfigError(f"{at}: {key} = {value!r} does not exist (build it with 'rerank index')")
@@ -233,14 +213,14 @@ def build_pipeline(config: PipelineConfig | str | Path | dict, *, built: dict[st
 
     if not isinstance(config, PipelineConfig):
         config = parse_config(config)
-    kinds = _kinds()
+    kinds = stage_kinds()
     built = {} if built is None else built
 
     def stage(name: str):
         if name not in built:
             spec = config.stages[name]
             args = dict(spec.args)
-            for ref in _REFERENCES.get(spec.kind, ()):
+            for ref in kinds[spec.kind].stage_arguments:
                 if isinstance(args.get(ref), str):
                     args[ref] = stage(args[ref])
             try:
@@ -293,10 +273,7 @@ def dump_pipeline(pipeline) -> str:
             candidate = f"{base}_{n}"
         names[id(leaf)] = candidate
         tables[candidate] = {}
-        cfg = dict(leaf.config())
-        for ref in _REFERENCES.get(cfg.get("kind"), ()):
-            if cfg.get(ref) is not None:
-                cfg[ref] = name_of(cfg[ref])
+        cfg = {key: name_of(value) if isinstance(value, Stage) else value for key, value in leaf.config().items()}
         tables[candidate] = {k: v for k, v in cfg.items() if v is not None}
         return candidate
 

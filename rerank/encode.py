@@ -76,6 +76,10 @@ class BiEncoder:
         st = _read_json(folder / "sentence_bert_config.json") or {}
         return pooling, normalize, st.get("max_seq_length")
 
+    def config_reference(self) -> str:
+        """How a pipeline config names this encoder: its model name (short name, Hub id or path)."""
+        return self.name
+
     def __repr__(self) -> str:
         return f"BiEncoder({self.name!r}, dim={self.dim}, pooling={self.pooling}, normalize={self.normalize}, max_length={self.max_length})"
 

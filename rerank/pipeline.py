@@ -16,9 +16,16 @@ from __future__ import annotations
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rerank.types import Candidates, Query, StageCost
+
+if TYPE_CHECKING:
+    from rerank.ranking import RankedDocument
+
+
+_KINDS: dict[str, type["Stage"]] = {}
+"""Every stage class that declared a config ``kind``, by kind (filled as classes are defined)."""
 
 
 class Stage(ABC):
@@ -27,18 +34,76 @@ class Stage(ABC):
     Stages never modify their input; each returns new :class:`Candidates` whose ``trace`` is
     the input's trace plus what this stage spent. ``name`` labels the stage in printed
     pipelines, traces and TOML configs.
+
+    A stage class that can appear in TOML configs declares its kind once, as a class keyword::
+
+        class MyScorer(Scorer, kind="my-scorer"):
+            def __init__(self, model: str, *, depth: int = 3, name: str | None = None): ...
+
+    which registers it for :mod:`rerank.config`; its :meth:`config` is then derived from the
+    arguments it was built with, read against the constructor's signature.
     """
 
     name: str = "stage"
+    kind: str | None = None
+    """The ``kind`` that names this class in TOML configs (``None``: not writable to a config)."""
+    retrieves: bool = False
+    """True for a stage that fetches candidates from an index (it ignores the candidates given)."""
+    stage_arguments: tuple[str, ...] = ()
+    """Constructor arguments that take another stage (written in TOML as that stage's name)."""
+    path_arguments: tuple[str, ...] = ()
+    """Constructor arguments that name a file or folder, checked to exist before anything loads."""
+
+    def __init_subclass__(cls, kind: str | None = None, **options: Any) -> None:
+        super().__init_subclass__(**options)
+        if kind is not None:
+            registered = _KINDS.get(kind)
+            if registered is not None and registered.__qualname__ != cls.__qualname__:
+                raise TypeError(f"stage kind {kind!r} is taken by {registered.__module__}.{registered.__qualname__}")
+            cls.kind = kind
+            _KINDS[kind] = cls
+
+    def __new__(cls, *args: Any, **kwargs: Any):
+        stage = super().__new__(cls)
+        stage._arguments = (args, kwargs)  # what config() rebuilds the stage from
+        return stage
 
     @abstractmethod
     def __call__(self, batch: Sequence[Candidates]) -> list[Candidates]:
         """Re-score (or retrieve) and re-sort each query's candidates."""
 
     def config(self) -> dict[str, Any]:
-        """The keyword arguments that rebuild this stage through :mod:`rerank.config`, plus
-        ``kind``; a stage without a config kind cannot be written to TOML."""
-        raise NotImplementedError(f"{type(self).__name__} cannot be written to a config")
+        """``kind`` and the keyword arguments that rebuild this stage through :mod:`rerank.config`:
+        the constructor arguments it was given (``name`` and ``None`` values aside; TOML has no null).
+        Objects are written by reference: a stage by itself (the config names it), an index or
+        encoder by :meth:`config_reference` (a saved folder, a model name)."""
+        import inspect
+
+        if self.kind is None:
+            raise NotImplementedError(f"{type(self).__name__} has no config kind, so it cannot be written to a config")
+        signature = inspect.signature(type(self).__init__)
+        args, kwargs = getattr(self, "_arguments", ((), {}))
+        bound = signature.bind(None, *args, **kwargs).arguments
+        out: dict[str, Any] = {"kind": self.kind}
+        for key, parameter in list(signature.parameters.items())[1:]:
+            if key == "name" or key not in bound:
+                continue
+            if parameter.kind is parameter.VAR_KEYWORD:
+                out.update({k: _config_value(self, k, v) for k, v in bound[key].items()})
+            elif bound[key] is not None:
+                out[key] = _config_value(self, key, bound[key])
+        return out
+
+    def rank(self, query: str, documents: Sequence[str], top_k: int | None = None) -> list["RankedDocument"]:
+        """Rank plain strings: ``documents`` best first for ``query`` (at most ``top_k``), each a
+        :class:`~rerank.ranking.RankedDocument` with its ``index`` in the input list, ``score``
+        and ``document`` text::
+
+            rerank.load("minilm-l6").rank("what is an axon", ["Axons carry signals.", "The cat sat."])
+        """
+        from rerank.ranking import rank_documents
+
+        return rank_documents(self, query, documents, top_k)
 
     def search(self, queries: Iterable[Query]) -> list[Candidates]:
         """Run the stage from scratch: start every query with no candidates."""
@@ -244,7 +309,7 @@ class Work:
         self.tokens_per_query = list(tokens_per_query)
 
 
-class Identity(Stage):
+class Identity(Stage, kind="identity"):
     """Pass the batch through unchanged (the neutral element of ``>>``)."""
 
     def __init__(self, name: str = "identity") -> None:
@@ -253,5 +318,42 @@ class Identity(Stage):
     def __call__(self, batch: Sequence[Candidates]) -> list[Candidates]:
         return list(batch)
 
-    def config(self) -> dict[str, Any]:
-        return {"kind": "identity"}
+
+def _config_value(stage: Stage, key: str, value: Any) -> Any:
+    """``value`` as TOML can hold it (stages stay objects: :func:`rerank.config.dump_pipeline`
+    names them)."""
+    from pathlib import Path
+
+    if value is None or isinstance(value, (str, bool, int, float, Stage)):
+        return value
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, (list, tuple)):
+        return [_config_value(stage, key, v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _config_value(stage, key, v) for k, v in value.items()}
+    reference = getattr(value, "config_reference", None)
+    if reference is None:
+        raise NotImplementedError(f"{type(stage).__name__}: argument {key!r} is a {type(value).__name__}, which a "
+                                  "config cannot refer to; give a model name or a saved index's folder instead")
+    return reference()
+
+
+def stage_kinds() -> dict[str, type[Stage]]:
+    """Every registered stage kind and its class.
+
+    The built-in stage packages are imported first, module by module, so a new module there
+    registers its stages without being listed anywhere; so do stages named by installed
+    packages under the ``rerank.stages`` entry-point group, and any stage class already defined.
+    """
+    import importlib
+    import importlib.metadata
+    import pkgutil
+
+    for package in ("rerank.retrieve", "rerank.score", "rerank.cascade"):
+        module = importlib.import_module(package)
+        for info in pkgutil.iter_modules(module.__path__, f"{package}."):
+            importlib.import_module(info.name)
+    for entry in importlib.metadata.entry_points(group="rerank.stages"):
+        entry.load()
+    return dict(_KINDS)

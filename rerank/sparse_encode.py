@@ -39,6 +39,10 @@ class SpladeEncoder:
         self.last_lengths: list[int] = []
         self._torch = torch
 
+    def config_reference(self) -> str:
+        """How a pipeline config names this encoder: its model name (short name, Hub id or path)."""
+        return self.name
+
     def __repr__(self) -> str:
         return f"SpladeEncoder({self.name!r}, vocab={self.vocab_size}, max_length={self.max_length})"
 

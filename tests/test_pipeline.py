@@ -180,3 +180,47 @@ def test_committed_pipeline_configs_parse():
     for path in configs:
         config = parse_config(path, check_files=False)
         assert config.used()
+
+
+class PrefixScorer(Scorer, kind="test-prefix"):
+    """A stage defined outside the package: declaring its kind is all it takes to be used in TOML."""
+
+    def __init__(self, prefix: str, *, bonus: float = 1.0, weights: tuple = (1, 2), name: str | None = None) -> None:
+        self.prefix = prefix
+        self.bonus = bonus
+        self.name = name or f"prefix({prefix})"
+
+    def score_pairs(self, batch):
+        return [[self.bonus * p.text.startswith(self.prefix) for p in c.passages] for c in batch], Work()
+
+
+def test_a_stage_defined_outside_the_package_round_trips_through_toml(indexes, tmp_path):
+    from rerank.pipeline import stage_kinds
+
+    root, bm25, _, queries = indexes
+    assert stage_kinds()["test-prefix"] is PrefixScorer
+    pipe = Retriever(bm25) % 20 >> PrefixScorer("The", bonus=2.5, weights=[3, 4]) % 5
+    assert pipe.leaves()[1].config() == {"kind": "test-prefix", "prefix": "The", "bonus": 2.5, "weights": [3, 4]}
+    text = dump_pipeline(pipe)
+    assert 'kind = "test-prefix"' in text and "bonus = 2.5" in text
+    again = build_pipeline(parse_config(tmp_path / "x.toml", text=text))
+    assert dump_pipeline(again) == text
+    assert [c.ids for c in again.search(queries)] == [c.ids for c in pipe.search(queries)]
+    with pytest.raises(ConfigError, match=r"unknown argument 'bonsu'; did you mean 'bonus'\?"):
+        parse_config(_write(tmp_path, 'pipeline = "p"\n[stages.p]\nkind = "test-prefix"\nprefix = "a"\nbonsu = 1\n'))
+
+
+def test_stage_kinds_are_unique_and_objects_are_written_by_reference(indexes):
+    from rerank.retrieve import BM25Index
+
+    with pytest.raises(TypeError, match="stage kind 'bm25' is taken by rerank.score.bm25.BM25Scorer"):
+        class Clash(Scorer, kind="bm25"):  # noqa: F841
+            def score_pairs(self, batch):
+                return [], Work()
+    root, bm25, _, _ = indexes
+    assert BM25Scorer(bm25).config() == {"kind": "bm25", "index": str(root / "bm25")}
+    unsaved = BM25Index.build(bm25.passages[:20], progress=False)
+    with pytest.raises(NotImplementedError, match="save the BM25Index first"):
+        BM25Scorer(unsaved).config()
+    with pytest.raises(NotImplementedError, match="has no config kind"):
+        LengthScorer().config()

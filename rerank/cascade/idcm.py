@@ -10,7 +10,6 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import replace
-from typing import Any
 
 from rerank.pipeline import Scorer, Stage
 from rerank.types import Candidates, Passage, StageCost, sort_candidates
@@ -30,7 +29,7 @@ def split_windows(passage: Passage, window: int = 50, overlap: int = 10) -> list
     return [Passage(f"{passage.id}#{i}", " ".join(words[s:s + window]), passage.title) for i, s in enumerate(starts)]
 
 
-class IntraDocumentCascade(Stage):
+class IntraDocumentCascade(Stage, kind="idcm"):
     """Score documents by their best windows, with a student choosing which windows the teacher reads.
 
     ``top_p``: windows per document the teacher scores (``None``: all of them).
@@ -38,6 +37,8 @@ class IntraDocumentCascade(Stage):
     windows in document order; ``k=1`` is FirstP), or ``weighted`` (``weights`` applied to the
     teacher's scores sorted best first, renormalized over the windows a document has).
     """
+
+    stage_arguments = ("student", "teacher")
 
     def __init__(self, student: Scorer | None, teacher: Scorer, *, top_p: int | None = 2, window: int = 50,
                  overlap: int = 10, aggregate: str = "max", k: int = 1,
@@ -54,13 +55,6 @@ class IntraDocumentCascade(Stage):
         self.name = name or f"idcm(p={top_p if top_p is not None else 'all'})"
         self.student_windows = 0
         self.teacher_windows = 0
-
-    def config(self) -> dict[str, Any]:
-        """``kind`` and the arguments that rebuild this stage; ``student`` and ``teacher`` are
-        written as references to other stages of the config by :mod:`rerank.config`."""
-        return {"kind": "idcm", "student": self.student, "teacher": self.teacher, "top_p": self.top_p,
-                "window": self.window, "overlap": self.overlap, "aggregate": self.aggregate, "k": self.k,
-                "weights": list(self.weights)}
 
     def __call__(self, batch: Sequence[Candidates]) -> list[Candidates]:
         began = time.perf_counter()

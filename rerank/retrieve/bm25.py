@@ -20,8 +20,9 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from rerank.atomic import atomic_directory
-from rerank.errors import BadIndexError, EmptyQueryError
+from rerank.errors import BadIndexError
 from rerank.order import top_k_positions
+from rerank.retrieve.base import Index, check_search
 from rerank.retrieve.store import (
     corpus_fingerprint, library_versions, read_manifest, read_passages, unique_passages, write_manifest,
     write_passages,
@@ -160,7 +161,7 @@ class _RankBm25Backend:
 BACKENDS = {"bm25s": _Bm25sBackend, "rank-bm25": _RankBm25Backend}
 
 
-class BM25Index:
+class BM25Index(Index, kind=KIND):
     """A BM25 index over a passage collection: build, search, re-score, save and load.
 
     >>> index = BM25Index.build(passages)                 # doctest: +SKIP
@@ -181,9 +182,6 @@ class BM25Index:
         return (f"BM25Index({len(self.passages)} passages, backend={self.backend.name}, "
                 f"k1={self.params.k1}, b={self.params.b}, method={self.params.method})")
 
-    def __len__(self) -> int:
-        return len(self.passages)
-
     @classmethod
     def build(cls, passages: Iterable[Passage], *, tokenizer: Tokenizer | None = None,
               params: BM25Params | None = None, backend: str = "bm25s", progress: bool = True) -> "BM25Index":
@@ -199,9 +197,7 @@ class BM25Index:
 
     def tokenize_queries(self, queries: Sequence[Query]) -> list[list[str]]:
         """Tokenize query texts with the index's tokenizer; an empty query is an error."""
-        for q in queries:
-            if not q.text or not q.text.strip():
-                raise EmptyQueryError(f"query {q.id!r} has empty text")
+        check_search(queries, 1)
         return self.tokenizer([q.text for q in queries])
 
     def search(self, queries: Sequence[Query], k: int = 100, *, batch_size: int = 1024,
@@ -212,8 +208,7 @@ class BM25Index:
         Only passages that match at least one query term are returned, so a query made only of
         stopwords or unknown words gets an empty candidate list (as in Lucene).
         """
-        if k < 1:
-            raise ValueError(f"k must be >= 1, got {k}")
+        check_search(queries, k)
         k = min(k, len(self.passages))
         out: list[Candidates] = []
         for start in tqdm(range(0, len(queries), batch_size), desc="BM25 search", unit="batch",

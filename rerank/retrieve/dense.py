@@ -15,7 +15,8 @@ import numpy as np
 
 from rerank.atomic import atomic_directory
 from rerank.encode import BiEncoder
-from rerank.errors import BadIndexError, EmptyQueryError
+from rerank.errors import BadIndexError
+from rerank.retrieve.base import Index, check_search
 from rerank.retrieve.store import (
     corpus_fingerprint, library_versions, read_manifest, read_passages, unique_passages, write_manifest,
     write_passages,
@@ -56,7 +57,7 @@ def _training_points_needed(factory: str) -> int:
     return needed
 
 
-class DenseIndex:
+class DenseIndex(Index, kind=KIND):
     """Passages encoded by a :class:`~rerank.encode.BiEncoder` and searched with FAISS."""
 
     def __init__(self, passages: list[Passage], encoder: BiEncoder | str, faiss_index, embeddings: np.ndarray,
@@ -84,9 +85,6 @@ class DenseIndex:
 
     def __repr__(self) -> str:
         return f"DenseIndex({len(self.passages)} passages, model={self.model_name!r}, faiss={self.factory!r})"
-
-    def __len__(self) -> int:
-        return len(self.passages)
 
     @classmethod
     def build(cls, passages: Iterable[Passage], encoder: BiEncoder | str = "minilm-l6", *, factory: str = "Flat",
@@ -118,11 +116,7 @@ class DenseIndex:
         """
         import faiss
 
-        if k < 1:
-            raise ValueError(f"k must be >= 1, got {k}")
-        for q in queries:
-            if not q.text or not q.text.strip():
-                raise EmptyQueryError(f"query {q.id!r} has empty text")
+        check_search(queries, k)
         if not queries:
             return []
         began = time.perf_counter()

@@ -7,8 +7,9 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from rerank.atomic import atomic_directory
-from rerank.errors import BadIndexError, EmptyQueryError
+from rerank.errors import BadIndexError
 from rerank.order import top_k_positions
+from rerank.retrieve.base import Index, check_search
 from rerank.retrieve.store import (corpus_fingerprint, library_versions, read_manifest, read_passages,
                                    unique_passages, write_manifest, write_passages)
 from rerank.sparse_encode import SpladeEncoder
@@ -17,7 +18,7 @@ from rerank.types import Candidates, Passage, Query, StageCost
 KIND = "splade"
 
 
-class SpladeIndex:
+class SpladeIndex(Index, kind=KIND):
     """SPLADE vectors of a passage collection (a ``passages x vocab`` CSR matrix)."""
 
     def __init__(self, passages: list[Passage], encoder: SpladeEncoder | str, matrix, fingerprint: str,
@@ -46,9 +47,6 @@ class SpladeIndex:
         nnz = self.matrix.nnz / max(len(self.passages), 1)
         return f"SpladeIndex({len(self.passages)} passages, model={self.model_name!r}, {nnz:.0f} terms/passage)"
 
-    def __len__(self) -> int:
-        return len(self.passages)
-
     @classmethod
     def build(cls, passages: Iterable[Passage], encoder: SpladeEncoder | str = "splade-tiny", *,
               progress: bool = True) -> "SpladeIndex":
@@ -61,11 +59,7 @@ class SpladeIndex:
 
     def search(self, queries: Sequence[Query], k: int = 100) -> list[Candidates]:
         """The top ``k`` passages per query by sparse dot product, best first (matches only)."""
-        if k < 1:
-            raise ValueError(f"k must be >= 1, got {k}")
-        for q in queries:
-            if not q.text or not q.text.strip():
-                raise EmptyQueryError(f"query {q.id!r} has empty text")
+        check_search(queries, k)
         if not queries:
             return []
         began = time.perf_counter()

@@ -1,6 +1,7 @@
 """First stages as pipeline stages: search an index for each query of the batch."""
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -10,12 +11,15 @@ from rerank.pipeline import Cutoff, Stage
 from rerank.types import Candidates
 
 
-class Retriever(Stage):
+class Retriever(Stage, kind="retrieve"):
     """Retrieve candidates from a BM25, dense or SPLADE index (or its folder).
 
     The input batch supplies only the queries; any candidates it carries are replaced. A cut-off
     is pushed down: ``Retriever(index) % 100`` asks the index for 100 results, not ``k``.
     """
+
+    retrieves = True
+    path_arguments = ("index",)
 
     def __init__(self, index, *, k: int = 1000, name: str | None = None, **search_options: Any) -> None:
         from rerank.retrieve import load_index
@@ -25,14 +29,9 @@ class Retriever(Stage):
         self.search_options = search_options
         self.name = name or type(self.index).__name__.replace("Index", "").lower()
 
-    def config(self) -> dict[str, Any]:
-        """``kind`` and the arguments that rebuild this stage (needs a saved index)."""
-        if getattr(self.index, "folder", None) is None:
-            raise NotImplementedError("save the index first: a config refers to it by folder")
-        return {"kind": "retrieve", "index": str(self.index.folder), **self.search_options}
-
     def __mod__(self, k: int) -> Stage:
-        pushed = Retriever(self.index, k=k, name=self.name, **self.search_options)
+        pushed = copy.copy(self)  # the same arguments (and config), asking the index for k
+        pushed.k = k
         return Cutoff(pushed, k)
 
     def __call__(self, batch: Sequence[Candidates]) -> list[Candidates]:

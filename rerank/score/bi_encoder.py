@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -13,7 +12,7 @@ from rerank.pipeline import Scorer, Work
 from rerank.types import Candidates
 
 
-class BiEncoderScorer(Scorer):
+class BiEncoderScorer(Scorer, kind="bi-encoder"):
     """Score candidates by the similarity of bi-encoder vectors (a cheap student for pruning).
 
     ``model``: a short name, Hugging Face id or path, or a loaded :class:`~rerank.encode.BiEncoder`.
@@ -22,6 +21,8 @@ class BiEncoderScorer(Scorer):
     encoded. Passages missing from it are encoded on the fly (and counted in the trace).
     """
 
+    path_arguments = ("index",)
+
     def __init__(self, model: str | BiEncoder = "minilm-l6", *, index=None, precision: str = "fp32",
                  batch_size: int = 64, name: str | None = None) -> None:
         from rerank.retrieve.dense import DenseIndex
@@ -29,7 +30,6 @@ class BiEncoderScorer(Scorer):
         if isinstance(index, (str, Path)):
             index = DenseIndex.load(index)
         self.index = index
-        self.index_path = str(index.folder) if index is not None and getattr(index, "folder", None) else None
         if isinstance(model, BiEncoder):
             self.encoder = model
         elif index is not None and index.model_name == model:
@@ -43,15 +43,6 @@ class BiEncoderScorer(Scorer):
         self.batch_size = batch_size
         self._rows = {p.id: i for i, p in enumerate(index.passages)} if index is not None else {}
         self.name = name or f"bi-encoder({self.model_name}{', cached' if index is not None else ''})"
-
-    def config(self) -> dict[str, Any]:
-        """``kind`` and the arguments that rebuild this scorer."""
-        out: dict[str, Any] = {"kind": "bi-encoder", "model": self.model_name}
-        if self.index_path:
-            out["index"] = self.index_path
-        if self.precision != "fp32":
-            out["precision"] = self.precision
-        return out
 
     def score_pairs(self, batch: Sequence[Candidates]) -> tuple[list[Sequence[float]], Work]:
         """Query vectors · passage vectors for every candidate."""

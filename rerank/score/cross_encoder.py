@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import warnings
 from collections.abc import Sequence
-from typing import Any
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -23,7 +22,7 @@ from rerank.types import Candidates
 
 BACKENDS = ("torch", "onnx")
 
-class CrossEncoder(Scorer):
+class CrossEncoder(Scorer, kind="cross-encoder"):
     """Re-rank candidates with a cross-encoder.
 
     Batches hold at most ``batch_size`` pairs and ``max_batch_tokens`` padded tokens; on a
@@ -86,15 +85,6 @@ class CrossEncoder(Scorer):
         self.name = name or f"cross-encoder({os.path.basename(str(model).rstrip('/')) or model})"
         self.truncated_queries = 0
         self._torch = torch
-        self._settings = {"max_length": max_length, "batch_size": batch_size, "max_batch_tokens": max_batch_tokens,
-                          "precision": precision, "normalize": normalize, "backend": backend}
-
-    def config(self) -> dict[str, Any]:
-        """``kind`` and the arguments that rebuild this scorer."""
-        defaults = {"max_length": None, "batch_size": 32, "max_batch_tokens": 2048, "precision": "fp32",
-                    "normalize": False, "backend": "torch"}
-        return {"kind": "cross-encoder", "model": self.model_name,
-                **{k: v for k, v in self._settings.items() if v != defaults[k]}}
 
     def encode_pairs(self, queries: Sequence[str], passages: Sequence[str]) -> dict[str, list[list[int]]]:
         """Token ids (and token types, if the model uses them) of each (query, passage) pair with

@@ -54,7 +54,7 @@ def parse_permutation(text: str, n: int, repairs: PermutationRepairs | None = No
     return order + rest
 
 
-class ListwiseReranker(Stage):
+class ListwiseReranker(Stage, kind="listwise"):
     """Permutation generation with an LLM, in windows of ``window`` passages moved up by ``step``
     from the bottom of the list (``full=True``: one window holding every candidate).
 
@@ -118,9 +118,3 @@ class ListwiseReranker(Stage):
                 counters={key: value - before[key] for key, value in self._counts().items()})]
             out.append(ranked)
         return out
-
-    def config(self) -> dict[str, Any]:
-        if not isinstance(self.llm_spec, str):
-            raise NotImplementedError("a listwise stage built on an LLM object cannot be written to a config")
-        return {"kind": "listwise", "llm": self.llm_spec, "window": self.window, "step": self.step, "full": self.full,
-                "max_passage_tokens": self.max_passage_tokens, "llm_options": self.llm_options or None}

@@ -17,7 +17,6 @@ from rerank.types import Candidates
 
 
 class _LLMPointwise(Scorer):
-    kind = ""
     template = ""
 
     def __init__(self, llm: "LLM | str" = "smollm2-135m", *, max_passage_tokens: int = 256,
@@ -55,17 +54,9 @@ class _LLMPointwise(Scorer):
             tokens.append(self.llm.usage.prompt_tokens - before)
         return scores, Work(self.llm.usage.calls - calls_before, tokens)
 
-    def config(self) -> dict[str, Any]:
-        if not isinstance(self.llm_spec, str):
-            raise NotImplementedError(f"a {self.kind} stage built on an LLM object cannot be written to a config")
-        return {"kind": self.kind, "llm": self.llm_spec, "max_passage_tokens": self.max_passage_tokens,
-                "llm_options": self.llm_options or None}
 
-
-class QueryLikelihood(_LLMPointwise):
+class QueryLikelihood(_LLMPointwise, kind="query-likelihood"):
     """Score = log P(query | passage) under an LLM asked to write a question about the passage."""
-
-    kind = "query-likelihood"
 
     def _prompts(self, cands: Candidates) -> list[str]:
         limit = passage_limit(self.llm, QUERY_LIKELIHOOD, 1, self.max_passage_tokens,
@@ -80,10 +71,8 @@ class QueryLikelihood(_LLMPointwise):
         return logprobs[0]
 
 
-class YesNoRelevance(_LLMPointwise):
+class YesNoRelevance(_LLMPointwise, kind="yes-no"):
     """Score = log P("Yes") - log P("No") when asked whether the passage answers the query."""
-
-    kind = "yes-no"
 
     def _prompts(self, cands: Candidates) -> list[str]:
         query = cands.query.text

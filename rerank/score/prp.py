@@ -115,7 +115,7 @@ def _two_way(a: float, b: float) -> float:
     return ea / (ea + eb)
 
 
-class PRP(PairwiseReranker):
+class PRP(PairwiseReranker, kind="prp"):
     """Pairwise ranking prompting as a stage: an :class:`LLMJudge` on ``llm`` (a short name,
     Hub id, path or server URL; ``llm_options`` go to :func:`~rerank.score.llm.open_llm`),
     sorted by ``method`` (``allpair``, ``heapsort`` or ``sliding`` for the top ``top_k``).
@@ -133,11 +133,3 @@ class PRP(PairwiseReranker):
         judge = LLMJudge(open_llm(llm, **self.llm_options), mode=mode, max_passage_tokens=max_passage_tokens)
         super().__init__(judge, method=method, top_k=top_k, both_orders=both_orders, budget=budget,
                          name=name or f"prp[{method}]", progress=progress)
-
-    def config(self) -> dict[str, Any]:
-        if not isinstance(self.llm_spec, str):
-            raise NotImplementedError("a PRP stage built on an LLM object cannot be written to a config")
-        return {"kind": "prp", "llm": self.llm_spec, "method": self.method, "top_k": self.top_k, "mode": self.judge.mode,
-                "both_orders": self.both_orders, "budget": self.budget,
-                "max_passage_tokens": self.judge.max_passage_tokens,
-                "llm_options": self.llm_options or None}

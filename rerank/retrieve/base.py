@@ -1,0 +1,74 @@
+"""The protocol every index keeps: ``build`` from passages, ``search`` queries, ``save`` to and
+``load`` from a checksummed folder (:mod:`rerank.retrieve.store`), and a registry by manifest kind."""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+from rerank.errors import EmptyQueryError
+from rerank.types import Candidates, Passage, Query
+
+_INDEX_KINDS: dict[str, type["Index"]] = {}
+
+
+class Index(ABC):
+    """A searchable passage collection saved as one folder with a manifest.
+
+    Subclasses declare their manifest kind as a class keyword (``class BM25Index(Index,
+    kind="bm25")``), which is how :func:`rerank.retrieve.load_index` finds them, and keep
+    ``passages`` (in collection order, which breaks score ties) and ``folder`` (where the index
+    was saved or loaded from, ``None`` before).
+    """
+
+    kind: ClassVar[str] = ""
+    passages: list[Passage]
+    folder: Path | None = None
+
+    def __init_subclass__(cls, kind: str = "", **options: Any) -> None:
+        super().__init_subclass__(**options)
+        if kind:
+            cls.kind = kind
+            _INDEX_KINDS[kind] = cls
+
+    @classmethod
+    @abstractmethod
+    def build(cls, passages, *args: Any, **kwargs: Any) -> "Index":
+        """Index ``passages`` (an iterable of :class:`~rerank.types.Passage`, ids unique)."""
+
+    @abstractmethod
+    def search(self, queries: Sequence[Query], k: int = 100, **options: Any) -> list[Candidates]:
+        """The top ``k`` passages per query, best first, under the tie rule of :mod:`rerank.order`."""
+
+    @abstractmethod
+    def save(self, folder: str | Path) -> Path:
+        """Write the index atomically to ``folder`` (replacing any index there)."""
+
+    @classmethod
+    @abstractmethod
+    def load(cls, folder: str | Path, *, verify: bool = True, **options: Any) -> "Index":
+        """Load an index written by :meth:`save`, checking its manifest and checksums first."""
+
+    def __len__(self) -> int:
+        return len(self.passages)
+
+    def config_reference(self) -> str:
+        """How a pipeline config names this index: its folder (so it must have been saved)."""
+        if self.folder is None:
+            raise NotImplementedError(f"save the {type(self).__name__} first: a config refers to an index by folder")
+        return str(self.folder)
+
+
+def check_search(queries: Sequence[Query], k: int) -> None:
+    """What every ``search`` refuses: a cut-off below 1 and a query with empty text."""
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    for q in queries:
+        if not q.text or not q.text.strip():
+            raise EmptyQueryError(f"query {q.id!r} has empty text")
+
+
+def index_class(kind: str) -> type[Index] | None:
+    """The index class whose manifest kind is ``kind`` (``None`` if unknown)."""
+    return _INDEX_KINDS.get(kind)
