@@ -13,11 +13,11 @@ Everything a pipeline needs is importable from here::
 from rerank.data import open_dataset, read_qrels, read_run, write_run
 from rerank.evaluate import Evaluation, evaluate
 from rerank.experiment import Experiment, ExperimentResult
-from rerank.fusion import fuse, reciprocal_rank_fusion, score_fusion
+from rerank.fusion import fuse_results
 from rerank.cascade import IntraDocumentCascade
 from rerank.config import build_pipeline, dump_pipeline, parse_config
 from rerank.loading import detect_kind, load
-from rerank.pipeline import Fusion, Pipeline, Stage, fuse_stages
+from rerank.pipeline import Fusion, Pipeline, Stage, fuse
 from rerank.ranking import RankedDocument
 from rerank.retrieve import BM25Index, BM25Params, DenseIndex, SpladeIndex, load_index
 from rerank.retrieve.stage import Retriever
@@ -30,7 +30,6 @@ __all__ = [
     "BM25Index", "BM25Params", "BM25Scorer", "BiEncoderScorer", "Candidates", "CrossEncoder", "DenseIndex",
     "Evaluation", "Experiment", "ExperimentResult", "Fusion", "IntraDocumentCascade", "Passage", "Pipeline", "Query",
     "RankedDocument", "Retriever", "SpladeIndex", "__version__", "detect_kind", "load",
-    "SpladeScorer", "Stage", "Tokenizer", "build_pipeline", "dump_pipeline", "evaluate", "fuse", "fuse_stages",
-    "load_index", "open_dataset", "parse_config", "read_qrels", "read_run", "reciprocal_rank_fusion",
-    "score_fusion", "write_run",
+    "SpladeScorer", "Stage", "Tokenizer", "build_pipeline", "dump_pipeline", "evaluate", "fuse", "fuse_results",
+    "load_index", "open_dataset", "parse_config", "read_qrels", "read_run", "write_run",
 ]

@@ -24,39 +24,18 @@ def _add_tokenizer_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--stemmer", default=None, help="Snowball stemmer (PyStemmer name) or 'none' (default: english; none for zh)")
 
 
-def _tokenizer(args):
-    from rerank.tokenize import Tokenizer
-
-    zh = args.language == "zh"
-    stop = args.stopwords or ("zh" if zh else "en")
-    stem = args.stemmer or ("none" if zh else "english")
-    return Tokenizer(language=args.language, chinese=args.chinese,
-                     stopwords=None if stop == "none" else stop, stemmer=None if stem == "none" else stem)
-
-
 def cmd_index(args) -> int:
-    """Build BM25 and/or dense indexes under ``<indexes-dir>/<name>/``."""
-    from rerank.data.detect import iter_collection
-    from rerank.retrieve import BM25Index, BM25Params, DenseIndex, SpladeIndex
+    """Build BM25, dense and/or SPLADE indexes under ``<indexes-dir>/<name>/<kind>/``."""
+    from rerank.retrieve.build import build_index
 
-    kinds = args.kind or ["bm25"]
-    began = time.perf_counter()
-    passages = list(iter_collection(args.corpus, skip_bad=args.skip_bad))
-    log.info("read %d passages from %s in %.1fs", len(passages), args.corpus, time.perf_counter() - began)
     root = Path(args.indexes_dir) / args.name
-    for kind in kinds:
+    for kind in args.kind or ["bm25"]:
         began = time.perf_counter()
-        if kind == "bm25":
-            params = BM25Params(k1=args.k1, b=args.b, method=args.method, idf=args.idf)
-            index = BM25Index.build(passages, tokenizer=_tokenizer(args), params=params, backend=args.backend)
-            folder = index.save(root / "bm25")
-        elif kind == "splade":
-            index = SpladeIndex.build(passages, args.splade_model)
-            folder = index.save(root / "splade")
-        else:
-            index = DenseIndex.build(passages, args.model, factory=args.factory, batch_size=args.batch_size)
-            folder = index.save(root / "dense")
-        print(f"{kind}: {index!r} -> {folder} ({time.perf_counter() - began:.1f}s)")
+        index = build_index(args.corpus, root / kind, kind, skip_bad=args.skip_bad, backend=args.backend, k1=args.k1,
+                            b=args.b, method=args.method, idf=args.idf, language=args.language, chinese=args.chinese,
+                            stopwords=args.stopwords, stemmer=args.stemmer, model=args.model, factory=args.factory,
+                            batch_size=args.batch_size, splade_model=args.splade_model)
+        print(f"{kind}: {index!r} -> {index.folder} ({time.perf_counter() - began:.1f}s)")
     return 0
 
 
@@ -64,7 +43,7 @@ def cmd_retrieve(args) -> int:
     """Search one index, or fuse several, and write a TREC run."""
     from rerank.data import write_run
     from rerank.data.detect import read_queries
-    from rerank.fusion import fuse
+    from rerank.fusion import fuse_results
     from rerank.retrieve import load_index
 
     queries = read_queries(args.queries, args.split, skip_bad=args.skip_bad)
@@ -77,7 +56,7 @@ def cmd_retrieve(args) -> int:
         results.append(index.search(queries, k=args.k))
         log.info("%s: %d queries in %.2fs", folder, len(queries), time.perf_counter() - began)
     if len(results) > 1:
-        results = [[c.top(args.k) for c in fuse(*results, method=args.fusion)]]
+        results = [[c.top(args.k) for c in fuse_results(*results, method=args.fusion)]]
     empty = sum(1 for c in results[0] if not len(c))
     if empty:
         log.warning("%d queries matched no passage", empty)

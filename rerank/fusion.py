@@ -1,4 +1,8 @@
-"""Rank fusion of result lists: reciprocal rank fusion and normalized score combination."""
+"""Rank fusion of result lists: reciprocal rank fusion and normalized score combination.
+
+:func:`fuse_results` is the entry point; :func:`reciprocal_rank_fusion` and
+:func:`score_fusion` are the two kernels it dispatches to.
+"""
 from __future__ import annotations
 
 import math
@@ -79,20 +83,15 @@ def score_fusion(*runs: Sequence[Candidates], normalization: str = "zscore",
     return _fuse(runs, contribution, f"fusion({normalization})")
 
 
-def fuse(*runs, method: str = "rrf", **options):
-    """Fuse result lists by ``method``: ``rrf``, or ``zscore``/``minmax``/``sum`` score fusion.
-
-    Given pipeline stages instead of result lists, returns the fusion *stage*
-    (``fuse(bm25 % 100, dense % 100, method="zscore") >> cross_encoder``), as in a TOML config.
-    """
-    from rerank.pipeline import Fusion, Stage
-
-    if runs and all(isinstance(r, Stage) for r in runs):
-        return Fusion(runs, method=method, **options)
+def fuse_results(*results: Sequence[Candidates], method: str = "rrf", **options) -> list[Candidates]:
+    """Fuse result lists (one list of :class:`Candidates` per system, same queries in the same
+    order): ``rrf`` (options ``k``, ``weights``), or score fusion after ``zscore`` or ``minmax``
+    normalization or none (``sum``; option ``weights``). To fuse pipeline *stages*, use
+    :func:`rerank.pipeline.fuse` (or ``a | b``), which calls this on their outputs."""
     if method == "rrf":
-        return reciprocal_rank_fusion(*runs, **options)
+        return reciprocal_rank_fusion(*results, **options)
     if method in ("zscore", "minmax"):
-        return score_fusion(*runs, normalization=method, **options)
+        return score_fusion(*results, normalization=method, **options)
     if method == "sum":
-        return score_fusion(*runs, normalization="none", **options)
+        return score_fusion(*results, normalization="none", **options)
     raise ValueError(f"unknown fusion method {method!r}; choose rrf, zscore, minmax or sum")

@@ -18,6 +18,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
+from rerank.fusion import fuse_results
 from rerank.types import Candidates, Query, StageCost
 
 if TYPE_CHECKING:
@@ -103,6 +104,10 @@ class Stage(ABC):
         """
         from rerank.ranking import rank_documents
 
+        retrieving = [leaf.name for leaf in leaves(self) if leaf.retrieves]
+        if retrieving:
+            raise ValueError(f"stage {retrieving[0]} retrieves from an index, so it would ignore the documents given; "
+                             "rank() needs a re-ranking stage or pipeline")
         return rank_documents(self, query, documents, top_k)
 
     def search(self, queries: Iterable[Query]) -> list[Candidates]:
@@ -171,19 +176,17 @@ class Cutoff(Stage):
 class Fusion(Stage):
     """Run several pipelines on the same input and fuse their rankings (``a | b`` is RRF).
 
-    ``method`` is ``rrf``, ``zscore``, ``minmax`` or ``sum`` (see :func:`rerank.fusion.fuse`).
+    ``method`` is ``rrf``, ``zscore``, ``minmax`` or ``sum`` (see :func:`rerank.fusion.fuse_results`).
     """
 
     def __init__(self, branches: Sequence[Stage], method: str = "rrf", **options: Any) -> None:
-        from rerank.fusion import fuse
-
         flat: list[Stage] = []
         for branch in branches:
             same = isinstance(branch, Fusion) and branch.method == method and branch.options == options
             flat.extend(branch.branches if same else [branch])
         if len(flat) < 2:
             raise ValueError("fusion needs at least two branches")
-        fuse(*([[]] * 2), method=method, **options)  # reject an unknown method or option now
+        fuse_results(*([[]] * 2), method=method, **options)  # reject an unknown method or option now
         self.branches = flat
         self.method = method
         self.options = options
@@ -198,10 +201,8 @@ class Fusion(Stage):
     def combine(self, batch: Sequence[Candidates], results: Sequence[Sequence[Candidates]]) -> list[Candidates]:
         """Fuse the branches' outputs for ``batch`` (one list per branch, in branch order); the
         experiment runner calls this directly when the branches were computed once and shared."""
-        from rerank.fusion import fuse
-
         began = time.perf_counter()
-        fused = fuse(*results, method=self.method, **self.options)
+        fused = fuse_results(*results, method=self.method, **self.options)
         fusion_seconds = (time.perf_counter() - began) / max(len(batch), 1)
         out = []
         for i, (source, result) in enumerate(zip(batch, fused)):
@@ -251,8 +252,10 @@ def leaves(stage: Stage) -> list[Stage]:
     return [stage]
 
 
-def fuse_stages(*branches: Stage, method: str = "rrf", **options: Any) -> Fusion:
-    """Fuse pipelines: ``fuse_stages(bm25 % 100, dense % 100, method="zscore")``."""
+def fuse(*branches: Stage, method: str = "rrf", **options: Any) -> Fusion:
+    """Fuse pipelines, as ``fuse(...)`` in a TOML expression: ``fuse(bm25 % 100, dense % 100,
+    method="zscore")``; ``a | b`` is ``fuse(a, b)`` (RRF). Methods and options as in
+    :func:`rerank.fusion.fuse_results`, which fuses result lists."""
     return Fusion(branches, method=method, **options)
 
 

@@ -1,15 +1,11 @@
 """Ranking plain strings in one line: ``stage.rank(query, documents)`` for any re-ranking stage."""
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from rerank.errors import EmptyQueryError
 from rerank.types import Candidates, Passage, Query
-
-if TYPE_CHECKING:
-    from rerank.pipeline import Stage
 
 
 @dataclass(frozen=True, slots=True)
@@ -21,16 +17,14 @@ class RankedDocument:
     document: str
 
 
-def rank_documents(stage: "Stage", query: str, documents: Sequence[str],
+def rank_documents(stage: Callable[[list[Candidates]], list[Candidates]], query: str, documents: Sequence[str],
                    top_k: int | None = None) -> list[RankedDocument]:
-    """Run ``stage`` on one query and its documents (strings) and return them best first.
+    """Run ``stage`` (a re-ranking :class:`~rerank.pipeline.Stage`) on one query and its documents
+    (strings) and return them best first.
 
     Documents enter in the given order, so equal scores keep that order (:mod:`rerank.order`).
-    A stage that retrieves from an index cannot rank given documents; an empty query, an empty
-    document list or a document that is not a string is an error.
+    An empty query, an empty document list or a document that is not a string is an error.
     """
-    from rerank.pipeline import leaves
-
     if not isinstance(query, str) or not query.strip():
         raise EmptyQueryError("the query is empty; rank() needs a query to score the documents against")
     if isinstance(documents, str) or not isinstance(documents, Sequence):
@@ -42,10 +36,6 @@ def rank_documents(stage: "Stage", query: str, documents: Sequence[str],
             raise TypeError(f"documents[{i}] is a {type(text).__name__}, not a string")
     if top_k is not None and (not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1):
         raise ValueError(f"top_k must be a positive integer or None, got {top_k!r}")
-    retrieving = [leaf.name for leaf in leaves(stage) if leaf.retrieves]
-    if retrieving:
-        raise ValueError(f"stage {retrieving[0]} retrieves from an index, so it would ignore the documents given; "
-                         "rank() needs a re-ranking stage or pipeline")
     passages = [Passage(str(i), text) for i, text in enumerate(documents)]
     [result] = stage([Candidates(Query("query", query), passages, [0.0] * len(passages))])
     ranked = [RankedDocument(int(p.id), float(s), documents[int(p.id)]) for p, s in zip(result.passages, result.scores)]

@@ -7,7 +7,7 @@ import pytest
 from rerank.encode import BiEncoder
 from rerank.errors import BadIndexError, EmptyQueryError
 from rerank.evaluate import evaluate
-from rerank.fusion import fuse
+from rerank.fusion import fuse_results as fuse
 from rerank.retrieve import BM25Index, DenseIndex, load_index
 from rerank.types import Passage, Query
 

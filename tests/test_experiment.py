@@ -53,7 +53,10 @@ beir = "{data}"
 
 [[prepare]]
 creates = "{root}/indexes/sub/bm25"
-command = "rerank index {data} --name sub --kind bm25 --indexes-dir {root}/indexes"
+step = "index"
+corpus = "{data}"
+out = "{root}/indexes/sub/bm25"
+kind = "bm25"
 
 [evaluation]
 measures = ["nDCG@10", "RR@10"]
@@ -188,7 +191,8 @@ BAD = [  # (what to change in the valid config, the error, the line it names)
     ('baseline = "bm25"', 'baseline = "bm2"', r"baseline 'bm2' is not a pipeline", "baseline ="),
     ('beir = "', 'beir = "/no/such/', r"does not exist", "beir ="),
     ('index = "', 'index = "/nowhere', r"does not exist, and no \[\[prepare\]\] step creates it", "[stages.bm25]"),
-    ('--kind bm25', '--kind bm26', r"invalid choice: 'bm26'", "[[prepare]]"),
+    ('kind = "bm25"', 'knid = "bm25"', r"step 'index' has no argument 'knid'; did you mean 'kind'?", "[[prepare]]"),
+    ('step = "index"', 'step = "indx"', r"unknown step 'indx'; did you mean 'index'?", "[[prepare]]"),
     ('[evaluation]', '[evaluation]\ncorection = "holm"', r"unknown key 'corection'; did you mean 'correction'", "[evaluation]"),
 ]
 

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from rerank.fusion import fuse, reciprocal_rank_fusion, score_fusion
+from rerank.fusion import fuse_results as fuse
+from rerank.fusion import reciprocal_rank_fusion, score_fusion
 from rerank.types import Candidates, Passage, Query
 
 Q = Query("q", "x")

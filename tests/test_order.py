@@ -96,7 +96,7 @@ def test_scorer_ties_keep_the_input_order_and_cutoffs_follow():
 
 
 def test_fusion_ties_follow_first_appearance():
-    from rerank.fusion import fuse
+    from rerank.fusion import fuse_results as fuse
 
     a = [Candidates(QUERY, [Passage("b", ""), Passage("a", "")], [1.0, 0.5])]
     b = [Candidates(QUERY, [Passage("a", ""), Passage("b", "")], [1.0, 0.5])]

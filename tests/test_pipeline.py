@@ -6,8 +6,8 @@ import re
 import pytest
 
 from rerank.config import ConfigError, build_pipeline, dump_pipeline, parse_config
-from rerank.fusion import fuse
-from rerank.pipeline import Cutoff, Fusion, Identity, Pipeline, Scorer, Work, fuse_stages, leaves, render
+from rerank.fusion import fuse_results
+from rerank.pipeline import Cutoff, Fusion, Identity, Pipeline, Scorer, Work, fuse, leaves, render
 from rerank.retrieve import BM25Index
 from rerank.retrieve.stage import Retriever
 from rerank.score.bm25 import BM25Scorer
@@ -71,12 +71,12 @@ def test_stages_do_not_modify_their_input(indexes):
 def test_fusion_matches_the_fusion_module_and_traces_each_branch_once(indexes):
     _, bm25, robertson, queries = indexes
     a, b = Retriever(bm25, name="lucene") % 30, Retriever(robertson, name="robertson") % 30
-    for stage, method in ((a | b, "rrf"), (fuse_stages(a, b, method="zscore"), "zscore")):
+    for stage, method in ((a | b, "rrf"), (fuse(a, b, method="zscore"), "zscore")):
         out = stage.search(queries)
-        expected = fuse(a.search(queries), b.search(queries), method=method)
+        expected = fuse_results(a.search(queries), b.search(queries), method=method)
         assert [c.ids for c in out] == [c.ids for c in expected]
         assert [t.stage for t in out[0].trace] == ["lucene", "robertson", f"fuse[{method}]"]
-    assert str(fuse(a, b, method="zscore")) == str(fuse_stages(a, b, method="zscore"))
+    assert str(fuse(a, b, method="zscore")) == "fuse(lucene % 30, robertson % 30, method='zscore')"
     start = [Candidates(q, [], []) for q in queries]
     staged = (Identity() >> (a | b)).__call__(start)
     assert len(staged[0].trace) == 3
@@ -89,7 +89,7 @@ def test_rendering_uses_python_precedence(indexes):
     assert str((a % 10 | a % 20) >> b) == "(a % 10 | a % 20) >> b"
     assert str(a % 10 >> b | a % 10 >> c) == "a % 10 >> b | a % 10 >> c"
     assert str((a % 50 >> b) % 10) == "(a % 50 >> b) % 10"
-    assert str(fuse_stages(a % 5, b, method="minmax") >> c) == "fuse(a % 5, b, method='minmax') >> c"
+    assert str(fuse(a % 5, b, method="minmax") >> c) == "fuse(a % 5, b, method='minmax') >> c"
     assert [s.name for s in leaves(a % 10 >> (b | c))] == ["a", "b", "c"]
     assert render(a % 10 >> b, lambda s: s.name.upper()) == "A % 10 >> B"
 

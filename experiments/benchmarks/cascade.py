@@ -30,7 +30,7 @@ from _common import run_per_query, dl19_workload, machine, print_json, print_tab
 from rerank.data.trec import ranked_items
 from rerank.encode import BiEncoder
 from rerank.evaluate import evaluate
-from rerank.pipeline import Identity, fuse_stages
+from rerank.pipeline import Identity, fuse
 from rerank.retrieve import DenseIndex, SpladeIndex
 from rerank.score import CrossEncoder
 from rerank.score.bi_encoder import BiEncoderScorer
@@ -82,7 +82,7 @@ def main() -> None:
           f"for {len(passages)} passages")
 
     if args.expensive == "fusion":
-        expensive = fuse_stages(BiEncoderScorer(minilm, name="minilm"), SpladeScorer(splade, name="splade"),
+        expensive = fuse(BiEncoderScorer(minilm, name="minilm"), SpladeScorer(splade, name="splade"),
                                 method="zscore")
     else:
         expensive = CrossEncoder(args.cross_encoder, max_length=256, name="trained-ce")

@@ -16,7 +16,7 @@ from _common import machine, print_json, print_table, scifact_workload
 
 from rerank.encode import BiEncoder
 from rerank.evaluate import evaluate
-from rerank.fusion import fuse
+from rerank.fusion import fuse_results as fuse
 from rerank.retrieve import BM25Index, DenseIndex
 
 

@@ -93,7 +93,7 @@ def cheap_pipeline_top(batch, depth: int, quick: bool):
     if quick:
         return [c.top(depth) for c in batch], "bm25"
     from rerank.encode import BiEncoder
-    from rerank.pipeline import fuse_stages
+    from rerank.pipeline import fuse
     from rerank.retrieve import SpladeIndex
     from rerank.score.bi_encoder import BiEncoderScorer
     from rerank.score.splade import SpladeScorer
@@ -103,7 +103,7 @@ def cheap_pipeline_top(batch, depth: int, quick: bool):
     passages = list({p.id: p for c in batch for p in c.passages}.values())
     index = SpladeIndex.build(passages, splade, progress=True)
     pipe = (SpladeScorer(splade, index=index, name="splade-cached") % 30
-            >> fuse_stages(BiEncoderScorer(minilm, name="minilm"), SpladeScorer(splade, name="splade"),
+            >> fuse(BiEncoderScorer(minilm, name="minilm"), SpladeScorer(splade, name="splade"),
                            method="zscore"))
     return [c.top(depth) for c in pipe(batch)], f"bm25 % 100 >> {pipe}"
 

@@ -41,7 +41,7 @@ from _common import machine, print_json, print_table
 from rerank.cascade.idcm import IntraDocumentCascade, split_windows
 from rerank.data import open_dataset, read_run, write_run
 from rerank.evaluate import evaluate
-from rerank.fusion import fuse
+from rerank.fusion import fuse_results as fuse
 from rerank.retrieve import BM25Index, DenseIndex
 from rerank.score import CrossEncoder
 from rerank.score.bm25 import BM25Scorer

@@ -222,15 +222,17 @@ def read_inputs(spec: ExperimentSpec, max_queries: int | None = None) -> tuple[l
 
 
 def run_prepare(spec: ExperimentSpec) -> None:
-    """Run each ``[[prepare]]`` command whose output does not exist yet, in order."""
-    from rerank.cli import main
+    """Run each ``[[prepare]]`` step whose output does not exist yet, in order."""
+    from rerank.experiment.prepare import run_step
 
     for step in spec.prepare:
         if Path(step.creates).exists():
             log.info("prepare: %s exists", step.creates)
             continue
-        print(f"prepare: {step.creates} is missing; running: rerank {' '.join(step.argv)}", flush=True)
-        code = main(list(step.argv))
-        if code != 0 or not Path(step.creates).exists():
-            raise RerankError(f"{spec.source}:{step.line} [[prepare]]: 'rerank {' '.join(step.argv)}' "
-                              f"{'failed' if code else 'did not create ' + step.creates}")
+        print(f"prepare: {step.creates} is missing; running {step.describe()}", flush=True)
+        try:
+            run_step(step.step, step.args)
+        except (RerankError, ValueError, OSError) as exc:
+            raise RerankError(f"{spec.source}:{step.line} [[prepare]] {step.describe()} failed: {exc}") from exc
+        if not Path(step.creates).exists():
+            raise RerankError(f"{spec.source}:{step.line} [[prepare]] {step.describe()} did not create {step.creates}")

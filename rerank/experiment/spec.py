@@ -13,9 +13,11 @@
     run = "../shared/data/trec-dl-2019/runs/bm25.trec"
     depth = 100
 
-    [[prepare]]                           # rerank commands that create what is missing
-    creates = "indexes/scifact/bm25"
-    command = "rerank index scifact --name scifact --kind bm25"
+    [[prepare]]                           # library steps that create what is missing
+    creates = "indexes/scifact/bm25"      # (see rerank.experiment.prepare)
+    step = "index"
+    corpus = "scifact"
+    out = "indexes/scifact/bm25"
 
     [evaluation]
     measures = ["nDCG@10", "RR@10", "R@100"]
@@ -35,27 +37,24 @@
     [expected.cascade]
     "nDCG@10" = 0.6650                    # or { score = 0.6650, tolerance = 0.01 }
 
-:func:`load_spec` checks all of it (keys, stages, measures, files, prepare commands) before
+:func:`load_spec` checks all of it (keys, stages, measures, files, prepare steps) before
 anything is read or loaded, and names the file and line of the first problem.
 """
 from __future__ import annotations
 
-import contextlib
 import difflib
-import io
 import re
-import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from rerank.config import ConfigError, PipelineConfig, parse_config, read_toml
+from rerank.experiment.prepare import STEPS, check_step
 
 _TOP = ("name", "description", "dataset", "input", "prepare", "evaluation", "pipelines", "stages", "expected")
 _DATASET = ("beir", "corpus", "queries", "qrels", "split", "max_queries")
 _INPUT = ("run", "depth", "skip_missing")
 _EVALUATION = ("measures", "baseline", "test", "correction", "alpha", "tolerance", "batch_size", "plot_measure")
-_PREPARE = ("creates", "command")
 
 
 @dataclass(frozen=True)
@@ -71,11 +70,17 @@ class Expectation:
 
 @dataclass(frozen=True)
 class PrepareStep:
-    """A ``rerank`` command line that creates ``creates`` (an index, a trained model) if missing."""
+    """A library step (:mod:`rerank.experiment.prepare`) that creates ``creates`` (an index, a
+    trained model) if it is missing, with its keyword arguments."""
 
     creates: str
-    argv: tuple[str, ...]
+    step: str
+    args: dict[str, Any]
     line: int = 0
+
+    def describe(self) -> str:
+        """The step as a call, e.g. ``index(corpus='scifact', out='indexes/scifact/bm25')``."""
+        return f"{self.step}({', '.join(f'{k}={v!r}' for k, v in self.args.items())})"
 
 
 @dataclass
@@ -147,24 +152,6 @@ def _typed(value: Any, kind: type | tuple, where: str, what: str) -> Any:
     return value
 
 
-def _prepare_argv(command: Any, where: str) -> tuple[str, ...]:
-    from rerank.cli import build_parser
-
-    argv = shlex.split(command) if isinstance(command, str) else command
-    if not isinstance(argv, list) or not argv or not all(isinstance(a, str) for a in argv):
-        raise ConfigError(f"{where}: command must be a string or a list of strings")
-    if argv[0] != "rerank":
-        raise ConfigError(f"{where}: only rerank commands can prepare an experiment, got {argv[0]!r}")
-    messages = io.StringIO()
-    try:
-        with contextlib.redirect_stderr(messages), contextlib.redirect_stdout(messages):
-            build_parser().parse_args(argv[1:])
-    except SystemExit:
-        last = messages.getvalue().strip().splitlines()[-1:] or ["bad arguments"]
-        raise ConfigError(f"{where}: {last[0]}") from None
-    return tuple(argv[1:])
-
-
 def load_spec(path: str | Path, *, check_files: bool = True) -> ExperimentSpec:
     """Read and check an experiment config without reading data or loading models; a
     :class:`~rerank.config.ConfigError` names the file and line of the first problem."""
@@ -202,11 +189,13 @@ def load_spec(path: str | Path, *, check_files: bool = True) -> ExperimentSpec:
     for number, step in enumerate(steps):
         where = at.at("prepare", nth=number)
         _typed(step, dict, where, "a [[prepare]] entry")
-        _known(step, _PREPARE, where)
-        if "creates" not in step or "command" not in step:
-            raise ConfigError(f"{where}: each [[prepare]] needs creates = <path> and command = \"rerank ...\"")
-        prepare.append(PrepareStep(_typed(step["creates"], str, where, "creates"), _prepare_argv(step["command"], where),
-                                   at.line("prepare", nth=number)))
+        args = dict(step)
+        creates, name = args.pop("creates", None), args.pop("step", None)
+        if creates is None or name is None:
+            raise ConfigError(f"{where}: each [[prepare]] needs creates = <path> and step = <one of "
+                              f"{', '.join(STEPS)}> with that step's arguments")
+        check_step(name, args, where)
+        prepare.append(PrepareStep(_typed(creates, str, where, "creates"), name, args, at.line("prepare", nth=number)))
     created = {Path(p.creates) for p in prepare}
 
     evaluation = _typed(data.get("evaluation", {}), dict, at.at("evaluation"), "[evaluation]")

@@ -19,6 +19,9 @@ _USAGE = {
 }
 _PIPELINE_TAG = {"cross-encoder": "text-classification", "bi-encoder": "feature-extraction", "splade": "fill-mask"}
 
+TRAINING_FILE = "rerank_training.json"
+"""What a trained folder records about its training (written last, so it marks a finished model)."""
+
 
 def _row(name: str, value) -> str:
     return f"| {name} | {value} |"
@@ -82,8 +85,6 @@ def write_model_card(folder: str | Path, info: dict) -> None:
 
 def add_scores(folder: str | Path, scores: dict[str, float]) -> dict:
     """Record evaluation results in a trained folder's ``rerank_training.json`` and card."""
-    from rerank.train.trainer import TRAINING_FILE
-
     folder = Path(folder)
     info = json.loads((folder / TRAINING_FILE).read_text(encoding="utf-8"))
     info.setdefault("scores", {}).update(scores)

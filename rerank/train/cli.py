@@ -5,96 +5,41 @@ from __future__ import annotations
 import argparse
 import sys
 
-from rerank.errors import RerankError
-
-
-def _dataset(args):
-    from rerank.data import open_dataset
-
-    dataset = open_dataset(args.dataset)
-    return dataset, {q.id: q for q in dataset.queries(None)}, dataset.corpus(skip_bad=args.skip_bad)
-
 
 def cmd_mine(args) -> int:
     """Mine (query, positive, hard negative) triples from qrels and a first stage."""
-    from rerank.data import read_run, write_run
-    from rerank.train import mine_triples, write_triples
-    from rerank.types import batch_to_run
+    from rerank.train.workflows import mine
 
-    sources = [bool(args.index), bool(args.run), bool(args.pipeline)]
-    if sum(sources) != 1:
-        raise RerankError("give exactly one first stage: --index (repeatable), --run or --pipeline")
-    dataset, queries, _ = _dataset(args)
-    qrels = dataset.qrels(args.split)
-    split_queries = [queries[q] for q in qrels if q in queries]
-    if args.max_queries and args.max_queries < len(split_queries):
-        import random
-
-        split_queries = random.Random(args.seed).sample(split_queries, args.max_queries)
-        qrels = {q.id: qrels[q.id] for q in split_queries}
-    if args.run:
-        run = read_run(args.run)
-    else:
-        if args.pipeline:
-            from rerank.config import build_pipeline
-
-            ranked = build_pipeline(args.pipeline).search(split_queries)
-        else:
-            from rerank.fusion import fuse
-            from rerank.retrieve import load_index
-
-            results = [load_index(folder).search(split_queries, k=args.depth) for folder in args.index]
-            ranked = results[0] if len(results) == 1 else fuse(*results, method="rrf")
-        run = batch_to_run([c.top(args.depth) for c in ranked])
-        if args.run_out:
-            write_run([c.top(args.depth) for c in ranked], args.run_out, tag="mined")
-    triples = mine_triples(run, qrels, negatives=args.negatives, depth=args.depth, min_relevance=args.min_relevance,
-                           sampling=args.sampling, seed=args.seed)
-    write_triples(triples, args.out)
+    triples = mine(args.dataset, args.out, split=args.split, index=args.index, run=args.run, pipeline=args.pipeline,
+                   depth=args.depth, negatives=args.negatives, sampling=args.sampling,
+                   min_relevance=args.min_relevance, max_queries=args.max_queries, seed=args.seed,
+                   run_out=args.run_out)
     print(f"wrote {len(triples)} triples over {len({t.qid for t in triples})} queries to {args.out}")
     return 0
 
 
 def cmd_teacher_scores(args) -> int:
     """Score triples with a teacher model or pipeline (cached, resumable)."""
-    from rerank.train import read_triples, score_triples
+    from rerank.train.workflows import teacher_scores
 
-    if bool(args.model) == bool(args.pipeline):
-        raise RerankError("give the teacher as --model (a cross-encoder) or --pipeline (a TOML config), not both")
-    triples = read_triples(args.triples, skip_bad=args.skip_bad)
-    _, queries, corpus = _dataset(args)
-    if args.pipeline:
-        from rerank.config import build_pipeline
-
-        teacher = build_pipeline(args.pipeline)
-    else:
-        from rerank.score import CrossEncoder
-
-        teacher = CrossEncoder(args.model, max_length=args.max_length, batch_size=args.batch_size)
-    scores = score_triples(teacher, triples, queries, corpus, args.out, progress=not args.no_progress)
+    scores = teacher_scores(args.dataset, args.triples, args.out, model=args.model, pipeline=args.pipeline,
+                            max_length=args.max_length, batch_size=args.batch_size, skip_bad=args.skip_bad,
+                            progress=not args.no_progress)
     print(f"wrote {len(scores)} teacher scores to {args.out}")
     return 0
 
 
-def _config(args, loss: str):
+def _training(args) -> dict:
+    """The arguments both training commands pass on."""
     from rerank.train import TrainConfig
 
-    return TrainConfig(loss=loss, epochs=args.epochs, max_steps=args.max_steps, groups_per_step=args.batch_groups,
-                       learning_rate=args.lr, warmup=args.warmup, seed=args.seed, save_every=args.save_every,
-                       eval_every=args.eval_every, keep_checkpoints=args.keep_checkpoints)
-
-
-def _dev(args, groups, queries, corpus, dataset):
-    from rerank.data import read_run
-    from rerank.train import dev_set, split_dev
-
-    if not args.dev_queries:
-        return groups, None, None
-    if not args.run:
-        raise RerankError("--dev-queries needs --run: the first-stage run whose candidates the dev queries re-rank")
-    run = read_run(args.run)
-    groups, dev_qids = split_dev(groups, args.dev_queries, seed=args.seed)
-    return groups, dev_set(dev_qids, run, queries, corpus, dataset.qrels(args.split), depth=args.dev_depth), run
+    config = TrainConfig(loss=args.loss, epochs=args.epochs, max_steps=args.max_steps, groups_per_step=args.batch_groups,
+                         learning_rate=args.lr, warmup=args.warmup, seed=args.seed, save_every=args.save_every,
+                         eval_every=args.eval_every, keep_checkpoints=args.keep_checkpoints)
+    return {"split": args.split, "run": args.run, "dev_queries": args.dev_queries, "dev_depth": args.dev_depth,
+            "max_length": args.max_length, "layers": args.layers, "negatives": args.negatives, "config": config,
+            "resume": not args.no_resume, "overwrite": args.overwrite, "progress": not args.no_progress,
+            "device": args.device, "skip_bad": args.skip_bad}
 
 
 def _report(result) -> int:
@@ -106,41 +51,18 @@ def _report(result) -> int:
 
 def cmd_cross_encoder(args) -> int:
     """Fine-tune a Hugging Face encoder as a cross-encoder on labelled triples."""
-    from rerank.data import read_run
-    from rerank.train import Curriculum, group_triples, read_triples, train_cross_encoder
+    from rerank.train.workflows import train_cross_encoder
 
-    config = _config(args, args.loss)
-    dataset, queries, corpus = _dataset(args)
-    groups = group_triples(read_triples(args.triples, skip_bad=args.skip_bad), args.negatives)
-    groups, dev, run = _dev(args, groups, queries, corpus, dataset)
-    curriculum = None
-    if args.curriculum:
-        if not args.run:
-            raise RerankError("--curriculum needs --run: the first-stage run the negatives were mined from")
-        run = run or read_run(args.run)
-        steps = config.max_steps or config.epochs * -(-len(groups) // config.groups_per_step)
-        curriculum = Curriculum(run, anneal_steps=args.anneal_steps or max(1, steps // 2), heuristic=args.curriculum)
-    card = {"dataset": str(args.dataset), "split": args.split, "triples": str(args.triples),
-            "mined_by": str(args.run) if args.run else ""}
-    return _report(train_cross_encoder(groups, queries, corpus, args.out, init=args.init or "minilm-l6", max_length=args.max_length,
-                                       layers=args.layers, config=config, curriculum=curriculum, dev=dev,
-                                       resume=not args.no_resume, overwrite=args.overwrite,
-                                       progress=not args.no_progress, card=card, device=args.device))
+    return _report(train_cross_encoder(args.dataset, args.triples, args.out, curriculum=args.curriculum,
+                                       anneal_steps=args.anneal_steps, init=args.init or "minilm-l6", **_training(args)))
 
 
 def cmd_distill(args) -> int:
     """Distill teacher scores into a student (Margin-MSE, MSE or KL)."""
-    from rerank.train import distill, group_triples, read_teacher_scores
+    from rerank.train.workflows import distill
 
-    config = _config(args, args.loss)
-    dataset, queries, corpus = _dataset(args)
-    groups = group_triples(read_teacher_scores(args.teacher_scores, skip_bad=args.skip_bad), args.negatives)
-    groups, dev, _ = _dev(args, groups, queries, corpus, dataset)
-    card = {"dataset": str(args.dataset), "split": args.split, "teacher_scores": str(args.teacher_scores)}
-    return _report(distill(groups, queries, corpus, args.out, student=args.student, init=args.init,
-                           max_length=args.max_length, layers=args.layers, config=config, dev=dev,
-                           resume=not args.no_resume, overwrite=args.overwrite, progress=not args.no_progress,
-                           card=card, device=args.device))
+    return _report(distill(args.dataset, args.teacher_scores, args.out, student=args.student, init=args.init,
+                           **_training(args)))
 
 
 def _data_options(p: argparse.ArgumentParser) -> None:

@@ -30,13 +30,13 @@ from tqdm.auto import tqdm
 
 from rerank.atomic import atomic_directory, atomic_file
 from rerank.errors import RerankError
+from rerank.train.card import TRAINING_FILE, write_model_card
 from rerank.train.curriculum import Curriculum
 from rerank.train.data import TrainingGroup
 from rerank.train.losses import DISTILL_LOSSES, get_loss
 from rerank.train.models import TrainableModel
 from rerank.types import Candidates, Passage, Qrels, Query, sort_candidates
 
-TRAINING_FILE = "rerank_training.json"
 LOG_FILE = "training_log.jsonl"
 CHECKPOINTS = "checkpoints"
 
@@ -308,8 +308,6 @@ class Trainer:
 
     def _finish(self, steps: int, seconds: float, rate: float, loss: float, history: list[dict],
                 resumed_at: int) -> TrainResult:
-        from rerank.train.card import write_model_card
-
         self.model.save(self.output)
         self._write_log(history)
         dev_key = f"dev_{self.dev.measure}" if self.dev else None

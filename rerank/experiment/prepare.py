@@ -1,0 +1,64 @@
+"""``[[prepare]]`` steps: library calls that create what an experiment needs (an index, mined
+triples, a trained model) when it is missing. Each step names a workflow function and gives its
+keyword arguments in the same table::
+
+    [[prepare]]
+    creates = "indexes/scifact/bm25"      # skipped when this exists
+    step = "index"                        # rerank.retrieve.build.build_index
+    corpus = "scifact"
+    out = "indexes/scifact/bm25"
+    kind = "bm25"
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import importlib
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+from rerank.config import ConfigError
+
+STEPS = {
+    "index": "rerank.retrieve.build:build_index",
+    "mine": "rerank.train.workflows:mine",
+    "teacher-scores": "rerank.train.workflows:teacher_scores",
+    "train-cross-encoder": "rerank.train.workflows:train_cross_encoder",
+    "distill": "rerank.train.workflows:distill",
+}
+"""Each step's name and the function it calls (``module:function``)."""
+
+
+def step_function(step: str) -> Callable[..., Any]:
+    """The function a step calls."""
+    module, function = STEPS[step].split(":")
+    return getattr(importlib.import_module(module), function)
+
+
+def check_step(step: Any, args: dict[str, Any], where: str) -> None:
+    """Refuse an unknown step, an unknown or missing argument (with a did-you-mean), naming ``where``."""
+    if step not in STEPS:
+        close = difflib.get_close_matches(str(step), STEPS, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise ConfigError(f"{where}: unknown step {step!r}{hint} (steps: {', '.join(STEPS)})")
+    signature = inspect.signature(step_function(step))
+    named = [n for n, p in signature.parameters.items() if p.kind is not p.VAR_KEYWORD]
+    if any(p.kind is p.VAR_KEYWORD for p in signature.parameters.values()):
+        from rerank.train.trainer import TrainConfig  # the training steps take its fields as options
+
+        named += [f.name for f in dataclasses.fields(TrainConfig)]
+    for key in args:
+        if key not in named:
+            close = difflib.get_close_matches(key, named, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ConfigError(f"{where}: step {step!r} has no argument {key!r}{hint} (it takes: {', '.join(named)})")
+    missing = [n for n, p in signature.parameters.items()
+               if p.default is p.empty and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL) and n not in args]
+    if missing:
+        raise ConfigError(f"{where}: step {step!r} needs {', '.join(missing)}")
+
+
+def run_step(step: str, args: dict[str, Any]) -> Any:
+    """Run one step with its arguments."""
+    return step_function(step)(**args)

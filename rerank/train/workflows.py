@@ -1,0 +1,157 @@
+"""Training workflows over files, one call each: what ``rerank train ...`` and an experiment's
+``[[prepare]]`` steps run. Each reads a dataset (a BEIR folder or bundled name) and the files
+named, and writes its output atomically (training checkpoints and resumes)."""
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from pathlib import Path
+
+from rerank.errors import RerankError
+from rerank.train.data import SAMPLINGS, TeacherScore, Triple
+from rerank.train.trainer import TrainConfig, TrainResult
+
+
+def _dataset(dataset: str | Path, skip_bad: bool):
+    from rerank.data import open_dataset
+
+    opened = open_dataset(dataset)
+    return opened, {q.id: q for q in opened.queries(None)}, opened.corpus(skip_bad=skip_bad)
+
+
+def mine(dataset: str | Path, out: str | Path, *, split: str = "train", index: Sequence[str] | str | None = None,
+         run: str | Path | None = None, pipeline: str | Path | None = None, depth: int = 100, negatives: int = 7,
+         sampling: str = "random", min_relevance: int = 1, max_queries: int | None = None, seed: int = 0,
+         run_out: str | Path | None = None) -> list[Triple]:
+    """Mine (query, positive, hard negative) triples for the judged queries of ``split`` and
+    write them to ``out``. The negatives come from exactly one first stage: ``index`` (a folder,
+    or several fused by RRF), ``run`` (a TREC run) or ``pipeline`` (a TOML pipeline that
+    retrieves); ``run_out`` also writes the first stage's run (for curricula and dev sets)."""
+    from rerank.data import read_run, write_run
+    from rerank.train.data import mine_triples, write_triples
+    from rerank.types import batch_to_run
+
+    indexes = [index] if isinstance(index, str) else list(index or [])
+    if sum([bool(indexes), bool(run), bool(pipeline)]) != 1:
+        raise RerankError("give exactly one first stage: an index (or several), a run or a pipeline")
+    if sampling not in SAMPLINGS:
+        raise ValueError(f"sampling must be one of {SAMPLINGS}, got {sampling!r}")
+    opened, queries, _ = _dataset(dataset, False)
+    qrels = opened.qrels(split)
+    split_queries = [queries[q] for q in qrels if q in queries]
+    if max_queries and max_queries < len(split_queries):
+        split_queries = random.Random(seed).sample(split_queries, max_queries)
+        qrels = {q.id: qrels[q.id] for q in split_queries}
+    if run:
+        ranking = read_run(run)
+    else:
+        if pipeline:
+            from rerank.config import build_pipeline
+
+            ranked = build_pipeline(pipeline).search(split_queries)
+        else:
+            from rerank.fusion import reciprocal_rank_fusion
+            from rerank.retrieve import load_index
+
+            results = [load_index(folder).search(split_queries, k=depth) for folder in indexes]
+            ranked = results[0] if len(results) == 1 else reciprocal_rank_fusion(*results)
+        ranked = [c.top(depth) for c in ranked]
+        ranking = batch_to_run(ranked)
+        if run_out:
+            write_run(ranked, run_out, tag="mined")
+    triples = mine_triples(ranking, qrels, negatives=negatives, depth=depth, min_relevance=min_relevance,
+                           sampling=sampling, seed=seed)
+    write_triples(triples, out)
+    return triples
+
+
+def teacher_scores(dataset: str | Path, triples: str | Path, out: str | Path, *, model: str | None = None,
+                   pipeline: str | Path | None = None, max_length: int | None = None, batch_size: int = 32,
+                   skip_bad: bool = False, progress: bool = True) -> list[TeacherScore]:
+    """Score every triple of the ``triples`` file with a teacher, ``model`` (a cross-encoder)
+    or ``pipeline`` (a TOML pipeline that scores the passages it is given), into ``out``
+    (Hofstätter's format; cached, so an interrupted run resumes)."""
+    from rerank.train.data import read_triples
+    from rerank.train.teacher import score_triples
+
+    if bool(model) == bool(pipeline):
+        raise RerankError("give the teacher as a model (a cross-encoder) or a pipeline (a TOML config), not both")
+    read = read_triples(triples, skip_bad=skip_bad)
+    _, queries, corpus = _dataset(dataset, skip_bad)
+    if pipeline:
+        from rerank.config import build_pipeline
+
+        teacher = build_pipeline(pipeline)
+    else:
+        from rerank.score import CrossEncoder
+
+        teacher = CrossEncoder(model, max_length=max_length, batch_size=batch_size)
+    return score_triples(teacher, read, queries, corpus, out, progress=progress)
+
+
+def _dev(dataset, groups, queries, corpus, split: str, run, dev_queries: int, dev_depth: int, seed: int):
+    from rerank.data import read_run
+    from rerank.train.recipes import dev_set, split_dev
+
+    if not dev_queries:
+        return groups, None, None
+    if not run:
+        raise RerankError("dev queries need a run: the first-stage run whose candidates the dev queries re-rank")
+    ranking = read_run(run)
+    groups, dev_qids = split_dev(groups, dev_queries, seed=seed)
+    return groups, dev_set(dev_qids, ranking, queries, corpus, dataset.qrels(split), depth=dev_depth), ranking
+
+
+def train_cross_encoder(dataset: str | Path, triples: str | Path, out: str | Path, *, split: str = "train",
+                        run: str | Path | None = None, dev_queries: int = 0, dev_depth: int = 20,
+                        curriculum: str | None = None, anneal_steps: int | None = None, init: str = "minilm-l6",
+                        max_length: int = 128, layers: int | None = None, negatives: int = 7,
+                        config: TrainConfig | None = None, resume: bool = True, overwrite: bool = False,
+                        progress: bool = True, device: str = "cpu", skip_bad: bool = False,
+                        **train_options) -> TrainResult:
+    """Fine-tune ``init`` as a cross-encoder on the labelled ``triples`` file (grouped with
+    ``negatives`` negatives per positive) and save it to ``out``. ``run`` (the first-stage run
+    the negatives came from) gives ``dev_queries`` held-out queries to evaluate on and the
+    ``curriculum`` difficulty; ``train_options`` are :class:`TrainConfig` fields (``loss``,
+    ``epochs``, ``max_steps``, ``learning_rate``...), or give ``config``."""
+    from rerank.data import read_run
+    from rerank.train.curriculum import Curriculum
+    from rerank.train.data import group_triples, read_triples
+    from rerank.train.recipes import train_cross_encoder as train
+
+    config = config or TrainConfig(**train_options)
+    opened, queries, corpus = _dataset(dataset, skip_bad)
+    groups = group_triples(read_triples(triples, skip_bad=skip_bad), negatives)
+    groups, dev, ranking = _dev(opened, groups, queries, corpus, split, run, dev_queries, dev_depth, config.seed)
+    schedule = None
+    if curriculum:
+        if not run:
+            raise RerankError("a curriculum needs the first-stage run the negatives were mined from")
+        steps = config.max_steps or config.epochs * -(-len(groups) // config.groups_per_step)
+        schedule = Curriculum(ranking or read_run(run), anneal_steps=anneal_steps or max(1, steps // 2),
+                              heuristic=curriculum)
+    card = {"dataset": str(dataset), "split": split, "triples": str(triples), "mined_by": str(run) if run else ""}
+    return train(groups, queries, corpus, out, init=init, max_length=max_length, layers=layers, config=config,
+                 curriculum=schedule, dev=dev, resume=resume, overwrite=overwrite, progress=progress, card=card,
+                 device=device)
+
+
+def distill(dataset: str | Path, teacher_scores: str | Path, out: str | Path, *, student: str = "cross-encoder",
+            split: str = "train", run: str | Path | None = None, dev_queries: int = 0, dev_depth: int = 20,
+            init: str | None = None, max_length: int = 128, layers: int | None = None, negatives: int = 7,
+            config: TrainConfig | None = None, resume: bool = True, overwrite: bool = False, progress: bool = True,
+            device: str = "cpu", skip_bad: bool = False, **train_options) -> TrainResult:
+    """Distill the ``teacher_scores`` file into a ``student`` (``cross-encoder``, ``bi-encoder``
+    or ``splade``) saved to ``out``; the other arguments as in :func:`train_cross_encoder`
+    (the loss defaults to ``margin-mse``)."""
+    from rerank.train.data import group_triples, read_teacher_scores
+    from rerank.train.recipes import distill as run_distill
+
+    config = config or TrainConfig(**{"loss": "margin-mse", **train_options})
+    opened, queries, corpus = _dataset(dataset, skip_bad)
+    groups = group_triples(read_teacher_scores(teacher_scores, skip_bad=skip_bad), negatives)
+    groups, dev, _ = _dev(opened, groups, queries, corpus, split, run, dev_queries, dev_depth, config.seed)
+    card = {"dataset": str(dataset), "split": split, "teacher_scores": str(teacher_scores)}
+    return run_distill(groups, queries, corpus, out, student=student, init=init, max_length=max_length, layers=layers,
+                       config=config, dev=dev, resume=resume, overwrite=overwrite, progress=progress, card=card,
+                       device=device)
