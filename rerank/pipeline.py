@@ -13,13 +13,15 @@ the CLI, the service and experiments build the same objects.
 """
 from __future__ import annotations
 
-import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from rerank.fusion import fuse_results
-from rerank.types import Candidates, Query, StageCost
+from rerank.costs import Stopwatch, record_costs
+from rerank.errors import EmptyQueryError
+from rerank.types import Candidates, Query, sort_candidates
 
 if TYPE_CHECKING:
     from rerank.ranking import RankedDocument
@@ -201,18 +203,13 @@ class Fusion(Stage):
     def combine(self, batch: Sequence[Candidates], results: Sequence[Sequence[Candidates]]) -> list[Candidates]:
         """Fuse the branches' outputs for ``batch`` (one list per branch, in branch order); the
         experiment runner calls this directly when the branches were computed once and shared."""
-        began = time.perf_counter()
-        fused = fuse_results(*results, method=self.method, **self.options)
-        fusion_seconds = (time.perf_counter() - began) / max(len(batch), 1)
-        out = []
-        for i, (source, result) in enumerate(zip(batch, fused)):
-            # Each branch's trace starts with the input's; keep that once, then every branch's own costs.
-            trace = list(source.trace)
-            for branch_result in results:
-                trace.extend(branch_result[i].trace[len(source.trace):])
-            trace.append(StageCost(f"fuse[{self.method}]", fusion_seconds))
-            out.append(Candidates(result.query, result.passages, result.scores, trace))
-        return out
+        with Stopwatch() as watch:
+            fused = fuse_results(*results, method=self.method, **self.options)
+        # Each branch's trace starts with the input's; keep that once, then every branch's own costs.
+        merged = [Candidates(source.query, [], [], [*source.trace, *(cost for branch in results
+                                                                    for cost in branch[i].trace[len(source.trace):])])
+                  for i, source in enumerate(batch)]
+        return record_costs(f"fuse[{self.method}]", merged, fused, watch.seconds, passages_scored=0)
 
 
 def _precedence(stage: Stage) -> int:
@@ -278,38 +275,32 @@ class Scorer(Stage):
         work spent."""
 
     def __call__(self, batch: Sequence[Candidates]) -> list[Candidates]:
-        from rerank.types import sort_candidates
-
-        from rerank.errors import EmptyQueryError
-
         batch = list(batch)
         for c in batch:
             if len(c) and not c.query.text.strip():
                 raise EmptyQueryError(f"query {c.query.id!r} has empty text; cannot score its {len(c)} candidates")
-        began = time.perf_counter()
-        scores, work = self.score_pairs(batch) if any(len(c) for c in batch) else ([[] for _ in batch], Work())
-        seconds = time.perf_counter() - began
-        total = sum(len(c) for c in batch)
-        out = []
-        for i, (cands, new) in enumerate(zip(batch, scores)):
-            share = len(cands) / total if total else 1.0 / max(len(batch), 1)
-            ranked = sort_candidates(cands.query, list(cands.passages), [float(s) for s in new])
-            tokens = work.tokens_per_query[i] if work.tokens_per_query else 0
-            ranked.trace = list(cands.trace) + [StageCost(
-                self.name, seconds * share, passages_scored=len(cands),
-                model_calls=work.model_calls * share, tokens=tokens)]
-            out.append(ranked)
-        return out
+        with Stopwatch() as watch:
+            scores, work = self.score_pairs(batch) if any(len(c) for c in batch) else ([[] for _ in batch], Work())
+        ranked = [sort_candidates(c.query, list(c.passages), [float(s) for s in new]) for c, new in zip(batch, scores)]
+        return record_costs(self.name, batch, ranked, work.seconds_per_query or watch.seconds,
+                            model_calls=work.model_calls, tokens=work.tokens_per_query or None,
+                            counters=work.counters_per_query or None)
 
 
+@dataclass
 class Work:
-    """What a scorer spent on a batch: model forward calls in all, tokens per query."""
+    """What a scorer spent on a batch.
 
-    __slots__ = ("model_calls", "tokens_per_query")
+    ``model_calls``: forward calls for the whole batch (shared among the queries in proportion
+    to their candidates), or one figure per query; ``tokens_per_query``: tokens each query
+    cost. A scorer that works query by query also gives ``seconds_per_query`` (else the batch's
+    wall time is shared) and stage-specific ``counters_per_query``.
+    """
 
-    def __init__(self, model_calls: float = 0, tokens_per_query: Sequence[int] = ()) -> None:
-        self.model_calls = model_calls
-        self.tokens_per_query = list(tokens_per_query)
+    model_calls: float | Sequence[float] = 0
+    tokens_per_query: Sequence[int] = ()
+    seconds_per_query: Sequence[float] = ()
+    counters_per_query: Sequence[dict[str, int]] = ()
 
 
 class Identity(Stage, kind="identity"):

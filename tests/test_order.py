@@ -74,6 +74,8 @@ def test_splade_ties_follow_collection_order():
     index = SpladeIndex(passages, "splade-tiny", csr_matrix(dense), "fingerprint")
 
     class FixedQueryEncoder:  # stands in for the model: the query's vector is given, not encoded
+        forward_calls = 0
+
         def encode(self, texts):
             return csr_matrix(np.array([[0, 1.0, 0, 0, 0]] * len(texts), dtype=np.float32))
 

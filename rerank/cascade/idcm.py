@@ -7,10 +7,10 @@ window (the baseline IDCM is measured against). Any two scorers can play the two
 """
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from dataclasses import replace
 
+from rerank.costs import Stopwatch, record_costs
 from rerank.pipeline import Scorer, Stage
 from rerank.types import Candidates, Passage, StageCost, sort_candidates
 
@@ -57,50 +57,49 @@ class IntraDocumentCascade(Stage, kind="idcm"):
         self.teacher_windows = 0
 
     def __call__(self, batch: Sequence[Candidates]) -> list[Candidates]:
-        began = time.perf_counter()
-        windows = [[split_windows(p, self.window, self.overlap) for p in c.passages] for c in batch]
-        chosen = [[list(range(len(w))) for w in per_query] for per_query in windows]
-        student_costs: list[StageCost | None] = [None] * len(batch)
-        scoring = 0.0
-        if self.top_p is not None:
-            student_in = [Candidates(c.query, [w for doc in per_query if len(doc) > self.top_p for w in doc],
-                                     [0.0] * sum(len(doc) for doc in per_query if len(doc) > self.top_p))
-                          for c, per_query in zip(batch, windows)]
-            mark = time.perf_counter()
-            judged = self.student(student_in)
-            scoring += time.perf_counter() - mark
-            for qi, (per_query, result) in enumerate(zip(windows, judged)):
-                rank = {p.id: r for r, p in enumerate(result.passages)}
-                student_costs[qi] = result.trace[-1] if result.trace else None
-                for di, doc in enumerate(per_query):
-                    if len(doc) > self.top_p:
-                        best = sorted(range(len(doc)), key=lambda i: rank[doc[i].id])[: self.top_p]
-                        chosen[qi][di] = sorted(best)
-                self.student_windows += len(result)
-        teacher_in = [Candidates(c.query, [per_query[di][i] for di, picks in enumerate(chosen[qi]) for i in picks],
-                                 [0.0] * sum(len(p) for p in chosen[qi]))
-                      for qi, (c, per_query) in enumerate(zip(batch, windows))]
-        mark = time.perf_counter()
-        judged = self.teacher(teacher_in)
-        scoring += time.perf_counter() - mark
-        out = []
-        for qi, (c, result) in enumerate(zip(batch, judged)):
-            window_scores = dict(zip(result.ids, result.scores))
-            self.teacher_windows += len(result)
-            doc_scores = [self._aggregate([window_scores[windows[qi][di][i].id] for i in picks])
-                          for di, picks in enumerate(chosen[qi])]
-            ranked = sort_candidates(c.query, list(c.passages), doc_scores)
-            trace = list(c.trace)
-            if student_costs[qi] is not None:
-                trace.append(replace(student_costs[qi], stage=f"{self.name}/student"))
-            if result.trace:
-                trace.append(replace(result.trace[-1], stage=f"{self.name}/teacher"))
-            ranked.trace = trace
-            out.append(ranked)
-        overhead = time.perf_counter() - began - scoring
-        for r in out:  # window splitting, selection and aggregation, shared evenly
-            r.trace.append(StageCost(f"{self.name}/split", overhead / len(out)))
-        return out
+        with Stopwatch() as whole:
+            windows = [[split_windows(p, self.window, self.overlap) for p in c.passages] for c in batch]
+            chosen = [[list(range(len(w))) for w in per_query] for per_query in windows]
+            student_costs: list[StageCost | None] = [None] * len(batch)
+            scoring = 0.0
+            if self.top_p is not None:
+                student_in = [Candidates(c.query, [w for doc in per_query if len(doc) > self.top_p for w in doc],
+                                         [0.0] * sum(len(doc) for doc in per_query if len(doc) > self.top_p))
+                              for c, per_query in zip(batch, windows)]
+                with Stopwatch() as watch:
+                    judged = self.student(student_in)
+                scoring += watch.seconds
+                for qi, (per_query, result) in enumerate(zip(windows, judged)):
+                    rank = {p.id: r for r, p in enumerate(result.passages)}
+                    student_costs[qi] = result.trace[-1] if result.trace else None
+                    for di, doc in enumerate(per_query):
+                        if len(doc) > self.top_p:
+                            best = sorted(range(len(doc)), key=lambda i: rank[doc[i].id])[: self.top_p]
+                            chosen[qi][di] = sorted(best)
+                    self.student_windows += len(result)
+            teacher_in = [Candidates(c.query, [per_query[di][i] for di, picks in enumerate(chosen[qi]) for i in picks],
+                                     [0.0] * sum(len(p) for p in chosen[qi]))
+                          for qi, (c, per_query) in enumerate(zip(batch, windows))]
+            with Stopwatch() as watch:
+                judged = self.teacher(teacher_in)
+            scoring += watch.seconds
+            out = []
+            for qi, (c, result) in enumerate(zip(batch, judged)):
+                window_scores = dict(zip(result.ids, result.scores))
+                self.teacher_windows += len(result)
+                doc_scores = [self._aggregate([window_scores[windows[qi][di][i].id] for i in picks])
+                              for di, picks in enumerate(chosen[qi])]
+                ranked = sort_candidates(c.query, list(c.passages), doc_scores)
+                trace = list(c.trace)
+                if student_costs[qi] is not None:
+                    trace.append(replace(student_costs[qi], stage=f"{self.name}/student"))
+                if result.trace:
+                    trace.append(replace(result.trace[-1], stage=f"{self.name}/teacher"))
+                ranked.trace = trace
+                out.append(ranked)
+        # Window splitting, selection and aggregation: what the stage spent besides its two scorers.
+        return record_costs(f"{self.name}/split", out, out, whole.seconds - scoring, passages_scored=0,
+                            shared_by=[0] * len(out))
 
     def _aggregate(self, scores_in_doc_order: list[float]) -> float:
         if self.aggregate == "max":

@@ -10,7 +10,6 @@ from __future__ import annotations
 import gzip
 import json
 import math
-import time
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -20,6 +19,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from rerank.atomic import atomic_directory
+from rerank.costs import Stopwatch, record_costs
 from rerank.errors import BadIndexError
 from rerank.order import top_k_positions
 from rerank.retrieve.base import Index, check_search
@@ -28,7 +28,7 @@ from rerank.retrieve.store import (
     write_passages,
 )
 from rerank.tokenize import Tokenizer
-from rerank.types import Candidates, Passage, Query, StageCost
+from rerank.types import Candidates, Passage, Query
 
 KIND = "bm25"
 METHODS = ("lucene", "robertson", "atire", "bm25l", "bm25+")
@@ -214,18 +214,15 @@ class BM25Index(Index, kind=KIND):
         for start in tqdm(range(0, len(queries), batch_size), desc="BM25 search", unit="batch",
                           disable=not progress or len(queries) <= batch_size):
             chunk = list(queries[start:start + batch_size])
-            began = time.perf_counter()
-            rows = []
-            for tokens in self.tokenize_queries(chunk):
-                scores = self.backend.scores(tokens)
-                top = top_k_positions(scores, k)
-                top = top[scores[top] > 0]
-                rows.append((top, scores[top]))
-            seconds = (time.perf_counter() - began) / max(len(chunk), 1)
-            for query, (row_docs, row_scores) in zip(chunk, rows):
-                cost = StageCost(f"bm25[{self.backend.name}]", seconds, passages_scored=len(self.passages))
-                out.append(Candidates(query, [self.passages[i] for i in row_docs],
-                                      [float(s) for s in row_scores], [cost]))
+            found = []
+            with Stopwatch() as watch:
+                for query, tokens in zip(chunk, self.tokenize_queries(chunk)):
+                    scores = self.backend.scores(tokens)
+                    top = top_k_positions(scores, k)
+                    top = top[scores[top] > 0]
+                    found.append(Candidates(query, [self.passages[i] for i in top], [float(s) for s in scores[top]]))
+            out += record_costs(f"bm25[{self.backend.name}]", [Candidates(q, [], []) for q in chunk], found,
+                                watch.seconds, passages_scored=len(self.passages))
         return out
 
     def score(self, query: Query, doc_ids: Sequence[str]) -> list[float]:

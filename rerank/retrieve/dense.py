@@ -7,13 +7,13 @@ stages can score candidates without re-encoding them.
 """
 from __future__ import annotations
 
-import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
 
 from rerank.atomic import atomic_directory
+from rerank.costs import Stopwatch, record_costs
 from rerank.encode import BiEncoder
 from rerank.errors import BadIndexError
 from rerank.retrieve.base import Index, check_search
@@ -21,7 +21,7 @@ from rerank.retrieve.store import (
     corpus_fingerprint, library_versions, read_manifest, read_passages, unique_passages, write_manifest,
     write_passages,
 )
-from rerank.types import Candidates, Passage, Query, StageCost
+from rerank.types import Candidates, Passage, Query
 
 KIND = "dense"
 
@@ -119,24 +119,23 @@ class DenseIndex(Index, kind=KIND):
         check_search(queries, k)
         if not queries:
             return []
-        began = time.perf_counter()
-        model_calls = int(query_vectors is None)
-        if query_vectors is None:
-            query_vectors = self.encoder.encode_queries([q.text for q in queries])
-        params = faiss.ParameterSpace()
-        if ef_search is not None:
-            params.set_index_parameter(self.faiss, "efSearch", ef_search)
-        if nprobe is not None:
-            params.set_index_parameter(self.faiss, "nprobe", nprobe)
-        query_vectors = np.ascontiguousarray(query_vectors, dtype=np.float32)
-        k = min(k, len(self.passages))
-        ranked = self._search_many(query_vectors, k)
-        per_query = (time.perf_counter() - began) / len(queries)
-        out = []
-        for query, (row, score) in zip(queries, ranked):
-            cost = StageCost(f"dense[{self.factory}]", per_query, passages_scored=len(self.passages), model_calls=model_calls)
-            out.append(Candidates(query, [self.passages[i] for i in row], [float(s) for s in score], [cost]))
-        return out
+        model_calls = 0
+        with Stopwatch() as watch:
+            if query_vectors is None:
+                calls_before = self.encoder.forward_calls
+                query_vectors = self.encoder.encode_queries([q.text for q in queries])
+                model_calls = self.encoder.forward_calls - calls_before
+            params = faiss.ParameterSpace()
+            if ef_search is not None:
+                params.set_index_parameter(self.faiss, "efSearch", ef_search)
+            if nprobe is not None:
+                params.set_index_parameter(self.faiss, "nprobe", nprobe)
+            query_vectors = np.ascontiguousarray(query_vectors, dtype=np.float32)
+            ranked = self._search_many(query_vectors, min(k, len(self.passages)))
+        found = [Candidates(q, [self.passages[i] for i in row], [float(s) for s in score])
+                 for q, (row, score) in zip(queries, ranked)]
+        return record_costs(f"dense[{self.factory}]", [Candidates(q, [], []) for q in queries], found, watch.seconds,
+                            model_calls=model_calls, passages_scored=len(self.passages))
 
     def _search_many(self, query_vectors: np.ndarray, k: int) -> list[tuple[np.ndarray, np.ndarray]]:
         """One FAISS call for all queries, asking one result more than ``k`` so a tie across the

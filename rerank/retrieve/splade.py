@@ -2,18 +2,18 @@
 sparse matrix, searched (or used to re-score candidates) with one sparse product per batch."""
 from __future__ import annotations
 
-import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from rerank.atomic import atomic_directory
+from rerank.costs import Stopwatch, record_costs
 from rerank.errors import BadIndexError
 from rerank.order import top_k_positions
 from rerank.retrieve.base import Index, check_search
 from rerank.retrieve.store import (corpus_fingerprint, library_versions, read_manifest, read_passages,
                                    unique_passages, write_manifest, write_passages)
 from rerank.sparse_encode import SpladeEncoder
-from rerank.types import Candidates, Passage, Query, StageCost
+from rerank.types import Candidates, Passage, Query
 
 KIND = "splade"
 
@@ -62,17 +62,17 @@ class SpladeIndex(Index, kind=KIND):
         check_search(queries, k)
         if not queries:
             return []
-        began = time.perf_counter()
-        query_matrix = self.encoder.encode([q.text for q in queries])
-        scores = (query_matrix @ self.matrix.T).toarray()
-        per_query = (time.perf_counter() - began) / len(queries)
-        out = []
-        for query, row in zip(queries, scores):
-            best = top_k_positions(row, k)
-            best = best[row[best] > 0]
-            cost = StageCost("splade", per_query, passages_scored=len(self.passages), model_calls=1)
-            out.append(Candidates(query, [self.passages[i] for i in best], [float(row[i]) for i in best], [cost]))
-        return out
+        found = []
+        with Stopwatch() as watch:
+            calls_before = self.encoder.forward_calls
+            query_matrix = self.encoder.encode([q.text for q in queries])
+            model_calls = self.encoder.forward_calls - calls_before
+            for query, row in zip(queries, (query_matrix @ self.matrix.T).toarray()):
+                best = top_k_positions(row, k)
+                best = best[row[best] > 0]
+                found.append(Candidates(query, [self.passages[i] for i in best], [float(row[i]) for i in best]))
+        return record_costs("splade", [Candidates(q, [], []) for q in queries], found, watch.seconds,
+                            model_calls=model_calls, passages_scored=len(self.passages))
 
     def save(self, folder: str | Path) -> Path:
         """Write the vectors, passages and manifest atomically."""

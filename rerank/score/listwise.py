@@ -9,15 +9,15 @@ the ones it names. Each repair is counted.
 from __future__ import annotations
 
 import re
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from rerank.pipeline import Stage
+from rerank.costs import Stopwatch
+from rerank.pipeline import Scorer, Work
 from rerank.score.llm import LLM, open_llm
 from rerank.score.prompts import LISTWISE, FitStats, fit_passages
-from rerank.types import Candidates, StageCost
+from rerank.types import Candidates
 
 _ID = re.compile(r"\[\s*(\d+)\s*\]|\b(\d+)\b")
 
@@ -54,7 +54,7 @@ def parse_permutation(text: str, n: int, repairs: PermutationRepairs | None = No
     return order + rest
 
 
-class ListwiseReranker(Stage, kind="listwise"):
+class ListwiseReranker(Scorer, kind="listwise"):
     """Permutation generation with an LLM, in windows of ``window`` passages moved up by ``step``
     from the bottom of the list (``full=True``: one window holding every candidate).
 
@@ -92,29 +92,39 @@ class ListwiseReranker(Stage, kind="listwise"):
         return {"invented_ids": self.repairs.invented, "repeated_ids": self.repairs.repeated,
                 "missing_ids": self.repairs.missing, "truncated_passages": self.fit.truncated}
 
-    def __call__(self, batch: Sequence[Candidates]) -> list[Candidates]:
-        out = []
+    def score_pairs(self, batch: Sequence[Candidates]) -> tuple[list[list[float]], Work]:
+        """Rank-based scores (``n`` for the best of ``n`` down to 1) in the input order, so the
+        shared re-sort gives exactly the permutation the windows produced; the work is per query."""
+        scores, seconds, calls, tokens, counters = [], [], [], [], []
         for cands in batch:
-            began = time.perf_counter()
-            calls, tokens = self.llm.usage.calls, self.llm.usage.prompt_tokens
+            calls_before, tokens_before = self.llm.usage.calls, self.llm.usage.prompt_tokens
             before = self._counts()
-            order = list(range(len(cands)))
+            with Stopwatch() as watch:
+                order = self._permutation(cands)
             n = len(order)
-            window = n if self.full else self.window
-            if n > 1:
-                end = n
-                while True:
-                    start = max(0, end - window)
-                    ids = order[start:end]
-                    new = self._rank_window(cands.query.text, [cands.passages[i] for i in ids])
-                    order[start:end] = [ids[i] for i in new]
-                    if start == 0:
-                        break
-                    end -= self.step
-            ranked = Candidates(cands.query, [cands.passages[i] for i in order], [float(n - r) for r in range(n)])
-            ranked.trace = list(cands.trace) + [StageCost(
-                self.name, time.perf_counter() - began, passages_scored=n,
-                model_calls=self.llm.usage.calls - calls, tokens=self.llm.usage.prompt_tokens - tokens,
-                counters={key: value - before[key] for key, value in self._counts().items()})]
-            out.append(ranked)
-        return out
+            ranks = [0.0] * n
+            for r, i in enumerate(order):
+                ranks[i] = float(n - r)
+            scores.append(ranks)
+            seconds.append(watch.seconds)
+            calls.append(self.llm.usage.calls - calls_before)
+            tokens.append(self.llm.usage.prompt_tokens - tokens_before)
+            counters.append({key: value - before[key] for key, value in self._counts().items()})
+        return scores, Work(calls, tokens, seconds, counters)
+
+    def _permutation(self, cands: Candidates) -> list[int]:
+        """Input positions best first, from windows slid from the bottom of the list to the top."""
+        order = list(range(len(cands)))
+        n = len(order)
+        window = n if self.full else self.window
+        if n > 1:
+            end = n
+            while True:
+                start = max(0, end - window)
+                ids = order[start:end]
+                new = self._rank_window(cands.query.text, [cands.passages[i] for i in ids])
+                order[start:end] = [ids[i] for i in new]
+                if start == 0:
+                    break
+                end -= self.step
+        return order

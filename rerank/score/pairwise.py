@@ -20,13 +20,13 @@ position bias, to study the algorithms apart from any one model's quality.
 from __future__ import annotations
 
 import random
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from rerank.pipeline import Stage
-from rerank.types import Candidates, Passage, Qrels, Query, StageCost
+from rerank.costs import Stopwatch
+from rerank.pipeline import Scorer, Work
+from rerank.types import Candidates, Passage, Qrels, Query
 
 METHODS = ("allpair", "heapsort", "sliding")
 
@@ -204,7 +204,7 @@ class PairwiseStats:
     seconds: float = 0.0
 
 
-class PairwiseReranker(Stage):
+class PairwiseReranker(Scorer):
     """Re-rank each query's candidates with pairwise judgments (``allpair``, ``heapsort`` or
     ``sliding``); ``top_k`` bounds the heapsort and sliding work (the rest keep their order
     below). Judged pairs are cached across queries and calls (``cache``, emptied past
@@ -234,48 +234,49 @@ class PairwiseReranker(Stage):
         self.last: list[PairwiseJudgments] = []
         self.last_stats: list[PairwiseStats] = []
 
-    def __call__(self, batch: Sequence[Candidates]) -> list[Candidates]:
+    def score_pairs(self, batch: Sequence[Candidates]) -> tuple[list[list[float]], Work]:
+        """Rank-based scores (``n`` for the best of ``n`` down to 1) in the input order, so the
+        shared re-sort gives exactly the order the judgments found; the work is per query."""
         from tqdm.auto import tqdm
 
-        from rerank.errors import EmptyQueryError
-
-        out, self.last, self.last_stats = [], [], []
+        scores, seconds, calls, tokens, counters = [], [], [], [], []
+        self.last, self.last_stats = [], []
         llm = getattr(self.judge, "llm", None)
         for cands in tqdm(batch, desc=f"Re-ranking ({self.name})", unit="query", disable=not self.progress):
-            if len(cands) and not cands.query.text.strip():
-                raise EmptyQueryError(f"query {cands.query.id!r} has empty text; cannot judge its {len(cands)} candidates")
             if len(self.cache) > self.max_cached_pairs:  # a long-running service must not grow without bound
                 self.cache.clear()
-            began = time.perf_counter()
             tokens_before = llm.usage.prompt_tokens if llm is not None else 0
             counters_before = _judge_counters(self.judge)
-            judgments = PairwiseJudgments(self.judge, cands.query, both_orders=self.both_orders, budget=self.budget,
-                                          cache=self.cache)
-            passages = list(cands.passages)
-            n = len(passages)
-            if self.method == "allpair":
-                scores = allpair(judgments, passages)
-                order = sorted(range(n), key=lambda i: (-scores[i], i))
-            else:
-                top = (heapsort_top if self.method == "heapsort" else sliding_top)(judgments, passages, self.top_k)
-                top = top[: self.top_k]
-                chosen = set(top)
-                order = top + [i for i in range(n) if i not in chosen]
-            seconds = time.perf_counter() - began
-            tokens = (llm.usage.prompt_tokens - tokens_before) if llm is not None else 0
+            with Stopwatch() as watch:
+                judgments = PairwiseJudgments(self.judge, cands.query, both_orders=self.both_orders,
+                                              budget=self.budget, cache=self.cache)
+                order = self._order(judgments, list(cands.passages))
+            n = len(order)
+            ranks = [0.0] * n
+            for r, i in enumerate(order):
+                ranks[i] = float(n - r)
+            used = (llm.usage.prompt_tokens - tokens_before) if llm is not None else 0
             unparsable, truncated = (after - before for after, before in zip(_judge_counters(self.judge), counters_before))
-            # Rank-based scores: strictly decreasing, so sorting never disturbs the order found.
-            ranked = Candidates(cands.query, [passages[i] for i in order], [float(n - r) for r in range(n)])
-            counters = {"inconsistent_pairs": judgments.inconsistent, "unparsable": unparsable,
-                        "truncated_passages": truncated, "over_budget": judgments.over_budget}
-            ranked.trace = list(cands.trace) + [StageCost(self.name, seconds, passages_scored=n,
-                                                          model_calls=judgments.calls, tokens=tokens,
-                                                          counters=counters)]
+            scores.append(ranks)
+            seconds.append(watch.seconds)
+            calls.append(judgments.calls)
+            tokens.append(used)
+            counters.append({"inconsistent_pairs": judgments.inconsistent, "unparsable": unparsable,
+                             "truncated_passages": truncated, "over_budget": judgments.over_budget})
             self.last.append(judgments)
-            self.last_stats.append(PairwiseStats(cands.query.id, n, judgments.calls, tokens, judgments.inconsistent,
-                                                 unparsable, truncated, judgments.over_budget, seconds))
-            out.append(ranked)
-        return out
+            self.last_stats.append(PairwiseStats(cands.query.id, n, judgments.calls, used, judgments.inconsistent,
+                                                 unparsable, truncated, judgments.over_budget, watch.seconds))
+        return scores, Work(calls, tokens, seconds, counters)
+
+    def _order(self, judgments: PairwiseJudgments, passages: list[Passage]) -> list[int]:
+        """Input positions best first; past ``top_k``, heapsort and sliding keep the input order."""
+        n = len(passages)
+        if self.method == "allpair":
+            wins = allpair(judgments, passages)
+            return sorted(range(n), key=lambda i: -wins[i])  # stable: equal wins keep the input order
+        top = (heapsort_top if self.method == "heapsort" else sliding_top)(judgments, passages, self.top_k)
+        chosen = set(top[: self.top_k])
+        return top[: self.top_k] + [i for i in range(n) if i not in chosen]
 
 
 def _judge_counters(judge) -> tuple[int, int]:
