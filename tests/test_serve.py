@@ -102,6 +102,43 @@ def test_cohere_shape_ranks_best_first_with_the_python_api_scores(http, tiny_ce,
     assert scores == sorted(scores, reverse=True)
 
 
+def test_the_official_cohere_sdks_v1_and_v2_rank_through_the_service(server, tiny_ce, requests_data):
+    """The real cohere package (a test dependency) posts to /v1/rerank (cohere.Client) and
+    /v2/rerank (cohere.ClientV2) and parses the answers into its own types."""
+    import cohere
+
+    query, docs = requests_data[1]
+    expected = tiny_ce.score(query_of(query), passages_of(docs))
+    best = sorted(range(len(docs)), key=lambda i: -expected[i])
+    v1 = cohere.Client(api_key="unused", base_url=server.url, timeout=30)
+    answer = v1.rerank(query=query, documents=docs, top_n=4, return_documents=True, model="served")
+    assert [r.index for r in answer.results] == best[:4]
+    assert [r.document.text for r in answer.results] == [docs[i] for i in best[:4]]
+    for r in answer.results:
+        assert r.relevance_score == pytest.approx(sigmoid(expected[r.index]), abs=1e-6)
+    assert v1.rerank(query=query, documents=docs).results[0].document is None
+    v2 = cohere.ClientV2(api_key="unused", base_url=server.url, timeout=30)
+    answer = v2.rerank(model="served", query=query, documents=docs, top_n=3)
+    assert [r.index for r in answer.results] == best[:3]
+    assert [r.relevance_score for r in answer.results] == pytest.approx([sigmoid(expected[i]) for i in best[:3]],
+                                                                        abs=1e-6)
+    assert [r.index for r in v2.rerank(model="served", query=query, documents=docs).results] == best
+
+
+def test_cohere_sdk_errors_become_its_own_exceptions(server, http):
+    import cohere
+    from cohere.errors import UnprocessableEntityError
+
+    v2 = cohere.ClientV2(api_key="unused", base_url=server.url, timeout=30)
+    with pytest.raises(UnprocessableEntityError) as caught:
+        v2.rerank(model="served", query="what is fever", documents=[])
+    assert "documents is empty" in str(caught.value.body)
+    with pytest.raises(UnprocessableEntityError):
+        cohere.Client(api_key="unused", base_url=server.url).rerank(query="  ", documents=["a"])
+    tei_at_cohere_path = http.post("/v2/rerank", json={"query": "q", "texts": ["a"]})
+    assert tei_at_cohere_path.status_code == 422 and "send documents, not texts" in tei_at_cohere_path.json()["error"]
+
+
 def test_cohere_shape_without_top_n_ranks_every_document_and_omits_texts(http, requests_data):
     query, docs = requests_data[1]
     results = http.post("/rerank", json={"query": query, "documents": docs}).json()["results"]

@@ -120,9 +120,7 @@ def create_app(pipeline: Stage, settings: ServeSettings | None = None) -> FastAP
                   description=f"Re-ranks documents with `{pipeline}` (Cohere- and TEI-compatible `POST /rerank`).")
     app.state.service = service
 
-    @app.post("/rerank", openapi_extra=_request_schema())
-    async def rerank(request: Request) -> Response:
-        """Rank the request's documents for its query, best first."""
+    async def rerank(request: Request, cohere_path: str | None = None) -> Response:
         began = time.perf_counter()
         metrics = service.metrics
         metrics.in_flight.inc()
@@ -139,6 +137,9 @@ def create_app(pipeline: Stage, settings: ServeSettings | None = None) -> FastAP
                 raise RequestError(408, "timeout", f"request body not received within request_timeout_s={timeout:g}") from None
             parsed = parse_request(body, service.settings)
             shape = parsed.shape
+            if cohere_path and shape != "cohere":
+                raise RequestError(422, "validation", f"{cohere_path} is Cohere's API: send documents, not texts "
+                                                      "(TEI's shape is served at /rerank)")
             service.arriving -= 1
             arrived = True
             request_id, ranked = await service.rerank(parsed)
@@ -155,6 +156,24 @@ def create_app(pipeline: Stage, settings: ServeSettings | None = None) -> FastAP
         metrics.latency.observe(time.perf_counter() - began)
         headers = {"Connection": "close"} if status == 503 and service.draining else None
         return JSONResponse(payload, status_code=status, headers=headers)
+
+    @app.post("/rerank", openapi_extra=_request_schema())
+    async def rerank_any(request: Request) -> Response:
+        """Rank the request's documents for its query, best first (Cohere or TEI shape)."""
+        return await rerank(request)
+
+    # The paths the official Cohere SDKs post to: cohere.Client (v1) and cohere.ClientV2 (v2).
+    @app.post("/v1/rerank", openapi_extra={"requestBody": {"required": True, "content": {
+        "application/json": {"schema": CohereRequest.model_json_schema()}}}})
+    async def rerank_v1(request: Request) -> Response:
+        """Cohere's v1 rerank: ``query``, ``documents``, ``top_n``, ``return_documents``."""
+        return await rerank(request, "/v1/rerank")
+
+    @app.post("/v2/rerank", openapi_extra={"requestBody": {"required": True, "content": {
+        "application/json": {"schema": CohereRequest.model_json_schema()}}}})
+    async def rerank_v2(request: Request) -> Response:
+        """Cohere's v2 rerank: ``model``, ``query``, ``documents`` (strings), ``top_n``."""
+        return await rerank(request, "/v2/rerank")
 
     @app.get("/health")
     async def health() -> Response:

@@ -55,8 +55,10 @@ Document = Annotated[str, PlainValidator(_document, json_schema_input_type=str |
 
 
 class CohereRequest(BaseModel):
-    """Cohere's rerank request (v1/v2). ``model``, ``rank_fields`` and ``max_chunks_per_doc`` are
-    accepted and ignored: the service runs the one pipeline it was started with."""
+    """Cohere's rerank request (v1 and v2, as the official SDKs send it). ``model``,
+    ``rank_fields``, ``max_chunks_per_doc``, ``max_tokens_per_doc``, ``relevant_spans`` and
+    ``priority`` are accepted and ignored: the service runs the one pipeline it was started with
+    and truncates passages to its model's limit."""
 
     model_config = ConfigDict(extra="ignore", strict=True)
     query: StrictStr
