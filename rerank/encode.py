@@ -153,8 +153,8 @@ PRECISIONS = ("fp32", "bf16", "int8")
 
 def quantize(model, precision: str):
     """``model`` in ``precision``: ``fp32`` unchanged; ``int8`` dynamically quantizes every
-    ``nn.Linear`` (weights int8, activations quantized per batch: about 2x faster on CPU,
-    scores drift slightly); ``bf16`` casts the weights (only fast on CPUs with AVX-512-BF16 or
+    ``nn.Linear`` (weights int8, activations quantized per batch: faster on CPU, scores drift
+    slightly; ``experiments/benchmarks/cross_encoder.py`` measures by how much); ``bf16`` casts the weights (only fast on CPUs with AVX-512-BF16 or
     AMX — on AVX2 it is several times slower than fp32)."""
     import warnings
 

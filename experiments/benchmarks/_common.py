@@ -70,3 +70,26 @@ def run_per_query(stage, batch):
         out.extend(stage([cands]))
         seconds.append(time.perf_counter() - began)
     return out, seconds
+
+
+QUICK_CROSS_ENCODER = Path(__file__).resolve().parents[2] / "models" / "bench-quick" / "cross-encoder"
+
+
+def quick_cross_encoder(folder: Path = QUICK_CROSS_ENCODER) -> Path:
+    """A stand-in trained cross-encoder for ``--quick`` runs on a fresh clone: all-MiniLM-L6-v2's
+    encoder fine-tuned for 3 steps on BM25 triples of 12 SciFact training queries (about half a
+    minute; reused once built). It exercises the code paths, not the quality of a real run."""
+    from rerank.retrieve import BM25Index
+    from rerank.train import TrainConfig, group_triples, mine_triples, train_cross_encoder
+    from rerank.train.trainer import TRAINING_FILE
+    from rerank.types import batch_to_run
+
+    if (folder / TRAINING_FILE).is_file():
+        return folder
+    dataset = open_dataset("scifact")
+    corpus, qrels, queries = dataset.corpus(), dataset.qrels("train"), dataset.queries("train")[:12]
+    run = batch_to_run(BM25Index.build(corpus.values(), progress=False).search(queries, k=20))
+    triples = mine_triples(run, {q.id: qrels[q.id] for q in queries}, negatives=3, depth=20, seed=0)
+    train_cross_encoder(group_triples(triples, 3), {q.id: q for q in queries}, corpus, folder,
+                        config=TrainConfig(max_steps=3, groups_per_step=2, save_every=3), progress=False)
+    return folder

@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from _common import run_per_query, dl19_workload, machine, print_json, print_table
+from _common import dl19_workload, machine, print_json, print_table, quick_cross_encoder, run_per_query
 
 from rerank.data.trec import ranked_items
 from rerank.encode import BiEncoder
@@ -56,8 +56,12 @@ def main() -> None:
                         help="distilled cross-encoder student folder, used if it exists")
     args = parser.parse_args()
     if args.expensive == "cross-encoder" and not Path(args.cross_encoder, "config.json").is_file():
-        parser.error(f"no trained cross-encoder at {args.cross_encoder}: run experiments/benchmarks/train.py first, "
-                     "or pass --expensive fusion")
+        if not args.quick:
+            parser.error(f"no trained cross-encoder at {args.cross_encoder}: run experiments/benchmarks/train.py "
+                         "first, or pass --expensive fusion")
+        print(f"quick: no trained cross-encoder at {args.cross_encoder}; training a 3-step stand-in "
+              f"(figures show the mechanics, not a trained model's quality)")
+        args.cross_encoder = str(quick_cross_encoder())
     args.depth = args.depth or (50 if args.quick else 100)
 
     queries, corpus, run, qrels = dl19_workload()

@@ -33,11 +33,12 @@ class CrossEncoder(Scorer, kind="cross-encoder"):
     most 512). Queries keep all their tokens (a query longer than half of ``max_length`` is cut
     to half, with a warning); passages are cut to fit.
     ``precision``: ``fp32`` (default); ``int8`` applies dynamic int8 quantization to the linear
-    layers (about 2x faster on CPU, scores drift slightly); ``bf16`` only pays off on CPUs with
+    layers (faster on CPU, scores drift slightly; ``experiments/benchmarks/cross_encoder.py``
+    measures it against fp32 on the machine at hand); ``bf16`` only pays off on CPUs with
     AVX-512-BF16 or AMX.
     ``backend``: ``torch`` (default) or ``onnx`` — export once to ONNX and run with ONNX Runtime
-    (about 1.15x faster on CPU at identical fp32 scores; ``precision="int8"`` then uses ONNX
-    Runtime's dynamic quantization). Needs the ``onnx`` extra and a local model folder.
+    (identical fp32 scores; ``precision="int8"`` then uses ONNX Runtime's dynamic quantization).
+    Needs the ``onnx`` extra and a local model folder.
     ``normalize``: return probabilities (sigmoid of the logit, or the softmax of the relevant
     class) instead of logits. Rankings are the same either way; the two-class default is the
     log-odds ``logit[1] - logit[0]``, which orders pairs exactly as the softmax probability but

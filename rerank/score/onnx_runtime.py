@@ -2,8 +2,8 @@
 
 The model is exported once (``torch.onnx.export``) into a cache folder keyed by the model's
 files, optionally quantized to int8 with ONNX Runtime's dynamic quantization, and loaded as an
-``InferenceSession`` with the same thread count as torch. On the 2-core benchmark machine it ran
-the MiniLM-L6-sized cross-encoder about 1.15x faster than torch fp32 at identical scores.
+``InferenceSession`` with the same thread count as torch; fp32 scores equal torch's (to 1e-7).
+``experiments/benchmarks/cross_encoder.py`` measures its speed against torch on the machine at hand.
 Needs the ``onnx`` extra (``pip install rerank[onnx]``: onnx and onnxruntime).
 """
 from __future__ import annotations
