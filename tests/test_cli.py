@@ -12,6 +12,7 @@ from rerank.cli import main
 from rerank.data import read_run
 
 
+@pytest.mark.slow
 def test_index_retrieve_evaluate_on_vaswani(tmp_path, capsys):
     assert main(["index", str(shared("vaswani")), "--name", "vaswani", "--indexes-dir", str(tmp_path)]) == 0
     assert (tmp_path / "vaswani" / "bm25" / "manifest.json").is_file()

@@ -89,6 +89,7 @@ def test_aggregates(scifact_docs, teacher):
         IntraDocumentCascade(None, teacher, top_p=2)
 
 
+@pytest.mark.models
 def test_idcm_in_a_toml_pipeline(scifact_bm25, scifact_test, tmp_path):
     from rerank.config import build_pipeline, dump_pipeline, parse_config
 

@@ -224,6 +224,7 @@ def test_http_backend_matches_the_local_backend(tiny_llm):
             chat.logprobs(["x"], [["y"]])
 
 
+@pytest.mark.slow
 def test_http_backend_retries_then_fails_clearly(tiny_llm):
     with OpenAITestServer(tiny_llm, Misbehaviour(fail=2, status=500)) as url:
         remote = OpenAICompatibleLLM(url, retries=3, backoff=0.01)

@@ -54,12 +54,14 @@ def test_rank_refuses_a_pipeline_that_retrieves(scifact_subset):
         pipe.rank("protein", ["a", "b"])
 
 
+@pytest.mark.models
 def test_the_readme_one_liner_with_the_offline_bi_encoder():
     ranked = rerank.load("minilm-l6").rank("what is an axon", ["Axons carry nerve signals.", "The cat sat."])
     assert ranked[0].index == 0 and ranked[0].document == "Axons carry nerve signals."
     assert ranked[0].score > ranked[1].score
 
 
+@pytest.mark.models
 def test_kind_comes_from_the_model_files_not_the_name(tiny_ce_path, tmp_path):
     assert rerank.detect_kind("minilm-l6") == "bi-encoder"  # sentence-transformers modules
     assert rerank.detect_kind("splade-tiny") == "splade"  # masked-LM head, no pooling modules

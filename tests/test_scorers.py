@@ -104,6 +104,7 @@ def test_int8_quantizes_linear_layers_and_stays_close_on_a_real_model(tiny_ce_pa
     assert (fp32 * int8).sum(1).min() > 0.9  # measured 0.92-0.96: int8 drifts, see the benchmark
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("labels", [1, 2])
 def test_onnx_backend_matches_torch(tiny_ce_path, tiny_ce2_path, dl19_batch, tmp_path, monkeypatch, labels):
     from rerank.score.cross_encoder import CrossEncoder
@@ -187,6 +188,7 @@ def test_splade_scorer_real_model_fresh_and_cached(dl19_batch, splade_index):
     assert found.ids == all_scored.ids[:5]
 
 
+@pytest.mark.models
 def test_splade_expansion_terms_are_sensible():
     from rerank.sparse_encode import SpladeEncoder
 

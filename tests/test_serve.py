@@ -415,6 +415,7 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_cli_serve_answers_then_stops_on_sigterm(tmp_path, tiny_ce_path, tiny_ce):
     port = free_port()
     config = tmp_path / "serve.toml"
@@ -457,6 +458,7 @@ def test_cli_serve_refuses_a_bad_config_before_loading_models(tmp_path):
     assert "unknown serve setting 'max_wait'; did you mean 'max_wait_ms'?" in done.stderr
 
 
+@pytest.mark.models
 def test_readme_service_config_and_request(tmp_path):
     """The README's `rerank serve --pipeline experiments/pipelines/serve.toml` and its curl body,
     with the offline MiniLM and SPLADE-tiny models."""

@@ -327,6 +327,7 @@ def test_distilled_cross_encoder_student_follows_the_teacher(train_data, teacher
     assert info["model"]["layers"] == 1 and info["config"]["loss"] == loss
 
 
+@pytest.mark.slow
 def test_bi_encoder_and_splade_students_save_folders_their_scorers_load(train_data, teacher_groups, tiny_init,
                                                                         tmp_path):
     from rerank.score import BiEncoderScorer, SpladeScorer
@@ -357,6 +358,7 @@ def test_distillation_needs_teacher_scores(train_data, tiny_init, tmp_path):
                 config=TrainConfig(loss="margin-mse"), progress=False)
 
 
+@pytest.mark.models
 def test_the_splade_tiny_encoder_becomes_a_cross_encoder_student(train_data, teacher_groups, tmp_path):
     from rerank.score import CrossEncoder
 
