@@ -297,3 +297,22 @@ def test_readme_results_come_from_the_committed_experiments():
     done = subprocess.run([sys.executable, str(REPO / "experiments" / "readme_table.py"), "--check"],
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
+
+
+@pytest.mark.parametrize("table, message", [
+    ('[dataset]\nbeir = "scifact"\nmax_queries = 0\n', r"x.toml:3 [dataset] max_queries: input should be greater than 0 (got 0)"),
+    ('[dataset]\nbeir = "scifact"\n[evaluation]\nalpha = "x"\n', r"x.toml:4 [evaluation] alpha: input should be a valid number (got 'x')"),
+    ('[dataset]\nbeir = "scifact"\n[evaluation]\nmeasures = ["nDCG@10", 3]\n',
+     r"x.toml:4 [evaluation] measures[1]: input should be a valid string (got 3)"),
+    ('[dataset]\nbeir = "scifact"\n[input]\ndepth = 3\n', r"x.toml:3 [input]: needs run = ..."),
+    ('[dataset]\nbeir = "scifact"\nsplt = "test"\n', r"x.toml:1 [dataset]: unknown key 'splt'; did you mean 'split'?"),
+])
+def test_config_tables_are_checked_by_their_schema(tmp_path, table, message):
+    from rerank.config import ConfigError
+    from rerank.experiment.spec import load_spec
+
+    path = tmp_path / "x.toml"
+    path.write_text(table + '[pipelines]\na = "s"\n[stages.s]\nkind = "identity"\n')
+    with pytest.raises(ConfigError) as caught:
+        load_spec(path)
+    assert message in str(caught.value)

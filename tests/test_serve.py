@@ -388,7 +388,13 @@ def test_retrieval_pipelines_and_bad_settings_are_refused(scifact_bm25, tiny_ce)
         check_servable(Retriever(scifact_bm25) % 10 >> tiny_ce)
     with pytest.raises(SettingsError, match="did you mean 'max_batch_size'"):
         ServeSettings.from_table({"max_batch": 8})
-    with pytest.raises(SettingsError, match="max_documents must be a positive number"):
+    with pytest.raises(SettingsError, match=r"\[serve\]: serve setting max_documents must be a positive number, got 0"):
+        ServeSettings.from_table({"max_documents": 0})
+    with pytest.raises(SettingsError, match="serve setting port is too large, got 70000"):
+        ServeSettings().override(port=70000)
+    with pytest.raises(SettingsError, match="serve setting batching input should be a valid boolean"):
+        ServeSettings.from_table({"batching": "yes"})
+    with pytest.raises(ValueError, match="greater than 0"):  # the Python API gets pydantic's own error
         ServeSettings(max_documents=0)
 
 

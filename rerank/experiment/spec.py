@@ -46,15 +46,50 @@ import difflib
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Optional, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from rerank.config import ConfigError, PipelineConfig, parse_config, read_toml
 from rerank.experiment.prepare import STEPS, check_step
 
 _TOP = ("name", "description", "dataset", "input", "prepare", "evaluation", "pipelines", "stages", "expected")
-_DATASET = ("beir", "corpus", "queries", "qrels", "split", "max_queries")
-_INPUT = ("run", "depth", "skip_missing")
-_EVALUATION = ("measures", "baseline", "test", "correction", "alpha", "tolerance", "batch_size", "plot_measure")
+
+
+class _Table(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class DatasetTable(_Table):
+    """``[dataset]``: a BEIR folder (or bundled name), or the three files, and what to read."""
+
+    beir: Optional[str] = None
+    corpus: Optional[str] = None
+    queries: Optional[str] = None
+    qrels: Optional[str] = None
+    split: str = "test"
+    max_queries: Optional[Annotated[int, Field(gt=0)]] = None
+
+
+class InputTable(_Table):
+    """``[input]``: a first-stage run to re-rank instead of retrieving."""
+
+    run: str
+    depth: Optional[Annotated[int, Field(gt=0)]] = None
+    skip_missing: bool = False
+
+
+class EvaluationTable(_Table):
+    """``[evaluation]``: measures, the baseline, the paired test and its correction."""
+
+    measures: Annotated[list[str], Field(min_length=1)] = ["nDCG@10", "RR@10", "R@100"]
+    baseline: Optional[str] = None
+    test: str = "t-test"
+    correction: str = "holm"
+    alpha: Annotated[float, Field(gt=0, lt=1)] = 0.05
+    tolerance: Annotated[float, Field(ge=0)] = 0.002
+    batch_size: Annotated[int, Field(gt=0)] = 1
+    plot_measure: Optional[str] = None
 
 
 @dataclass(frozen=True)
@@ -152,6 +187,28 @@ def _typed(value: Any, kind: type | tuple, where: str, what: str) -> Any:
     return value
 
 
+T = TypeVar("T", bound=_Table)
+
+
+def _table(model: type[T], value: Any, at: "_Locator", table: str) -> T:
+    """``[table]`` validated by ``model`` (pydantic); the first problem becomes a
+    :class:`ConfigError` naming the file, the line and, for an unknown key, the likely one."""
+    _typed(value, dict, at.at(table), f"[{table}]")
+    try:
+        return model.model_validate(value)
+    except ValidationError as exc:
+        error = exc.errors(include_url=False)[0]
+        key = str(error["loc"][0]) if error["loc"] else None
+        where = at.at(table, key if key in value else None)
+        if error["type"] == "extra_forbidden":
+            _known(value, tuple(model.model_fields), at.at(table))
+        if error["type"] == "missing":
+            raise ConfigError(f"{where}: needs {key} = ...") from None
+        message = error["msg"][0].lower() + error["msg"][1:]
+        inner = "".join(f"[{part}]" for part in error["loc"][1:])  # e.g. measures[2]
+        raise ConfigError(f"{where}{inner}: {message} (got {error['input']!r})") from None
+
+
 def load_spec(path: str | Path, *, check_files: bool = True) -> ExperimentSpec:
     """Read and check an experiment config without reading data or loading models; a
     :class:`~rerank.config.ConfigError` names the file and line of the first problem."""
@@ -164,25 +221,12 @@ def load_spec(path: str | Path, *, check_files: bool = True) -> ExperimentSpec:
     at = _Locator(source, text)
     _known(data, _TOP, source)
 
-    dataset = _typed(data.get("dataset", {}), dict, at.at("dataset"), "[dataset]")
-    _known(dataset, _DATASET, at.at("dataset"))
-    beir = dataset.get("beir")
-    files = {key: dataset.get(key, beir) for key in ("corpus", "queries", "qrels")}
+    dataset = _table(DatasetTable, data.get("dataset", {}), at, "dataset")
+    files = {key: getattr(dataset, key) or dataset.beir for key in ("corpus", "queries", "qrels")}
     for key, value in files.items():
         if value is None:
             raise ConfigError(f"{at.at('dataset')}: needs beir = <BEIR folder or bundled name>, or {key} = <file>")
-        _typed(value, str, at.at("dataset", key if key in dataset else "beir"), key)
-    max_queries = dataset.get("max_queries")
-    if max_queries is not None and (_typed(max_queries, int, at.at("dataset", "max_queries"), "max_queries") < 1):
-        raise ConfigError(f"{at.at('dataset', 'max_queries')}: must be a positive number")
-
-    inputs = _typed(data.get("input", {}), dict, at.at("input"), "[input]")
-    _known(inputs, _INPUT, at.at("input"))
-    depth = inputs.get("depth")
-    if depth is not None and _typed(depth, int, at.at("input", "depth"), "depth") < 1:
-        raise ConfigError(f"{at.at('input', 'depth')}: must be a positive number")
-    if inputs and "run" not in inputs:
-        raise ConfigError(f"{at.at('input')}: needs run = <TREC run file>")
+    inputs = _table(InputTable, data["input"], at, "input") if "input" in data else None
 
     prepare = []
     steps = _typed(data.get("prepare", []), list, at.at("prepare"), "[[prepare]]")
@@ -198,28 +242,18 @@ def load_spec(path: str | Path, *, check_files: bool = True) -> ExperimentSpec:
         prepare.append(PrepareStep(_typed(creates, str, where, "creates"), name, args, at.line("prepare", nth=number)))
     created = {Path(p.creates) for p in prepare}
 
-    evaluation = _typed(data.get("evaluation", {}), dict, at.at("evaluation"), "[evaluation]")
-    _known(evaluation, _EVALUATION, at.at("evaluation"))
-    measures = evaluation.get("measures", ["nDCG@10", "RR@10", "R@100"])
-    if not isinstance(measures, list) or not measures or not all(isinstance(m, str) for m in measures):
-        raise ConfigError(f"{at.at('evaluation', 'measures')}: must be a list of ir-measures strings")
+    evaluation = _table(EvaluationTable, data.get("evaluation", {}), at, "evaluation")
     try:
-        measures = [str(m) for m in parse_measures(measures)]
+        measures = [str(m) for m in parse_measures(evaluation.measures)]
     except ValueError as exc:
         raise ConfigError(f"{at.at('evaluation', 'measures')}: {exc}") from None
-    test = evaluation.get("test", "t-test")
-    if test not in TESTS:
-        raise ConfigError(f"{at.at('evaluation', 'test')}: test must be one of {', '.join(TESTS)}, got {test!r}")
-    correction = evaluation.get("correction", "holm")
-    if correction not in CORRECTIONS:
+    if evaluation.test not in TESTS:
+        raise ConfigError(f"{at.at('evaluation', 'test')}: test must be one of {', '.join(TESTS)}, "
+                          f"got {evaluation.test!r}")
+    if evaluation.correction not in CORRECTIONS:
         raise ConfigError(f"{at.at('evaluation', 'correction')}: correction must be one of "
-                          f"{', '.join(CORRECTIONS)}, got {correction!r}")
-    alpha = float(_typed(evaluation.get("alpha", 0.05), (int, float), at.at("evaluation", "alpha"), "alpha"))
-    tolerance = float(_typed(evaluation.get("tolerance", 0.002), (int, float), at.at("evaluation", "tolerance"), "tolerance"))
-    batch_size = _typed(evaluation.get("batch_size", 1), int, at.at("evaluation", "batch_size"), "batch_size")
-    if batch_size < 1:
-        raise ConfigError(f"{at.at('evaluation', 'batch_size')}: must be a positive number")
-    plot_measure = evaluation.get("plot_measure", measures[0])
+                          f"{', '.join(CORRECTIONS)}, got {evaluation.correction!r}")
+    plot_measure = evaluation.plot_measure or measures[0]
     if plot_measure not in measures:
         raise ConfigError(f"{at.at('evaluation', 'plot_measure')}: {plot_measure!r} is not among the measures "
                           f"({', '.join(measures)})")
@@ -246,7 +280,7 @@ def load_spec(path: str | Path, *, check_files: bool = True) -> ExperimentSpec:
                 raise ConfigError(f"{source}:{spec.line} [stages.{stage}]: index = {index!r} does not exist, "
                                   "and no [[prepare]] step creates it")
         pipelines[name] = config
-    baseline = evaluation.get("baseline", next(iter(pipelines)))
+    baseline = evaluation.baseline or next(iter(pipelines))
     if baseline not in pipelines:
         raise ConfigError(f"{at.at('evaluation', 'baseline')}: baseline {baseline!r} is not a pipeline "
                           f"(pipelines: {', '.join(pipelines)})")
@@ -264,28 +298,28 @@ def load_spec(path: str | Path, *, check_files: bool = True) -> ExperimentSpec:
                 raise ConfigError(f"{where}: {measure!r} is not among the measures{hint} ({', '.join(measures)})")
             if isinstance(value, dict):
                 _known(value, ("score", "tolerance"), where)
-                score, tol = value.get("score"), value.get("tolerance", tolerance)
+                score, tol = value.get("score"), value.get("tolerance", evaluation.tolerance)
             else:
-                score, tol = value, tolerance
+                score, tol = value, evaluation.tolerance
             _typed(score, (int, float), where, "the expected score")
             _typed(tol, (int, float), where, "the tolerance")
             expected.append(Expectation(pipeline, measure, float(score), float(tol), at.line(f"expected.{pipeline}", measure)))
 
     if check_files:
         for key in ("corpus", "queries", "qrels"):
-            _check_data_path(files[key], at.at("dataset", key if key in dataset else "beir"))
-        if inputs and not Path(inputs["run"]).exists():
-            raise ConfigError(f"{at.at('input', 'run')}: {inputs['run']!r} does not exist")
+            _check_data_path(files[key], at.at("dataset", key if getattr(dataset, key) else "beir"))
+        if inputs and not Path(inputs.run).exists():
+            raise ConfigError(f"{at.at('input', 'run')}: {inputs.run!r} does not exist")
     name = _typed(data.get("name", path.stem), str, at.at("name") if "name" in data else source, "name")
     if not re.fullmatch(r"[\w.-]+", name):
         raise ConfigError(f"{source}: name {name!r} must be a plain folder name (letters, digits, . _ -)")
     return ExperimentSpec(
         name=name, source=source, description=str(data.get("description", "")), corpus=files["corpus"],
-        queries=files["queries"], qrels=files["qrels"], split=str(dataset.get("split", "test")),
-        max_queries=max_queries, input_run=inputs.get("run"), depth=depth,
-        skip_missing=bool(inputs.get("skip_missing", False)), prepare=prepare, measures=measures,
-        baseline=baseline, test=test, correction=correction, alpha=alpha, batch_size=batch_size,
-        plot_measure=plot_measure, pipelines=pipelines, expected=expected)
+        queries=files["queries"], qrels=files["qrels"], split=dataset.split, max_queries=dataset.max_queries,
+        input_run=inputs.run if inputs else None, depth=inputs.depth if inputs else None,
+        skip_missing=inputs.skip_missing if inputs else False, prepare=prepare, measures=measures,
+        baseline=baseline, test=evaluation.test, correction=evaluation.correction, alpha=evaluation.alpha,
+        batch_size=evaluation.batch_size, plot_measure=plot_measure, pipelines=pipelines, expected=expected)
 
 
 def _check_data_path(value: str, where: str) -> None:

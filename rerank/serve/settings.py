@@ -1,18 +1,25 @@
 """What a running service allows and how it batches: the ``[serve]`` table of a pipeline config."""
 from __future__ import annotations
 
+import dataclasses
 import difflib
-from dataclasses import dataclass, fields, replace
-from typing import Any
+from typing import Annotated, Any
+
+from pydantic import ConfigDict, Field, ValidationError
+from pydantic.dataclasses import dataclass
 
 from rerank.errors import RerankError
+
+Positive = Annotated[float, Field(gt=0)]
+PositiveInt = Annotated[int, Field(gt=0)]
+NonNegative = Annotated[float, Field(ge=0)]
 
 
 class SettingsError(RerankError, ValueError):
     """A ``[serve]`` setting that is unknown or out of range."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=ConfigDict(strict=True, extra="forbid"))
 class ServeSettings:
     """Limits and batching of the HTTP service; every field can be set in the pipeline config's
     ``[serve]`` table and overridden on the ``rerank serve`` command line.
@@ -21,63 +28,59 @@ class ServeSettings:
     queued request in arrival order until ``max_batch_size`` (query, document) pairs, waiting at
     most ``max_wait_ms`` for more when the queue runs dry. ``batching = false`` scores each request
     in a model call of its own (same queue, same worker), the baseline the benchmark compares.
+
+    Types and ranges are checked by pydantic when the settings are made; :meth:`from_table`
+    turns its errors into one-line :class:`SettingsError` messages.
     """
 
     host: str = "127.0.0.1"
-    port: int = 8080
+    port: Annotated[int, Field(ge=0, le=65535)] = 8080
+    """0 picks a free port."""
     batching: bool = True
-    max_batch_size: int = 512
+    max_batch_size: PositiveInt = 512
     """Most (query, document) pairs in one merged model call; a larger request runs alone."""
-    max_wait_ms: float = 2.0
+    max_wait_ms: NonNegative = 2.0
     """How long an idle worker waits for more requests to join a batch, while some are still
     arriving (a lone request never waits)."""
-    max_queue: int = 256
+    max_queue: PositiveInt = 256
     """Requests waiting for the model beyond this are refused with 503 (back-pressure)."""
-    max_documents: int = 1000
+    max_documents: PositiveInt = 1000
     """Documents per request."""
-    max_document_chars: int = 20_000
+    max_document_chars: PositiveInt = 20_000
     """Characters per document (and per query)."""
-    max_body_bytes: int = 8 * 1024 * 1024
+    max_body_bytes: PositiveInt = 8 * 1024 * 1024
     """Bytes of one request body."""
-    request_timeout_s: float = 30.0
+    request_timeout_s: Positive = 30.0
     """A request not answered by then gets 504 (and is dropped from the queue)."""
-    shutdown_timeout_s: float = 30.0
+    shutdown_timeout_s: NonNegative = 30.0
     """On SIGTERM/SIGINT, how long in-flight requests get to finish."""
     normalize: bool = True
     """Answer ``sigmoid(score)`` as ``relevance_score`` (the ranking is the same); a request's
     ``raw_scores = true`` asks for the pipeline's own scores."""
 
-    def __post_init__(self) -> None:
-        positive = ("max_batch_size", "max_queue", "max_documents", "max_document_chars", "max_body_bytes",
-                    "request_timeout_s")
-        for name in positive:
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-                raise SettingsError(f"serve setting {name} must be a positive number, got {value!r}")
-        if isinstance(self.port, bool) or not isinstance(self.port, int) or not 0 <= self.port <= 65535:
-            raise SettingsError(f"serve setting port must be 0-65535 (0 picks a free port), got {self.port!r}")
-        for name in ("max_wait_ms", "shutdown_timeout_s"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-                raise SettingsError(f"serve setting {name} must be a number >= 0, got {value!r}")
-        if not isinstance(self.batching, bool) or not isinstance(self.normalize, bool):
-            raise SettingsError("serve settings batching and normalize must be true or false")
-
     @classmethod
     def from_table(cls, table: dict[str, Any] | None, where: str = "[serve]") -> "ServeSettings":
         """Settings from a config's ``[serve]`` table; an unknown key gets a did-you-mean."""
-        table = dict(table or {})
-        known = [f.name for f in fields(cls)]
-        for key in table:
-            if key not in known:
-                close = difflib.get_close_matches(key, known, n=1)
-                hint = f"; did you mean {close[0]!r}?" if close else ""
-                raise SettingsError(f"{where}: unknown serve setting {key!r}{hint}")
-        try:
-            return cls(**table)
-        except SettingsError as exc:
-            raise SettingsError(f"{where}: {exc}") from None
+        return _validated(cls, dict(table or {}), where)
 
     def override(self, **changes: Any) -> "ServeSettings":
         """A copy with the given settings changed (``None`` values are ignored)."""
-        return replace(self, **{k: v for k, v in changes.items() if v is not None})
+        current = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        return _validated(type(self), {**current, **{k: v for k, v in changes.items() if v is not None}}, "serve")
+
+
+def _validated(cls: type[ServeSettings], values: dict[str, Any], where: str) -> ServeSettings:
+    known = [f.name for f in dataclasses.fields(cls)]
+    for key in values:
+        if key not in known:
+            close = difflib.get_close_matches(key, known, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise SettingsError(f"{where}: unknown serve setting {key!r}{hint}")
+    try:
+        return cls(**values)
+    except ValidationError as exc:
+        error = exc.errors(include_url=False)[0]
+        name = ".".join(map(str, error["loc"]))
+        rule = {"greater_than": "must be a positive number", "greater_than_equal": "must be a number >= 0",
+                "less_than_equal": "is too large"}.get(error["type"], error["msg"][0].lower() + error["msg"][1:])
+        raise SettingsError(f"{where}: serve setting {name} {rule}, got {error.get('input')!r}") from None
