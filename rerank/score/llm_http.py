@@ -14,7 +14,6 @@ and malformed replies raise :class:`~rerank.score.llm_base.LLMError` naming the 
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -22,6 +21,10 @@ from typing import Any
 from rerank.score.llm_base import LLMError, LLMUsage, load_tokenizer, render_prompt, truncate_tokens
 
 _RETRIED_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
+
+
+class _Transient(Exception):
+    """A failure worth retrying: a timeout, a failed connection, or a 408/409/425/429/5xx answer."""
 
 
 class OpenAICompatibleLLM:
@@ -85,31 +88,37 @@ class OpenAICompatibleLLM:
     def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         import httpx
 
+        from tenacity import RetryError, Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
+
         url = f"{self.base_url}{path}"
-        last = ""
-        for attempt in range(self.retries + 1):
-            if attempt:
-                with self._usage_lock:
-                    self.retried += 1
-                time.sleep(self.backoff * 2 ** (attempt - 1))
+
+        def attempt() -> dict[str, Any]:
             try:
                 reply = self._client.post(url, json=body)
             except httpx.TimeoutException:
-                last = f"no reply within {self._client.timeout.read}s"
-                continue
+                raise _Transient(f"no reply within {self._client.timeout.read}s") from None
             except httpx.TransportError as exc:
-                last = f"connection failed ({exc})"
-                continue
+                raise _Transient(f"connection failed ({exc})") from None
             if reply.status_code in _RETRIED_STATUS:
-                last = f"HTTP {reply.status_code}: {reply.text[:200]}"
-                continue
+                raise _Transient(f"HTTP {reply.status_code}: {reply.text[:200]}")
             if reply.status_code != 200:
                 raise LLMError(f"{url} refused the request: HTTP {reply.status_code}: {reply.text[:300]}")
             try:
                 return reply.json()
             except ValueError:
                 raise LLMError(f"{url} sent a reply that is not JSON: {reply.text[:200]!r}") from None
-        raise LLMError(f"{url}: gave up after {self.retries + 1} attempts; last error: {last}")
+
+        def count(_state) -> None:
+            with self._usage_lock:
+                self.retried += 1
+
+        retrying = Retrying(stop=stop_after_attempt(self.retries + 1), retry=retry_if_exception_type(_Transient),
+                            wait=wait_exponential(multiplier=self.backoff), before_sleep=count)
+        try:
+            return retrying(attempt)
+        except RetryError as exc:
+            last = exc.last_attempt.exception()
+            raise LLMError(f"{url}: gave up after {self.retries + 1} attempts; last error: {last}") from None
 
     def _map(self, fn, items: list) -> list:
         if len(items) <= 1 or self.concurrency == 1:

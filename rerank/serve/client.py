@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx
+from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
 from rerank.errors import RerankError
 from rerank.pipeline import Stage
@@ -31,6 +32,14 @@ class ServiceRequestError(RerankError):
         self.status = status
         self.error_type = error_type
         self.message = message
+
+
+class _Overloaded(Exception):
+    """A 503 answer (overloaded or shutting down), retried like a refused connection."""
+
+    def __init__(self, response: httpx.Response) -> None:
+        super().__init__(f"HTTP 503: {response.text[:200]}")
+        self.response = response
 
 
 class RerankClient:
@@ -71,24 +80,26 @@ class RerankClient:
         return response.json()
 
     def _post(self, path: str, body: dict[str, Any]) -> Any:
-        for attempt in range(self.retries + 1):
-            try:
-                response = self._http.post(f"{self.url}{path}", json=body)
-            except httpx.ConnectError:
-                if attempt == self.retries:
-                    raise
-            else:
-                if response.status_code == 200:
-                    return response.json()
-                if response.status_code != 503 or attempt == self.retries:
-                    try:
-                        error = response.json()
-                        error_type, message = error.get("error_type", "http"), error.get("error", response.text)
-                    except ValueError:
-                        error_type, message = "http", response.text
-                    raise ServiceRequestError(response.status_code, error_type, message)
-            time.sleep(0.1 * 2**attempt)
-        raise AssertionError("unreachable")
+        def attempt() -> httpx.Response:
+            response = self._http.post(f"{self.url}{path}", json=body)
+            if response.status_code == 503:
+                raise _Overloaded(response)
+            return response
+
+        retrying = Retrying(stop=stop_after_attempt(self.retries + 1), wait=wait_exponential(multiplier=0.1),
+                            retry=retry_if_exception_type((httpx.ConnectError, _Overloaded)), reraise=True)
+        try:
+            response = retrying(attempt)
+        except _Overloaded as exc:  # still 503 after the last retry
+            response = exc.response
+        if response.status_code == 200:
+            return response.json()
+        try:
+            error = response.json()
+            error_type, message = error.get("error_type", "http"), error.get("error", response.text)
+        except ValueError:
+            error_type, message = "http", response.text
+        raise ServiceRequestError(response.status_code, error_type, message)
 
     def close(self) -> None:
         """Close the connection pool."""
