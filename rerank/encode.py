@@ -141,13 +141,6 @@ class BiEncoder:
         return vectors
 
 
-def set_threads(n: int | None = None) -> None:
-    """Use ``n`` intra-op threads in torch (default: all cores of this machine)."""
-    import torch
-
-    torch.set_num_threads(n or os.cpu_count() or 1)
-
-
 PRECISIONS = ("fp32", "bf16", "int8")
 
 

@@ -67,7 +67,6 @@ class ListwiseReranker(Scorer, kind="listwise"):
                  name: str | None = None) -> None:
         if window < 2 or not 1 <= step <= window:
             raise ValueError("window must be at least 2 and step between 1 and window")
-        self.llm_spec = llm if isinstance(llm, str) else getattr(llm, "name", None)
         self.llm_options = dict(llm_options or {})
         self.llm = open_llm(llm, **self.llm_options)
         self.window = window

@@ -23,7 +23,6 @@ class _LLMPointwise(Scorer):
                  llm_options: dict[str, Any] | None = None, name: str | None = None) -> None:
         if max_passage_tokens < 1:
             raise ValueError("max_passage_tokens must be at least 1")
-        self.llm_spec = llm if isinstance(llm, str) else getattr(llm, "name", None)
         self.llm_options = dict(llm_options or {})
         self.llm = open_llm(llm, **self.llm_options)
         self.max_passage_tokens = max_passage_tokens

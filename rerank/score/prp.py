@@ -128,7 +128,6 @@ class PRP(PairwiseReranker, kind="prp"):
                  mode: str = "scoring", both_orders: bool = True, budget: int | None = None,
                  max_passage_tokens: int = 128, llm_options: dict[str, Any] | None = None,
                  progress: bool = False, name: str | None = None) -> None:
-        self.llm_spec = llm if isinstance(llm, str) else getattr(llm, "name", None)
         self.llm_options = dict(llm_options or {})
         judge = LLMJudge(open_llm(llm, **self.llm_options), mode=mode, max_passage_tokens=max_passage_tokens)
         super().__init__(judge, method=method, top_k=top_k, both_orders=both_orders, budget=budget,
