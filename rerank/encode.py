@@ -8,7 +8,6 @@ batches capped by a token budget, so short texts are not padded up to long ones.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
