@@ -84,6 +84,34 @@ def _sync(fh) -> None:
     os.fsync(fh.fileno())
 
 
+def read_inputs(*, candidates: str | Path | None = None, run: str | Path | None = None,
+                corpus: str | Path | None = None, queries: str | Path | None = None, split: str = "test",
+                depth: int | None = None, skip_missing: bool = False, skip_bad: bool = False) -> list[Candidates]:
+    """The queries a batch job re-ranks, one :class:`Candidates` each: from a JSONL
+    ``candidates`` file (texts included), or a TREC ``run`` with the ``corpus`` holding its
+    passages and the ``queries``, or ``queries`` alone (for a pipeline that retrieves). ``depth``
+    keeps each query's top candidates."""
+    from rerank.data import read_run
+    from rerank.data.candidates import candidates_from_run
+    from rerank.data.detect import read_queries
+    from rerank.data.jsonl import iter_candidates
+
+    if candidates:
+        if run or corpus:
+            raise RerankError("give either candidates (JSONL with texts) or a run with a corpus, not both")
+        return [c.top(depth) if depth else c for c in iter_candidates(candidates, skip_bad=skip_bad)]
+    if not queries:
+        raise RerankError("the queries are required with a run, or when the pipeline retrieves its own candidates")
+    by_id = {q.id: q for q in read_queries(queries, split, skip_bad=skip_bad)}
+    if not run:
+        return [Candidates(q, [], []) for q in by_id.values()]
+    if not corpus:
+        raise RerankError("a run needs the corpus to read the passages' text")
+    return candidates_from_run(read_run(run, skip_bad=skip_bad), by_id, corpus, depth=depth,
+                               skip_missing=skip_missing, skip_bad=skip_bad, source=str(run),
+                               queries_source=str(queries))
+
+
 def rerank_to_file(pipeline: Callable[[list[Candidates]], list[Candidates]], batches: Sequence[Candidates],
                    out: str | Path, *, fmt: str | None = None, tag: str = "rerank", chunk_size: int = 8,
                    progress: bool = True, overwrite: bool = False) -> BatchResult:

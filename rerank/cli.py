@@ -65,41 +65,16 @@ def cmd_retrieve(args) -> int:
     return 0
 
 
-def _rerank_inputs(args) -> list:
-    """One :class:`Candidates` per query from --candidates, or --run + --corpus + --queries, or
-    --queries alone (for pipelines that retrieve)."""
-    from rerank.data import read_run
-    from rerank.data.candidates import candidates_from_run
-    from rerank.data.detect import read_queries
-    from rerank.data.jsonl import iter_candidates
-    from rerank.types import Candidates
-
-    depth = args.depth
-    if args.candidates:
-        if args.run or args.corpus:
-            raise RerankError("give either --candidates (JSONL with texts) or --run with --corpus, not both")
-        return [c.top(depth) if depth else c for c in iter_candidates(args.candidates, skip_bad=args.skip_bad)]
-    if not args.queries:
-        raise RerankError("--queries is required with --run, or when the pipeline retrieves its own candidates")
-    queries = {q.id: q for q in read_queries(args.queries, args.split, skip_bad=args.skip_bad)}
-    if not args.run:
-        return [Candidates(q, [], []) for q in queries.values()]
-    if not args.corpus:
-        raise RerankError("--run needs --corpus to read the passages' text")
-    return candidates_from_run(read_run(args.run, skip_bad=args.skip_bad), queries, args.corpus, depth=depth,
-                               skip_missing=args.skip_missing, skip_bad=args.skip_bad, source=args.run,
-                               queries_source=args.queries)
-
-
 def cmd_rerank(args) -> int:
     """Re-rank a run (or JSONL candidates) with a pipeline config, resumably."""
-    from rerank.batch import rerank_to_file
+    from rerank.batch import read_inputs, rerank_to_file
     from rerank.config import build_pipeline, parse_config
     from rerank.trace import format_costs, summarize
 
     config = parse_config(args.pipeline)  # a bad config fails before any data or model loads
     began = time.perf_counter()
-    batch = _rerank_inputs(args)
+    batch = read_inputs(candidates=args.candidates, run=args.run, corpus=args.corpus, queries=args.queries,
+                        split=args.split, depth=args.depth, skip_missing=args.skip_missing, skip_bad=args.skip_bad)
     if not batch:
         raise RerankError("no queries to re-rank")
     log.info("read %d queries in %.1fs", len(batch), time.perf_counter() - began)

@@ -163,3 +163,20 @@ def test_a_corpus_with_a_repeated_passage_id_is_refused_or_keeps_the_first(tmp_p
     [line] = (tmp_path / "out.jsonl").read_text().splitlines()
     assert json.loads(line)["candidates"][0] == {"id": "d1", "text": "first text", "score": 2.0}
     assert "dropped 1 line(s) repeating an earlier passage id" in caplog.text
+
+
+def test_batch_inputs_are_read_by_the_library_and_bad_combinations_refused(tmp_path):
+    from rerank.batch import read_inputs
+    from rerank.errors import RerankError
+
+    (tmp_path / "q.tsv").write_text("q1\tsome query\n")
+    (tmp_path / "c.jsonl").write_text('{"query_id": "q1", "query": "x", "candidates": [{"id": "a", "text": "t"}, '
+                                      '{"id": "b", "text": "u"}]}\n')
+    assert [c.ids for c in read_inputs(candidates=tmp_path / "c.jsonl", depth=1)] == [["a"]]
+    assert [(c.query.id, len(c)) for c in read_inputs(queries=tmp_path / "q.tsv")] == [("q1", 0)]
+    with pytest.raises(RerankError, match="not both"):
+        read_inputs(candidates=tmp_path / "c.jsonl", run=tmp_path / "r.trec")
+    with pytest.raises(RerankError, match="queries are required"):
+        read_inputs(run=tmp_path / "r.trec")
+    with pytest.raises(RerankError, match="needs the corpus"):
+        read_inputs(run=tmp_path / "r.trec", queries=tmp_path / "q.tsv")
