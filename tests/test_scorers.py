@@ -213,7 +213,5 @@ def test_splade_index_detects_corruption(splade_index, tmp_path):
 
 
 def test_scorers_share_the_passage_text_convention():
-    from rerank.score.cross_encoder import CrossEncoder  # noqa: F401  (import check)
-
     p = Passage("d", "body", "Title")
     assert p.full_text == "Title body"
