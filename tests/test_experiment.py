@@ -232,6 +232,7 @@ def test_mismatched_ids_fail_before_models_load(workspace, monkeypatch, tmp_path
         Experiment.from_config(_write(tmp_path / "y.toml", text), progress=False)
 
 
+@pytest.mark.slow
 def test_input_run_experiment_and_cli_filters(tmp_path, tiny_ce_path, capsys):
     """Re-ranking a given first-stage run (DL19 BM25): the identity pipeline is that run."""
     from rerank.cli import main

@@ -205,6 +205,7 @@ llm = "{tiny_llm_path}"
 
 # -- the HTTP backend against a real loopback server --------------------------------------------
 
+@pytest.mark.slow
 def test_http_backend_matches_the_local_backend(tiny_llm):
     with OpenAITestServer(tiny_llm) as url:
         remote = OpenAICompatibleLLM(url, model="tiny", tokenizer=tiny_llm.name, max_context=512)

@@ -321,6 +321,7 @@ def test_a_failing_request_fails_alone(tiny_ce, requests_data):
             i: pytest.approx(s, abs=1e-5) for i, s in enumerate(expected)}
 
 
+@pytest.mark.slow
 def test_request_timeout_and_a_full_queue(tiny_ce):
     stage = FlakyStage(tiny_ce, delay=0.6)
     settings = ServeSettings(port=0, request_timeout_s=0.3, max_queue=2, batching=False)
@@ -348,6 +349,7 @@ def test_a_body_that_never_finishes_arriving_times_out(tiny_ce):
         assert httpx.get(f"{running.url}/health").status_code == 200
 
 
+@pytest.mark.slow
 def test_graceful_shutdown_finishes_in_flight_and_refuses_new(tiny_ce):
     stage = FlakyStage(tiny_ce, delay=2.0)
     running = RerankServer(stage, ServeSettings(port=0)).start()
@@ -455,6 +457,7 @@ def test_cli_serve_answers_then_stops_on_sigterm(tmp_path, tiny_ce_path, tiny_ce
         process.wait()
 
 
+@pytest.mark.slow
 def test_cli_serve_refuses_a_bad_config_before_loading_models(tmp_path):
     config = tmp_path / "bad.toml"
     config.write_text('pipeline = "ce"\n\n[stages.ce]\nkind = "cross-encoder"\nmodel = "x"\n\n[serve]\nmax_wait = 3\n')

@@ -12,6 +12,7 @@ from rerank.data import read_run
 from rerank.train import read_teacher_scores, read_triples
 
 
+@pytest.mark.slow
 def test_the_whole_training_chain_from_the_command_line(tmp_path, scifact_bm25, capsys):
     data = str(shared("scifact"))
     index = scifact_bm25.save(tmp_path / "bm25")
