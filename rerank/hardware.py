@@ -1,0 +1,156 @@
+"""What the CPU offers, and the precision and thread count that suit it.
+
+torch's own report (``torch.backends.cpu.get_cpu_capability()``) names only the widest vector
+ISA (``AVX512`` on a Sapphire Rapids Xeon with AMX), so the instruction-set flags are read from
+``/proc/cpuinfo`` as well. The choice:
+
+* ``bf16`` where AMX (``amx_bf16``) or AVX-512-BF16 (``avx512_bf16``) is present: bf16 matrix
+  products run several times faster than fp32 there;
+* ``int8`` where VNNI (``avx512_vnni`` or ``avx_vnni``) is present but no bf16 support: dynamic
+  int8 quantization uses it;
+* ``fp32`` otherwise (on AVX2-only CPUs bf16 is emulated and several times *slower* than fp32).
+
+Threads: the physical cores this process may use, counting the CPU affinity mask and a cgroup
+CPU quota (containers), and one thread per core rather than per hyper-thread.
+"""
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+PRECISIONS = ("fp32", "bf16", "int8")
+BF16_FLAGS = ("amx_bf16", "avx512_bf16")
+VNNI_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
+
+
+@dataclass(frozen=True)
+class CpuFeatures:
+    """The CPU's instruction-set flags (as ``/proc/cpuinfo`` names them) and torch's capability."""
+
+    flags: frozenset[str] = field(default_factory=frozenset)
+    torch_capability: str = ""
+    model: str = ""
+
+    @property
+    def bf16(self) -> bool:
+        """Native bf16 matrix arithmetic (AMX or AVX-512-BF16)."""
+        return any(flag in self.flags for flag in BF16_FLAGS)
+
+    @property
+    def vnni(self) -> bool:
+        """Native int8 dot products (VNNI or AMX-INT8)."""
+        return any(flag in self.flags for flag in VNNI_FLAGS)
+
+    def describe(self) -> str:
+        """A short line for traces and tables, e.g. ``AVX512 + amx_bf16, avx512_bf16, avx512_vnni``."""
+        shown = [flag for flag in (*BF16_FLAGS, *VNNI_FLAGS, "avx512f", "avx2") if flag in self.flags]
+        return f"{self.torch_capability or 'unknown'}" + (f" + {', '.join(shown)}" if shown else "")
+
+
+def parse_cpuinfo(text: str) -> tuple[frozenset[str], str]:
+    """The flags and model name of the first processor in ``/proc/cpuinfo`` text."""
+    flags: frozenset[str] = frozenset()
+    model = ""
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        key = key.strip()
+        if key == "flags" and not flags:
+            flags = frozenset(value.split())
+        elif key == "model name" and not model:
+            model = value.strip()
+    return flags, model
+
+
+def cpu_features(cpuinfo: str | Path = "/proc/cpuinfo") -> CpuFeatures:
+    """This machine's :class:`CpuFeatures` (empty flags where ``/proc/cpuinfo`` does not exist)."""
+    try:
+        flags, model = parse_cpuinfo(Path(cpuinfo).read_text(encoding="utf-8", errors="replace"))
+    except OSError:
+        flags, model = frozenset(), ""
+    try:
+        import torch
+
+        capability = torch.backends.cpu.get_cpu_capability()
+    except (ImportError, AttributeError):
+        capability = ""
+    return CpuFeatures(flags, capability, model)
+
+
+def choose_precision(features: CpuFeatures) -> tuple[str, str]:
+    """The precision for ``precision="auto"`` on a CPU with ``features``, and why."""
+    if features.bf16:
+        found = ", ".join(flag for flag in BF16_FLAGS if flag in features.flags)
+        return "bf16", f"bf16: the CPU has {found}"
+    if features.vnni:
+        found = ", ".join(flag for flag in VNNI_FLAGS if flag in features.flags)
+        return "int8", f"int8: the CPU has {found} but no native bf16"
+    return "fp32", "fp32: the CPU has neither native bf16 (AMX, AVX-512-BF16) nor VNNI"
+
+
+def resolve_precision(precision: str, features: CpuFeatures | None = None) -> tuple[str, str]:
+    """``precision`` itself if it is ``fp32``, ``bf16`` or ``int8`` (a user's choice), or the
+    one :func:`choose_precision` picks for ``auto``; with the reason."""
+    if precision in PRECISIONS:
+        return precision, f"{precision}: chosen by the user"
+    if precision != "auto":
+        raise ValueError(f"precision must be auto or one of {PRECISIONS}, got {precision!r}")
+    return choose_precision(features or cpu_features())
+
+
+def cgroup_cpu_limit(root: str | Path = "/sys/fs/cgroup") -> float | None:
+    """The CPU quota of this process's cgroup in cores (``cpu.max`` of cgroup v2, or
+    ``cpu.cfs_quota_us`` / ``cpu.cfs_period_us`` of v1), or ``None`` when there is none."""
+    root = Path(root)
+    try:
+        quota, _, period = (root / "cpu.max").read_text().strip().partition(" ")
+        if quota != "max":
+            return int(quota) / int(period or 100_000)
+        return None
+    except (OSError, ValueError):
+        pass
+    try:
+        quota_us = int((root / "cpu" / "cpu.cfs_quota_us").read_text())
+        period_us = int((root / "cpu" / "cpu.cfs_period_us").read_text())
+        return quota_us / period_us if quota_us > 0 and period_us > 0 else None
+    except (OSError, ValueError):
+        return None
+
+
+def physical_cores_of(cpuinfo: str, allowed: set[int] | None = None) -> int:
+    """Distinct (physical id, core id) pairs among the processors in ``allowed`` (all if
+    ``None``), from ``/proc/cpuinfo`` text; 0 if the text does not say."""
+    cores: set[tuple[str, str]] = set()
+    processor, physical, core = None, "0", None
+    for line in [*cpuinfo.splitlines(), ""]:
+        key, _, value = line.partition(":")
+        key, value = key.strip(), value.strip()
+        if key == "processor":
+            processor = int(value)
+        elif key == "physical id":
+            physical = value
+        elif key == "core id":
+            core = value
+        elif not line.strip():
+            if processor is not None and core is not None and (allowed is None or processor in allowed):
+                cores.add((physical, core))
+            processor, physical, core = None, "0", None
+    return len(cores)
+
+
+def default_threads(cpuinfo: str | Path = "/proc/cpuinfo", cgroup_root: str | Path = "/sys/fs/cgroup") -> tuple[int, str]:
+    """How many intra-op threads to use: the physical cores this process may run on, capped by
+    its cgroup quota (rounded up); with the reason, for the trace."""
+    allowed = set(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else set(range(os.cpu_count() or 1))
+    try:
+        cores = physical_cores_of(Path(cpuinfo).read_text(encoding="utf-8", errors="replace"), allowed)
+    except OSError:
+        cores = 0
+    reason = f"{cores} physical cores among {len(allowed)} allowed CPUs" if cores else f"{len(allowed)} allowed CPUs"
+    threads = cores or len(allowed)
+    limit = cgroup_cpu_limit(cgroup_root)
+    if limit is not None and math.ceil(limit) < threads:
+        threads = max(1, math.ceil(limit))
+        reason += f", cgroup quota {limit:g} CPUs"
+    return threads, reason
