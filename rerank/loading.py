@@ -9,9 +9,8 @@ from typing import Any
 from rerank.errors import RerankError
 from rerank.models import REGISTRY, resolve
 
-LOADABLE = {"cross-encoder": "model", "bi-encoder": "model", "splade": "model", "query-likelihood": "llm",
-            "yes-no": "llm", "prp": "llm", "listwise": "llm"}
-"""Stage kinds ``load`` builds, with the argument that names the model."""
+LOADABLE = ("cross-encoder", "bi-encoder", "splade", "query-likelihood", "yes-no", "prp", "listwise")
+"""Stage kinds ``load`` builds; each takes the model (or LLM) as its first argument."""
 
 AUTO_KINDS = {"cross-encoder": "cross-encoder", "bi-encoder": "bi-encoder", "splade": "splade",
               "llm": "query-likelihood"}
@@ -112,4 +111,4 @@ def load(name_or_path: str, kind: str | None = None, **options: Any):
         kind = AUTO_KINDS[kind]
     if kind not in LOADABLE:
         raise ValueError(f"unknown kind {kind!r}; choose one of {', '.join([*LOADABLE, 'llm'])}")
-    return stage_kinds()[kind](**{LOADABLE[kind]: name_or_path}, **options)
+    return stage_kinds()[kind](name_or_path, **options)

@@ -10,6 +10,7 @@ import rerank
 from rerank.errors import EmptyQueryError
 from rerank.loading import ModelKindError
 from rerank.pipeline import Scorer, Work
+from rerank.types import Passage, Query
 
 
 class WordOverlap(Scorer):
@@ -71,7 +72,9 @@ def test_kind_comes_from_the_model_files_not_the_name(tiny_ce_path, tmp_path):
     assert rerank.detect_kind(str(misleading)) == "cross-encoder"  # sequence-classification config
     scorer = rerank.load(str(misleading), max_length=64)
     assert isinstance(scorer, rerank.CrossEncoder) and scorer.max_length == 64
-    assert [r.index for r in scorer.rank("q", ["a", "b"])] in ([0, 1], [1, 0])
+    ranked = scorer.rank("q", ["a", "b"])
+    expected = scorer.score(Query("x", "q"), [Passage("0", "a"), Passage("1", "b")])
+    assert {r.index: r.score for r in ranked} == pytest.approx(dict(enumerate(expected)), abs=1e-6)
     assert isinstance(rerank.load(str(misleading), kind="bi-encoder"), rerank.BiEncoderScorer)  # kind= overrides
 
 
