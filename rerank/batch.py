@@ -61,7 +61,8 @@ def _line_query(line: str, fmt: str) -> str | None:
 
 def _trace_to_json(trace: Sequence[StageCost]) -> list[dict]:
     return [{"stage": c.stage, "seconds": c.seconds, "passages_scored": c.passages_scored,
-             "model_calls": c.model_calls, "tokens": c.tokens, **({"counters": c.counters} if c.counters else {})}
+             "model_calls": c.model_calls, "tokens": c.tokens, **({"counters": c.counters} if c.counters else {}),
+             **({"settings": c.settings} if c.settings else {})}
             for c in trace]
 
 

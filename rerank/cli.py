@@ -34,7 +34,7 @@ def cmd_index(args) -> int:
         index = build_index(args.corpus, root / kind, kind, skip_bad=args.skip_bad, backend=args.backend, k1=args.k1,
                             b=args.b, method=args.method, idf=args.idf, language=args.language, chinese=args.chinese,
                             stopwords=args.stopwords, stemmer=args.stemmer, model=args.model, factory=args.factory,
-                            batch_size=args.batch_size, splade_model=args.splade_model)
+                            batch_size=args.batch_size, splade_model=args.splade_model, precision=args.precision)
         print(f"{kind}: {index!r} -> {index.folder} ({time.perf_counter() - began:.1f}s)")
     return 0
 
@@ -78,7 +78,7 @@ def cmd_rerank(args) -> int:
     if not batch:
         raise RerankError("no queries to re-rank")
     log.info("read %d queries in %.1fs", len(batch), time.perf_counter() - began)
-    pipeline = build_pipeline(config)
+    pipeline = build_pipeline(config, precision=args.precision)
     print(f"pipeline: {pipeline}", file=sys.stderr)
     result = rerank_to_file(pipeline, batch, args.out, fmt=args.format, tag=args.tag, chunk_size=args.chunk_size,
                             progress=not args.no_progress, overwrite=args.overwrite)
@@ -134,7 +134,7 @@ def cmd_experiment(args) -> int:
 
     only = [p.strip() for p in args.pipelines.split(",") if p.strip()] if args.pipelines else None
     experiment = Experiment.from_config(args.config, max_queries=args.max_queries, only=only,
-                                        progress=not args.no_progress)
+                                        progress=not args.no_progress, precision=args.precision)
     out = Path(args.out) if args.out else Path("experiments/results") / experiment.name
     if args.max_queries or only:
         print(f"note: a partial run ({args.max_queries or 'all'} queries, pipelines {only or 'all'}); "
@@ -162,7 +162,7 @@ def cmd_serve(args) -> int:
         args.pipeline, host=args.host, port=args.port, batching=False if args.no_batching else None,
         max_batch_size=args.max_batch_size, max_wait_ms=args.max_wait_ms, max_queue=args.max_queue,
         max_documents=args.max_documents, max_document_chars=args.max_document_chars,
-        max_body_bytes=args.max_body_bytes, request_timeout_s=args.request_timeout)
+        max_body_bytes=args.max_body_bytes, request_timeout_s=args.request_timeout, precision=args.precision)
     server = RerankServer(pipeline, settings, log_level=args.log_level)
     batching = (f"micro-batching up to {settings.max_batch_size} pairs, {settings.max_wait_ms:g} ms wait"
                 if settings.batching else "no batching")
@@ -170,6 +170,17 @@ def cmd_serve(args) -> int:
           "POST /rerank, GET /health /info /metrics; Ctrl-C stops", file=sys.stderr, flush=True)
     server.run()
     return 0
+
+
+def add_precision_option(p: argparse.ArgumentParser, default: str | None = None,
+                         help_text: str = "precision of every model stage (overrides the config's)") -> None:
+    """``--precision auto|fp32|bf16|int8``: auto picks by the CPU (bf16 with AMX or AVX-512-BF16,
+    int8 with VNNI, else fp32) and keeps it only if it ranks a calibration sample like fp32."""
+    from rerank.precision import CHOICES
+
+    p.add_argument("--precision", choices=CHOICES, default=default,
+                   help=f"{help_text}; auto picks by the CPU and checks it against fp32"
+                        + (f" (default: {default})" if default else " (default: the config's, else auto)"))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -202,6 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--batch-size", type=int, default=64, help="max texts per encoder batch (default: 64)")
     g = p.add_argument_group("SPLADE")
     g.add_argument("--splade-model", default="splade-tiny", help="SPLADE model: short name, Hugging Face id or path (default: splade-tiny)")
+    add_precision_option(p, "auto", "dense and SPLADE encoding precision (written in the manifest)")
     p.set_defaults(func=cmd_index)
 
     p = sub.add_parser("retrieve", help="search an index (or fuse several) and write a TREC run",
@@ -238,6 +250,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--skip-bad", action="store_true", help="skip malformed input lines instead of failing")
     p.add_argument("--overwrite", action="store_true", help="replace an existing complete output")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_precision_option(p)
     p.set_defaults(func=cmd_rerank)
 
     p = sub.add_parser("evaluate", help="score TREC runs against qrels with ir-measures",
@@ -268,6 +281,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pipelines", default=None, help="comma-separated pipelines to run (plus the baseline; no check)")
     p.add_argument("--no-check", action="store_true", help="do not fail on expected scores that drifted")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_precision_option(p)
     p.set_defaults(func=cmd_experiment)
 
     p = sub.add_parser("serve", help="serve a re-ranking pipeline over HTTP (Cohere/TEI-compatible POST /rerank)",
@@ -289,6 +303,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--request-timeout", type=float, default=None, help="seconds before a request gets 504 (30)")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"],
                    help="uvicorn log level (default info)")
+    add_precision_option(p, help_text="precision of every model stage (overrides [serve] and the stages' own)")
     p.set_defaults(func=cmd_serve)
 
     from rerank.train.cli import add_train_parser

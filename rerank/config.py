@@ -23,6 +23,11 @@
     method = "heapsort"
     top_k = 10
 
+A top-level ``precision = "fp32"`` (or ``bf16``, ``int8``, ``auto``) is the precision of every
+model stage whose table does not set its own; :func:`build_pipeline`'s ``precision`` (the
+``--precision`` flag) overrides both. The default everywhere is ``auto`` (see
+:mod:`rerank.precision`).
+
 The expression allows stage names, ``>>``, ``% k``, ``|`` and ``fuse(a, b, method="zscore")``.
 :func:`parse_config` checks everything it can (kinds, argument names, files, names in the
 expression) before :func:`build_pipeline` loads any model. :func:`dump_pipeline` writes a built
@@ -143,10 +148,23 @@ def parse_config(source: str | Path | dict, *, text: str | None = None, check_fi
             raise ConfigError(f"{at}: unknown kind {kind!r}{hint}; choose one of {', '.join(sorted(kinds))}")
         specs[name] = StageSpec(name, kind, args, line)
     config = PipelineConfig(expression, specs, where, {k: v for k, v in data.items() if k not in ("pipeline", "stages")})
+    _check_precision(config.extra.get("precision"), f"{where}: precision")
     _check_expression(config)
     for name in config.used():
         _check_spec(config.stages[name], kinds, config, check_files)
     return config
+
+
+def _check_precision(value: Any, at: str) -> None:
+    from rerank.precision import CHOICES
+
+    if value is not None and value not in CHOICES:
+        raise ConfigError(f"{at} = {value!r}: choose one of {', '.join(CHOICES)}")
+
+
+def takes_precision(stage_class: type) -> bool:
+    """Whether a stage kind runs a model whose precision can be chosen."""
+    return "precision" in inspect.signature(stage_class).parameters
 
 
 def _check_expression(config: PipelineConfig) -> None:
@@ -193,6 +211,7 @@ def _check_spec(spec: StageSpec, kinds: dict, config: PipelineConfig, check_file
         signature.bind(**{k: None for k in spec.args})
     except TypeError as exc:
         raise ConfigError(f"{at}: {exc} {takes}") from None
+    _check_precision(spec.args.get("precision"), f"{at}: precision")
     for ref in stage_class.stage_arguments:
         target = spec.args.get(ref)
         if target is not None and target not in config.stages:
@@ -203,11 +222,13 @@ def _check_spec(spec: StageSpec, kinds: dict, config: PipelineConfig, check_file
             raise ConfigError(f"{at}: {key} = {value!r} does not exist (build it with 'rerank index')")
 
 
-def build_pipeline(config: PipelineConfig | str | Path | dict, *, built: dict[str, Any] | None = None):
+def build_pipeline(config: PipelineConfig | str | Path | dict, *, built: dict[str, Any] | None = None,
+                   precision: str | None = None):
     """Build the :class:`~rerank.pipeline.Stage` a config describes (loading its models).
 
     ``built`` maps stage names to stages already built; new ones are added to it, so several
     pipelines over the same ``[stages]`` share their stage objects (each model loads once).
+    ``precision`` (``auto``, ``fp32``, ``bf16``, ``int8``) overrides every model stage's own.
     """
     from rerank.pipeline import Fusion, Pipeline
 
@@ -215,6 +236,8 @@ def build_pipeline(config: PipelineConfig | str | Path | dict, *, built: dict[st
         config = parse_config(config)
     kinds = stage_kinds()
     built = {} if built is None else built
+    _check_precision(precision, "precision")
+    default_precision = config.extra.get("precision")
 
     def stage(name: str):
         if name not in built:
@@ -223,6 +246,13 @@ def build_pipeline(config: PipelineConfig | str | Path | dict, *, built: dict[st
             for ref in kinds[spec.kind].stage_arguments:
                 if isinstance(args.get(ref), str):
                     args[ref] = stage(args[ref])
+            chosen = precision or default_precision
+            if chosen and takes_precision(kinds[spec.kind]):
+                args["precision"] = precision or args.get("precision", default_precision)
+            elif chosen and "llm_options" in inspect.signature(kinds[spec.kind]).parameters:
+                options = dict(args.get("llm_options") or {})
+                options["precision"] = precision or options.get("precision", default_precision)
+                args["llm_options"] = options
             try:
                 built[name] = kinds[spec.kind](**args, name=name)
             except (OSError, ValueError) as exc:

@@ -52,14 +52,15 @@ def shares(sizes: Sequence[int]) -> list[float]:
 def record_costs(stage: str, inputs: Sequence[Candidates], outputs: Sequence[Candidates], seconds: float | Sequence[float],
                  *, model_calls: float | Sequence[float] = 0.0, passages_scored: int | Sequence[int] | None = None,
                  tokens: Sequence[int] | None = None, counters: dict | Sequence[dict] | None = None,
-                 shared_by: Sequence[int] | None = None) -> list[Candidates]:
+                 shared_by: Sequence[int] | None = None, settings: dict[str, str] | None = None) -> list[Candidates]:
     """``outputs`` (one per query, in the order of ``inputs``) with traces that continue their
     input's: ``inputs[i].trace`` plus one :class:`StageCost` for ``stage``.
 
     ``seconds`` and ``model_calls``: a total for the batch, shared by ``shared_by`` (default:
     each input's number of candidates), or a sequence giving each query's own figure.
     ``passages_scored`` defaults to each input's candidates; ``tokens`` and ``counters`` are per
-    query (a single dict of counters applies to every query).
+    query (a single dict of counters applies to every query); ``settings`` (how the stage ran:
+    precision, threads) is the same for every query.
     """
     n = len(inputs)
     if len(outputs) != n:
@@ -74,6 +75,7 @@ def record_costs(stage: str, inputs: Sequence[Candidates], outputs: Sequence[Can
     out = []
     for i, (source, result) in enumerate(zip(inputs, outputs)):
         cost = StageCost(stage, per_seconds[i], passages_scored=len(source) if scored[i] is None else scored[i],
-                         model_calls=per_calls[i], tokens=per_tokens[i], counters=dict(per_counters[i]))
+                         model_calls=per_calls[i], tokens=per_tokens[i], counters=dict(per_counters[i]),
+                         settings=dict(settings or {}))
         out.append(Candidates(result.query, result.passages, result.scores, [*source.trace, cost]))
     return out

@@ -14,7 +14,9 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
+from rerank.hardware import apply_threads
 from rerank.models import resolve
+from rerank.precision import BATCH_SHAPES, calibration_pairs, prepare_model
 
 POOLINGS = ("mean", "cls", "max", "lasttoken")
 
@@ -28,21 +30,23 @@ class BiEncoder:
 
     ``model`` is a short name from :mod:`rerank.models`, a Hugging Face id or a local path.
     ``pooling``/``normalize``/``max_length`` default to the model's sentence-transformers config.
-    ``precision``: ``fp32`` (default), ``int8`` (dynamic quantization of the linear layers) or
-    ``bf16`` (see :func:`quantize`).
+    ``precision``: ``auto`` (default: the CPU's fastest precision, kept only if it ranks the
+    built-in calibration sample like fp32; see :mod:`rerank.precision`), or ``fp32``, ``bf16``,
+    ``int8`` (dynamic quantization of the linear layers). ``self.choice`` says what runs and why.
+    ``threads``: torch intra-op threads (default: the physical cores this process may use).
     """
 
     def __init__(self, model: str = "minilm-l6", *, pooling: str | None = None, normalize: bool | None = None,
                  max_length: int | None = None, query_prefix: str = "", passage_prefix: str = "",
-                 device: str = "cpu", precision: str = "fp32") -> None:
+                 device: str = "cpu", precision: str = "auto", threads: int | None = None) -> None:
         import torch
         from transformers import AutoModel, AutoTokenizer
 
         self.name = model
         self.path = resolve(model)
         self.tokenizer = AutoTokenizer.from_pretrained(self.path)
-        self.model = quantize(AutoModel.from_pretrained(self.path).to(device).eval(), precision)
-        self.precision = precision
+        self.threads = apply_threads(threads)
+        self.model = AutoModel.from_pretrained(self.path).to(device).eval()
         self.forward_calls = 0
         self.last_lengths: list[int] = []
         self.device = device
@@ -57,6 +61,19 @@ class BiEncoder:
         self.passage_prefix = passage_prefix
         self.dim = int(self.model.config.hidden_size)
         self._torch = torch
+        self.model, self.choice = prepare_model(self.model, precision, kind="bi-encoder", path=self.path,
+                                                scores_of=self._calibration_scores)
+        self.precision = self.choice.precision
+
+    def _calibration_scores(self, net) -> np.ndarray:
+        pairs = calibration_pairs()
+        queries = self.encode_queries([p.query for p in pairs], net=net)
+        passages = self.encode_passages([p.passage for p in pairs], net=net)
+        return (queries * passages).sum(axis=1)
+
+    def runtime_settings(self) -> dict[str, str]:
+        """Precision and threads, with the reasons, for traces and index manifests."""
+        return {**self.choice.as_settings(), "threads": str(self.threads[0]), "threads_reason": self.threads[1]}
 
     @staticmethod
     def _sentence_transformers_config(folder: Path) -> tuple[str, bool, int | None]:
@@ -94,12 +111,15 @@ class BiEncoder:
         """Token counts after truncation, as the model sees them."""
         return [len(ids) for ids in self.tokenizer(list(texts), truncation=True, max_length=self.max_length)["input_ids"]]
 
-    def encode(self, texts: Sequence[str], *, batch_size: int = 64, max_batch_tokens: int = 2048,
-               progress: bool = False, desc: str = "Encoding") -> np.ndarray:
+    def encode(self, texts: Sequence[str], *, batch_size: int = 64, max_batch_tokens: int | None = None,
+               progress: bool = False, desc: str = "Encoding", net=None) -> np.ndarray:
         """Vectors for ``texts`` in input order: length-sorted batches of at most ``batch_size``
         texts and ``max_batch_tokens`` padded tokens each (on a 2-core CPU, ~2k-token batches ran
-        1.3-1.4x faster than 8k ones: they stay in cache)."""
+        1.3-1.4x faster than 8k ones: they stay in cache). ``net``: another copy of the model
+        (calibration runs the fp32 one)."""
         torch = self._torch
+        net = self.model if net is None else net
+        max_batch_tokens = max_batch_tokens or BATCH_SHAPES[getattr(self, "precision", "fp32")].tokens
         if len(texts) == 0:
             self.last_lengths = []
             return np.zeros((0, self.dim), dtype=np.float32)
@@ -116,7 +136,7 @@ class BiEncoder:
                 rows = order[start:start + size]
                 batch = self.tokenizer.pad({"input_ids": [encoded[i] for i in rows]}, return_tensors="pt")
                 batch = {k: v.to(self.device) for k, v in batch.items()}
-                hidden = self.model(**batch).last_hidden_state
+                hidden = net(**batch).last_hidden_state.float()  # pool and normalize in fp32
                 out[rows] = self._pool(hidden, batch["attention_mask"]).float().cpu().numpy()
                 self.forward_calls += 1
                 start += len(rows)
@@ -138,26 +158,3 @@ class BiEncoder:
         if self.normalize:
             vectors = torch.nn.functional.normalize(vectors, p=2, dim=1)
         return vectors
-
-
-PRECISIONS = ("fp32", "bf16", "int8")
-
-
-def quantize(model, precision: str):
-    """``model`` in ``precision``: ``fp32`` unchanged; ``int8`` dynamically quantizes every
-    ``nn.Linear`` (weights int8, activations quantized per batch: faster on CPU, scores drift
-    slightly; ``experiments/benchmarks/cross_encoder.py`` measures by how much); ``bf16`` casts the weights (only fast on CPUs with AVX-512-BF16 or
-    AMX — on AVX2 it is several times slower than fp32)."""
-    import warnings
-
-    import torch
-
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-    if precision == "bf16":
-        return model.to(torch.bfloat16)
-    if precision == "int8":
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # torch.ao's eager quantization is deprecated but still works
-            return torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
-    return model

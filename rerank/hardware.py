@@ -89,6 +89,15 @@ def choose_precision(features: CpuFeatures) -> tuple[str, str]:
     return "fp32", "fp32: the CPU has neither native bf16 (AMX, AVX-512-BF16) nor VNNI"
 
 
+def gpu_precision(device: str) -> tuple[str, str]:
+    """``auto`` on a GPU: bf16 where the GPU supports it (int8 dynamic quantization is CPU-only)."""
+    import torch
+
+    if device.startswith("cuda") and torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+        return "bf16", f"bf16: {torch.cuda.get_device_name()} supports it"
+    return "fp32", f"fp32: no bf16 support found on {device}"
+
+
 def resolve_precision(precision: str, features: CpuFeatures | None = None) -> tuple[str, str]:
     """``precision`` itself if it is ``fp32``, ``bf16`` or ``int8`` (a user's choice), or the
     one :func:`choose_precision` picks for ``auto``; with the reason."""
@@ -154,3 +163,28 @@ def default_threads(cpuinfo: str | Path = "/proc/cpuinfo", cgroup_root: str | Pa
         threads = max(1, math.ceil(limit))
         reason += f", cgroup quota {limit:g} CPUs"
     return threads, reason
+
+
+_threads_applied: tuple[int, str] | None = None
+
+
+def apply_threads(threads: int | None = None) -> tuple[int, str]:
+    """Set torch's intra-op threads and say how many and why: ``threads`` if given; else leave
+    an ``OMP_NUM_THREADS`` or earlier ``torch.set_num_threads`` choice alone; else (once per
+    process) :func:`default_threads`, the physical cores this process may use."""
+    global _threads_applied
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
+        _threads_applied = (threads, f"{threads} threads: set by the user")
+        return _threads_applied
+    if os.environ.get("OMP_NUM_THREADS"):
+        return torch.get_num_threads(), f"{torch.get_num_threads()} threads: OMP_NUM_THREADS"
+    if _threads_applied is None or torch.get_num_threads() != _threads_applied[0]:
+        if _threads_applied is not None:  # someone called torch.set_num_threads since: respect it
+            return torch.get_num_threads(), f"{torch.get_num_threads()} threads: set by torch.set_num_threads"
+        count, reason = default_threads()
+        torch.set_num_threads(count)
+        _threads_applied = (count, f"{count} threads: {reason}")
+    return _threads_applied

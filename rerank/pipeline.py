@@ -284,7 +284,17 @@ class Scorer(Stage):
         ranked = [sort_candidates(c.query, list(c.passages), [float(s) for s in new]) for c, new in zip(batch, scores)]
         return record_costs(self.name, batch, ranked, work.seconds_per_query or watch.seconds,
                             model_calls=work.model_calls, tokens=work.tokens_per_query or None,
-                            counters=work.counters_per_query or None)
+                            counters=work.counters_per_query or None, settings=self.runtime_settings())
+
+    def runtime_settings(self) -> dict[str, str]:
+        """How this scorer runs (e.g. ``precision``, ``threads``), recorded in every query's
+        trace: by default what its ``encoder`` or ``llm`` (or its judge's LLM) reports, if anything."""
+        for holder in (self, getattr(self, "judge", None)):
+            for attribute in ("encoder", "llm"):
+                model = getattr(holder, attribute, None)
+                if hasattr(model, "runtime_settings"):
+                    return model.runtime_settings()
+        return {}
 
 
 @dataclass

@@ -11,7 +11,9 @@ from collections.abc import Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
+from rerank.hardware import apply_threads
 from rerank.models import resolve
+from rerank.precision import calibration_pairs, prepare_model
 
 
 class SpladeEncoder:
@@ -19,17 +21,20 @@ class SpladeEncoder:
 
     ``model``: a short name (``splade-tiny``), Hugging Face id or path. Batches are capped by
     ``max_batch_tokens`` because the vocabulary-sized logits (tokens x 30k floats) dominate
-    memory.
+    memory. ``precision``: ``auto`` (default; see :mod:`rerank.precision`), ``fp32``, ``bf16``
+    or ``int8``; ``self.choice`` says what runs and why. ``threads``: torch intra-op threads
+    (default: the physical cores this process may use).
     """
 
     def __init__(self, model: str = "splade-tiny", *, max_length: int = 256, max_batch_tokens: int = 2048,
-                 device: str = "cpu") -> None:
+                 device: str = "cpu", precision: str = "auto", threads: int | None = None) -> None:
         import torch
         from transformers import AutoModelForMaskedLM, AutoTokenizer
 
         self.name = model
         self.path = resolve(model)
         self.tokenizer = AutoTokenizer.from_pretrained(self.path)
+        self.threads = apply_threads(threads)
         self.model = AutoModelForMaskedLM.from_pretrained(self.path).to(device).eval()
         self.max_length = min(max_length, int(getattr(self.model.config, "max_position_embeddings", 512)))
         self.max_batch_tokens = max_batch_tokens
@@ -38,6 +43,19 @@ class SpladeEncoder:
         self.forward_calls = 0
         self.last_lengths: list[int] = []
         self._torch = torch
+        self.model, self.choice = prepare_model(self.model, precision, kind="splade", path=self.path,
+                                                scores_of=self._calibration_scores)
+        self.precision = self.choice.precision
+
+    def _calibration_scores(self, net) -> np.ndarray:
+        pairs = calibration_pairs()
+        queries = self.encode([p.query for p in pairs], net=net)
+        passages = self.encode([p.passage for p in pairs], net=net)
+        return np.asarray(queries.multiply(passages).sum(axis=1)).ravel()
+
+    def runtime_settings(self) -> dict[str, str]:
+        """Precision and threads, with the reasons, for traces and index manifests."""
+        return {**self.choice.as_settings(), "threads": str(self.threads[0]), "threads_reason": self.threads[1]}
 
     def config_reference(self) -> str:
         """How a pipeline config names this encoder: its model name (short name, Hub id or path)."""
@@ -46,8 +64,10 @@ class SpladeEncoder:
     def __repr__(self) -> str:
         return f"SpladeEncoder({self.name!r}, vocab={self.vocab_size}, max_length={self.max_length})"
 
-    def encode(self, texts: Sequence[str], *, progress: bool = False, desc: str = "SPLADE encoding"):
-        """A ``len(texts) x vocab`` CSR matrix of term weights, rows in input order."""
+    def encode(self, texts: Sequence[str], *, progress: bool = False, desc: str = "SPLADE encoding", net=None):
+        """A ``len(texts) x vocab`` CSR matrix of term weights, rows in input order (``net``:
+        another copy of the model; calibration runs the fp32 one)."""
+        net = self.model if net is None else net
         import scipy.sparse as sp
 
         torch = self._torch
@@ -65,7 +85,7 @@ class SpladeEncoder:
                 chunk = order[start:start + size]
                 batch = self.tokenizer.pad({"input_ids": [encoded[i] for i in chunk]}, return_tensors="pt")
                 batch = {k: v.to(self.device) for k, v in batch.items()}
-                logits = self.model(**batch).logits
+                logits = net(**batch).logits
                 # log(1 + relu(x)) is monotone, so the max can be taken on the raw logits first:
                 # two passes over the tokens x vocab tensor instead of four.
                 logits.masked_fill_(batch["attention_mask"].unsqueeze(-1) == 0, float("-inf"))

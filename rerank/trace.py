@@ -20,6 +20,7 @@ class StageSummary:
     model_calls: float = 0.0
     tokens: int = 0
     counters: dict[str, int] = field(default_factory=dict)
+    settings: dict[str, str] = field(default_factory=dict)
     per_query_seconds: list[float] = field(default_factory=list, repr=False)
 
     @property
@@ -48,6 +49,7 @@ def summarize(batch: Iterable[Candidates | Sequence[StageCost]]) -> list[StageSu
             s.tokens += cost.tokens
             for key, value in cost.counters.items():
                 s.counters[key] = s.counters.get(key, 0) + value
+            s.settings.update(cost.settings)
             seen[cost.stage] = seen.get(cost.stage, 0.0) + cost.seconds
         for name, seconds in seen.items():
             stages[name].queries += 1
@@ -74,6 +76,8 @@ def format_costs(summaries: Sequence[StageSummary], *, markdown: bool = True) ->
                      f"{sum(s.model_calls for s in summaries):.0f}", str(sum(s.tokens for s in summaries))])
     notes = [f"{s.stage}: " + ", ".join(f"{key.replace('_', ' ')} {value}" for key, value in s.counters.items())
              for s in summaries if s.counters]
+    notes += [f"{s.stage}: " + ", ".join(f"{key} {s.settings[key]}" for key in ("precision", "threads") if key in s.settings)
+              for s in summaries if any(key in s.settings for key in ("precision", "threads"))]
     if markdown:
         lines = ["| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]
         lines += ["| " + " | ".join(r) + " |" for r in rows]

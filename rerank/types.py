@@ -43,6 +43,8 @@ class StageCost:
     tokens: int = 0
     counters: dict[str, int] = field(default_factory=dict)
     """Stage-specific counts, e.g. PRP's ``inconsistent_pairs`` or ``unparsable`` answers."""
+    settings: dict[str, str] = field(default_factory=dict)
+    """How the stage ran, e.g. ``precision`` and ``threads`` (each with a ``..._reason``)."""
 
 
 @dataclass(slots=True)

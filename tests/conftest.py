@@ -93,7 +93,7 @@ def scifact_bm25(scifact_corpus):
 def minilm():
     from rerank.encode import BiEncoder
 
-    return BiEncoder("minilm-l6")
+    return BiEncoder("minilm-l6", precision="fp32")  # exact comparisons with references need fp32
 
 
 @pytest.fixture(scope="session")

@@ -146,7 +146,7 @@ def test_bi_encoder_scorer_is_cosine_and_cached_vectors_agree(minilm, dl19_batch
     from rerank.score.bi_encoder import BiEncoderScorer
 
     fresh = BiEncoderScorer(minilm)(dl19_batch)
-    cached_scorer = BiEncoderScorer("minilm-l6", index=dl19_dense)
+    cached_scorer = BiEncoderScorer("minilm-l6", index=dl19_dense, precision="fp32")  # as the fresh one
     cached = cached_scorer(dl19_batch)
     source = dl19_batch[0]
     q = minilm.encode_queries([source.query.text])[0]
@@ -157,7 +157,8 @@ def test_bi_encoder_scorer_is_cosine_and_cached_vectors_agree(minilm, dl19_batch
         assert dict(zip(a.ids, a.scores)) == pytest.approx(dict(zip(b.ids, b.scores)), abs=1e-5)
     # with cached vectors only the query is encoded: far fewer tokens and calls
     assert sum(c.trace[-1].tokens for c in cached) < sum(c.trace[-1].tokens for c in fresh) / 5
-    assert cached_scorer.config() == {"kind": "bi-encoder", "model": "minilm-l6", "index": str(dl19_dense)}
+    assert cached_scorer.config() == {"kind": "bi-encoder", "model": "minilm-l6", "index": str(dl19_dense),
+                                      "precision": "fp32"}
 
 
 @pytest.fixture(scope="module")

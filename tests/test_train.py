@@ -221,7 +221,7 @@ def test_fine_tuned_cross_encoder_learns_saves_a_card_and_loads_by_path(train_da
     assert info["scores"] == {"SciFact test nDCG@10": 0.5}
     assert "SciFact test nDCG@10 | 0.5000" in (tmp_path / "ce" / "README.md").read_text()
     # The checkpoint loads as an inference scorer and scores as the trained network does.
-    scorer = CrossEncoder(str(tmp_path / "ce"), max_length=64)
+    scorer = CrossEncoder(str(tmp_path / "ce"), max_length=64, precision="fp32")  # the training model's arithmetic
     from rerank.train.models import CrossEncoderModel
 
     model = CrossEncoderModel(str(tmp_path / "ce"), max_length=64)
@@ -342,7 +342,8 @@ def test_bi_encoder_and_splade_students_save_folders_their_scorers_load(train_da
         out = tmp_path / kind
         distill(teacher_groups, queries, corpus, out, student=kind, init=str(init), max_length=64,
                 config=TrainConfig(loss="margin-mse", max_steps=3, learning_rate=1e-3), progress=False)
-        scorer = scorer_cls(str(out)) if kind == "bi-encoder" else scorer_cls(str(out), max_length=64)
+        scorer = scorer_cls(str(out), precision="fp32") if kind == "bi-encoder" else \
+            scorer_cls(str(out), max_length=64, precision="fp32")  # the training model's arithmetic
         got = scorer.score(q, passages)
         model = model_cls(str(out), max_length=64)
         model.train(False)

@@ -67,12 +67,32 @@ class ExpectationError(RerankError):
         super().__init__(f"{len(result.drifts)} score(s) drifted past their tolerance{where}:\n" + "\n".join(lines))
 
 
-def machine() -> str:
-    """The machine the latencies come from, in a few words."""
+def stage_precisions(runs) -> dict[str, str]:
+    """``{stage: precision}`` from the traces of ``runs`` (lists of :class:`Candidates`)."""
+    found: dict[str, str] = {}
+    for run in runs:
+        for candidates in run:
+            for cost in candidates.trace:
+                if "precision" in cost.settings:
+                    found.setdefault(cost.stage, cost.settings["precision"])
+    return found
+
+
+def machine(precisions: dict[str, str] | None = None) -> str:
+    """The machine the latencies come from, in a few words: CPU and what it offers, threads,
+    the precision ``auto`` picks there and the precision each model stage ran in."""
     import torch
 
-    return (f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__} "
-            f"with {torch.get_num_threads()} threads, Python {platform.python_version()}")
+    from rerank.hardware import choose_precision, cpu_features
+
+    features = cpu_features()
+    auto, _ = choose_precision(features)
+    line = (f"{features.model or platform.processor() or platform.machine()} ({features.describe()}), "
+            f"{os.cpu_count()} cores, torch {torch.__version__} with {torch.get_num_threads()} threads, "
+            f"Python {platform.python_version()}; precision auto = {auto}")
+    if precisions:
+        line += " (stages: " + ", ".join(f"{stage} {precision}" for stage, precision in precisions.items()) + ")"
+    return line
 
 
 @dataclass

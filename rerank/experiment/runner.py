@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from rerank.errors import EvaluationError, RerankError
-from rerank.experiment.result import Drift, ExperimentResult, PipelineRow, machine
+from rerank.experiment.result import Drift, ExperimentResult, PipelineRow, machine, stage_precisions
 from rerank.experiment.shared import run_shared
 from rerank.experiment.spec import Expectation, ExperimentSpec, load_spec
 from rerank.pipeline import Stage, leaves
@@ -91,10 +91,11 @@ class Experiment:
 
     @classmethod
     def from_config(cls, path: str | Path, *, max_queries: int | None = None, only: Sequence[str] | None = None,
-                    progress: bool = True, prepare: bool = True) -> "Experiment":
+                    progress: bool = True, prepare: bool = True, precision: str | None = None) -> "Experiment":
         """Build the experiment a TOML config describes: check the config, read the data (checking
         the ids agree), run the ``[[prepare]]`` steps whose output is missing, then load the
-        models. ``only`` keeps some pipelines (and the baseline); ``max_queries`` the first N."""
+        models. ``only`` keeps some pipelines (and the baseline); ``max_queries`` the first N;
+        ``precision`` overrides every model stage's (see :mod:`rerank.precision`)."""
         spec = load_spec(path)
         if only:
             unknown = [p for p in only if p not in spec.pipelines]
@@ -106,17 +107,19 @@ class Experiment:
         inputs, qrels = read_inputs(spec, max_queries or spec.max_queries)
         if prepare:
             run_prepare(spec)
-        return cls.from_spec(spec, inputs, qrels, progress=progress)
+        return cls.from_spec(spec, inputs, qrels, progress=progress, precision=precision)
 
     @classmethod
-    def from_spec(cls, spec: ExperimentSpec, inputs, qrels: Qrels, *, progress: bool = True) -> "Experiment":
+    def from_spec(cls, spec: ExperimentSpec, inputs, qrels: Qrels, *, progress: bool = True,
+                  precision: str | None = None) -> "Experiment":
         """Build the pipelines of a checked spec (stages shared between them, so each model loads
         once) over inputs already read."""
         from rerank.config import build_pipeline
 
         built: dict = {}
         began = time.perf_counter()
-        pipelines = {name: build_pipeline(config, built=built) for name, config in spec.pipelines.items()}
+        pipelines = {name: build_pipeline(config, built=built, precision=precision)
+                     for name, config in spec.pipelines.items()}
         log.info("built %d pipelines (%d stages) in %.1fs", len(pipelines), len(built), time.perf_counter() - began)
         experiment = cls(pipelines, inputs, qrels, spec.measures, baseline=spec.baseline, test=spec.test,
                          correction=spec.correction, alpha=spec.alpha, batch_size=spec.batch_size,
@@ -183,7 +186,7 @@ class Experiment:
             name=self.name, measures=self.measures, baseline=self.baseline, test=self.test, correction=self.correction,
             alpha=self.alpha, queries=len(self.qrels), rows=rows, per_query=per_query, runs=dict(outputs),
             expected=self.expected, drifts=drifts, description=self.description, plot_measure=self.plot_measure,
-            machine=machine(), batch_size=self.batch_size)
+            machine=machine(stage_precisions(outputs.values())), batch_size=self.batch_size)
 
 
 def read_inputs(spec: ExperimentSpec, max_queries: int | None = None) -> tuple[list, Qrels]:

@@ -53,7 +53,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from rerank.config import ConfigError, PipelineConfig, parse_config, read_toml
 from rerank.experiment.prepare import STEPS, check_step
 
-_TOP = ("name", "description", "dataset", "input", "prepare", "evaluation", "pipelines", "stages", "expected")
+_TOP = ("name", "description", "precision", "dataset", "input", "prepare", "evaluation", "pipelines", "stages",
+        "expected")
 
 
 class _Table(BaseModel):
@@ -267,7 +268,10 @@ def load_spec(path: str | Path, *, check_files: bool = True) -> ExperimentSpec:
         where = at.at("pipelines", name)
         _typed(expression, str, where, "a pipeline expression")
         try:
-            config = parse_config({"pipeline": expression, "stages": stages}, text=text, where=source, check_files=False)
+            table = {"pipeline": expression, "stages": stages}
+            if "precision" in data:  # the default precision of every model stage
+                table["precision"] = data["precision"]
+            config = parse_config(table, text=text, where=source, check_files=False)
         except ConfigError as exc:
             message, prefix = str(exc), f"{source}: pipeline = {expression!r}"
             if message.startswith(prefix):  # an error in the expression: point at its line

@@ -251,8 +251,9 @@ class BM25Index(Index, kind=KIND):
         return folder
 
     @classmethod
-    def load(cls, folder: str | Path, *, verify: bool = True, mmap: bool = False) -> "BM25Index":
-        """Load an index written by :meth:`save`, checking its manifest and files first."""
+    def load(cls, folder: str | Path, *, verify: bool = True, mmap: bool = False, precision: str = "auto") -> "BM25Index":
+        """Load an index written by :meth:`save`, checking its manifest and files first
+        (``precision`` is accepted for symmetry with model indexes: BM25 has no model)."""
         folder = Path(folder)
         manifest = read_manifest(folder, KIND, verify=verify)
         try:

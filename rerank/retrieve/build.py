@@ -30,13 +30,14 @@ def build_index(corpus: str | Path, out: str | Path, kind: str = "bm25", *, skip
                 backend: str = "bm25s", k1: float = 0.9, b: float = 0.4, method: str = "lucene",
                 idf: str | None = None, language: str = "en", chinese: str = "bigram", stopwords: str | None = None,
                 stemmer: str | None = None, model: str = "minilm-l6", factory: str = "Flat", batch_size: int = 64,
-                splade_model: str = "splade-tiny", progress: bool = True) -> Index:
+                splade_model: str = "splade-tiny", precision: str = "auto", progress: bool = True) -> Index:
     """Read ``corpus`` (a BEIR folder or bundled name, ``corpus.jsonl[.gz]`` or a TSV
     collection), index it as ``kind`` and save the index to ``out`` (atomically).
 
     BM25 takes ``backend``, ``k1``, ``b``, ``method``, ``idf`` and the tokenizer settings of
     :func:`tokenizer_for`; dense takes the bi-encoder ``model``, the FAISS ``factory`` and
-    ``batch_size``; SPLADE takes ``splade_model``.
+    ``batch_size``; SPLADE takes ``splade_model``. Both encode in ``precision`` (``auto``: the
+    CPU's, see :mod:`rerank.precision`) and write it in the index manifest.
     """
     from rerank.data.detect import iter_collection
     from rerank.retrieve import BM25Index, BM25Params, DenseIndex, SpladeIndex
@@ -52,8 +53,9 @@ def build_index(corpus: str | Path, out: str | Path, kind: str = "bm25", *, skip
         index = BM25Index.build(passages, tokenizer=tokenizer_for(language, chinese, stopwords, stemmer),
                                 params=params, backend=backend, progress=progress)
     elif kind == "splade":
-        index = SpladeIndex.build(passages, splade_model, progress=progress)
+        index = SpladeIndex.build(passages, splade_model, precision=precision, progress=progress)
     else:
-        index = DenseIndex.build(passages, model, factory=factory, batch_size=batch_size, progress=progress)
+        index = DenseIndex.build(passages, model, factory=factory, batch_size=batch_size, precision=precision,
+                                 progress=progress)
     index.save(out)
     return index

@@ -61,7 +61,8 @@ class DenseIndex(Index, kind=KIND):
     """Passages encoded by a :class:`~rerank.encode.BiEncoder` and searched with FAISS."""
 
     def __init__(self, passages: list[Passage], encoder: BiEncoder | str, faiss_index, embeddings: np.ndarray,
-                 factory: str, fingerprint: str, encoder_settings: dict | None = None) -> None:
+                 factory: str, fingerprint: str, encoder_settings: dict | None = None,
+                 precision: dict | None = None) -> None:
         self.passages = passages
         self._encoder = encoder
         self._encoder_settings = encoder_settings or {}
@@ -70,12 +71,16 @@ class DenseIndex(Index, kind=KIND):
         self.factory = factory
         self.fingerprint = fingerprint
         self.folder: Path | None = None  # where the index was saved or loaded from
+        # How the passage vectors were computed (precision and why); queries are encoded in the
+        # precision of the machine that searches.
+        self.precision = precision or (encoder.choice.as_settings() if isinstance(encoder, BiEncoder) else {})
+        self.query_precision = "auto"  # the precision the query encoder is loaded in
 
     @property
     def encoder(self) -> BiEncoder:
         """The query encoder, loaded on first use (loading an index alone does not load the model)."""
         if isinstance(self._encoder, str):
-            self._encoder = BiEncoder(self._encoder, **self._encoder_settings)
+            self._encoder = BiEncoder(self._encoder, **self._encoder_settings, precision=self.query_precision)
         return self._encoder
 
     @property
@@ -88,11 +93,13 @@ class DenseIndex(Index, kind=KIND):
 
     @classmethod
     def build(cls, passages: Iterable[Passage], encoder: BiEncoder | str = "minilm-l6", *, factory: str = "Flat",
-              batch_size: int = 64, progress: bool = True) -> "DenseIndex":
-        """Encode ``passages`` (title + text) and index the vectors with FAISS ``factory``."""
+              batch_size: int = 64, precision: str = "auto", progress: bool = True) -> "DenseIndex":
+        """Encode ``passages`` (title + text) and index the vectors with FAISS ``factory``;
+        ``precision`` applies when ``encoder`` is a name (see :class:`~rerank.encode.BiEncoder`)
+        and is written in the manifest."""
         passages = unique_passages(passages)
         if isinstance(encoder, str):
-            encoder = BiEncoder(encoder)
+            encoder = BiEncoder(encoder, precision=precision)
         vectors = encoder.encode_passages([p.full_text for p in passages], batch_size=batch_size,
                                           progress=progress, desc="Encoding corpus")
         return cls.from_vectors(passages, encoder, vectors, factory=factory)
@@ -135,7 +142,8 @@ class DenseIndex(Index, kind=KIND):
         found = [Candidates(q, [self.passages[i] for i in row], [float(s) for s in score])
                  for q, (row, score) in zip(queries, ranked)]
         return record_costs(f"dense[{self.factory}]", [Candidates(q, [], []) for q in queries], found, watch.seconds,
-                            model_calls=model_calls, passages_scored=len(self.passages))
+                            model_calls=model_calls, passages_scored=len(self.passages),
+                            settings=self.encoder.runtime_settings() if model_calls else None)
 
     def _search_many(self, query_vectors: np.ndarray, k: int) -> list[tuple[np.ndarray, np.ndarray]]:
         """One FAISS call for all queries, asking one result more than ``k`` so a tie across the
@@ -178,14 +186,17 @@ class DenseIndex(Index, kind=KIND):
                 "n_passages": len(self.passages),
                 "corpus_fingerprint": self.fingerprint,
                 "encoder": self._settings(),
+                "precision": self.precision,
                 "libraries": library_versions("faiss-cpu", "transformers", "torch"),
             })
         self.folder = folder
         return folder
 
     @classmethod
-    def load(cls, folder: str | Path, *, verify: bool = True, encoder: BiEncoder | None = None) -> "DenseIndex":
-        """Load an index written by :meth:`save`; vectors are memory-mapped, the model loads lazily."""
+    def load(cls, folder: str | Path, *, verify: bool = True, encoder: BiEncoder | None = None,
+             precision: str = "auto") -> "DenseIndex":
+        """Load an index written by :meth:`save`; vectors are memory-mapped, the model loads lazily
+        (in ``precision``, for queries; the manifest's ``precision`` says how passages were encoded)."""
         import faiss
 
         folder = Path(folder)
@@ -200,8 +211,9 @@ class DenseIndex(Index, kind=KIND):
             raise BadIndexError(f"{folder}: {index.ntotal} vectors, {len(passages)} passages, manifest says "
                                 f"{manifest['n_passages']}; rebuild it")
         loaded = cls(passages, encoder or manifest["model"], index, embeddings, manifest["factory"],
-                   manifest["corpus_fingerprint"], manifest.get("encoder"))
+                   manifest["corpus_fingerprint"], manifest.get("encoder"), manifest.get("precision"))
         loaded.folder = folder
+        loaded.query_precision = precision
         return loaded
 
     def _settings(self) -> dict:

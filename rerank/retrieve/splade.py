@@ -22,7 +22,7 @@ class SpladeIndex(Index, kind=KIND):
     """SPLADE vectors of a passage collection (a ``passages x vocab`` CSR matrix)."""
 
     def __init__(self, passages: list[Passage], encoder: SpladeEncoder | str, matrix, fingerprint: str,
-                 max_length: int = 256) -> None:
+                 max_length: int = 256, precision: dict | None = None) -> None:
         self.passages = passages
         self._encoder = encoder
         self.matrix = matrix.tocsr()
@@ -30,12 +30,15 @@ class SpladeIndex(Index, kind=KIND):
         self.max_length = max_length
         self.rows = {p.id: i for i, p in enumerate(passages)}
         self.folder: Path | None = None
+        # How the passage vectors were computed; queries use the searching machine's precision.
+        self.precision = precision or (encoder.choice.as_settings() if isinstance(encoder, SpladeEncoder) else {})
+        self.query_precision = "auto"  # the precision the query encoder is loaded in
 
     @property
     def encoder(self) -> SpladeEncoder:
         """The query encoder, loaded on first use."""
         if isinstance(self._encoder, str):
-            self._encoder = SpladeEncoder(self._encoder, max_length=self.max_length)
+            self._encoder = SpladeEncoder(self._encoder, max_length=self.max_length, precision=self.query_precision)
         return self._encoder
 
     @property
@@ -49,11 +52,12 @@ class SpladeIndex(Index, kind=KIND):
 
     @classmethod
     def build(cls, passages: Iterable[Passage], encoder: SpladeEncoder | str = "splade-tiny", *,
-              progress: bool = True) -> "SpladeIndex":
-        """Encode every passage (title + text)."""
+              precision: str = "auto", progress: bool = True) -> "SpladeIndex":
+        """Encode every passage (title + text); ``precision`` applies when ``encoder`` is a name
+        and is written in the manifest."""
         passages = unique_passages(passages)
         if isinstance(encoder, str):
-            encoder = SpladeEncoder(encoder)
+            encoder = SpladeEncoder(encoder, precision=precision)
         matrix = encoder.encode([p.full_text for p in passages], progress=progress)
         return cls(passages, encoder, matrix, corpus_fingerprint(passages), encoder.max_length)
 
@@ -72,7 +76,8 @@ class SpladeIndex(Index, kind=KIND):
                 best = best[row[best] > 0]
                 found.append(Candidates(query, [self.passages[i] for i in best], [float(row[i]) for i in best]))
         return record_costs("splade", [Candidates(q, [], []) for q in queries], found, watch.seconds,
-                            model_calls=model_calls, passages_scored=len(self.passages))
+                            model_calls=model_calls, passages_scored=len(self.passages),
+                            settings=self.encoder.runtime_settings() if model_calls else None)
 
     def save(self, folder: str | Path) -> Path:
         """Write the vectors, passages and manifest atomically."""
@@ -85,14 +90,16 @@ class SpladeIndex(Index, kind=KIND):
             write_manifest(staging, KIND, {
                 "model": self.model_name, "max_length": self.max_length, "vocab": int(self.matrix.shape[1]),
                 "n_passages": len(self.passages), "corpus_fingerprint": self.fingerprint,
-                "libraries": library_versions("scipy", "transformers", "torch"),
+                "precision": self.precision, "libraries": library_versions("scipy", "transformers", "torch"),
             })
         self.folder = folder
         return folder
 
     @classmethod
-    def load(cls, folder: str | Path, *, verify: bool = True, encoder: SpladeEncoder | None = None) -> "SpladeIndex":
-        """Load an index written by :meth:`save`; the model loads on the first query."""
+    def load(cls, folder: str | Path, *, verify: bool = True, encoder: SpladeEncoder | None = None,
+             precision: str = "auto") -> "SpladeIndex":
+        """Load an index written by :meth:`save`; the model loads on the first query, in
+        ``precision`` (the manifest's ``precision`` says how passages were encoded)."""
         import scipy.sparse as sp
 
         folder = Path(folder)
@@ -105,6 +112,7 @@ class SpladeIndex(Index, kind=KIND):
         if not (matrix.shape[0] == len(passages) == manifest["n_passages"]):
             raise BadIndexError(f"{folder}: {matrix.shape[0]} vectors, {len(passages)} passages; rebuild it")
         index = cls(passages, encoder or manifest["model"], matrix, manifest["corpus_fingerprint"],
-                    manifest.get("max_length", 256))
+                    manifest.get("max_length", 256), manifest.get("precision"))
         index.folder = folder
+        index.query_precision = precision
         return index

@@ -16,15 +16,18 @@ class Retriever(Stage, kind="retrieve"):
 
     The input batch supplies only the queries; any candidates it carries are replaced. A cut-off
     is pushed down: ``Retriever(index) % 100`` asks the index for 100 results, not ``k``.
+    ``precision``: for a dense or SPLADE index folder, the precision its query encoder loads in
+    (``auto`` by default; see :mod:`rerank.precision`); BM25 has no model and ignores it.
     """
 
     retrieves = True
     path_arguments = ("index",)
 
-    def __init__(self, index, *, k: int = 1000, name: str | None = None, **search_options: Any) -> None:
+    def __init__(self, index, *, k: int = 1000, precision: str = "auto", name: str | None = None,
+                 **search_options: Any) -> None:
         from rerank.retrieve import load_index
 
-        self.index = load_index(index) if isinstance(index, (str, Path)) else index
+        self.index = load_index(index, precision=precision) if isinstance(index, (str, Path)) else index
         self.k = k
         self.search_options = search_options
         self.name = name or type(self.index).__name__.replace("Index", "").lower()

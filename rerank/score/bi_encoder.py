@@ -19,16 +19,18 @@ class BiEncoderScorer(Scorer, kind="bi-encoder"):
     ``index``: a :class:`~rerank.retrieve.DenseIndex` (or its folder) built with the same
     model; passages found in it are scored from their stored vectors, so only the query is
     encoded. Passages missing from it are encoded on the fly (and counted in the trace).
+    ``precision``: ``auto`` (default), ``fp32``, ``bf16`` or ``int8`` for the encoder this scorer
+    loads (see :mod:`rerank.precision`); a loaded encoder or index object keeps its own.
     """
 
     path_arguments = ("index",)
 
-    def __init__(self, model: str | BiEncoder = "minilm-l6", *, index=None, precision: str = "fp32",
+    def __init__(self, model: str | BiEncoder = "minilm-l6", *, index=None, precision: str = "auto",
                  batch_size: int = 64, name: str | None = None) -> None:
         from rerank.retrieve.dense import DenseIndex
 
         if isinstance(index, (str, Path)):
-            index = DenseIndex.load(index)
+            index = DenseIndex.load(index, precision=precision)
         self.index = index
         if isinstance(model, BiEncoder):
             self.encoder = model
@@ -39,7 +41,7 @@ class BiEncoderScorer(Scorer, kind="bi-encoder"):
         if index is not None and index.embeddings.shape[1] != self.encoder.dim:
             raise ValueError(f"index vectors have {index.embeddings.shape[1]} dimensions, the model {self.encoder.dim}")
         self.model_name = model if isinstance(model, str) else model.name
-        self.precision = precision
+        self.precision = self.encoder.precision
         self.batch_size = batch_size
         self._rows = {p.id: i for i, p in enumerate(index.passages)} if index is not None else {}
         self.name = name or f"bi-encoder({self.model_name}{', cached' if index is not None else ''})"

@@ -15,77 +15,106 @@ from collections.abc import Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
-from rerank.encode import quantize
 from rerank.models import resolve
+from rerank.hardware import apply_threads
 from rerank.pipeline import Scorer, Work
+from rerank.precision import BATCH_SHAPES, calibration_pairs, prepare_model
 from rerank.types import Candidates
 
-BACKENDS = ("torch", "onnx")
+BACKENDS = ("torch", "onnx", "openvino")
 
 class CrossEncoder(Scorer, kind="cross-encoder"):
     """Re-rank candidates with a cross-encoder.
 
-    Batches hold at most ``batch_size`` pairs and ``max_batch_tokens`` padded tokens; on a
-    2-core CPU, ~2k-token batches measured fastest (they stay in cache).
+    Batches hold at most ``batch_size`` pairs and ``max_batch_tokens`` padded tokens (defaults:
+    the shape measured fastest for the precision, :data:`rerank.precision.BATCH_SHAPES`).
 
     ``model``: a short name (:mod:`rerank.models`), a Hugging Face id or a local folder.
     ``max_length``: tokens per pair, special tokens included (default: the model's limit, at
     most 512). Queries keep all their tokens (a query longer than half of ``max_length`` is cut
     to half, with a warning); passages are cut to fit.
-    ``precision``: ``fp32`` (default); ``int8`` applies dynamic int8 quantization to the linear
-    layers (faster on CPU, scores drift slightly; ``experiments/benchmarks/cross_encoder.py``
-    measures it against fp32 on the machine at hand); ``bf16`` only pays off on CPUs with
-    AVX-512-BF16 or AMX.
-    ``backend``: ``torch`` (default) or ``onnx`` — export once to ONNX and run with ONNX Runtime
-    (identical fp32 scores; ``precision="int8"`` then uses ONNX Runtime's dynamic quantization).
-    Needs the ``onnx`` extra and a local model folder.
+    ``precision``: ``auto`` (default) runs bf16 on CPUs with AMX or AVX-512-BF16, int8 (dynamic
+    quantization of the linear layers) on CPUs with VNNI, fp32 otherwise, and keeps a reduced
+    precision only if it ranks the built-in calibration sample like fp32
+    (:mod:`rerank.precision`); ``fp32``, ``bf16`` or ``int8`` force one. ``self.choice`` says
+    what runs and why (also in each query's trace).
+    ``threads``: torch intra-op threads (default: the physical cores this process may use).
+    ``backend``: ``torch`` (default), ``onnx`` — export once to ONNX and run with ONNX Runtime
+    (identical fp32 scores; ``precision="int8"`` then uses ONNX Runtime's dynamic quantization,
+    ``auto`` runs fp32; the ``onnx`` extra) — or ``openvino`` — convert once to OpenVINO IR and
+    run in ``fp32`` or ``bf16`` (``auto``: bf16 where the CPU has it; the ``openvino`` extra).
+    Both need a local model folder.
     ``normalize``: return probabilities (sigmoid of the logit, or the softmax of the relevant
     class) instead of logits. Rankings are the same either way; the two-class default is the
     log-odds ``logit[1] - logit[0]``, which orders pairs exactly as the softmax probability but
     does not saturate into ties.
     """
 
-    def __init__(self, model: str, *, max_length: int | None = None, batch_size: int = 32,
-                 max_batch_tokens: int = 2048, precision: str = "fp32", normalize: bool = False,
+    def __init__(self, model: str, *, max_length: int | None = None, batch_size: int | None = None,
+                 max_batch_tokens: int | None = None, precision: str = "auto", normalize: bool = False,
                  threads: int | None = None, device: str = "cpu", progress: bool = False,
                  backend: str = "torch", name: str | None = None) -> None:
         import torch
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-        if threads:
-            torch.set_num_threads(threads)
+        self.threads = apply_threads(threads)
         self.model_name = model
         self.path = resolve(model)
         self.tokenizer = AutoTokenizer.from_pretrained(self.path)
-        net = AutoModelForSequenceClassification.from_pretrained(self.path)
+        net = AutoModelForSequenceClassification.from_pretrained(self.path).to(device).eval()
         labels = int(net.config.num_labels)
         if labels not in (1, 2):
             raise ValueError(f"{model}: a cross-encoder needs 1 or 2 output labels, this model has {labels}")
         self.num_labels = labels
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-        self.onnx = None
-        if backend == "onnx":
-            from rerank.score.onnx_runtime import OnnxClassifier
-
-            uses_types = "token_type_ids" in self.tokenizer.model_input_names
-            self.onnx = OnnxClassifier(net.eval(), self.path, uses_token_types=uses_types, precision=precision,
-                                       threads=threads)
-        else:
-            net = quantize(net.to(device).eval(), precision)
-        self.net = net
-        self.backend = backend
         limit = min(int(getattr(net.config, "max_position_embeddings", 512)), 512)
         self.max_length = min(max_length or limit, limit)
-        self.batch_size = batch_size
-        self.max_batch_tokens = max_batch_tokens
-        self.precision = precision
         self.normalize = normalize
         self.device = device
         self.progress = progress
         self.name = name or f"cross-encoder({os.path.basename(str(model).rstrip('/')) or model})"
         self.truncated_queries = 0
         self._torch = torch
+        self.onnx = None  # the ONNX Runtime or OpenVINO callable, when one of those backends runs
+        self.backend = backend
+        if backend != "torch":
+            self.onnx, self.choice = self._runtime(net, backend, precision)
+        else:
+            self.net = net  # fp32, for calibration
+            net, self.choice = prepare_model(net, precision, kind="cross-encoder", path=self.path,
+                                             scores_of=self._calibration_scores)
+        self.net = net
+        self.precision = self.choice.precision
+        self.batch_size = batch_size or BATCH_SHAPES[self.precision].pairs
+        self.max_batch_tokens = max_batch_tokens or BATCH_SHAPES[self.precision].tokens
+
+    def _runtime(self, net, backend: str, precision: str):
+        """The ONNX Runtime or OpenVINO callable and its precision (``auto``: bf16 on OpenVINO
+        where the CPU has native bf16, else fp32; not calibrated, as these runtimes choose their
+        own kernels)."""
+        from rerank.hardware import cpu_features
+        from rerank.precision import PrecisionChoice
+
+        uses_types = "token_type_ids" in self.tokenizer.model_input_names
+        if backend == "onnx":
+            from rerank.score.onnx_runtime import OnnxClassifier as Runtime
+            chosen = "fp32" if precision == "auto" else precision
+        else:
+            from rerank.score.openvino_runtime import OpenVinoClassifier as Runtime
+            chosen = ("bf16" if cpu_features().bf16 else "fp32") if precision == "auto" else precision
+        reason = f"{chosen}: {backend} backend" + (" (its auto choice)" if precision == "auto" else "")
+        runtime = Runtime(net, self.path, uses_token_types=uses_types, precision=chosen, threads=self.threads[0])
+        return runtime, PrecisionChoice(precision, chosen, reason)
+
+    def _calibration_scores(self, net):
+        pairs = calibration_pairs()
+        encoded = self.encode_pairs([p.query for p in pairs], [p.passage for p in pairs])
+        return self._run(encoded, net=net, max_batch_tokens=BATCH_SHAPES["fp32"].tokens, progress=False)[0]
+
+    def runtime_settings(self) -> dict[str, str]:
+        """Precision and threads, with the reasons, for the trace."""
+        return {**self.choice.as_settings(), "threads": str(self.threads[0]), "threads_reason": self.threads[1]}
 
     def encode_pairs(self, queries: Sequence[str], passages: Sequence[str]) -> dict[str, list[list[int]]]:
         """Token ids (and token types, if the model uses them) of each (query, passage) pair with
@@ -111,20 +140,25 @@ class CrossEncoder(Scorer, kind="cross-encoder"):
         scores, _ = self._run(encoded)
         return scores
 
-    def _run(self, encoded) -> tuple[np.ndarray, int]:
+    def _run(self, encoded, *, net=None, max_batch_tokens: int | None = None,
+             progress: bool | None = None) -> tuple[np.ndarray, int]:
         torch = self._torch
+        net = self.net if net is None else net
+        max_batch_tokens = max_batch_tokens or self.max_batch_tokens
+        batch_size = getattr(self, "batch_size", BATCH_SHAPES["fp32"].pairs)
+        progress = self.progress if progress is None else progress
         all_types = encoded.get("token_type_ids")
         encoded = encoded["input_ids"]
         order = np.argsort([-len(ids) for ids in encoded], kind="stable")
         out = np.empty(len(encoded), dtype=np.float32)
         calls = 0
         pad = self.tokenizer.pad_token_id or 0
-        with tqdm(total=len(encoded), desc=f"Scoring ({self.name})", unit="pair", disable=not self.progress) as bar, \
+        with tqdm(total=len(encoded), desc=f"Scoring ({self.name})", unit="pair", disable=not progress) as bar, \
                 torch.inference_mode():
             start = 0
             while start < len(order):
                 longest = len(encoded[order[start]])
-                size = max(1, min(self.batch_size, self.max_batch_tokens // max(longest, 1)))
+                size = max(1, min(batch_size, max_batch_tokens // max(longest, 1)))
                 rows = order[start:start + size]
                 ids = torch.full((len(rows), longest), pad, dtype=torch.long)
                 mask = torch.zeros((len(rows), longest), dtype=torch.long)
@@ -142,7 +176,7 @@ class CrossEncoder(Scorer, kind="cross-encoder"):
                     inputs = {"input_ids": ids.to(self.device), "attention_mask": mask.to(self.device)}
                     if types is not None:
                         inputs["token_type_ids"] = types.to(self.device)
-                    logits = self.net(**inputs).logits.float()
+                    logits = net(**inputs).logits.float()
                 out[rows] = self._to_scores(logits).cpu().numpy()
                 calls += 1
                 start += len(rows)

@@ -24,9 +24,13 @@ import threading
 from collections.abc import Sequence
 from pathlib import Path
 
+from rerank.hardware import apply_threads
+from rerank.precision import calibration_pairs, prepare_model
 from rerank.score.llm_base import (LLM, LLMError, LLMUsage, _dequantized_gguf, load_tokenizer, render_prompt,
                                    truncate_tokens)
 from rerank.score.llm_http import OpenAICompatibleLLM
+
+LLM_CALIBRATION_PAIRS = 60  # 3 queries x 20 passages: an LLM forward costs more than an encoder's
 
 __all__ = ["LLM", "LLMError", "LLMUsage", "TransformersLLM", "load_tokenizer", "open_llm", "render_prompt",
            "truncate_tokens"]
@@ -43,11 +47,16 @@ class TransformersLLM:
     last token share one forward pass) and, with ``prefix_reuse``, runs a prefix shared by a whole
     batch once and re-uses its key/value cache for every member: in pairwise prompting the
     instructions, the query and often the first passage are shared.
+
+    ``precision``: ``auto`` (default; see :mod:`rerank.precision`: the first 60 calibration pairs,
+    scored as the log-probability of the query given the passage), ``fp32``, ``bf16`` or
+    ``int8``; ``self.choice`` says what runs and why. ``threads``: torch intra-op threads
+    (default: the physical cores this process may use).
     """
 
     def __init__(self, model: str, *, batch_size: int = 8, max_context: int | None = None,
                  prefix_reuse: bool = True, min_shared_prefix: int = 16, threads: int | None = None,
-                 device: str = "cpu") -> None:
+                 device: str = "cpu", precision: str = "auto") -> None:
         import torch
         import transformers
         from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
@@ -62,8 +71,7 @@ class TransformersLLM:
         self.min_shared_prefix = min_shared_prefix
         self.device = device
         self.usage = LLMUsage()
-        if threads:
-            torch.set_num_threads(threads)
+        self.threads = apply_threads(threads)
         path, gguf = resolve(model), gguf_file(model)
         if gguf is None and str(path).endswith(".gguf"):
             path, gguf = str(Path(path).parent), Path(path).name
@@ -89,6 +97,26 @@ class TransformersLLM:
         # transformers >= 5.2 names the key/value cache argument ``cache``; older versions ``past_key_values``.
         forward = inspect.signature(self._decoder_body().forward).parameters
         self._cache_arg = "cache" if "cache" in forward else "past_key_values"
+        self.model, self.choice = prepare_model(self.model, precision, kind="llm", path=path,
+                                                scores_of=self._calibration_scores,
+                                                query_ids=[p.query_id for p in calibration_pairs()[:LLM_CALIBRATION_PAIRS]])
+        self.precision = self.choice.precision
+        self.usage = LLMUsage()  # calibration is not the caller's work
+
+    def _calibration_scores(self, net):
+        import numpy as np
+
+        pairs = calibration_pairs()[:LLM_CALIBRATION_PAIRS]
+        saved, self.model = self.model, net
+        try:
+            prompts = [self.render(f"Passage: {p.passage}\nWrite a question that this passage answers.") for p in pairs]
+            return np.array([row[0] for row in self.logprobs(prompts, [[p.query] for p in pairs])])
+        finally:
+            self.model = saved
+
+    def runtime_settings(self) -> dict[str, str]:
+        """Precision and threads, with the reasons, for the trace."""
+        return {**self.choice.as_settings(), "threads": str(self.threads[0]), "threads_reason": self.threads[1]}
 
     def __repr__(self) -> str:
         return f"TransformersLLM({self.name!r})"
@@ -278,6 +306,7 @@ def open_llm(spec: "str | LLM", **options) -> LLM:
     if not isinstance(spec, str):
         return spec
     if spec.startswith(("http://", "https://")):
+        options.pop("precision", None)  # a server runs in its own precision
         return OpenAICompatibleLLM(spec, **options)
     key = (spec, tuple(sorted(options.items())))
     with _LOAD_LOCK:

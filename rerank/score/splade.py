@@ -17,23 +17,25 @@ class SpladeScorer(Scorer, kind="splade"):
 
     ``index``: a :class:`~rerank.retrieve.splade.SpladeIndex` (or its folder); passages in it
     are scored from their stored vectors and only queries are encoded at query time.
+    ``precision``: ``auto`` (default), ``fp32``, ``bf16`` or ``int8`` for the encoder this scorer
+    loads (see :mod:`rerank.precision`); a loaded encoder or index object keeps its own.
     """
 
     path_arguments = ("index",)
 
     def __init__(self, model: str | SpladeEncoder = "splade-tiny", *, index=None, max_length: int = 256,
-                 name: str | None = None) -> None:
+                 precision: str = "auto", name: str | None = None) -> None:
         from rerank.retrieve.splade import SpladeIndex
 
         if isinstance(index, (str, Path)):
-            index = SpladeIndex.load(index)
+            index = SpladeIndex.load(index, precision=precision)
         self.index = index
         if isinstance(model, SpladeEncoder):
             self.encoder = model
         elif index is not None and index.model_name == model:
             self.encoder = index.encoder
         else:
-            self.encoder = SpladeEncoder(model, max_length=max_length)
+            self.encoder = SpladeEncoder(model, max_length=max_length, precision=precision)
         self.model_name = model if isinstance(model, str) else model.name
         self.max_length = max_length
         self.name = name or f"splade({self.model_name}{', cached' if index is not None else ''})"

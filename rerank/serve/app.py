@@ -184,9 +184,14 @@ def create_app(pipeline: Stage, settings: ServeSettings | None = None) -> FastAP
 
     @app.get("/info")
     async def info() -> dict[str, Any]:
-        """The served pipeline, the settings and the version."""
+        """The served pipeline, the settings, how each model stage runs (precision, threads) and
+        the version."""
+        from rerank.pipeline import leaves
+
+        stages = {leaf.name: leaf.runtime_settings() for leaf in leaves(service.pipeline)
+                  if hasattr(leaf, "runtime_settings")}
         return {"pipeline": str(service.pipeline), "version": __version__, "settings": asdict(service.settings),
-                "uptime_s": round(time.time() - service.started, 3)}
+                "stages": stages, "uptime_s": round(time.time() - service.started, 3)}
 
     @app.get("/metrics")
     async def metrics() -> Response:

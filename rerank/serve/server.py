@@ -97,4 +97,4 @@ def load_service(config_path: str | Path, **overrides) -> tuple[Stage, ServeSett
     are checked before any model loads; :func:`create_app` refuses a pipeline it cannot serve."""
     config = parse_config(config_path)
     settings = ServeSettings.from_table(config.extra.get("serve"), f"{config_path} [serve]").override(**overrides)
-    return build_pipeline(config), settings
+    return build_pipeline(config, precision=settings.precision), settings

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal, Optional
 
 from pydantic import ConfigDict, Field, ValidationError
 from pydantic.dataclasses import dataclass
@@ -54,6 +54,9 @@ class ServeSettings:
     """A request not answered by then gets 504 (and is dropped from the queue)."""
     shutdown_timeout_s: NonNegative = 30.0
     """On SIGTERM/SIGINT, how long in-flight requests get to finish."""
+    precision: Optional[Literal["auto", "fp32", "bf16", "int8"]] = None
+    """Precision of every model stage of the served pipeline (``None``: each stage's own,
+    ``auto`` by default; see :mod:`rerank.precision`)."""
     normalize: bool = True
     """Answer ``sigmoid(score)`` as ``relevance_score`` (the ranking is the same); a request's
     ``raw_scores = true`` asks for the pipeline's own scores."""

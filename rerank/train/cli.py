@@ -35,7 +35,7 @@ def _training(args) -> dict:
 
     config = TrainConfig(loss=args.loss, epochs=args.epochs, max_steps=args.max_steps, groups_per_step=args.batch_groups,
                          learning_rate=args.lr, warmup=args.warmup, seed=args.seed, save_every=args.save_every,
-                         eval_every=args.eval_every, keep_checkpoints=args.keep_checkpoints)
+                         eval_every=args.eval_every, keep_checkpoints=args.keep_checkpoints, precision=args.precision)
     return {"split": args.split, "run": args.run, "dev_queries": args.dev_queries, "dev_depth": args.dev_depth,
             "max_length": args.max_length, "layers": args.layers, "negatives": args.negatives, "config": config,
             "resume": not args.no_resume, "overwrite": args.overwrite, "progress": not args.no_progress,
@@ -44,7 +44,8 @@ def _training(args) -> dict:
 
 def _report(result) -> int:
     dev = ", ".join(f"step {d['step']}: {d['value']:.4f}" for d in result.dev)
-    print(f"trained {result.steps} steps in {result.seconds:.0f}s ({result.pairs_per_second:.1f} pairs/s); "
+    print(f"trained {result.steps} steps in {result.seconds:.0f}s ({result.pairs_per_second:.1f} pairs/s, "
+          f"{result.precision}); "
           f"model in {result.folder}" + (f"; dev {result.dev[0]['measure']}: {dev}" if dev else ""))
     return 0
 
@@ -95,6 +96,9 @@ def _training_options(p: argparse.ArgumentParser, loss_default: str, losses: tup
     p.add_argument("--overwrite", action="store_true", help="retrain even if --out holds a finished model")
     p.add_argument("--keep-checkpoints", action="store_true", help="keep the last checkpoint after training")
     p.add_argument("--device", default="cpu", help="torch device to train on: cpu (default), cuda, cuda:1...")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
+                   help="forward passes under bf16 autocast (weights and optimizer stay fp32); auto: bf16 where "
+                        "the CPU has AMX or AVX-512-BF16 (or the GPU bf16), else fp32 (default: auto)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 

@@ -48,7 +48,13 @@ class TrainingError(RerankError):
 @dataclass
 class TrainConfig:
     """How to train. ``max_steps`` overrides ``epochs``; ``eval_every`` defaults to once per
-    epoch; checkpoints are written every ``save_every`` steps and at the end."""
+    epoch; checkpoints are written every ``save_every`` steps and at the end.
+
+    ``precision``: ``auto`` (default) runs forward passes under ``torch.autocast`` in bf16 where
+    the hardware has native bf16 (AMX or AVX-512-BF16 on CPU, a bf16-capable GPU) and in fp32
+    elsewhere; ``bf16`` or ``fp32`` force one. Weights, gradients and optimizer state stay fp32
+    either way, and dev evaluation runs in fp32. A run may resume in another precision (on
+    another machine)."""
 
     loss: str = "listwise"
     epochs: int = 1
@@ -63,6 +69,7 @@ class TrainConfig:
     eval_every: int | None = None
     log_every: int = 10
     keep_checkpoints: bool = False
+    precision: str = "auto"
 
     def __post_init__(self) -> None:
         get_loss(self.loss)
@@ -70,6 +77,29 @@ class TrainConfig:
             raise ValueError("groups_per_step, epochs and max_steps must be at least 1")
         if not 0 <= self.warmup < 1:
             raise ValueError(f"warmup is a fraction of the steps in [0, 1), got {self.warmup}")
+        if self.precision not in TRAIN_PRECISIONS:
+            raise ValueError(f"training precision must be one of {TRAIN_PRECISIONS}, got {self.precision!r}")
+
+
+TRAIN_PRECISIONS = ("auto", "fp32", "bf16")
+
+
+def training_precision(requested: str, device: str = "cpu") -> tuple[str, str]:
+    """``bf16`` or ``fp32`` for a training run on ``device``, and why."""
+    from rerank.hardware import choose_precision, cpu_features
+
+    if requested != "auto":
+        return requested, f"{requested}: chosen by the user"
+    if str(device).startswith("cuda"):
+        import torch
+
+        if torch.cuda.is_bf16_supported():
+            return "bf16", "bf16: the GPU supports it"
+        return "fp32", "fp32: the GPU has no bf16"
+    chosen, reason = choose_precision(cpu_features())
+    if chosen != "bf16":
+        return "fp32", f"fp32: no native bf16 on this CPU ({reason})"
+    return "bf16", reason
 
 
 @dataclass
@@ -92,6 +122,8 @@ class TrainResult:
     pairs_per_second: float
     final_loss: float
     dev: list[dict] = field(default_factory=list)
+    precision: str = "fp32"
+    """What the forward passes ran in (``bf16`` autocast or ``fp32``)."""
 
     @property
     def best_dev(self) -> float | None:
@@ -164,7 +196,9 @@ class Trainer:
         self.loss_fn = get_loss(config.loss)
         self.steps_per_epoch = math.ceil(len(self.groups) / config.groups_per_step)
         self.total_steps = config.max_steps or config.epochs * self.steps_per_epoch
-        self.run_id = {"config": asdict(config), "data": fingerprint(self.groups), "model": model.describe(),
+        self.precision, self.precision_reason = training_precision(config.precision, str(model.device))
+        settings = {k: v for k, v in asdict(config).items() if k != "precision"}  # resuming may change it
+        self.run_id = {"config": settings, "data": fingerprint(self.groups), "model": model.describe(),
                        "curriculum": None if curriculum is None else
                        {"heuristic": curriculum.heuristic, "anneal_steps": curriculum.anneal_steps}}
 
@@ -185,7 +219,9 @@ class Trainer:
                 queries.append(query)
                 passages.append(self.corpus[pid].full_text)
             sizes.append(len(g.passage_ids))
-        scores = self.model.scores(queries, passages)
+        with torch.autocast(torch.device(self.model.device).type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
+            scores = self.model.scores(queries, passages)
+        scores = scores.float()
         losses = []
         for i, part in zip(indices, torch.split(scores, sizes)):
             g = self.groups[i]
@@ -271,7 +307,8 @@ class Trainer:
         self.model.train(True)
         began = self._began = time.perf_counter()
         pairs_done, running = 0, None
-        bar = tqdm(total=self.total_steps, initial=step, desc=f"Training {self.model.kind} ({self.config.loss})",
+        bar = tqdm(total=self.total_steps, initial=step,
+                   desc=f"Training {self.model.kind} ({self.config.loss}, {self.precision})",
                    unit="step", disable=not self.progress)
         with bar:
             while step < self.total_steps:
@@ -316,10 +353,11 @@ class Trainer:
         info = {**self.card, **self.run_id, "steps": steps, "groups": len(self.groups),
                 "pairs_per_step": self.config.groups_per_step * max(len(g.passage_ids) for g in self.groups),
                 "train_seconds": round(seconds, 1), "resumed_at_step": resumed_at, "pairs_per_second": round(rate, 2),
-                "final_loss": round(loss, 6), "dev": dev, "scores": {}}
+                "final_loss": round(loss, 6), "precision": self.precision, "precision_reason": self.precision_reason,
+                "dev": dev, "scores": {}}
         write_model_card(self.output, info)
         with atomic_file(self.output / TRAINING_FILE) as fh:
             json.dump(info, fh, indent=1)
         if not self.config.keep_checkpoints:
             shutil.rmtree(self.output / CHECKPOINTS, ignore_errors=True)
-        return TrainResult(self.output, steps, seconds, rate, loss, dev)
+        return TrainResult(self.output, steps, seconds, rate, loss, dev, self.precision)

@@ -1,0 +1,317 @@
+"""Precision by hardware: what fp32, bf16 and int8 cost in quality and give in speed on this CPU.
+
+On the TREC DL 2019 BM25 top-100 (43 queries, 4,300 pairs; ``--quick``: 3 queries), for each
+precision: the cross-encoder (the SciFact-trained MiniLM-L6 cross-encoder the experiments build
+in ``models/scifact-ce/model``; ``--quick`` on a fresh clone: the 3-step stand-in), the
+all-MiniLM-L6-v2 bi-encoder and SPLADE-tiny re-rank every query's candidates: throughput and
+nDCG@10. ``auto`` is what the engine picks by itself (hardware choice plus the calibration guard).
+
+Also measured, in the same run:
+
+* GEMM throughput of each dtype on this machine's threads (fp32 and bf16 ``torch.mm``, int8
+  ``torch._int_mm``), the FLOP bound in pairs/s it implies for the cross-encoder at the
+  workload's mean pair length, and each precision's share of its own bound;
+* batch shapes: pairs/s of the cross-encoder for several (pairs, padded tokens) caps per
+  precision, the fastest of which become ``rerank.precision.BATCH_SHAPES``;
+* runtimes side by side at equal inputs: eager torch, ``torch.compile`` (inductor), ONNX Runtime
+  (fp32, int8) and OpenVINO (fp32, and bf16 where the CPU has it), with their largest score
+  difference from eager fp32 and nDCG@10;
+* training: a cross-encoder fine-tuned from all-MiniLM-L6-v2 on SciFact BM25 triples for the same
+  steps with the same seed in fp32 and under bf16 autocast: pairs/s and dev nDCG@10 (50 held-out
+  training queries, BM25 top-20, evaluated in fp32). Trained models live in ``--workdir`` and
+  are reused, so an interrupted run resumes.
+
+    python experiments/benchmarks/precision.py [--quick]
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+from _common import dl19_workload, machine, print_json, print_table, quick_cross_encoder
+
+from rerank.evaluate import evaluate
+from rerank.hardware import choose_precision, cpu_features
+from rerank.precision import BatchShape
+from rerank.types import Candidates, Passage, Query, sort_candidates
+
+REPO = Path(__file__).resolve().parents[2]
+PRECISIONS = ("fp32", "bf16", "int8")
+SHAPES = [BatchShape(32, 2048), BatchShape(64, 4096), BatchShape(128, 8192), BatchShape(64, 2048),
+          BatchShape(16, 1024), BatchShape(128, 4096)]
+
+
+def gemm_gflops(dtype: str, seconds: float = 1.5, n: int = 2048) -> float:
+    """Measured GEMM throughput for ``dtype`` with torch's threads (GFLOP/s; int8: GOP/s)."""
+    import torch
+
+    if dtype == "int8":
+        a = torch.randint(-128, 127, (n, n), dtype=torch.int8)
+        b = torch.randint(-128, 127, (n, n), dtype=torch.int8)
+        op = lambda: torch._int_mm(a, b)  # noqa: E731
+    else:
+        kind = torch.float32 if dtype == "fp32" else torch.bfloat16
+        a, b = torch.randn(n, n).to(kind), torch.randn(n, n).to(kind)
+        op = lambda: torch.mm(a, b)  # noqa: E731
+    op()
+    count, began = 0, time.perf_counter()
+    while time.perf_counter() - began < seconds:
+        op()
+        count += 1
+    return 2 * n**3 * count / (time.perf_counter() - began) / 1e9
+
+
+def flops_per_pair(config, tokens: float) -> float:
+    """Forward FLOPs of one pair of ``tokens`` tokens: the dense layers plus attention."""
+    h, inter, layers = config.hidden_size, config.intermediate_size, config.num_hidden_layers
+    return layers * (2 * tokens * (4 * h * h + 2 * h * inter) + 4 * tokens * tokens * h)
+
+
+def ndcg(ranked, qrels) -> float:
+    return evaluate(ranked, {c.query.id: qrels[c.query.id] for c in ranked}, ["nDCG@10"]).aggregate["nDCG@10"]
+
+
+def timed(fn, *args):
+    began = time.perf_counter()
+    out = fn(*args)
+    return out, time.perf_counter() - began
+
+
+def rerank_with_scores(batch, scores):
+    out, at = [], 0
+    for c in batch:
+        out.append(sort_candidates(c.query, list(c.passages), [float(s) for s in scores[at:at + len(c)]]))
+        at += len(c)
+    return out
+
+
+def scorer_rows(make, batch, qrels, label, unit, repeats):
+    """Throughput and nDCG@10 of a scorer built by ``make(precision)`` for each precision."""
+    rows, figures = [], {}
+    n = sum(len(c) for c in batch)
+    for precision in ("auto", *PRECISIONS):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            scorer = make(precision)
+        scorer(batch[:1])  # warm-up (oneDNN kernels are built on first use)
+        seconds = []
+        for _ in range(repeats):
+            ranked, s = timed(scorer, batch)
+            seconds.append(s)
+        rate = n / float(np.median(seconds))
+        chosen = scorer.runtime_settings().get("precision", precision)
+        figures[precision] = {"per_s": round(rate, 1), "ndcg@10": round(ndcg(ranked, qrels), 4), "runs": chosen}
+        rows.append({"model": label, "precision": precision if precision != "auto" else f"auto -> {chosen}",
+                     f"{unit}/s": rate, "nDCG@10": figures[precision]["ndcg@10"],
+                     "note": "; ".join(str(w.message)[:80] for w in caught if "calibration" in str(w.message))})
+        del scorer
+        gc.collect()
+    return rows, figures
+
+
+def pairs_of(batch):
+    return [(c.query.text, p.full_text) for c in batch for p in c.passages]
+
+
+def batch_shape_sweep(path: str, pairs, quick: bool):
+    """pairs/s of the cross-encoder per precision and batch shape (best of 2 runs)."""
+    from rerank.score import CrossEncoder
+
+    results = {}
+    shapes = SHAPES[:3] if quick else SHAPES
+    for precision in PRECISIONS:
+        ce = CrossEncoder(path, precision=precision)
+        encoded = ce.encode_pairs([q for q, _ in pairs], [p for _, p in pairs])
+        ce._run(encoded)  # warm-up
+        for shape in shapes:
+            ce.batch_size, ce.max_batch_tokens = shape.pairs, shape.tokens
+            best = min(timed(ce._run, encoded)[1] for _ in range(2))
+            results.setdefault(precision, {})[f"{shape.pairs}x{shape.tokens}"] = round(len(pairs) / best, 1)
+        del ce
+        gc.collect()
+    return results
+
+
+def runtime_rows(path: str, batch, qrels, features, quick: bool):
+    """Eager torch, torch.compile, ONNX Runtime and OpenVINO side by side on the same pairs."""
+    import torch
+
+    from rerank.score import CrossEncoder
+
+    pairs = pairs_of(batch)
+    reference = CrossEncoder(path, precision="fp32")
+    encoded = reference.encode_pairs([q for q, _ in pairs], [p for _, p in pairs])
+    base_scores, _ = reference._run(encoded)
+    rows = []
+
+    def measure(label, run):
+        try:
+            run()  # warm-up / compile
+            scores, seconds = timed(run)
+        except Exception as exc:  # a runtime that cannot run here is reported, not fatal
+            rows.append({"runtime": label, "pairs/s": 0.0, "max |diff|": float("nan"), "nDCG@10": float("nan"),
+                         "note": f"failed: {type(exc).__name__}: {str(exc)[:100]}"})
+            return
+        rows.append({"runtime": label, "pairs/s": len(pairs) / seconds,
+                     "max |diff|": float(np.max(np.abs(scores - base_scores))),
+                     "nDCG@10": round(ndcg(rerank_with_scores(batch, scores), qrels), 4), "note": ""})
+
+    measure("eager fp32", lambda: reference._run(encoded)[0])
+    for precision in ("bf16", "int8"):
+        eager = CrossEncoder(path, precision=precision)
+        measure(f"eager {precision}", lambda eager=eager: eager._run(encoded)[0])
+    for precision in ("fp32", "bf16"):
+        compiled = CrossEncoder(path, precision=precision)
+        compiled.net = torch.compile(compiled.net, dynamic=True)
+        measure(f"torch.compile {precision}", lambda compiled=compiled: compiled._run(encoded)[0])
+    for precision in ("fp32", "int8"):
+        onnx = CrossEncoder(path, precision=precision, backend="onnx")
+        measure(f"onnxruntime {precision}", lambda onnx=onnx: onnx._run(encoded)[0])
+    for precision in ("fp32", "bf16") if features.bf16 else ("fp32",):
+        try:
+            vino = CrossEncoder(path, precision=precision, backend="openvino")
+        except Exception as exc:
+            rows.append({"runtime": f"openvino {precision}", "pairs/s": 0.0, "max |diff|": float("nan"),
+                         "nDCG@10": float("nan"), "note": f"failed: {str(exc)[:100]}"})
+            continue
+        measure(f"openvino {precision}", lambda vino=vino: vino._run(encoded)[0])
+    return rows
+
+
+def training_figures(workdir: Path, quick: bool, features) -> dict:
+    """Fine-tune MiniLM-L6 as a cross-encoder in fp32 and in bf16 autocast: same data, steps, seed."""
+    from rerank.data import open_dataset
+    from rerank.retrieve import BM25Index
+    from rerank.train import TrainConfig, dev_set, group_triples, mine_triples, split_dev, train_cross_encoder
+    from rerank.train.trainer import TRAINING_FILE
+    from rerank.types import batch_to_run
+
+    dataset = open_dataset("scifact")
+    corpus, qrels = dataset.corpus(), dataset.qrels("train")
+    queries = dataset.queries("train")[: 120 if quick else 450]
+    bm25 = BM25Index.build(corpus.values(), progress=False)
+    run = batch_to_run(bm25.search(queries, k=100))
+    triples = mine_triples(run, {q.id: qrels[q.id] for q in queries if q.id in qrels}, negatives=7, depth=100, seed=0)
+    groups, dev_ids = split_dev(group_triples(triples, 7), 50, seed=0)
+    by_id = {q.id: q for q in queries}
+    dev = dev_set(dev_ids, run, by_id, corpus, qrels, depth=20)
+    steps = 4 if quick else 100
+    out = {}
+    for precision in ("fp32", "bf16"):
+        folder = workdir / f"{'quick-' if quick else ''}train-{precision}"
+        if not (folder / TRAINING_FILE).is_file():
+            train_cross_encoder(groups, by_id, corpus, folder,
+                                config=TrainConfig(max_steps=steps, groups_per_step=4, learning_rate=5e-5,
+                                                   eval_every=steps, save_every=20, precision=precision),
+                                dev=dev, progress=True)
+        card = json.loads((folder / TRAINING_FILE).read_text())
+        out[precision] = {"pairs_per_s": card["pairs_per_second"], "steps": card["steps"],
+                          "dev_ndcg@10": round(card["dev"][-1]["value"], 4) if card["dev"] else None,
+                          "ran_in": card.get("precision", precision)}
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="3 queries, fewer shapes, 4 training steps (~1 minute)")
+    parser.add_argument("--cross-encoder", default=None, help="cross-encoder folder (default: models/scifact-ce/model)")
+    parser.add_argument("--workdir", default=str(REPO / "models" / "precision-bench"), help="trained models (resumable)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs per scorer, median (default: 3; --quick: 1)")
+    parser.add_argument("--skip", default="", help="comma-separated parts to skip: shapes,runtimes,training")
+    args = parser.parse_args()
+    skip = {s.strip() for s in args.skip.split(",") if s.strip()}
+    repeats = 1 if args.quick else args.repeats
+    import torch
+
+    from rerank.score import BiEncoderScorer, CrossEncoder, SpladeScorer
+
+    features = cpu_features()
+    auto, reason = choose_precision(features)
+    print(f"{machine()}; torch threads {torch.get_num_threads()}")
+    print(f"CPU capability: {features.describe()}; auto precision: {reason}")
+
+    gemm = {p: gemm_gflops(p) for p in PRECISIONS}
+    print_table([{"dtype": p, "GFLOP/s": g, "x fp32": g / gemm["fp32"]} for p, g in gemm.items()],
+                ["dtype", "GFLOP/s", "x fp32"])
+
+    queries, corpus, run, qrels = dl19_workload()
+    qids = sorted(run)[: 3 if args.quick else len(run)]
+    batch = []
+    for qid in qids:
+        ranked = sorted(run[qid].items(), key=lambda x: -x[1])[:100]
+        batch.append(Candidates(queries[qid], [corpus[d] for d, _ in ranked], [s for _, s in ranked]))
+    print(f"TREC DL 2019: {len(batch)} queries x BM25 top-100 = {sum(len(c) for c in batch)} pairs")
+
+    ce_path = args.cross_encoder or str(REPO / "models" / "scifact-ce" / "model")
+    stand_in = not Path(ce_path).is_dir()
+    if stand_in:
+        ce_path = str(quick_cross_encoder())
+        print(f"note: no trained cross-encoder at models/scifact-ce/model; using the 3-step stand-in {ce_path} "
+              "(its nDCG means little; build the real one with 'rerank experiment experiments/dl19.toml')")
+
+    rows, ce = scorer_rows(lambda p: CrossEncoder(ce_path, precision=p), batch, qrels, "cross-encoder", "pairs",
+                           repeats)
+    rows_b, bi = scorer_rows(lambda p: BiEncoderScorer("minilm-l6", precision=p), batch, qrels, "bi-encoder",
+                             "passages", repeats)
+    rows_s, splade = scorer_rows(lambda p: SpladeScorer("splade-tiny", precision=p), batch, qrels, "splade-tiny",
+                                 "passages", repeats)
+    print_table(rows + rows_b + rows_s, ["model", "precision", "pairs/s", "passages/s", "nDCG@10", "note"])
+
+    from transformers import AutoConfig, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(ce_path)
+    lengths = [len(ids) for ids in tokenizer([q for q, _ in pairs_of(batch)], [p for _, p in pairs_of(batch)],
+                                             truncation="only_second", max_length=512)["input_ids"]]
+    per_pair = flops_per_pair(AutoConfig.from_pretrained(ce_path), float(np.mean(lengths)))
+    bound = {p: gemm[p] * 1e9 / per_pair for p in PRECISIONS}
+    share = {p: ce[p]["per_s"] / bound[p] for p in PRECISIONS}
+    print_table([{"precision": p, "pairs/s": ce[p]["per_s"], "bound pairs/s": bound[p], "share of own bound": share[p],
+                  "share of fp32 bound": ce[p]["per_s"] / bound["fp32"]} for p in PRECISIONS],
+                ["precision", "pairs/s", "bound pairs/s", "share of own bound", "share of fp32 bound"])
+
+    shapes = {}
+    if "shapes" not in skip:
+        shapes = batch_shape_sweep(ce_path, pairs_of(batch[:1] if args.quick else batch[:6]), args.quick)
+        print_table([{"precision": p, **v} for p, v in shapes.items()], ["precision", *next(iter(shapes.values()))])
+    runtimes = []
+    if "runtimes" not in skip:
+        runtimes = runtime_rows(ce_path, batch[:1] if args.quick else batch[:10], qrels, features, args.quick)
+        print_table(runtimes, ["runtime", "pairs/s", "max |diff|", "nDCG@10", "note"])
+    training = {}
+    if "training" not in skip:
+        training = training_figures(Path(args.workdir), args.quick, features)
+        print_table([{"precision": p, **v} for p, v in training.items()],
+                    ["precision", "pairs_per_s", "steps", "dev_ndcg@10", "ran_in"])
+
+    auto_run = ce["auto"]["runs"]
+    figures = {
+        "cpu_capability": features.describe(), "cpu_model": features.model, "auto_precision": auto,
+        "threads": torch.get_num_threads(), "quick": args.quick, "cross_encoder": os.path.relpath(ce_path, REPO),
+        "cross_encoder_is_stand_in": stand_in, "queries": len(batch),
+        "cross_encoder_by_precision": ce, "bi_encoder_by_precision": bi, "splade_by_precision": splade,
+        "training_by_precision": training,
+        "auto_vs_fp32": round(ce["auto"]["per_s"] / ce["fp32"]["per_s"], 2),
+        "auto_ndcg_delta": round(ce["auto"]["ndcg@10"] - ce["fp32"]["ndcg@10"], 4),
+        "bi_encoder_auto_vs_fp32": round(bi["auto"]["per_s"] / bi["fp32"]["per_s"], 2),
+        "bi_encoder_auto_ndcg_delta": round(bi["auto"]["ndcg@10"] - bi["fp32"]["ndcg@10"], 4),
+        "training_bf16_vs_fp32": round(training["bf16"]["pairs_per_s"] / training["fp32"]["pairs_per_s"], 2)
+        if training else None,
+        "fp32_gemm_gflops": round(gemm["fp32"], 1), "bf16_gemm_gflops": round(gemm["bf16"], 1),
+        "int8_gemm_gops": round(gemm["int8"], 1),
+        "bound_pairs_per_s": {p: round(v, 1) for p, v in bound.items()},
+        "share_of_own_bound": {p: round(v, 3) for p, v in share.items()},
+        "auto_share_of_bound": round(ce["auto"]["per_s"] / bound[auto_run], 3),
+        "batch_shapes_pairs_per_s": shapes,
+        "runtimes": [{k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()} for r in runtimes],
+    }
+    print_json(figures)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,278 @@
+"""Which precision a model runs in: the hardware's choice for ``auto``, checked against fp32.
+
+``precision="auto"`` (the default of every neural scorer and encoder) asks
+:func:`rerank.hardware.choose_precision` what suits the CPU: bf16 on AMX or AVX-512-BF16, int8
+on VNNI, fp32 otherwise. A reduced precision is only kept if it ranks like fp32: the first time a
+model runs in it on a machine, :func:`settle_precision` scores the calibration sample shipped
+with the package (200 SciFact pairs, 10 queries x 20 passages; ``rerank/calibration/``) both
+ways and compares each query's ranking (mean Spearman correlation and top-10 overlap). If they
+disagree beyond :class:`Tolerance`, the model runs in fp32 and a warning gives the numbers. The
+verdict is cached per model, machine and precision under ``<cache>/precision/``, so later runs
+only read a small JSON file.
+
+A precision a user names (``fp32``, ``bf16``, ``int8``) is used as given, unchecked.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+
+from rerank import hardware
+from rerank.atomic import atomic_file
+
+CHOICES = ("auto", *hardware.PRECISIONS)
+CALIBRATION_FILE = Path(__file__).resolve().parent / "calibration" / "pairs.jsonl"
+
+
+@dataclass(frozen=True)
+class CalibrationPair:
+    """One (query, passage) pair of the built-in calibration sample."""
+
+    query_id: str
+    query: str
+    passage_id: str
+    passage: str
+
+
+@lru_cache(maxsize=1)
+def calibration_pairs() -> tuple[CalibrationPair, ...]:
+    """The 200 built-in calibration pairs, grouped by query (10 queries x 20 passages)."""
+    with CALIBRATION_FILE.open(encoding="utf-8") as handle:
+        return tuple(CalibrationPair(**json.loads(line)) for line in handle if line.strip())
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """How closely a reduced precision must rank the calibration sample like fp32: the mean
+    over queries of the Spearman correlation of the two score lists, and of the overlap of
+    their top-10s (as a fraction of 10)."""
+
+    min_spearman: float = 0.95
+    min_top10_overlap: float = 0.8
+
+
+@dataclass(frozen=True)
+class Agreement:
+    """How a reduced precision's calibration scores compare with fp32's."""
+
+    spearman: float
+    top10_overlap: float
+    max_abs_difference: float
+    pairs: int
+
+    def acceptable(self, tolerance: Tolerance) -> bool:
+        """Whether both figures reach the tolerance."""
+        return self.spearman >= tolerance.min_spearman and self.top10_overlap >= tolerance.min_top10_overlap
+
+    def describe(self) -> str:
+        """``Spearman 0.991, top-10 overlap 0.96 over 200 pairs``."""
+        return (f"Spearman {self.spearman:.3f}, top-10 overlap {self.top10_overlap:.2f}, "
+                f"largest score difference {self.max_abs_difference:.3g} over {self.pairs} pairs")
+
+
+def _ranks(values: np.ndarray) -> np.ndarray:
+    """Average ranks (ties share the mean of their positions), as Spearman's rho needs."""
+    order = np.argsort(values, kind="stable")
+    ranks = np.empty(len(values), dtype=np.float64)
+    sorted_values = values[order]
+    start = 0
+    while start < len(values):
+        end = start
+        while end + 1 < len(values) and sorted_values[end + 1] == sorted_values[start]:
+            end += 1
+        ranks[order[start:end + 1]] = (start + end) / 2
+        start = end + 1
+    return ranks
+
+
+def _spearman(a: np.ndarray, b: np.ndarray) -> float:
+    ra, rb = _ranks(a), _ranks(b)
+    ra, rb = ra - ra.mean(), rb - rb.mean()
+    denominator = float(np.sqrt((ra * ra).sum() * (rb * rb).sum()))
+    # A query whose scores all tie in one precision has no ranking left: count it as no agreement.
+    return float((ra * rb).sum() / denominator) if denominator > 0 else 0.0
+
+
+def compare(query_ids: Sequence[str], reference: np.ndarray, candidate: np.ndarray) -> Agreement:
+    """Per-query agreement of ``candidate`` scores with ``reference`` (fp32) scores, averaged."""
+    reference, candidate = np.asarray(reference, np.float64), np.asarray(candidate, np.float64)
+    if reference.shape != candidate.shape or len(reference) != len(query_ids):
+        raise ValueError(f"{len(query_ids)} pairs but {reference.shape} and {candidate.shape} scores")
+    groups: dict[str, list[int]] = {}
+    for i, qid in enumerate(query_ids):
+        groups.setdefault(qid, []).append(i)
+    rhos, overlaps = [], []
+    for rows in groups.values():
+        a, b = reference[rows], candidate[rows]
+        rhos.append(_spearman(a, b))
+        k = min(10, len(rows))
+        # Stable descending order keeps this exact under ties (input order breaks them).
+        top_a = set(np.argsort(-a, kind="stable")[:k])
+        top_b = set(np.argsort(-b, kind="stable")[:k])
+        overlaps.append(len(top_a & top_b) / k)
+    difference = float(np.max(np.abs(reference - candidate))) if len(reference) else 0.0
+    return Agreement(float(np.mean(rhos)), float(np.mean(overlaps)), difference, len(reference))
+
+
+@dataclass(frozen=True)
+class PrecisionChoice:
+    """The precision a model runs in, what was asked for, and why."""
+
+    requested: str
+    precision: str
+    reason: str
+    agreement: Agreement | None = None
+
+    def as_settings(self) -> dict[str, str]:
+        """``{"precision": ..., "precision_reason": ...}`` for traces and manifests."""
+        return {"precision": self.precision, "precision_reason": self.reason}
+
+
+def machine_key() -> str:
+    """What makes two machines' verdicts interchangeable: CPU model and relevant flags, the
+    platform, and the torch version."""
+    features = hardware.cpu_features()
+    try:
+        import torch
+
+        torch_version = torch.__version__
+    except ImportError:
+        torch_version = ""
+    relevant = sorted(flag for flag in features.flags if flag.startswith(("avx", "amx", "fma", "sse4")))
+    return "|".join([features.model, features.torch_capability, ",".join(relevant), platform.machine(), torch_version])
+
+
+def model_key(path: str | Path) -> str:
+    """A model's identity for the verdict cache: its resolved path with the size and mtime of
+    every file in its folder (a retrained model in the same folder gets a new verdict); a Hub id
+    that is no local path is used as is."""
+    folder = Path(path)
+    if not folder.exists():
+        return str(path)
+    files = sorted(p for p in (folder.rglob("*") if folder.is_dir() else [folder]) if p.is_file())
+    stats = [f"{p.relative_to(folder) if folder.is_dir() else p.name}:{p.stat().st_size}:{int(p.stat().st_mtime)}"
+             for p in files]
+    return f"{folder.resolve()}|{'|'.join(stats)}"
+
+
+def verdict_dir() -> Path:
+    """Where calibration verdicts are cached: ``$RERANK_CACHE/precision`` (default
+    ``~/.cache/rerank/precision``)."""
+    return Path(os.environ.get("RERANK_CACHE", Path.home() / ".cache" / "rerank")) / "precision"
+
+
+def _verdict_file(kind: str, model: str, precision: str) -> Path:
+    digest = hashlib.sha256("\n".join([kind, model, precision, machine_key()]).encode()).hexdigest()[:24]
+    return verdict_dir() / f"{kind}-{precision}-{digest}.json"
+
+
+def _read_verdict(path: Path) -> Agreement | None:
+    try:
+        return Agreement(**json.loads(path.read_text(encoding="utf-8"))["agreement"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None  # missing or corrupt: calibrate again
+
+
+def settle_precision(requested: str, *, kind: str, model: str, scores: Callable[[str], np.ndarray],
+                     tolerance: Tolerance = Tolerance(), features: hardware.CpuFeatures | None = None,
+                     query_ids: Sequence[str] | None = None, device: str = "cpu") -> PrecisionChoice:
+    """The precision a model of ``kind`` (``cross-encoder``, ``bi-encoder``...) identified by
+    ``model`` (see :func:`model_key`) should run in, for a requested ``auto``/``fp32``/``bf16``/``int8``.
+
+    ``scores(precision)`` returns the model's scores of :func:`calibration_pairs` (or of pairs
+    grouped by ``query_ids``) in that precision; it is called (for fp32 and the candidate) only
+    when ``auto`` picks a reduced precision and no verdict for this model and machine is cached.
+    On a GPU (``device`` not ``cpu``), ``auto`` picks bf16 where the GPU supports it.
+    """
+    if requested not in CHOICES:
+        raise ValueError(f"precision must be one of {CHOICES}, got {requested!r}")
+    if requested == "auto" and device != "cpu":
+        chosen, reason = hardware.gpu_precision(device)
+    else:
+        chosen, reason = hardware.resolve_precision(requested, features)
+    if requested != "auto" or chosen == "fp32":
+        return PrecisionChoice(requested, chosen, reason)
+    path = _verdict_file(kind, model, chosen)
+    agreement = _read_verdict(path)
+    cached = agreement is not None
+    if agreement is None:
+        ids = list(query_ids) if query_ids is not None else [p.query_id for p in calibration_pairs()]
+        agreement = compare(ids, np.asarray(scores("fp32")), np.asarray(scores(chosen)))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_file(path) as handle:
+            json.dump({"kind": kind, "model": model, "precision": chosen, "machine": machine_key(),
+                       "agreement": asdict(agreement)}, handle, indent=1)
+    source = "cached calibration" if cached else "calibration"
+    if agreement.acceptable(tolerance):
+        return PrecisionChoice(requested, chosen, f"{reason}; {source} agrees with fp32 ({agreement.describe()})",
+                               agreement)
+    message = (f"{kind} {Path(str(model).split('|')[0]).name}: {chosen} ranks the calibration sample unlike fp32 "
+               f"({agreement.describe()}; needs Spearman >= {tolerance.min_spearman}, top-10 overlap >= "
+               f"{tolerance.min_top10_overlap}); running in fp32")
+    warnings.warn(message, stacklevel=3)
+    return PrecisionChoice(requested, "fp32", f"fp32: {message}", agreement)
+
+
+def quantize(model, precision: str):
+    """``model`` in ``precision``: ``fp32`` unchanged; ``bf16`` casts the weights in place (fast
+    only with AMX or AVX-512-BF16; on AVX2 several times slower than fp32); ``int8`` returns a
+    copy whose ``nn.Linear`` layers are dynamically quantized (weights int8, activations
+    quantized per batch; uses VNNI)."""
+    import torch
+
+    if precision not in hardware.PRECISIONS:
+        raise ValueError(f"precision must be one of {hardware.PRECISIONS}, got {precision!r}")
+    if precision == "bf16":
+        return model.to(torch.bfloat16)
+    if precision == "int8":
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch.ao's eager quantization is deprecated but still works
+            return torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+    return model
+
+
+def prepare_model(model, requested: str, *, kind: str, path: str | Path, scores_of: Callable[[object], np.ndarray],
+                  tolerance: Tolerance = Tolerance(), query_ids: Sequence[str] | None = None):
+    """An fp32 ``model`` (a torch module) converted to the precision :func:`settle_precision`
+    settles on, and the :class:`PrecisionChoice`. ``scores_of(net)`` scores the calibration
+    pairs with ``net`` (the fp32 model or a converted copy); it runs only when ``auto`` must
+    calibrate. The fp32 model is kept intact until the verdict is in."""
+    import copy
+
+    converted: dict[str, object] = {}
+
+    def in_precision(precision: str):
+        if precision == "fp32":
+            return model
+        if precision not in converted:
+            converted[precision] = quantize(copy.deepcopy(model), precision)
+        return converted[precision]
+
+    device = next(model.parameters()).device.type
+    choice = settle_precision(requested, kind=kind, model=model_key(path), tolerance=tolerance, query_ids=query_ids,
+                              scores=lambda precision: scores_of(in_precision(precision)), device=device)
+    if choice.precision in converted:
+        return converted[choice.precision], choice
+    return quantize(model, choice.precision), choice
+
+
+@dataclass(frozen=True)
+class BatchShape:
+    """Most pairs (or texts) and most padded tokens in one forward batch."""
+
+    pairs: int
+    tokens: int
+
+
+BATCH_SHAPES = {"fp32": BatchShape(32, 2048), "bf16": BatchShape(32, 2048), "int8": BatchShape(32, 2048)}
+"""The batch shape for each precision, as measured fastest on a 2-core CPU by
+``experiments/benchmarks/precision.py`` (a batch that stays in cache beats a bigger one)."""
