@@ -222,16 +222,26 @@ def settle_precision(requested: str, *, kind: str, model: str, scores: Callable[
     return PrecisionChoice(requested, "fp32", f"fp32: {message}", agreement)
 
 
-def quantize(model, precision: str):
+BF16_ENCODER_ATTENTION = "eager"
+"""Attention kernel of encoders (cross-encoder, bi-encoder, SPLADE) in bf16: on a 2-core
+Sapphire Rapids, plain matmul-softmax attention ran a MiniLM-L6 cross-encoder 1.15-1.25x faster
+than torch's fused CPU SDPA kernel in bf16 (``experiments/benchmarks/precision.py``); in fp32
+the two were even."""
+
+
+def quantize(model, precision: str, *, encoder: bool = False):
     """``model`` in ``precision``: ``fp32`` unchanged; ``bf16`` casts the weights in place (fast
-    only with AMX or AVX-512-BF16; on AVX2 several times slower than fp32); ``int8`` returns a
-    copy whose ``nn.Linear`` layers are dynamically quantized (weights int8, activations
-    quantized per batch; uses VNNI)."""
+    only with AMX or AVX-512-BF16; on AVX2 several times slower than fp32) and, for an
+    ``encoder``, switches attention to :data:`BF16_ENCODER_ATTENTION`; ``int8`` returns a copy
+    whose ``nn.Linear`` layers are dynamically quantized (weights int8, activations quantized
+    per batch; uses VNNI)."""
     import torch
 
     if precision not in hardware.PRECISIONS:
         raise ValueError(f"precision must be one of {hardware.PRECISIONS}, got {precision!r}")
     if precision == "bf16":
+        if encoder and hasattr(model, "set_attn_implementation"):
+            model.set_attn_implementation(BF16_ENCODER_ATTENTION)
         return model.to(torch.bfloat16)
     if precision == "int8":
         with warnings.catch_warnings():
@@ -241,11 +251,12 @@ def quantize(model, precision: str):
 
 
 def prepare_model(model, requested: str, *, kind: str, path: str | Path, scores_of: Callable[[object], np.ndarray],
-                  tolerance: Tolerance = Tolerance(), query_ids: Sequence[str] | None = None):
+                  tolerance: Tolerance = Tolerance(), query_ids: Sequence[str] | None = None, encoder: bool = True):
     """An fp32 ``model`` (a torch module) converted to the precision :func:`settle_precision`
     settles on, and the :class:`PrecisionChoice`. ``scores_of(net)`` scores the calibration
     pairs with ``net`` (the fp32 model or a converted copy); it runs only when ``auto`` must
-    calibrate. The fp32 model is kept intact until the verdict is in."""
+    calibrate. The fp32 model is kept intact until the verdict is in. ``encoder``: see
+    :func:`quantize` (``False`` for a generative LLM)."""
     import copy
 
     converted: dict[str, object] = {}
@@ -254,7 +265,7 @@ def prepare_model(model, requested: str, *, kind: str, path: str | Path, scores_
         if precision == "fp32":
             return model
         if precision not in converted:
-            converted[precision] = quantize(copy.deepcopy(model), precision)
+            converted[precision] = quantize(copy.deepcopy(model), precision, encoder=encoder)
         return converted[precision]
 
     device = next(model.parameters()).device.type
@@ -262,15 +273,17 @@ def prepare_model(model, requested: str, *, kind: str, path: str | Path, scores_
                               scores=lambda precision: scores_of(in_precision(precision)), device=device)
     if choice.precision in converted:
         return converted[choice.precision], choice
-    return quantize(model, choice.precision), choice
+    return quantize(model, choice.precision, encoder=encoder), choice
 
 
 @dataclass(frozen=True)
 class BatchShape:
-    """Most pairs (or texts) and most padded tokens in one forward batch."""
+    """Most pairs (or texts) and most padded tokens in one forward batch, and the multiple
+    a batch's length is padded up to (1: no padding buckets)."""
 
     pairs: int
     tokens: int
+    pad_multiple: int = 1
 
 
 BATCH_SHAPES = {"fp32": BatchShape(32, 2048), "bf16": BatchShape(32, 2048), "int8": BatchShape(32, 2048)}

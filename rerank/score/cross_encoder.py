@@ -75,6 +75,7 @@ class CrossEncoder(Scorer, kind="cross-encoder"):
         self.progress = progress
         self.name = name or f"cross-encoder({os.path.basename(str(model).rstrip('/')) or model})"
         self.truncated_queries = 0
+        self.pad_multiple = 1  # calibration runs unbucketed; the precision's shape is set below
         self._torch = torch
         self.onnx = None  # the ONNX Runtime or OpenVINO callable, when one of those backends runs
         self.backend = backend
@@ -86,6 +87,7 @@ class CrossEncoder(Scorer, kind="cross-encoder"):
                                              scores_of=self._calibration_scores)
         self.net = net
         self.precision = self.choice.precision
+        self.pad_multiple = BATCH_SHAPES[self.precision].pad_multiple
         self.batch_size = batch_size or BATCH_SHAPES[self.precision].pairs
         self.max_batch_tokens = max_batch_tokens or BATCH_SHAPES[self.precision].tokens
 
@@ -159,6 +161,8 @@ class CrossEncoder(Scorer, kind="cross-encoder"):
             while start < len(order):
                 longest = len(encoded[order[start]])
                 size = max(1, min(batch_size, max_batch_tokens // max(longest, 1)))
+                # Padding up to a bucket boundary lets batches share kernel shapes.
+                longest = min(-(-longest // self.pad_multiple) * self.pad_multiple, self.max_length)
                 rows = order[start:start + size]
                 ids = torch.full((len(rows), longest), pad, dtype=torch.long)
                 mask = torch.zeros((len(rows), longest), dtype=torch.long)

@@ -97,7 +97,7 @@ class TransformersLLM:
         # transformers >= 5.2 names the key/value cache argument ``cache``; older versions ``past_key_values``.
         forward = inspect.signature(self._decoder_body().forward).parameters
         self._cache_arg = "cache" if "cache" in forward else "past_key_values"
-        self.model, self.choice = prepare_model(self.model, precision, kind="llm", path=path,
+        self.model, self.choice = prepare_model(self.model, precision, kind="llm", path=path, encoder=False,
                                                 scores_of=self._calibration_scores,
                                                 query_ids=[p.query_id for p in calibration_pairs()[:LLM_CALIBRATION_PAIRS]])
         self.precision = self.choice.precision

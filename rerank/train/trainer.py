@@ -29,6 +29,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from rerank.atomic import atomic_directory, atomic_file
+from rerank.costs import Stopwatch
 from rerank.errors import RerankError
 from rerank.train.card import TRAINING_FILE, write_model_card
 from rerank.train.curriculum import Curriculum
@@ -306,6 +307,7 @@ class Trainer:
         eval_every = self.config.eval_every or self.steps_per_epoch
         self.model.train(True)
         began = self._began = time.perf_counter()
+        evaluating = 0.0  # seconds spent on dev evaluation, left out of the training rate
         pairs_done, running = 0, None
         bar = tqdm(total=self.total_steps, initial=step,
                    desc=f"Training {self.model.kind} ({self.config.loss}, {self.precision})",
@@ -322,7 +324,7 @@ class Trainer:
                 pairs_done += pairs
                 value = float(loss.detach())
                 running = value if running is None else 0.9 * running + 0.1 * value
-                rate = pairs_done / (time.perf_counter() - began)
+                rate = pairs_done / max(time.perf_counter() - began - evaluating, 1e-9)
                 bar.set_postfix(loss=f"{running:.4f}", pairs_s=f"{rate:.1f}")
                 bar.update(1)
                 row = None
@@ -331,7 +333,9 @@ class Trainer:
                            "pairs_per_second": round(rate, 2)}
                 if self.dev is not None and (step % eval_every == 0 or step == self.total_steps):
                     row = row or {"step": step, "loss": round(running, 6)}
-                    row[f"dev_{self.dev.measure}"] = evaluate_model(self.model, self.dev)
+                    with Stopwatch() as watch:
+                        row[f"dev_{self.dev.measure}"] = evaluate_model(self.model, self.dev)
+                    evaluating += watch.seconds
                     bar.write(f"step {step}: dev {self.dev.measure} = {row[f'dev_{self.dev.measure}']:.4f}")
                 if row is not None:
                     history.append(row)
@@ -340,7 +344,7 @@ class Trainer:
                 if self.callback is not None:
                     self.callback(step)
         seconds = time.perf_counter() - began
-        rate = pairs_done / seconds if seconds else 0.0
+        rate = pairs_done / (seconds - evaluating) if seconds > evaluating else 0.0
         return self._finish(step, self._seconds_before + seconds, rate, running or 0.0, history, resumed_at)
 
     def _finish(self, steps: int, seconds: float, rate: float, loss: float, history: list[dict],
