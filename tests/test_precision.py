@@ -298,3 +298,23 @@ def test_threads_default_to_physical_cores_unless_set(monkeypatch):
         assert hardware.apply_threads(None)[1] == "1 threads: OMP_NUM_THREADS"
     finally:
         torch.set_num_threads(before)
+
+
+@pytest.mark.models
+def test_experiment_precision_reaches_prepare_steps(tmp_path, cache):
+    from rerank.experiment.prepare import takes_precision
+    from rerank.experiment.runner import run_prepare
+    from rerank.experiment.spec import load_spec
+
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text("".join(json.dumps({"_id": str(i), "text": f"cells divide number {i}"}) + "\n" for i in range(6)))
+    index = tmp_path / "dense"
+    config = tmp_path / "e.toml"
+    config.write_text(f'name = "t"\nprecision = "fp32"\n[dataset]\nbeir = "scifact"\n'
+                      f'[[prepare]]\ncreates = "{index}"\nstep = "index"\ncorpus = "{corpus}"\nout = "{index}"\n'
+                      f'kind = "dense"\n[pipelines]\ndense = "dense % 10"\n'
+                      f'[stages.dense]\nkind = "retrieve"\nindex = "{index}"\n')
+    spec = load_spec(config)
+    assert spec.precision == "fp32" and takes_precision("index") and not takes_precision("mine")
+    run_prepare(spec, spec.precision)
+    assert json.loads((index / "manifest.json").read_text())["precision"]["precision"] == "fp32"

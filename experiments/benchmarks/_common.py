@@ -30,7 +30,10 @@ def machine() -> str:
     """A short description of the machine the figures come from."""
     import os
 
-    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
+    from rerank.hardware import cpu_features
+
+    cpu = cpu_features().model or platform.processor() or platform.machine()
+    return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}"
 
 
 def print_table(rows: list[dict], columns: list[str]) -> None:

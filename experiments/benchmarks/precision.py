@@ -44,7 +44,7 @@ from _common import dl19_workload, machine, print_json, print_table
 
 from rerank.evaluate import evaluate
 from rerank.hardware import choose_precision, cpu_features
-from rerank.precision import BatchShape
+from rerank.precision import BATCH_SHAPES, BatchShape
 from rerank.types import Candidates, Passage, Query, sort_candidates
 
 REPO = Path(__file__).resolve().parents[2]
@@ -253,7 +253,8 @@ def main() -> None:
     parser.add_argument("--cross-encoder", default=None, help="cross-encoder folder (default: models/scifact-ce/model)")
     parser.add_argument("--workdir", default=str(REPO / "models" / "precision-bench"), help="trained models (resumable)")
     parser.add_argument("--repeats", type=int, default=2, help="timed runs per scorer, fastest counts (default: 2; --quick: 1)")
-    parser.add_argument("--skip", default="", help="comma-separated parts to skip: shapes,runtimes,training")
+    parser.add_argument("--skip", default="", help="comma-separated parts to skip: "
+                                                   "bi-encoder,splade,shapes,runtimes,training")
     args = parser.parse_args()
     skip = {s.strip() for s in args.skip.split(",") if s.strip()} | ({"runtimes"} if args.quick else set())
     repeats = 1 if args.quick else args.repeats
@@ -288,10 +289,13 @@ def main() -> None:
 
     rows, ce = scorer_rows(lambda p: CrossEncoder(ce_path, precision=p), batch, qrels, "cross-encoder", "pairs",
                            repeats)
-    rows_b, bi = scorer_rows(lambda p: BiEncoderScorer("minilm-l6", precision=p), batch, qrels, "bi-encoder",
-                             "passages", repeats)
-    rows_s, splade = scorer_rows(lambda p: SpladeScorer("splade-tiny", precision=p), batch, qrels, "splade-tiny",
+    rows_b, bi, rows_s, splade = [], {}, [], {}
+    if "bi-encoder" not in skip:
+        rows_b, bi = scorer_rows(lambda p: BiEncoderScorer("minilm-l6", precision=p), batch, qrels, "bi-encoder",
                                  "passages", repeats)
+    if "splade" not in skip:
+        rows_s, splade = scorer_rows(lambda p: SpladeScorer("splade-tiny", precision=p), batch, qrels, "splade-tiny",
+                                     "passages", repeats)
     print_table(rows + rows_b + rows_s, ["model", "precision", "pairs/s", "passages/s", "nDCG@10", "note"])
 
     from transformers import AutoConfig, AutoTokenizer
@@ -329,8 +333,9 @@ def main() -> None:
         "training_by_precision": training,
         "auto_vs_fp32": round(ce["auto"]["per_s"] / ce["fp32"]["per_s"], 2),
         "auto_ndcg_delta": round(ce["auto"]["ndcg@10"] - ce["fp32"]["ndcg@10"], 4),
-        "bi_encoder_auto_vs_fp32": round(bi["auto"]["per_s"] / bi["fp32"]["per_s"], 2),
-        "bi_encoder_auto_ndcg_delta": round(bi["auto"]["ndcg@10"] - bi["fp32"]["ndcg@10"], 4),
+        "bi_encoder_auto_vs_fp32": round(bi["auto"]["per_s"] / bi["fp32"]["per_s"], 2) if bi else None,
+        "bi_encoder_auto_ndcg_delta": round(bi["auto"]["ndcg@10"] - bi["fp32"]["ndcg@10"], 4) if bi else None,
+        "batch_shapes_default": {p: [s.pairs, s.tokens, s.pad_multiple] for p, s in BATCH_SHAPES.items()},
         "training_bf16_vs_fp32": round(training["bf16"]["pairs_per_s"] / training["fp32"]["pairs_per_s"], 2)
         if training else None,
         "fp32_gemm_gflops": round(gemm["fp32"], 1), "bf16_gemm_gflops": round(gemm["bf16"], 1),

@@ -59,6 +59,11 @@ def check_step(step: Any, args: dict[str, Any], where: str) -> None:
         raise ConfigError(f"{where}: step {step!r} needs {', '.join(missing)}")
 
 
+def takes_precision(step: str) -> bool:
+    """Whether a step encodes, scores or trains with a model (and so takes ``precision``)."""
+    return step in ("index", "teacher-scores", "train-cross-encoder", "distill")
+
+
 def run_step(step: str, args: dict[str, Any]) -> Any:
     """Run one step with its arguments."""
     return step_function(step)(**args)

@@ -106,7 +106,7 @@ class Experiment:
             spec.expected = [e for e in spec.expected if e.pipeline in spec.pipelines]
         inputs, qrels = read_inputs(spec, max_queries or spec.max_queries)
         if prepare:
-            run_prepare(spec)
+            run_prepare(spec, precision or spec.precision)
         return cls.from_spec(spec, inputs, qrels, progress=progress, precision=precision)
 
     @classmethod
@@ -224,17 +224,23 @@ def read_inputs(spec: ExperimentSpec, max_queries: int | None = None) -> tuple[l
     return [candidates.get(q.id, Candidates(q, [], [])) for q in judged], qrels
 
 
-def run_prepare(spec: ExperimentSpec) -> None:
-    """Run each ``[[prepare]]`` step whose output does not exist yet, in order."""
-    from rerank.experiment.prepare import run_step
+def run_prepare(spec: ExperimentSpec, precision: str | None = None) -> None:
+    """Run each ``[[prepare]]`` step whose output does not exist yet, in order; ``precision``
+    (the experiment's) goes to every step that encodes, scores or trains and sets none itself
+    (training has no int8: it trains in fp32 then)."""
+    from rerank.experiment.prepare import run_step, takes_precision
 
     for step in spec.prepare:
         if Path(step.creates).exists():
             log.info("prepare: %s exists", step.creates)
             continue
+        args = dict(step.args)
+        if precision and "precision" not in args and takes_precision(step.step):
+            args["precision"] = "fp32" if precision == "int8" and step.step in ("train-cross-encoder", "distill") \
+                else precision
         print(f"prepare: {step.creates} is missing; running {step.describe()}", flush=True)
         try:
-            run_step(step.step, step.args)
+            run_step(step.step, args)
         except (RerankError, ValueError, OSError) as exc:
             raise RerankError(f"{spec.source}:{step.line} [[prepare]] {step.describe()} failed: {exc}") from exc
         if not Path(step.creates).exists():

@@ -144,6 +144,8 @@ class ExperimentSpec:
     plot_measure: str
     pipelines: dict[str, PipelineConfig]
     expected: list[Expectation] = field(default_factory=list)
+    precision: str | None = None
+    """The top-level ``precision``: every model stage's and prepare step's unless they set their own."""
 
 
 class _Locator:
@@ -323,7 +325,8 @@ def load_spec(path: str | Path, *, check_files: bool = True) -> ExperimentSpec:
         input_run=inputs.run if inputs else None, depth=inputs.depth if inputs else None,
         skip_missing=inputs.skip_missing if inputs else False, prepare=prepare, measures=measures,
         baseline=baseline, test=evaluation.test, correction=evaluation.correction, alpha=evaluation.alpha,
-        batch_size=evaluation.batch_size, plot_measure=plot_measure, pipelines=pipelines, expected=expected)
+        batch_size=evaluation.batch_size, plot_measure=plot_measure, pipelines=pipelines, expected=expected,
+        precision=data.get("precision"))
 
 
 def _check_data_path(value: str, where: str) -> None:

@@ -67,10 +67,11 @@ def mine(dataset: str | Path, out: str | Path, *, split: str = "train", index: S
 
 def teacher_scores(dataset: str | Path, triples: str | Path, out: str | Path, *, model: str | None = None,
                    pipeline: str | Path | None = None, max_length: int | None = None, batch_size: int = 32,
-                   skip_bad: bool = False, progress: bool = True) -> list[TeacherScore]:
+                   skip_bad: bool = False, progress: bool = True, precision: str | None = None) -> list[TeacherScore]:
     """Score every triple of the ``triples`` file with a teacher, ``model`` (a cross-encoder)
     or ``pipeline`` (a TOML pipeline that scores the passages it is given), into ``out``
-    (Hofstätter's format; cached, so an interrupted run resumes)."""
+    (Hofstätter's format; cached, so an interrupted run resumes). ``precision``: the teacher's
+    (default: ``auto`` for a model, the config's for a pipeline; see :mod:`rerank.precision`)."""
     from rerank.train.data import read_triples
     from rerank.train.teacher import score_triples
 
@@ -81,11 +82,11 @@ def teacher_scores(dataset: str | Path, triples: str | Path, out: str | Path, *,
     if pipeline:
         from rerank.config import build_pipeline
 
-        teacher = build_pipeline(pipeline)
+        teacher = build_pipeline(pipeline, precision=precision)
     else:
         from rerank.score import CrossEncoder
 
-        teacher = CrossEncoder(model, max_length=max_length, batch_size=batch_size)
+        teacher = CrossEncoder(model, max_length=max_length, batch_size=batch_size, precision=precision or "auto")
     return score_triples(teacher, read, queries, corpus, out, progress=progress)
 
 
