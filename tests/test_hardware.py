@@ -12,11 +12,12 @@ ICE_LAKE = "fpu sse2 avx2 avx512f avx512bw avx512_vnni"
 COOPER_LAKE_NO_AMX = "fpu avx2 avx512f avx512_vnni avx512_bf16"
 ALDER_LAKE = "fpu avx2 avx_vnni"
 EPYC_ZEN2 = "fpu sse2 avx avx2 fma"
+EPYC_ZEN4 = "fpu sse2 avx2 avx512f avx512bw avx512_vnni avx512_bf16"
 
 
 @pytest.mark.parametrize("flags, expected", [
     (SAPPHIRE_RAPIDS, "bf16"), (COOPER_LAKE_NO_AMX, "bf16"), (ICE_LAKE, "int8"), (ALDER_LAKE, "int8"),
-    (EPYC_ZEN2, "fp32"), ("", "fp32"),
+    (EPYC_ZEN2, "fp32"), (EPYC_ZEN4, "bf16"), ("", "fp32"),
 ])
 def test_auto_precision_follows_the_cpu_flags(flags, expected):
     features = CpuFeatures(frozenset(flags.split()), "AVX512" if "avx512f" in flags else "AVX2")

@@ -162,10 +162,10 @@ def test_cross_encoder_falls_back_to_fp32_when_bf16_ties_its_scores(tmp_path, ca
     on_cpu(AMX)
     folder = tiny_cross_encoder(tmp_path / "ce", bias=100.0)
     with pytest.warns(UserWarning, match="bf16 ranks the calibration sample unlike fp32"):
-        ce = CrossEncoder(str(folder))
+        ce = CrossEncoder(str(folder), backend="torch")  # torch's bf16 rounding is exact IEEE on any CPU
     assert ce.precision == "fp32" and ce.choice.requested == "auto"
     assert next(ce.net.parameters()).dtype.is_floating_point and str(next(ce.net.parameters()).dtype) == "torch.float32"
-    forced = CrossEncoder(str(folder), precision="bf16")  # a named precision is the user's call
+    forced = CrossEncoder(str(folder), precision="bf16", backend="torch")  # a named precision is the user's call
     assert forced.precision == "bf16" and str(next(forced.net.parameters()).dtype) == "torch.bfloat16"
 
 
@@ -185,6 +185,28 @@ def test_cross_encoder_runs_the_hardware_precision_and_traces_it(tmp_path, cache
         warnings.simplefilter("ignore")  # the random model may or may not survive int8; either verdict is fine
         ce8 = CrossEncoder(str(folder))
     assert ce8.choice.agreement is not None and ce8.precision in ("int8", "fp32")
+
+
+def test_auto_backend_is_openvino_only_for_bf16_on_a_bf16_cpu(tmp_path, cache, on_cpu, monkeypatch):
+    import importlib.util
+
+    from rerank.score import CrossEncoder
+
+    folder = tiny_cross_encoder(tmp_path / "ce", bias=0.0)
+    on_cpu(AVX2)
+    ce = CrossEncoder(str(folder))
+    assert ce.backend == "torch" and ce.runtime_settings()["backend"] == "torch"
+    choose = ce._choose_backend
+    on_cpu(AMX)
+    installed = importlib.util.find_spec("openvino") is not None
+    assert choose("auto", "auto", "cpu") == ("openvino" if installed else "torch")
+    assert choose("auto", "bf16", "cpu") == ("openvino" if installed else "torch")
+    assert choose("auto", "fp32", "cpu") == "torch" and choose("auto", "int8", "cpu") == "torch"
+    assert choose("auto", "auto", "cuda") == "torch" and choose("onnx", "auto", "cpu") == "onnx"
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "openvino" else object())
+    assert choose("auto", "auto", "cpu") == "torch"  # without OpenVINO installed
+    with pytest.raises(ValueError, match="backend must be one of"):
+        choose("tensorrt", "auto", "cpu")
 
 
 # -- overrides: TOML, CLI, [serve] -----------------------------------------------------------------

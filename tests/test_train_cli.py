@@ -25,20 +25,22 @@ def test_the_whole_training_chain_from_the_command_line(tmp_path, scifact_bm25, 
     assert main(["train", "cross-encoder", "--dataset", data, "--triples", str(tmp_path / "t.tsv"), "--init", str(init),
                  "--max-length", "64", "--negatives", "2", "--max-steps", "3", "--batch-groups", "2",
                  "--run", str(tmp_path / "r.trec"), "--dev-queries", "2", "--curriculum", "reciprocal-rank",
-                 "--out", str(tmp_path / "ce"), "--no-progress"]) == 0
+                 "--out", str(tmp_path / "ce"), "--no-progress", "--precision", "bf16"]) == 0
     info = json.loads((tmp_path / "ce" / "rerank_training.json").read_text())
     assert info["curriculum"] == {"heuristic": "reciprocal-rank", "anneal_steps": 1} and info["steps"] == 3
+    assert info["precision"] == "bf16" and info["precision_reason"] == "bf16: chosen by the user"
     assert len(info["dev"]) == 1 and "dev nDCG@10" in capsys.readouterr().out
 
     assert main(["train", "teacher-scores", "--dataset", data, "--triples", str(tmp_path / "t.tsv"),
                  "--model", str(tmp_path / "ce"), "--max-length", "64", "--out", str(tmp_path / "s.tsv"),
-                 "--no-progress"]) == 0
+                 "--no-progress", "--precision", "fp32"]) == 0
     assert len(read_teacher_scores(tmp_path / "s.tsv")) == len(triples)
 
     assert main(["train", "distill", "--dataset", data, "--teacher-scores", str(tmp_path / "s.tsv"),
                  "--init", str(tmp_path / "ce"), "--layers", "1", "--max-length", "64", "--max-steps", "2",
-                 "--out", str(tmp_path / "student"), "--no-progress"]) == 0
-    assert json.loads((tmp_path / "student" / "rerank_training.json").read_text())["model"]["layers"] == 1
+                 "--out", str(tmp_path / "student"), "--no-progress", "--precision", "fp32"]) == 0
+    student = json.loads((tmp_path / "student" / "rerank_training.json").read_text())
+    assert student["model"]["layers"] == 1 and student["precision"] == "fp32"
 
     (tmp_path / "pipe.toml").write_text(f'pipeline = "student % 3 >> teacher"\n\n'
                                         f'[stages.student]\nkind = "cross-encoder"\nmodel = "{tmp_path / "student"}"\n\n'

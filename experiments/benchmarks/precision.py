@@ -5,9 +5,11 @@ precision: the cross-encoder (the SciFact-trained MiniLM-L6 cross-encoder the ex
 in ``models/scifact-ce/model``; where it is missing, all-MiniLM-L6-v2's encoder with a seeded
 untrained head, whose nDCG means nothing), the all-MiniLM-L6-v2 bi-encoder and SPLADE-tiny
 re-rank every query's candidates: throughput and nDCG@10. ``auto`` is what the engine picks by
-itself (hardware choice plus the calibration guard). Each scorer first runs the first queries
-once (oneDNN builds its kernels per shape on first use), then the whole workload ``--repeats``
-times; the fastest run counts (this 2-core machine's speed drifts between runs).
+itself (hardware choice plus the calibration guard; for the cross-encoder also the backend:
+OpenVINO where it runs bf16 and is installed); the named precisions run eager torch. Each scorer
+first runs the first queries once (oneDNN builds its kernels per shape on first use); then all
+precisions run the whole workload in interleaved rounds (``--repeats``), the fastest round of
+each counting: this 2-core machine's speed drifts by tens of percent within minutes.
 
 Also measured, in the same run:
 
@@ -104,16 +106,6 @@ def timed(fn, *args):
     return out, time.perf_counter() - began
 
 
-def fastest(fn, warm, repeats: int):
-    """``fn(warm)`` once, then ``fn()`` ``repeats`` times: the last output and the fastest time."""
-    fn(warm)
-    best, out = float("inf"), None
-    for _ in range(repeats):
-        out, seconds = timed(fn)
-        best = min(best, seconds)
-    return out, best
-
-
 def rerank_with_scores(batch, scores):
     out, at = [], 0
     for c in batch:
@@ -123,24 +115,35 @@ def rerank_with_scores(batch, scores):
 
 
 def scorer_rows(make, batch, qrels, label, unit, repeats):
-    """Throughput and nDCG@10 of a scorer built by ``make(precision)`` for each precision."""
-    rows, figures = [], {}
+    """Throughput and nDCG@10 of a scorer built by ``make(precision)`` for each precision. All
+    are built and warmed up first, then timed in interleaved rounds (fastest round counts), so a
+    drift in the machine's speed touches every precision alike."""
+    rows, figures, scorers, notes = [], {}, {}, {}
     n = sum(len(c) for c in batch)
     for precision in ("auto", *PRECISIONS):
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            scorer = make(precision)
-        ranked, seconds = fastest(lambda part=None: scorer(part or batch), batch[:5], repeats)
-        rate = n / seconds
-        chosen = scorer.runtime_settings().get("precision", precision)
-        figures[precision] = {"per_s": round(rate, 1), "ndcg@10": round(ndcg(ranked, qrels), 4), "runs": chosen}
+            scorers[precision] = make(precision)
+        notes[precision] = "; ".join(str(w.message)[:80] for w in caught if "calibration" in str(w.message))
+        scorers[precision](batch[:5])  # oneDNN builds its kernels per shape on first use
+    best = {p: float("inf") for p in scorers}
+    ranked = {}
+    for _ in range(repeats):
+        for precision, scorer in scorers.items():
+            ranked[precision], seconds = timed(scorer, batch)
+            best[precision] = min(best[precision], seconds)
+    for precision, scorer in scorers.items():
+        settings = scorer.runtime_settings()
+        chosen = settings.get("precision", precision) + (f" ({settings['backend']})" if "backend" in settings else "")
+        figures[precision] = {"per_s": round(n / best[precision], 1),
+                              "ndcg@10": round(ndcg(ranked[precision], qrels), 4), "runs": chosen}
         if precision == "auto":
-            figures[precision]["reason"] = scorer.runtime_settings().get("precision_reason", "")
+            figures[precision]["reason"] = settings.get("precision_reason", "")
         rows.append({"model": label, "precision": precision if precision != "auto" else f"auto -> {chosen}",
-                     f"{unit}/s": rate, "nDCG@10": figures[precision]["ndcg@10"],
-                     "note": "; ".join(str(w.message)[:80] for w in caught if "calibration" in str(w.message))})
-        del scorer
-        gc.collect()
+                     f"{unit}/s": n / best[precision], "nDCG@10": figures[precision]["ndcg@10"],
+                     "note": notes[precision]})
+    scorers.clear()
+    gc.collect()
     return rows, figures
 
 
@@ -287,8 +290,9 @@ def main() -> None:
               f"({ce_path}): its speed is a MiniLM-L6 cross-encoder's, its nDCG means nothing (build the trained "
               "one with 'rerank experiment experiments/dl19.toml')")
 
-    rows, ce = scorer_rows(lambda p: CrossEncoder(ce_path, precision=p), batch, qrels, "cross-encoder", "pairs",
-                           repeats)
+    # "auto" is the default CrossEncoder (precision and backend auto); the named precisions run eager torch.
+    rows, ce = scorer_rows(lambda p: CrossEncoder(ce_path, precision=p, backend="auto" if p == "auto" else "torch"),
+                           batch, qrels, "cross-encoder", "pairs", repeats)
     rows_b, bi, rows_s, splade = [], {}, [], {}
     if "bi-encoder" not in skip:
         rows_b, bi = scorer_rows(lambda p: BiEncoderScorer("minilm-l6", precision=p), batch, qrels, "bi-encoder",
@@ -342,7 +346,7 @@ def main() -> None:
         "int8_gemm_gops": round(gemm["int8"], 1),
         "bound_pairs_per_s": {p: round(v, 1) for p, v in bound.items()},
         "share_of_own_bound": {p: round(v, 3) for p, v in share.items()},
-        "auto_share_of_bound": round(ce["auto"]["per_s"] / bound[auto_run], 3),
+        "auto_share_of_bound": round(ce["auto"]["per_s"] / bound[auto_run.split()[0]], 3),
         "batch_shapes_pairs_per_s": shapes,
         "runtimes": [{k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()} for r in runtimes],
     }
