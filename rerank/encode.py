@@ -73,7 +73,7 @@ class BiEncoder:
 
     def runtime_settings(self) -> dict[str, str]:
         """Precision and threads, with the reasons, for traces and index manifests."""
-        return {**self.choice.as_settings(), "threads": str(self.threads[0]), "threads_reason": self.threads[1]}
+        return self.choice.as_settings(self.threads)
 
     @staticmethod
     def _sentence_transformers_config(folder: Path) -> tuple[str, bool, int | None]:

@@ -132,9 +132,13 @@ class PrecisionChoice:
     reason: str
     agreement: Agreement | None = None
 
-    def as_settings(self) -> dict[str, str]:
-        """``{"precision": ..., "precision_reason": ...}`` for traces and manifests."""
-        return {"precision": self.precision, "precision_reason": self.reason}
+    def as_settings(self, threads: tuple[int, str] | None = None) -> dict[str, str]:
+        """``{"precision": ..., "precision_reason": ...}`` (and ``threads``, ``threads_reason``
+        from :func:`rerank.hardware.apply_threads`) for traces and manifests."""
+        settings = {"precision": self.precision, "precision_reason": self.reason}
+        if threads is not None:
+            settings.update(threads=str(threads[0]), threads_reason=threads[1])
+        return settings
 
 
 def machine_key() -> str:

@@ -55,7 +55,7 @@ class SpladeEncoder:
 
     def runtime_settings(self) -> dict[str, str]:
         """Precision and threads, with the reasons, for traces and index manifests."""
-        return {**self.choice.as_settings(), "threads": str(self.threads[0]), "threads_reason": self.threads[1]}
+        return self.choice.as_settings(self.threads)
 
     def config_reference(self) -> str:
         """How a pipeline config names this encoder: its model name (short name, Hub id or path)."""

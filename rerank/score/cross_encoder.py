@@ -160,8 +160,7 @@ class CrossEncoder(Scorer, kind="cross-encoder"):
 
     def runtime_settings(self) -> dict[str, str]:
         """Precision and threads, with the reasons, for the trace."""
-        return {**self.choice.as_settings(), "backend": self.backend, "threads": str(self.threads[0]),
-                "threads_reason": self.threads[1]}
+        return {**self.choice.as_settings(self.threads), "backend": self.backend}
 
     def encode_pairs(self, queries: Sequence[str], passages: Sequence[str]) -> dict[str, list[list[int]]]:
         """Token ids (and token types, if the model uses them) of each (query, passage) pair with

@@ -116,7 +116,7 @@ class TransformersLLM:
 
     def runtime_settings(self) -> dict[str, str]:
         """Precision and threads, with the reasons, for the trace."""
-        return {**self.choice.as_settings(), "threads": str(self.threads[0]), "threads_reason": self.threads[1]}
+        return self.choice.as_settings(self.threads)
 
     def __repr__(self) -> str:
         return f"TransformersLLM({self.name!r})"

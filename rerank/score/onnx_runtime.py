@@ -22,6 +22,54 @@ def cache_root() -> Path:
     return Path(os.environ.get("RERANK_CACHE", Path.home() / ".cache" / "rerank")) / "onnx"
 
 
+def logits_module(net):
+    """``net`` (a Hugging Face classifier) as a module from input tensors to its logits, the
+    form exporters trace."""
+    import torch
+
+    class Logits(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, input_ids, attention_mask, token_type_ids=None):
+            kwargs = {"token_type_ids": token_type_ids} if token_type_ids is not None else {}
+            return self.inner(input_ids=input_ids, attention_mask=attention_mask, **kwargs).logits
+
+    return Logits(net.float().eval())
+
+
+def input_names(uses_token_types: bool) -> list[str]:
+    """The exported model's inputs."""
+    return ["input_ids", "attention_mask"] + (["token_type_ids"] if uses_token_types else [])
+
+
+def staging_folder(target: Path) -> Path:
+    """An empty private folder beside ``target``'s folder to write an export into."""
+    staging = target.parent.with_name(target.parent.name + f".tmp{os.getpid()}")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    return staging
+
+
+def publish(staging: Path, target: Path) -> None:
+    """Move a finished export into place atomically (another process may have won the race)."""
+    target.parent.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.replace(staging, target.parent)
+    except OSError:  # another process finished the same export first
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def feeds_of(input_ids: np.ndarray, attention_mask: np.ndarray, token_type_ids: np.ndarray | None,
+             uses_token_types: bool) -> dict[str, np.ndarray]:
+    """The inputs of one call by name."""
+    feeds = {"input_ids": input_ids, "attention_mask": attention_mask}
+    if uses_token_types:
+        feeds["token_type_ids"] = token_type_ids
+    return feeds
+
+
 def _model_key(folder: Path, precision: str) -> str:
     digest = hashlib.sha256(precision.encode())
     for file in sorted(folder.glob("*")):
@@ -60,23 +108,12 @@ class OnnxClassifier:
     def _export(net, target: Path, uses_token_types: bool, precision: str) -> None:
         import torch
 
-        class Logits(torch.nn.Module):
-            def __init__(self, inner):
-                super().__init__()
-                self.inner = inner
-
-            def forward(self, input_ids, attention_mask, token_type_ids=None):
-                kwargs = {"token_type_ids": token_type_ids} if token_type_ids is not None else {}
-                return self.inner(input_ids=input_ids, attention_mask=attention_mask, **kwargs).logits
-
-        staging = target.parent.with_name(target.parent.name + f".tmp{os.getpid()}")
-        shutil.rmtree(staging, ignore_errors=True)
-        staging.mkdir(parents=True)
-        names = ["input_ids", "attention_mask"] + (["token_type_ids"] if uses_token_types else [])
+        staging = staging_folder(target)
+        names = input_names(uses_token_types)
         example = tuple(torch.ones(2, 8, dtype=torch.long) for _ in names)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            torch.onnx.export(Logits(net.float()), example, str(staging / "fp32.onnx"), input_names=names,
+            torch.onnx.export(logits_module(net), example, str(staging / "fp32.onnx"), input_names=names,
                               output_names=["logits"], dynamic_axes={n: {0: "batch", 1: "tokens"} for n in names},
                               opset_version=17, dynamo=False)
         final = staging / "model.onnx"
@@ -87,14 +124,8 @@ class OnnxClassifier:
             (staging / "fp32.onnx").unlink()
         else:
             (staging / "fp32.onnx").rename(final)
-        target.parent.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            os.replace(staging, target.parent)
-        except OSError:  # another process finished the same export first
-            shutil.rmtree(staging, ignore_errors=True)
+        publish(staging, target)
 
     def __call__(self, input_ids: np.ndarray, attention_mask: np.ndarray, token_type_ids: np.ndarray | None) -> np.ndarray:
-        feeds = {"input_ids": input_ids, "attention_mask": attention_mask}
-        if self.uses_token_types:
-            feeds["token_type_ids"] = token_type_ids
-        return self.session.run(["logits"], feeds)[0]
+        return self.session.run(["logits"], feeds_of(input_ids, attention_mask, token_type_ids,
+                                                     self.uses_token_types))[0]

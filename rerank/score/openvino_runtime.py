@@ -8,14 +8,12 @@ AVX-512-BF16). ``experiments/benchmarks/precision.py`` measures it beside eager 
 """
 from __future__ import annotations
 
-import os
-import shutil
 import warnings
 from pathlib import Path
 
 import numpy as np
 
-from rerank.score.onnx_runtime import _model_key, cache_root
+from rerank.score.onnx_runtime import _model_key, cache_root, feeds_of, input_names, logits_module, publish, staging_folder
 
 INFERENCE_PRECISION = {"fp32": "f32", "bf16": "bf16"}
 
@@ -53,33 +51,16 @@ class OpenVinoClassifier:
         import openvino as ov
         import torch
 
-        class Logits(torch.nn.Module):
-            def __init__(self, inner):
-                super().__init__()
-                self.inner = inner
-
-            def forward(self, input_ids, attention_mask, token_type_ids=None):
-                kwargs = {"token_type_ids": token_type_ids} if token_type_ids is not None else {}
-                return self.inner(input_ids=input_ids, attention_mask=attention_mask, **kwargs).logits
-
-        names = ["input_ids", "attention_mask"] + (["token_type_ids"] if uses_token_types else [])
+        names = input_names(uses_token_types)
         example = {name: torch.ones(2, 8, dtype=torch.long) for name in names}
-        staging = target.parent.with_name(target.parent.name + f".tmp{os.getpid()}")
-        shutil.rmtree(staging, ignore_errors=True)
-        staging.mkdir(parents=True)
+        staging = staging_folder(target)
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")
-            model = ov.convert_model(Logits(net.float().eval()), example_input=example,
+            model = ov.convert_model(logits_module(net), example_input=example,
                                      input=[(name, ov.PartialShape([-1, -1]), ov.Type.i64) for name in names])
         ov.save_model(model, str(staging / "model.xml"), compress_to_fp16=False)
-        target.parent.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            os.replace(staging, target.parent)
-        except OSError:  # another process finished the same conversion first
-            shutil.rmtree(staging, ignore_errors=True)
+        publish(staging, target)
 
     def __call__(self, input_ids: np.ndarray, attention_mask: np.ndarray, token_type_ids: np.ndarray | None) -> np.ndarray:
-        feeds = {"input_ids": input_ids, "attention_mask": attention_mask}
-        if self.uses_token_types:
-            feeds["token_type_ids"] = token_type_ids
+        feeds = feeds_of(input_ids, attention_mask, token_type_ids, self.uses_token_types)
         return np.array(self.request.infer(feeds)[self.compiled.output(0)])
