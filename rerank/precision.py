@@ -169,8 +169,10 @@ def model_key(path: str | Path) -> str:
 
 
 def verdict_dir() -> Path:
-    """Where calibration verdicts are cached: ``$RERANK_CACHE/precision`` (default
-    ``~/.cache/rerank/precision``)."""
+    """Where calibration verdicts are cached: ``$RERANK_PRECISION_CACHE`` if set, else
+    ``$RERANK_CACHE/precision`` (default ``~/.cache/rerank/precision``)."""
+    if os.environ.get("RERANK_PRECISION_CACHE"):
+        return Path(os.environ["RERANK_PRECISION_CACHE"])
     return Path(os.environ.get("RERANK_CACHE", Path.home() / ".cache" / "rerank")) / "precision"
 
 

