@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 
 from rerank.hardware import apply_threads
 from rerank.models import resolve
-from rerank.precision import BATCH_SHAPES, calibration_pairs, prepare_model
+from rerank.precision import BATCH_SHAPES, calibration_dot_scores, prepare_model
 
 POOLINGS = ("mean", "cls", "max", "lasttoken")
 
@@ -61,15 +61,14 @@ class BiEncoder:
         self.passage_prefix = passage_prefix
         self.dim = int(self.model.config.hidden_size)
         self._torch = torch
+        self.precision = "fp32"  # calibration encodes in fp32's batch shape
         self.model, self.choice = prepare_model(self.model, precision, kind="bi-encoder", path=self.path,
                                                 scores_of=self._calibration_scores)
         self.precision = self.choice.precision
 
     def _calibration_scores(self, net) -> np.ndarray:
-        pairs = calibration_pairs()
-        queries = self.encode_queries([p.query for p in pairs], net=net)
-        passages = self.encode_passages([p.passage for p in pairs], net=net)
-        return (queries * passages).sum(axis=1)
+        return calibration_dot_scores(lambda texts: self.encode_queries(texts, net=net),
+                                      lambda texts: self.encode_passages(texts, net=net))
 
     def runtime_settings(self) -> dict[str, str]:
         """Precision and threads, with the reasons, for traces and index manifests."""
@@ -119,7 +118,7 @@ class BiEncoder:
         (calibration runs the fp32 one)."""
         torch = self._torch
         net = self.model if net is None else net
-        max_batch_tokens = max_batch_tokens or BATCH_SHAPES[getattr(self, "precision", "fp32")].tokens
+        max_batch_tokens = max_batch_tokens or BATCH_SHAPES[self.precision].tokens
         if len(texts) == 0:
             self.last_lengths = []
             return np.zeros((0, self.dim), dtype=np.float32)

@@ -170,8 +170,9 @@ _threads_applied: tuple[int, str] | None = None
 
 def apply_threads(threads: int | None = None) -> tuple[int, str]:
     """Set torch's intra-op threads and say how many and why: ``threads`` if given; else leave
-    an ``OMP_NUM_THREADS`` or earlier ``torch.set_num_threads`` choice alone; else (once per
-    process) :func:`default_threads`, the physical cores this process may use."""
+    ``OMP_NUM_THREADS``, or a ``torch.set_num_threads`` call made after rerank set its default,
+    alone; else (once per process) :func:`default_threads`, the physical cores this process may
+    use."""
     global _threads_applied
     import torch
 
@@ -181,10 +182,10 @@ def apply_threads(threads: int | None = None) -> tuple[int, str]:
         return _threads_applied
     if os.environ.get("OMP_NUM_THREADS"):
         return torch.get_num_threads(), f"{torch.get_num_threads()} threads: OMP_NUM_THREADS"
-    if _threads_applied is None or torch.get_num_threads() != _threads_applied[0]:
-        if _threads_applied is not None:  # someone called torch.set_num_threads since: respect it
-            return torch.get_num_threads(), f"{torch.get_num_threads()} threads: set by torch.set_num_threads"
+    if _threads_applied is None:
         count, reason = default_threads()
         torch.set_num_threads(count)
         _threads_applied = (count, f"{count} threads: {reason}")
+    elif torch.get_num_threads() != _threads_applied[0]:  # someone called torch.set_num_threads since
+        return torch.get_num_threads(), f"{torch.get_num_threads()} threads: set by torch.set_num_threads"
     return _threads_applied

@@ -50,6 +50,22 @@ def calibration_pairs() -> tuple[CalibrationPair, ...]:
         return tuple(CalibrationPair(**json.loads(line)) for line in handle if line.strip())
 
 
+def calibration_dot_scores(encode_queries: Callable[[list[str]], object],
+                           encode_passages: Callable[[list[str]], object]) -> np.ndarray:
+    """Dot-product scores of the calibration pairs for an encoder (dense rows or a SciPy sparse
+    matrix): each distinct query encoded once, every passage once."""
+    import scipy.sparse as sp
+
+    pairs = calibration_pairs()
+    queries = list(dict.fromkeys(p.query for p in pairs))
+    row = {text: i for i, text in enumerate(queries)}
+    query_vectors = encode_queries(queries)[[row[p.query] for p in pairs]]
+    passage_vectors = encode_passages([p.passage for p in pairs])
+    if sp.issparse(query_vectors):
+        return np.asarray(query_vectors.multiply(passage_vectors).sum(axis=1)).ravel()
+    return (query_vectors * passage_vectors).sum(axis=1)
+
+
 @dataclass(frozen=True)
 class Tolerance:
     """How closely a reduced precision must rank the calibration sample like fp32: the mean

@@ -13,7 +13,7 @@ from tqdm.auto import tqdm
 
 from rerank.hardware import apply_threads
 from rerank.models import resolve
-from rerank.precision import calibration_pairs, prepare_model
+from rerank.precision import calibration_dot_scores, prepare_model
 
 
 class SpladeEncoder:
@@ -48,10 +48,8 @@ class SpladeEncoder:
         self.precision = self.choice.precision
 
     def _calibration_scores(self, net) -> np.ndarray:
-        pairs = calibration_pairs()
-        queries = self.encode([p.query for p in pairs], net=net)
-        passages = self.encode([p.passage for p in pairs], net=net)
-        return np.asarray(queries.multiply(passages).sum(axis=1)).ravel()
+        encode = lambda texts: self.encode(texts, net=net)  # noqa: E731
+        return calibration_dot_scores(encode, encode)
 
     def runtime_settings(self) -> dict[str, str]:
         """Precision and threads, with the reasons, for traces and index manifests."""

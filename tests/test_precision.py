@@ -310,7 +310,7 @@ def test_training_precision_follows_the_hardware(on_cpu):
         TrainConfig(precision="int8")
 
 
-def test_threads_default_to_physical_cores_unless_set(monkeypatch):
+def test_threads_named_by_the_user_or_omp_num_threads_win(monkeypatch):
     import torch
 
     before = torch.get_num_threads()

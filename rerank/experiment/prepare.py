@@ -43,11 +43,7 @@ def check_step(step: Any, args: dict[str, Any], where: str) -> None:
         hint = f"; did you mean {close[0]!r}?" if close else ""
         raise ConfigError(f"{where}: unknown step {step!r}{hint} (steps: {', '.join(STEPS)})")
     signature = inspect.signature(step_function(step))
-    named = [n for n, p in signature.parameters.items() if p.kind is not p.VAR_KEYWORD]
-    if any(p.kind is p.VAR_KEYWORD for p in signature.parameters.values()):
-        from rerank.train.trainer import TrainConfig  # the training steps take its fields as options
-
-        named += [f.name for f in dataclasses.fields(TrainConfig)]
+    named = step_arguments(step)
     for key in args:
         if key not in named:
             close = difflib.get_close_matches(key, named, n=1)
@@ -59,9 +55,20 @@ def check_step(step: Any, args: dict[str, Any], where: str) -> None:
         raise ConfigError(f"{where}: step {step!r} needs {', '.join(missing)}")
 
 
+def step_arguments(step: str) -> list[str]:
+    """The keyword arguments a step takes (the training steps also take :class:`TrainConfig`'s fields)."""
+    signature = inspect.signature(step_function(step))
+    named = [n for n, p in signature.parameters.items() if p.kind is not p.VAR_KEYWORD]
+    if any(p.kind is p.VAR_KEYWORD for p in signature.parameters.values()):
+        from rerank.train.trainer import TrainConfig
+
+        named += [f.name for f in dataclasses.fields(TrainConfig)]
+    return named
+
+
 def takes_precision(step: str) -> bool:
     """Whether a step encodes, scores or trains with a model (and so takes ``precision``)."""
-    return step in ("index", "teacher-scores", "train-cross-encoder", "distill")
+    return "precision" in step_arguments(step)
 
 
 def run_step(step: str, args: dict[str, Any]) -> Any:

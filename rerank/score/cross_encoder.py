@@ -15,8 +15,9 @@ from collections.abc import Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
-from rerank.models import resolve
+from rerank import hardware
 from rerank.hardware import apply_threads
+from rerank.models import resolve
 from rerank.pipeline import Scorer, Work
 from rerank.precision import BATCH_SHAPES, calibration_pairs, prepare_model
 from rerank.types import Candidates
@@ -76,12 +77,12 @@ class CrossEncoder(Scorer, kind="cross-encoder"):
         self.progress = progress
         self.name = name or f"cross-encoder({os.path.basename(str(model).rstrip('/')) or model})"
         self.truncated_queries = 0
-        self.pad_multiple = 1  # calibration runs unbucketed; the precision's shape is set below
+        self._use_batch_shape("fp32")  # calibration runs in fp32's shape; the chosen one is set below
         self._torch = torch
         self.onnx = None  # the ONNX Runtime or OpenVINO callable, when one of those backends runs
         self.net = net  # fp32 torch, for calibration
         self.backend = self._choose_backend(backend, precision, device)
-        if self.backend == "openvino" and precision == "auto":
+        if self.backend == "openvino" and precision == "auto" and hardware.cpu_features().bf16:
             self._settle_openvino(net)
         elif self.backend != "torch":
             self.onnx, self.choice = self._runtime(net, self.backend, precision)
@@ -90,9 +91,12 @@ class CrossEncoder(Scorer, kind="cross-encoder"):
                                              scores_of=self._calibration_scores)
         self.net = net
         self.precision = self.choice.precision
-        self.pad_multiple = BATCH_SHAPES[self.precision].pad_multiple
-        self.batch_size = batch_size or BATCH_SHAPES[self.precision].pairs
-        self.max_batch_tokens = max_batch_tokens or BATCH_SHAPES[self.precision].tokens
+        self._use_batch_shape(self.precision, batch_size, max_batch_tokens)
+
+    def _use_batch_shape(self, precision: str, pairs: int | None = None, tokens: int | None = None) -> None:
+        shape = BATCH_SHAPES[precision]
+        self.batch_size, self.max_batch_tokens = pairs or shape.pairs, tokens or shape.tokens
+        self.pad_multiple = shape.pad_multiple
 
     def _choose_backend(self, backend: str, precision: str, device: str) -> str:
         """``backend`` itself, or for ``auto``: OpenVINO where the model will run in bf16 on a CPU
@@ -100,13 +104,11 @@ class CrossEncoder(Scorer, kind="cross-encoder"):
         import importlib.util
         from pathlib import Path
 
-        from rerank.hardware import cpu_features
-
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
         if backend != "auto":
             return backend
-        wants_bf16 = precision in ("auto", "bf16") and device == "cpu" and cpu_features().bf16
+        wants_bf16 = precision in ("auto", "bf16") and device == "cpu" and hardware.cpu_features().bf16
         if wants_bf16 and importlib.util.find_spec("openvino") is not None and Path(self.path).is_dir():
             return "openvino"
         return "torch"
@@ -135,19 +137,16 @@ class CrossEncoder(Scorer, kind="cross-encoder"):
         self.choice = replace(choice, reason=f"{choice.reason}; OpenVINO backend")
 
     def _runtime(self, net, backend: str, precision: str):
-        """The ONNX Runtime or OpenVINO callable and its precision (``auto``: bf16 on OpenVINO
-        where the CPU has native bf16, else fp32; not calibrated, as these runtimes choose their
-        own kernels)."""
-        from rerank.hardware import cpu_features
+        """The ONNX Runtime or OpenVINO callable for a named precision, and the choice (ONNX
+        Runtime runs ``auto`` in fp32; OpenVINO's ``auto`` goes through :meth:`_settle_openvino`)."""
         from rerank.precision import PrecisionChoice
 
         uses_types = "token_type_ids" in self.tokenizer.model_input_names
         if backend == "onnx":
             from rerank.score.onnx_runtime import OnnxClassifier as Runtime
-            chosen = "fp32" if precision == "auto" else precision
         else:
             from rerank.score.openvino_runtime import OpenVinoClassifier as Runtime
-            chosen = ("bf16" if cpu_features().bf16 else "fp32") if precision == "auto" else precision
+        chosen = "fp32" if precision == "auto" else precision
         reason = f"{chosen}: {backend} backend" + (" (its auto choice)" if precision == "auto" else "")
         runtime = Runtime(net, self.path, uses_token_types=uses_types, precision=chosen, threads=self.threads[0])
         return runtime, PrecisionChoice(precision, chosen, reason)
@@ -155,8 +154,7 @@ class CrossEncoder(Scorer, kind="cross-encoder"):
     def _calibration_scores(self, net, runtime=None):
         pairs = calibration_pairs()
         encoded = self.encode_pairs([p.query for p in pairs], [p.passage for p in pairs])
-        return self._run(encoded, net=net, runtime=runtime, max_batch_tokens=BATCH_SHAPES["fp32"].tokens,
-                         progress=False)[0]
+        return self._run(encoded, net=net, runtime=runtime, progress=False)[0]
 
     def runtime_settings(self) -> dict[str, str]:
         """Precision and threads, with the reasons, for the trace."""
@@ -186,14 +184,13 @@ class CrossEncoder(Scorer, kind="cross-encoder"):
         scores, _ = self._run(encoded)
         return scores
 
-    def _run(self, encoded, *, net=None, runtime=None, max_batch_tokens: int | None = None,
-             progress: bool | None = None) -> tuple[np.ndarray, int]:
+    def _run(self, encoded, *, net=None, runtime=None, progress: bool | None = None) -> tuple[np.ndarray, int]:
+        """Scores of encoded pairs in length-sorted batches, and the number of model calls;
+        ``net`` or ``runtime`` (calibration) stand in for this scorer's own model."""
         torch = self._torch
         if runtime is None and net is None:
             runtime = self.onnx
         net = self.net if net is None else net
-        max_batch_tokens = max_batch_tokens or self.max_batch_tokens
-        batch_size = getattr(self, "batch_size", BATCH_SHAPES["fp32"].pairs)
         progress = self.progress if progress is None else progress
         all_types = encoded.get("token_type_ids")
         encoded = encoded["input_ids"]
@@ -206,7 +203,7 @@ class CrossEncoder(Scorer, kind="cross-encoder"):
             start = 0
             while start < len(order):
                 longest = len(encoded[order[start]])
-                size = max(1, min(batch_size, max_batch_tokens // max(longest, 1)))
+                size = max(1, min(self.batch_size, self.max_batch_tokens // max(longest, 1)))
                 # Padding up to a bucket boundary lets batches share kernel shapes.
                 longest = min(-(-longest // self.pad_multiple) * self.pad_multiple, self.max_length)
                 rows = order[start:start + size]
