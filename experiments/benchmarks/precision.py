@@ -13,6 +13,8 @@ each counting: this 2-core machine's speed drifts by tens of percent within minu
 
 Also measured, in the same run:
 
+* the peer: sentence-transformers' ``CrossEncoder.predict`` (fp32) on the same pairs, in the
+  same interleaved rounds as the cross-encoder's precisions (``auto_vs_peer``);
 * GEMM throughput of each dtype on this machine's threads (fp32 and bf16 ``torch.mm``, int8
   ``torch._int_mm``), the FLOP bound in pairs/s it implies for the cross-encoder at the
   workload's mean pair length, and each precision's share of its own bound;
@@ -116,13 +118,39 @@ def rerank_with_scores(batch, scores):
     return out
 
 
-def scorer_rows(make, batch, qrels, label, unit, repeats):
-    """Throughput and nDCG@10 of a scorer built by ``make(precision)`` for each precision. All
-    are built and warmed up first, then timed in interleaved rounds (fastest round counts), so a
-    drift in the machine's speed touches every precision alike."""
+class PeerCrossEncoder:
+    """sentence-transformers' ``CrossEncoder.predict`` (fp32, batches of 32) as a scorer of
+    candidate batches: the peer the cross-encoder is compared with in the same run."""
+
+    def __init__(self, path: str) -> None:
+        import torch
+        from sentence_transformers import CrossEncoder as Peer
+
+        self.model = Peer(path, max_length=512, device="cpu")
+        self.identity = torch.nn.Identity()
+
+    def __call__(self, batch):
+        scores = self.model.predict(pairs_of(batch), batch_size=32, activation_fn=self.identity,
+                                    show_progress_bar=False)
+        return rerank_with_scores(batch, scores)
+
+    def runtime_settings(self) -> dict[str, str]:
+        return {"precision": "fp32", "backend": "sentence-transformers"}
+
+
+def scorer_rows(make, batch, qrels, label, unit, repeats, peer=None):
+    """Throughput and nDCG@10 of a scorer built by ``make(precision)`` for each precision (and
+    of ``peer()``, if given, under the name ``peer``). All are built and warmed up first, then
+    timed in interleaved rounds (fastest round counts), so a drift in the machine's speed
+    touches every precision alike."""
     rows, figures, scorers, notes = [], {}, {}, {}
     n = sum(len(c) for c in batch)
-    for precision in ("auto", *PRECISIONS):
+    for precision in ("auto", *PRECISIONS, *(["peer"] if peer else [])):
+        if precision == "peer":
+            scorers[precision] = peer()
+            notes[precision] = "sentence-transformers CrossEncoder.predict"
+            scorers[precision](batch[:5])
+            continue
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             scorers[precision] = make(precision)
@@ -294,7 +322,7 @@ def main() -> None:
 
     # "auto" is the default CrossEncoder (precision and backend auto); the named precisions run eager torch.
     rows, ce = scorer_rows(lambda p: CrossEncoder(ce_path, precision=p, backend="auto" if p == "auto" else "torch"),
-                           batch, qrels, "cross-encoder", "pairs", repeats)
+                           batch, qrels, "cross-encoder", "pairs", repeats, peer=lambda: PeerCrossEncoder(ce_path))
     rows_b, bi, rows_s, splade = [], {}, [], {}
     if "bi-encoder" not in skip:
         rows_b, bi = scorer_rows(lambda p: BiEncoderScorer("minilm-l6", precision=p), batch, qrels, "bi-encoder",
@@ -338,6 +366,9 @@ def main() -> None:
         "cross_encoder_by_precision": ce, "bi_encoder_by_precision": bi, "splade_by_precision": splade,
         "training_by_precision": training,
         "auto_vs_fp32": round(ce["auto"]["per_s"] / ce["fp32"]["per_s"], 2),
+        "peer": "sentence-transformers CrossEncoder.predict, fp32",
+        "auto_vs_peer": round(ce["auto"]["per_s"] / ce["peer"]["per_s"], 2),
+        "fp32_vs_peer": round(ce["fp32"]["per_s"] / ce["peer"]["per_s"], 2),
         "auto_ndcg_delta": round(ce["auto"]["ndcg@10"] - ce["fp32"]["ndcg@10"], 4),
         "bi_encoder_auto_vs_fp32": round(bi["auto"]["per_s"] / bi["fp32"]["per_s"], 2) if bi else None,
         "bi_encoder_auto_ndcg_delta": round(bi["auto"]["ndcg@10"] - bi["fp32"]["ndcg@10"], 4) if bi else None,
