@@ -62,3 +62,55 @@ def test_cli_errors_are_clear(tmp_path, capsys):
     assert "t.tsv:1: expected 3" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["train", "distill", "--dataset", data, "--teacher-scores", "s", "--out", "x", "--loss", "listwise"])
+
+
+def _tiny_corpus(folder, scifact_corpus, count: int = 60):
+    """The first ``count`` SciFact abstracts (by id) as a corpus with no queries or labels."""
+    folder.mkdir()
+    with open(folder / "corpus.jsonl", "w", encoding="utf-8") as fh:
+        for pid in sorted(scifact_corpus)[:count]:
+            p = scifact_corpus[pid]
+            fh.write(json.dumps({"_id": p.id, "title": p.title, "text": p.text}) + "\n")
+    return folder
+
+
+@pytest.mark.slow
+def test_adapt_runs_the_whole_label_free_chain_and_resumes(tmp_path, scifact_corpus, smollm2, tiny_ce_path, capsys):
+    """``rerank train adapt`` on 60 real abstracts with the real MiniLM, SPLADE-tiny and SmolLM2
+    (queries, indexes, teacher) and a tiny random cross-encoder as the starting weights."""
+    corpus = _tiny_corpus(tmp_path / "corpus", scifact_corpus)
+    out = tmp_path / "adapted"
+    args = ["train", "adapt", "--corpus", str(corpus), "--out", str(out), "--ict-queries", "12",
+            "--generated-queries", "4", "--init", str(tiny_ce_path), "--max-length", "64", "--depth", "10",
+            "--negatives", "3", "--max-steps", "2", "--dev-queries", "0", "--precision", "fp32", "--no-progress"]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "adapted: cross-encoder" in printed and "false-negative filter" in printed
+
+    pseudo = [json.loads(line) for line in (out / "data" / "pseudo_queries.jsonl").read_text().splitlines()]
+    kinds = [q["kind"] for q in pseudo]
+    assert kinds.count("ict") == 12 and kinds.count("generated") <= 4
+    trained_on = {json.loads(line)["_id"]: json.loads(line) for line in (out / "data" / "corpus.jsonl").open()}
+    assert len(trained_on) == 60
+    for q in pseudo:
+        passage = trained_on[q["source"]]["text"]
+        if q["kind"] == "ict":  # the ICT sentence is cut from the passage trained on, when removed
+            assert (q["text"] in passage) != q["sentence_removed"]
+    qrels = (out / "data" / "qrels" / "train.tsv").read_text().splitlines()
+    assert qrels[0] == "query-id\tcorpus-id\tscore" and len(qrels) == len(pseudo) + 1
+
+    state = json.loads((out / "adapt.json").read_text())
+    counts = state["counts"]
+    assert counts["ict_queries"] == 12 and counts["generated_answered"] - counts["generated_dropped_by_round_trip"] \
+        == counts["generated_queries"]
+    assert counts["triples"] == len(read_triples(out / "mined" / "triples.tsv"))
+    assert len(read_teacher_scores(out / "teacher.tsv")) == counts["triples"]
+    assert json.loads((out / "cross-encoder" / "rerank_training.json").read_text())["steps"] == 2
+    student = json.loads((out / "student" / "rerank_training.json").read_text())
+    assert student["model"]["layers"] == 2
+    card = (out / "README.md").read_text()
+    assert "generated dropped by round trip" in card and "dropped as false negatives" in card
+
+    # Run again: every step's output is there, so nothing is redone.
+    assert main(args) == 0
+    assert capsys.readouterr().out.count("done already") == 9

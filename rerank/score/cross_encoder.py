@@ -52,13 +52,27 @@ class CrossEncoder(Scorer, kind="cross-encoder"):
     class) instead of logits. Rankings are the same either way; the two-class default is the
     log-odds ``logit[1] - logit[0]``, which orders pairs exactly as the softmax probability but
     does not saturate into ties.
+    ``windows``: ``first`` (default) truncates each passage to fit ``max_length`` (FirstP);
+    ``max`` (MaxP) or ``mean`` split it into windows that each fit beside the query, score all
+    of them and keep the largest or the mean (:mod:`rerank.score.windows`); ``stride``: window
+    starts in passage tokens (default: no overlap); ``max_windows``: at most this many per
+    passage. Each query's trace counts its windows and documents.
     """
 
     def __init__(self, model: str, *, max_length: int | None = None, batch_size: int | None = None,
                  max_batch_tokens: int | None = None, precision: str = "auto", normalize: bool = False,
                  threads: int | None = None, device: str = "cpu", progress: bool = False,
-                 backend: str = "auto", name: str | None = None) -> None:
+                 backend: str = "auto", name: str | None = None, windows: str = "first",
+                 stride: int | None = None, max_windows: int | None = None) -> None:
         import torch
+
+        from rerank.score.windows import AGGREGATES
+
+        if windows not in AGGREGATES:
+            raise ValueError(f"windows must be one of {AGGREGATES}, got {windows!r}")
+        if (stride is not None and stride < 1) or (max_windows is not None and max_windows < 1):
+            raise ValueError("stride and max_windows must be at least 1")
+        self.windows, self.stride, self.max_windows = windows, stride, max_windows
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
         self.threads = apply_threads(threads)
@@ -157,12 +171,16 @@ class CrossEncoder(Scorer, kind="cross-encoder"):
         return self._run(encoded, net=net, runtime=runtime, progress=False)[0]
 
     def runtime_settings(self) -> dict[str, str]:
-        """Precision and threads, with the reasons, for the trace."""
-        return {**self.choice.as_settings(self.threads), "backend": self.backend}
+        """Precision, threads (with the reasons), backend and windows, for the trace."""
+        settings = {**self.choice.as_settings(self.threads), "backend": self.backend, "windows": self.windows}
+        if self.windows != "first":
+            settings["window_stride"] = str(self.stride or "window size")
+        return settings
 
     def encode_pairs(self, queries: Sequence[str], passages: Sequence[str]) -> dict[str, list[list[int]]]:
         """Token ids (and token types, if the model uses them) of each (query, passage) pair with
-        special tokens; only the passage is truncated."""
+        special tokens; only the passage is truncated. With ``windows`` other than ``first``,
+        one entry per window, and ``owner`` (the pair each window belongs to)."""
         tok = self.tokenizer
         budget = self.max_length - tok.num_special_tokens_to_add(pair=True)
         unique = list(dict.fromkeys(queries))
@@ -173,8 +191,17 @@ class CrossEncoder(Scorer, kind="cross-encoder"):
                 warnings.warn(f"a query of {len(ids)} tokens was cut to {budget // 2} to leave room for the passage")
                 fitted[text] = tok.decode(ids[: budget // 2])
         queries = [fitted.get(q, q) for q in queries]
-        return tok(list(queries), list(passages), truncation="only_second", max_length=self.max_length,
-                   return_attention_mask=False)
+        if self.windows == "first":
+            return tok(list(queries), list(passages), truncation="only_second", max_length=self.max_length,
+                       return_attention_mask=False)
+        from rerank.score.windows import split_windows
+
+        cut = split_windows(tok, queries, list(passages), max_length=self.max_length, stride=self.stride,
+                            max_windows=self.max_windows)
+        encoded = dict(tok(cut.queries, cut.texts, truncation="only_second", max_length=self.max_length,
+                           return_attention_mask=False))
+        encoded.update(owner=cut.owner, pairs=cut.pairs)
+        return encoded
 
     def predict(self, pairs: Sequence[tuple[str, str]]) -> np.ndarray:
         """Scores of (query text, passage text) pairs, in input order."""
@@ -193,6 +220,8 @@ class CrossEncoder(Scorer, kind="cross-encoder"):
         net = self.net if net is None else net
         progress = self.progress if progress is None else progress
         all_types = encoded.get("token_type_ids")
+        owner = encoded.get("owner")
+        pairs = encoded.get("pairs")
         encoded = encoded["input_ids"]
         order = np.argsort([-len(ids) for ids in encoded], kind="stable")
         out = np.empty(len(encoded), dtype=np.float32)
@@ -228,6 +257,10 @@ class CrossEncoder(Scorer, kind="cross-encoder"):
                 calls += 1
                 start += len(rows)
                 bar.update(len(rows))
+        if owner is not None:
+            from rerank.score.windows import aggregate
+
+            out = aggregate(out, owner, pairs, self.windows)
         return out, calls
 
     def _to_scores(self, logits):
@@ -245,9 +278,14 @@ class CrossEncoder(Scorer, kind="cross-encoder"):
         texts = [p.full_text for c in batch for p in c.passages]
         encoded = self.encode_pairs(queries, texts)
         flat, calls = self._run(encoded)
-        scores, tokens, start = [], [], 0
+        lengths = np.array([len(ids) for ids in encoded["input_ids"]])
+        owner = encoded.get("owner")
+        per_pair = lengths if owner is None else np.bincount(owner, weights=lengths, minlength=len(texts))
+        windows = np.ones(len(texts), dtype=np.int64) if owner is None else np.bincount(owner, minlength=len(texts))
+        scores, tokens, counters, start = [], [], [], 0
         for c in batch:
             scores.append(flat[start:start + len(c)])
-            tokens.append(sum(len(ids) for ids in encoded["input_ids"][start:start + len(c)]))
+            tokens.append(int(per_pair[start:start + len(c)].sum()))
+            counters.append({"documents": len(c), "windows": int(windows[start:start + len(c)].sum())})
             start += len(c)
-        return scores, Work(calls, tokens)
+        return scores, Work(calls, tokens, counters_per_query=counters)

@@ -9,13 +9,13 @@ resumable), :mod:`~rerank.train.losses`, :mod:`~rerank.train.curriculum`,
 """
 from rerank.train.card import add_scores
 from rerank.train.curriculum import Curriculum
-from rerank.train.data import (TeacherScore, TrainingGroup, Triple, group_triples, mine_triples,
+from rerank.train.data import (MiningStats, TeacherScore, TrainingGroup, Triple, group_triples, mine_triples,
                                read_teacher_scores, read_triples, write_teacher_scores, write_triples)
 from rerank.train.recipes import dev_set, distill, split_dev, train_cross_encoder
 from rerank.train.teacher import score_triples
 from rerank.train.trainer import DevSet, TrainConfig, Trainer, TrainingError, TrainResult
 
 __all__ = ["Curriculum", "DevSet", "TeacherScore", "TrainConfig", "TrainResult", "Trainer", "TrainingError",
-           "TrainingGroup", "Triple", "add_scores", "dev_set", "distill", "group_triples", "mine_triples",
+           "MiningStats", "TrainingGroup", "Triple", "add_scores", "dev_set", "distill", "group_triples", "mine_triples",
            "read_teacher_scores", "read_triples", "score_triples", "split_dev", "train_cross_encoder",
            "write_teacher_scores", "write_triples"]

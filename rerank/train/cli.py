@@ -8,13 +8,18 @@ import sys
 
 def cmd_mine(args) -> int:
     """Mine (query, positive, hard negative) triples from qrels and a first stage."""
+    from rerank.train.data import MiningStats
     from rerank.train.workflows import mine
 
+    stats = MiningStats()
     triples = mine(args.dataset, args.out, split=args.split, index=args.index, run=args.run, pipeline=args.pipeline,
                    depth=args.depth, negatives=args.negatives, sampling=args.sampling,
                    min_relevance=args.min_relevance, max_queries=args.max_queries, seed=args.seed,
-                   run_out=args.run_out)
+                   run_out=args.run_out, absolute_margin=args.absolute_margin, relative_margin=args.relative_margin,
+                   filter_pipeline=args.filter_pipeline, stats=stats)
     print(f"wrote {len(triples)} triples over {len({t.qid for t in triples})} queries to {args.out}")
+    if args.absolute_margin is not None or args.relative_margin is not None:
+        print(f"false-negative filter: {stats.describe()}")
     return 0
 
 
@@ -35,11 +40,13 @@ def _training(args) -> dict:
 
     config = TrainConfig(loss=args.loss, epochs=args.epochs, max_steps=args.max_steps, groups_per_step=args.batch_groups,
                          learning_rate=args.lr, warmup=args.warmup, seed=args.seed, save_every=args.save_every,
-                         eval_every=args.eval_every, keep_checkpoints=args.keep_checkpoints, precision=args.precision)
+                         eval_every=args.eval_every, keep_checkpoints=args.keep_checkpoints, precision=args.precision,
+                         **({"distill_weight": args.distill_weight, "distill_loss": args.distill_loss}
+                            if getattr(args, "distill_weight", None) else {}))
     return {"split": args.split, "run": args.run, "dev_queries": args.dev_queries, "dev_depth": args.dev_depth,
             "max_length": args.max_length, "layers": args.layers, "negatives": args.negatives, "config": config,
             "resume": not args.no_resume, "overwrite": args.overwrite, "progress": not args.no_progress,
-            "device": args.device, "skip_bad": args.skip_bad}
+            "device": args.device, "skip_bad": args.skip_bad, "windows": args.windows}
 
 
 def _report(result) -> int:
@@ -55,6 +62,7 @@ def cmd_cross_encoder(args) -> int:
     from rerank.train.workflows import train_cross_encoder
 
     return _report(train_cross_encoder(args.dataset, args.triples, args.out, curriculum=args.curriculum,
+                                       teacher_scores=args.teacher_scores,
                                        anneal_steps=args.anneal_steps, init=args.init or "minilm-l6", **_training(args)))
 
 
@@ -64,6 +72,22 @@ def cmd_distill(args) -> int:
 
     return _report(distill(args.dataset, args.teacher_scores, args.out, student=args.student, init=args.init,
                            **_training(args)))
+
+
+def cmd_adapt(args) -> int:
+    """Adapt a cross-encoder and a student to a corpus without queries or labels."""
+    from rerank.train.adapt import AdaptConfig, adapt
+
+    config = AdaptConfig(ict_queries=args.ict_queries, generated_queries=args.generated_queries, llm=args.llm,
+                         depth=args.depth, negatives=args.negatives, init=args.init, max_length=args.max_length,
+                         windows=args.windows, distill_weight=args.distill_weight, epochs=args.epochs,
+                         max_steps=args.max_steps, learning_rate=args.lr, student_layers=args.student_layers,
+                         student_epochs=args.student_epochs, seed=args.seed, precision=args.precision,
+                         dev_queries=args.dev_queries)
+    result = adapt(args.corpus, args.out, config, indexes=args.indexes, progress=not args.no_progress)
+    counts = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in result.counts.items())
+    print(f"adapted: cross-encoder {result.cross_encoder}, student {result.student}; {counts}")
+    return 0
 
 
 def _data_options(p: argparse.ArgumentParser) -> None:
@@ -81,6 +105,9 @@ def _training_options(p: argparse.ArgumentParser, loss_default: str, losses: tup
     p.add_argument("--layers", type=int, default=None, help="keep only the first N transformer layers (e.g. 2 for a student)")
     p.add_argument("--max-length", type=int, default=128, help="tokens per pair or text (default: 128)")
     p.add_argument("--negatives", type=int, default=7, help="negatives per training group (default: 7)")
+    p.add_argument("--windows", choices=["first", "max", "lexical"], default="first",
+                   help="cross-encoders: read a passage longer than --max-length by its first window (default), "
+                        "every window (MaxP) or the window sharing most query terms (one pair per passage)")
     p.add_argument("--batch-groups", type=int, default=4, help="groups per optimizer step (default: 4)")
     p.add_argument("--epochs", type=int, default=1, help="passes over the data (default: 1)")
     p.add_argument("--max-steps", type=int, default=None, help="stop after this many steps (overrides --epochs)")
@@ -128,6 +155,12 @@ def add_train_parser(sub) -> None:
     p.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
     p.add_argument("--out", required=True, help="triples file to write (qid, pid_pos, pid_neg; tab-separated)")
     p.add_argument("--run-out", help="also write the first-stage run (for --curriculum and --dev-queries later)")
+    p.add_argument("--absolute-margin", type=float, default=None,
+                   help="drop candidates scored above the positive's score minus this (likely false negatives)")
+    p.add_argument("--relative-margin", type=float, default=None,
+                   help="drop candidates scored above the positive's score times (1 - this); for positive scores")
+    p.add_argument("--filter-pipeline", default=None,
+                   help="TOML pipeline whose scores the margins use (default: the first stage's scores)")
     p.set_defaults(func=cmd_mine)
 
     p = tsub.add_parser("teacher-scores", help="score triples with a teacher (Hofstätter's format; resumable)")
@@ -145,12 +178,49 @@ def add_train_parser(sub) -> None:
 
     p = tsub.add_parser("cross-encoder", help="fine-tune a Hugging Face encoder as a cross-encoder on triples")
     _data_options(p)
-    p.add_argument("--triples", required=True, help="triples file from 'rerank train mine'")
+    given = p.add_mutually_exclusive_group(required=True)
+    given.add_argument("--triples", help="triples file from 'rerank train mine'")
+    given.add_argument("--teacher-scores", help="teacher-score file from 'rerank train teacher-scores': its triples "
+                                                "train the label loss, its scores the distillation loss")
     _training_options(p, "listwise", LABEL_LOSSES)
+    p.add_argument("--distill-weight", type=float, default=0.0,
+                   help="with --teacher-scores: add this weight times the distillation loss (default: 0)")
+    p.add_argument("--distill-loss", choices=DISTILL_LOSSES, default="margin-mse",
+                   help="distillation loss added to the label loss (default: margin-mse)")
     p.add_argument("--curriculum", choices=HEURISTICS, default=None,
                    help="weight easy groups first (difficulty from --run), annealed to uniform")
     p.add_argument("--anneal-steps", type=int, default=None, help="curriculum length in steps (default: half the steps)")
     p.set_defaults(func=cmd_cross_encoder)
+
+    p = tsub.add_parser("adapt", help="adapt a cross-encoder and a 2-layer student to a corpus without labels",
+                        description="Pseudo-queries (ICT sentences and LLM-written queries with a round-trip "
+                                    "filter), hard negatives from BM25 + dense, an ensemble teacher's margins, a "
+                                    "cross-encoder trained on them and a 2-layer student distilled from it. Every "
+                                    "step writes a file under --out; run again after a kill and it resumes.")
+    p.add_argument("--corpus", required=True, help="BEIR folder (or bundled name) whose corpus.jsonl to adapt to")
+    p.add_argument("--out", required=True, help="output folder (indexes, data, models, card)")
+    p.add_argument("--indexes", default=None, help="existing bm25/, dense/ and splade/ indexes of the corpus to reuse")
+    p.add_argument("--ict-queries", type=int, default=1000, help="passages giving a sentence (ICT) query (default: 1000)")
+    p.add_argument("--generated-queries", type=int, default=200,
+                   help="passages an LLM writes a query for, before the round-trip filter (default: 200; 0: none)")
+    p.add_argument("--llm", default="smollm2-135m", help="LLM that writes queries (default: smollm2-135m)")
+    p.add_argument("--depth", type=int, default=50, help="negatives come from the first stage's top DEPTH (default: 50)")
+    p.add_argument("--negatives", type=int, default=7, help="negatives per query (default: 7)")
+    p.add_argument("--init", default="minilm-l6", help="starting weights of both models (default: minilm-l6)")
+    p.add_argument("--max-length", type=int, default=128, help="tokens per pair (default: 128)")
+    p.add_argument("--windows", choices=["first", "max", "lexical"], default="lexical",
+                   help="how the cross-encoder reads long passages in training (default: lexical)")
+    p.add_argument("--distill-weight", type=float, default=0.1, help="Margin-MSE weight beside the listwise loss (default: 0.1)")
+    p.add_argument("--epochs", type=int, default=1, help="cross-encoder epochs (default: 1)")
+    p.add_argument("--max-steps", type=int, default=None, help="cap the steps of both trainings (smoke runs)")
+    p.add_argument("--lr", type=float, default=5e-5, help="cross-encoder learning rate (default: 5e-5)")
+    p.add_argument("--dev-queries", type=int, default=50, help="pseudo-queries held out for dev scores (default: 50)")
+    p.add_argument("--student-layers", type=int, default=2, help="layers of the distilled student (default: 2)")
+    p.add_argument("--student-epochs", type=int, default=2, help="student epochs (default: 2)")
+    p.add_argument("--seed", type=int, default=0, help="seed for sampling and training (default: 0)")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto", help="training precision (default: auto)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_adapt)
 
     p = tsub.add_parser("distill", help="distill teacher scores into a cross-encoder, bi-encoder or SPLADE student")
     _data_options(p)

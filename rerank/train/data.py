@@ -120,8 +120,31 @@ def write_teacher_scores(scores: Sequence[TeacherScore], path: str | Path) -> No
             fh.write(f"{s.pos_score!r}\t{s.neg_score!r}\t{s.qid}\t{s.pos_id}\t{s.neg_id}\n")
 
 
+@dataclass
+class MiningStats:
+    """What :func:`mine_triples` kept and what its false-negative filter dropped."""
+
+    positives: int = 0
+    candidates: int = 0
+    """(positive, candidate) pairs considered before filtering."""
+    dropped: int = 0
+    """Candidates scored within the margin of their positive: likely unjudged positives."""
+    unscored_positives: int = 0
+    """Positives the filter's scores do not cover (their candidates were kept unfiltered)."""
+
+    def describe(self) -> str:
+        """One line for logs and cards."""
+        share = self.dropped / self.candidates if self.candidates else 0.0
+        line = f"{self.dropped} of {self.candidates} candidates dropped as likely false negatives ({share:.1%})"
+        if self.unscored_positives:
+            line += f"; {self.unscored_positives} positives had no score, so their candidates were kept"
+        return line
+
+
 def mine_triples(run: Run, qrels: Qrels, *, negatives: int = 7, depth: int = 100, min_relevance: int = 1,
-                 sampling: str = "random", seed: int = 0) -> list[Triple]:
+                 sampling: str = "random", seed: int = 0, absolute_margin: float | None = None,
+                 relative_margin: float | None = None, filter_scores: Run | None = None,
+                 stats: MiningStats | None = None) -> list[Triple]:
     """Triples for every judged query of ``run``: each positive (grade >= ``min_relevance``)
     paired with ``negatives`` hard negatives from the run's top ``depth``.
 
@@ -130,6 +153,13 @@ def mine_triples(run: Run, qrels: Qrels, *, negatives: int = 7, depth: int = 100
     ``depth`` (seeded; as the MS MARCO BM25 triples were built), ``"top"`` takes the best-ranked
     ones. A query with fewer candidates than ``negatives`` gets what there is; a query with
     none is skipped.
+
+    False-negative filter (as sentence-transformers' ``mine_hard_negatives``): with
+    ``absolute_margin`` m a candidate is kept only if its score is at most the positive's minus
+    m, with ``relative_margin`` r only if it is at most the positive's times (1 - r) (meant for
+    scores that are positive, such as cosine similarities). The scores are ``filter_scores``
+    (a teacher's, covering the positives too) or else the run's own. ``stats`` (if given) is
+    filled with what was considered and dropped.
     """
     if sampling not in SAMPLINGS:
         raise ValueError(f"sampling must be one of {SAMPLINGS}, got {sampling!r}")
@@ -140,6 +170,9 @@ def mine_triples(run: Run, qrels: Qrels, *, negatives: int = 7, depth: int = 100
         raise DataError("run/qrels", None, f"the run and the qrels share no query ids (run e.g. {sorted(run)[:3]}, "
                         f"qrels e.g. {sorted(qrels)[:3]}); wrong split?")
     rng = random.Random(seed)
+    stats = stats if stats is not None else MiningStats()
+    filtering = absolute_margin is not None or relative_margin is not None
+    judge = filter_scores if filter_scores is not None else run
     triples = []
     for qid in shared:
         positives = sorted(d for d, g in qrels[qid].items() if g >= min_relevance)
@@ -147,7 +180,22 @@ def mine_triples(run: Run, qrels: Qrels, *, negatives: int = 7, depth: int = 100
         if not positives or not pool:
             continue
         for pos in positives:
-            chosen = pool[:negatives] if sampling == "top" else rng.sample(pool, min(negatives, len(pool)))
+            stats.positives += 1
+            stats.candidates += len(pool)
+            kept = pool
+            if filtering:
+                scores = judge.get(qid, {})
+                if pos not in scores:
+                    stats.unscored_positives += 1
+                else:
+                    ceiling = scores[pos] - (absolute_margin or 0.0) if absolute_margin is not None else float("inf")
+                    if relative_margin is not None:
+                        ceiling = min(ceiling, scores[pos] * (1 - relative_margin))
+                    kept = [d for d in pool if scores.get(d, float("-inf")) <= ceiling]
+                    stats.dropped += len(pool) - len(kept)
+            if not kept:
+                continue
+            chosen = kept[:negatives] if sampling == "top" else rng.sample(kept, min(negatives, len(kept)))
             triples.extend(Triple(qid, pos, neg) for neg in chosen)
     if not triples:
         raise DataError("run/qrels", None, "no triples: no judged query has both a positive and an unjudged candidate")

@@ -71,6 +71,10 @@ class TrainableModel:
         """One score per (query, passage) pair, as a 1-d tensor with gradients."""
         raise NotImplementedError
 
+    def eval_scores(self, queries: Sequence[str], passages: Sequence[str]):
+        """Scores for dev evaluation, as the inference scorer computes them (default: :meth:`scores`)."""
+        return self.scores(queries, passages)
+
     def regularizer(self):
         """An extra loss term from the last :meth:`scores` call (0 unless overridden)."""
         return 0.0
@@ -103,15 +107,23 @@ class CrossEncoderModel(TrainableModel):
 
     ``layers`` keeps only the first ``layers`` transformer layers of ``init`` (the 2-layer
     students of the cascade). The classification head is freshly initialized unless ``init``
-    already has a one-logit head.
+    already has a one-logit head. ``windows`` (:data:`rerank.score.windows.TRAINING_WINDOWS`):
+    how a passage longer than ``max_length`` is read: ``first`` (truncated), ``max`` (every
+    window, the largest score counts) or ``lexical`` (the window sharing most query terms).
     """
 
     kind = "cross-encoder"
 
-    def __init__(self, init: str = "minilm-l6", *, max_length: int = 128, layers: int | None = None) -> None:
+    def __init__(self, init: str = "minilm-l6", *, max_length: int = 128, layers: int | None = None,
+                 windows: str = "first") -> None:
         from transformers import AutoConfig, AutoModelForSequenceClassification
 
+        from rerank.score.windows import TRAINING_WINDOWS
+
+        if windows not in TRAINING_WINDOWS:
+            raise ValueError(f"training windows must be one of {TRAINING_WINDOWS}, got {windows!r}")
         super().__init__(init, max_length)
+        self.windows = windows
         config = AutoConfig.from_pretrained(self.path, num_labels=1)
         if layers is not None:
             if not 1 <= layers <= config.num_hidden_layers:
@@ -119,13 +131,36 @@ class CrossEncoderModel(TrainableModel):
             config.num_hidden_layers = layers
         self.net = AutoModelForSequenceClassification.from_pretrained(self.path, config=config)
 
-    def scores(self, queries, passages):
-        return self.net(**self._tokens(queries, passages)).logits[:, 0]
+    def scores(self, queries, passages, *, windows: str | None = None):
+        windows = windows or self.windows
+        if windows == "first":
+            return self.net(**self._tokens(queries, passages)).logits[:, 0]
+        from rerank.score.windows import aggregate_tensor, lexical_windows, split_windows
+
+        cut = split_windows(self.tokenizer, list(queries), list(passages), max_length=self.max_length)
+        if windows == "lexical":
+            chosen = lexical_windows(cut)
+            return self.net(**self._tokens([cut.queries[i] for i in chosen],
+                                           [cut.texts[i] for i in chosen])).logits[:, 0]
+        window_scores = self.net(**self._tokens(cut.queries, cut.texts)).logits[:, 0]
+        return aggregate_tensor(window_scores, cut.owner.tolist(), cut.pairs, "max")
+
+    def eval_scores(self, queries, passages):
+        """Scores as the inference scorer gives them: MaxP for a model trained on windows."""
+        return self.scores(queries, passages, windows="first" if self.windows == "first" else "max")
+
+    def describe(self) -> dict:
+        """Architecture facts for the model card (and the windows it trained on, if not the first)."""
+        facts = super().describe()
+        if self.windows != "first":
+            facts["windows"] = self.windows
+        return facts
 
     def inference_scorer(self, folder):
         from rerank.score import CrossEncoder
 
-        return CrossEncoder(str(folder), max_length=self.max_length)
+        return CrossEncoder(str(folder), max_length=self.max_length,
+                            windows="first" if self.windows == "first" else "max")
 
 
 def _write_sentence_transformers_config(folder: Path, max_length: int) -> None:
@@ -230,11 +265,15 @@ class SpladeModel(TrainableModel):
         return SpladeScorer(str(folder), max_length=self.max_length)
 
 
-def build_model(kind: str, init: str | None = None, *, max_length: int = 128, layers: int | None = None) -> TrainableModel:
+def build_model(kind: str, init: str | None = None, *, max_length: int = 128, layers: int | None = None,
+                windows: str = "first") -> TrainableModel:
     """A trainable model of ``kind`` (``cross-encoder``, ``bi-encoder`` or ``splade``) from
-    ``init`` (default ``minilm-l6``, or ``splade-tiny`` for SPLADE)."""
+    ``init`` (default ``minilm-l6``, or ``splade-tiny`` for SPLADE); ``windows`` is for
+    cross-encoders (:class:`CrossEncoderModel`)."""
+    if windows != "first" and kind != "cross-encoder":
+        raise ValueError(f"windows={windows!r} is for cross-encoders, not a {kind}")
     if kind == "cross-encoder":
-        return CrossEncoderModel(init or "minilm-l6", max_length=max_length, layers=layers)
+        return CrossEncoderModel(init or "minilm-l6", max_length=max_length, layers=layers, windows=windows)
     if kind == "bi-encoder":
         return BiEncoderModel(init or "minilm-l6", max_length=max_length, layers=layers)
     if kind == "splade":

@@ -48,16 +48,18 @@ def train_cross_encoder(groups: Sequence[TrainingGroup], queries: Mapping[str, Q
                         layers: int | None = None, config: TrainConfig | None = None,
                         curriculum: Curriculum | None = None, dev: DevSet | None = None, resume: bool = True,
                         overwrite: bool = False, progress: bool = True, callback: Callable[[int], None] | None = None,
-                        card: dict | None = None, device: str = "cpu") -> TrainResult:
+                        card: dict | None = None, device: str = "cpu", windows: str = "first") -> TrainResult:
     """Fine-tune ``init`` (any Hugging Face encoder) as a one-logit cross-encoder on labelled
-    groups with a ``bce``, ``pairwise`` or ``listwise`` loss; see :class:`Trainer`."""
+    groups with a ``bce``, ``pairwise`` or ``listwise`` loss, plus ``config.distill_weight``
+    times a distillation loss where the groups carry teacher scores; ``windows``: how long
+    passages are read (:class:`~rerank.train.models.CrossEncoderModel`); see :class:`Trainer`."""
     config = config or TrainConfig()
     if config.loss not in LABEL_LOSSES:
         raise ValueError(f"fine-tuning uses a label loss ({', '.join(LABEL_LOSSES)}); "
                          f"{config.loss!r} needs teacher scores: use distill()")
     check_ids(groups, queries, corpus, "training data")
     _seed(config.seed)
-    model = CrossEncoderModel(init, max_length=max_length, layers=layers).to(device)
+    model = CrossEncoderModel(init, max_length=max_length, layers=layers, windows=windows).to(device)
     card = {"command": "train cross-encoder", "queries": len({g.qid for g in groups}), **(card or {})}
     return Trainer(model, groups, queries, corpus, output, config, curriculum=curriculum, dev=dev,
                    progress=progress, callback=callback, card=card).train(resume=resume, overwrite=overwrite)
@@ -67,16 +69,17 @@ def distill(groups: Sequence[TrainingGroup], queries: Mapping[str, Query], corpu
             output: str | Path, *, student: str = "cross-encoder", init: str | None = None, max_length: int = 128,
             layers: int | None = None, config: TrainConfig | None = None, dev: DevSet | None = None,
             resume: bool = True, overwrite: bool = False, progress: bool = True,
-            callback: Callable[[int], None] | None = None, card: dict | None = None, device: str = "cpu") -> TrainResult:
+            callback: Callable[[int], None] | None = None, card: dict | None = None, device: str = "cpu",
+            windows: str = "first") -> TrainResult:
     """Distill teacher scores (carried by ``groups``) into a ``student``: ``cross-encoder``
-    (e.g. ``layers=2`` of MiniLM-L6), ``bi-encoder`` or ``splade``, with ``margin-mse``
-    (default), ``mse`` or ``kl``."""
+    (e.g. ``layers=2`` of MiniLM-L6; ``windows`` as in :func:`train_cross_encoder`),
+    ``bi-encoder`` or ``splade``, with ``margin-mse`` (default), ``mse`` or ``kl``."""
     config = config or TrainConfig(loss="margin-mse")
     if config.loss not in DISTILL_LOSSES:
         raise ValueError(f"distillation uses a teacher loss ({', '.join(DISTILL_LOSSES)}), got {config.loss!r}")
     check_ids(groups, queries, corpus, "teacher scores")
     _seed(config.seed)
-    model = build_model(student, init, max_length=max_length, layers=layers).to(device)
+    model = build_model(student, init, max_length=max_length, layers=layers, windows=windows).to(device)
     card = {"command": "train distill", "queries": len({g.qid for g in groups}), **(card or {})}
     return Trainer(model, groups, queries, corpus, output, config, dev=dev, progress=progress,
                    callback=callback, card=card).train(resume=resume, overwrite=overwrite)

@@ -71,9 +71,17 @@ class TrainConfig:
     log_every: int = 10
     keep_checkpoints: bool = False
     precision: str = "auto"
+    distill_weight: float = 0.0
+    """With a label loss: add ``distill_weight`` times ``distill_loss`` against the teacher
+    scores the groups carry (labels plus distillation, as in ensemble distillation)."""
+    distill_loss: str = "margin-mse"
 
     def __post_init__(self) -> None:
         get_loss(self.loss)
+        if self.distill_loss not in DISTILL_LOSSES:
+            raise ValueError(f"distill_loss must be one of {', '.join(DISTILL_LOSSES)}, got {self.distill_loss!r}")
+        if self.distill_weight < 0:
+            raise ValueError(f"distill_weight must be >= 0, got {self.distill_weight}")
         if self.groups_per_step < 1 or self.epochs < 1 or (self.max_steps is not None and self.max_steps < 1):
             raise ValueError("groups_per_step, epochs and max_steps must be at least 1")
         if not 0 <= self.warmup < 1:
@@ -148,7 +156,7 @@ def _score_in_chunks(model: TrainableModel, pairs: list[tuple[str, str]], chunk:
     with torch.inference_mode():
         for start in range(0, len(pairs), chunk):
             part = pairs[start:start + chunk]
-            out.extend(model.scores([q for q, _ in part], [p for _, p in part]).float().tolist())
+            out.extend(model.eval_scores([q for q, _ in part], [p for _, p in part]).float().tolist())
     return out
 
 
@@ -182,6 +190,9 @@ class Trainer:
             raise TrainingError("no training groups")
         if config.loss in DISTILL_LOSSES and any(g.teacher is None for g in groups):
             raise TrainingError(f"loss {config.loss!r} needs teacher scores for every group (a teacher-score file)")
+        if config.distill_weight > 0 and any(g.teacher is None for g in groups):
+            raise TrainingError(f"distill_weight {config.distill_weight} needs teacher scores for every group "
+                                "(a teacher-score file)")
         self.model = model
         self.groups = list(groups)
         self.queries = queries
@@ -195,10 +206,13 @@ class Trainer:
         self.callback = callback
         self.card = dict(card or {})
         self.loss_fn = get_loss(config.loss)
+        self.distill_fn = get_loss(config.distill_loss) if config.distill_weight > 0 else None
         self.steps_per_epoch = math.ceil(len(self.groups) / config.groups_per_step)
         self.total_steps = config.max_steps or config.epochs * self.steps_per_epoch
         self.precision, self.precision_reason = training_precision(config.precision, str(model.device))
         settings = {k: v for k, v in asdict(config).items() if k != "precision"}  # resuming may change it
+        if not config.distill_weight:  # checkpoints from before the option existed still resume
+            settings = {k: v for k, v in settings.items() if not k.startswith("distill_")}
         self.run_id = {"config": settings, "data": fingerprint(self.groups), "model": model.describe(),
                        "curriculum": None if curriculum is None else
                        {"heuristic": curriculum.heuristic, "anneal_steps": curriculum.anneal_steps}}
@@ -228,6 +242,8 @@ class Trainer:
             g = self.groups[i]
             teacher = None if g.teacher is None else torch.tensor([g.teacher], dtype=part.dtype, device=part.device)
             loss = self.loss_fn(part.unsqueeze(0), teacher)[0]
+            if self.distill_fn is not None:
+                loss = loss + self.config.distill_weight * self.distill_fn(part.unsqueeze(0), teacher)[0]
             if self.curriculum is not None:
                 loss = loss * self.curriculum.weight(self.difficulty[i], step)
             losses.append(loss)

@@ -22,11 +22,19 @@ def _dataset(dataset: str | Path, skip_bad: bool):
 def mine(dataset: str | Path, out: str | Path, *, split: str = "train", index: Sequence[str] | str | None = None,
          run: str | Path | None = None, pipeline: str | Path | None = None, depth: int = 100, negatives: int = 7,
          sampling: str = "random", min_relevance: int = 1, max_queries: int | None = None, seed: int = 0,
-         run_out: str | Path | None = None) -> list[Triple]:
+         run_out: str | Path | None = None, absolute_margin: float | None = None,
+         relative_margin: float | None = None, filter_pipeline: str | Path | None = None,
+         stats=None) -> list[Triple]:
     """Mine (query, positive, hard negative) triples for the judged queries of ``split`` and
     write them to ``out``. The negatives come from exactly one first stage: ``index`` (a folder,
     or several fused by RRF), ``run`` (a TREC run) or ``pipeline`` (a TOML pipeline that
-    retrieves); ``run_out`` also writes the first stage's run (for curricula and dev sets)."""
+    retrieves); ``run_out`` also writes the first stage's run (for curricula and dev sets).
+
+    ``absolute_margin`` / ``relative_margin`` drop candidates scored within that margin of the
+    positive (likely unjudged positives; :func:`rerank.train.data.mine_triples`), by the scores
+    of ``filter_pipeline`` (a TOML pipeline that scores the passages it is given, e.g. a
+    fusion of BM25, MiniLM and SPLADE) or else of the first stage. ``stats``: a
+    :class:`~rerank.train.data.MiningStats` to fill in."""
     from rerank.data import read_run, write_run
     from rerank.train.data import mine_triples, write_triples
     from rerank.types import batch_to_run
@@ -59,10 +67,36 @@ def mine(dataset: str | Path, out: str | Path, *, split: str = "train", index: S
         ranking = batch_to_run(ranked)
         if run_out:
             write_run(ranked, run_out, tag="mined")
+    judge = None
+    if filter_pipeline and (absolute_margin is not None or relative_margin is not None):
+        judge = _pipeline_scores(filter_pipeline, ranking, qrels, queries, opened, depth)
     triples = mine_triples(ranking, qrels, negatives=negatives, depth=depth, min_relevance=min_relevance,
-                           sampling=sampling, seed=seed)
+                           sampling=sampling, seed=seed, absolute_margin=absolute_margin,
+                           relative_margin=relative_margin, filter_scores=judge, stats=stats)
     write_triples(triples, out)
     return triples
+
+
+def _pipeline_scores(pipeline: str | Path, ranking, qrels, queries, opened, depth: int):
+    """A teacher pipeline's scores for each judged query's top ``depth`` and its positives."""
+    from rerank.config import build_pipeline
+    from rerank.data.trec import ranked_items
+    from rerank.train.teacher import _scores_of
+    from rerank.types import Candidates
+
+    corpus = opened.corpus()
+    teacher = build_pipeline(pipeline)
+    scores: dict[str, dict[str, float]] = {}
+    batch = []
+    for qid in sorted(ranking.keys() & qrels.keys()):
+        ids = list(dict.fromkeys([d for d, _ in ranked_items(ranking[qid])[:depth]] + list(qrels[qid])))
+        ids = [d for d in ids if d in corpus]
+        batch.append(Candidates(queries[qid], [corpus[d] for d in ids], [0.0] * len(ids)))
+    for start in range(0, len(batch), 32):
+        part = batch[start:start + 32]
+        for cands, row in zip(part, _scores_of(teacher, part)):
+            scores[cands.query.id] = {p.id: float(s) for p, s in zip(cands.passages, row)}
+    return scores
 
 
 def teacher_scores(dataset: str | Path, triples: str | Path, out: str | Path, *, model: str | None = None,
@@ -103,15 +137,19 @@ def _dev(dataset, groups, queries, corpus, split: str, run, dev_queries: int, de
     return groups, dev_set(dev_qids, ranking, queries, corpus, dataset.qrels(split), depth=dev_depth), ranking
 
 
-def train_cross_encoder(dataset: str | Path, triples: str | Path, out: str | Path, *, split: str = "train",
+def train_cross_encoder(dataset: str | Path, triples: str | Path | None, out: str | Path, *, split: str = "train",
                         run: str | Path | None = None, dev_queries: int = 0, dev_depth: int = 20,
                         curriculum: str | None = None, anneal_steps: int | None = None, init: str = "minilm-l6",
                         max_length: int = 128, layers: int | None = None, negatives: int = 7,
                         config: TrainConfig | None = None, resume: bool = True, overwrite: bool = False,
                         progress: bool = True, device: str = "cpu", skip_bad: bool = False,
+                        teacher_scores: str | Path | None = None, windows: str = "first",
                         **train_options) -> TrainResult:
     """Fine-tune ``init`` as a cross-encoder on the labelled ``triples`` file (grouped with
-    ``negatives`` negatives per positive) and save it to ``out``. ``run`` (the first-stage run
+    ``negatives`` negatives per positive) and save it to ``out``. Give ``teacher_scores`` (a
+    teacher-score file, whose triples are then the training triples) instead of ``triples`` to
+    add ``distill_weight`` times a distillation loss (``distill_loss``, default Margin-MSE) to
+    the label loss. ``run`` (the first-stage run
     the negatives came from) gives ``dev_queries`` held-out queries to evaluate on and the
     ``curriculum`` difficulty; ``train_options`` are :class:`TrainConfig` fields (``loss``,
     ``epochs``, ``max_steps``, ``learning_rate``...), or give ``config``."""
@@ -120,9 +158,16 @@ def train_cross_encoder(dataset: str | Path, triples: str | Path, out: str | Pat
     from rerank.train.data import group_triples, read_triples
     from rerank.train.recipes import train_cross_encoder as train
 
+    from rerank.train.data import read_teacher_scores
+
+    if bool(triples) == bool(teacher_scores):
+        raise RerankError("give the training triples as a triples file or a teacher-score file, not both")
     config = config or TrainConfig(**train_options)
+    if config.distill_weight and not teacher_scores:
+        raise RerankError("distill_weight needs a teacher-score file (--teacher-scores)")
     opened, queries, corpus = _dataset(dataset, skip_bad)
-    groups = group_triples(read_triples(triples, skip_bad=skip_bad), negatives)
+    read = read_triples(triples, skip_bad=skip_bad) if triples else read_teacher_scores(teacher_scores, skip_bad=skip_bad)
+    groups = group_triples(read, negatives)
     groups, dev, ranking = _dev(opened, groups, queries, corpus, split, run, dev_queries, dev_depth, config.seed)
     schedule = None
     if curriculum:
@@ -131,17 +176,20 @@ def train_cross_encoder(dataset: str | Path, triples: str | Path, out: str | Pat
         steps = config.max_steps or config.epochs * -(-len(groups) // config.groups_per_step)
         schedule = Curriculum(ranking or read_run(run), anneal_steps=anneal_steps or max(1, steps // 2),
                               heuristic=curriculum)
-    card = {"dataset": str(dataset), "split": split, "triples": str(triples), "mined_by": str(run) if run else ""}
+    card = {"dataset": str(dataset), "split": split, "triples": str(triples or teacher_scores),
+            "mined_by": str(run) if run else ""}
+    if config.distill_weight:
+        card["teacher_scores"] = str(teacher_scores)
     return train(groups, queries, corpus, out, init=init, max_length=max_length, layers=layers, config=config,
                  curriculum=schedule, dev=dev, resume=resume, overwrite=overwrite, progress=progress, card=card,
-                 device=device)
+                 device=device, windows=windows)
 
 
 def distill(dataset: str | Path, teacher_scores: str | Path, out: str | Path, *, student: str = "cross-encoder",
             split: str = "train", run: str | Path | None = None, dev_queries: int = 0, dev_depth: int = 20,
             init: str | None = None, max_length: int = 128, layers: int | None = None, negatives: int = 7,
             config: TrainConfig | None = None, resume: bool = True, overwrite: bool = False, progress: bool = True,
-            device: str = "cpu", skip_bad: bool = False, **train_options) -> TrainResult:
+            device: str = "cpu", skip_bad: bool = False, windows: str = "first", **train_options) -> TrainResult:
     """Distill the ``teacher_scores`` file into a ``student`` (``cross-encoder``, ``bi-encoder``
     or ``splade``) saved to ``out``; the other arguments as in :func:`train_cross_encoder`
     (the loss defaults to ``margin-mse``)."""
@@ -155,4 +203,4 @@ def distill(dataset: str | Path, teacher_scores: str | Path, out: str | Path, *,
     card = {"dataset": str(dataset), "split": split, "teacher_scores": str(teacher_scores)}
     return run_distill(groups, queries, corpus, out, student=student, init=init, max_length=max_length, layers=layers,
                        config=config, dev=dev, resume=resume, overwrite=overwrite, progress=progress, card=card,
-                       device=device)
+                       device=device, windows=windows)
