@@ -26,6 +26,7 @@ STEPS = {
     "teacher-scores": "rerank.train.workflows:teacher_scores",
     "train-cross-encoder": "rerank.train.workflows:train_cross_encoder",
     "distill": "rerank.train.workflows:distill",
+    "adapt": "rerank.train.adapt:adapt",
 }
 """Each step's name and the function it calls (``module:function``)."""
 
@@ -56,13 +57,17 @@ def check_step(step: Any, args: dict[str, Any], where: str) -> None:
 
 
 def step_arguments(step: str) -> list[str]:
-    """The keyword arguments a step takes (the training steps also take :class:`TrainConfig`'s fields)."""
+    """The keyword arguments a step takes (the training steps also take :class:`TrainConfig`'s
+    fields, ``adapt`` those of :class:`~rerank.train.adapt.AdaptConfig`)."""
     signature = inspect.signature(step_function(step))
     named = [n for n, p in signature.parameters.items() if p.kind is not p.VAR_KEYWORD]
     if any(p.kind is p.VAR_KEYWORD for p in signature.parameters.values()):
-        from rerank.train.trainer import TrainConfig
+        if step == "adapt":
+            from rerank.train.adapt import AdaptConfig as Options
+        else:
+            from rerank.train.trainer import TrainConfig as Options
 
-        named += [f.name for f in dataclasses.fields(TrainConfig)]
+        named += [f.name for f in dataclasses.fields(Options)]
     return named
 
 

@@ -262,7 +262,8 @@ class Adapter:
 
         scores = teacher_scores(self.out / "data", self.out / "mined" / "triples.tsv", self.out / "student-teacher.tsv",
                                 model=str(self.out / "cross-encoder"), max_length=self.config.max_length,
-                                progress=self.progress, precision=self.config.precision)
+                                progress=self.progress, precision=self.config.precision,
+                                windows="first" if self.config.windows == "first" else "max")
         return {"student_teacher_scores": len(scores)}
 
     def _distill(self) -> dict:

@@ -29,7 +29,7 @@ def cmd_teacher_scores(args) -> int:
 
     scores = teacher_scores(args.dataset, args.triples, args.out, model=args.model, pipeline=args.pipeline,
                             max_length=args.max_length, batch_size=args.batch_size, skip_bad=args.skip_bad,
-                            progress=not args.no_progress, precision=args.precision)
+                            progress=not args.no_progress, precision=args.precision, windows=args.windows)
     print(f"wrote {len(scores)} teacher scores to {args.out}")
     return 0
 
@@ -170,6 +170,8 @@ def add_train_parser(sub) -> None:
     p.add_argument("--pipeline", help="teacher pipeline (TOML) that scores every passage it is given")
     p.add_argument("--max-length", type=int, default=None, help="teacher tokens per pair (default: the model's limit)")
     p.add_argument("--batch-size", type=int, default=32, help="pairs per model batch (default: 32)")
+    p.add_argument("--windows", choices=["first", "max", "mean"], default="first",
+                   help="a teacher model reads long passages by their first window (default), the best or the mean")
     p.add_argument("--out", required=True, help="teacher-score file: pos_score neg_score qid pid_pos pid_neg")
     p.add_argument("--precision", choices=["auto", "fp32", "bf16", "int8"], default=None,
                    help="the teacher's precision (default: auto for --model, the config's for --pipeline)")

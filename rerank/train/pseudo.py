@@ -44,18 +44,28 @@ def sentences(text: str) -> list[str]:
     return [s.strip() for s in _SENTENCE.split(text) if s.strip()]
 
 
+def pieces(text: str, chunk_words: int = 12) -> list[str]:
+    """The sentences of ``text``; for text without sentence punctuation (a lower-cased,
+    unpunctuated abstract), runs of ``chunk_words`` words instead."""
+    parts = sentences(text)
+    if len(parts) >= 2:
+        return parts
+    words = text.split()
+    return [" ".join(words[i:i + chunk_words]) for i in range(0, len(words), chunk_words)] or parts
+
+
 def ict_queries(corpus: Mapping[str, Passage], count: int, *, seed: int = 0, remove: float = 0.9,
                 min_words: int = 5, max_words: int = 40) -> list[PseudoQuery]:
     """One ICT query for each of ``count`` passages (seeded sample of those with at least two
-    usable sentences, or the passage's only one when ``remove`` is 0): a random sentence of
-    ``min_words`` to ``max_words`` words, removed from the training passage with probability
-    ``remove``."""
+    usable pieces, or the passage's only one when ``remove`` is 0): a random sentence
+    (:func:`pieces`: a run of words where the text has no punctuation) of ``min_words`` to
+    ``max_words`` words, removed from the training passage with probability ``remove``."""
     if not 0 <= remove <= 1:
         raise ValueError(f"remove is a probability, got {remove}")
     rng = random.Random(seed)
     usable = []
     for pid in sorted(corpus):
-        parts = sentences(corpus[pid].text)
+        parts = pieces(corpus[pid].text)
         good = [i for i, s in enumerate(parts) if min_words <= len(s.split()) <= max_words]
         if good and (len(parts) >= 2 or remove == 0):
             usable.append((pid, parts, good))
@@ -79,15 +89,23 @@ def clean_query(text: str) -> str:
     """The first line of a generated answer, without quotes, labels or a trailing full stop."""
     line = next((ln.strip() for ln in text.strip().splitlines() if ln.strip()), "")
     line = re.sub(r"^(search )?query\s*[:\-]\s*", "", line, flags=re.IGNORECASE)
-    return line.strip(" \"'`*").rstrip(".").strip()
+    return line.strip(" \"'`*.").strip()
+
+
+def usable_query(text: str) -> bool:
+    """Whether a cleaned answer looks like a query: 2 to 20 words, at least two of them words of
+    three letters or more, and no talk about "the passage"."""
+    words = text.split()
+    real = [w for w in words if sum(ch.isalpha() for ch in w) >= 3]
+    return 2 <= len(words) <= 20 and len(real) >= 2 and "passage" not in text.lower()
 
 
 def generated_queries(corpus: Mapping[str, Passage], count: int, llm, *, seed: int = 0, exclude: Sequence[str] = (),
                       max_passage_tokens: int = 200, max_new_tokens: int = 24,
                       progress: bool = True) -> list[PseudoQuery]:
     """A query written by ``llm`` (an :class:`~rerank.score.llm.LLM`) for each of ``count``
-    passages (seeded sample, avoiding ``exclude``); answers that are empty or longer than 20
-    words are dropped."""
+    passages (seeded sample, avoiding ``exclude``); answers that are not :func:`usable_query`
+    are dropped."""
     rng = random.Random(seed + 1)
     pool = sorted(set(corpus) - set(exclude))
     chosen = sorted(rng.sample(pool, min(count, len(pool))))
@@ -100,7 +118,7 @@ def generated_queries(corpus: Mapping[str, Passage], count: int, llm, *, seed: i
             answers = llm.generate(prompts[start:start + batch], max_new_tokens=max_new_tokens)
             for pid, answer in zip(chosen[start:start + batch], answers):
                 query = clean_query(answer)
-                if query and len(query.split()) <= 20:
+                if usable_query(query):
                     out.append(PseudoQuery(f"gen-{pid}", query, pid, corpus[pid], "generated"))
             bar.update(len(answers))
     return out

@@ -101,11 +101,14 @@ def _pipeline_scores(pipeline: str | Path, ranking, qrels, queries, opened, dept
 
 def teacher_scores(dataset: str | Path, triples: str | Path, out: str | Path, *, model: str | None = None,
                    pipeline: str | Path | None = None, max_length: int | None = None, batch_size: int = 32,
-                   skip_bad: bool = False, progress: bool = True, precision: str | None = None) -> list[TeacherScore]:
+                   skip_bad: bool = False, progress: bool = True, precision: str | None = None,
+                   windows: str = "first") -> list[TeacherScore]:
     """Score every triple of the ``triples`` file with a teacher, ``model`` (a cross-encoder)
     or ``pipeline`` (a TOML pipeline that scores the passages it is given), into ``out``
     (Hofstätter's format; cached, so an interrupted run resumes). ``precision``: the teacher's
-    (default: ``auto`` for a model, the config's for a pipeline; see :mod:`rerank.precision`)."""
+    (default: ``auto`` for a model, the config's for a pipeline; see :mod:`rerank.precision`);
+    ``windows``: how a teacher model reads long passages (``first``, ``max``, ``mean``; as
+    :class:`~rerank.score.CrossEncoder`)."""
     from rerank.train.data import read_triples
     from rerank.train.teacher import score_triples
 
@@ -120,7 +123,8 @@ def teacher_scores(dataset: str | Path, triples: str | Path, out: str | Path, *,
     else:
         from rerank.score import CrossEncoder
 
-        teacher = CrossEncoder(model, max_length=max_length, batch_size=batch_size, precision=precision or "auto")
+        teacher = CrossEncoder(model, max_length=max_length, batch_size=batch_size, precision=precision or "auto",
+                               windows=windows)
     return score_triples(teacher, read, queries, corpus, out, progress=progress)
 
 
