@@ -114,3 +114,15 @@ def test_adapt_runs_the_whole_label_free_chain_and_resumes(tmp_path, scifact_cor
     # Run again: every step's output is there, so nothing is redone.
     assert main(args) == 0
     assert capsys.readouterr().out.count("done already") == 9
+
+
+def test_adapt_is_an_experiment_prepare_step_with_its_options_checked():
+    from rerank.config import ConfigError
+    from rerank.experiment.prepare import check_step, takes_precision
+
+    check_step("adapt", {"corpus": "c", "out": "o", "indexes": "i", "generated_queries": 0, "epochs": 2}, "here")
+    assert takes_precision("adapt")
+    with pytest.raises(ConfigError, match="did you mean 'ict_queries'"):
+        check_step("adapt", {"corpus": "c", "out": "o", "ict_querys": 5}, "here")
+    with pytest.raises(ConfigError, match="needs out"):
+        check_step("adapt", {"corpus": "c"}, "here")

@@ -18,6 +18,10 @@ and is skipped when they are there; ``--parts`` picks some, ``--redo`` recompute
 * ``dl19``: the SciFact and the adapted cross-encoders zero-shot on TREC DL 2019 (BM25 top-100).
 * ``adapt-scifact`` / ``adapt-vaswani``: ``rerank train adapt`` on the corpus alone (no
   queries, no qrels), then the adapted cross-encoder alone and fused on the test queries.
+* ``init``: all-MiniLM-L6-v2's encoder against SPLADE-tiny's BERT as the cross-encoder's
+  starting weights, 150 steps each: dev nDCG@10 against CPU time.
+* ``curriculum``: the reciprocal-rank curriculum against none, 3 seeds each (150 steps), on
+  SciFact test (BM25 top-30, first window), with a paired t-test.
 
 Scores of every (query, passage) are cached per model in ``<workdir>/scores/``, so fusions
 and cascades are evaluated by re-sorting, and a killed run loses at most one chunk.
@@ -398,6 +402,66 @@ def part_dl19(bench: Bench) -> dict:
     return out
 
 
+def short_run(bench: Bench, name: str, *, init: str = "minilm-l6", curriculum: str | None = None, seed: int = 0,
+              steps: int = 150) -> Path:
+    """A short labelled training run on the SciFact triples (the ``init`` and ``curriculum``
+    comparisons): listwise + 0.1 x Margin-MSE, lexical windows, dev nDCG@10 every 50 steps."""
+    from rerank.train.workflows import train_cross_encoder
+
+    train_scifact(bench)  # the triples, teacher scores and run
+    work = bench.workdir / "scifact"
+    folder = bench.workdir / "runs" / name
+    if not (folder / "rerank_training.json").is_file():
+        train_cross_encoder(bench.dataset_folder("scifact"), None, folder, teacher_scores=work / "teacher.tsv",
+                            run=work / "train-run.trec", dev_queries=5 if bench.quick else 50, windows="lexical",
+                            max_length=128, loss="listwise", distill_weight=0.1, learning_rate=5e-5, init=init,
+                            curriculum=curriculum, seed=seed, max_steps=3 if bench.quick else steps,
+                            eval_every=1 if bench.quick else 50, save_every=25)
+    return folder
+
+
+def part_init(bench: Bench) -> dict:
+    """all-MiniLM-L6-v2's encoder against SPLADE-tiny's MS MARCO BERT as the starting point: the
+    same steps and data; dev nDCG@10 against training seconds."""
+    rows, curves = [], {}
+    for init in ("minilm-l6", "splade-tiny"):
+        info = json.loads((short_run(bench, f"init-{init}", init=init) / "rerank_training.json").read_text())
+        minutes = info["train_seconds"] / 60
+        best = max(d["value"] for d in info["dev"])
+        curves[init] = info["dev"]
+        rows.append({"init": init, "parameters": info["model"]["parameters"], "train minutes": round(minutes, 1),
+                     "pairs/s": info["pairs_per_second"], "best dev nDCG@10": round(best, 4),
+                     "dev per CPU-minute": round(best / minutes, 4)})
+    print_table(rows, ["init", "parameters", "train minutes", "pairs/s", "best dev nDCG@10", "dev per CPU-minute"])
+    return {"init_comparison": rows, "init_dev_curves": curves,
+            "init_best": max(rows, key=lambda r: r["best dev nDCG@10"])["init"]}
+
+
+def part_curriculum(bench: Bench) -> dict:
+    """Curriculum (reciprocal-rank) against none, 3 seeds each, on SciFact test (BM25 top-30,
+    first window): per-query nDCG@10 averaged over the seeds, paired t-test."""
+    from rerank.significance import paired_test
+
+    batch, qrels = bench.test_batch("scifact", depth=30)
+    per_query, means = {}, {}
+    for label, curriculum in (("none", None), ("curriculum", "reciprocal-rank")):
+        runs = []
+        for seed in (0, 1, 2):
+            folder = short_run(bench, f"curriculum-{label}-{seed}", curriculum=curriculum, seed=seed)
+            scores = bench.scores(f"{'quick-' if bench.quick else ''}curriculum-{label}-{seed}",
+                                  cross_encoder(folder, "first"), batch)
+            runs.append(ndcg(ranked_by(batch, scores), qrels, per_query=True))
+        per_query[label] = {q: float(np.mean([r[q] for r in runs])) for q in runs[0]}
+        means[label] = [round(float(np.mean(list(r.values()))), 4) for r in runs]
+    queries = sorted(per_query["none"])
+    _, p_value = paired_test([per_query["none"][q] for q in queries], [per_query["curriculum"][q] for q in queries])
+    print_table([{"training": k, "nDCG@10 by seed": v, "mean": round(float(np.mean(v)), 4)} for k, v in means.items()],
+                ["training", "nDCG@10 by seed", "mean"])
+    return {"curriculum_ndcg10_by_seed": means, "curriculum_delta": round(float(np.mean(means["curriculum"]) -
+                                                                             np.mean(means["none"])), 4),
+            "curriculum_p_value": round(float(p_value), 4)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a SciFact subset and a few steps: checks the code paths")
@@ -422,6 +486,10 @@ def main() -> None:
             figures.update(bench.result(part, args.redo, lambda: part_student(bench, scifact)))
         elif part == "dl19":
             figures.update(bench.result(part, args.redo, lambda: part_dl19(bench)))
+        elif part == "init":
+            figures.update(bench.result(part, args.redo, lambda: part_init(bench)))
+        elif part == "curriculum":
+            figures.update(bench.result(part, args.redo, lambda: part_curriculum(bench)))
         elif part.startswith("adapt-"):
             name = part.split("-", 1)[1]
             figures.update(bench.result(part, args.redo, lambda: part_adapt(bench, name)))
