@@ -61,9 +61,12 @@ class AdaptConfig:
     max_steps: int | None = None
     learning_rate: float = 5e-5
     dev_queries: int = 50
+    student_init: str = "splade-tiny"
+    """The student's starting weights: SPLADE-tiny's 2-layer MS MARCO BERT keeps 0.99 of its
+    teacher on SciFact, the first 2 layers of MiniLM-L6 much less (experiments/benchmarks)."""
     student_layers: int = 2
-    student_epochs: int = 2
-    student_learning_rate: float = 1e-4
+    student_epochs: int = 6
+    student_learning_rate: float = 5e-4
     seed: int = 0
     precision: str = "auto"
 
@@ -271,7 +274,8 @@ class Adapter:
 
         c = self.config
         result = distill(self.out / "data", self.out / "student-teacher.tsv", self.out / "student",
-                         student="cross-encoder", init=c.init, layers=c.student_layers, max_length=c.max_length,
+                         student="cross-encoder", init=c.student_init, layers=c.student_layers,
+                         max_length=c.max_length,
                          negatives=c.negatives, run=self.out / "mined" / "train-run.trec",
                          dev_queries=self._dev_queries(), progress=self.progress, epochs=c.student_epochs,
                          max_steps=c.max_steps, learning_rate=c.student_learning_rate, seed=c.seed,

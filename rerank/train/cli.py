@@ -82,6 +82,7 @@ def cmd_adapt(args) -> int:
                          depth=args.depth, negatives=args.negatives, init=args.init, max_length=args.max_length,
                          windows=args.windows, distill_weight=args.distill_weight, epochs=args.epochs,
                          max_steps=args.max_steps, learning_rate=args.lr, student_layers=args.student_layers,
+                         student_init=args.student_init,
                          student_epochs=args.student_epochs, seed=args.seed, precision=args.precision,
                          dev_queries=args.dev_queries)
     result = adapt(args.corpus, args.out, config, indexes=args.indexes, progress=not args.no_progress)
@@ -208,7 +209,7 @@ def add_train_parser(sub) -> None:
     p.add_argument("--llm", default="smollm2-135m", help="LLM that writes queries (default: smollm2-135m)")
     p.add_argument("--depth", type=int, default=50, help="negatives come from the first stage's top DEPTH (default: 50)")
     p.add_argument("--negatives", type=int, default=7, help="negatives per query (default: 7)")
-    p.add_argument("--init", default="minilm-l6", help="starting weights of both models (default: minilm-l6)")
+    p.add_argument("--init", default="minilm-l6", help="the cross-encoder's starting weights (default: minilm-l6)")
     p.add_argument("--max-length", type=int, default=128, help="tokens per pair (default: 128)")
     p.add_argument("--windows", choices=["first", "max", "lexical"], default="lexical",
                    help="how the cross-encoder reads long passages in training (default: lexical)")
@@ -218,7 +219,8 @@ def add_train_parser(sub) -> None:
     p.add_argument("--lr", type=float, default=5e-5, help="cross-encoder learning rate (default: 5e-5)")
     p.add_argument("--dev-queries", type=int, default=50, help="pseudo-queries held out for dev scores (default: 50)")
     p.add_argument("--student-layers", type=int, default=2, help="layers of the distilled student (default: 2)")
-    p.add_argument("--student-epochs", type=int, default=2, help="student epochs (default: 2)")
+    p.add_argument("--student-init", default="splade-tiny", help="the student's starting weights (default: splade-tiny)")
+    p.add_argument("--student-epochs", type=int, default=6, help="student epochs (default: 6)")
     p.add_argument("--seed", type=int, default=0, help="seed for sampling and training (default: 0)")
     p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto", help="training precision (default: auto)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
