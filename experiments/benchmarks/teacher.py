@@ -160,6 +160,7 @@ class Bench:
         """The cached figures of ``part``, or computed and cached."""
         path = self.workdir / "results" / f"{part}.json"
         if path.is_file() and not redo:
+            print(f"(figures cached in {path} by the run that computed them and printed its tables)")
             return json.loads(path.read_text(encoding="utf-8"))
         figures = compute()
         with atomic_file(path) as fh:
