@@ -106,7 +106,7 @@ def _training_options(p: argparse.ArgumentParser, loss_default: str, losses: tup
     p.add_argument("--layers", type=int, default=None, help="keep only the first N transformer layers (e.g. 2 for a student)")
     p.add_argument("--max-length", type=int, default=128, help="tokens per pair or text (default: 128)")
     p.add_argument("--negatives", type=int, default=7, help="negatives per training group (default: 7)")
-    p.add_argument("--windows", choices=["first", "max", "lexical"], default="first",
+    p.add_argument("--windows", choices=("first", "max", "lexical"), default="first",
                    help="cross-encoders: read a passage longer than --max-length by its first window (default), "
                         "every window (MaxP) or the window sharing most query terms (one pair per passage)")
     p.add_argument("--batch-groups", type=int, default=4, help="groups per optimizer step (default: 4)")
@@ -132,6 +132,8 @@ def _training_options(p: argparse.ArgumentParser, loss_default: str, losses: tup
 
 def add_train_parser(sub) -> None:
     """Add ``rerank train ...`` to the top-level subparsers."""
+    from rerank.score.windows import AGGREGATES, TRAINING_WINDOWS
+    from rerank.train.adapt import AdaptConfig
     from rerank.train.curriculum import HEURISTICS
     from rerank.train.data import SAMPLINGS
     from rerank.train.losses import DISTILL_LOSSES, LABEL_LOSSES
@@ -171,7 +173,7 @@ def add_train_parser(sub) -> None:
     p.add_argument("--pipeline", help="teacher pipeline (TOML) that scores every passage it is given")
     p.add_argument("--max-length", type=int, default=None, help="teacher tokens per pair (default: the model's limit)")
     p.add_argument("--batch-size", type=int, default=32, help="pairs per model batch (default: 32)")
-    p.add_argument("--windows", choices=["first", "max", "mean"], default="first",
+    p.add_argument("--windows", choices=AGGREGATES, default="first",
                    help="a teacher model reads long passages by their first window (default), the best or the mean")
     p.add_argument("--out", required=True, help="teacher-score file: pos_score neg_score qid pid_pos pid_neg")
     p.add_argument("--precision", choices=["auto", "fp32", "bf16", "int8"], default=None,
@@ -195,6 +197,7 @@ def add_train_parser(sub) -> None:
     p.add_argument("--anneal-steps", type=int, default=None, help="curriculum length in steps (default: half the steps)")
     p.set_defaults(func=cmd_cross_encoder)
 
+    defaults = AdaptConfig()
     p = tsub.add_parser("adapt", help="adapt a cross-encoder and a 2-layer student to a corpus without labels",
                         description="Pseudo-queries (ICT sentences and LLM-written queries with a round-trip "
                                     "filter), hard negatives from BM25 + dense, an ensemble teacher's margins, a "
@@ -203,24 +206,24 @@ def add_train_parser(sub) -> None:
     p.add_argument("--corpus", required=True, help="BEIR folder (or bundled name) whose corpus.jsonl to adapt to")
     p.add_argument("--out", required=True, help="output folder (indexes, data, models, card)")
     p.add_argument("--indexes", default=None, help="existing bm25/, dense/ and splade/ indexes of the corpus to reuse")
-    p.add_argument("--ict-queries", type=int, default=1000, help="passages giving a sentence (ICT) query (default: 1000)")
-    p.add_argument("--generated-queries", type=int, default=200,
+    p.add_argument("--ict-queries", type=int, default=defaults.ict_queries, help="passages giving a sentence (ICT) query (default: 1000)")
+    p.add_argument("--generated-queries", type=int, default=defaults.generated_queries,
                    help="passages an LLM writes a query for, before the round-trip filter (default: 200; 0: none)")
     p.add_argument("--llm", default="smollm2-135m", help="LLM that writes queries (default: smollm2-135m)")
-    p.add_argument("--depth", type=int, default=50, help="negatives come from the first stage's top DEPTH (default: 50)")
+    p.add_argument("--depth", type=int, default=defaults.depth, help="negatives come from the first stage's top DEPTH (default: 50)")
     p.add_argument("--negatives", type=int, default=7, help="negatives per query (default: 7)")
     p.add_argument("--init", default="minilm-l6", help="the cross-encoder's starting weights (default: minilm-l6)")
     p.add_argument("--max-length", type=int, default=128, help="tokens per pair (default: 128)")
-    p.add_argument("--windows", choices=["first", "max", "lexical"], default="lexical",
+    p.add_argument("--windows", choices=TRAINING_WINDOWS, default=defaults.windows,
                    help="how the cross-encoder reads long passages in training (default: lexical)")
     p.add_argument("--distill-weight", type=float, default=0.1, help="Margin-MSE weight beside the listwise loss (default: 0.1)")
-    p.add_argument("--epochs", type=int, default=1, help="cross-encoder epochs (default: 1)")
+    p.add_argument("--epochs", type=int, default=defaults.epochs, help="cross-encoder epochs (default: 1)")
     p.add_argument("--max-steps", type=int, default=None, help="cap the steps of both trainings (smoke runs)")
     p.add_argument("--lr", type=float, default=5e-5, help="cross-encoder learning rate (default: 5e-5)")
-    p.add_argument("--dev-queries", type=int, default=50, help="pseudo-queries held out for dev scores (default: 50)")
-    p.add_argument("--student-layers", type=int, default=2, help="layers of the distilled student (default: 2)")
+    p.add_argument("--dev-queries", type=int, default=defaults.dev_queries, help="pseudo-queries held out for dev scores (default: 50)")
+    p.add_argument("--student-layers", type=int, default=defaults.student_layers, help="layers of the distilled student (default: 2)")
     p.add_argument("--student-init", default="splade-tiny", help="the student's starting weights (default: splade-tiny)")
-    p.add_argument("--student-epochs", type=int, default=6, help="student epochs (default: 6)")
+    p.add_argument("--student-epochs", type=int, default=defaults.student_epochs, help="student epochs (default: 6)")
     p.add_argument("--seed", type=int, default=0, help="seed for sampling and training (default: 0)")
     p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto", help="training precision (default: auto)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
