@@ -25,7 +25,8 @@ def _add_tokenizer_options(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_index(args) -> int:
-    """Build BM25, dense and/or SPLADE indexes under ``<indexes-dir>/<name>/<kind>/``."""
+    """Build BM25, dense and/or SPLADE indexes (and the docstore they share) under
+    ``<indexes-dir>/<name>/<kind>/``."""
     from rerank.retrieve.build import build_index
 
     root = Path(args.indexes_dir) / args.name
@@ -194,8 +195,9 @@ def build_parser() -> argparse.ArgumentParser:
                                    "a corpus.jsonl[.gz], or a TSV collection (pid<TAB>text).")
     p.add_argument("corpus", help="BEIR folder, bundled dataset name, corpus.jsonl[.gz] or TSV collection")
     p.add_argument("--name", required=True, help="index name; files go to <indexes-dir>/<name>/<kind>/")
-    p.add_argument("--kind", action="append", choices=["bm25", "dense", "splade"],
-                   help="index kind; repeat for several (default: bm25)")
+    p.add_argument("--kind", action="append", choices=["bm25", "dense", "splade", "docstore"],
+                   help="index kind; repeat for several (default: bm25). Every index reads passage text from the "
+                        "docstore <indexes-dir>/<name>/docstore/, built with the first index if absent")
     p.add_argument("--indexes-dir", default="indexes", help="where indexes live (default: indexes)")
     p.add_argument("--skip-bad", action="store_true", help="skip malformed lines (their count is reported) instead of failing")
     g = p.add_argument_group("BM25")

@@ -53,6 +53,19 @@ class Index(ABC):
     def __len__(self) -> int:
         return len(self.passages)
 
+    def positions(self, ids: Sequence[str]) -> dict[str, int]:
+        """The collection position of each of ``ids`` that the index holds (an id it does not
+        hold is left out): from the docstore's id index, or a map built on first use for an
+        index whose passages are in memory."""
+        from rerank.retrieve.docstore import DocStore
+
+        if isinstance(self.passages, DocStore):
+            return {i: pos for i, pos in zip(ids, self.passages.positions(ids)) if pos is not None}
+        known = self.__dict__.get("_positions")
+        if known is None:
+            known = self.__dict__["_positions"] = {p.id: i for i, p in enumerate(self.passages)}
+        return {i: known[i] for i in ids if i in known}
+
     def config_reference(self) -> str:
         """How a pipeline config names this index: its folder (so it must have been saved)."""
         if self.folder is None:

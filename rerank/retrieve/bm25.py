@@ -23,9 +23,9 @@ from rerank.costs import Stopwatch, record_costs
 from rerank.errors import BadIndexError
 from rerank.order import top_k_positions
 from rerank.retrieve.base import Index, check_search
+from rerank.retrieve.docstore import open_index_passages, store_for_index, take_passages
 from rerank.retrieve.store import (
-    corpus_fingerprint, library_versions, read_manifest, read_passages, unique_passages, write_manifest,
-    write_passages,
+    corpus_fingerprint, library_versions, read_manifest, unique_passages, write_manifest,
 )
 from rerank.tokenize import Tokenizer
 from rerank.types import Candidates, Passage, Query
@@ -175,7 +175,6 @@ class BM25Index(Index, kind=KIND):
         self.params = params
         self.backend = backend
         self.fingerprint = fingerprint
-        self._position = {p.id: i for i, p in enumerate(passages)}
         self.folder: Path | None = None  # where the index was saved or loaded from
 
     def __repr__(self) -> str:
@@ -220,26 +219,28 @@ class BM25Index(Index, kind=KIND):
                     scores = self.backend.scores(tokens)
                     top = top_k_positions(scores, k)
                     top = top[scores[top] > 0]
-                    found.append(Candidates(query, [self.passages[i] for i in top], [float(s) for s in scores[top]]))
+                    found.append(Candidates(query, take_passages(self.passages, top), [float(s) for s in scores[top]]))
             out += record_costs(f"bm25[{self.backend.name}]", [Candidates(q, [], []) for q in chunk], found,
                                 watch.seconds, passages_scored=len(self.passages))
         return out
 
     def score(self, query: Query, doc_ids: Sequence[str]) -> list[float]:
         """BM25 scores of the given passages for ``query`` (for re-scoring candidates)."""
-        missing = [d for d in doc_ids if d not in self._position]
+        rows = self.positions(doc_ids)
+        missing = [d for d in doc_ids if d not in rows]
         if missing:
             raise KeyError(f"{len(missing)} id(s) not in the index, e.g. {missing[:3]}")
         scores = self.backend.scores(self.tokenize_queries([query])[0])
-        return [float(scores[self._position[d]]) for d in doc_ids]
+        return [float(scores[rows[d]]) for d in doc_ids]
 
     def save(self, folder: str | Path) -> Path:
         """Write the index atomically to ``folder`` (replacing any index there)."""
         folder = Path(folder)
         with atomic_directory(folder) as staging:
             self.backend.save(staging)
-            write_passages(self.passages, staging)
+            docstore = store_for_index(self.passages, self.fingerprint, folder, staging)
             write_manifest(staging, KIND, {
+                "docstore": docstore,
                 "backend": self.backend.name,
                 "n_passages": len(self.passages),
                 "corpus_fingerprint": self.fingerprint,
@@ -259,7 +260,7 @@ class BM25Index(Index, kind=KIND):
         try:
             tokenizer = Tokenizer.from_dict(manifest["tokenizer"])
             params = BM25Params(**manifest["params"])
-            passages = read_passages(folder)
+            passages = open_index_passages(folder, manifest, verify=verify)
             if manifest["backend"] == "bm25s":
                 engine = _Bm25sBackend.load(folder, mmap=mmap)
             else:

@@ -17,9 +17,9 @@ from rerank.costs import Stopwatch, record_costs
 from rerank.encode import BiEncoder
 from rerank.errors import BadIndexError
 from rerank.retrieve.base import Index, check_search
+from rerank.retrieve.docstore import open_index_passages, store_for_index, take_passages
 from rerank.retrieve.store import (
-    corpus_fingerprint, library_versions, read_manifest, read_passages, unique_passages, write_manifest,
-    write_passages,
+    corpus_fingerprint, library_versions, read_manifest, unique_passages, write_manifest,
 )
 from rerank.types import Candidates, Passage, Query
 
@@ -139,7 +139,7 @@ class DenseIndex(Index, kind=KIND):
                 params.set_index_parameter(self.faiss, "nprobe", nprobe)
             query_vectors = np.ascontiguousarray(query_vectors, dtype=np.float32)
             ranked = self._search_many(query_vectors, min(k, len(self.passages)))
-        found = [Candidates(q, [self.passages[i] for i in row], [float(s) for s in score])
+        found = [Candidates(q, take_passages(self.passages, row), [float(s) for s in score])
                  for q, (row, score) in zip(queries, ranked)]
         return record_costs(f"dense[{self.factory}]", [Candidates(q, [], []) for q in queries], found, watch.seconds,
                             model_calls=model_calls, passages_scored=len(self.passages),
@@ -178,8 +178,9 @@ class DenseIndex(Index, kind=KIND):
         with atomic_directory(folder) as staging:
             faiss.write_index(self.faiss, str(staging / "faiss.index"))
             np.save(staging / "embeddings.npy", self.embeddings)
-            write_passages(self.passages, staging)
+            docstore = store_for_index(self.passages, self.fingerprint, folder, staging)
             write_manifest(staging, KIND, {
+                "docstore": docstore,
                 "model": self.model_name,
                 "dim": int(self.embeddings.shape[1]),
                 "factory": self.factory,
@@ -204,7 +205,7 @@ class DenseIndex(Index, kind=KIND):
         try:
             index = faiss.read_index(str(folder / "faiss.index"))
             embeddings = np.load(folder / "embeddings.npy", mmap_mode="r")
-            passages = read_passages(folder)
+            passages = open_index_passages(folder, manifest, verify=verify)
         except (RuntimeError, ValueError, OSError, KeyError) as exc:
             raise BadIndexError(f"{folder}: cannot read index files ({exc}); rebuild it") from None
         if not (index.ntotal == len(passages) == embeddings.shape[0] == manifest["n_passages"]):

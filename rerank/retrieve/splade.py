@@ -10,8 +10,9 @@ from rerank.costs import Stopwatch, record_costs
 from rerank.errors import BadIndexError
 from rerank.order import top_k_positions
 from rerank.retrieve.base import Index, check_search
-from rerank.retrieve.store import (corpus_fingerprint, library_versions, read_manifest, read_passages,
-                                   unique_passages, write_manifest, write_passages)
+from rerank.retrieve.docstore import open_index_passages, store_for_index, take_passages
+from rerank.retrieve.store import (corpus_fingerprint, library_versions, read_manifest,
+                                   unique_passages, write_manifest)
 from rerank.sparse_encode import SpladeEncoder
 from rerank.types import Candidates, Passage, Query
 
@@ -28,7 +29,6 @@ class SpladeIndex(Index, kind=KIND):
         self.matrix = matrix.tocsr()
         self.fingerprint = fingerprint
         self.max_length = max_length
-        self.rows = {p.id: i for i, p in enumerate(passages)}
         self.folder: Path | None = None
         # How the passage vectors were computed; queries use the searching machine's precision.
         self.precision = precision or (encoder.choice.as_settings() if isinstance(encoder, SpladeEncoder) else {})
@@ -74,7 +74,7 @@ class SpladeIndex(Index, kind=KIND):
             for query, row in zip(queries, (query_matrix @ self.matrix.T).toarray()):
                 best = top_k_positions(row, k)
                 best = best[row[best] > 0]
-                found.append(Candidates(query, [self.passages[i] for i in best], [float(row[i]) for i in best]))
+                found.append(Candidates(query, take_passages(self.passages, best), [float(row[i]) for i in best]))
         return record_costs("splade", [Candidates(q, [], []) for q in queries], found, watch.seconds,
                             model_calls=model_calls, passages_scored=len(self.passages),
                             settings=self.encoder.runtime_settings() if model_calls else None)
@@ -86,8 +86,9 @@ class SpladeIndex(Index, kind=KIND):
         folder = Path(folder)
         with atomic_directory(folder) as staging:
             sp.save_npz(staging / "vectors.npz", self.matrix, compressed=False)
-            write_passages(self.passages, staging)
+            docstore = store_for_index(self.passages, self.fingerprint, folder, staging)
             write_manifest(staging, KIND, {
+                "docstore": docstore,
                 "model": self.model_name, "max_length": self.max_length, "vocab": int(self.matrix.shape[1]),
                 "n_passages": len(self.passages), "corpus_fingerprint": self.fingerprint,
                 "precision": self.precision, "libraries": library_versions("scipy", "transformers", "torch"),
@@ -106,7 +107,7 @@ class SpladeIndex(Index, kind=KIND):
         manifest = read_manifest(folder, KIND, verify=verify)
         try:
             matrix = sp.load_npz(folder / "vectors.npz")
-            passages = read_passages(folder)
+            passages = open_index_passages(folder, manifest, verify=verify)
         except (ValueError, OSError, KeyError) as exc:
             raise BadIndexError(f"{folder}: cannot read index files ({exc}); rebuild it") from None
         if not (matrix.shape[0] == len(passages) == manifest["n_passages"]):

@@ -35,15 +35,25 @@ def library_versions(*names: str) -> dict[str, str]:
 
 
 def corpus_fingerprint(passages: Iterable[Passage]) -> str:
-    """sha256 over the ids, titles and texts in order: equal iff the corpus is the same."""
+    """sha256 over the ids, titles and texts in order: equal iff the corpus is the same (a
+    docstore's is in its manifest)."""
+    from rerank.retrieve.docstore import DocStore
+
+    if isinstance(passages, DocStore):
+        return passages.fingerprint
     digest = hashlib.sha256()
     for p in passages:
         digest.update(f"{p.id}\x1f{p.title}\x1f{p.text}\x1e".encode("utf-8", "surrogatepass"))
     return digest.hexdigest()
 
 
-def unique_passages(passages: Iterable[Passage]) -> list[Passage]:
-    """The passages as a list; a duplicate id or an empty collection is an error."""
+def unique_passages(passages: Iterable[Passage]) -> Sequence[Passage]:
+    """The passages as a list (a docstore as itself: its ids are unique by construction); a
+    duplicate id or an empty collection is an error."""
+    from rerank.retrieve.docstore import DocStore
+
+    if isinstance(passages, DocStore):
+        return passages
     out, seen = [], set()
     for p in passages:
         if p.id in seen:

@@ -43,7 +43,6 @@ class BiEncoderScorer(Scorer, kind="bi-encoder"):
         self.model_name = model if isinstance(model, str) else model.name
         self.precision = self.encoder.precision
         self.batch_size = batch_size
-        self._rows = {p.id: i for i, p in enumerate(index.passages)} if index is not None else {}
         self.name = name or f"bi-encoder({self.model_name}{', cached' if index is not None else ''})"
 
     def score_pairs(self, batch: Sequence[Candidates]) -> tuple[list[Sequence[float]], Work]:
@@ -53,9 +52,10 @@ class BiEncoderScorer(Scorer, kind="bi-encoder"):
         tokens = list(self.encoder.last_lengths)
         vectors: dict[str, np.ndarray] = {}
         fresh = {}
+        rows = self.index.positions([p.id for c in batch for p in c.passages]) if self.index is not None else {}
         for c in batch:
             for p in c.passages:
-                row = self._rows.get(p.id)
+                row = rows.get(p.id)
                 if row is not None:
                     vectors[p.id] = self.index.embeddings[row]
                 else:

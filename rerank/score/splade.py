@@ -47,7 +47,7 @@ class SpladeScorer(Scorer, kind="splade"):
         calls_before = self.encoder.forward_calls
         queries = self.encoder.encode([c.query.text for c in batch])
         tokens = list(self.encoder.last_lengths)
-        rows = self.index.rows if self.index is not None else {}
+        rows = self.index.positions([p.id for c in batch for p in c.passages]) if self.index is not None else {}
         fresh: dict[str, int] = {}
         texts = []
         for c in batch:
