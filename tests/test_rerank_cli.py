@@ -178,5 +178,5 @@ def test_batch_inputs_are_read_by_the_library_and_bad_combinations_refused(tmp_p
         read_inputs(candidates=tmp_path / "c.jsonl", run=tmp_path / "r.trec")
     with pytest.raises(RerankError, match="queries are required"):
         read_inputs(run=tmp_path / "r.trec")
-    with pytest.raises(RerankError, match="needs the corpus"):
+    with pytest.raises(RerankError, match="needs the passages. text"):
         read_inputs(run=tmp_path / "r.trec", queries=tmp_path / "q.tsv")

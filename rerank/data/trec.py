@@ -76,27 +76,29 @@ def read_qrels(path: str | Path, *, skip_bad: bool = False) -> Qrels:
     return qrels
 
 
+def parse_run_line(line: str) -> tuple[str, str, float]:
+    """``(query id, document id, score)`` of one TREC run line; ``ValueError`` says what is wrong."""
+    cols = line.split()
+    if len(cols) != 6:
+        raise ValueError(f"expected 6 columns (qid Q0 docid rank score tag), got {len(cols)}")
+    try:
+        score = float(cols[4])
+        int(cols[3])
+    except ValueError:
+        raise ValueError(f"rank {cols[3]!r} or score {cols[4]!r} is not a number") from None
+    if math.isnan(score):
+        raise ValueError("score is NaN")
+    return cols[0], cols[2], score
+
+
 def read_run(path: str | Path, *, skip_bad: bool = False) -> Run:
     """Read a 6-column TREC run (``qid Q0 docid rank score tag``) into :data:`Run`.
 
     A document listed twice for the same query is an error naming both lines (trec_eval would
     silently keep one); with ``skip_bad`` the first is kept.
     """
-    def parse(line: str) -> tuple[str, str, float]:
-        cols = line.split()
-        if len(cols) != 6:
-            raise ValueError(f"expected 6 columns (qid Q0 docid rank score tag), got {len(cols)}")
-        try:
-            score = float(cols[4])
-            int(cols[3])
-        except ValueError:
-            raise ValueError(f"rank {cols[3]!r} or score {cols[4]!r} is not a number") from None
-        if math.isnan(score):
-            raise ValueError("score is NaN")
-        return cols[0], cols[2], score
-
     run: Run = {}
-    rows = parse_lines(path, parse, skip_bad=skip_bad, key=lambda row: row[:2], what="(query id, document id)")
+    rows = parse_lines(path, parse_run_line, skip_bad=skip_bad, key=lambda row: row[:2], what="(query id, document id)")
     for _, (query_id, doc_id, score) in rows:
         run.setdefault(query_id, {})[doc_id] = score
     if not run:
