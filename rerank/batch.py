@@ -35,6 +35,9 @@ class BatchResult:
     done_now: int
     resumed: int
     traces: dict[str, list[StageCost]] = field(default_factory=dict)
+    timing: dict[str, float] = field(default_factory=dict)
+    """Where a job's time went beyond its stages' (a Ray job: ``startup_s`` until the first
+    batch came back, ``steady_queries_per_s`` from then to the last)."""
 
 
 def output_format(path: str | Path, fmt: str | None = None) -> str:

@@ -97,8 +97,9 @@ def rerank(pipeline: str | Path, candidates_source: Inputs | Sequence[Candidates
     done = work.finished(set(ids))
     pending = [q for q in ids if q not in done]
     log.info("%d queries, %d already in shards, %d to re-rank", len(ids), len(done), len(pending))
+    timing: dict[str, float] = {}
     if pending:
-        _run_on_ray(options, config_path.read_text(encoding="utf-8"), str(config_path),
+        timing = _run_on_ray(options, config_path.read_text(encoding="utf-8"), str(config_path),
                     (c for c in candidates_source if c.query.id not in done), work, fmt, tag, precision,
                     len(ids), len(done), progress)
     traces, failures = work.collect(ids)
@@ -111,7 +112,7 @@ def rerank(pipeline: str | Path, candidates_source: Inputs | Sequence[Candidates
     work.merge(ids, out)
     shutil.rmtree(work.root, ignore_errors=True)
     out.with_name(out.name + ".failures.jsonl").unlink(missing_ok=True)
-    return BatchResult(out, len(pending), len(done), traces)
+    return BatchResult(out, len(pending), len(done), traces, timing)
 
 
 def _check_unique(ids: Sequence[str]) -> None:
@@ -276,7 +277,7 @@ def _input_blocks(candidates: Iterable[Candidates], rows_per_block: int) -> Iter
 
 def _run_on_ray(options: RayOptions, config_text: str, where: str, candidates: Iterable[Candidates],
                 work: JobFolder, fmt: str, tag: str, precision: str | None, total: int, done: int,
-                progress: bool) -> None:
+                progress: bool) -> dict[str, float]:
     import ray
 
     started_here = _connect(options.address)
@@ -290,16 +291,30 @@ def _run_on_ray(options: RayOptions, config_text: str, where: str, candidates: I
         # of its own, and the actors may hold every CPU of the cluster.
         dataset = ray.data.from_arrow_refs(list(_input_blocks(candidates, _rows_per_block(total - done, options))))
         threads = max(1, int(options.cpus_per_worker))
+        # Ray Data's defaults for an actor pool are what this job needs: actors spread over the
+        # nodes, restarted when they die, and their batches retried.
         output = dataset.map_batches(
-            PipelineWorker, batch_size=options.batch_queries, batch_format="pyarrow", concurrency=options.workers,
+            PipelineWorker, batch_size=options.batch_queries, batch_format="pyarrow",
+            compute=ray.data.ActorPoolStrategy(size=options.workers),
             num_cpus=options.cpus_per_worker, num_gpus=options.gpus_per_worker or None,
-            scheduling_strategy="SPREAD", max_restarts=-1, max_task_retries=-1,
             fn_constructor_kwargs={"config_text": config_text, "where": where, "cwd": os.getcwd(),
                                    "shards": str(work.shards.resolve()), "fmt": fmt, "tag": tag,
                                    "precision": precision, "threads": threads})
+        began = time.perf_counter()
+        first = last = None
+        after_first = 0
         with tqdm(total=total, initial=done, desc="Re-ranking (ray)", unit="query", disable=not progress) as bar:
             for batch in output.iter_batches(batch_size=None, batch_format="pyarrow"):
                 bar.update(batch.num_rows)
+                last = time.perf_counter() - began
+                if first is None:
+                    first = last
+                else:
+                    after_first += batch.num_rows
+        timing = {"seconds": last or 0.0, "startup_s": first or 0.0}
+        if last and first is not None and last > first:
+            timing["steady_queries_per_s"] = after_first / (last - first)
+        return timing
     finally:
         if started_here:
             ray.shutdown()
