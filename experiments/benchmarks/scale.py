@@ -80,9 +80,13 @@ def synthetic_corpus(size: int, pieces: list[str]) -> Path:
 
 
 def run_measured(code: str) -> dict:
-    """Run Python ``code`` (which prints one JSON object last) in a fresh process; add its peak RSS."""
-    wrapped = (f"{code}\nimport resource, json as _j\n"
-               f"print(_j.dumps({{'peak_rss_mb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}}))")
+    """Run Python ``code`` (which prints one JSON object last) in a fresh process; add its peak
+    RSS. The peak is the kernel's high-water mark of the process's own memory (``VmHWM``):
+    ``getrusage``'s ``ru_maxrss`` would include the parent's RSS at the fork, which Linux keeps
+    across ``exec``."""
+    wrapped = (f"{code}\nimport json as _j\n"
+               "_hwm = [l for l in open('/proc/self/status') if l.startswith('VmHWM:')][0].split()[1]\n"
+               "print(_j.dumps({'peak_rss_mb': int(_hwm) / 1024}))")
     done = subprocess.run([sys.executable, "-c", wrapped], cwd=REPO, capture_output=True, text=True,
                           env={**os.environ, "PYTHONPATH": str(REPO)})
     if done.returncode:
