@@ -274,7 +274,7 @@ def ray_part(size: int, queries: list[str], counts: dict[str, int], depth: int, 
     loads the pipeline, reported apart) over the single process's rate; same output?"""
     import ray
 
-    from rerank.batch import read_inputs, rerank_to_file, stream_inputs
+    from rerank.batch import read_inputs, rerank_to_file
     from rerank.config import build_pipeline
     from rerank.distributed import rerank as rerank_on_ray
     from rerank.hardware import apply_threads
@@ -296,14 +296,17 @@ def ray_part(size: int, queries: list[str], counts: dict[str, int], depth: int, 
                 path.unlink(missing_ok=True)
             apply_threads(2)
             pipeline = build_pipeline(config)
-            pipeline(read_inputs(**source)[:2])  # warm
-            # Both jobs stream their input from the docstore, as `rerank rerank` does.
+            # Both jobs get the same input already read (from the docstore) and count the same
+            # work: the stage and writing its output. Ray's steady rate runs from its first batch
+            # back to its last, after the driver has put the input in the object store.
+            inputs = read_inputs(**source)
+            pipeline(inputs[:2])  # warm
             began = time.perf_counter()
-            rerank_to_file(pipeline, stream_inputs(**source), single_out, chunk_size=batch, progress=False)
+            rerank_to_file(pipeline, inputs, single_out, chunk_size=batch, progress=False)
             single = count / (time.perf_counter() - began)
             began = time.perf_counter()
-            result = rerank_on_ray(config, stream_inputs(**source), ray_out, workers=2, cpus_per_worker=1,
-                                   batch_queries=batch, progress=False)
+            result = rerank_on_ray(config, inputs, ray_out, workers=2, cpus_per_worker=1, batch_queries=batch,
+                                   progress=False)
             whole = count / (time.perf_counter() - began)
             steady = result.timing.get("steady_queries_per_s", whole)
             rows.append({"stage": stage, "queries": count, "batch": batch, "single q/s": round(single, 1),
