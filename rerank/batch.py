@@ -173,16 +173,10 @@ def _docstore_texts(docstore: str | Path, run: str | Path) -> Callable[[list[str
 
 
 def _corpus_texts(corpus, groups, depth, skip_missing, skip_bad, run) -> Callable[[list[str], str, bool], dict]:
-    from rerank.data.detect import iter_collection
+    from rerank.data.candidates import passages_by_id
 
     wanted = {d for _, ranked in groups for d, _ in (ranked[:depth] if depth else ranked)}
-    passages = {p.id: p for p in iter_collection(corpus, skip_bad=skip_bad) if p.id in wanted}
-    missing = sorted(wanted - set(passages))
-    if missing and not skip_missing:
-        raise DataError(run, None, f"{len(missing)} document id(s) are not in the corpus {corpus}, e.g. "
-                                   f"{missing[:5]}; skip them with --skip-missing (skip_missing = true)")
-    if missing:
-        log.warning("dropping %d document ids of %s missing from the corpus", len(missing), run)
+    passages = passages_by_id(corpus, wanted, skip_missing=skip_missing, skip_bad=skip_bad, source=run)
     return lambda ids, query_id, skip: {d: passages[d] for d in ids if d in passages}
 
 
@@ -207,11 +201,7 @@ def rerank_to_file(pipeline: Callable[[list[Candidates]], list[Candidates]], bat
     if chunk_size < 1:
         raise ValueError(f"chunk size must be >= 1, got {chunk_size}")
     ids = batches.ids if isinstance(batches, Inputs) else [c.query.id for c in batches]
-    seen: set[str] = set()
-    for query_id in ids:
-        if query_id in seen:
-            raise RerankError(f"query {query_id!r} appears more than once in the input")
-        seen.add(query_id)
+    seen = check_unique_ids(ids)
     partial, progress_file = out.with_name(out.name + ".partial"), out.with_name(out.name + ".progress")
     if out.exists() and not partial.exists():
         if not overwrite:
@@ -242,6 +232,16 @@ def rerank_to_file(pipeline: Callable[[list[Candidates]], list[Candidates]], bat
     os.replace(partial, out)
     progress_file.unlink(missing_ok=True)
     return BatchResult(out, len(done) - resumed, resumed, {q: done[q] for q in ids})
+
+
+def check_unique_ids(ids: Sequence[str]) -> set[str]:
+    """The set of ``ids``; a query id that appears twice is an error naming it."""
+    seen: set[str] = set()
+    for query_id in ids:
+        if query_id in seen:
+            raise RerankError(f"query {query_id!r} appears more than once in the input")
+        seen.add(query_id)
+    return seen
 
 
 def _written_in_input_order(recorded: list[str], ids: list[str]) -> bool:

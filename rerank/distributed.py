@@ -40,7 +40,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from rerank.atomic import atomic_file
-from rerank.batch import BatchResult, Inputs, output_format, output_lines, trace_to_json
+from rerank.batch import BatchResult, Inputs, check_unique_ids, output_format, output_lines, trace_to_json
 from rerank.errors import RerankError
 from rerank.types import Candidates, Passage, Query, StageCost
 
@@ -92,7 +92,7 @@ def rerank(pipeline: str | Path, candidates_source: Inputs | Sequence[Candidates
     ids = candidates_source.ids if isinstance(candidates_source, Inputs) else [c.query.id for c in candidates_source]
     if not ids:
         raise RerankError("no queries to re-rank")
-    _check_unique(ids)
+    check_unique_ids(ids)
     work = JobFolder(out.with_name(out.name + ".ray"))
     done = work.finished(set(ids))
     pending = [q for q in ids if q not in done]
@@ -113,14 +113,6 @@ def rerank(pipeline: str | Path, candidates_source: Inputs | Sequence[Candidates
     shutil.rmtree(work.root, ignore_errors=True)
     out.with_name(out.name + ".failures.jsonl").unlink(missing_ok=True)
     return BatchResult(out, len(pending), len(done), traces, timing)
-
-
-def _check_unique(ids: Sequence[str]) -> None:
-    seen: set[str] = set()
-    for query_id in ids:
-        if query_id in seen:
-            raise RerankError(f"query {query_id!r} appears more than once in the input")
-        seen.add(query_id)
 
 
 class JobFolder:

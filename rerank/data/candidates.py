@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from rerank.errors import DataError
-from rerank.types import Candidates, Query, Run
+from rerank.types import Candidates, Passage, Query, Run
 
 log = logging.getLogger("rerank.data")
 
@@ -20,14 +20,27 @@ def candidates_from_run(run: Run, queries: Mapping[str, Query], corpus: str | Pa
     A run query missing from ``queries`` is an error; so is a run document missing from the
     corpus, unless ``skip_missing`` drops it (with a warning).
     """
-    from rerank.data.detect import iter_collection
     from rerank.data.trec import ranked_items
 
     unknown = sorted(q for q in run if q not in queries)
     if unknown:
         raise DataError(source, None, f"{len(unknown)} query id(s) are not in {queries_source}, e.g. {unknown[:5]}")
     ranked = {qid: ranked_items(scores)[:depth] if depth else ranked_items(scores) for qid, scores in run.items()}
-    wanted = {doc for items in ranked.values() for doc, _ in items}
+    texts = passages_by_id(corpus, {doc for items in ranked.values() for doc, _ in items}, skip_missing=skip_missing,
+                           skip_bad=skip_bad, source=source)
+    out = []
+    for qid, items in ranked.items():
+        kept = [(texts[d], s) for d, s in items if d in texts]
+        out.append(Candidates(queries[qid], [p for p, _ in kept], [s for _, s in kept]))
+    return out
+
+
+def passages_by_id(corpus: str | Path, wanted: set[str], *, skip_missing: bool = False, skip_bad: bool = False,
+                   source: str | Path = "the run") -> dict[str, Passage]:
+    """The passages of ``corpus`` whose ids are ``wanted``, read in one pass. A wanted id the
+    corpus lacks is an error naming ``source``, unless ``skip_missing`` drops it (with a warning)."""
+    from rerank.data.detect import iter_collection
+
     texts = {p.id: p for p in iter_collection(corpus, skip_bad=skip_bad) if p.id in wanted}
     missing = sorted(wanted - set(texts))
     if missing and not skip_missing:
@@ -35,8 +48,4 @@ def candidates_from_run(run: Run, queries: Mapping[str, Query], corpus: str | Pa
                                       f"{missing[:5]}; skip them with --skip-missing (skip_missing = true)")
     if missing:
         log.warning("dropping %d document ids of %s missing from the corpus", len(missing), source)
-    out = []
-    for qid, items in ranked.items():
-        kept = [(texts[d], s) for d, s in items if d in texts]
-        out.append(Candidates(queries[qid], [p for p, _ in kept], [s for _, s in kept]))
-    return out
+    return texts
