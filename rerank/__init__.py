@@ -17,12 +17,13 @@ from rerank.fusion import fuse_results
 from rerank.cascade import IntraDocumentCascade
 from rerank.config import build_pipeline, dump_pipeline, parse_config
 from rerank.loading import detect_kind, load
-from rerank.pipeline import Fusion, Pipeline, Stage, fuse
+from rerank.pipeline import Fusion, Pipeline, Stage, bind, fuse
 from rerank.ranking import RankedDocument
 from rerank.retrieve import BM25Index, BM25Params, DenseIndex, SpladeIndex, load_index
 from rerank.retrieve.stage import Retriever
 from rerank.score import BiEncoderScorer, BM25Scorer, CrossEncoder, SpladeScorer
 from rerank.tokenize import Tokenizer
+from rerank.tuning import TuneResult, tune
 from rerank.types import Candidates, Passage, Query
 from rerank.version import __version__
 
@@ -30,6 +31,6 @@ __all__ = [
     "BM25Index", "BM25Params", "BM25Scorer", "BiEncoderScorer", "Candidates", "CrossEncoder", "DenseIndex",
     "Evaluation", "Experiment", "ExperimentResult", "Fusion", "IntraDocumentCascade", "Passage", "Pipeline", "Query",
     "RankedDocument", "Retriever", "SpladeIndex", "__version__", "detect_kind", "load",
-    "SpladeScorer", "Stage", "Tokenizer", "build_pipeline", "dump_pipeline", "evaluate", "fuse", "fuse_results",
-    "load_index", "open_dataset", "parse_config", "read_qrels", "read_run", "write_run",
+    "SpladeScorer", "Stage", "Tokenizer", "TuneResult", "bind", "build_pipeline", "dump_pipeline", "evaluate", "fuse", "fuse_results",
+    "load_index", "open_dataset", "parse_config", "read_qrels", "read_run", "tune", "write_run",
 ]

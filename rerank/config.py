@@ -29,6 +29,14 @@ model stage whose table does not set its own; :func:`build_pipeline`'s ``precisi
 :mod:`rerank.precision`).
 
 The expression allows stage names, ``>>``, ``% k``, ``|`` and ``fuse(a, b, method="zscore")``.
+A cut-off may be a variable (``student % k1``) whose candidate values a ``[tune]`` table lists::
+
+    pipeline = "bm25 % 100 >> student % k1 >> ce"
+    [tune]
+    k1 = [10, 20, 30, 50]                  # or { from = 10, to = 50, step = 10 }
+
+Such a pipeline builds but refuses to run until ``rerank tune`` (or :func:`rerank.pipeline.bind`)
+gives every variable a value.
 :func:`parse_config` checks everything it can (kinds, argument names, files, names in the
 expression) before :func:`build_pipeline` loads any model. :func:`dump_pipeline` writes a built
 pipeline back, so configs round-trip.
@@ -74,12 +82,20 @@ class PipelineConfig:
     stages: dict[str, StageSpec]
     source: str = "<config>"
     extra: dict[str, Any] = field(default_factory=dict)
+    tune: dict[str, list[int]] = field(default_factory=dict)
+    """Candidate values of each cut-off variable (the ``[tune]`` table)."""
+
+    def variables(self) -> list[str]:
+        """The cut-off variables of the expression (``student % k1``), in order."""
+        return _variables(ast.parse(self.expression, mode="eval"))
 
     def used(self) -> list[str]:
         """Stage names the expression uses (and the stages those refer to), in first-use order."""
         names: list[str] = []
-        for node in ast.walk(ast.parse(self.expression, mode="eval")):
-            if isinstance(node, ast.Name) and node.id != "fuse" and node.id not in names:
+        tree = ast.parse(self.expression, mode="eval")
+        cutoffs = set(_variables(tree))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Name) and node.id != "fuse" and node.id not in names and node.id not in cutoffs:
                 names.append(node.id)
         kinds = stage_kinds()
         for name in list(names):
@@ -89,6 +105,44 @@ class PipelineConfig:
                 if isinstance(target, str) and target not in names:
                     names.append(target)
         return names
+
+
+def _variables(tree: ast.AST) -> list[str]:
+    names: list[str] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Mod) and isinstance(node.right, ast.Name):
+            if node.right.id not in names:
+                names.append(node.right.id)
+    return names
+
+
+def parse_tune_table(table: Any, variables: list[str], where: str) -> dict[str, list[int]]:
+    """The ``[tune]`` table: for each cut-off variable, its candidate values (a list of positive
+    integers, or ``{from, to, step}``, both ends included), sorted and without repeats."""
+    if table is None:
+        return {}
+    if not isinstance(table, dict):
+        raise ConfigError(f"{where}: [tune] must be a table of cut-off variables, e.g. k1 = [10, 20, 30]")
+    out: dict[str, list[int]] = {}
+    for name, value in table.items():
+        if name not in variables:
+            close = difflib.get_close_matches(name, variables, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ConfigError(f"{where}: [tune] {name}: the pipeline has no cut-off variable {name!r}{hint} "
+                              f"(its variables: {', '.join(variables) or 'none'})")
+        if isinstance(value, dict):
+            unknown = set(value) - {"from", "to", "step"}
+            if unknown or not {"from", "to"} <= set(value):
+                raise ConfigError(f"{where}: [tune] {name} = {{ from = .., to = .., step = .. }} (step optional)")
+            start, stop, step = value["from"], value["to"], value.get("step", 1)
+            if not all(isinstance(v, int) and not isinstance(v, bool) for v in (start, stop, step)) or step < 1:
+                raise ConfigError(f"{where}: [tune] {name}: from, to and step must be integers, step >= 1")
+            value = list(range(start, stop + 1, step))
+        if not isinstance(value, list) or not value or not all(
+                isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value):
+            raise ConfigError(f"{where}: [tune] {name} = {value!r}: give a non-empty list of positive integers")
+        out[name] = sorted(set(value))
+    return out
 
 
 def _line_of(text: str, name: str) -> int:
@@ -147,9 +201,11 @@ def parse_config(source: str | Path | dict, *, text: str | None = None, check_fi
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             raise ConfigError(f"{at}: unknown kind {kind!r}{hint}; choose one of {', '.join(sorted(kinds))}")
         specs[name] = StageSpec(name, kind, args, line)
-    config = PipelineConfig(expression, specs, where, {k: v for k, v in data.items() if k not in ("pipeline", "stages")})
+    config = PipelineConfig(expression, specs, where,
+                            {k: v for k, v in data.items() if k not in ("pipeline", "stages", "tune")})
     _check_precision(config.extra.get("precision"), f"{where}: precision")
     _check_expression(config)
+    config.tune = parse_tune_table(data.get("tune"), config.variables(), where)
     for name in config.used():
         _check_spec(config.stages[name], kinds, config, check_files)
     return config
@@ -173,17 +229,22 @@ def _check_expression(config: PipelineConfig) -> None:
         tree = ast.parse(config.expression, mode="eval")
     except SyntaxError as exc:
         raise ConfigError(f"{where}: not a valid expression ({exc.msg})") from None
+    cutoffs = set(_variables(tree))
     for node in ast.walk(tree):
         if isinstance(node, ast.Name):
-            if node.id != "fuse" and node.id not in config.stages:
+            if node.id in cutoffs:
+                if node.id in config.stages or node.id == "fuse":
+                    raise ConfigError(f"{where}: {node.id!r} is a stage, so it cannot also name a cut-off variable")
+            elif node.id != "fuse" and node.id not in config.stages:
                 known = ", ".join(config.stages) or "none"
                 raise ConfigError(f"{where}: no stage named {node.id!r} (stages defined: {known})")
         elif isinstance(node, ast.BinOp):
             if not isinstance(node.op, (ast.RShift, ast.Mod, ast.BitOr)):
                 raise ConfigError(f"{where}: only >>, % and | combine stages")
             if isinstance(node.op, ast.Mod) and not (isinstance(node.right, ast.Constant)
-                                                     and type(node.right.value) is int and node.right.value > 0):
-                raise ConfigError(f"{where}: a cut-off (% k) needs a positive integer")
+                                                     and type(node.right.value) is int and node.right.value > 0) \
+                    and not isinstance(node.right, ast.Name):
+                raise ConfigError(f"{where}: a cut-off (% k) needs a positive integer or a variable name (% k1)")
         elif isinstance(node, ast.Call):
             if not (isinstance(node.func, ast.Name) and node.func.id == "fuse"):
                 raise ConfigError(f"{where}: the only function is fuse(...)")
@@ -267,7 +328,7 @@ def build_pipeline(config: PipelineConfig | str | Path | dict, *, built: dict[st
         if isinstance(node, ast.BinOp):
             left = walk(node.left)
             if isinstance(node.op, ast.Mod):
-                return left % node.right.value
+                return left % (node.right.id if isinstance(node.right, ast.Name) else node.right.value)
             right = walk(node.right)
             return Pipeline([left, right]) if isinstance(node.op, ast.RShift) else Fusion([left, right])
         if isinstance(node, ast.Call):
@@ -278,8 +339,9 @@ def build_pipeline(config: PipelineConfig | str | Path | dict, *, built: dict[st
     return walk(ast.parse(config.expression, mode="eval"))
 
 
-def dump_pipeline(pipeline) -> str:
-    """TOML text that :func:`build_pipeline` turns back into an equal pipeline.
+def dump_pipeline(pipeline, tune: dict[str, list[int]] | None = None) -> str:
+    """TOML text that :func:`build_pipeline` turns back into an equal pipeline (with ``tune``,
+    the candidate values of its cut-off variables as a ``[tune]`` table).
 
     Every leaf stage must have a config (indexes must be saved, models named by id or path).
     Distinct stages with the same name get numbered suffixes.
@@ -310,4 +372,4 @@ def dump_pipeline(pipeline) -> str:
     for leaf in leaves(pipeline):
         name_of(leaf)
     expression = render(pipeline, name_of)
-    return tomli_w.dumps({"pipeline": expression, "stages": tables})
+    return tomli_w.dumps({"pipeline": expression, "stages": tables, **({"tune": dict(tune)} if tune else {})})

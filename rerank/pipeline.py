@@ -8,19 +8,21 @@ compose with operators, as in PyTerrier::
     hybrid = fuse(bm25 % 100, dense % 100, method="zscore")
 
 ``%`` binds tighter than ``>>``, which binds tighter than ``|`` (Python's own precedence).
+A cut-off may be a variable to be chosen later, by name: ``bm25 % 100 >> student % "k1" >> ce``
+refuses to run until :func:`bind` (or ``rerank tune``, from a latency budget) gives ``k1`` a value.
 ``str(pipe)`` prints the expression, and :mod:`rerank.config` turns it into TOML and back, so
 the CLI, the service and experiments build the same objects.
 """
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from rerank.fusion import fuse_results
 from rerank.costs import Stopwatch, record_costs
-from rerank.errors import EmptyQueryError
+from rerank.errors import EmptyQueryError, RerankError
 from rerank.types import Candidates, Query, sort_candidates
 
 if TYPE_CHECKING:
@@ -56,6 +58,10 @@ class Stage(ABC):
     """Constructor arguments that take another stage (written in TOML as that stage's name)."""
     path_arguments: tuple[str, ...] = ()
     """Constructor arguments that name a file or folder, checked to exist before anything loads."""
+    pointwise: bool = False
+    """True when the score of a (query, passage) pair does not depend on the other candidates, so
+    scores can be cached and re-sorted (``rerank tune``); set-dependent stages (PRP, listwise,
+    IDCM) keep False."""
 
     def __init_subclass__(cls, kind: str | None = None, **options: Any) -> None:
         super().__init_subclass__(**options)
@@ -119,7 +125,7 @@ class Stage(ABC):
     def __rshift__(self, other: "Stage") -> "Pipeline":
         return Pipeline([self, other])
 
-    def __mod__(self, k: int) -> "Stage":
+    def __mod__(self, k: "int | str") -> "Stage":
         return Cutoff(self, k)
 
     def __or__(self, other: "Stage") -> "Fusion":
@@ -148,6 +154,8 @@ class Pipeline(Stage):
         return render(self)
 
     def __call__(self, batch: Sequence[Candidates]) -> list[Candidates]:
+        if variables(self):
+            raise untuned(self)
         out = list(batch)
         for stage in self.stages:
             out = stage(out)
@@ -158,20 +166,35 @@ class Pipeline(Stage):
         return [leaf for s in self.stages for leaf in leaves(s)]
 
 
-class Cutoff(Stage):
-    """Keep the top ``k`` candidates after ``stage`` (``stage % k``)."""
+class UntunedError(RerankError, ValueError):
+    """A pipeline with cut-off variables that have no value yet."""
 
-    def __init__(self, stage: Stage, k: int) -> None:
-        if not isinstance(k, int) or isinstance(k, bool) or k < 1:
-            raise ValueError(f"a cut-off must be a positive integer, got {k!r}")
+
+class Cutoff(Stage):
+    """Keep the top ``k`` candidates after ``stage`` (``stage % k``). ``k`` is a positive integer,
+    or the name of a cut-off variable (``stage % "k1"``) that :func:`bind` replaces by a value."""
+
+    def __init__(self, stage: Stage, k: "int | str") -> None:
+        if isinstance(k, str):
+            if not k.isidentifier():
+                raise ValueError(f"a cut-off variable needs a name like 'k1', got {k!r}")
+        elif not isinstance(k, int) or isinstance(k, bool) or k < 1:
+            raise ValueError(f"a cut-off must be a positive integer or a variable name, got {k!r}")
         self.stage = stage
         self.k = k
+
+    @property
+    def variable(self) -> str | None:
+        """The variable's name, or ``None`` for a fixed cut-off."""
+        return self.k if isinstance(self.k, str) else None
 
     @property
     def name(self) -> str:  # type: ignore[override]
         return render(self)
 
     def __call__(self, batch: Sequence[Candidates]) -> list[Candidates]:
+        if isinstance(self.k, str):
+            raise untuned(self)
         return [c.top(self.k) for c in self.stage(batch)]
 
 
@@ -229,7 +252,7 @@ def render(stage: Stage, label: Callable[[Stage], str] = lambda s: s.name) -> st
     if isinstance(stage, Pipeline):
         return " >> ".join(operand(s, 2) if isinstance(s, Pipeline) else operand(s, 1) for s in stage.stages)
     if isinstance(stage, Cutoff):
-        return f"{operand(stage.stage, 2)} % {stage.k}"
+        return f"{operand(stage.stage, 2)} % {stage.k}"  # a variable prints as its name
     if isinstance(stage, Fusion):
         if _precedence(stage) == 0:
             return " | ".join(operand(b, 1) for b in stage.branches)
@@ -247,6 +270,70 @@ def leaves(stage: Stage) -> list[Stage]:
     if isinstance(stage, Fusion):
         return [leaf for b in stage.branches for leaf in leaves(b)]
     return [stage]
+
+
+def variables(stage: Stage) -> list[str]:
+    """The cut-off variables of ``stage``, in the order they appear (each once)."""
+    names: list[str] = []
+
+    def walk(node: Stage) -> None:
+        if isinstance(node, Pipeline):
+            for inner in node.stages:
+                walk(inner)
+        elif isinstance(node, Cutoff):
+            walk(node.stage)
+            if node.variable and node.variable not in names:
+                names.append(node.variable)
+        elif isinstance(node, Fusion):
+            for branch in node.branches:
+                walk(branch)
+
+    walk(stage)
+    return names
+
+
+def untuned(stage: Stage) -> UntunedError:
+    """The error for running ``stage`` while cut-off variables have no value."""
+    names = variables(stage)
+    return UntunedError(f"{render(stage)}: cut-off variable{'s' if len(names) > 1 else ''} "
+                        f"{', '.join(names)} {'have' if len(names) > 1 else 'has'} no value; choose them with "
+                        f"`rerank tune` (a latency budget) or bind them, e.g. "
+                        f"bind(pipeline, {', '.join(f'{n}=30' for n in names)})")
+
+
+def rebuild(stage: Stage, leaf: Callable[[Stage], Stage] = lambda s: s,
+            values: "Mapping[str, int] | None" = None) -> Stage:
+    """A copy of the expression ``stage`` with each leaf replaced by ``leaf(leaf)`` and each
+    cut-off variable named in ``values`` replaced by its value (applied as ``inner % value``, so
+    a retriever still gets the cut-off pushed into its search)."""
+    values = values or {}
+    if isinstance(stage, Pipeline):
+        return Pipeline([rebuild(s, leaf, values) for s in stage.stages])
+    if isinstance(stage, Cutoff):
+        if stage.variable is None:
+            inner = stage.stage
+            return Cutoff(rebuild(inner, leaf, values), stage.k) if not inner.retrieves else leaf(inner) % stage.k
+        if stage.variable in values:
+            return rebuild(stage.stage, leaf, values) % values[stage.variable]
+        return Cutoff(rebuild(stage.stage, leaf, values), stage.k)
+    if isinstance(stage, Fusion):
+        return Fusion([rebuild(b, leaf, values) for b in stage.branches], method=stage.method, **stage.options)
+    return leaf(stage)
+
+
+def bind(stage: Stage, values: "Mapping[str, int] | None" = None, **more: int) -> Stage:
+    """``stage`` with its cut-off variables set: ``bind(pipe, k1=30, k2=10)``. Every variable must
+    get a positive integer; a name the pipeline does not have is an error."""
+    given = {**(values or {}), **more}
+    names = variables(stage)
+    unknown = [n for n in given if n not in names]
+    if unknown:
+        raise ValueError(f"{render(stage)} has no cut-off variable {', '.join(map(repr, unknown))} "
+                         f"(its variables: {', '.join(names) or 'none'})")
+    for name, value in given.items():
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"cut-off variable {name} must be a positive integer, got {value!r}")
+    return rebuild(stage, values=given)
 
 
 def fuse(*branches: Stage, method: str = "rrf", **options: Any) -> Fusion:

@@ -32,7 +32,9 @@ class Retriever(Stage, kind="retrieve"):
         self.search_options = search_options
         self.name = name or type(self.index).__name__.replace("Index", "").lower()
 
-    def __mod__(self, k: int) -> Stage:
+    def __mod__(self, k: int | str) -> Stage:
+        if isinstance(k, str):  # a cut-off variable: pushed down once it is bound
+            return Cutoff(self, k)
         pushed = copy.copy(self)  # the same arguments (and config), asking the index for k
         pushed.k = k
         return Cutoff(pushed, k)

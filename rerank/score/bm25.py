@@ -16,6 +16,8 @@ class BM25Scorer(Scorer, kind="bm25"):
 
     path_arguments = ("index",)
 
+    pointwise = True  # a pair's score ignores the other candidates (cacheable)
+
     def __init__(self, index, *, name: str | None = None) -> None:
         from rerank.retrieve import BM25Index
 

@@ -59,6 +59,8 @@ class CrossEncoder(Scorer, kind="cross-encoder"):
     passage. Each query's trace counts its windows and documents.
     """
 
+    pointwise = True  # a pair's score ignores the other candidates (cacheable)
+
     def __init__(self, model: str, *, max_length: int | None = None, batch_size: int | None = None,
                  max_batch_tokens: int | None = None, precision: str = "auto", normalize: bool = False,
                  threads: int | None = None, device: str = "cpu", progress: bool = False,

@@ -19,6 +19,8 @@ from rerank.types import Candidates
 class _LLMPointwise(Scorer):
     template = ""
 
+    pointwise = True  # a pair's score ignores the other candidates (cacheable)
+
     def __init__(self, llm: "LLM | str" = "smollm2-135m", *, max_passage_tokens: int = 256,
                  llm_options: dict[str, Any] | None = None, name: str | None = None) -> None:
         if max_passage_tokens < 1:

@@ -1,0 +1,248 @@
+"""A latency model per stage, fitted from the stage's own traces, and the latency it predicts for a
+whole pipeline.
+
+Each stage's time per call is modelled as ``fixed + per_passage x passages`` (non-negative least
+squares over calls at several input sizes). A model holds the batch size (queries per call) and
+the threads and precision the stage ran with, and is only used for a stage that runs the same
+way: time measured one query at a time says nothing about batches of 8. A pipeline's latency is
+the sum of its stages' predictions, with the number of candidates each stage receives followed
+through its cut-offs.
+
+Cross-encoders truncate every pair to their ``max_length``, so passages, not tokens, carry the
+cost at the sizes re-rankers see; the fit error printed with each model shows where that fails.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from rerank.errors import RerankError
+from rerank.pipeline import Cutoff, Fusion, Identity, Pipeline, Stage, leaves, rebuild
+from rerank.types import Candidates
+
+
+class CostModelError(RerankError):
+    """A pipeline the cost model cannot predict (a stage never measured, or measured differently)."""
+
+
+@dataclass
+class StageCostModel:
+    """Time per call of one stage: ``fixed_ms + per_passage_ms x passages``.
+
+    ``batch_size``, ``threads`` and ``precision`` are how the stage ran when measured;
+    ``fit_error`` is the largest relative error of the fitted line against the mean measured
+    time at any measured size; ``residual_p95_ms`` the 95th percentile of (measured - predicted)
+    over single calls (the tail above the mean); ``sizes`` the input sizes measured.
+    """
+
+    stage: str
+    fixed_ms: float
+    per_passage_ms: float
+    batch_size: int = 1
+    threads: str = ""
+    precision: str = ""
+    fit_error: float = 0.0
+    residual_p95_ms: float = 0.0
+    sizes: list[int] = field(default_factory=list)
+    calls: int = 0
+
+    def predict_ms(self, passages: int, statistic: str = "mean") -> float:
+        """Predicted milliseconds of one call on ``passages`` candidates (``statistic``: ``mean``,
+        or ``p95``, which adds the 95th-percentile residual)."""
+        mean = self.fixed_ms + self.per_passage_ms * passages
+        return mean + (self.residual_p95_ms if statistic == "p95" else 0.0)
+
+    def describe(self) -> str:
+        """One line: the fitted line, how it ran and how well it fits."""
+        how = ", ".join(x for x in (f"batch {self.batch_size}", self.precision, f"{self.threads} threads"
+                                    if self.threads else "") if x)
+        return (f"{self.stage}: {self.fixed_ms:.2f} ms + {self.per_passage_ms:.3f} ms/passage ({how}; "
+                f"fit error {self.fit_error:.1%} over sizes {self.sizes}, p95 residual {self.residual_p95_ms:.1f} ms)")
+
+
+def fit_stage_cost(stage: str, samples: Sequence[tuple[int, float]], *, batch_size: int = 1,
+                   settings: Mapping[str, str] | None = None) -> StageCostModel:
+    """Fit ``fixed + per_passage x n`` to ``samples`` ((passages, seconds) per call), both
+    coefficients non-negative. One measured size gives a constant."""
+    from scipy.optimize import nnls
+
+    if not samples:
+        raise CostModelError(f"no timings for stage {stage}")
+    sizes = np.array([n for n, _ in samples], dtype=float)
+    ms = np.array([1000 * s for _, s in samples], dtype=float)
+    distinct = sorted({int(n) for n in sizes})
+    if len(distinct) == 1:
+        fixed, per = float(ms.mean()), 0.0
+    else:
+        (fixed, per), _ = nnls(np.stack([np.ones_like(sizes), sizes], axis=1), ms)
+    predicted = fixed + per * sizes
+    errors = []
+    for n in distinct:
+        measured = ms[sizes == n].mean()
+        errors.append(abs(fixed + per * n - measured) / measured if measured > 0 else 0.0)
+    settings = dict(settings or {})
+    return StageCostModel(stage, float(fixed), float(per), batch_size=batch_size,
+                          threads=str(settings.get("threads", "")), precision=str(settings.get("precision", "")),
+                          fit_error=float(max(errors)), residual_p95_ms=float(max(0.0, np.percentile(ms - predicted, 95))),
+                          sizes=distinct, calls=len(samples))
+
+
+@dataclass
+class Prediction:
+    """A pipeline's predicted time per call, each stage's share, and the candidates it returns."""
+
+    ms: float
+    stages: dict[str, float]
+    passages_out: int
+
+
+@dataclass
+class CostModel:
+    """Stage cost models by stage name, for pipelines run ``batch_size`` queries per call."""
+
+    stages: dict[str, StageCostModel]
+    batch_size: int = 1
+
+    def predict(self, pipeline: Stage, passages_in: int = 0, statistic: str = "mean", *,
+                batch_size: int = 1) -> Prediction:
+        """The predicted time per call of ``pipeline`` (cut-off variables bound) given
+        ``passages_in`` candidates per query (0 when it starts by retrieving), ``batch_size``
+        queries per call: the sum of its stages', with each stage's input size followed through
+        the cut-offs (a fusion passes on the most any branch returns)."""
+        if statistic not in ("mean", "p95"):
+            raise ValueError(f"statistic must be 'mean' or 'p95', got {statistic!r}")
+        if batch_size != self.batch_size:
+            raise CostModelError(f"the stage costs were measured at {self.batch_size} quer"
+                                 f"{'y' if self.batch_size == 1 else 'ies'} per call, not {batch_size}; measure them "
+                                 f"at batch size {batch_size}")
+        per_stage: dict[str, float] = {}
+
+        def flow(node: Stage, n: int) -> int:
+            if isinstance(node, Pipeline):
+                for inner in node.stages:
+                    n = flow(inner, n)
+                return n
+            if isinstance(node, Cutoff):
+                if node.variable:
+                    raise CostModelError(f"bind the cut-off variable {node.variable} before predicting")
+                return min(flow(node.stage, n), node.k)
+            if isinstance(node, Fusion):
+                return max(flow(branch, n) for branch in node.branches)
+            if isinstance(node, Identity):
+                return n
+            model = self.model_for(node)
+            size = node.k if node.retrieves else n
+            per_stage[node.name] = per_stage.get(node.name, 0.0) + model.predict_ms(size, statistic)
+            return size
+
+        out = flow(pipeline, passages_in)
+        return Prediction(sum(per_stage.values()), per_stage, out)
+
+    def model_for(self, stage: Stage) -> StageCostModel:
+        """The model of ``stage``; an error if it was never measured or ran differently then."""
+        model = self.stages.get(stage.name)
+        if model is None:
+            raise CostModelError(f"no cost model for stage {stage.name} (measured: {', '.join(self.stages) or 'none'})")
+        now = stage.runtime_settings() if hasattr(stage, "runtime_settings") else {}
+        for key in ("threads", "precision"):
+            then = getattr(model, key)
+            if then and key in now and str(now[key]) != then:
+                raise CostModelError(f"stage {stage.name} was measured with {key} {then} but now runs with {now[key]}; "
+                                     "measure it again")
+        return model
+
+    def to_tables(self) -> list[dict]:
+        """The models as TOML-ready tables (``[[tuned.cost]]``)."""
+        return [{k: v for k, v in asdict(m).items()} for m in self.stages.values()]
+
+    @classmethod
+    def from_tables(cls, tables: Iterable[Mapping]) -> "CostModel":
+        """Read :meth:`to_tables`' output back."""
+        models = {t["stage"]: StageCostModel(**dict(t)) for t in tables}
+        sizes = {m.batch_size for m in models.values()}
+        if len(sizes) > 1:
+            raise CostModelError(f"stage cost models measured at different batch sizes {sorted(sizes)}")
+        return cls(models, sizes.pop() if sizes else 1)
+
+    def describe(self) -> str:
+        """One line per stage."""
+        return "\n".join(m.describe() for m in self.stages.values())
+
+
+def input_sizes(template: Stage, grid: Mapping[str, Sequence[int]], passages_in: int = 0) -> dict[str, set[int]]:
+    """For every leaf stage of ``template`` (by name), the input sizes it receives over every
+    combination of the cut-off values in ``grid`` (retrievers: the depths they are asked for)."""
+    from rerank.tuning.grid import combinations
+
+    sizes: dict[str, set[int]] = {}
+    for values in combinations(grid):
+        bound = rebuild(template, values=values)
+
+        def flow(node: Stage, n: int) -> int:
+            if isinstance(node, Pipeline):
+                for inner in node.stages:
+                    n = flow(inner, n)
+                return n
+            if isinstance(node, Cutoff):
+                return min(flow(node.stage, n), node.k)
+            if isinstance(node, Fusion):
+                return max(flow(branch, n) for branch in node.branches)
+            if isinstance(node, Identity):
+                return n
+            size = node.k if node.retrieves else n
+            sizes.setdefault(node.name, set()).add(size)
+            return size
+
+        flow(bound, passages_in)
+    return sizes
+
+
+def measure_costs(template: Stage, grid: Mapping[str, Sequence[int]], inputs: Sequence[Candidates], *,
+                  sizes: Mapping[str, Iterable[int]] | None = None, batch_size: int = 1, repeats: int = 1,
+                  progress: Callable[[Iterable], Iterable] | None = None) -> CostModel:
+    """Fit a :class:`CostModel` for every leaf of ``template`` from its own traces.
+
+    ``inputs``: warm-up queries with candidates (the first stage's output at its largest depth,
+    or the documents requests bring). Each re-ranking leaf is timed on the top-``n`` of those
+    candidates for every size ``n`` it can receive under ``grid`` (or ``sizes[leaf]``), each
+    retriever at the depths it is asked for, ``batch_size`` queries per call, ``repeats`` times;
+    the first call of each leaf is a warm-up and is not kept.
+    """
+    if not inputs:
+        raise CostModelError("no warm-up queries to time the stages on")
+    wanted = dict(input_sizes(template, grid, passages_in=max(len(c) for c in inputs)))
+    for name, given in (sizes or {}).items():
+        wanted[name] = set(given)
+    largest = rebuild(template, values={k: max(v) for k, v in grid.items()}) if grid else template
+    models: dict[str, StageCostModel] = {}
+    chunks = [list(inputs[i:i + batch_size]) for i in range(0, len(inputs), batch_size)]
+    work = [(leaf, n) for leaf in _unique_leaves(largest) if not isinstance(leaf, Identity)
+            for n in sorted(wanted.get(leaf.name, ()))]
+    samples: dict[str, list[tuple[int, float]]] = {}
+    warmed: set[str] = set()
+    settings: dict[str, dict] = {}
+    steps = progress(work) if progress else work
+    for leaf, n in steps:
+        runner = leaf % n if leaf.retrieves else leaf
+        for _ in range(repeats):
+            for chunk in chunks:
+                batch = [Candidates(c.query, [], []) for c in chunk] if leaf.retrieves else [c.top(n) for c in chunk]
+                if leaf.name not in warmed:
+                    runner(batch)
+                    warmed.add(leaf.name)
+                out = runner(batch)
+                seconds = sum(sum(cost.seconds for cost in c.trace if cost.stage == leaf.name) for c in out)
+                samples.setdefault(leaf.name, []).append((n, seconds))
+                settings[leaf.name] = leaf.runtime_settings() if hasattr(leaf, "runtime_settings") else {}
+    for name, timed in samples.items():
+        models[name] = fit_stage_cost(name, timed, batch_size=batch_size, settings=settings.get(name))
+    return CostModel(models, batch_size)
+
+
+def _unique_leaves(stage: Stage) -> list[Stage]:
+    seen: dict[str, Stage] = {}
+    for leaf in leaves(stage):
+        seen.setdefault(leaf.name, leaf)
+    return list(seen.values())

@@ -1,0 +1,205 @@
+"""Choose a pipeline's cut-offs from a latency budget: predict every combination's latency from
+measured stage costs, evaluate every combination by re-sorting cached scores, keep the best that
+fits.
+
+::
+
+    pipe = bm25 % 100 >> student % "k1" >> ce
+    result = tune(pipe, dev_queries, qrels, grid={"k1": [10, 20, 30, 50]}, budget_ms=150)
+    result.choice.values            # {"k1": 30}
+    result.choice.pipeline          # bm25 % 100 >> student % 30 >> ce, ready to run
+    result.choose(80).values        # another budget, from the same table
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from rerank.errors import RerankError
+from rerank.pipeline import Cutoff, Pipeline, Stage, bind, leaves, rebuild
+from rerank.tuning.cache import with_cached_stages
+from rerank.tuning.costs import CostModel, measure_costs
+from rerank.tuning.grid import check_grid, combinations, label
+from rerank.types import Candidates, Qrels, Query
+
+STATISTICS = ("mean", "p95")
+
+
+class TuneError(RerankError, ValueError):
+    """A tuning run that cannot go ahead (no queries, no judgments, an unknown statistic)."""
+
+
+@dataclass
+class GridRow:
+    """One combination of cut-offs: predicted latency per query (mean and p95, each stage's
+    mean share) and effectiveness on the tuning queries (``None``: not evaluated, because a
+    set-dependent stage would have had to run and the prediction was over every budget)."""
+
+    values: dict[str, int]
+    predicted_ms: float
+    predicted_p95_ms: float
+    stage_ms: dict[str, float]
+    score: float | None = None
+
+    def predicted(self, statistic: str) -> float:
+        """The predicted latency under ``statistic`` (``mean`` or ``p95``)."""
+        return self.predicted_p95_ms if statistic == "p95" else self.predicted_ms
+
+
+@dataclass
+class TuneChoice:
+    """The cut-offs chosen for a budget: the bound pipeline, its predicted latency and score.
+    ``fits`` is False when no combination fits the budget (the cheapest one is chosen then)."""
+
+    values: dict[str, int]
+    pipeline: Stage
+    predicted_ms: float
+    score: float | None
+    budget_ms: float
+    statistic: str
+    fits: bool
+
+    def describe(self, measure: str = "nDCG@10") -> str:
+        """One line for people."""
+        verdict = "fits" if self.fits else "does NOT fit (nothing does; the cheapest is chosen)"
+        score = f"{self.score:.4f}" if self.score is not None else "n/a"
+        return (f"{label(self.values)}: predicted {self.statistic} {self.predicted_ms:.1f} ms against a "
+                f"{self.budget_ms:g} ms budget ({verdict}); {measure} {score}")
+
+
+@dataclass
+class TuneResult:
+    """Every combination's prediction and score, the cost model behind them, what tuning spent,
+    and (when a budget was given) the choice."""
+
+    template: Stage
+    grid: dict[str, list[int]]
+    measure: str
+    rows: list[GridRow]
+    cost_model: CostModel
+    queries: int
+    seconds: dict[str, float] = field(default_factory=dict)
+    pairs_scored: dict[str, int] = field(default_factory=dict)
+    choice: TuneChoice | None = None
+
+    def choose(self, budget_ms: float, statistic: str = "mean") -> TuneChoice:
+        """The best-scoring combination whose predicted latency fits ``budget_ms`` (ties: the
+        faster), or the cheapest if none fits."""
+        if statistic not in STATISTICS:
+            raise TuneError(f"statistic must be one of {STATISTICS}, got {statistic!r}")
+        if not budget_ms > 0:
+            raise TuneError(f"the budget must be a positive number of milliseconds, got {budget_ms!r}")
+        fitting = [r for r in self.rows if r.score is not None and r.predicted(statistic) <= budget_ms]
+        if fitting:
+            best, fits = max(fitting, key=lambda r: (r.score, -r.predicted(statistic))), True
+        else:
+            best, fits = min(self.rows, key=lambda r: r.predicted(statistic)), False
+        return TuneChoice(dict(best.values), bind(self.template, best.values), best.predicted(statistic), best.score,
+                          budget_ms, statistic, fits)
+
+    def table(self) -> str:
+        """A Markdown table of every combination, fastest first."""
+        names = list(self.grid)
+        head = "| " + " | ".join(names) + f" | predicted ms | p95 ms | {self.measure} |"
+        lines = [head, "|" + "---:|" * (len(names) + 3)]
+        for r in sorted(self.rows, key=lambda r: r.predicted_ms):
+            score = f"{r.score:.4f}" if r.score is not None else "not run"
+            lines.append("| " + " | ".join(str(r.values[n]) for n in names)
+                         + f" | {r.predicted_ms:.1f} | {r.predicted_p95_ms:.1f} | {score} |")
+        return "\n".join(lines)
+
+
+def tune(pipeline: Stage, inputs: Sequence[Query] | Sequence[Candidates], qrels: Qrels, *,
+         grid: Mapping[str, Sequence[int]], budget_ms: float | None = None, statistic: str = "mean",
+         measure: str = "nDCG@10", cost_model: CostModel | None = None, warmup_queries: int = 10,
+         repeats: int = 1, evaluate_within_ms: float | None = None, progress: bool = True) -> TuneResult:
+    """Tune the cut-off variables of ``pipeline`` on ``inputs`` (queries, or candidates to
+    re-rank) judged by ``qrels``.
+
+    1. Cost: each stage is timed on the first ``warmup_queries`` inputs at every input size the
+       grid can give it, one query per call (``cost_model`` skips this); every combination's
+       latency per query is predicted from the fitted stage costs.
+    2. Effectiveness: pointwise stages score every pair they can meet once (cached); each
+       combination is evaluated by re-sorting those scores. Pipelines with set-dependent stages
+       (PRP, listwise, IDCM) run those stages per combination, only for combinations predicted
+       within ``evaluate_within_ms`` (default: ``budget_ms``; every combination when neither).
+    3. With ``budget_ms``: :meth:`TuneResult.choose` picks the best that fits.
+    """
+    from rerank.evaluate import evaluate
+
+    if statistic not in STATISTICS:
+        raise TuneError(f"statistic must be one of {STATISTICS}, got {statistic!r}")
+    grid = check_grid(pipeline, grid)
+    batch = [x if isinstance(x, Candidates) else Candidates(x, [], []) for x in inputs]
+    batch = [c for c in batch if c.query.id in qrels]
+    if not batch:
+        raise TuneError("none of the tuning queries has judgments; tuning needs judged queries (check the split)")
+    retrieving = any(leaf.retrieves for leaf in leaves(pipeline))
+    if not retrieving and not all(len(c) for c in batch):
+        empty = [c.query.id for c in batch if not len(c)][:3]
+        raise TuneError(f"queries {empty} have no candidates and the pipeline does not retrieve any")
+    seconds: dict[str, float] = {}
+    largest = {name: max(values) for name, values in grid.items()}
+    cached, stand_ins = with_cached_stages(pipeline)
+
+    began = time.perf_counter()
+    warm = batch[:warmup_queries]
+    if cost_model is None:
+        warm_candidates = _first_stage_output(bind(cached, largest), warm) if retrieving else warm
+        cost_model = measure_costs(pipeline, grid, warm_candidates, repeats=repeats,
+                                   progress=_bar("timing stages", progress))
+    seconds["cost_model"] = time.perf_counter() - began
+
+    began = time.perf_counter()
+    sizes = sorted({len(c) for c in batch}) if not retrieving else [0]
+    rows = []
+    for values in combinations(grid):
+        bound = bind(pipeline, values)
+        mean_ms = sum(cost_model.predict(bound, n).ms for n in sizes) / len(sizes)
+        p95_ms = max(cost_model.predict(bound, n, "p95").ms for n in sizes)
+        stage_ms = cost_model.predict(bound, max(sizes)).stages
+        rows.append(GridRow(values, mean_ms, p95_ms, stage_ms))
+    seconds["predict"] = time.perf_counter() - began
+
+    began = time.perf_counter()
+    set_dependent = [leaf.name for leaf in leaves(pipeline) if not (leaf.pointwise or leaf.retrieves)]
+    limit = evaluate_within_ms if evaluate_within_ms is not None else budget_ms
+    to_run = [r for r in rows if not set_dependent or limit is None or r.predicted(statistic) <= limit]
+    chunks = [batch[i:i + 64] for i in range(0, len(batch), 64)]
+    for chunk in _bar("scoring at the largest cut-offs", progress)(chunks):
+        bind(cached, largest)(chunk)  # fill the caches in large model calls
+    for row in _bar("evaluating combinations", progress)(to_run):
+        runner = bind(cached, row.values)
+        ranked = [c for chunk in chunks for c in runner(chunk)]
+        row.score = float(evaluate(ranked, qrels, [measure]).aggregate[measure])
+    seconds["evaluate"] = time.perf_counter() - began
+    pairs = {s.name: getattr(s, "computed", 0) for s in stand_ins if hasattr(s, "computed")}
+    result = TuneResult(pipeline, grid, measure, rows, cost_model, len(batch), seconds, pairs)
+    if budget_ms is not None:
+        result.choice = result.choose(budget_ms, statistic)
+    return result
+
+
+def _first_stage_output(pipeline: Stage, batch: Sequence[Candidates]) -> list[Candidates]:
+    """What the retrieval at the head of ``pipeline`` returns for ``batch`` (the candidates the
+    later stages are timed on)."""
+    head = pipeline.stages[0] if isinstance(pipeline, Pipeline) else pipeline
+    if not (isinstance(head, Cutoff) and head.stage.retrieves or head.retrieves):
+        raise TuneError(f"{pipeline}: cannot find the first stage whose candidates the others re-rank; "
+                        "give candidates as inputs instead of queries")
+    return head(list(batch))
+
+
+def _bar(description: str, enabled: bool):
+    def wrap(items):
+        if not enabled:
+            return items
+        from tqdm.auto import tqdm
+
+        return tqdm(items, desc=description, leave=False)
+
+    return wrap
+
+
+__all__ = ["GridRow", "TuneChoice", "TuneError", "TuneResult", "tune"]

@@ -1,0 +1,253 @@
+"""Cut-offs from a latency budget: cut-off variables, stage cost models, exact re-sorting of cached
+scores, the choice and the `rerank tune` command, on real BM25 indexes over a SciFact subset.
+
+Timings are constructed where the test checks arithmetic (a scorer that reports the seconds it
+"spent" in its trace), so no assertion depends on this machine's speed.
+"""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from rerank.config import ConfigError, build_pipeline, parse_config
+from rerank.pipeline import Scorer, Stage, UntunedError, Work, bind, variables
+from rerank.retrieve import BM25Index, BM25Params
+from rerank.retrieve.stage import Retriever
+from rerank.score.bm25 import BM25Scorer
+from rerank.tuning import CostModel, CostModelError, GridError, StageCostModel, fit_stage_cost, measure_costs, tune
+from rerank.tuning.cache import CachedScorer, with_cached_stages
+from rerank.types import Candidates, sort_candidates
+
+
+class LengthScorer(Scorer):
+    """Minus the passage's length in words: pointwise, model-free, with many ties (so the tie rule is exercised)."""
+
+    pointwise = True
+
+    def __init__(self, name: str = "shortest") -> None:
+        self.name = name
+
+    def score_pairs(self, batch):
+        return [[-float(len(p.text.split()) // 20) for p in c.passages] for c in batch], Work()
+
+
+class TimedScorer(Scorer):
+    """Reports a constructed time per call (fixed + per passage) instead of the wall clock."""
+
+    pointwise = True
+
+    def __init__(self, fixed: float, per_passage: float, name: str = "timed") -> None:
+        self.fixed, self.per_passage, self.name = fixed, per_passage, name
+
+    def score_pairs(self, batch):
+        return ([[float(len(p.text)) for p in c.passages] for c in batch],
+                Work(seconds_per_query=[self.fixed + self.per_passage * len(c) for c in batch]))
+
+
+class Reverse(Stage):
+    """Set-dependent: reverses the order it is given (its scores are positions, not pair scores)."""
+
+    def __init__(self, name: str = "reverse") -> None:
+        self.name = name
+
+    def __call__(self, batch):
+        out = []
+        for c in batch:
+            passages = list(reversed(c.passages))
+            out.append(Candidates(c.query, passages, [float(-i) for i in range(len(passages))], c.trace))
+        return out
+
+
+@pytest.fixture(scope="module")
+def setup(scifact_subset):
+    docs, queries, qrels = scifact_subset
+    bm25 = BM25Index.build(docs, progress=False)
+    robertson = BM25Index.build(docs, progress=False, params=BM25Params(method="robertson"))
+    return Retriever(bm25, name="bm25"), BM25Scorer(robertson, name="rescore"), queries[:20], qrels
+
+
+# --- cut-off variables -------------------------------------------------------------------------
+
+def test_an_untuned_pipeline_refuses_to_run_and_names_its_variables(setup):
+    bm25, rescore, queries, _ = setup
+    pipe = bm25 % 50 >> rescore % "k1" >> LengthScorer() % "k2"
+    assert variables(pipe) == ["k1", "k2"]
+    assert str(pipe) == "bm25 % 50 >> rescore % k1 >> shortest % k2"
+    with pytest.raises(UntunedError, match="k1, k2 have no value"):
+        pipe.search(queries[:2])
+    bound = bind(pipe, k1=20, k2=5)
+    assert variables(bound) == [] and str(bound) == "bm25 % 50 >> rescore % 20 >> shortest % 5"
+    assert all(len(c) == 5 for c in bound.search(queries[:2]))
+    with pytest.raises(ValueError, match="no cut-off variable 'k3'"):
+        bind(pipe, k3=1)
+    with pytest.raises(ValueError, match="positive integer"):
+        bind(pipe, k1=0, k2=3)
+
+
+def test_a_variable_depth_is_pushed_into_retrieval_once_bound(setup):
+    bm25, _, queries, _ = setup
+    pipe = bm25 % "depth"
+    bound = bind(pipe, depth=7)
+    assert [len(c) for c in bound.search(queries[:3])] == [7, 7, 7]
+    assert bound.stage.k == 7  # the index was asked for 7, not its default 1000
+
+
+def test_toml_variables_and_tune_table(setup, tmp_path):
+    bm25, _, _, _ = setup
+    bm25.index.save(tmp_path / "bm25")
+    text = f'''pipeline = "bm25 % depth >> bm25_rescore % k1 >> shortest"
+[tune]
+depth = {{ from = 50, to = 100, step = 25 }}
+k1 = [30, 10, 20, 10]
+[stages.bm25]
+kind = "retrieve"
+index = "{tmp_path / 'bm25'}"
+[stages.bm25_rescore]
+kind = "bm25"
+index = "{tmp_path / 'bm25'}"
+[stages.shortest]
+kind = "identity"
+'''
+    (tmp_path / "p.toml").write_text(text)
+    config = parse_config(tmp_path / "p.toml")
+    assert config.variables() == ["depth", "k1"] or set(config.variables()) == {"depth", "k1"}
+    assert config.tune == {"depth": [50, 75, 100], "k1": [10, 20, 30]}
+    assert "depth" not in config.used() and "k1" not in config.used()
+    pipe = build_pipeline(config)
+    assert set(variables(pipe)) == {"depth", "k1"}
+    with pytest.raises(UntunedError, match="depth"):
+        pipe.search([])
+    bad = text.replace("k1 = [30, 10, 20, 10]", "k9 = [3]")
+    (tmp_path / "bad.toml").write_text(bad)
+    with pytest.raises(ConfigError, match="no cut-off variable 'k9'"):
+        parse_config(tmp_path / "bad.toml")
+    (tmp_path / "bad2.toml").write_text(text.replace("k1 = [30, 10, 20, 10]", "k1 = [0, 5]"))
+    with pytest.raises(ConfigError, match="positive integers"):
+        parse_config(tmp_path / "bad2.toml")
+    (tmp_path / "bad3.toml").write_text(text.replace("% k1", "% shortest"))
+    with pytest.raises(ConfigError, match="is a stage"):
+        parse_config(tmp_path / "bad3.toml")
+
+
+# --- cost models -----------------------------------------------------------------------------
+
+def test_fit_recovers_a_constructed_line_and_reports_its_error():
+    rng = np.random.default_rng(0)
+    samples = [(n, (3.0 + 0.5 * n) / 1000 * (1 + rng.normal(0, 0.01))) for n in (10, 20, 50, 100) for _ in range(20)]
+    model = fit_stage_cost("ce", samples, settings={"threads": "2", "precision": "fp32"})
+    assert model.fixed_ms == pytest.approx(3.0, abs=0.5)
+    assert model.per_passage_ms == pytest.approx(0.5, rel=0.02)
+    assert model.fit_error < 0.02 and model.sizes == [10, 20, 50, 100]
+    assert (model.threads, model.precision) == ("2", "fp32")
+    exact = fit_stage_cost("x", [(10, 0.010), (30, 0.030)])
+    assert exact.fixed_ms == pytest.approx(0.0, abs=1e-9) and exact.per_passage_ms == pytest.approx(1.0)
+    constant = fit_stage_cost("retrieval", [(100, 0.004), (100, 0.006)])
+    assert constant.per_passage_ms == 0.0 and constant.fixed_ms == pytest.approx(5.0)
+    curved = fit_stage_cost("curved", [(n, (n * n) / 1e6) for n in (10, 50, 100)])
+    assert curved.fit_error > 0.2  # a line cannot follow n^2: the error says so
+
+
+def test_measured_costs_follow_the_trace_and_predict_the_pipeline(setup):
+    bm25, _, queries, _ = setup
+    cheap, dear = TimedScorer(0.001, 0.0001, name="cheap"), TimedScorer(0.005, 0.002, name="dear")
+    pipe = bm25 % 60 >> cheap % "k1" >> dear
+    grid = {"k1": [10, 20, 40]}
+    candidates = (bm25 % 60).search(queries[:4])
+    model = measure_costs(pipe, grid, candidates)
+    assert model.stages["cheap"].sizes == [60] and model.stages["dear"].sizes == [10, 20, 40]
+    assert model.stages["dear"].fixed_ms == pytest.approx(5.0, abs=1e-6)
+    assert model.stages["dear"].per_passage_ms == pytest.approx(2.0, abs=1e-6)
+    assert model.stages["cheap"].fixed_ms == pytest.approx(1.0 + 0.1 * 60, abs=1e-6)  # one size: a constant
+    prediction = model.predict(bind(pipe, k1=20))
+    retrieval = model.stages["bm25"].fixed_ms
+    assert prediction.ms == pytest.approx(retrieval + 7.0 + 5.0 + 2.0 * 20, abs=1e-6)
+    assert prediction.passages_out == 20
+    with pytest.raises(CostModelError, match="bind the cut-off variable k1"):
+        model.predict(pipe)
+    with pytest.raises(CostModelError, match="1 query per call, not 8"):
+        model.predict(bind(pipe, k1=20), batch_size=8)
+    with pytest.raises(CostModelError, match="no cost model for stage other"):
+        model.predict(bind(pipe, k1=20) >> TimedScorer(0, 0, name="other"))
+    again = CostModel.from_tables(model.to_tables())
+    assert again.predict(bind(pipe, k1=40)).ms == pytest.approx(model.predict(bind(pipe, k1=40)).ms)
+
+
+def test_a_model_measured_with_other_threads_is_refused():
+    model = CostModel({"ce": StageCostModel("ce", 1.0, 0.1, threads="8")})
+
+    class Eight(TimedScorer):
+        def runtime_settings(self):
+            return {"threads": "2"}
+
+    with pytest.raises(CostModelError, match="measured with threads 8 but now runs with 2"):
+        model.predict(Eight(0, 0, name="ce"), 10)
+
+
+# --- effectiveness by re-sorting cached scores -------------------------------------------------
+
+def test_cached_scores_rank_exactly_as_a_direct_run(setup):
+    bm25, rescore, queries, qrels = setup
+    pipe = bm25 % "depth" >> rescore % "k1" >> LengthScorer() % "k2"
+    grid = {"depth": [30, 60], "k1": [5, 10, 25], "k2": [3, 8]}
+    cached, stand_ins = with_cached_stages(pipe)
+    batch = [Candidates(q, [], []) for q in queries]
+    bind(cached, {k: max(v) for k, v in grid.items()})(batch)
+    from rerank.tuning import combinations
+
+    for values in combinations(grid):
+        direct = bind(pipe, values)(batch)
+        resorted = bind(cached, values)(batch)
+        assert [c.ids for c in resorted] == [c.ids for c in direct], values
+        assert [c.scores for c in resorted] == [c.scores for c in direct], values
+    scorer = next(s for s in stand_ins if isinstance(s, CachedScorer) and s.name == "rescore")
+    assert scorer.computed == len(scorer.scores)  # every pair scored once
+
+
+def test_tune_evaluates_every_combination_and_chooses_within_the_budget(setup):
+    bm25, _, queries, qrels = setup
+    cheap, dear = TimedScorer(0.001, 0.0001, name="cheap"), LengthScorer(name="dear")
+    dear_model = StageCostModel("dear", 2.0, 1.0)
+    pipe = bm25 % 60 >> cheap % "k1" >> dear
+    grid = {"k1": [5, 10, 20, 40]}
+    model = CostModel({"bm25": StageCostModel("bm25", 1.0, 0.0), "cheap": StageCostModel("cheap", 1.0, 0.1),
+                       "dear": dear_model})
+    result = tune(pipe, queries, qrels, grid=grid, budget_ms=30, cost_model=model, progress=False)
+    assert [r.predicted_ms for r in result.rows] == pytest.approx([1 + 7 + 2 + k for k in (5, 10, 20, 40)])
+    from rerank.evaluate import evaluate
+
+    for row in result.rows:  # each score equals the measure of a direct run of that combination
+        direct = bind(pipe, row.values).search(queries)
+        assert row.score == pytest.approx(evaluate(direct, qrels, ["nDCG@10"]).aggregate["nDCG@10"], abs=1e-12)
+    fitting = [r for r in result.rows if r.predicted_ms <= 30]
+    assert result.choice.fits and result.choice.values == max(fitting, key=lambda r: (r.score, -r.predicted_ms)).values
+    assert str(result.choice.pipeline).startswith("bm25 % 60 >> cheap % ")
+    tight = result.choose(5)
+    assert not tight.fits and tight.values == {"k1": 5}  # nothing fits: the cheapest, flagged
+    assert "k1" in result.table()
+
+
+def test_set_dependent_stages_run_per_combination_only_within_the_budget(setup):
+    bm25, rescore, queries, qrels = setup
+    pipe = bm25 % 40 >> rescore % "k1" >> Reverse()
+    model = CostModel({"bm25": StageCostModel("bm25", 1.0, 0.0), "rescore": StageCostModel("rescore", 0.0, 0.01),
+                       "reverse": StageCostModel("reverse", 0.0, 1.0)})
+    result = tune(pipe, queries, qrels, grid={"k1": [5, 10, 30]}, budget_ms=12, cost_model=model, progress=False)
+    scored = {r.values["k1"]: r.score for r in result.rows}
+    assert scored[30] is None and scored[5] is not None and scored[10] is not None
+    from rerank.evaluate import evaluate
+
+    direct = bind(pipe, k1=10).search(queries)
+    assert scored[10] == pytest.approx(evaluate(direct, qrels, ["nDCG@10"]).aggregate["nDCG@10"], abs=1e-12)
+
+
+def test_tune_refuses_what_it_cannot_do(setup):
+    bm25, rescore, queries, qrels = setup
+    with pytest.raises(GridError, match="no candidate values for cut-off variable k1"):
+        tune(bm25 % 20 >> rescore % "k1", queries, qrels, grid={}, progress=False)
+    with pytest.raises(GridError, match="no cut-off variables"):
+        tune(bm25 % 20 >> rescore, queries, qrels, grid={}, progress=False)
+    with pytest.raises(Exception, match="judgments"):
+        tune(bm25 % 20 >> rescore % "k1", queries, {"nope": {"d": 1}}, grid={"k1": [3]}, progress=False)
