@@ -333,8 +333,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_serve)
 
     from rerank.train.cli import add_train_parser
+    from rerank.tuning.cli import add_tune_parser
 
     add_train_parser(sub)
+    add_tune_parser(sub)
     return parser
 
 

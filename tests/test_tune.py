@@ -66,7 +66,8 @@ def setup(scifact_subset):
     docs, queries, qrels = scifact_subset
     bm25 = BM25Index.build(docs, progress=False)
     robertson = BM25Index.build(docs, progress=False, params=BM25Params(method="robertson"))
-    return Retriever(bm25, name="bm25"), BM25Scorer(robertson, name="rescore"), queries[:20], qrels
+    queries = queries[:20]
+    return Retriever(bm25, name="bm25"), BM25Scorer(robertson, name="rescore"), queries, {q.id: qrels[q.id] for q in queries}
 
 
 # --- cut-off variables -------------------------------------------------------------------------
@@ -251,3 +252,39 @@ def test_tune_refuses_what_it_cannot_do(setup):
         tune(bm25 % 20 >> rescore, queries, qrels, grid={}, progress=False)
     with pytest.raises(Exception, match="judgments"):
         tune(bm25 % 20 >> rescore % "k1", queries, {"nope": {"d": 1}}, grid={"k1": [3]}, progress=False)
+
+
+def test_rerank_tune_writes_a_runnable_config_and_the_front(setup, tmp_path, scifact):
+    bm25, _, _, _ = setup
+    bm25.index.save(tmp_path / "bm25")
+    (tmp_path / "p.toml").write_text(f'''# a comment the tuned file does not need
+pipeline = "bm25 % depth >> rescore % k1"
+[tune]
+depth = [20, 40]
+k1 = [5, 10]
+[stages.bm25]
+kind = "retrieve"
+index = "{tmp_path / 'bm25'}"
+[stages.rescore]
+kind = "bm25"
+index = "{tmp_path / 'bm25'}"
+''')
+    out = tmp_path / "tuned.toml"
+    done = subprocess.run([sys.executable, "-m", "rerank.cli", "tune", "--pipeline", str(tmp_path / "p.toml"),
+                           "--dataset", str(scifact.root), "--split", "test", "--max-queries", "15",
+                           "--budget-ms", "10000", "--out", str(out), "--no-progress"],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert "chosen: depth=" in done.stdout and out.with_suffix(".png").stat().st_size > 1000
+    config = parse_config(out)
+    assert config.variables() == [] and config.extra["tuned"]["expression"] == "bm25 % depth >> rescore % k1"
+    values = config.extra["tuned"]["values"]
+    assert config.expression == f"bm25 % {values['depth']} >> rescore % {values['k1']}"
+    assert {t["stage"] for t in config.extra["tuned"]["cost"]} == {"bm25", "rescore"}
+    assert len(build_pipeline(config).search(scifact.queries("test")[:2])[0]) == values["k1"]
+    assert out.read_text().startswith("# Tuned by `rerank tune`")
+    tight = subprocess.run([sys.executable, "-m", "rerank.cli", "tune", "--pipeline", str(tmp_path / "p.toml"),
+                            "--dataset", str(scifact.root), "--split", "test", "--max-queries", "5",
+                            "--budget-ms", "0.000001", "--out", str(tmp_path / "t2.toml"), "--no-progress"],
+                           capture_output=True, text=True, timeout=600)
+    assert tight.returncode == 3 and "no combination is predicted within" in tight.stderr

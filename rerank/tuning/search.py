@@ -135,6 +135,7 @@ def tune(pipeline: Stage, inputs: Sequence[Query] | Sequence[Candidates], qrels:
     batch = [c for c in batch if c.query.id in qrels]
     if not batch:
         raise TuneError("none of the tuning queries has judgments; tuning needs judged queries (check the split)")
+    qrels = {c.query.id: qrels[c.query.id] for c in batch}
     retrieving = any(leaf.retrieves for leaf in leaves(pipeline))
     if not retrieving and not all(len(c) for c in batch):
         empty = [c.query.id for c in batch if not len(c)][:3]
