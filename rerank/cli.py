@@ -172,7 +172,8 @@ def cmd_serve(args) -> int:
         args.pipeline, host=args.host, port=args.port, batching=False if args.no_batching else None,
         max_batch_size=args.max_batch_size, max_wait_ms=args.max_wait_ms, max_queue=args.max_queue,
         max_documents=args.max_documents, max_document_chars=args.max_document_chars,
-        max_body_bytes=args.max_body_bytes, request_timeout_s=args.request_timeout, precision=args.precision)
+        max_body_bytes=args.max_body_bytes, request_timeout_s=args.request_timeout, precision=args.precision,
+        budget_ms=args.budget_ms)
     server = RerankServer(pipeline, settings, log_level=args.log_level)
     batching = (f"micro-batching up to {settings.max_batch_size} pairs, {settings.max_wait_ms:g} ms wait"
                 if settings.batching else "no batching")
@@ -327,6 +328,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-document-chars", type=int, default=None, help="characters per document (20000)")
     p.add_argument("--max-body-bytes", type=int, default=None, help="bytes per request body (8 MiB)")
     p.add_argument("--request-timeout", type=float, default=None, help="seconds before a request gets 504 (30)")
+    p.add_argument("--budget-ms", type=float, default=None,
+                   help="latency budget per request: a pipeline with cut-off variables (student %% k1 >> ce, "
+                        "[tune] k1 = [...]) gets the cut-offs predicted to fit, request by request")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"],
                    help="uvicorn log level (default info)")
     add_precision_option(p, help_text="precision of every model stage (overrides [serve] and the stages' own)")

@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
-from rerank.pipeline import Stage
+from rerank.pipeline import Scorer, Stage, Work
 from rerank.serve import (RemoteReranker, RerankClient, RerankServer, ServeSettings, ServiceError,
                           ServiceRequestError, SettingsError, check_servable)
 from rerank.serve.fuzz import malformed_requests
@@ -488,3 +488,81 @@ def test_readme_service_config_and_request(tmp_path):
         tei = httpx.post(f"{running.url}/rerank", json={"query": "what causes fever", "texts": ["a", "b"],
                                                         "raw_scores": True}, timeout=60).json()
         assert sorted(r["index"] for r in tei) == [0, 1]
+
+
+# --- a latency budget per request ---------------------------------------------------------------
+
+class SleepScorer(Scorer):
+    """Takes ``fixed + per_passage x passages`` seconds of wall time per call (a sleep) and scores
+    by text length: a stage whose cost is known in advance on any machine, standing in for a model
+    so the test checks the budget logic rather than this CPU's speed."""
+
+    pointwise = True
+
+    def __init__(self, fixed: float, per_passage: float, name: str) -> None:
+        self.fixed, self.per_passage, self.name = fixed, per_passage, name
+
+    def score_pairs(self, batch):
+        time.sleep(sum(self.fixed + self.per_passage * len(c) for c in batch))
+        return [[float(len(p.text)) for p in c.passages] for c in batch], Work()
+
+
+def budget_pipeline(scale: float = 1.0):
+    return SleepScorer(0.001 * scale, 0.00002 * scale, "cheap") % "k1" >> SleepScorer(0.001 * scale, 0.001 * scale, "dear")
+
+
+def test_a_budgeted_service_chooses_cut_offs_per_request_and_says_so(scifact_corpus):
+    settings = ServeSettings(port=0, budget_ms=40, cutoff_values={"k1": [5, 10, 20, 40]}, budget_headroom=0.1)
+    docs = [p.text[:300] for p in list(scifact_corpus.values())[:200]]
+    with RerankServer(budget_pipeline(), settings) as running, httpx.Client(base_url=running.url, timeout=30) as http:
+        small = http.post("/rerank", json={"query": "fever", "documents": docs[:20]}).json()["meta"]
+        assert small["cutoffs"] == {"k1": 20} and small["fits"]  # 40 would pass the same 20 documents on
+        large = http.post("/rerank", json={"query": "fever", "documents": docs}).json()["meta"]
+        assert large["cutoffs"]["k1"] in (10, 20) and large["fits"] and large["predicted_ms"] <= 36
+        roomy = http.post("/rerank", json={"query": "fever", "documents": docs, "budget_ms": 1000}).json()["meta"]
+        assert roomy["cutoffs"] == {"k1": 40} and roomy["budget_ms"] == 1000
+        hopeless = http.post("/rerank", json={"query": "fever", "texts": docs, "budget_ms": 1})
+        assert hopeless.status_code == 200 and hopeless.headers["X-Rerank-Cutoffs"] == "k1=5"
+        text = http.get("/metrics").text
+        assert metric(text, 'rerank_cutoff_chosen_total{value="40",variable="k1"}') == 1
+        assert metric(text, 'rerank_budget_requests_total{outcome="unfit"}') == 1
+
+
+def test_a_budget_holds_under_concurrent_load_with_mixed_request_sizes(scifact_corpus):
+    # Model time dominates (about 25 to 100 ms a request) so that HTTP overhead stays small beside it.
+    settings = ServeSettings(port=0, budget_ms=1000, cutoff_values={"k1": [5, 10, 20, 40]}, max_queue=64)
+    docs = [p.text[:300] for p in list(scifact_corpus.values())[:200]]
+    sizes = [20 + (i * 37) % 181 for i in range(64)]  # 20 to 200 documents
+    with RerankServer(budget_pipeline(scale=2.5), settings) as running, ThreadPoolExecutor(16) as pool:
+        answers = list(pool.map(lambda n: httpx.post(f"{running.url}/rerank", timeout=30,
+                                                     json={"query": "fever", "documents": docs[:n]}), sizes))
+        text = httpx.get(f"{running.url}/metrics").text
+    assert all(a.status_code == 200 for a in answers)
+    # The service's own clock (from the request's arrival to its answer): these client threads
+    # share its process and GIL, so their clocks add their own contention; the serve benchmark
+    # times clients from another process.
+    within = metric(text, 'rerank_budget_requests_total{outcome="within"}')
+    over = metric(text, 'rerank_budget_requests_total{outcome="over"}') if "outcome=\"over\"" in text else 0
+    assert within + over == len(sizes) and within / len(sizes) >= 0.95, (within, over)
+    chosen = [a.json()["meta"]["cutoffs"]["k1"] for a in answers]
+    assert set(chosen) <= {5, 10, 20, 40} and len(set(chosen)) > 1  # the queue made some requests cheaper
+    assert max(metric(text, "rerank_request_duration_seconds_sum") / len(sizes), 0) < 1.0
+
+
+def test_budget_settings_are_checked(tiny_ce):
+    with pytest.raises(ServiceError, match="k1.*latency budget"):
+        RerankServer(budget_pipeline(), ServeSettings(port=0))
+    with pytest.raises(ServiceError, match="no values to choose from"):
+        RerankServer(budget_pipeline(), ServeSettings(port=0, budget_ms=50))
+    with RerankServer(tiny_ce, ServeSettings(port=0)) as running:
+        answer = httpx.post(f"{running.url}/rerank", json={"query": "q", "documents": ["a"], "budget_ms": 50})
+        assert answer.status_code == 422 and "no cut-off variables" in answer.json()["error"]
+
+
+def test_the_allowance_shares_the_slack_with_the_queue_behind():
+    from rerank.serve.budget import allowance_ms
+
+    assert allowance_ms(100, 10, []) == 100  # alone: all of its budget
+    assert allowance_ms(100, 10, [(100, 10)]) == 10 + (100 - 20) / 2  # one behind: half the common slack
+    assert allowance_ms(100, 10, [(100, 10), (30, 10)]) == 10 + (30 - 30) / 3  # a tight one behind: cheapest
+    assert allowance_ms(5, 10, []) == 5  # already late: less than the cheapest (the planner flags it)

@@ -6,19 +6,23 @@ import itertools
 import time
 from contextlib import asynccontextmanager
 from dataclasses import asdict
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
 from rerank.errors import RerankError
-from rerank.pipeline import Stage, leaves
+from rerank.pipeline import Stage, leaves, variables
 from rerank.serve.batcher import MicroBatcher, QueueFullError, ShuttingDownError
 from rerank.serve.metrics import ServiceMetrics
 from rerank.serve.protocol import CohereRequest, RequestError, RerankRequest, TeiRequest, parse_request, render_response
 from rerank.serve.settings import ServeSettings
-from rerank.types import Candidates, Passage, Query
+from rerank.types import Candidates, Passage, Query, StageCost
 from rerank.version import __version__
+
+if TYPE_CHECKING:
+    from rerank.serve.budget import BudgetPlanner
+    from rerank.tuning.costs import CostModel
 
 
 class ServiceError(RerankError):
@@ -29,14 +33,16 @@ class Service:
     """What the routes share: the pipeline, its batcher, settings and metrics, and whether the
     server is draining (shutting down: in-flight requests finish, new ones get 503)."""
 
-    def __init__(self, pipeline: Stage, settings: ServeSettings) -> None:
+    def __init__(self, pipeline: Stage, settings: ServeSettings, *, costs: "CostModel | None" = None) -> None:
         check_servable(pipeline)
         self.pipeline = pipeline
         self.settings = settings
         self.metrics = ServiceMetrics()
+        self.planner = self._planner(costs) if variables(pipeline) else None
         self.batcher = MicroBatcher(pipeline, batching=settings.batching, max_batch_size=settings.max_batch_size,
                                     max_wait_ms=settings.max_wait_ms, max_queue=settings.max_queue,
-                                    on_batch=self.metrics.record_batch, arriving=lambda: self.arriving)
+                                    on_batch=self.metrics.record_batch, arriving=lambda: self.arriving,
+                                    planner=self._plan if self.planner is not None else None)
         self.arriving = 0
         """Requests accepted whose bodies are still being read or parsed."""
         self.metrics.queue_depth.set_function(lambda: self.batcher.queued)
@@ -44,13 +50,52 @@ class Service:
         self.started = time.time()
         self._ids = itertools.count(1)
 
+    def _planner(self, costs: "CostModel | None") -> "BudgetPlanner":
+        from rerank.serve.budget import BudgetPlanner, fit_service_costs
+
+        names = ", ".join(variables(self.pipeline))
+        if self.settings.budget_ms is None:
+            raise ServiceError(f"the pipeline has cut-off variables ({names}): give a latency budget ([serve] "
+                               "budget_ms or --budget-ms) to choose them per request, or fixed values")
+        if not self.settings.cutoff_values:
+            raise ServiceError(f"the pipeline has cut-off variables ({names}) but no values to choose from; "
+                               "list them in a [tune] table, e.g. k1 = [10, 20, 30, 50]")
+        if costs is None:
+            sizes = [n for n in (self.settings.warmup_sizes or [10, 50, 100, 200]) if n <= self.settings.max_documents]
+            costs = fit_service_costs(self.pipeline, self.settings.cutoff_values, sizes or [self.settings.max_documents])
+        self.costs = costs
+        return BudgetPlanner(self.pipeline, self.settings.cutoff_values, costs)
+
+    def _plan(self, job, behind) -> tuple[Stage, StageCost]:
+        """The cut-offs for ``job`` (see :mod:`rerank.serve.budget`), and a trace entry naming them."""
+        from rerank.serve.budget import allowance_ms
+
+        now = time.perf_counter()
+        keep = 1 - self.settings.budget_headroom
+
+        def left(j) -> float:
+            return (j.budget_ms or self.settings.budget_ms) * keep - 1000 * (now - j.arrived)
+
+        allowed = allowance_ms(left(job), self.planner.cheapest_ms(len(job.candidates)),
+                               [(left(j), self.planner.cheapest_ms(len(j.candidates))) for j in behind])
+        plan = self.planner.plan(len(job.candidates), allowed)
+        note = StageCost("cutoffs", 0.0, passages_scored=0, counters=dict(plan.values),
+                         settings={"predicted_ms": f"{plan.predicted_ms:.3f}", "allowed_ms": f"{allowed:.3f}",
+                                   "fits": str(plan.fits).lower()})
+        return plan.pipeline, note
+
     def drain(self) -> None:
         """Refuse new requests from now on; those already accepted still finish."""
         self.draining = True
 
-    async def rerank(self, request: RerankRequest) -> tuple[str, list[tuple[int, float]]]:
-        """Run the pipeline on one request through the batcher: its id and the ranked
-        (document index, score) pairs."""
+    async def rerank(self, request: RerankRequest, arrived: float | None = None
+                     ) -> tuple[str, list[tuple[int, float]], dict[str, Any]]:
+        """Run the pipeline on one request through the batcher: its id, the ranked (document
+        index, score) pairs, and for a budgeted service what it chose (``cutoffs``,
+        ``budget_ms``, ``predicted_ms``, ``fits``)."""
+        if request.budget_ms is not None and self.planner is None:
+            raise RequestError(422, "validation", "budget_ms: this service's pipeline has no cut-off variables to fit "
+                                                  f"a budget with ({self.pipeline})")
         request_id = f"req-{next(self._ids)}"
         passages = [Passage(f"{request_id}:{i}", text) for i, text in enumerate(request.documents)]
         # The caller's order is the first-stage ranking, so a leading cut-off keeps its top k.
@@ -58,7 +103,9 @@ class Service:
                                 [float(len(passages) - i) for i in range(len(passages))])
         self.metrics.documents.observe(len(passages))
         try:
-            result = await asyncio.wait_for(self.batcher.submit(candidates), self.settings.request_timeout_s)
+            budget = request.budget_ms or self.settings.budget_ms if self.planner is not None else None
+            result = await asyncio.wait_for(self.batcher.submit(candidates, arrived=arrived, budget_ms=budget),
+                                            self.settings.request_timeout_s)
         except asyncio.TimeoutError:
             raise RequestError(504, "timeout", f"not answered within request_timeout_s={self.settings.request_timeout_s:g}"
                                                " (the service is overloaded or the request is too large)") from None
@@ -69,7 +116,16 @@ class Service:
         except Exception as exc:  # the pipeline failed on this request alone (see MicroBatcher)
             raise RequestError(500, "pipeline", f"the pipeline failed on this request: {type(exc).__name__}: {exc}") from None
         index = {p.id: i for i, p in enumerate(passages)}
-        return request_id, [(index[p.id], float(s)) for p, s in zip(result.passages, result.scores)]
+        meta: dict[str, Any] = {}
+        chosen = next((cost for cost in result.trace if cost.stage == "cutoffs"), None)
+        if chosen is not None:
+            meta = {"cutoffs": dict(chosen.counters), "budget_ms": budget,
+                    "predicted_ms": float(chosen.settings["predicted_ms"]), "fits": chosen.settings["fits"] == "true"}
+            for name, value in chosen.counters.items():
+                self.metrics.cutoffs.labels(name, str(value)).inc()
+            if not meta["fits"]:
+                self.metrics.budget.labels("unfit").inc()
+        return request_id, [(index[p.id], float(s)) for p, s in zip(result.passages, result.scores)], meta
 
 
 def check_servable(pipeline: Stage) -> None:
@@ -103,10 +159,12 @@ def _request_schema() -> dict[str, Any]:
         CohereRequest.model_json_schema(), TeiRequest.model_json_schema()]}}}}}
 
 
-def create_app(pipeline: Stage, settings: ServeSettings | None = None) -> FastAPI:
+def create_app(pipeline: Stage, settings: ServeSettings | None = None, *, costs: "CostModel | None" = None) -> FastAPI:
     """The service for ``pipeline`` (a re-ranking :class:`~rerank.pipeline.Stage`), ready for any
-    ASGI server; :class:`~rerank.serve.server.RerankServer` runs it with uvicorn."""
-    service = Service(pipeline, settings or ServeSettings())
+    ASGI server; :class:`~rerank.serve.server.RerankServer` runs it with uvicorn. A pipeline with
+    cut-off variables needs ``settings.budget_ms`` and ``settings.cutoff_values``; its stage
+    costs are measured on start-up unless ``costs`` are given."""
+    service = Service(pipeline, settings or ServeSettings(), costs=costs)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -124,7 +182,7 @@ def create_app(pipeline: Stage, settings: ServeSettings | None = None) -> FastAP
         began = time.perf_counter()
         metrics = service.metrics
         metrics.in_flight.inc()
-        shape, status = "unknown", 200
+        shape, status, meta = "unknown", 200, {}
         service.arriving += 1
         arrived = False
         try:
@@ -142,9 +200,9 @@ def create_app(pipeline: Stage, settings: ServeSettings | None = None) -> FastAP
                                                       "(TEI's shape is served at /rerank)")
             service.arriving -= 1
             arrived = True
-            request_id, ranked = await service.rerank(parsed)
+            request_id, ranked, meta = await service.rerank(parsed, arrived=began)
             payload = render_response(parsed, ranked, normalize=service.settings.normalize, request_id=request_id,
-                                      pipeline=str(service.pipeline))
+                                      pipeline=str(service.pipeline), meta=meta)
         except RequestError as exc:
             status, payload = exc.status, exc.body()
             metrics.errors.labels(exc.error_type).inc()
@@ -153,8 +211,12 @@ def create_app(pipeline: Stage, settings: ServeSettings | None = None) -> FastAP
             if not arrived:
                 service.arriving -= 1
         metrics.requests.labels(shape, str(status)).inc()
-        metrics.latency.observe(time.perf_counter() - began)
+        elapsed = time.perf_counter() - began
+        metrics.latency.observe(elapsed)
         headers = {"Connection": "close"} if status == 503 and service.draining else None
+        if status == 200 and meta:
+            metrics.budget.labels("within" if 1000 * elapsed <= meta["budget_ms"] else "over").inc()
+            headers = {"X-Rerank-Cutoffs": ",".join(f"{k}={v}" for k, v in meta["cutoffs"].items())}
         return JSONResponse(payload, status_code=status, headers=headers)
 
     @app.post("/rerank", openapi_extra=_request_schema())

@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from rerank.types import Candidates
+from rerank.types import Candidates, StageCost
 
 
 class QueueFullError(Exception):
@@ -33,6 +33,9 @@ class _Job:
     candidates: Candidates
     future: asyncio.Future
     enqueued: float = field(default_factory=time.perf_counter)
+    arrived: float = 0.0
+    """When the request arrived (``perf_counter``), which its latency budget counts from."""
+    budget_ms: float | None = None
 
     @property
     def pairs(self) -> int:
@@ -56,15 +59,21 @@ class MicroBatcher:
     is called with each call's :class:`BatchStats` (from the event loop). ``arriving`` counts
     requests accepted but not queued yet (their bodies still being read or parsed): the batcher
     waits for more only while some are on their way, so a lone request never waits.
+
+    ``planner`` (for a latency budget) is called in the event loop with the next request and those
+    queued behind it, and returns the stage to run it with and a trace entry saying what it
+    chose; requests then run one per model call (their costs were measured that way).
     """
 
     def __init__(self, run: Callable[[Sequence[Candidates]], list[Candidates]], *, batching: bool = True,
                  max_batch_size: int = 512, max_wait_ms: float = 2.0, max_queue: int = 256,
                  on_batch: Callable[[BatchStats], None] | None = None,
-                 arriving: Callable[[], int] | None = None) -> None:
+                 arriving: Callable[[], int] | None = None,
+                 planner: Callable[["_Job", list["_Job"]], tuple[Callable, StageCost]] | None = None) -> None:
         self.run = run
+        self.planner = planner
         self.arriving = arriving
-        self.batching = batching
+        self.batching = batching and planner is None
         self.max_batch_size = max_batch_size
         self.max_wait = max_wait_ms / 1000
         self.max_queue = max_queue
@@ -94,14 +103,17 @@ class MicroBatcher:
             await self._worker
         self._executor.shutdown(wait=True)
 
-    async def submit(self, candidates: Candidates) -> Candidates:
+    async def submit(self, candidates: Candidates, *, arrived: float | None = None,
+                     budget_ms: float | None = None) -> Candidates:
         """Queue one request's candidates and wait for them re-ranked. Cancelling the wait (a
-        timeout) drops the request from the queue if the model has not taken it yet."""
+        timeout) drops the request from the queue if the model has not taken it yet.
+        ``arrived`` and ``budget_ms``: when the request came and its latency budget (for the planner)."""
         if self._closing:
             raise ShuttingDownError("the server is shutting down")
         if len(self._queue) >= self.max_queue:
             raise QueueFullError(f"{len(self._queue)} requests are already waiting (max_queue={self.max_queue})")
-        job = _Job(candidates, asyncio.get_running_loop().create_future())
+        job = _Job(candidates, asyncio.get_running_loop().create_future(), budget_ms=budget_ms)
+        job.arrived = job.enqueued if arrived is None else arrived
         self._queue.append(job)
         self._arrived.set()
         return await job.future
@@ -143,9 +155,10 @@ class MicroBatcher:
                 if self._closing and not self._queue:
                     return
                 continue
+            run, note = self.planner(batch[0], list(self._queue)) if self.planner is not None else (None, None)
             began = time.perf_counter()
             waits = [began - job.enqueued for job in batch]
-            outcomes = await loop.run_in_executor(self._executor, self._score, [job.candidates for job in batch])
+            outcomes = await loop.run_in_executor(self._executor, self._score, [job.candidates for job in batch], run)
             seconds = time.perf_counter() - began
             for job, outcome in zip(batch, outcomes):
                 if job.future.done():  # timed out meanwhile
@@ -153,20 +166,23 @@ class MicroBatcher:
                 if isinstance(outcome, BaseException):
                     job.future.set_exception(outcome)
                 else:
+                    if note is not None:
+                        outcome.trace.append(note)
                     job.future.set_result(outcome)
             if self.on_batch is not None:
                 self.on_batch(BatchStats(len(batch), sum(job.pairs for job in batch), waits, seconds))
 
-    def _score(self, batch: list[Candidates]) -> list[Candidates | Exception]:
+    def _score(self, batch: list[Candidates], run: Callable | None = None) -> list[Candidates | Exception]:
+        run = run or self.run
         try:
-            return list(self.run(batch))
+            return list(run(batch))
         except Exception as exc:
             if len(batch) == 1:
                 return [exc]
         outcomes: list[Candidates | Exception] = []
         for candidates in batch:
             try:
-                outcomes.extend(self.run([candidates]))
+                outcomes.extend(run([candidates]))
             except Exception as exc:
                 outcomes.append(exc)
         return outcomes

@@ -33,6 +33,11 @@ class ServiceMetrics:
                                      buckets=_SIZES, registry=r)
         self.documents = Histogram("rerank_request_documents", "Documents per accepted request",
                                    buckets=_SIZES, registry=r)
+        self.cutoffs = Counter("rerank_cutoff_chosen", "Cut-off values chosen per request under a latency budget",
+                               ["variable", "value"], registry=r)
+        self.budget = Counter("rerank_budget_requests", "Requests with a latency budget, by outcome: within or over "
+                              "the budget (measured), and unfit (even the cheapest cut-offs were predicted over)",
+                              ["outcome"], registry=r)
         self.queue_depth = Gauge("rerank_queue_depth", "Requests waiting for the model", registry=r)
         self.in_flight = Gauge("rerank_in_flight_requests", "Requests being handled", registry=r)
 

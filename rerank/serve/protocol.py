@@ -67,6 +67,7 @@ class CohereRequest(BaseModel):
     return_documents: StrictBool = False
     raw_scores: StrictBool = False
     model: Optional[StrictStr] = None
+    budget_ms: Optional[float] = Field(default=None, gt=0)
 
 
 class TeiRequest(BaseModel):
@@ -79,6 +80,7 @@ class TeiRequest(BaseModel):
     raw_scores: StrictBool = False
     return_text: StrictBool = False
     truncate: Optional[StrictBool] = None
+    budget_ms: Optional[float] = Field(default=None, gt=0)
 
 
 @dataclass(frozen=True)
@@ -91,6 +93,8 @@ class RerankRequest:
     top_n: int | None
     return_documents: bool
     raw_scores: bool
+    budget_ms: float | None = None
+    """The request's own latency budget (ms), for a service that chooses cut-offs per request."""
 
 
 def _location(loc: tuple) -> str:
@@ -140,11 +144,12 @@ def parse_request(body: bytes, settings: ServeSettings) -> RerankRequest:
     except ValidationError as exc:
         raise RequestError(422, "validation", _validation_message(exc)) from None
     if isinstance(parsed, TeiRequest):
-        request = RerankRequest("tei", parsed.query, parsed.texts, None, parsed.return_text, parsed.raw_scores)
+        request = RerankRequest("tei", parsed.query, parsed.texts, None, parsed.return_text, parsed.raw_scores,
+                                parsed.budget_ms)
         field = "texts"
     else:
         request = RerankRequest("cohere", parsed.query, parsed.documents, parsed.top_n, parsed.return_documents,
-                                parsed.raw_scores)
+                                parsed.raw_scores, parsed.budget_ms)
         field = "documents"
     _check_limits(request, field, settings)
     return request
@@ -187,8 +192,9 @@ def _check_encodable(text: str, where: str) -> None:
 
 
 def render_response(request: RerankRequest, ranked: list[tuple[int, float]], *, normalize: bool,
-                    request_id: str, pipeline: str) -> Any:
-    """The JSON answer for ``ranked`` ((document index, pipeline score) pairs, best first)."""
+                    request_id: str, pipeline: str, meta: dict[str, Any] | None = None) -> Any:
+    """The JSON answer for ``ranked`` ((document index, pipeline score) pairs, best first);
+    ``meta`` joins the Cohere shape's ``meta`` (the TEI shape has none)."""
     raw = request.raw_scores or not normalize
     if request.top_n is not None:
         ranked = ranked[: request.top_n]
@@ -200,4 +206,4 @@ def render_response(request: RerankRequest, ranked: list[tuple[int, float]], *, 
                 **({"document": {"text": request.documents[i]}} if request.return_documents else {})}
                for i, s in scored]
     return {"id": request_id, "results": results,
-            "meta": {"pipeline": pipeline, "billed_units": {"search_units": 1}}}
+            "meta": {"pipeline": pipeline, "billed_units": {"search_units": 1}, **(meta or {})}}

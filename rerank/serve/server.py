@@ -38,9 +38,10 @@ class RerankServer:
     thread until ``stop()``.
     """
 
-    def __init__(self, pipeline: Stage, settings: ServeSettings | None = None, *, log_level: str = "warning") -> None:
+    def __init__(self, pipeline: Stage, settings: ServeSettings | None = None, *, log_level: str = "warning",
+                 costs=None) -> None:
         self.settings = settings or ServeSettings()
-        self.app = create_app(pipeline, self.settings)
+        self.app = create_app(pipeline, self.settings, costs=costs)
         config = uvicorn.Config(self.app, host=self.settings.host, port=self.settings.port, log_level=log_level,
                                 access_log=False, lifespan="on",
                                 timeout_graceful_shutdown=self.settings.shutdown_timeout_s or None)
@@ -96,5 +97,8 @@ def load_service(config_path: str | Path, **overrides) -> tuple[Stage, ServeSett
     ``[serve]`` table, then ``overrides`` (``None`` values ignored). The config and the settings
     are checked before any model loads; :func:`create_app` refuses a pipeline it cannot serve."""
     config = parse_config(config_path)
-    settings = ServeSettings.from_table(config.extra.get("serve"), f"{config_path} [serve]").override(**overrides)
+    table = dict(config.extra.get("serve") or {})
+    if config.tune and "cutoff_values" not in table:
+        table["cutoff_values"] = config.tune
+    settings = ServeSettings.from_table(table, f"{config_path} [serve]").override(**overrides)
     return build_pipeline(config, precision=settings.precision), settings

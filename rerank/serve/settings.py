@@ -57,6 +57,17 @@ class ServeSettings:
     precision: Optional[Literal["auto", "fp32", "bf16", "int8"]] = None
     """Precision of every model stage of the served pipeline (``None``: each stage's own,
     ``auto`` by default; see :mod:`rerank.precision`)."""
+    budget_ms: Optional[Positive] = None
+    """Latency budget per request (ms; a request's own ``budget_ms`` overrides it). Needed by a
+    pipeline with cut-off variables (``student % k1 >> ce``): each request gets the cut-offs
+    predicted to fit (see :mod:`rerank.serve.budget`)."""
+    budget_headroom: Annotated[float, Field(ge=0, lt=1)] = 0.1
+    """Share of each budget kept back for what the cost model does not see (HTTP, JSON, noise)."""
+    cutoff_values: Optional[dict[str, list[PositiveInt]]] = None
+    """Each cut-off variable's candidate values (the config's ``[tune]`` table)."""
+    warmup_sizes: Optional[list[PositiveInt]] = None
+    """Document counts the stages are timed at on start-up (default: 10, 50, 100, 200, within
+    ``max_documents``)."""
     normalize: bool = True
     """Answer ``sigmoid(score)`` as ``relevance_score`` (the ranking is the same); a request's
     ``raw_scores = true`` asks for the pipeline's own scores."""
