@@ -525,6 +525,8 @@ def test_a_budgeted_service_chooses_cut_offs_per_request_and_says_so(scifact_cor
         assert hopeless.status_code == 200 and hopeless.headers["X-Rerank-Cutoffs"] == "k1=5"
         text = http.get("/metrics").text
         assert metric(text, 'rerank_cutoff_chosen_total{value="40",variable="k1"}') == 1
+        costs = {c["stage"]: c for c in http.get("/info").json()["budget"]["costs"]}
+        assert costs["dear"]["per_passage_ms"] == pytest.approx(1.0, rel=0.3)  # the sleep: 1 ms a passage
         assert metric(text, 'rerank_budget_requests_total{outcome="unfit"}') == 1
 
 

@@ -19,7 +19,7 @@ from rerank.retrieve.stage import Retriever
 from rerank.score.bm25 import BM25Scorer
 from rerank.tuning import CostModel, CostModelError, GridError, StageCostModel, fit_stage_cost, measure_costs, tune
 from rerank.tuning.cache import CachedScorer, with_cached_stages
-from rerank.types import Candidates, sort_candidates
+from rerank.types import Candidates
 
 
 class LengthScorer(Scorer):

@@ -246,14 +246,17 @@ def create_app(pipeline: Stage, settings: ServeSettings | None = None, *, costs:
 
     @app.get("/info")
     async def info() -> dict[str, Any]:
-        """The served pipeline, the settings, how each model stage runs (precision, threads) and
-        the version."""
+        """The served pipeline, the settings, how each model stage runs (precision, threads), the
+        version, and for a budgeted service the stage costs it plans with."""
         from rerank.pipeline import leaves
 
         stages = {leaf.name: leaf.runtime_settings() for leaf in leaves(service.pipeline)
                   if hasattr(leaf, "runtime_settings")}
+        budget = {"costs": service.costs.to_tables(), "description": service.costs.describe()} \
+            if service.planner is not None else None
         return {"pipeline": str(service.pipeline), "version": __version__, "settings": asdict(service.settings),
-                "stages": stages, "uptime_s": round(time.time() - service.started, 3)}
+                "stages": stages, "uptime_s": round(time.time() - service.started, 3),
+                **({"budget": budget} if budget else {})}
 
     @app.get("/metrics")
     async def metrics() -> Response:

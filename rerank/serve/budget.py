@@ -105,17 +105,10 @@ def warmup_candidates(queries: int = 4, documents: int = 200, seed: int = 0) -> 
 
 def fit_service_costs(template: Stage, grid: Mapping[str, Sequence[int]], sizes: Sequence[int], *,
                       queries: int = 3, repeats: int = 2) -> CostModel:
-    """Time every stage of ``template`` one request at a time at the document counts ``sizes``
-    (the first stage) and at every size the cut-offs can pass on (the later ones)."""
+    """Time every stage of ``template``, one request at a time, running every combination of
+    ``grid`` on warm-up requests of each document count in ``sizes``."""
     grid = check_grid(template, grid)
-    inputs = warmup_candidates(queries, max(sizes))
-    wanted: dict[str, set[int]] = {}
-    from rerank.tuning.costs import input_sizes
-
-    for n in sizes:
-        for name, found in input_sizes(template, grid, passages_in=n).items():
-            wanted.setdefault(name, set()).update(found)
-    return measure_costs(template, grid, inputs, sizes=wanted, repeats=repeats)
+    return measure_costs(template, grid, warmup_candidates(queries, max(sizes)), sizes=sizes, repeats=repeats)
 
 
 def has_variables(pipeline: Stage) -> bool:

@@ -20,6 +20,7 @@ import numpy as np
 
 from rerank.errors import RerankError
 from rerank.pipeline import Cutoff, Fusion, Identity, Pipeline, Stage, leaves, rebuild
+from rerank.tuning.grid import combinations
 from rerank.types import Candidates
 
 
@@ -171,78 +172,43 @@ class CostModel:
         return "\n".join(m.describe() for m in self.stages.values())
 
 
-def input_sizes(template: Stage, grid: Mapping[str, Sequence[int]], passages_in: int = 0) -> dict[str, set[int]]:
-    """For every leaf stage of ``template`` (by name), the input sizes it receives over every
-    combination of the cut-off values in ``grid`` (retrievers: the depths they are asked for)."""
-    from rerank.tuning.grid import combinations
-
-    sizes: dict[str, set[int]] = {}
-    for values in combinations(grid):
-        bound = rebuild(template, values=values)
-
-        def flow(node: Stage, n: int) -> int:
-            if isinstance(node, Pipeline):
-                for inner in node.stages:
-                    n = flow(inner, n)
-                return n
-            if isinstance(node, Cutoff):
-                return min(flow(node.stage, n), node.k)
-            if isinstance(node, Fusion):
-                return max(flow(branch, n) for branch in node.branches)
-            if isinstance(node, Identity):
-                return n
-            size = node.k if node.retrieves else n
-            sizes.setdefault(node.name, set()).add(size)
-            return size
-
-        flow(bound, passages_in)
-    return sizes
-
-
 def measure_costs(template: Stage, grid: Mapping[str, Sequence[int]], inputs: Sequence[Candidates], *,
-                  sizes: Mapping[str, Iterable[int]] | None = None, batch_size: int = 1, repeats: int = 1,
+                  sizes: Iterable[int] | None = None, batch_size: int = 1, repeats: int = 1,
                   progress: Callable[[Iterable], Iterable] | None = None) -> CostModel:
     """Fit a :class:`CostModel` for every leaf of ``template`` from its own traces.
 
-    ``inputs``: warm-up queries with candidates (the first stage's output at its largest depth,
-    or the documents requests bring). Each re-ranking leaf is timed on the top-``n`` of those
-    candidates for every size ``n`` it can receive under ``grid`` (or ``sizes[leaf]``), each
-    retriever at the depths it is asked for, ``batch_size`` queries per call, ``repeats`` times;
-    the first call of each leaf is a warm-up and is not kept.
+    Every combination of ``grid`` runs on the warm-up ``inputs`` (queries, or queries with
+    candidates), ``batch_size`` queries per call, ``repeats`` times, so each stage is timed on
+    what it really receives at every size the cut-offs give it. ``sizes``: also cut each input's
+    candidates to these counts (a service timing the document counts requests bring). Each trace
+    entry is one sample: (passages the stage received, or a retriever's depth; seconds). The
+    first run of each combination is a warm-up and is not kept.
     """
     if not inputs:
         raise CostModelError("no warm-up queries to time the stages on")
-    wanted = dict(input_sizes(template, grid, passages_in=max(len(c) for c in inputs)))
-    for name, given in (sizes or {}).items():
-        wanted[name] = set(given)
-    largest = rebuild(template, values={k: max(v) for k, v in grid.items()}) if grid else template
-    models: dict[str, StageCostModel] = {}
+    runs = [(values, n) for values in (combinations(grid) if grid else [{}]) for n in (sorted(set(sizes)) if sizes else [None])]
     chunks = [list(inputs[i:i + batch_size]) for i in range(0, len(inputs), batch_size)]
-    work = [(leaf, n) for leaf in _unique_leaves(largest) if not isinstance(leaf, Identity)
-            for n in sorted(wanted.get(leaf.name, ()))]
     samples: dict[str, list[tuple[int, float]]] = {}
-    warmed: set[str] = set()
     settings: dict[str, dict] = {}
-    steps = progress(work) if progress else work
-    for leaf, n in steps:
-        runner = leaf % n if leaf.retrieves else leaf
+    for values, n in (progress(runs) if progress else runs):
+        pipeline = rebuild(template, values=values)
+        depth = {leaf.name: leaf.k for leaf in leaves(pipeline) if leaf.retrieves}
+        for leaf in leaves(pipeline):
+            settings[leaf.name] = leaf.runtime_settings() if hasattr(leaf, "runtime_settings") else {}
+        batches = [[c.top(n) if n else c for c in chunk] for chunk in chunks]
+        pipeline(batches[0])  # warm-up
         for _ in range(repeats):
-            for chunk in chunks:
-                batch = [Candidates(c.query, [], []) for c in chunk] if leaf.retrieves else [c.top(n) for c in chunk]
-                if leaf.name not in warmed:
-                    runner(batch)
-                    warmed.add(leaf.name)
-                out = runner(batch)
-                seconds = sum(sum(cost.seconds for cost in c.trace if cost.stage == leaf.name) for c in out)
-                samples.setdefault(leaf.name, []).append((n, seconds))
-                settings[leaf.name] = leaf.runtime_settings() if hasattr(leaf, "runtime_settings") else {}
-    for name, timed in samples.items():
-        models[name] = fit_stage_cost(name, timed, batch_size=batch_size, settings=settings.get(name))
+            for batch in batches:
+                per_stage: dict[str, list[float]] = {}
+                for source, c in zip(batch, pipeline(batch)):
+                    for cost in c.trace[len(source.trace):]:
+                        size = depth.get(cost.stage, cost.passages_scored)
+                        entry = per_stage.setdefault(cost.stage, [size, 0.0])
+                        entry[0] = max(entry[0], size)
+                        entry[1] += cost.seconds
+                for stage, (size, seconds) in per_stage.items():
+                    samples.setdefault(stage, []).append((int(size), seconds))
+    known = {leaf.name for leaf in leaves(template)}
+    models = {name: fit_stage_cost(name, timed, batch_size=batch_size, settings=settings.get(name))
+              for name, timed in samples.items() if name in known}
     return CostModel(models, batch_size)
-
-
-def _unique_leaves(stage: Stage) -> list[Stage]:
-    seen: dict[str, Stage] = {}
-    for leaf in leaves(stage):
-        seen.setdefault(leaf.name, leaf)
-    return list(seen.values())

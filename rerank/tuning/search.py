@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from rerank.errors import RerankError
-from rerank.pipeline import Cutoff, Pipeline, Stage, bind, leaves, rebuild
+from rerank.pipeline import Stage, bind, leaves
 from rerank.tuning.cache import with_cached_stages
 from rerank.tuning.costs import CostModel, measure_costs
 from rerank.tuning.grid import check_grid, combinations, label
@@ -117,9 +117,9 @@ def tune(pipeline: Stage, inputs: Sequence[Query] | Sequence[Candidates], qrels:
     """Tune the cut-off variables of ``pipeline`` on ``inputs`` (queries, or candidates to
     re-rank) judged by ``qrels``.
 
-    1. Cost: each stage is timed on the first ``warmup_queries`` inputs at every input size the
-       grid can give it, one query per call (``cost_model`` skips this); every combination's
-       latency per query is predicted from the fitted stage costs.
+    1. Cost: every combination runs on the first ``warmup_queries`` inputs, one query per call,
+       and each stage's cost line is fitted to its trace entries (``cost_model`` skips this);
+       every combination's latency per query is predicted from the fitted stage costs.
     2. Effectiveness: pointwise stages score every pair they can meet once (cached); each
        combination is evaluated by re-sorting those scores. Pipelines with set-dependent stages
        (PRP, listwise, IDCM) run those stages per combination, only for combinations predicted
@@ -147,9 +147,7 @@ def tune(pipeline: Stage, inputs: Sequence[Query] | Sequence[Candidates], qrels:
     began = time.perf_counter()
     warm = batch[:warmup_queries]
     if cost_model is None:
-        warm_candidates = _first_stage_output(bind(cached, largest), warm) if retrieving else warm
-        cost_model = measure_costs(pipeline, grid, warm_candidates, repeats=repeats,
-                                   progress=_bar("timing stages", progress))
+        cost_model = measure_costs(pipeline, grid, warm, repeats=repeats, progress=_bar("timing stages", progress))
     seconds["cost_model"] = time.perf_counter() - began
 
     began = time.perf_counter()
@@ -180,16 +178,6 @@ def tune(pipeline: Stage, inputs: Sequence[Query] | Sequence[Candidates], qrels:
     if budget_ms is not None:
         result.choice = result.choose(budget_ms, statistic)
     return result
-
-
-def _first_stage_output(pipeline: Stage, batch: Sequence[Candidates]) -> list[Candidates]:
-    """What the retrieval at the head of ``pipeline`` returns for ``batch`` (the candidates the
-    later stages are timed on)."""
-    head = pipeline.stages[0] if isinstance(pipeline, Pipeline) else pipeline
-    if not (isinstance(head, Cutoff) and head.stage.retrieves or head.retrieves):
-        raise TuneError(f"{pipeline}: cannot find the first stage whose candidates the others re-rank; "
-                        "give candidates as inputs instead of queries")
-    return head(list(batch))
 
 
 def _bar(description: str, enabled: bool):
