@@ -49,6 +49,7 @@ experiments: install
 	$(VENV)/bin/rerank experiment experiments/scifact.toml
 	$(VENV)/bin/rerank experiment experiments/scifact-trained.toml
 	$(VENV)/bin/rerank experiment experiments/vaswani.toml
+	$(VENV)/bin/rerank experiment experiments/vaswani-adapted.toml
 	$(VENV)/bin/rerank experiment experiments/dl19.toml
 	$(PY) experiments/readme_table.py
 

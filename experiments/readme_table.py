@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-EXPERIMENTS = ("scifact", "scifact-trained", "vaswani", "dl19")
+EXPERIMENTS = ("scifact", "scifact-trained", "vaswani", "vaswani-adapted", "dl19")
 START, END = "<!-- experiments:start -->", "<!-- experiments:end -->"
 HEADLINE_START, HEADLINE_END = "<!-- headline:start -->", "<!-- headline:end -->"
 
