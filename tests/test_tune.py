@@ -223,11 +223,29 @@ def test_tune_evaluates_every_combination_and_chooses_within_the_budget(setup):
         direct = bind(pipe, row.values).search(queries)
         assert row.score == pytest.approx(evaluate(direct, qrels, ["nDCG@10"]).aggregate["nDCG@10"], abs=1e-12)
     fitting = [r for r in result.rows if r.predicted_ms <= 30]
-    assert result.choice.fits and result.choice.values == max(fitting, key=lambda r: (r.score, -r.predicted_ms)).values
+    strict = result.choose(30, tie_alpha=None)
+    assert strict.fits and strict.values == max(fitting, key=lambda r: (r.score, -r.predicted_ms)).values
+    assert result.choice.fits and result.choice.predicted_ms >= strict.predicted_ms
     assert str(result.choice.pipeline).startswith("bm25 % 60 >> cheap % ")
     tight = result.choose(5)
     assert not tight.fits and tight.values == {"k1": 5}  # nothing fits: the cheapest, flagged
     assert "k1" in result.table()
+
+
+def test_a_costlier_combination_not_significantly_worse_is_preferred():
+    from rerank.tuning.search import GridRow, TuneResult
+
+    queries = [f"q{i}" for i in range(20)]
+    best = {q: 0.60 + 0.01 * (i % 3) for i, q in enumerate(queries)}
+    noisy = {q: best[q] + (0.02 if i % 2 else -0.021) for i, q in enumerate(queries)}  # a shade lower, by chance
+    worse = {q: best[q] - 0.2 for q in queries}  # clearly lower
+    rows = [GridRow({"k1": 10}, 100.0, 120.0, {}, float(np.mean(list(best.values()))), best),
+            GridRow({"k1": 20}, 200.0, 220.0, {}, float(np.mean(list(noisy.values()))), noisy),
+            GridRow({"k1": 30}, 300.0, 320.0, {}, float(np.mean(list(worse.values()))), worse)]
+    result = TuneResult(LengthScorer() % "k1", {"k1": [10, 20, 30]}, "nDCG@10", rows, CostModel({}), 20)
+    assert result.choose(1000, tie_alpha=None).values == {"k1": 10}
+    assert result.choose(1000).values == {"k1": 20}  # tied with the best; k1=30 is significantly worse
+    assert result.choose(150).values == {"k1": 10}  # k1=20 does not fit
 
 
 def test_set_dependent_stages_run_per_combination_only_within_the_budget(setup):

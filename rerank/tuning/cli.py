@@ -22,6 +22,9 @@ def add_tune_parser(sub) -> None:
                    help="which latency must fit the budget (default: mean)")
     p.add_argument("--measure", default="nDCG@10", help="ir-measures measure to maximise (default: nDCG@10)")
     p.add_argument("--max-queries", type=int, default=None, help="tune on the first N judged queries only")
+    p.add_argument("--strict-best", action="store_true",
+                   help="take the best score that fits even when a costlier fitting combination is not significantly "
+                        "worse on the tuning queries (default: prefer the costliest such, paired t-test at 0.05)")
     p.add_argument("--warmup-queries", type=int, default=10, help="queries the stages are timed on (default: 10)")
     p.add_argument("--repeats", type=int, default=1, help="timings per query and size (default: 1)")
     p.add_argument("--precision", choices=["auto", "fp32", "bf16", "int8"], default=None,
@@ -60,7 +63,7 @@ def cmd_tune(args) -> int:
     pipeline = build_pipeline(config, precision=args.precision)
     result = tune(pipeline, inputs, qrels, grid=config.tune, budget_ms=args.budget_ms, statistic=args.statistic,
                   measure=args.measure, warmup_queries=args.warmup_queries, repeats=args.repeats,
-                  progress=not args.no_progress)
+                  tie_alpha=None if args.strict_best else 0.05, progress=not args.no_progress)
     choice = result.choice
     out = write_tuned_config(data, result, choice, args.out, tuned_on=f"{args.dataset} {args.split}")
     plot = plot_front(result, args.plot or Path(args.out).with_suffix(".png"), budgets=[args.budget_ms])

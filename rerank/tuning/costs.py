@@ -181,8 +181,9 @@ def measure_costs(template: Stage, grid: Mapping[str, Sequence[int]], inputs: Se
     candidates), ``batch_size`` queries per call, ``repeats`` times, so each stage is timed on
     what it really receives at every size the cut-offs give it. ``sizes``: also cut each input's
     candidates to these counts (a service timing the document counts requests bring). Each trace
-    entry is one sample: (passages the stage received, or a retriever's depth; seconds). The
-    first run of each combination is a warm-up and is not kept.
+    entry is one sample: (passages the stage received, or a retriever's depth; seconds). A first
+    pass of each combination over the warm-up inputs is not kept: a model's first calls at new
+    input shapes set up kernels and run several times slower than later ones.
     """
     if not inputs:
         raise CostModelError("no warm-up queries to time the stages on")
@@ -196,7 +197,8 @@ def measure_costs(template: Stage, grid: Mapping[str, Sequence[int]], inputs: Se
         for leaf in leaves(pipeline):
             settings[leaf.name] = leaf.runtime_settings() if hasattr(leaf, "runtime_settings") else {}
         batches = [[c.top(n) if n else c for c in chunk] for chunk in chunks]
-        pipeline(batches[0])  # warm-up
+        for batch in batches:  # a pass not kept: first calls at new input shapes set up kernels
+            pipeline(batch)
         for _ in range(repeats):
             for batch in batches:
                 per_stage: dict[str, list[float]] = {}

@@ -41,6 +41,7 @@ class GridRow:
     predicted_p95_ms: float
     stage_ms: dict[str, float]
     score: float | None = None
+    per_query: dict[str, float] = field(default_factory=dict, repr=False)
 
     def predicted(self, statistic: str) -> float:
         """The predicted latency under ``statistic`` (``mean`` or ``p95``)."""
@@ -83,9 +84,17 @@ class TuneResult:
     pairs_scored: dict[str, int] = field(default_factory=dict)
     choice: TuneChoice | None = None
 
-    def choose(self, budget_ms: float, statistic: str = "mean") -> TuneChoice:
-        """The best-scoring combination whose predicted latency fits ``budget_ms`` (ties: the
-        faster), or the cheapest if none fits."""
+    def choose(self, budget_ms: float, statistic: str = "mean", tie_alpha: float | None = 0.05) -> TuneChoice:
+        """The best-scoring combination whose predicted latency fits ``budget_ms``, or the cheapest
+        if none fits.
+
+        ``tie_alpha``: a costlier fitting combination whose score is not significantly below the
+        best one's on the tuning queries (paired t-test, p >= ``tie_alpha``) is preferred, the
+        costliest such: a difference the tuning queries cannot tell from noise should not cut the
+        candidates the expensive stage sees, and the budget allows them. ``None``: strictly the
+        best score (ties: the faster)."""
+        from rerank.significance import paired_test
+
         if statistic not in STATISTICS:
             raise TuneError(f"statistic must be one of {STATISTICS}, got {statistic!r}")
         if not budget_ms > 0:
@@ -93,6 +102,13 @@ class TuneResult:
         fitting = [r for r in self.rows if r.score is not None and r.predicted(statistic) <= budget_ms]
         if fitting:
             best, fits = max(fitting, key=lambda r: (r.score, -r.predicted(statistic))), True
+            if tie_alpha is not None and best.per_query:
+                queries = sorted(best.per_query)
+                tied = [r for r in fitting if r.predicted(statistic) > best.predicted(statistic) and r.per_query
+                        and paired_test([best.per_query[q] for q in queries],
+                                        [r.per_query.get(q, 0.0) for q in queries])[1] >= tie_alpha]
+                if tied:
+                    best = max(tied, key=lambda r: r.predicted(statistic))
         else:
             best, fits = min(self.rows, key=lambda r: r.predicted(statistic)), False
         return TuneChoice(dict(best.values), bind(self.template, best.values), best.predicted(statistic), best.score,
@@ -113,7 +129,8 @@ class TuneResult:
 def tune(pipeline: Stage, inputs: Sequence[Query] | Sequence[Candidates], qrels: Qrels, *,
          grid: Mapping[str, Sequence[int]], budget_ms: float | None = None, statistic: str = "mean",
          measure: str = "nDCG@10", cost_model: CostModel | None = None, warmup_queries: int = 10,
-         repeats: int = 1, evaluate_within_ms: float | None = None, progress: bool = True) -> TuneResult:
+         repeats: int = 1, evaluate_within_ms: float | None = None, tie_alpha: float | None = 0.05,
+         progress: bool = True) -> TuneResult:
     """Tune the cut-off variables of ``pipeline`` on ``inputs`` (queries, or candidates to
     re-rank) judged by ``qrels``.
 
@@ -124,7 +141,8 @@ def tune(pipeline: Stage, inputs: Sequence[Query] | Sequence[Candidates], qrels:
        combination is evaluated by re-sorting those scores. Pipelines with set-dependent stages
        (PRP, listwise, IDCM) run those stages per combination, only for combinations predicted
        within ``evaluate_within_ms`` (default: ``budget_ms``; every combination when neither).
-    3. With ``budget_ms``: :meth:`TuneResult.choose` picks the best that fits.
+    3. With ``budget_ms``: :meth:`TuneResult.choose` picks the best that fits (with
+       ``tie_alpha``, the costliest fitting one not significantly worse than the best).
     """
     from rerank.evaluate import evaluate
 
@@ -171,12 +189,14 @@ def tune(pipeline: Stage, inputs: Sequence[Query] | Sequence[Candidates], qrels:
     for row in _bar("evaluating combinations", progress)(to_run):
         runner = bind(cached, row.values)
         ranked = [c for chunk in chunks for c in runner(chunk)]
-        row.score = float(evaluate(ranked, qrels, [measure]).aggregate[measure])
+        evaluation = evaluate(ranked, qrels, [measure])
+        row.score = float(evaluation.aggregate[measure])
+        row.per_query = {q: next(iter(values.values()), 0.0) for q, values in evaluation.per_query.items()}
     seconds["evaluate"] = time.perf_counter() - began
     pairs = {s.name: getattr(s, "computed", 0) for s in stand_ins if hasattr(s, "computed")}
     result = TuneResult(pipeline, grid, measure, rows, cost_model, len(batch), seconds, pairs)
     if budget_ms is not None:
-        result.choice = result.choose(budget_ms, statistic)
+        result.choice = result.choose(budget_ms, statistic, tie_alpha)
     return result
 
 
