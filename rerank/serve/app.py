@@ -68,19 +68,15 @@ class Service:
 
     def _plan(self, job, behind) -> tuple[Stage, StageCost]:
         """The cut-offs for ``job`` (see :mod:`rerank.serve.budget`), and a trace entry naming them."""
-        from rerank.serve.budget import allowance_ms
-
         now = time.perf_counter()
         keep = 1 - self.settings.budget_headroom
 
-        def left(j) -> float:
-            return (j.budget_ms or self.settings.budget_ms) * keep - 1000 * (now - j.arrived)
+        def state(j) -> tuple[float, int]:
+            return (j.budget_ms or self.settings.budget_ms) * keep - 1000 * (now - j.arrived), len(j.candidates)
 
-        allowed = allowance_ms(left(job), self.planner.cheapest_ms(len(job.candidates)),
-                               [(left(j), self.planner.cheapest_ms(len(j.candidates))) for j in behind])
-        plan = self.planner.plan(len(job.candidates), allowed)
+        plan = self.planner.plan_head(state(job), [state(j) for j in behind])
         note = StageCost("cutoffs", 0.0, passages_scored=0, counters=dict(plan.values),
-                         settings={"predicted_ms": f"{plan.predicted_ms:.3f}", "allowed_ms": f"{allowed:.3f}",
+                         settings={"predicted_ms": f"{plan.predicted_ms:.3f}", "allowed_ms": f"{plan.allowed_ms:.3f}",
                                    "fits": str(plan.fits).lower()})
         return plan.pipeline, note
 

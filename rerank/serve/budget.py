@@ -72,6 +72,15 @@ class BudgetPlanner:
         values, pipeline = self.options[best]
         return Plan(dict(values), pipeline, predicted[best], allowed_ms, fits)
 
+    def plan_head(self, head: tuple[float, int], behind: Sequence[tuple[float, int]]) -> Plan:
+        """The plan for the request at the head of the queue, given ``(milliseconds left of its
+        budget, documents)`` for it and for each request queued behind it, in order: the most
+        work within its :func:`allowance_ms`."""
+        left, documents = head
+        allowed = allowance_ms(left, self.cheapest_ms(documents),
+                               [(ms, self.cheapest_ms(n)) for ms, n in behind])
+        return self.plan(documents, allowed)
+
 
 def allowance_ms(own_left_ms: float, own_cheapest_ms: float, behind: Sequence[tuple[float, float]]) -> float:
     """What the request at the head of the queue may spend: its cheapest cost plus a fair share
