@@ -9,6 +9,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
+from dataclasses import asdict
+
 import numpy as np
 import pytest
 
@@ -148,7 +150,13 @@ def test_fit_recovers_a_constructed_line_and_reports_its_error():
     constant = fit_stage_cost("retrieval", [(100, 0.004), (100, 0.006)])
     assert constant.per_passage_ms == 0.0 and constant.fixed_ms == pytest.approx(5.0)
     curved = fit_stage_cost("curved", [(n, (n * n) / 1e6) for n in (10, 50, 100)])
-    assert curved.fit_error > 0.2  # a line cannot follow n^2: the error says so
+    assert curved.fit_error > 0.2  # 50 from 10 and 100 alone, on n^2: far off, and the error says so
+    # Between measured sizes the means are interpolated, so a curve is followed where measured
+    # (a line through all calls would be 20% low at 10 and 50 passages here).
+    assert curved.predict_ms(50) == pytest.approx(2.5) and curved.predict_ms(75) == pytest.approx(2.5 + 7.5 / 2)
+    assert curved.predict_ms(200) == pytest.approx(10 + 7.5 * 2)  # beyond: along the last segment
+    assert curved.predict_ms(1) == pytest.approx(0.0)  # never below zero
+    assert StageCostModel(**{**asdict(curved)}).predict_ms(75) == curved.predict_ms(75)
 
 
 def test_measured_costs_follow_the_trace_and_predict_the_pipeline(setup):

@@ -54,6 +54,7 @@ from rerank.score.bi_encoder import BiEncoderScorer
 from rerank.score.splade import SpladeScorer
 from rerank.sparse_encode import SpladeEncoder
 from rerank.tuning import combinations, tune
+from rerank.tuning.costs import StageCostModel
 from rerank.types import Candidates
 
 REPO = Path(__file__).resolve().parents[2]
@@ -224,9 +225,8 @@ def part_serve(args) -> dict:
             info = httpx.get(f"{url}/info").json()["budget"]
             print(f"\nservice: student % k1 >> ce, k1 in {grid}; started (with its stage timing) in {startup:.0f}s\n"
                   f"{info['description']}", flush=True)
-            costs = {c["stage"]: c for c in info["costs"]}
-            cheapest = [costs["student"]["fixed_ms"] + costs["student"]["per_passage_ms"] * n + costs["ce"]["fixed_ms"]
-                        + costs["ce"]["per_passage_ms"] * min(n, min(grid)) for n in sizes]
+            costs = {c["stage"]: StageCostModel(**c) for c in info["costs"]}
+            cheapest = [costs["student"].predict_ms(n) + costs["ce"].predict_ms(min(n, min(grid))) for n in sizes]
             # With every client waiting on one model worker, a request waits for the others: a budget
             # below clients x the mean cheapest request cannot be kept by any choice of cut-offs.
             budget = args.serve_budget_ms or float(math.ceil(clients * float(np.mean(cheapest)) * 1.5 / 100) * 100)

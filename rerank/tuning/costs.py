@@ -1,15 +1,18 @@
 """A latency model per stage, fitted from the stage's own traces, and the latency it predicts for a
 whole pipeline.
 
-Each stage's time per call is modelled as ``fixed + per_passage x passages`` (non-negative least
-squares over calls at several input sizes). A model holds the batch size (queries per call) and
+Each stage's time per call is the mean measured at each input size, interpolated linearly between
+the sizes measured, and beyond them extended along the nearest segment; ``fixed + per_passage x
+passages`` (non-negative least squares over all calls) summarises it in one line. The line alone
+misleads where cost grows faster than the passage count: a stage that pads a batch to its longest
+passage pays for the longest of more passages as the count grows. A model holds the batch size (queries per call) and
 the threads and precision the stage ran with, and is only used for a stage that runs the same
 way: time measured one query at a time says nothing about batches of 8. A pipeline's latency is
 the sum of its stages' predictions, with the number of candidates each stage receives followed
 through its cut-offs.
 
-Cross-encoders truncate every pair to their ``max_length``, so passages, not tokens, carry the
-cost at the sizes re-rankers see; the fit error printed with each model shows where that fails.
+The fit error printed with each model is the largest relative error in predicting one measured
+size's mean from the other sizes alone: how far to trust a prediction between measured sizes.
 """
 from __future__ import annotations
 
@@ -30,12 +33,15 @@ class CostModelError(RerankError):
 
 @dataclass
 class StageCostModel:
-    """Time per call of one stage: ``fixed_ms + per_passage_ms x passages``.
+    """Time per call of one stage: ``mean_ms`` (the mean measured at each of ``sizes``)
+    interpolated between the sizes measured; ``fixed_ms + per_passage_ms x passages`` is the
+    least-squares line through all calls, used alone when no means are given.
 
     ``batch_size``, ``threads`` and ``precision`` are how the stage ran when measured;
-    ``fit_error`` is the largest relative error of the fitted line against the mean measured
-    time at any measured size; ``residual_p95_ms`` the 95th percentile of (measured - predicted)
-    over single calls (the tail above the mean); ``sizes`` the input sizes measured.
+    ``fit_error`` is the largest relative error in predicting one measured size's mean from the
+    others (leave one out; for a line alone, the line's error at the measured sizes);
+    ``residual_p95_ms`` the 95th percentile of (measured - predicted) over single calls (the tail
+    above the mean).
     """
 
     stage: str
@@ -48,25 +54,43 @@ class StageCostModel:
     residual_p95_ms: float = 0.0
     sizes: list[int] = field(default_factory=list)
     calls: int = 0
+    mean_ms: list[float] = field(default_factory=list)
 
     def predict_ms(self, passages: int, statistic: str = "mean") -> float:
         """Predicted milliseconds of one call on ``passages`` candidates (``statistic``: ``mean``,
         or ``p95``, which adds the 95th-percentile residual)."""
-        mean = self.fixed_ms + self.per_passage_ms * passages
+        if self.mean_ms and len(self.mean_ms) == len(self.sizes):
+            mean = interpolate(self.sizes, self.mean_ms, passages)
+        else:
+            mean = self.fixed_ms + self.per_passage_ms * passages
         return mean + (self.residual_p95_ms if statistic == "p95" else 0.0)
 
     def describe(self) -> str:
         """One line: the fitted line, how it ran and how well it fits."""
         how = ", ".join(x for x in (f"batch {self.batch_size}", self.precision, f"{self.threads} threads"
                                     if self.threads else "") if x)
+        measured = ", ".join(f"{n}: {ms:.1f}" for n, ms in zip(self.sizes, self.mean_ms))
         return (f"{self.stage}: {self.fixed_ms:.2f} ms + {self.per_passage_ms:.3f} ms/passage ({how}; "
-                f"fit error {self.fit_error:.1%} over sizes {self.sizes}, p95 residual {self.residual_p95_ms:.1f} ms)")
+                + (f"mean ms by size {{{measured}}}, interpolated; " if measured else "")
+                + f"fit error {self.fit_error:.1%} over sizes {self.sizes}, p95 residual {self.residual_p95_ms:.1f} ms)")
+
+
+def interpolate(sizes: Sequence[int], means: Sequence[float], n: float) -> float:
+    """The mean time at ``n`` passages from the means measured at ``sizes`` (ascending): linear
+    between neighbours, along the nearest segment beyond them (never below zero), constant when
+    only one size was measured."""
+    if len(sizes) == 1:
+        return float(means[0])
+    i = int(np.clip(np.searchsorted(sizes, n), 1, len(sizes) - 1))
+    (n0, m0), (n1, m1) = (sizes[i - 1], means[i - 1]), (sizes[i], means[i])
+    return max(0.0, float(m0 + (m1 - m0) * (n - n0) / (n1 - n0)))
 
 
 def fit_stage_cost(stage: str, samples: Sequence[tuple[int, float]], *, batch_size: int = 1,
                    settings: Mapping[str, str] | None = None) -> StageCostModel:
-    """Fit ``fixed + per_passage x n`` to ``samples`` ((passages, seconds) per call), both
-    coefficients non-negative. One measured size gives a constant."""
+    """Model one stage from ``samples`` ((passages, seconds) per call): the mean at each size
+    measured (interpolated between them), and the line ``fixed + per_passage x n`` through all
+    calls, both coefficients non-negative. One measured size gives a constant."""
     from scipy.optimize import nnls
 
     if not samples:
@@ -78,16 +102,21 @@ def fit_stage_cost(stage: str, samples: Sequence[tuple[int, float]], *, batch_si
         fixed, per = float(ms.mean()), 0.0
     else:
         (fixed, per), _ = nnls(np.stack([np.ones_like(sizes), sizes], axis=1), ms)
-    predicted = fixed + per * sizes
+    means = [float(ms[sizes == n].mean()) for n in distinct]
+    predicted = np.array([interpolate(distinct, means, n) for n in sizes])
     errors = []
-    for n in distinct:
-        measured = ms[sizes == n].mean()
-        errors.append(abs(fixed + per * n - measured) / measured if measured > 0 else 0.0)
+    for i, (n, measured) in enumerate(zip(distinct, means)):
+        if len(distinct) >= 3:  # predict this size from the others alone
+            others = [j for j in range(len(distinct)) if j != i]
+            guess = interpolate([distinct[j] for j in others], [means[j] for j in others], n)
+        else:
+            guess = fixed + per * n
+        errors.append(abs(guess - measured) / measured if measured > 0 else 0.0)
     settings = dict(settings or {})
     return StageCostModel(stage, float(fixed), float(per), batch_size=batch_size,
                           threads=str(settings.get("threads", "")), precision=str(settings.get("precision", "")),
                           fit_error=float(max(errors)), residual_p95_ms=float(max(0.0, np.percentile(ms - predicted, 95))),
-                          sizes=distinct, calls=len(samples))
+                          sizes=distinct, calls=len(samples), mean_ms=means)
 
 
 @dataclass
