@@ -149,14 +149,18 @@ def test_fit_recovers_a_constructed_line_and_reports_its_error():
     assert exact.fixed_ms == pytest.approx(0.0, abs=1e-9) and exact.per_passage_ms == pytest.approx(1.0)
     constant = fit_stage_cost("retrieval", [(100, 0.004), (100, 0.006)])
     assert constant.per_passage_ms == 0.0 and constant.fixed_ms == pytest.approx(5.0)
-    curved = fit_stage_cost("curved", [(n, (n * n) / 1e6) for n in (10, 50, 100)])
-    assert curved.fit_error > 0.2  # 50 from 10 and 100 alone, on n^2: far off, and the error says so
-    # Between measured sizes the means are interpolated, so a curve is followed where measured
-    # (a line through all calls would be 20% low at 10 and 50 passages here).
+    # A cost growing as n^2: interpolating the means predicts 50 from 20 and 100 better than a
+    # line through the other sizes, so interpolation is kept.
+    curved = fit_stage_cost("curved", [(n, (n * n) / 1e6) for n in (10, 20, 50, 100)])
+    assert curved.shape == "interpolated" and curved.fit_error > 0.2  # from the neighbours alone: still far off
     assert curved.predict_ms(50) == pytest.approx(2.5) and curved.predict_ms(75) == pytest.approx(2.5 + 7.5 / 2)
     assert curved.predict_ms(200) == pytest.approx(10 + 7.5 * 2)  # beyond: along the last segment
-    assert curved.predict_ms(1) == pytest.approx(0.0)  # never below zero
-    assert StageCostModel(**{**asdict(curved)}).predict_ms(75) == curved.predict_ms(75)
+    assert curved.predict_ms(5) == pytest.approx(0.0)  # never below zero
+    assert StageCostModel(**asdict(curved)).predict_ms(75) == curved.predict_ms(75)
+    # A straight cost with timing noise: the line, which averages the noise over every size, wins.
+    noisy = [(n, (3.0 + 0.5 * n) / 1000 * (1.25 if (n, k) == (50, 0) else 1.0)) for n in (10, 30, 50, 70, 100)
+             for k in range(2)]
+    assert fit_stage_cost("noisy", noisy).shape == "line"
 
 
 def test_measured_costs_follow_the_trace_and_predict_the_pipeline(setup):

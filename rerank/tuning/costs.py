@@ -1,18 +1,17 @@
 """A latency model per stage, fitted from the stage's own traces, and the latency it predicts for a
 whole pipeline.
 
-Each stage's time per call is the mean measured at each input size, interpolated linearly between
-the sizes measured, and beyond them extended along the nearest segment; ``fixed + per_passage x
-passages`` (non-negative least squares over all calls) summarises it in one line. The line alone
-misleads where cost grows faster than the passage count: a stage that pads a batch to its longest
-passage pays for the longest of more passages as the count grows. A model holds the batch size (queries per call) and
-the threads and precision the stage ran with, and is only used for a stage that runs the same
-way: time measured one query at a time says nothing about batches of 8. A pipeline's latency is
-the sum of its stages' predictions, with the number of candidates each stage receives followed
-through its cut-offs.
-
-The fit error printed with each model is the largest relative error in predicting one measured
-size's mean from the other sizes alone: how far to trust a prediction between measured sizes.
+Each stage's time per call takes one of two shapes, chosen by which predicts better the inner
+measured sizes' means from the other sizes alone (the largest such error is the fit error
+printed with each model): the
+line ``fixed + per_passage x passages`` (non-negative least squares over all calls), which
+averages timing noise over every size, or the mean at each size measured, interpolated between
+sizes, which follows a cost that grows faster than the passage count (a stage that pads each
+call to its longest passage). A model holds the batch size (queries per call) and the threads
+and precision the stage ran with, and is only used for a stage that runs the same way: time
+measured one query at a time says nothing about batches of 8. A pipeline's latency is the sum of
+its stages' predictions, with the number of candidates each stage receives followed through its
+cut-offs.
 """
 from __future__ import annotations
 
@@ -33,13 +32,13 @@ class CostModelError(RerankError):
 
 @dataclass
 class StageCostModel:
-    """Time per call of one stage: ``mean_ms`` (the mean measured at each of ``sizes``)
-    interpolated between the sizes measured; ``fixed_ms + per_passage_ms x passages`` is the
-    least-squares line through all calls, used alone when no means are given.
+    """Time per call of one stage, of one of two ``shape``\ s: ``line``, ``fixed_ms +
+    per_passage_ms x passages`` (least squares through all calls), or ``interpolated``,
+    ``mean_ms`` (the mean measured at each of ``sizes``) interpolated between the sizes measured.
 
     ``batch_size``, ``threads`` and ``precision`` are how the stage ran when measured;
-    ``fit_error`` is the largest relative error in predicting one measured size's mean from the
-    others (leave one out; for a line alone, the line's error at the measured sizes);
+    ``fit_error`` is the largest relative error in predicting an inner measured size's mean from
+    the other sizes alone (with under three sizes, the line's error at the sizes measured);
     ``residual_p95_ms`` the 95th percentile of (measured - predicted) over single calls (the tail
     above the mean).
     """
@@ -55,11 +54,12 @@ class StageCostModel:
     sizes: list[int] = field(default_factory=list)
     calls: int = 0
     mean_ms: list[float] = field(default_factory=list)
+    shape: str = "line"
 
     def predict_ms(self, passages: int, statistic: str = "mean") -> float:
         """Predicted milliseconds of one call on ``passages`` candidates (``statistic``: ``mean``,
         or ``p95``, which adds the 95th-percentile residual)."""
-        if self.mean_ms and len(self.mean_ms) == len(self.sizes):
+        if self.shape == "interpolated" and len(self.mean_ms) == len(self.sizes):
             mean = interpolate(self.sizes, self.mean_ms, passages)
         else:
             mean = self.fixed_ms + self.per_passage_ms * passages
@@ -70,8 +70,9 @@ class StageCostModel:
         how = ", ".join(x for x in (f"batch {self.batch_size}", self.precision, f"{self.threads} threads"
                                     if self.threads else "") if x)
         measured = ", ".join(f"{n}: {ms:.1f}" for n, ms in zip(self.sizes, self.mean_ms))
+        shape = f"mean ms by size {{{measured}}}, {'interpolated' if self.shape == 'interpolated' else 'line kept'}; "
         return (f"{self.stage}: {self.fixed_ms:.2f} ms + {self.per_passage_ms:.3f} ms/passage ({how}; "
-                + (f"mean ms by size {{{measured}}}, interpolated; " if measured else "")
+                + (shape if measured else "")
                 + f"fit error {self.fit_error:.1%} over sizes {self.sizes}, p95 residual {self.residual_p95_ms:.1f} ms)")
 
 
@@ -86,37 +87,53 @@ def interpolate(sizes: Sequence[int], means: Sequence[float], n: float) -> float
     return max(0.0, float(m0 + (m1 - m0) * (n - n0) / (n1 - n0)))
 
 
-def fit_stage_cost(stage: str, samples: Sequence[tuple[int, float]], *, batch_size: int = 1,
-                   settings: Mapping[str, str] | None = None) -> StageCostModel:
-    """Model one stage from ``samples`` ((passages, seconds) per call): the mean at each size
-    measured (interpolated between them), and the line ``fixed + per_passage x n`` through all
-    calls, both coefficients non-negative. One measured size gives a constant."""
+def _line(sizes: np.ndarray, ms: np.ndarray) -> tuple[float, float]:
+    """``(fixed, per_passage)`` by non-negative least squares; a constant for one size."""
     from scipy.optimize import nnls
 
+    if len(set(sizes.tolist())) == 1:
+        return float(ms.mean()), 0.0
+    (fixed, per), _ = nnls(np.stack([np.ones_like(sizes), sizes], axis=1), ms)
+    return float(fixed), float(per)
+
+
+def fit_stage_cost(stage: str, samples: Sequence[tuple[int, float]], *, batch_size: int = 1,
+                   settings: Mapping[str, str] | None = None) -> StageCostModel:
+    """Model one stage from ``samples`` ((passages, seconds) per call).
+
+    Two shapes are fitted: the line ``fixed + per_passage x n`` through all calls (both
+    coefficients non-negative), and the mean at each size interpolated between sizes. With three
+    or more sizes, each inner size is predicted by both from the other sizes alone, and the
+    shape with the smaller mean relative error is kept: interpolation follows a cost that grows faster
+    than the passage count, the line averages timing noise over every size. One measured size
+    gives a constant."""
     if not samples:
         raise CostModelError(f"no timings for stage {stage}")
     sizes = np.array([n for n, _ in samples], dtype=float)
     ms = np.array([1000 * s for _, s in samples], dtype=float)
     distinct = sorted({int(n) for n in sizes})
-    if len(distinct) == 1:
-        fixed, per = float(ms.mean()), 0.0
-    else:
-        (fixed, per), _ = nnls(np.stack([np.ones_like(sizes), sizes], axis=1), ms)
+    fixed, per = _line(sizes, ms)
     means = [float(ms[sizes == n].mean()) for n in distinct]
-    predicted = np.array([interpolate(distinct, means, n) for n in sizes])
-    errors = []
-    for i, (n, measured) in enumerate(zip(distinct, means)):
-        if len(distinct) >= 3:  # predict this size from the others alone
+    shape, errors = "line", [abs(fixed + per * n - m) / m if m > 0 else 0.0 for n, m in zip(distinct, means)]
+    if len(distinct) >= 3:
+        line_errors, interpolated_errors = [], []
+        for i in range(1, len(distinct) - 1):  # inner sizes: neither shape extrapolates
+            n, measured = distinct[i], means[i]
+            keep = sizes != n
+            f, p = _line(sizes[keep], ms[keep])
             others = [j for j in range(len(distinct)) if j != i]
             guess = interpolate([distinct[j] for j in others], [means[j] for j in others], n)
-        else:
-            guess = fixed + per * n
-        errors.append(abs(guess - measured) / measured if measured > 0 else 0.0)
+            line_errors.append(abs(f + p * n - measured) / measured if measured > 0 else 0.0)
+            interpolated_errors.append(abs(guess - measured) / measured if measured > 0 else 0.0)
+        shape = "interpolated" if np.mean(interpolated_errors) < np.mean(line_errors) else "line"
+        errors = interpolated_errors if shape == "interpolated" else line_errors
+    model = StageCostModel(stage, fixed, per, batch_size=batch_size, sizes=distinct, calls=len(samples),
+                           mean_ms=means, shape=shape, fit_error=float(max(errors)))
+    predicted = np.array([model.predict_ms(int(n)) for n in sizes])
+    model.residual_p95_ms = float(max(0.0, np.percentile(ms - predicted, 95)))
     settings = dict(settings or {})
-    return StageCostModel(stage, float(fixed), float(per), batch_size=batch_size,
-                          threads=str(settings.get("threads", "")), precision=str(settings.get("precision", "")),
-                          fit_error=float(max(errors)), residual_p95_ms=float(max(0.0, np.percentile(ms - predicted, 95))),
-                          sizes=distinct, calls=len(samples), mean_ms=means)
+    model.threads, model.precision = str(settings.get("threads", "")), str(settings.get("precision", ""))
+    return model
 
 
 @dataclass

@@ -129,13 +129,14 @@ class TuneResult:
 def tune(pipeline: Stage, inputs: Sequence[Query] | Sequence[Candidates], qrels: Qrels, *,
          grid: Mapping[str, Sequence[int]], budget_ms: float | None = None, statistic: str = "mean",
          measure: str = "nDCG@10", cost_model: CostModel | None = None, warmup_queries: int = 10,
-         repeats: int = 1, evaluate_within_ms: float | None = None, tie_alpha: float | None = 0.05,
+         repeats: int = 2, evaluate_within_ms: float | None = None, tie_alpha: float | None = 0.05,
          progress: bool = True) -> TuneResult:
     """Tune the cut-off variables of ``pipeline`` on ``inputs`` (queries, or candidates to
     re-rank) judged by ``qrels``.
 
-    1. Cost: every combination runs on the first ``warmup_queries`` inputs, one query per call,
-       and each stage's cost line is fitted to its trace entries (``cost_model`` skips this);
+    1. Cost: every combination runs ``repeats`` times on the first ``warmup_queries`` inputs, one
+       query per call, and each stage's cost is fitted to its trace entries (``cost_model`` skips
+       this; see :func:`rerank.tuning.costs.fit_stage_cost`);
        every combination's latency per query is predicted from the fitted stage costs.
     2. Effectiveness: pointwise stages score every pair they can meet once (cached); each
        combination is evaluated by re-sorting those scores. Pipelines with set-dependent stages
