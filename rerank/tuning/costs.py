@@ -1,15 +1,16 @@
 """A latency model per stage, fitted from the stage's own traces, and the latency it predicts for a
 whole pipeline.
 
-Each stage's time per call takes one of two shapes, chosen by which predicts better the inner
-measured sizes' means from the other sizes alone (the largest such error is the fit error
-printed with each model): the
-line ``fixed + per_passage x passages`` (non-negative least squares over all calls), which
-averages timing noise over every size, or the mean at each size measured, interpolated between
-sizes, which follows a cost that grows faster than the passage count (a stage that pads each
-call to its longest passage). A model holds the batch size (queries per call) and the threads
-and precision the stage ran with, and is only used for a stage that runs the same way: time
-measured one query at a time says nothing about batches of 8. A pipeline's latency is the sum of
+Each stage's time per call takes one of two shapes: the line ``fixed + per_passage x passages``
+(non-negative least squares over all calls), which averages timing noise over every size, or
+the mean at each size measured, interpolated between sizes, which follows a cost that grows
+faster than the passage count (a stage that pads each call to its longest passage). The shape
+kept is the one that better predicts the inner measured sizes' means from the other sizes alone;
+the largest such error is the fit error printed with each model.
+
+A model holds the batch size (queries per call) and the threads and precision the stage ran
+with, and is only used for a stage that runs the same way: time measured one query at a time
+says nothing about batches of 8. A pipeline's latency is the sum of
 its stages' predictions, with the number of candidates each stage receives followed through its
 cut-offs.
 """
@@ -32,7 +33,7 @@ class CostModelError(RerankError):
 
 @dataclass
 class StageCostModel:
-    """Time per call of one stage, of one of two ``shape``\ s: ``line``, ``fixed_ms +
+    """Time per call of one stage, in one of two shapes (``shape``): ``line``, ``fixed_ms +
     per_passage_ms x passages`` (least squares through all calls), or ``interpolated``,
     ``mean_ms`` (the mean measured at each of ``sizes``) interpolated between the sizes measured.
 
