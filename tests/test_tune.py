@@ -188,6 +188,45 @@ def test_measured_costs_follow_the_trace_and_predict_the_pipeline(setup):
     assert again.predict(bind(pipe, k1=40)).ms == pytest.approx(model.predict(bind(pipe, k1=40)).ms)
 
 
+class FirstCallsSlow(TimedScorer):
+    """Constructed times: a query's first call costs 10x (kernels set up for a new shape); it
+    records each call as (query id, passages)."""
+
+    def __init__(self, name: str = "slow-first") -> None:
+        super().__init__(0.0, 0.001, name)
+        self.calls: list[tuple[str, int]] = []
+
+    def score_pairs(self, batch):
+        seconds = []
+        for c in batch:
+            first = all(q != c.query.id for q, _ in self.calls)
+            self.calls.append((c.query.id, len(c)))
+            seconds.append(0.001 * len(c) * (10 if first else 1))
+        return [[float(len(p.text)) for p in c.passages] for c in batch], Work(seconds_per_query=seconds)
+
+
+def test_the_warm_up_discards_first_calls_and_lets_combinations_take_turns(setup):
+    bm25, _, queries, _ = setup
+    candidates = (bm25 % 40).search(queries[:4])
+    ids = [c.query.id for c in candidates]
+    grid = {"k1": [10, 20]}
+    # Every input seen once before it is timed (a service's fixed warm-up requests): no slow call is kept.
+    seen = FirstCallsSlow()
+    model = measure_costs(seen % "k1" >> TimedScorer(0, 0, name="rest"), grid, candidates, repeats=2)
+    assert model.stages["slow-first"].calls == 2 * 2 * 4 and model.stages["slow-first"].fit_error == pytest.approx(0)
+    # New queries met once each, the combinations taking turns two queries at a time: only the first
+    # query's first call is discarded, each kept query is timed at every size, and nothing is timed twice.
+    fresh = FirstCallsSlow()
+    model = measure_costs(fresh % "k1" >> TimedScorer(0, 0, name="rest"), grid, candidates, discard=1, turn=2)
+    assert fresh.calls == [(ids[0], 40)] * 2 + [(ids[0], 40), (ids[1], 40)] * 2 + [(ids[2], 40), (ids[3], 40)] * 2
+    assert model.stages["slow-first"].calls == 2 * 4
+    # Queries 1-3 were new when timed under k1=10 (400 ms), seen under k1=20 (40 ms), as the
+    # combinations would meet them in a direct run taking turns the same way.
+    assert model.stages["slow-first"].mean_ms == [pytest.approx((5 * 40 + 3 * 400) / 8)]
+    with pytest.raises(CostModelError, match="discard at least 0"):
+        measure_costs(fresh % "k1", grid, candidates, discard=-1)
+
+
 def test_a_model_measured_with_other_threads_is_refused():
     model = CostModel({"ce": StageCostModel("ce", 1.0, 0.1, threads="8")})
 

@@ -224,9 +224,10 @@ def fusion_table(batch, qrels, named: dict[str, dict], model: str) -> tuple[list
 
 # -- parts ------------------------------------------------------------------------------------
 
-def train_scifact(bench: Bench) -> Path:
-    """The labelled SciFact cross-encoder (resumable), and its training files."""
-    from rerank.train.workflows import mine, teacher_scores, train_cross_encoder
+def scifact_training_files(bench: Bench) -> Path:
+    """The SciFact training triples, their teacher scores and the training run (made once), in
+    the folder returned."""
+    from rerank.train.workflows import mine, teacher_scores
 
     work = bench.workdir / "scifact"
     data = bench.dataset_folder("scifact")
@@ -237,6 +238,15 @@ def train_scifact(bench: Bench) -> Path:
              negatives=7, run_out=work / "train-run.trec", absolute_margin=0.0, filter_pipeline=pipelines["teacher"])
     if not (work / "teacher.tsv").is_file():
         teacher_scores(data, work / "triples.tsv", work / "teacher.tsv", pipeline=pipelines["teacher"])
+    return work
+
+
+def train_scifact(bench: Bench) -> Path:
+    """The labelled SciFact cross-encoder (resumable), trained on :func:`scifact_training_files`."""
+    from rerank.train.workflows import train_cross_encoder
+
+    work = scifact_training_files(bench)
+    data = bench.dataset_folder("scifact")
     model = work / "cross-encoder"
     if not (model / "rerank_training.json").is_file():
         train_cross_encoder(data, None, model, teacher_scores=work / "teacher.tsv", run=work / "train-run.trec",
@@ -418,8 +428,7 @@ def short_run(bench: Bench, name: str, *, init: str = "minilm-l6", curriculum: s
     comparisons): listwise + 0.1 x Margin-MSE, lexical windows, dev nDCG@10 every 50 steps."""
     from rerank.train.workflows import train_cross_encoder
 
-    train_scifact(bench)  # the triples, teacher scores and run
-    work = bench.workdir / "scifact"
+    work = scifact_training_files(bench)
     folder = bench.workdir / "runs" / name
     if not (folder / "rerank_training.json").is_file():
         train_cross_encoder(bench.dataset_folder("scifact"), None, folder, teacher_scores=work / "teacher.tsv",

@@ -164,8 +164,8 @@ def part_scifact(args) -> dict:
     print(f"SciFact: {template}, k1 in {grid['k1']}; tune on {len(tune_q)} train queries, check on {len(check_q)} "
           f"test queries; last stage: {which}", flush=True)
     began = time.perf_counter()
-    result = tune(template, tune_q, train_qrels, grid=grid, warmup_queries=5 if args.quick else 10,
-                  repeats=2, progress=False)
+    result = tune(template, tune_q, train_qrels, grid=grid, warmup_queries=5 if args.quick else 24,
+                  progress=False)
     tuning_seconds = time.perf_counter() - began
     print(result.cost_model.describe())
     print(result.table(), flush=True)
@@ -201,8 +201,8 @@ def part_dl19(args) -> dict:
     for f, check in enumerate(folds):
         train = folds[1 - f]
         began = time.perf_counter()
-        result = tune(template, train, qrels, grid=grid, warmup_queries=4 if args.quick else 8,
-                      repeats=2, progress=False)
+        result = tune(template, train, qrels, grid=grid, warmup_queries=4 if args.quick else 24,
+                      progress=False)
         tuning_seconds += time.perf_counter() - began
         print(f"fold {f + 1}: tuned on {len(train)} queries\n{result.cost_model.describe()}\n{result.table()}", flush=True)
         budgets = midpoints([r.predicted_ms for r in result.rows])

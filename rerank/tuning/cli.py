@@ -25,8 +25,8 @@ def add_tune_parser(sub) -> None:
     p.add_argument("--strict-best", action="store_true",
                    help="take the best score that fits even when a costlier fitting combination is not significantly "
                         "worse on the tuning queries (default: prefer the costliest such, paired t-test at 0.05)")
-    p.add_argument("--warmup-queries", type=int, default=10, help="queries the stages are timed on (default: 10)")
-    p.add_argument("--repeats", type=int, default=2, help="timings per query and size (default: 2)")
+    p.add_argument("--warmup-queries", type=int, default=24, help="queries the stages are timed on (default: 24)")
+    p.add_argument("--repeats", type=int, default=1, help="timings per query and size (default: 1)")
     p.add_argument("--precision", choices=["auto", "fp32", "bf16", "int8"], default=None,
                    help="precision of every model stage (default: the config's, else auto)")
     p.add_argument("--out", required=True, help="tuned config to write (TOML)")

@@ -221,6 +221,7 @@ class CostModel:
 
 def measure_costs(template: Stage, grid: Mapping[str, Sequence[int]], inputs: Sequence[Candidates], *,
                   sizes: Iterable[int] | None = None, batch_size: int = 1, repeats: int = 1,
+                  discard: int | None = None, turn: int | None = None,
                   progress: Callable[[Iterable], Iterable] | None = None) -> CostModel:
     """Fit a :class:`CostModel` for every leaf of ``template`` from its own traces.
 
@@ -228,35 +229,51 @@ def measure_costs(template: Stage, grid: Mapping[str, Sequence[int]], inputs: Se
     candidates), ``batch_size`` queries per call, ``repeats`` times, so each stage is timed on
     what it really receives at every size the cut-offs give it. ``sizes``: also cut each input's
     candidates to these counts (a service timing the document counts requests bring). Each trace
-    entry is one sample: (passages the stage received, or a retriever's depth; seconds). A first
-    pass of each combination over the warm-up inputs is not kept: a model's first calls at new
-    input shapes set up kernels and run several times slower than later ones.
+    entry is one sample: (passages the stage received, or a retriever's depth; seconds).
+
+    Each combination first runs on ``discard`` calls' worth of inputs (``None``: all of them) without
+    keeping the times: a model's first calls at new input shapes set up kernels and run several
+    times slower than later ones. ``discard=1`` with ``repeats=1`` times every input once, as a
+    new query meets the pipeline; ``discard=None`` times inputs the pipeline has seen (a service
+    timing fixed warm-up requests). ``turn``: combinations take turns every ``turn`` calls, so
+    a slow spell of a shared machine falls on all of them alike (``None``: one after another).
     """
     if not inputs:
         raise CostModelError("no warm-up queries to time the stages on")
+    if repeats < 1 or (discard is not None and discard < 0) or (turn is not None and turn < 1):
+        raise CostModelError(f"repeats and turn must be at least 1 and discard at least 0 (got repeats={repeats}, "
+                             f"discard={discard}, turn={turn})")
     runs = [(values, n) for values in (combinations(grid) if grid else [{}]) for n in (sorted(set(sizes)) if sizes else [None])]
     chunks = [list(inputs[i:i + batch_size]) for i in range(0, len(inputs), batch_size)]
     samples: dict[str, list[tuple[int, float]]] = {}
     settings: dict[str, dict] = {}
-    for values, n in (progress(runs) if progress else runs):
+    prepared = []
+    for values, n in runs:
         pipeline = rebuild(template, values=values)
         depth = {leaf.name: leaf.k for leaf in leaves(pipeline) if leaf.retrieves}
         for leaf in leaves(pipeline):
             settings[leaf.name] = leaf.runtime_settings() if hasattr(leaf, "runtime_settings") else {}
         batches = [[c.top(n) if n else c for c in chunk] for chunk in chunks]
-        for batch in batches:  # a pass not kept: first calls at new input shapes set up kernels
-            pipeline(batch)
-        for _ in range(repeats):
-            for batch in batches:
-                per_stage: dict[str, list[float]] = {}
-                for source, c in zip(batch, pipeline(batch)):
-                    for cost in c.trace[len(source.trace):]:
-                        size = depth.get(cost.stage, cost.passages_scored)
-                        entry = per_stage.setdefault(cost.stage, [size, 0.0])
-                        entry[0] = max(entry[0], size)
-                        entry[1] += cost.seconds
-                for stage, (size, seconds) in per_stage.items():
-                    samples.setdefault(stage, []).append((int(size), seconds))
+        prepared.append((pipeline, depth, batches))
+    kept = list(range(len(chunks))) * repeats
+    step = turn or len(kept)
+    work = [(None, item) for item in prepared] + [(kept[i:i + step], item) for i in range(0, len(kept), step)
+                                                  for item in prepared]
+    for which, (pipeline, depth, batches) in (progress(work) if progress else work):
+        if which is None:  # not kept: first calls at new input shapes set up kernels
+            for batch in batches[:discard]:
+                pipeline(batch)
+            continue
+        for batch in (batches[i] for i in which):
+            per_stage: dict[str, list[float]] = {}
+            for source, c in zip(batch, pipeline(batch)):
+                for cost in c.trace[len(source.trace):]:
+                    size = depth.get(cost.stage, cost.passages_scored)
+                    entry = per_stage.setdefault(cost.stage, [size, 0.0])
+                    entry[0] = max(entry[0], size)
+                    entry[1] += cost.seconds
+            for stage, (size, seconds) in per_stage.items():
+                samples.setdefault(stage, []).append((int(size), seconds))
     known = {leaf.name for leaf in leaves(template)}
     models = {name: fit_stage_cost(name, timed, batch_size=batch_size, settings=settings.get(name))
               for name, timed in samples.items() if name in known}

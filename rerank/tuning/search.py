@@ -128,16 +128,20 @@ class TuneResult:
 
 def tune(pipeline: Stage, inputs: Sequence[Query] | Sequence[Candidates], qrels: Qrels, *,
          grid: Mapping[str, Sequence[int]], budget_ms: float | None = None, statistic: str = "mean",
-         measure: str = "nDCG@10", cost_model: CostModel | None = None, warmup_queries: int = 10,
-         repeats: int = 2, evaluate_within_ms: float | None = None, tie_alpha: float | None = 0.05,
+         measure: str = "nDCG@10", cost_model: CostModel | None = None, warmup_queries: int = 24,
+         repeats: int = 1, evaluate_within_ms: float | None = None, tie_alpha: float | None = 0.05,
          progress: bool = True) -> TuneResult:
     """Tune the cut-off variables of ``pipeline`` on ``inputs`` (queries, or candidates to
     re-rank) judged by ``qrels``.
 
-    1. Cost: every combination runs ``repeats`` times on the first ``warmup_queries`` inputs, one
-       query per call, and each stage's cost is fitted to its trace entries (``cost_model`` skips
-       this; see :func:`rerank.tuning.costs.fit_stage_cost`);
-       every combination's latency per query is predicted from the fitted stage costs.
+    1. Cost: every combination runs once on the first input (not kept: it sets up kernels), then
+       ``repeats`` times on the first ``warmup_queries`` inputs, one query per call, the
+       combinations taking turns ten queries at a time; each stage's cost is fitted to its trace
+       entries (``cost_model`` skips this; see :func:`rerank.tuning.costs.fit_stage_cost`), and
+       every combination's latency per query is predicted from the fitted stage costs. Timing
+       many queries once each, as the check or a user's traffic meets them, predicts a new
+       query set better than timing a few several times: the time depends on the query's
+       candidates (their lengths), and a repeated query has already met its input shapes.
     2. Effectiveness: pointwise stages score every pair they can meet once (cached); each
        combination is evaluated by re-sorting those scores. Pipelines with set-dependent stages
        (PRP, listwise, IDCM) run those stages per combination, only for combinations predicted
@@ -166,7 +170,7 @@ def tune(pipeline: Stage, inputs: Sequence[Query] | Sequence[Candidates], qrels:
     began = time.perf_counter()
     warm = batch[:warmup_queries]
     if cost_model is None:
-        cost_model = measure_costs(pipeline, grid, warm, repeats=repeats, progress=_bar("timing stages", progress))
+        cost_model = measure_costs(pipeline, grid, warm, repeats=repeats, discard=1, turn=10, progress=_bar("timing stages", progress))
     seconds["cost_model"] = time.perf_counter() - began
 
     began = time.perf_counter()
