@@ -26,7 +26,7 @@ and is skipped when they are there; ``--parts`` picks some, ``--redo`` recompute
 Scores of every (query, passage) are cached per model in ``<workdir>/scores/``, so fusions
 and cascades are evaluated by re-sorting, and a killed run loses at most one chunk.
 
-    python experiments/benchmarks/teacher.py [--quick] [--parts scifact,student,dl19,adapt-scifact,adapt-vaswani]
+    python experiments/benchmarks/teacher.py [--quick] [--parts scifact,student,dl19,adapt-scifact,adapt-vaswani,init,curriculum]
 
 ``--quick``: 40 training queries, a few training steps, 20 test queries over a 400-passage
 SciFact subset with its own indexes; it checks the code paths, its figures mean nothing.
@@ -484,7 +484,7 @@ def part_curriculum(bench: Bench) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a SciFact subset and a few steps: checks the code paths")
-    parser.add_argument("--parts", default="scifact,student,dl19,adapt-scifact,adapt-vaswani",
+    parser.add_argument("--parts", default="scifact,student,dl19,adapt-scifact,adapt-vaswani,init,curriculum",
                         help="comma-separated parts to run (default: all)")
     parser.add_argument("--workdir", default=None, help="models, scores and figures (default: models/teacher-bench[-quick])")
     parser.add_argument("--latency-queries", type=int, default=None, help="queries timed one by one (default: 30; 3 quick)")
