@@ -15,10 +15,15 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 class Misbehaviour:
     """What the server does wrong: the first ``fail`` requests get ``status``; every request
-    waits ``delay`` seconds; ``malformed`` replies are not JSON."""
+    waits ``delay`` seconds; ``malformed`` replies are not JSON; a request whose prompt
+    ``admit`` refuses is held, unanswered, until ``release`` is set (a constructed stall: a
+    job can be caught with exactly the work before it done)."""
 
-    def __init__(self, fail: int = 0, status: int = 500, delay: float = 0.0, malformed: bool = False) -> None:
+    def __init__(self, fail: int = 0, status: int = 500, delay: float = 0.0, malformed: bool = False,
+                 admit=None) -> None:
         self.fail, self.status, self.delay, self.malformed = fail, status, delay, malformed
+        self.admit = admit
+        self.release = threading.Event()
         self.requests = 0
 
 
@@ -61,6 +66,8 @@ def make_handler(llm, misbehaviour: Misbehaviour):
             request = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
             if misbehaviour.delay:
                 time.sleep(misbehaviour.delay)
+            if misbehaviour.admit is not None and not misbehaviour.admit(str(request.get("prompt", ""))):
+                misbehaviour.release.wait(600)
             if misbehaviour.requests <= misbehaviour.fail:
                 return self._send(misbehaviour.status, b'{"error": "injected failure"}')
             if misbehaviour.malformed:
@@ -107,5 +114,6 @@ class OpenAITestServer:
         return f"http://127.0.0.1:{self.server.server_address[1]}/v1"
 
     def __exit__(self, *exc) -> None:
+        self.misbehaviour.release.set()
         self.server.shutdown()
         self.server.server_close()

@@ -18,6 +18,7 @@ import pytest
 from conftest import REPO, shared
 from rerank.batch import read_inputs, rerank_to_file, stream_inputs
 from rerank.config import build_pipeline
+from rerank.data.detect import read_queries
 from rerank.data.trec import ranked_items
 from rerank.errors import RerankError
 from rerank.retrieve.docstore import DocStore
@@ -141,28 +142,59 @@ def _shard_queries(folder: Path) -> set[str]:
             if "error" not in json.loads(line)}
 
 
-def test_a_driver_killed_and_rerun_does_not_redo_finished_shards(ray_cluster, ray_job, tmp_path):
+class FirstQueriesOnly:
+    """Admits prompts about the first ``n`` distinct queries it meets (of ``texts``) and refuses
+    the others: the server then holds their requests, so a job stops with exactly those done."""
+
+    def __init__(self, texts: list[str], n: int) -> None:
+        self.texts, self.n, self.admitted, self.lock = texts, n, set(), threading.Lock()
+
+    def __call__(self, prompt: str) -> bool:
+        with self.lock:
+            found = [t for t in self.texts if t in prompt]
+            if found and (found[0] in self.admitted or len(self.admitted) < self.n):
+                self.admitted.add(found[0])
+                return True
+            return False
+
+
+def test_a_driver_killed_and_rerun_does_not_redo_finished_shards(ray_cluster, ray_job, tiny_ce_path, tiny_llm,
+                                                                 tmp_path):
+    """The job's last stage scores through a real loopback LLM server (tests/openai_server.py)
+    that answers the first 4 queries and holds the rest: the driver is killed with exactly two
+    2-query shards written, whatever the machine's speed, and the rerun must do only the other 12."""
+    from openai_server import Misbehaviour, OpenAITestServer
+
     cluster, _ = ray_cluster
     root, store = ray_job
+    qids = sorted({line.split()[0] for line in (root / "in.trec").read_text().splitlines()})
+    texts = {q.id: q.text for q in read_queries(shared(DL19, "queries.jsonl"), "test")}
+    gate = FirstQueriesOnly(sorted((texts[q] for q in qids), key=len, reverse=True), 4)
     out = tmp_path / "out.trec"
-    command = [sys.executable, "-m", "rerank.cli", "rerank", "--engine", "ray", "--address", cluster.address,
-               "--pipeline", str(root / "cascade.toml"), "--run", str(root / "in.trec"), "--docstore",
-               str(store.folder), "--queries", str(shared(DL19, "queries.jsonl")), "--out", str(out),
-               "--workers", "1", "--batch-queries", "2", "--no-progress"]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    driver = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    shards = out.with_name("out.trec.ray") / "shards"
-    deadline = time.time() + 240
-    while time.time() < deadline and len(_shard_queries(shards) if shards.exists() else ()) < 4:
-        time.sleep(0.2)
-    driver.send_signal(signal.SIGKILL)
-    driver.wait()
-    before = _shard_queries(shards)
-    assert 4 <= len(before) < 16 and not out.exists()
-    rerun = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
-    assert rerun.returncode == 0, rerun.stderr[-2000:]
-    assert f"resumed: {len(before)} queries were already done, {16 - len(before)} re-ranked now" in rerun.stderr
-    _assert_same_run(_single(root, store, root / "cascade.toml", tmp_path / "single.trec"), out)
+    with OpenAITestServer(tiny_llm, Misbehaviour(admit=gate)) as url:
+        config = tmp_path / "gated.toml"
+        config.write_text(f'pipeline = "first % 3 >> judge"\nprecision = "fp32"\n\n[stages.first]\n'
+                          f'kind = "cross-encoder"\nmodel = "{tiny_ce_path}"\n\n[stages.judge]\nkind = "yes-no"\n'
+                          f'llm = "{url}"\nmax_passage_tokens = 48\n')
+        command = [sys.executable, "-m", "rerank.cli", "rerank", "--engine", "ray", "--address", cluster.address,
+                   "--pipeline", str(config), "--run", str(root / "in.trec"), "--docstore", str(store.folder),
+                   "--queries", str(shared(DL19, "queries.jsonl")), "--out", str(out), "--workers", "1",
+                   "--batch-queries", "2", "--no-progress"]
+        driver = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        shards = out.with_name("out.trec.ray") / "shards"
+        deadline = time.time() + 300
+        while time.time() < deadline and len(_shard_queries(shards) if shards.exists() else ()) < 4:
+            time.sleep(0.2)
+        driver.send_signal(signal.SIGKILL)
+        driver.wait()
+        before = _shard_queries(shards)
+        assert len(before) == 4 and before == {q for q in qids if texts[q] in gate.admitted} and not out.exists()
+        gate.n = len(qids)  # the server now answers every query
+        rerun = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+        assert rerun.returncode == 0, rerun.stderr[-2000:]
+        assert "resumed: 4 queries were already done, 12 re-ranked now" in rerun.stderr
+        _assert_same_run(_single(root, store, config, tmp_path / "single.trec"), out)
 
 
 def test_an_unreachable_cluster_is_a_one_line_error(ray_job, tmp_path):
