@@ -27,6 +27,22 @@ class Misbehaviour:
         self.requests = 0
 
 
+class FirstQueriesOnly:
+    """Admits prompts about the first ``n`` distinct queries it meets (of ``texts``) and refuses
+    the others: the server then holds their requests, so a job stops with exactly those done."""
+
+    def __init__(self, texts: list[str], n: int) -> None:
+        self.texts, self.n, self.admitted, self.lock = texts, n, set(), threading.Lock()
+
+    def __call__(self, prompt: str) -> bool:
+        with self.lock:
+            found = [t for t in self.texts if t in prompt]
+            if found and (found[0] in self.admitted or len(self.admitted) < self.n):
+                self.admitted.add(found[0])
+                return True
+            return False
+
+
 def _echo_logprobs(llm, prompt: str) -> tuple[list[str], list[float | None], list[int], str, float]:
     """Tokens of ``prompt`` with their log-probabilities and character offsets, as vLLM echoes
     them, and the greedy next token with its log-probability."""

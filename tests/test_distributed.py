@@ -142,28 +142,12 @@ def _shard_queries(folder: Path) -> set[str]:
             if "error" not in json.loads(line)}
 
 
-class FirstQueriesOnly:
-    """Admits prompts about the first ``n`` distinct queries it meets (of ``texts``) and refuses
-    the others: the server then holds their requests, so a job stops with exactly those done."""
-
-    def __init__(self, texts: list[str], n: int) -> None:
-        self.texts, self.n, self.admitted, self.lock = texts, n, set(), threading.Lock()
-
-    def __call__(self, prompt: str) -> bool:
-        with self.lock:
-            found = [t for t in self.texts if t in prompt]
-            if found and (found[0] in self.admitted or len(self.admitted) < self.n):
-                self.admitted.add(found[0])
-                return True
-            return False
-
-
 def test_a_driver_killed_and_rerun_does_not_redo_finished_shards(ray_cluster, ray_job, tiny_ce_path, tiny_llm,
                                                                  tmp_path):
     """The job's last stage scores through a real loopback LLM server (tests/openai_server.py)
     that answers the first 4 queries and holds the rest: the driver is killed with exactly two
     2-query shards written, whatever the machine's speed, and the rerun must do only the other 12."""
-    from openai_server import Misbehaviour, OpenAITestServer
+    from openai_server import FirstQueriesOnly, Misbehaviour, OpenAITestServer
 
     cluster, _ = ray_cluster
     root, store = ray_job

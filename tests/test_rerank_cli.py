@@ -108,37 +108,54 @@ def test_bad_pipeline_config_fails_before_reading_data(tmp_path, capsys):
     assert "did you mean 'precision'" in capsys.readouterr().err
 
 
-def test_resume_after_kill_outputs_every_query_exactly_once(job, tmp_path):
+def test_resume_after_kill_outputs_every_query_exactly_once(job, tiny_llm, tmp_path):
+    """The job gets a last stage that scores through a real loopback LLM server
+    (tests/openai_server.py) answering the first 3 queries and holding the rest, so the job is
+    killed with exactly 3 queries recorded, whatever the machine's speed."""
+    from openai_server import FirstQueriesOnly, Misbehaviour, OpenAITestServer
+
+    from rerank.data.detect import read_queries
+
     root, qids = job
+    texts = {q.id: q.text for q in read_queries(shared(DL19, "queries.jsonl"), "test")}
+    gate = FirstQueriesOnly(sorted((texts[q] for q in qids), key=len, reverse=True), 3)
     out = tmp_path / "killed.trec"
     progress = tmp_path / "killed.trec.progress"
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    cmd = [sys.executable, "-m", "rerank.cli", *_args(root, out, "--chunk-size", "1")]
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        if progress.exists() and len(progress.read_text().splitlines()) >= 3:
-            break
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    done = len(progress.read_text().splitlines())
-    assert 3 <= done < len(qids), "the job finished before it could be killed; make it slower"
-    assert not out.exists()
-    # a chunk written but never recorded (killed between the two writes) must be dropped
-    with open(tmp_path / "killed.trec.partial", "a") as fh:
-        fh.write(f"{qids[-1]} Q0 GHOST 1 9.9 rerank\n{qids[-1]} Q0 HALF-WRI")
-    finished = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
-    assert finished.returncode == 0, finished.stderr
-    assert f"resumed: {done} queries were already done" in finished.stderr
-    assert f"| total | {len(qids)} |" in finished.stdout
-    lines = out.read_text().splitlines()
-    assert "GHOST" not in out.read_text()
-    seen = [line.split()[0] for line in lines]
-    assert list(dict.fromkeys(seen)) == qids and all(seen.count(q) == 6 for q in qids)
-    assert not progress.exists() and not (tmp_path / "killed.trec.partial").exists()
-    uninterrupted = tmp_path / "whole.trec"
-    assert main(_args(root, uninterrupted)) == 0
+    with OpenAITestServer(tiny_llm, Misbehaviour(admit=gate)) as url:
+        config = tmp_path / "gated.toml"
+        config.write_text((root / "pipe.toml").read_text().replace('"student % 6 >> teacher"',
+                                                                   '"student % 6 >> teacher >> judge"')
+                          + f'\n[stages.judge]\nkind = "yes-no"\nllm = "{url}"\nmax_passage_tokens = 48\n')
+        args = [a if a != str(root / "pipe.toml") else str(config) for a in _args(root, out, "--chunk-size", "1")]
+        cmd = [sys.executable, "-m", "rerank.cli", *args]
+        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.time() + 180
+        while time.time() < deadline:
+            if progress.exists() and len(progress.read_text().splitlines()) >= 3:
+                break
+            time.sleep(0.05)
+        time.sleep(0.5)  # were the gate to leak, a fourth query would be recorded by now
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        done = len(progress.read_text().splitlines())
+        assert done == 3 and not out.exists()
+        gate.n = len(qids)  # the server now answers every query
+        # a chunk written but never recorded (killed between the two writes) must be dropped
+        with open(tmp_path / "killed.trec.partial", "a") as fh:
+            fh.write(f"{qids[-1]} Q0 GHOST 1 9.9 rerank\n{qids[-1]} Q0 HALF-WRI")
+        finished = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+        assert finished.returncode == 0, finished.stderr
+        assert f"resumed: {done} queries were already done" in finished.stderr
+        assert f"| total | {len(qids)} |" in finished.stdout
+        lines = out.read_text().splitlines()
+        assert "GHOST" not in out.read_text()
+        seen = [line.split()[0] for line in lines]
+        assert list(dict.fromkeys(seen)) == qids and all(seen.count(q) == 6 for q in qids)
+        assert not progress.exists() and not (tmp_path / "killed.trec.partial").exists()
+        uninterrupted = tmp_path / "whole.trec"
+        whole = [a if a != str(out) else str(uninterrupted) for a in args]
+        assert main(whole) == 0
     assert _close(read_run(out), read_run(uninterrupted))
 
 
