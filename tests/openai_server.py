@@ -32,7 +32,9 @@ class FirstQueriesOnly:
     the others: the server then holds their requests, so a job stops with exactly those done."""
 
     def __init__(self, texts: list[str], n: int) -> None:
-        self.texts, self.n, self.admitted, self.lock = texts, n, set(), threading.Lock()
+        # Longest first, so a query whose text holds another's is found as itself.
+        self.texts = sorted(texts, key=len, reverse=True)
+        self.n, self.admitted, self.lock = n, set(), threading.Lock()
 
     def __call__(self, prompt: str) -> bool:
         with self.lock:

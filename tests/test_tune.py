@@ -213,7 +213,7 @@ def test_the_warm_up_discards_first_calls_and_lets_combinations_take_turns(setup
     # Every input seen once before it is timed (a service's fixed warm-up requests): no slow call is kept.
     seen = FirstCallsSlow()
     model = measure_costs(seen % "k1" >> TimedScorer(0, 0, name="rest"), grid, candidates, repeats=2)
-    assert model.stages["slow-first"].calls == 2 * 2 * 4 and model.stages["slow-first"].fit_error == pytest.approx(0)
+    assert model.stages["slow-first"].calls == 2 * 2 * 4 and model.stages["slow-first"].mean_ms == [pytest.approx(40)]
     # New queries met once each, the combinations taking turns two queries at a time: only the first
     # query's first call is discarded, each kept query is timed at every size, and nothing is timed twice.
     fresh = FirstCallsSlow()
