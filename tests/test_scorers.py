@@ -121,6 +121,28 @@ def test_onnx_backend_matches_torch(tiny_ce_path, tiny_ce2_path, dl19_batch, tmp
     assert onnx.config()["backend"] == "onnx"
 
 
+@pytest.mark.slow
+def test_openvino_streams_match_torch_and_share_the_pairs(tiny_ce_path, dl19_batch, tmp_path, monkeypatch):
+    pytest.importorskip("openvino")  # the openvino extra; make install and CI have it
+    from rerank.score.cross_encoder import CrossEncoder
+
+    monkeypatch.setenv("RERANK_CACHE", str(tmp_path))
+    path = str(tiny_ce_path)
+    pairs = [(c.query.text, p.full_text) for c in dl19_batch[:2] for p in c.passages]
+    expected = CrossEncoder(path, backend="torch", precision="fp32").predict(pairs)
+    for streams in (1, 2):
+        ov = CrossEncoder(path, backend="openvino", precision="fp32", threads=2, streams=streams)
+        np.testing.assert_allclose(ov.predict(pairs), expected, atol=1e-5)  # order kept across streams
+        assert ov.runtime_settings()["streams"] == str(streams)
+    # Each round of batches gives both streams an equal share (short pairs: the pair cap binds, not tokens).
+    for count, sizes in ((20, [10, 10]), (100, [25, 25, 25, 25]), (3, [2, 1]), (1, [1])):
+        encoded = ov.encode_pairs(["q"] * count, [f"passage {i}" for i in range(count)])
+        assert [len(rows) for rows, *_ in ov._batches(encoded, 2)] == sizes
+        assert [len(rows) for rows, *_ in ov._batches(encoded, 1)] == [min(32, count - i) for i in range(0, count, 32)]
+    with pytest.raises(ValueError, match="streams must be between 1 and the 2 threads"):
+        CrossEncoder(path, backend="openvino", precision="fp32", threads=2, streams=3)
+
+
 def test_empty_inputs(tiny_ce):
     assert tiny_ce([]) == []
     out = tiny_ce([Candidates(Query("q", "anything"), [], [])])

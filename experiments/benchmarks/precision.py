@@ -21,7 +21,8 @@ Also measured, in the same run:
 * batch shapes: pairs/s of the cross-encoder for several (pairs, padded tokens) caps per
   precision, the fastest of which become ``rerank.precision.BATCH_SHAPES``;
 * runtimes side by side at equal inputs: eager torch, ``torch.compile`` (inductor), ONNX Runtime
-  (fp32, int8) and OpenVINO (fp32, and bf16 where the CPU has it), with their largest score
+  (fp32, int8) and OpenVINO (fp32, and bf16 where the CPU has it; one stream of all threads
+  against its default of one single-threaded stream per thread), with their largest score
   difference from eager fp32 and nDCG@10 (left out of ``--quick``: compiling takes minutes);
 * training: a cross-encoder fine-tuned from all-MiniLM-L6-v2 on SciFact BM25 triples for the same
   steps with the same seed in fp32 and under bf16 autocast: pairs/s and dev nDCG@10 (50 held-out
@@ -237,13 +238,15 @@ def runtime_rows(path: str, batch, qrels, features, quick: bool):
         onnx = CrossEncoder(path, precision=precision, backend="onnx")
         measure(f"onnxruntime {precision}", lambda onnx=onnx: onnx._run(encoded)[0])
     for precision in ("fp32", "bf16") if features.bf16 else ("fp32",):
-        try:
-            vino = CrossEncoder(path, precision=precision, backend="openvino")
-        except Exception as exc:
-            rows.append({"runtime": f"openvino {precision}", "pairs/s": 0.0, "max |diff|": float("nan"),
-                         "nDCG@10": float("nan"), "note": f"failed: {str(exc)[:100]}"})
-            continue
-        measure(f"openvino {precision}", lambda vino=vino: vino._run(encoded)[0])
+        for streams in (1, None):  # one stream of every thread; one single-threaded stream per thread
+            label = f"openvino {precision}, " + ("1 stream" if streams == 1 else "a stream per thread")
+            try:
+                vino = CrossEncoder(path, precision=precision, backend="openvino", streams=streams)
+            except Exception as exc:
+                rows.append({"runtime": label, "pairs/s": 0.0, "max |diff|": float("nan"),
+                             "nDCG@10": float("nan"), "note": f"failed: {str(exc)[:100]}"})
+                continue
+            measure(label, lambda vino=vino: vino._run(encoded)[0])
     return rows
 
 

@@ -48,6 +48,8 @@ class CrossEncoder(Scorer, kind="cross-encoder"):
     ``auto`` runs fp32; the ``onnx`` extra) — or ``openvino`` — convert once to OpenVINO IR and
     run in ``fp32`` or ``bf16`` (``auto``: bf16 where the CPU has it; the ``openvino`` extra).
     Both need a local model folder.
+    ``streams``: OpenVINO only: batches scored at once, each by its own threads (default: one
+    stream per thread, which on 2 cores ran 1.3-1.5x one stream of both threads).
     ``normalize``: return probabilities (sigmoid of the logit, or the softmax of the relevant
     class) instead of logits. Rankings are the same either way; the two-class default is the
     log-odds ``logit[1] - logit[0]``, which orders pairs exactly as the softmax probability but
@@ -65,7 +67,7 @@ class CrossEncoder(Scorer, kind="cross-encoder"):
                  max_batch_tokens: int | None = None, precision: str = "auto", normalize: bool = False,
                  threads: int | None = None, device: str = "cpu", progress: bool = False,
                  backend: str = "auto", name: str | None = None, windows: str = "first",
-                 stride: int | None = None, max_windows: int | None = None) -> None:
+                 stride: int | None = None, max_windows: int | None = None, streams: int | None = None) -> None:
         import torch
 
         from rerank.score.windows import AGGREGATES
@@ -78,6 +80,7 @@ class CrossEncoder(Scorer, kind="cross-encoder"):
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
         self.threads = apply_threads(threads)
+        self.streams = streams
         self.model_name = model
         self.path = resolve(model)
         self.tokenizer = AutoTokenizer.from_pretrained(self.path)
@@ -164,7 +167,8 @@ class CrossEncoder(Scorer, kind="cross-encoder"):
             from rerank.score.openvino_runtime import OpenVinoClassifier as Runtime
         chosen = "fp32" if precision == "auto" else precision
         reason = f"{chosen}: {backend} backend" + (" (its auto choice)" if precision == "auto" else "")
-        runtime = Runtime(net, self.path, uses_token_types=uses_types, precision=chosen, threads=self.threads[0])
+        extra = {"streams": self.streams} if backend == "openvino" else {}
+        runtime = Runtime(net, self.path, uses_token_types=uses_types, precision=chosen, threads=self.threads[0], **extra)
         return runtime, PrecisionChoice(precision, chosen, reason)
 
     def _calibration_scores(self, net, runtime=None):
@@ -175,6 +179,8 @@ class CrossEncoder(Scorer, kind="cross-encoder"):
     def runtime_settings(self) -> dict[str, str]:
         """Precision, threads (with the reasons), backend and windows, for the trace."""
         settings = {**self.choice.as_settings(self.threads), "backend": self.backend, "windows": self.windows}
+        if self.onnx is not None:
+            settings["streams"] = str(self.onnx.streams)
         if self.windows != "first":
             settings["window_stride"] = str(self.stride or "window size")
         return settings
@@ -215,55 +221,73 @@ class CrossEncoder(Scorer, kind="cross-encoder"):
 
     def _run(self, encoded, *, net=None, runtime=None, progress: bool | None = None) -> tuple[np.ndarray, int]:
         """Scores of encoded pairs in length-sorted batches, and the number of model calls;
-        ``net`` or ``runtime`` (calibration) stand in for this scorer's own model."""
+        ``net`` or ``runtime`` (calibration) stand in for this scorer's own model. A runtime with
+        several streams gets its batches a round at a time, at least one per stream."""
         torch = self._torch
         if runtime is None and net is None:
             runtime = self.onnx
         net = self.net if net is None else net
         progress = self.progress if progress is None else progress
-        all_types = encoded.get("token_type_ids")
         owner = encoded.get("owner")
         pairs = encoded.get("pairs")
-        encoded = encoded["input_ids"]
-        order = np.argsort([-len(ids) for ids in encoded], kind="stable")
-        out = np.empty(len(encoded), dtype=np.float32)
+        streams = runtime.streams if runtime is not None else 1
+        out = np.empty(len(encoded["input_ids"]), dtype=np.float32)
         calls = 0
-        pad = self.tokenizer.pad_token_id or 0
-        with tqdm(total=len(encoded), desc=f"Scoring ({self.name})", unit="pair", disable=not progress) as bar, \
+        with tqdm(total=len(out), desc=f"Scoring ({self.name})", unit="pair", disable=not progress) as bar, \
                 torch.inference_mode():
-            start = 0
-            while start < len(order):
-                longest = len(encoded[order[start]])
-                size = max(1, min(self.batch_size, self.max_batch_tokens // max(longest, 1)))
-                # Padding up to a bucket boundary lets batches share kernel shapes.
-                longest = min(-(-longest // self.pad_multiple) * self.pad_multiple, self.max_length)
-                rows = order[start:start + size]
-                ids = torch.full((len(rows), longest), pad, dtype=torch.long)
-                mask = torch.zeros((len(rows), longest), dtype=torch.long)
-                types = torch.zeros((len(rows), longest), dtype=torch.long) if all_types is not None else None
-                for j, r in enumerate(rows):
-                    seq = encoded[r]
-                    ids[j, :len(seq)] = torch.tensor(seq)
-                    mask[j, :len(seq)] = 1
-                    if types is not None:
-                        types[j, :len(seq)] = torch.tensor(all_types[r])
+            batches = self._batches(encoded, streams)
+            while group := [b for _, b in zip(range(4 * streams), batches)]:
                 if runtime is not None:
-                    logits = torch.from_numpy(runtime(ids.numpy(), mask.numpy(),
-                                                        None if types is None else types.numpy()))
+                    logits = [torch.from_numpy(x) for x in runtime.run_many([b[1:] for b in group])]
                 else:
-                    inputs = {"input_ids": ids.to(self.device), "attention_mask": mask.to(self.device)}
-                    if types is not None:
-                        inputs["token_type_ids"] = types.to(self.device)
-                    logits = net(**inputs).logits.float()
-                out[rows] = self._to_scores(logits).cpu().numpy()
-                calls += 1
-                start += len(rows)
-                bar.update(len(rows))
+                    logits = [self._forward(net, *b[1:]) for b in group]
+                for (rows, *_), batch_logits in zip(group, logits):
+                    out[rows] = self._to_scores(batch_logits).cpu().numpy()
+                    bar.update(len(rows))
+                calls += len(group)
         if owner is not None:
             from rerank.score.windows import aggregate
 
             out = aggregate(out, owner, pairs, self.windows)
         return out, calls
+
+    def _batches(self, encoded, streams: int = 1):
+        """``(rows, input_ids, attention_mask, token_type_ids|None)`` numpy batches of the pairs
+        longest first, each within the batch shape; with several streams the pairs are shared
+        so that each round gives every stream an equal batch (20 pairs on 2 streams: 10 and 10)."""
+        all_ids, all_types = encoded["input_ids"], encoded.get("token_type_ids")
+        order = np.argsort([-len(ids) for ids in all_ids], kind="stable")
+        cap = self.batch_size
+        if streams > 1:
+            rounds = -(-len(order) // (cap * streams))
+            cap = max(1, -(-len(order) // (rounds * streams)))
+        pad = self.tokenizer.pad_token_id or 0
+        start = 0
+        while start < len(order):
+            longest = len(all_ids[order[start]])
+            size = max(1, min(cap, self.max_batch_tokens // max(longest, 1)))
+            # Padding up to a bucket boundary lets batches share kernel shapes.
+            longest = min(-(-longest // self.pad_multiple) * self.pad_multiple, self.max_length)
+            rows = order[start:start + size]
+            ids = np.full((len(rows), longest), pad, dtype=np.int64)
+            mask = np.zeros((len(rows), longest), dtype=np.int64)
+            types = np.zeros((len(rows), longest), dtype=np.int64) if all_types is not None else None
+            for j, r in enumerate(rows):
+                seq = all_ids[r]
+                ids[j, :len(seq)] = seq
+                mask[j, :len(seq)] = 1
+                if types is not None:
+                    types[j, :len(seq)] = all_types[r]
+            yield rows, ids, mask, types
+            start += len(rows)
+
+    def _forward(self, net, ids: np.ndarray, mask: np.ndarray, types: np.ndarray | None):
+        """The logits of one batch from a torch model."""
+        torch = self._torch
+        inputs = {"input_ids": torch.from_numpy(ids).to(self.device), "attention_mask": torch.from_numpy(mask).to(self.device)}
+        if types is not None:
+            inputs["token_type_ids"] = torch.from_numpy(types).to(self.device)
+        return net(**inputs).logits.float()
 
     def _to_scores(self, logits):
         torch = self._torch
