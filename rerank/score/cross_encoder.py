@@ -222,7 +222,7 @@ class CrossEncoder(Scorer, kind="cross-encoder"):
     def _run(self, encoded, *, net=None, runtime=None, progress: bool | None = None) -> tuple[np.ndarray, int]:
         """Scores of encoded pairs in length-sorted batches, and the number of model calls;
         ``net`` or ``runtime`` (calibration) stand in for this scorer's own model. A runtime with
-        several streams gets its batches a round at a time, at least one per stream."""
+        several streams is fed its batches as streams free up, pairs shared so each has work."""
         torch = self._torch
         if runtime is None and net is None:
             runtime = self.onnx
@@ -235,16 +235,24 @@ class CrossEncoder(Scorer, kind="cross-encoder"):
         calls = 0
         with tqdm(total=len(out), desc=f"Scoring ({self.name})", unit="pair", disable=not progress) as bar, \
                 torch.inference_mode():
-            batches = self._batches(encoded, streams)
-            while group := [b for _, b in zip(range(4 * streams), batches)]:
-                if runtime is not None:
-                    logits = [torch.from_numpy(x) for x in runtime.run_many([b[1:] for b in group])]
-                else:
-                    logits = [self._forward(net, *b[1:]) for b in group]
-                for (rows, *_), batch_logits in zip(group, logits):
-                    out[rows] = self._to_scores(batch_logits).cpu().numpy()
+            if runtime is not None:
+                order: list[np.ndarray] = []
+
+                def submitted():  # the bar moves as batches go to the runtime, at most a round ahead
+                    for rows, *inputs in self._batches(encoded, streams):
+                        order.append(rows)
+                        bar.update(len(rows))
+                        yield inputs
+
+                logits_of_batches = runtime.run_many(submitted())
+                for rows, logits in zip(order, logits_of_batches, strict=True):
+                    out[rows] = self._to_scores(torch.from_numpy(logits)).numpy()
+                calls = len(order)
+            else:
+                for rows, *inputs in self._batches(encoded):
+                    out[rows] = self._to_scores(self._forward(net, *inputs)).cpu().numpy()
+                    calls += 1
                     bar.update(len(rows))
-                calls += len(group)
         if owner is not None:
             from rerank.score.windows import aggregate
 

@@ -132,6 +132,6 @@ class OnnxClassifier:
                                                      self.uses_token_types))[0]
 
     def run_many(self, batches) -> list[np.ndarray]:
-        """The logits of each ``(input_ids, attention_mask, token_type_ids|None)`` batch, in order
-        (one after another: the session already uses every thread on each)."""
+        """The logits of each ``(input_ids, attention_mask, token_type_ids|None)`` batch of an
+        iterable, in order (one after another: the session already uses every thread on each)."""
         return [self(*batch) for batch in batches]

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import threading
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -84,11 +84,13 @@ class OpenVinoClassifier:
         results, i = slot
         results[i] = np.array(request.get_output_tensor(0).data)  # a copy: the request reuses its buffer
 
-    def run_many(self, batches: Sequence[Batch]) -> list[np.ndarray]:
-        """The logits of each batch, in order; the batches run on the streams in parallel."""
-        results: list = [None] * len(batches)
+    def run_many(self, batches: Iterable[Batch]) -> list[np.ndarray]:
+        """The logits of each batch, in order; the batches run on the streams in parallel. A
+        generator is consumed as streams free up, so the next batch is built while others run."""
+        results: list = []
         with self.lock:
             for i, (ids, mask, types) in enumerate(batches):
+                results.append(None)
                 self.queue.start_async(feeds_of(ids, mask, types, self.uses_token_types), (results, i))
             self.queue.wait_all()
         return results
