@@ -183,7 +183,8 @@ def pairs_of(batch):
 
 
 def batch_shape_sweep(path: str, pairs, quick: bool):
-    """pairs/s of the cross-encoder per precision and batch shape (best of 2 runs)."""
+    """pairs/s of the cross-encoder per precision and batch shape (best of 2 runs), each precision
+    on the backend it gets by default (bf16: OpenVINO where installed, as ``auto`` runs it)."""
     from rerank.score import CrossEncoder
 
     results = {}
@@ -209,7 +210,7 @@ def runtime_rows(path: str, batch, qrels, features, quick: bool):
     from rerank.score import CrossEncoder
 
     pairs = pairs_of(batch)
-    reference = CrossEncoder(path, precision="fp32")
+    reference = CrossEncoder(path, precision="fp32", backend="torch")
     encoded = reference.encode_pairs([q for q, _ in pairs], [p for _, p in pairs])
     base_scores, _ = reference._run(encoded)
     rows = []
@@ -227,11 +228,11 @@ def runtime_rows(path: str, batch, qrels, features, quick: bool):
                      "nDCG@10": round(ndcg(rerank_with_scores(batch, scores), qrels), 4), "note": ""})
 
     measure("eager fp32", lambda: reference._run(encoded)[0])
-    for precision in ("bf16", "int8"):
-        eager = CrossEncoder(path, precision=precision)
+    for precision in ("bf16", "int8"):  # backend="torch": a named bf16 would otherwise run on OpenVINO
+        eager = CrossEncoder(path, precision=precision, backend="torch")
         measure(f"eager {precision}", lambda eager=eager: eager._run(encoded)[0])
     for precision in ("fp32", "bf16"):
-        compiled = CrossEncoder(path, precision=precision)
+        compiled = CrossEncoder(path, precision=precision, backend="torch")
         compiled.net = torch.compile(compiled.net, dynamic=True)
         measure(f"torch.compile {precision}", lambda compiled=compiled: compiled._run(encoded)[0])
     for precision in ("fp32", "int8"):
