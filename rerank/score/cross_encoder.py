@@ -41,7 +41,7 @@ class CrossEncoder(Scorer, kind="cross-encoder"):
     what runs and why (also in each query's trace).
     ``threads``: torch intra-op threads (default: the physical cores this process may use).
     ``backend``: ``auto`` (default) runs OpenVINO where the model runs in bf16 on a CPU with
-    native bf16 and ``openvino`` is installed (1.2-1.35x eager torch's bf16 there, and closer to
+    native bf16 and ``openvino`` is installed (2.0x eager torch's bf16 there with its streams, and closer to
     fp32's scores; the calibration guard checks it against torch fp32), torch otherwise;
     ``torch``, ``onnx`` — export once to ONNX and run with ONNX Runtime
     (identical fp32 scores; ``precision="int8"`` then uses ONNX Runtime's dynamic quantization,
@@ -49,7 +49,7 @@ class CrossEncoder(Scorer, kind="cross-encoder"):
     run in ``fp32`` or ``bf16`` (``auto``: bf16 where the CPU has it; the ``openvino`` extra).
     Both need a local model folder.
     ``streams``: OpenVINO only: batches scored at once, each by its own threads (default: one
-    stream per thread, which on 2 cores ran 1.3-1.5x one stream of both threads).
+    stream per thread, which on 2 cores ran 1.1-1.4x one stream of both threads).
     ``normalize``: return probabilities (sigmoid of the logit, or the softmax of the relevant
     class) instead of logits. Rankings are the same either way; the two-class default is the
     log-odds ``logit[1] - logit[0]``, which orders pairs exactly as the softmax probability but
