@@ -6,8 +6,9 @@ the CPU with an inference precision of ``f32`` or ``bf16`` (which OpenVINO runs 
 AVX-512-BF16). It runs as many single-threaded streams as it has threads, each scoring its own
 batch: the work between the matrix products (attention softmax, GELU, layer norm), which AMX
 does not speed up, then runs on every core at once instead of waiting on one batch's thread
-team (1.1-1.4x one stream of all threads on 2 cores: ``precision.py``, ``openvino_streams.py``). ``experiments/benchmarks/precision.py`` measures it beside eager torch,
-``torch.compile`` and ONNX Runtime. Needs the ``openvino`` extra (``pip install rerank[openvino]``).
+team (1.1-1.4x one stream of all threads on 2 cores, ``experiments/benchmarks/openvino_streams.py``).
+``experiments/benchmarks/precision.py`` measures it beside eager torch, ``torch.compile`` and ONNX
+Runtime. Needs the ``openvino`` extra (``pip install rerank[openvino]``).
 """
 from __future__ import annotations
 
