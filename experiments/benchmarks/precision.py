@@ -279,10 +279,7 @@ def step_rates_in_turns(groups, queries, corpus, rounds: int) -> dict[str, float
             for precision, trainer in steps.items():
                 began = time.perf_counter()
                 loss, pairs[precision] = trainer._step_loss(trainer._batch(step), step)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(trainer.model.parameters(), trainer.config.max_grad_norm)
-                optimizers[precision].step()
-                optimizers[precision].zero_grad(set_to_none=True)
+                trainer._update(loss, optimizers[precision])
                 if step:  # the first round builds kernels
                     seconds[precision].append(time.perf_counter() - began)
     return {p: round(pairs[p] / float(np.median(seconds[p])), 2) for p in seconds}

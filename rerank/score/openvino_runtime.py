@@ -29,9 +29,8 @@ Batch = tuple[np.ndarray, np.ndarray, "np.ndarray | None"]
 
 
 class OpenVinoClassifier:
-    """A callable ``(input_ids, attention_mask, token_type_ids|None) -> logits`` (numpy), and
-    :meth:`run_many`, which spreads batches over ``streams`` parallel streams (default: one per
-    thread)."""
+    """:meth:`run_many` turns ``(input_ids, attention_mask, token_type_ids|None)`` batches into
+    logits (numpy), spread over ``streams`` parallel streams (default: one per thread)."""
 
     def __init__(self, net, folder: str | Path, *, uses_token_types: bool, precision: str = "fp32",
                  threads: int | None = None, streams: int | None = None) -> None:
@@ -96,5 +95,3 @@ class OpenVinoClassifier:
             self.queue.wait_all()
         return results
 
-    def __call__(self, input_ids: np.ndarray, attention_mask: np.ndarray, token_type_ids: np.ndarray | None) -> np.ndarray:
-        return self.run_many([(input_ids, attention_mask, token_type_ids)])[0]

@@ -223,6 +223,15 @@ class Trainer:
         size = self.config.groups_per_step
         return [int(i) for i in order[within * size:(within + 1) * size]]
 
+    def _update(self, loss, optimizer) -> None:
+        """Backward pass, gradient clipping and one optimizer step."""
+        import torch
+
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.max_grad_norm)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
     def _step_loss(self, indices: list[int], step: int):
         import torch
 
@@ -331,11 +340,8 @@ class Trainer:
         with bar:
             while step < self.total_steps:
                 loss, pairs = self._step_loss(self._batch(step), step)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.max_grad_norm)
-                optimizer.step()
+                self._update(loss, optimizer)
                 scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
                 step += 1
                 pairs_done += pairs
                 value = float(loss.detach())
