@@ -254,7 +254,7 @@ def runtime_rows(path: str, batch, qrels, features, quick: bool):
 
 def step_rates_in_turns(groups, queries, corpus, rounds: int) -> dict[str, float]:
     """Training pairs/s of fp32 and bf16 autocast from the trainer's own steps (forward, loss,
-    backward, clipping, AdamW) taken in turns, one fp32 step then one bf16 step, ``rounds``
+    backward, clipping, the trainer's fused AdamW; its fast dropout) taken in turns, one fp32 step then one bf16 step, ``rounds``
     times after one untimed round; each rate is pairs per step over the median step time. Two
     whole runs one after the other differ with the machine's drift (1.92x in one full run,
     1.50x in the next); steps in turns meet the same drift."""
@@ -274,7 +274,7 @@ def step_rates_in_turns(groups, queries, corpus, rounds: int) -> dict[str, float
             steps[precision] = Trainer(CrossEncoderModel("minilm-l6", max_length=128), groups, queries, corpus,
                                        scratch, config, progress=False)
             steps[precision].model.train(True)
-            optimizers[precision] = torch.optim.AdamW(steps[precision].model.net.parameters(), lr=5e-5)
+            optimizers[precision] = steps[precision]._optimizer()
         for step in range(rounds + 1):
             for precision, trainer in steps.items():
                 began = time.perf_counter()

@@ -210,6 +210,10 @@ class Trainer:
         self.steps_per_epoch = math.ceil(len(self.groups) / config.groups_per_step)
         self.total_steps = config.max_steps or config.epochs * self.steps_per_epoch
         self.precision, self.precision_reason = training_precision(config.precision, str(model.device))
+        # torch's CPU dropout draws a Bernoulli sample per element, a third of a step (rerank.train.dropout)
+        from rerank.train.dropout import use_fast_dropout
+
+        self.fast_dropout = use_fast_dropout(model.net) > 0
         settings = {k: v for k, v in asdict(config).items() if k != "precision"}  # resuming may change it
         if not config.distill_weight:  # checkpoints from before the option existed still resume
             settings = {k: v for k, v in settings.items() if not k.startswith("distill_")}
@@ -222,6 +226,20 @@ class Trainer:
         order = np.random.default_rng(self.config.seed + epoch).permutation(len(self.groups))
         size = self.config.groups_per_step
         return [int(i) for i in order[within * size:(within + 1) * size]]
+
+    def _optimizer(self):
+        """AdamW with weight decay on matrices only; the fused kernel (one pass over all
+        parameters instead of a dozen per tensor) where torch has it for the device."""
+        import torch
+
+        decay = [p for n, p in self.model.net.named_parameters() if p.ndim > 1]
+        no_decay = [p for n, p in self.model.net.named_parameters() if p.ndim <= 1]
+        groups = [{"params": decay, "weight_decay": self.config.weight_decay},
+                  {"params": no_decay, "weight_decay": 0.0}]
+        try:
+            return torch.optim.AdamW(groups, lr=self.config.learning_rate, fused=True)
+        except RuntimeError:  # no fused kernel for this device or dtype
+            return torch.optim.AdamW(groups, lr=self.config.learning_rate)
 
     def _update(self, loss, optimizer) -> None:
         """Backward pass, gradient clipping and one optimizer step."""
@@ -321,10 +339,7 @@ class Trainer:
             shutil.rmtree(self.output / CHECKPOINTS)
         self.output.mkdir(parents=True, exist_ok=True)
         torch.manual_seed(self.config.seed)
-        decay = [p for n, p in self.model.net.named_parameters() if p.ndim > 1]
-        no_decay = [p for n, p in self.model.net.named_parameters() if p.ndim <= 1]
-        optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": self.config.weight_decay},
-                                       {"params": no_decay, "weight_decay": 0.0}], lr=self.config.learning_rate)
+        optimizer = self._optimizer()
         scheduler = get_linear_schedule_with_warmup(optimizer, int(self.config.warmup * self.total_steps), self.total_steps)
         self._seconds_before = 0.0  # training time of earlier sessions, restored by _resume
         step, history = self._resume(optimizer, scheduler) if resume else (0, [])
@@ -380,6 +395,7 @@ class Trainer:
                 "pairs_per_step": self.config.groups_per_step * max(len(g.passage_ids) for g in self.groups),
                 "train_seconds": round(seconds, 1), "resumed_at_step": resumed_at, "pairs_per_second": round(rate, 2),
                 "final_loss": round(loss, 6), "precision": self.precision, "precision_reason": self.precision_reason,
+                "dropout": "rerank.train.dropout" if self.fast_dropout else "torch",
                 "dev": dev, "scores": {}}
         write_model_card(self.output, info)
         with atomic_file(self.output / TRAINING_FILE) as fh:

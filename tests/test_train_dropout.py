@@ -1,0 +1,99 @@
+"""The training dropout of rerank.train.dropout: its masks, gradients and attention path.
+
+Masks come from torch's CPU Mersenne Twister, a software generator that gives the same numbers
+on every CPU, so the seeded figures below do not depend on the machine.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from rerank.train.dropout import ATTENTION, FastDropout, attention, dropout_mask, fast_dropout, use_fast_dropout
+
+
+def test_masks_keep_one_minus_p_and_follow_the_seed():
+    torch.manual_seed(3)
+    first = dropout_mask((1000, 1000), 0.1)
+    torch.manual_seed(3)
+    again = dropout_mask((1000, 1000), 0.1)
+    assert first.dtype == torch.bool and first.shape == (1000, 1000)
+    assert torch.equal(first, again)
+    # a binomial of a million draws: standard deviation 0.0003
+    assert abs(first.float().mean().item() - 0.9) < 0.002
+    assert dropout_mask((7, 3), 0.0).all()
+    assert abs(dropout_mask((1000, 1000), 0.5).float().mean().item() - 0.5) < 0.002
+    for bad in (-0.1, 1.0):
+        with pytest.raises(ValueError, match="dropout probability"):
+            dropout_mask((2,), bad)
+
+
+def test_fast_dropout_scales_kept_elements_and_its_gradient_is_the_mask():
+    x = torch.ones(64, 33, requires_grad=True)
+    torch.manual_seed(0)
+    y = fast_dropout(x, 0.25)
+    scale = 1 / 0.75
+    assert y.unique().tolist() == pytest.approx([0.0, scale])
+    y.sum().backward()
+    assert torch.equal(x.grad, y.detach())  # d(x * keep * scale)/dx = keep * scale, here = y
+    assert fast_dropout(x, 0.25, training=False) is x
+    assert fast_dropout(x, 0.0) is x
+    layer = FastDropout(0.25).eval()
+    assert layer(x) is x
+
+
+def test_bf16_inputs_stay_bf16():
+    x = torch.ones(10, 10, dtype=torch.bfloat16, requires_grad=True)
+    y = fast_dropout(x, 0.5)
+    y.float().sum().backward()
+    assert y.dtype == torch.bfloat16 and x.grad.dtype == torch.bfloat16
+
+
+def test_attention_matches_the_reference_with_the_same_mask():
+    torch.manual_seed(1)
+    q, k, v = (torch.randn(2, 3, 5, 4) for _ in range(3))
+    attend = torch.ones(2, 1, 5, 5, dtype=torch.bool)
+    attend[0, :, :, 3:] = False  # the first sequence's last two tokens are padding
+    module = torch.nn.Module().train()
+    torch.manual_seed(7)
+    out, _ = attention(module, q, k, v, attend, scaling=0.5, dropout=0.2)
+    torch.manual_seed(7)
+    keep = dropout_mask((2, 3, 5, 5), 0.2)
+    weights = (q @ k.transpose(2, 3) * 0.5).masked_fill(~attend, float("-inf")).softmax(-1)
+    reference = ((weights * keep / 0.8) @ v).transpose(1, 2)
+    assert out.shape == (2, 5, 3, 4)
+    assert torch.allclose(out, reference, atol=1e-6)
+    # not training: torch's SDPA, no dropout
+    module.eval()
+    plain, _ = attention(module, q, k, v, attend, scaling=0.5, dropout=0.2)
+    expected = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=attend, scale=0.5).transpose(1, 2)
+    assert torch.allclose(plain, expected, atol=1e-6)
+
+
+def test_a_model_switched_to_fast_dropout_scores_and_saves_as_before(tiny_ce_path, tmp_path):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_ce_path)
+    tokens = tokenizer(["what is dropout", "a query"], ["a passage about dropout", "another passage"],
+                       padding=True, return_tensors="pt")
+    original = AutoModelForSequenceClassification.from_pretrained(tiny_ce_path).eval()
+    switched = AutoModelForSequenceClassification.from_pretrained(tiny_ce_path).eval()
+    assert use_fast_dropout(switched) > 0
+    assert not any(m.training for m in switched.modules())  # the new layers keep the model's mode
+    assert not any(isinstance(m, torch.nn.Dropout) for m in switched.modules())
+    assert switched.config._attn_implementation == ATTENTION
+    with torch.no_grad():
+        assert torch.allclose(switched(**tokens).logits, original(**tokens).logits, atol=1e-5)
+    switched.train()
+    torch.manual_seed(0)
+    first = switched(**tokens).logits
+    torch.manual_seed(0)
+    assert torch.equal(switched(**tokens).logits, first)
+    first.sum().backward()
+    query_weights = [p for n, p in switched.named_parameters() if n.endswith("attention.self.query.weight")]
+    assert query_weights and all(p.grad is not None and p.grad.abs().sum() > 0 for p in query_weights)
+    switched.save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    assert ATTENTION not in json.dumps(saved)
