@@ -17,6 +17,13 @@ the second after all the others, and ``pass_difference`` says how far the two pa
 within the budget (``ndcg_gap``; goal <= 0.005); the tuner's time against the exhaustive run
 (``tuning_speedup``).
 
+Drift: this machine is a shared VM whose speed moves by tens of percent within minutes, while a
+prediction is made at tuning time and checked minutes later. So a fixed probe (the largest
+configuration on five tuning queries) is timed right after tuning and again, one query per
+round, in turn with the configurations of every check pass; ``drift`` is the probe's time during
+a pass over its time at tuning (per query, averaged), and ``latency_error_drift_corrected`` the
+error of the prediction times that drift. The goal is judged on the raw ``latency_error``.
+
 The service: ``rerank serve`` (a separate process) with ``student % k1 >> ce``; 16 closed-loop
 clients send SciFact test queries with their BM25 top 20 to 200 abstracts, each with a budget:
 1.5 x 16 x the mean cost of a request at its cheapest cut-offs (from the costs the service timed
@@ -74,41 +81,76 @@ def midpoints(latencies: list[float], n: int = 3) -> list[float]:
     return [round(between[i], 1) for i in sorted(set(picks))]
 
 
-def direct_runs(template, values_list, batch, qrels, chunk: int = 10, label: str = "direct") -> tuple[dict, float]:
+class Probe:
+    """A fixed workload timed now and then to measure how fast the machine runs at the moment:
+    ``pipe`` on each query of ``batch``; :meth:`drift` relates later timings to the baseline."""
+
+    def __init__(self, pipe, batch: list[Candidates], rounds: int = 2) -> None:
+        self.pipe, self.batch = pipe, batch
+        self.pipe(batch[:1])
+        times = [run_per_query(pipe, batch)[1] for _ in range(rounds)]
+        self.baseline = [float(np.mean(per_query)) for per_query in zip(*times)]
+        self.turn = 0
+
+    def step(self) -> tuple[int, float]:
+        """Time the next probe query (cycling); returns (its index, seconds)."""
+        i = self.turn % len(self.batch)
+        self.turn += 1
+        return i, run_per_query(self.pipe, [self.batch[i]])[1][0]
+
+    def drift(self, timings: list[tuple[int, float]]) -> float:
+        """Mean of each probe timing over its query's baseline (1.0: as fast as at tuning)."""
+        return float(np.mean([seconds / self.baseline[i] for i, seconds in timings]))
+
+
+def direct_runs(template, values_list, batch, qrels, chunk: int = 10, label: str = "direct",
+                probe: Probe | None = None) -> tuple[dict, float, float | None]:
     """Each combination in ``values_list`` run directly on ``batch``, one query at a time: mean ms,
     nDCG@10. The combinations take turns chunk by chunk of queries, so a slow spell of a shared
-    machine falls on all of them alike rather than on whichever ran then."""
+    machine falls on all of them alike rather than on whichever ran then; ``probe`` (if given)
+    takes a turn of one query per round, and its drift over the pass is returned too (its time
+    is left out of the seconds returned)."""
     began = time.perf_counter()
     pipes = {tuple(v.items()): bind(template, v) for v in values_list}
     for pipe in pipes.values():
         pipe(batch[:1])  # a first call at new shapes sets up kernels
     results = {key: [] for key in pipes}
     seconds = {key: [] for key in pipes}
+    probed = []
     for start in range(0, len(batch), chunk):
         for key, pipe in pipes.items():
             found, took = run_per_query(pipe, batch[start:start + chunk])
             results[key] += found
             seconds[key] += took
+        if probe is not None:
+            probed.append(probe.step())
     out = {}
     for key in pipes:
         out[key] = {"ms": 1000 * float(np.mean(seconds[key])),
                     "ndcg10": evaluate(results[key], qrels, ["nDCG@10"]).aggregate["nDCG@10"]}
         print(f"  {label} {dict(key)}: {out[key]['ms']:.1f} ms/query, nDCG@10 {out[key]['ndcg10']:.4f}", flush=True)
-    return out, time.perf_counter() - began
+    drift = probe.drift(probed) if probed else None
+    if drift is not None:
+        print(f"  {label}: probe drift {drift:.3f} (probe time over its time at tuning)", flush=True)
+    probe_seconds = sum(seconds for _, seconds in probed)  # not part of the exhaustive search's time
+    return out, time.perf_counter() - began - probe_seconds, drift
 
 
-def exhaustive(template, grid, batch, qrels) -> tuple[dict, float]:
+def exhaustive(template, grid, batch, qrels, chunk: int = 10, probe: Probe | None = None) -> tuple[dict, float, float | None]:
     """Every combination run directly on ``batch`` (see :func:`direct_runs`)."""
-    return direct_runs(template, list(combinations(grid)), batch, qrels)
+    return direct_runs(template, list(combinations(grid)), batch, qrels, chunk=chunk, probe=probe)
 
 
-def judge(result, direct: dict, budgets: list[float], label: str, template, batch, qrels) -> list[dict]:
+def judge(result, direct: dict, budgets: list[float], label: str, template, batch, qrels, chunk: int = 10,
+          probe: Probe | None = None, first_drift: float | None = None) -> list[dict]:
     """For each budget: the tuner's choice against the direct runs. The chosen configurations are
     timed a second time, after all the others, and their measured latency is the mean of the two
-    passes; how far the two passes differ is this machine's own noise on the same work."""
+    passes; how far the two passes differ is this machine's own noise on the same work. With a
+    probe, the prediction is also scaled by the mean drift of the two passes."""
     choices = [result.choose(budget) for budget in budgets]
-    again, _ = direct_runs(template, list({tuple(c.values.items()): c.values for c in choices}.values()), batch, qrels,
-                           label="again")
+    again, _, second_drift = direct_runs(template, list({tuple(c.values.items()): c.values for c in choices}.values()),
+                                         batch, qrels, chunk=chunk, label="again", probe=probe)
+    drift = None if first_drift is None or second_drift is None else (first_drift + second_drift) / 2
     rows = []
     for budget, choice in zip(budgets, choices):
         key = tuple(choice.values.items())
@@ -122,6 +164,9 @@ def judge(result, direct: dict, budgets: list[float], label: str, template, batc
                      "second pass ms": round(second, 1), "measured ms": round(measured, 1),
                      "latency error": round(abs(choice.predicted_ms - measured) / measured, 4),
                      "pass difference": round(abs(first - second) / measured, 4),
+                     "drift": round(drift, 3) if drift is not None else None,
+                     "drift-corrected error": (round(abs(choice.predicted_ms * drift - measured) / measured, 4)
+                                               if drift is not None else None),
                      "nDCG@10": round(ndcg10, 4), "best within budget": round(best, 4) if best is not None else None,
                      "ndcg gap": round(best - ndcg10, 4) if best is not None else None,
                      "measured within budget": measured <= budget})
@@ -169,10 +214,12 @@ def part_scifact(args) -> dict:
     tuning_seconds = time.perf_counter() - began
     print(result.cost_model.describe())
     print(result.table(), flush=True)
+    probe = Probe(bind(template, {"k1": max(grid["k1"])}), [Candidates(q, [], []) for q in tune_q[:5]])
     budgets = midpoints([r.predicted_ms for r in result.rows])
     batch = [Candidates(q, [], []) for q in check_q]
-    direct, direct_seconds = exhaustive(template, grid, batch, {q.id: test_qrels[q.id] for q in check_q})
-    rows = judge(result, direct, budgets, "scifact", template, batch, {q.id: test_qrels[q.id] for q in check_q})
+    check_qrels = {q.id: test_qrels[q.id] for q in check_q}
+    direct, direct_seconds, drift = exhaustive(template, grid, batch, check_qrels, probe=probe)
+    rows = judge(result, direct, budgets, "scifact", template, batch, check_qrels, probe=probe, first_drift=drift)
     return {"rows": rows, "tuning_seconds": tuning_seconds, "exhaustive_seconds": direct_seconds, "last_stage": which,
             "tune_queries": len(tune_q), "check_queries": len(check_q)}
 
@@ -205,11 +252,14 @@ def part_dl19(args) -> dict:
                       progress=False)
         tuning_seconds += time.perf_counter() - began
         print(f"fold {f + 1}: tuned on {len(train)} queries\n{result.cost_model.describe()}\n{result.table()}", flush=True)
+        probe = Probe(bind(template, {"k1": max(grid["k1"])}), train[:5])
         budgets = midpoints([r.predicted_ms for r in result.rows])
         check_qrels = {c.query.id: qrels[c.query.id] for c in check}
-        direct, seconds = exhaustive(template, grid, check, check_qrels)
+        # chunks of 4 queries: more rounds, so the probe is timed more often over a fold's ~21 queries
+        direct, seconds, drift = exhaustive(template, grid, check, check_qrels, chunk=4, probe=probe)
         direct_seconds += seconds
-        rows += judge(result, direct, budgets, f"dl19 fold {f + 1}", template, check, check_qrels)
+        rows += judge(result, direct, budgets, f"dl19 fold {f + 1}", template, check, check_qrels, chunk=4,
+                      probe=probe, first_drift=drift)
     return {"rows": rows, "tuning_seconds": tuning_seconds, "exhaustive_seconds": direct_seconds, "last_stage": which,
             "tune_queries": len(batch), "check_queries": len(batch)}
 
@@ -391,6 +441,10 @@ def main() -> None:
         # The same configuration timed twice on the same queries: the machine's own noise, a floor
         # under any prediction's error.
         figures["pass_difference"] = max(r["pass difference"] for r in rows)
+        corrected = [r["drift-corrected error"] for r in rows if r["drift-corrected error"] is not None]
+        figures["latency_error_drift_corrected"] = max(corrected) if corrected else None
+        drifts = [r["drift"] for r in rows if r["drift"] is not None]
+        figures["drift_range"] = [min(drifts), max(drifts)] if drifts else None
         gaps = [r["ndcg gap"] for r in rows if r["ndcg gap"] is not None]
         figures["ndcg_gap"] = max(gaps) if gaps else None
         figures["tuning_speedup"] = round(direct / tuning, 2) if tuning else None

@@ -180,12 +180,15 @@ class Trainer:
 
     ``curriculum`` weights groups by difficulty; ``dev`` is evaluated every ``eval_every``
     steps; ``callback(step)`` runs after each step (tests use it to interrupt a run).
+    ``fast_dropout`` (default on CPU) draws dropout masks with :mod:`rerank.train.dropout`
+    instead of torch's per-element Bernoulli sampling; ``False`` keeps torch's.
     """
 
     def __init__(self, model: TrainableModel, groups: Sequence[TrainingGroup], queries: Mapping[str, Query],
                  corpus: Mapping[str, Passage], output: str | Path, config: TrainConfig, *,
                  curriculum: Curriculum | None = None, dev: DevSet | None = None, progress: bool = True,
-                 callback: Callable[[int], None] | None = None, card: dict | None = None) -> None:
+                 callback: Callable[[int], None] | None = None, card: dict | None = None,
+                 fast_dropout: bool = True) -> None:
         if not groups:
             raise TrainingError("no training groups")
         if config.loss in DISTILL_LOSSES and any(g.teacher is None for g in groups):
@@ -213,7 +216,7 @@ class Trainer:
         # torch's CPU dropout draws a Bernoulli sample per element, a third of a step (rerank.train.dropout)
         from rerank.train.dropout import use_fast_dropout
 
-        self.fast_dropout = use_fast_dropout(model.net) > 0
+        self.fast_dropout = fast_dropout and use_fast_dropout(model.net) > 0
         settings = {k: v for k, v in asdict(config).items() if k != "precision"}  # resuming may change it
         if not config.distill_weight:  # checkpoints from before the option existed still resume
             settings = {k: v for k, v in settings.items() if not k.startswith("distill_")}

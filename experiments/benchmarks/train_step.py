@@ -1,0 +1,111 @@
+"""Where a training step's time goes: torch's dropout and AdamW against the trainer's, fp32 and bf16.
+
+MiniLM-L6 fine-tuned as a cross-encoder on SciFact BM25 groups (4 groups of 8 pairs per step,
+128 tokens), the trainer's own step (``Trainer._step_loss`` then backward, clipping, optimizer)
+split into forward, backward, clipping and optimizer time. Four set-ups take their steps in turns
+(one step each, round after round, so the machine's drift falls on all alike), medians per part:
+
+- ``torch``: torch's dropout (``bernoulli_`` per element on CPU, which also sends attention
+  through torch's math path) and the per-tensor AdamW, i.e. what a plain Hugging Face model
+  trained with ``torch.optim.AdamW`` does (the peer);
+- ``rerank``: the trainer's defaults, :mod:`rerank.train.dropout` and fused AdamW.
+
+Figures: pairs/s of each, ``rerank_bf16_vs_fp32`` and ``torch_bf16_vs_fp32`` (what bf16 autocast
+gains in each), ``rerank_vs_torch`` per precision.
+
+    python experiments/benchmarks/train_step.py [--quick]
+"""
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+
+import numpy as np
+import torch
+from _common import machine, print_json, print_table
+
+from rerank.data import open_dataset
+from rerank.retrieve import BM25Index
+from rerank.train import TrainConfig, group_triples, mine_triples, split_dev
+from rerank.train.models import CrossEncoderModel
+from rerank.train.trainer import Trainer
+from rerank.types import batch_to_run
+
+PARTS = ("forward", "backward", "clip", "optimizer")
+
+
+def scifact_groups(n_queries: int):
+    """SciFact training groups (1 positive + 7 BM25 negatives) and their queries and corpus."""
+    dataset = open_dataset("scifact")
+    corpus, qrels = dataset.corpus(), dataset.qrels("train")
+    queries = dataset.queries("train")[:n_queries]
+    run = batch_to_run(BM25Index.build(corpus.values(), progress=False).search(queries, k=100))
+    triples = mine_triples(run, {q.id: qrels[q.id] for q in queries if q.id in qrels}, negatives=7, depth=100, seed=0)
+    groups, _ = split_dev(group_triples(triples, 7), 10, seed=0)
+    return groups, {q.id: q for q in queries}, corpus
+
+
+def set_up(setup: str, precision: str, groups, queries, corpus, scratch: str):
+    torch.manual_seed(0)
+    config = TrainConfig(groups_per_step=4, learning_rate=5e-5, precision=precision)
+    trainer = Trainer(CrossEncoderModel("minilm-l6", max_length=128), groups, queries, corpus, scratch, config,
+                      progress=False, fast_dropout=setup == "rerank")
+    trainer.model.train(True)
+    if setup == "rerank":
+        optimizer = trainer._optimizer()
+    else:
+        optimizer = torch.optim.AdamW(trainer.model.net.parameters(), lr=5e-5)
+    return trainer, optimizer
+
+
+def timed_step(trainer: Trainer, optimizer, step: int) -> tuple[int, list[float]]:
+    """One training step, as the trainer takes it, timed part by part."""
+    marks = [time.perf_counter()]
+    loss, pairs = trainer._step_loss(trainer._batch(step), step)
+    marks.append(time.perf_counter())
+    loss.backward()
+    marks.append(time.perf_counter())
+    torch.nn.utils.clip_grad_norm_(trainer.model.parameters(), trainer.config.max_grad_norm)
+    marks.append(time.perf_counter())
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    marks.append(time.perf_counter())
+    return pairs, list(np.diff(marks))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="4 timed rounds instead of 20")
+    args = parser.parse_args()
+    rounds = 4 if args.quick else 20
+    print(f"{machine()}; {rounds} timed rounds after 2 untimed", flush=True)
+    groups, queries, corpus = scifact_groups(80)
+    setups = [(s, p) for s in ("torch", "rerank") for p in ("fp32", "bf16")]
+    times = {key: [] for key in setups}
+    with tempfile.TemporaryDirectory() as scratch:
+        trainers = {key: set_up(*key, groups, queries, corpus, scratch) for key in setups}
+        for step in range(rounds + 2):
+            for key, (trainer, optimizer) in trainers.items():
+                pairs, parts = timed_step(trainer, optimizer, step)
+                if step >= 2:  # the first rounds build kernels
+                    times[key].append(parts)
+    rows, figures = [], {"benchmark": "train_step", "quick": args.quick, "rounds": rounds, "pairs_per_step": pairs}
+    for key in setups:
+        medians = np.median(np.array(times[key]), axis=0)
+        step_ms = 1000 * float(np.median(np.sum(times[key], axis=1)))
+        rate = pairs / (step_ms / 1000)
+        rows.append({"set-up": key[0], "precision": key[1], **{f"{p} ms": round(1000 * m, 1) for p, m in zip(PARTS, medians)},
+                     "step ms": round(step_ms, 1), "pairs/s": round(rate, 2)})
+        figures[f"{key[0]}_{key[1]}_pairs_per_s"] = round(rate, 2)
+    print_table(rows, list(rows[0]))
+    for setup in ("torch", "rerank"):
+        figures[f"{setup}_bf16_vs_fp32"] = round(figures[f"{setup}_bf16_pairs_per_s"] / figures[f"{setup}_fp32_pairs_per_s"], 2)
+    for precision in ("fp32", "bf16"):
+        figures[f"rerank_vs_torch_{precision}"] = round(
+            figures[f"rerank_{precision}_pairs_per_s"] / figures[f"torch_{precision}_pairs_per_s"], 2)
+    print_json(figures)
+
+
+if __name__ == "__main__":
+    main()
