@@ -253,9 +253,9 @@ def runtime_rows(path: str, batch, qrels, features, quick: bool):
 
 
 def step_rates_in_turns(groups, queries, corpus, rounds: int) -> dict[str, float]:
-    """Training pairs/s of fp32 and bf16 autocast from the trainer's own steps (forward, loss,
-    backward, clipping, the trainer's fused AdamW; its fast dropout) taken in turns, one fp32 step then one bf16 step, ``rounds``
-    times after one untimed round; each rate is pairs per step over the median step time. Two
+    """Training pairs/s of fp32 and bf16 autocast from the trainer's own steps (forward with its
+    dropout, loss, backward, clipping, its fused AdamW) taken in turns, one fp32 step then one
+    bf16 step, ``rounds`` times after one untimed round; each rate is pairs per step over the median step time. Two
     whole runs one after the other differ with the machine's drift (1.92x in one full run,
     1.50x in the next); steps in turns meet the same drift."""
     import tempfile

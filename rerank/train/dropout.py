@@ -13,6 +13,8 @@ probabilities (which otherwise also forces torch's slower math attention path).
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -25,9 +27,7 @@ def dropout_mask(shape: torch.Size | tuple[int, ...], p: float, device: torch.de
     rounded to a multiple of 1/32768), drawn from torch's default generator."""
     if not 0.0 <= p < 1.0:
         raise ValueError(f"dropout probability must be in [0, 1), got {p}")
-    count = 1
-    for size in shape:
-        count *= int(size)
+    count = math.prod(shape)
     # int64 random_() fills [0, 2**63): the top 16-bit chunk has one bit fewer, so keep 15 of each
     bits = torch.empty((count + 3) // 4, dtype=torch.int64, device=device).random_()
     chunks = bits.view(torch.int16)[:count].view(shape)
@@ -41,12 +41,12 @@ class _KeepAndScale(torch.autograd.Function):
     def forward(ctx, x: torch.Tensor, keep: torch.Tensor, scale: float) -> torch.Tensor:
         ctx.save_for_backward(keep)
         ctx.scale = scale
-        return torch.where(keep, x * scale, 0.0).to(x.dtype)
+        return torch.where(keep, x * scale, 0.0)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         (keep,) = ctx.saved_tensors
-        return torch.where(keep, grad * ctx.scale, 0.0).to(grad.dtype), None, None
+        return torch.where(keep, grad * ctx.scale, 0.0), None, None
 
 
 def fast_dropout(x: torch.Tensor, p: float, training: bool = True) -> torch.Tensor:
