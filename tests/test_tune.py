@@ -227,6 +227,83 @@ def test_the_warm_up_discards_first_calls_and_lets_combinations_take_turns(setup
         measure_costs(fresh % "k1", grid, candidates, discard=-1)
 
 
+class Machine:
+    """Constructed machine speed: every call of the stage that ticks it runs ``slowness(calls so
+    far)`` times as long as its base cost; stages that do not tick read the current slowness."""
+
+    def __init__(self, slowness) -> None:
+        self.slowness, self.calls = slowness, 0
+
+    def factor(self, tick: bool) -> float:
+        factor = self.slowness(self.calls)
+        self.calls += tick
+        return factor
+
+
+class OnMachine(TimedScorer):
+    """A :class:`TimedScorer` whose constructed time is scaled by a :class:`Machine`'s slowness."""
+
+    def __init__(self, fixed: float, per_passage: float, machine: Machine, name: str, tick: bool = False) -> None:
+        super().__init__(fixed, per_passage, name)
+        self.machine, self.tick = machine, tick
+
+    def score_pairs(self, batch):
+        scores, work = super().score_pairs(batch)
+        factor = self.machine.factor(self.tick)
+        return scores, Work(seconds_per_query=[s * factor for s in work.seconds_per_query])
+
+
+def test_a_reference_workload_corrects_the_machine_drifting_during_the_warm_up(setup):
+    bm25, _, queries, _ = setup
+    candidates = (bm25 % 40).search(queries[:6])
+    grid = {"k1": [10, 20, 30]}
+
+    def measured(reference: bool):
+        # The machine slows steadily, 5% more with every call of the last stage: the costlier
+        # combinations, which run later in each turn, would look costlier still.
+        machine = Machine(lambda calls: 1.0 + 0.05 * calls)
+        pipe = OnMachine(0.002, 0.0, machine, "first") % "k1" >> OnMachine(0.001, 0.0005, machine, "last", tick=True)
+        return machine, measure_costs(pipe, grid, candidates, discard=0, turn=2, reference=reference)
+
+    _, raw = measured(False)
+    assert raw.drift == [] and raw.reference_ms == 0.0
+    machine, corrected = measured(True)
+    # References before the first piece and after each of 3 turns x 3 combinations.
+    assert len(corrected.drift) == 9 and min(corrected.drift) < 1 < max(corrected.drift)
+    # The slowness rises linearly, so the mean of the references around a piece is its own mean
+    # slowness: the corrected costs are the base costs at the warm-up's median slowness, exactly.
+    usual = corrected.reference_ms / (2.0 + 1.0 + 0.5 * 10)
+    last = corrected.stages["last"]
+    assert last.per_passage_ms == pytest.approx(0.5 * usual, rel=1e-9)
+    assert last.fixed_ms == pytest.approx(1.0 * usual, rel=1e-9) and last.fit_error < 1e-9
+    # Uncorrected, the larger cut-offs look dearer than their passages make them: the drift bends the costs.
+    ratios = [ms / (1.0 + 0.5 * n) for n, ms in zip(raw.stages["last"].sizes, raw.stages["last"].mean_ms)]
+    assert ratios[-1] > 1.1 * ratios[0]
+    assert "drifted" in corrected.describe()
+
+
+def test_tune_measures_again_when_a_disturbed_warm_up_fits_badly(setup):
+    bm25, _, queries, qrels = setup
+    grid = {"k1": [5, 10, 20]}
+
+    def spiky(spikes: set[int]):
+        machine = Machine(lambda calls: 4.0 if calls in spikes else 1.0)
+        return bm25 % 30 >> OnMachine(0.001, 0.0, machine, "first") % "k1" >> OnMachine(0.001, 0.001, machine, "last",
+                                                                                         tick=True)
+
+    # One call at k1=10 (the inner size) four times as slow and not near a reference: its mean is
+    # far off the line through the others, so tuning measures again and keeps the second model
+    # (BM25 runs for real, inside the reference: its own timing noise stays in the correction).
+    pipe = spiky({5})
+    result = tune(pipe, queries, qrels, grid=grid, warmup_queries=4, cost_model=None, progress=False)
+    assert len(result.fit_errors) == 2 and result.fit_errors[0] > 0.12 and result.fit_errors[1] < 0.01
+    assert result.cost_model.largest_fit_error == result.fit_errors[1]
+    steady = tune(spiky(set()), queries, qrels, grid=grid, warmup_queries=4, progress=False)
+    assert len(steady.fit_errors) == 1
+    once = tune(spiky({5}), queries, qrels, grid=grid, warmup_queries=4, remeasure_above=None, progress=False)
+    assert len(once.fit_errors) == 1 and once.fit_errors[0] > 0.12
+
+
 def test_a_model_measured_with_other_threads_is_refused():
     model = CostModel({"ce": StageCostModel("ce", 1.0, 0.1, threads="8")})
 

@@ -17,12 +17,14 @@ the second after all the others, and ``pass_difference`` says how far the two pa
 within the budget (``ndcg_gap``; goal <= 0.005); the tuner's time against the exhaustive run
 (``tuning_speedup``).
 
-Drift: this machine is a shared VM whose speed moves by tens of percent within minutes, while a
-prediction is made at tuning time and checked minutes later. So a fixed probe (the largest
-configuration on five tuning queries) is timed right after tuning and again, one query per
-round, in turn with the configurations of every check pass; ``drift`` is the probe's time during
-a pass over its time at tuning (per query, averaged), and ``latency_error_drift_corrected`` the
-error of the prediction times that drift. The goal is judged on the raw ``latency_error``.
+Drift: this machine is a shared VM whose speed moves by tens of percent within minutes. The
+tuner corrects the drift during its warm-up (a reference workload, the cheapest configuration
+on the first warm-up query, timed between pieces of work), and measures again when a stage
+still fits badly (``warm-up fit errors`` lists each attempt's largest). A prediction is then
+checked minutes later, so the same reference is timed once a round in turn with the
+configurations of every check pass; ``drift`` is its time during a pass over its median during
+the warm-up, and ``latency_error_drift_corrected`` the error of the prediction times that drift.
+The goal is judged on the raw ``latency_error``.
 
 The service: ``rerank serve`` (a separate process) with ``student % k1 >> ce``; 16 closed-loop
 clients send SciFact test queries with their BM25 top 20 to 200 abstracts, each with a budget:
@@ -62,7 +64,7 @@ from rerank.score.bi_encoder import BiEncoderScorer
 from rerank.score.splade import SpladeScorer
 from rerank.sparse_encode import SpladeEncoder
 from rerank.tuning import combinations, tune
-from rerank.tuning.costs import StageCostModel
+from rerank.tuning.costs import StageCostModel, traced_seconds
 from rerank.types import Candidates
 
 REPO = Path(__file__).resolve().parents[2]
@@ -82,25 +84,27 @@ def midpoints(latencies: list[float], n: int = 3) -> list[float]:
 
 
 class Probe:
-    """A fixed workload timed now and then to measure how fast the machine runs at the moment:
-    ``pipe`` on each query of ``batch``; :meth:`drift` relates later timings to the baseline."""
+    """The tuner's own reference workload (the cheapest configuration on the first warm-up query,
+    timed between the warm-up's pieces of work), timed again once a round during the check passes:
+    its time over its median during the warm-up (``reference_ms``) says how much slower or faster
+    the machine runs now than when the costs were measured."""
 
-    def __init__(self, pipe, batch: list[Candidates], rounds: int = 2) -> None:
-        self.pipe, self.batch = pipe, batch
-        run_per_query(pipe, batch)  # untimed: a query's first call sets up its shapes, later ones reuse them
-        times = [run_per_query(pipe, batch)[1] for _ in range(rounds)]
-        self.baseline = [float(np.mean(per_query)) for per_query in zip(*times)]
-        self.turn = 0
+    def __init__(self, pipe, query: Candidates, reference_ms: float) -> None:
+        self.pipe, self.query, self.baseline = pipe, query, reference_ms / 1000
 
-    def step(self) -> tuple[int, float]:
-        """Time the next probe query (cycling); returns (its index, seconds)."""
-        i = self.turn % len(self.batch)
-        self.turn += 1
-        return i, run_per_query(self.pipe, [self.batch[i]])[1][0]
+    def step(self) -> float:
+        """Time the reference once; seconds."""
+        return traced_seconds(self.pipe, [self.query])
 
-    def drift(self, timings: list[tuple[int, float]]) -> float:
-        """Mean of each probe timing over its query's baseline (1.0: as fast as at tuning)."""
-        return float(np.mean([seconds / self.baseline[i] for i, seconds in timings]))
+    def drift(self, timings: list[float]) -> float:
+        """Mean of the timings over the warm-up's median (1.0: as fast as while tuning)."""
+        return float(np.mean(timings)) / self.baseline
+
+    @classmethod
+    def of(cls, result, template, grid, first: Candidates) -> "Probe":
+        """The probe of a tuning ``result`` whose warm-up began with ``first``."""
+        return cls(bind(template, {name: min(values) for name, values in grid.items()}), first,
+                   result.cost_model.reference_ms)
 
 
 def direct_runs(template, values_list, batch, qrels, chunk: int = 10, label: str = "direct",
@@ -131,8 +135,9 @@ def direct_runs(template, values_list, batch, qrels, chunk: int = 10, label: str
         print(f"  {label} {dict(key)}: {out[key]['ms']:.1f} ms/query, nDCG@10 {out[key]['ndcg10']:.4f}", flush=True)
     drift = probe.drift(probed) if probed else None
     if drift is not None:
-        print(f"  {label}: probe drift {drift:.3f} (probe time over its time at tuning)", flush=True)
-    probe_seconds = sum(seconds for _, seconds in probed)  # not part of the exhaustive search's time
+        print(f"  {label}: probe drift {drift:.3f} (the tuner's reference workload, over its time while tuning)",
+              flush=True)
+    probe_seconds = sum(probed)  # not part of the exhaustive search's time
     return out, time.perf_counter() - began - probe_seconds, drift
 
 
@@ -214,14 +219,16 @@ def part_scifact(args) -> dict:
     tuning_seconds = time.perf_counter() - began
     print(result.cost_model.describe())
     print(result.table(), flush=True)
-    probe = Probe(bind(template, {"k1": max(grid["k1"])}), [Candidates(q, [], []) for q in tune_q[:5]])
+    print(f"warm-up fit errors (largest per attempt): {[round(e, 3) for e in result.fit_errors]}", flush=True)
+    probe = Probe.of(result, template, grid, Candidates(next(q for q in tune_q if q.id in train_qrels), [], []))
     budgets = midpoints([r.predicted_ms for r in result.rows])
     batch = [Candidates(q, [], []) for q in check_q]
     check_qrels = {q.id: test_qrels[q.id] for q in check_q}
     direct, direct_seconds, drift = exhaustive(template, grid, batch, check_qrels, probe=probe)
     rows = judge(result, direct, budgets, "scifact", template, batch, check_qrels, probe=probe, first_drift=drift)
     return {"rows": rows, "tuning_seconds": tuning_seconds, "exhaustive_seconds": direct_seconds, "last_stage": which,
-            "tune_queries": len(tune_q), "check_queries": len(check_q)}
+            "tune_queries": len(tune_q), "check_queries": len(check_q),
+            "warmup_fit_errors": [[round(e, 4) for e in result.fit_errors]]}
 
 
 def part_dl19(args) -> dict:
@@ -244,7 +251,7 @@ def part_dl19(args) -> dict:
     print(f"\nTREC DL 2019: {template}, k1 in {grid['k1']}, BM25 top-{depth}, 2-fold cross-validation over "
           f"{len(batch)} queries; last stage: {which}", flush=True)
     folds = [batch[0::2], batch[1::2]]
-    rows, tuning_seconds, direct_seconds = [], 0.0, 0.0
+    rows, tuning_seconds, direct_seconds, fit_errors = [], 0.0, 0.0, []
     for f, check in enumerate(folds):
         train = folds[1 - f]
         began = time.perf_counter()
@@ -252,7 +259,9 @@ def part_dl19(args) -> dict:
                       progress=False)
         tuning_seconds += time.perf_counter() - began
         print(f"fold {f + 1}: tuned on {len(train)} queries\n{result.cost_model.describe()}\n{result.table()}", flush=True)
-        probe = Probe(bind(template, {"k1": max(grid["k1"])}), train[:5])
+        print(f"warm-up fit errors (largest per attempt): {[round(e, 3) for e in result.fit_errors]}", flush=True)
+        fit_errors.append([round(e, 4) for e in result.fit_errors])
+        probe = Probe.of(result, template, grid, train[0])
         budgets = midpoints([r.predicted_ms for r in result.rows])
         check_qrels = {c.query.id: qrels[c.query.id] for c in check}
         # chunks of 4 queries: more rounds, so the probe is timed more often over a fold's ~21 queries
@@ -261,7 +270,7 @@ def part_dl19(args) -> dict:
         rows += judge(result, direct, budgets, f"dl19 fold {f + 1}", template, check, check_qrels, chunk=4,
                       probe=probe, first_drift=drift)
     return {"rows": rows, "tuning_seconds": tuning_seconds, "exhaustive_seconds": direct_seconds, "last_stage": which,
-            "tune_queries": len(batch), "check_queries": len(batch)}
+            "tune_queries": len(batch), "check_queries": len(batch), "warmup_fit_errors": fit_errors}
 
 
 def part_serve(args) -> dict:
@@ -420,6 +429,7 @@ def main() -> None:
             tuning += out["tuning_seconds"]
             direct += out["exhaustive_seconds"]
             figures[f"{part}_last_stage"] = out["last_stage"]
+            figures[f"{part}_warmup_fit_errors"] = out["warmup_fit_errors"]
             figures[f"{part}_tuning_speedup"] = round(out["exhaustive_seconds"] / out["tuning_seconds"], 2)
             # The same per query: the exhaustive run's time scaled to as many queries as were tuned on.
             per_query = out["exhaustive_seconds"] / out["check_queries"] * out["tune_queries"]

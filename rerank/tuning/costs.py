@@ -13,6 +13,12 @@ with, and is only used for a stage that runs the same way: time measured one que
 says nothing about batches of 8. A pipeline's latency is the sum of
 its stages' predictions, with the number of candidates each stage receives followed through its
 cut-offs.
+
+A shared machine's speed drifts by tens of percent within minutes, and a slow spell during
+part of the warm-up would bend the fitted costs. So :func:`measure_costs` can time a fixed
+reference workload (the cheapest combination on the first warm-up input) between every piece
+of work and divide each piece's timings by how slow the machine ran around it, relative to the
+median over the warm-up (``reference=True``, which :func:`rerank.tune` uses).
 """
 from __future__ import annotations
 
@@ -148,10 +154,22 @@ class Prediction:
 
 @dataclass
 class CostModel:
-    """Stage cost models by stage name, for pipelines run ``batch_size`` queries per call."""
+    """Stage cost models by stage name, for pipelines run ``batch_size`` queries per call.
+
+    ``reference_ms``: the median time of the warm-up's reference workload (0 when none was
+    timed); ``drift``: the machine's slowness around each piece of warm-up work, relative to that
+    median (1.0: as fast as usual; each piece's timings were divided by it).
+    """
 
     stages: dict[str, StageCostModel]
     batch_size: int = 1
+    reference_ms: float = 0.0
+    drift: list[float] = field(default_factory=list)
+
+    @property
+    def largest_fit_error(self) -> float:
+        """The largest fit error over the stages (0 when none was measured at several sizes)."""
+        return max((m.fit_error for m in self.stages.values()), default=0.0)
 
     def predict(self, pipeline: Stage, passages_in: int = 0, statistic: str = "mean", *,
                 batch_size: int = 1) -> Prediction:
@@ -215,13 +233,19 @@ class CostModel:
         return cls(models, sizes.pop() if sizes else 1)
 
     def describe(self) -> str:
-        """One line per stage."""
-        return "\n".join(m.describe() for m in self.stages.values())
+        """One line per stage, and one on the machine's drift during the warm-up when a reference
+        was timed."""
+        lines = [m.describe() for m in self.stages.values()]
+        if self.drift:
+            lines.append(f"reference workload {self.reference_ms:.1f} ms (median of {len(self.drift) + 1}); machine "
+                         f"speed drifted {min(self.drift):.2f}-{max(self.drift):.2f}x of it during the warm-up, "
+                         "corrected")
+        return "\n".join(lines)
 
 
 def measure_costs(template: Stage, grid: Mapping[str, Sequence[int]], inputs: Sequence[Candidates], *,
                   sizes: Iterable[int] | None = None, batch_size: int = 1, repeats: int = 1,
-                  discard: int | None = None, turn: int | None = None,
+                  discard: int | None = None, turn: int | None = None, reference: bool = False,
                   progress: Callable[[Iterable], Iterable] | None = None) -> CostModel:
     """Fit a :class:`CostModel` for every leaf of ``template`` from its own traces.
 
@@ -237,6 +261,12 @@ def measure_costs(template: Stage, grid: Mapping[str, Sequence[int]], inputs: Se
     new query meets the pipeline; ``discard=None`` times inputs the pipeline has seen (a service
     timing fixed warm-up requests). ``turn``: combinations take turns every ``turn`` calls, so
     a slow spell of a shared machine falls on all of them alike (``None``: one after another).
+
+    ``reference``: before the first piece of timed work and after each one (a combination on a
+    turn's inputs), time a fixed workload, the cheapest combination on the first input (once
+    untimed first); each piece's timings are divided by the mean of the two reference times
+    around it over their median, so a slow spell during part of the warm-up does not bend the
+    costs. The median and each piece's factor are kept in the model (``reference_ms``, ``drift``).
     """
     if not inputs:
         raise CostModelError("no warm-up queries to time the stages on")
@@ -259,11 +289,20 @@ def measure_costs(template: Stage, grid: Mapping[str, Sequence[int]], inputs: Se
     step = turn or len(kept)
     work = [(None, item) for item in prepared] + [(kept[i:i + step], item) for i in range(0, len(kept), step)
                                                   for item in prepared]
+    if reference:
+        cheapest = rebuild(template, values={name: min(values) for name, values in grid.items()})
+        reference_batch = [c.top(max(sizes)) if sizes else c for c in chunks[0]]
+        cheapest(reference_batch)  # untimed: sets up its shapes
+    references: list[float] = []
+    pieces: list[list[tuple[str, int, float]]] = []
     for which, (pipeline, depth, batches) in (progress(work) if progress else work):
         if which is None:  # not kept: first calls at new input shapes set up kernels
             for batch in batches[:discard]:
                 pipeline(batch)
             continue
+        if reference and not references:
+            references.append(traced_seconds(cheapest, reference_batch))
+        piece: list[tuple[str, int, float]] = []
         for batch in (batches[i] for i in which):
             per_stage: dict[str, list[float]] = {}
             for source, c in zip(batch, pipeline(batch)):
@@ -272,9 +311,24 @@ def measure_costs(template: Stage, grid: Mapping[str, Sequence[int]], inputs: Se
                     entry = per_stage.setdefault(cost.stage, [size, 0.0])
                     entry[0] = max(entry[0], size)
                     entry[1] += cost.seconds
-            for stage, (size, seconds) in per_stage.items():
-                samples.setdefault(stage, []).append((int(size), seconds))
+            piece += [(stage, int(size), seconds) for stage, (size, seconds) in per_stage.items()]
+        pieces.append(piece)
+        if reference:
+            references.append(traced_seconds(cheapest, reference_batch))
+    usual = float(np.median(references)) if references else 0.0
+    drift = [(before + after) / 2 / usual for before, after in zip(references, references[1:])] if usual > 0 else []
+    for i, piece in enumerate(pieces):
+        factor = drift[i] if drift else 1.0
+        for stage, size, seconds in piece:
+            samples.setdefault(stage, []).append((size, seconds / factor))
     known = {leaf.name for leaf in leaves(template)}
     models = {name: fit_stage_cost(name, timed, batch_size=batch_size, settings=settings.get(name))
               for name, timed in samples.items() if name in known}
-    return CostModel(models, batch_size)
+    return CostModel(models, batch_size, reference_ms=1000 * usual, drift=[round(d, 4) for d in drift])
+
+
+def traced_seconds(pipeline: Stage, batch: Sequence[Candidates]) -> float:
+    """Run ``pipeline`` on ``batch`` and return the seconds its stages recorded in the trace (the
+    same clock the stage costs are fitted from)."""
+    return float(sum(cost.seconds for source, c in zip(batch, pipeline(list(batch)))
+                     for cost in c.trace[len(source.trace):]))
