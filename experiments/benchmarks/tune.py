@@ -343,13 +343,16 @@ def part_serve(args) -> dict:
     print(f"answered {len(latencies)}; within {budget:g} ms: {within:.1%}; p50 {np.percentile(latencies, 50):.0f} ms, "
           f"p95 {np.percentile(latencies, 95):.0f} ms; cut-offs chosen: {counts}")
     print(f"nDCG@10 served {served_ndcg:.4f} against the full cascade (k1={max(grid)} for all) {full_ndcg:.4f}")
+    print(f"cost scale at the end (measured over start-up predictions, last 16 requests): "
+          f"{_metric(metrics, 'rerank_budget_cost_scale'):.3f}")
     return {"budget_ms": budget, "mean_cheapest_ms": round(float(np.mean(cheapest)), 1), "clients": clients,
             "served_within_budget": round(within, 4), "requests": len(latencies),
             "p50_ms": round(float(np.percentile(latencies, 50)), 1), "p95_ms": round(float(np.percentile(latencies, 95)), 1),
             "cutoffs_chosen": counts, "served_ndcg10": round(served_ndcg, 4), "full_cascade_ndcg10": round(full_ndcg, 4),
             "quality_cost": round(full_ndcg - served_ndcg, 4),
             "unfit": sum(not a["meta"]["fits"] for _, a in answers),
-            "metrics_within": _metric(metrics, 'rerank_budget_requests_total{outcome="within"}')}
+            "metrics_within": _metric(metrics, 'rerank_budget_requests_total{outcome="within"}'),
+            "cost_scale_at_end": _metric(metrics, "rerank_budget_cost_scale")}
 
 
 def _free_port() -> int:
