@@ -125,7 +125,7 @@ def main() -> None:
                     times[key].append(parts)
     rows, figures = [], {"benchmark": "train_step", "quick": args.quick, "rounds": rounds, "pairs_per_step": pairs,
                          "cpu_steal": steal.share()}
-    print(f"CPU steal over the timed rounds: {figures['cpu_steal']}")
+    print(f"CPU steal over set-up and rounds: {figures['cpu_steal']}")
     for key in setups:
         medians = np.median(np.array(times[key]), axis=0)
         step_ms = 1000 * float(np.median(np.sum(times[key], axis=1)))
