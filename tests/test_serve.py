@@ -582,6 +582,54 @@ def test_the_queue_policy_keeps_every_request_within_its_budget_when_costs_are_a
     assert planner.plan_head((budget, 200), []).values == {"k1": 40}
 
 
+def test_the_budget_follows_the_machine_when_stages_run_slower_than_their_start_up_costs(scifact_corpus):
+    # The stages are timed at start-up, then made three times as slow (sleeps: on any machine), as
+    # a slow spell of a shared machine would: within a few requests the service scales its
+    # predictions and chooses cheaper cut-offs; with budget_follow_drift off it does not.
+    docs = [p.text[:300] for p in list(scifact_corpus.values())[:20]]
+    for follow in (True, False):
+        cheap, dear = SleepScorer(0.001, 0.00002, "cheap"), SleepScorer(0.001, 0.001, "dear")
+        settings = ServeSettings(port=0, budget_ms=40, cutoff_values={"k1": [5, 10, 20, 40]}, budget_follow_drift=follow)
+        with RerankServer(cheap % "k1" >> dear, settings) as running, \
+                httpx.Client(base_url=running.url, timeout=30) as http:
+            before = http.post("/rerank", json={"query": "fever", "documents": docs}).json()["meta"]
+            assert before["cutoffs"] == {"k1": 20}  # predicted about 22 ms of the 36 allowed
+            for stage in (cheap, dear):
+                stage.fixed, stage.per_passage = 3 * stage.fixed, 3 * stage.per_passage
+            metas = [http.post("/rerank", json={"query": "fever", "documents": docs}).json()["meta"] for _ in range(6)]
+            text = http.get("/metrics").text
+            scale = http.get("/info").json()["budget"]["cost_scale"]
+        if follow:
+            # k1=20 ran about three times its prediction; scaled by that, only k1=5 fits 36 ms
+            assert 2.5 <= metric(text, "rerank_budget_cost_scale") <= 3.2 and scale == pytest.approx(
+                metric(text, "rerank_budget_cost_scale"), rel=0.05)
+            assert metas[-1]["cutoffs"] == {"k1": 5} and metas[-1]["predicted_ms"] <= 36
+        else:
+            assert scale is None and all(m["cutoffs"] == {"k1": 20} for m in metas)
+
+
+def test_the_drift_scale_is_the_median_ratio_of_recent_requests():
+    from rerank.serve.budget import BudgetPlanner, DriftScale
+    from rerank.tuning.costs import CostModel, StageCostModel
+
+    scale = DriftScale(window=4, least=3, bounds=(0.5, 3.0))
+    scale.observe(10, 20)
+    scale.observe(10, 20)
+    assert scale.value == 1.0  # too few requests yet
+    scale.observe(10, 200)  # one outlier does not move the median
+    assert scale.value == 2.0
+    for _ in range(4):
+        scale.observe(10, 100)
+    assert scale.value == 3.0  # bounded
+    scale.observe(0, 5)  # nothing predicted: ignored
+    costs = CostModel({"cheap": StageCostModel("cheap", 2.5, 0.05), "dear": StageCostModel("dear", 2.5, 2.5)})
+    planner = BudgetPlanner(budget_pipeline(2.5), {"k1": [5, 10, 20, 40]}, costs, DriftScale(least=1))
+    assert planner.plan(200, 100).values == {"k1": 20}  # 12.5 + 52.5 = 65 ms
+    planner.scale.observe(65, 130)
+    plan = planner.plan(200, 100)
+    assert plan.values == {"k1": 10} and plan.model_ms == pytest.approx(40) and plan.predicted_ms == pytest.approx(80)
+
+
 def test_budget_settings_are_checked(tiny_ce):
     with pytest.raises(ServiceError, match="k1.*latency budget"):
         RerankServer(budget_pipeline(), ServeSettings(port=0))

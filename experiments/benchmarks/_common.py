@@ -36,6 +36,37 @@ def machine() -> str:
     return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}"
 
 
+class CpuSteal:
+    """The share of this machine's CPU time the hypervisor gave to other guests (``steal`` in
+    ``/proc/stat``) between :meth:`start` and :meth:`share`; ``None`` where Linux does not
+    report it. On a shared VM it explains most of the drift in timings."""
+
+    def __init__(self) -> None:
+        self.start()
+
+    @staticmethod
+    def _read() -> list[int] | None:
+        try:
+            with open("/proc/stat") as fh:
+                fields = fh.readline().split()
+        except OSError:
+            return None
+        return [int(x) for x in fields[1:]] if fields and fields[0] == "cpu" and len(fields) > 8 else None
+
+    def start(self) -> "CpuSteal":
+        """Start (again) counting from now."""
+        self.began = self._read()
+        return self
+
+    def share(self) -> float | None:
+        """Steal over all CPU time since :meth:`start` (0 to 1)."""
+        now = self._read()
+        if now is None or self.began is None:
+            return None
+        delta = [b - a for a, b in zip(self.began, now)]
+        return round(delta[7] / sum(delta), 4) if sum(delta) > 0 else None
+
+
 def print_table(rows: list[dict], columns: list[str]) -> None:
     """Print rows as a Markdown table."""
     print("| " + " | ".join(columns) + " |")

@@ -47,7 +47,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-from _common import dl19_workload, machine, print_json, print_table
+from _common import CpuSteal, dl19_workload, machine, print_json, print_table
 
 from rerank.evaluate import evaluate
 from rerank.hardware import choose_precision, cpu_features
@@ -336,6 +336,7 @@ def main() -> None:
 
     from rerank.score import BiEncoderScorer, CrossEncoder, SpladeScorer
 
+    steal = CpuSteal()
     features = cpu_features()
     auto, reason = choose_precision(features)
     print(f"{machine()}; torch threads {torch.get_num_threads()}")
@@ -423,7 +424,9 @@ def main() -> None:
         "auto_share_of_bound": round(ce["auto"]["per_s"] / bound[auto_run.split()[0]], 3),
         "batch_shapes_pairs_per_s": shapes,
         "runtimes": [{k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()} for r in runtimes],
+        "cpu_steal": steal.share(),
     }
+    print(f"CPU steal over the run: {figures['cpu_steal']} (share of CPU time the hypervisor gave other guests)")
     print_json(figures)
 
 

@@ -27,7 +27,7 @@ import time
 
 import numpy as np
 import torch
-from _common import machine, print_json, print_table
+from _common import CpuSteal, machine, print_json, print_table
 
 from rerank.data import open_dataset
 from rerank.retrieve import BM25Index
@@ -115,6 +115,7 @@ def main() -> None:
     groups, queries, corpus = scifact_groups(80)
     setups = [(s, p) for s in ("torch", "rerank") for p in ("fp32", "bf16")]
     times = {key: [] for key in setups}
+    steal = CpuSteal()
     with tempfile.TemporaryDirectory() as scratch:
         trainers = {key: set_up(*key, groups, queries, corpus, scratch) for key in setups}
         for step in range(rounds + 2):
@@ -122,7 +123,9 @@ def main() -> None:
                 pairs, parts = timed_step(trainer, optimizer, step)
                 if step >= 2:  # the first rounds build kernels
                     times[key].append(parts)
-    rows, figures = [], {"benchmark": "train_step", "quick": args.quick, "rounds": rounds, "pairs_per_step": pairs}
+    rows, figures = [], {"benchmark": "train_step", "quick": args.quick, "rounds": rounds, "pairs_per_step": pairs,
+                         "cpu_steal": steal.share()}
+    print(f"CPU steal over set-up and rounds: {figures['cpu_steal']}")
     for key in setups:
         medians = np.median(np.array(times[key]), axis=0)
         step_ms = 1000 * float(np.median(np.sum(times[key], axis=1)))

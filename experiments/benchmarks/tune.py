@@ -50,7 +50,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
-from _common import dl19_workload, machine, print_json, print_table, quick_cross_encoder, run_per_query
+from _common import CpuSteal, dl19_workload, machine, print_json, print_table, quick_cross_encoder, run_per_query
 
 from rerank.data import open_dataset
 from rerank.data.trec import ranked_items
@@ -114,7 +114,7 @@ def direct_runs(template, values_list, batch, qrels, chunk: int = 10, label: str
     machine falls on all of them alike rather than on whichever ran then; ``probe`` (if given)
     takes a turn of one query per round, and its drift over the pass is returned too (its time
     is left out of the seconds returned)."""
-    began = time.perf_counter()
+    began, steal = time.perf_counter(), CpuSteal()
     pipes = {tuple(v.items()): bind(template, v) for v in values_list}
     for pipe in pipes.values():
         pipe(batch[:1])  # a first call at new shapes sets up kernels
@@ -134,6 +134,7 @@ def direct_runs(template, values_list, batch, qrels, chunk: int = 10, label: str
                     "ndcg10": evaluate(results[key], qrels, ["nDCG@10"]).aggregate["nDCG@10"]}
         print(f"  {label} {dict(key)}: {out[key]['ms']:.1f} ms/query, nDCG@10 {out[key]['ndcg10']:.4f}", flush=True)
     drift = probe.drift(probed) if probed else None
+    print(f"  {label}: CPU steal {steal.share()} (share of CPU time the hypervisor gave other guests)", flush=True)
     if drift is not None:
         print(f"  {label}: probe drift {drift:.3f} (the tuner's reference workload, over its time while tuning)",
               flush=True)
@@ -214,9 +215,11 @@ def part_scifact(args) -> dict:
     print(f"SciFact: {template}, k1 in {grid['k1']}; tune on {len(tune_q)} train queries, check on {len(check_q)} "
           f"test queries; last stage: {which}", flush=True)
     began = time.perf_counter()
+    steal = CpuSteal()
     result = tune(template, tune_q, train_qrels, grid=grid, warmup_queries=5 if args.quick else 24,
                   progress=False)
     tuning_seconds = time.perf_counter() - began
+    print(f"tuning: CPU steal {steal.share()}", flush=True)
     print(result.cost_model.describe())
     print(result.table(), flush=True)
     print(f"warm-up fit errors (largest per attempt): {[round(e, 3) for e in result.fit_errors]}", flush=True)
@@ -255,9 +258,11 @@ def part_dl19(args) -> dict:
     for f, check in enumerate(folds):
         train = folds[1 - f]
         began = time.perf_counter()
+        steal = CpuSteal()
         result = tune(template, train, qrels, grid=grid, warmup_queries=4 if args.quick else 24,
                       progress=False)
         tuning_seconds += time.perf_counter() - began
+        print(f"tuning: CPU steal {steal.share()}", flush=True)
         print(f"fold {f + 1}: tuned on {len(train)} queries\n{result.cost_model.describe()}\n{result.table()}", flush=True)
         print(f"warm-up fit errors (largest per attempt): {[round(e, 3) for e in result.fit_errors]}", flush=True)
         fit_errors.append([round(e, 4) for e in result.fit_errors])
@@ -318,7 +323,9 @@ def part_serve(args) -> dict:
             print(f"budget {budget:g} ms per request (1.5 x {clients} clients x the mean cheapest request, "
                   f"{np.mean(cheapest):.0f} ms); {clients} clients x {per_client} requests, {min(sizes)}-{max(sizes)} documents", flush=True)
             bodies = [{**body, "budget_ms": budget} for body in bodies]
+            steal = CpuSteal()
             answers, latencies = _load(url, bodies, clients, per_client)
+            steal_share = steal.share()
             metrics = httpx.get(f"{url}/metrics").text
         finally:
             server.terminate()
@@ -343,13 +350,16 @@ def part_serve(args) -> dict:
     print(f"answered {len(latencies)}; within {budget:g} ms: {within:.1%}; p50 {np.percentile(latencies, 50):.0f} ms, "
           f"p95 {np.percentile(latencies, 95):.0f} ms; cut-offs chosen: {counts}")
     print(f"nDCG@10 served {served_ndcg:.4f} against the full cascade (k1={max(grid)} for all) {full_ndcg:.4f}")
+    print(f"cost scale at the end (measured over start-up predictions, last 16 requests): "
+          f"{_metric(metrics, 'rerank_budget_cost_scale'):.3f}; CPU steal during the load {steal_share}")
     return {"budget_ms": budget, "mean_cheapest_ms": round(float(np.mean(cheapest)), 1), "clients": clients,
             "served_within_budget": round(within, 4), "requests": len(latencies),
             "p50_ms": round(float(np.percentile(latencies, 50)), 1), "p95_ms": round(float(np.percentile(latencies, 95)), 1),
             "cutoffs_chosen": counts, "served_ndcg10": round(served_ndcg, 4), "full_cascade_ndcg10": round(full_ndcg, 4),
             "quality_cost": round(full_ndcg - served_ndcg, 4),
             "unfit": sum(not a["meta"]["fits"] for _, a in answers),
-            "metrics_within": _metric(metrics, 'rerank_budget_requests_total{outcome="within"}')}
+            "metrics_within": _metric(metrics, 'rerank_budget_requests_total{outcome="within"}'),
+            "cost_scale_at_end": _metric(metrics, "rerank_budget_cost_scale"), "cpu_steal": steal_share}
 
 
 def _free_port() -> int:

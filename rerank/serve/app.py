@@ -51,7 +51,7 @@ class Service:
         self._ids = itertools.count(1)
 
     def _planner(self, costs: "CostModel | None") -> "BudgetPlanner":
-        from rerank.serve.budget import BudgetPlanner, fit_service_costs
+        from rerank.serve.budget import BudgetPlanner, DriftScale, fit_service_costs
 
         names = ", ".join(variables(self.pipeline))
         if self.settings.budget_ms is None:
@@ -64,7 +64,10 @@ class Service:
             sizes = [n for n in (self.settings.warmup_sizes or [10, 50, 100, 200]) if n <= self.settings.max_documents]
             costs = fit_service_costs(self.pipeline, self.settings.cutoff_values, sizes or [self.settings.max_documents])
         self.costs = costs
-        return BudgetPlanner(self.pipeline, self.settings.cutoff_values, costs)
+        scale = DriftScale() if self.settings.budget_follow_drift else None
+        if scale is not None:
+            self.metrics.cost_scale.set_function(lambda: scale.value)
+        return BudgetPlanner(self.pipeline, self.settings.cutoff_values, costs, scale)
 
     def _plan(self, job, behind) -> tuple[Stage, StageCost]:
         """The cut-offs for ``job`` (see :mod:`rerank.serve.budget`), and a trace entry naming them."""
@@ -77,7 +80,7 @@ class Service:
         plan = self.planner.plan_head(state(job), [state(j) for j in behind])
         note = StageCost("cutoffs", 0.0, passages_scored=0, counters=dict(plan.values),
                          settings={"predicted_ms": f"{plan.predicted_ms:.3f}", "allowed_ms": f"{plan.allowed_ms:.3f}",
-                                   "fits": str(plan.fits).lower()})
+                                   "model_ms": f"{plan.model_ms:.3f}", "fits": str(plan.fits).lower()})
         return plan.pipeline, note
 
     def drain(self) -> None:
@@ -119,6 +122,9 @@ class Service:
                     "predicted_ms": float(chosen.settings["predicted_ms"]), "fits": chosen.settings["fits"] == "true"}
             for name, value in chosen.counters.items():
                 self.metrics.cutoffs.labels(name, str(value)).inc()
+            if self.planner.scale is not None:  # the stages' own time, as the costs were measured
+                measured = 1000 * sum(cost.seconds for cost in result.trace if cost.stage != "cutoffs")
+                self.planner.scale.observe(float(chosen.settings["model_ms"]), measured)
             if not meta["fits"]:
                 self.metrics.budget.labels("unfit").inc()
         return request_id, [(index[p.id], float(s)) for p, s in zip(result.passages, result.scores)], meta
@@ -248,7 +254,8 @@ def create_app(pipeline: Stage, settings: ServeSettings | None = None, *, costs:
 
         stages = {leaf.name: leaf.runtime_settings() for leaf in leaves(service.pipeline)
                   if hasattr(leaf, "runtime_settings")}
-        budget = {"costs": service.costs.to_tables(), "description": service.costs.describe()} \
+        budget = {"costs": service.costs.to_tables(), "description": service.costs.describe(),
+                  "cost_scale": service.planner.scale.value if service.planner.scale is not None else None} \
             if service.planner is not None else None
         return {"pipeline": str(service.pipeline), "version": __version__, "settings": asdict(service.settings),
                 "stages": stages, "uptime_s": round(time.time() - service.started, 3),

@@ -9,12 +9,20 @@ once every request queued behind it is sure to meet its own budget at its cheape
 proxy for quality here (a larger cut-off lets more candidates reach the expensive stage); among
 combinations predicted alike the smaller wins. A request that cannot fit even at the cheapest
 cut-offs runs at the cheapest and says so.
+
+The costs timed at start-up describe the machine as it ran then; a shared machine runs tens of
+percent slower or faster from one quarter-hour to the next. So every served request's measured
+model time is compared with what its costs predicted, and predictions are scaled by the median
+ratio of the last requests (:class:`DriftScale`): a slow spell makes the service choose cheaper
+cut-offs within a few requests, and its end gives them back.
 """
 from __future__ import annotations
 
 import random
+from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from statistics import median
 
 from rerank.pipeline import Stage, bind, variables
 from rerank.tuning.costs import CostModel, measure_costs
@@ -31,27 +39,61 @@ class Plan:
     predicted_ms: float
     allowed_ms: float
     fits: bool
+    model_ms: float = 0.0
+    """The cost model's own prediction, before the drift scale."""
+
+
+class DriftScale:
+    """How much slower (above 1) or faster the served stages run now than their cost model says:
+    the median of measured over predicted time of the last ``window`` requests, within
+    ``bounds``; 1.0 until ``least`` requests have been measured."""
+
+    def __init__(self, window: int = 16, least: int = 3, bounds: tuple[float, float] = (0.5, 3.0)) -> None:
+        self.ratios: deque[float] = deque(maxlen=window)
+        self.least, self.bounds = least, bounds
+
+    def observe(self, predicted_ms: float, measured_ms: float) -> None:
+        """Account one request: the cost model's prediction for it and its measured model time."""
+        if predicted_ms > 0 and measured_ms > 0:
+            self.ratios.append(measured_ms / predicted_ms)
+
+    @property
+    def value(self) -> float:
+        """The factor predictions are multiplied by now."""
+        if len(self.ratios) < self.least:
+            return 1.0
+        low, high = self.bounds
+        return min(high, max(low, median(self.ratios)))
 
 
 class BudgetPlanner:
     """Chooses cut-offs per request for ``template`` (a pipeline with cut-off variables) from
-    ``grid`` (each variable's values) and ``costs`` (fitted at batch size 1)."""
+    ``grid`` (each variable's values) and ``costs`` (fitted at batch size 1), scaled by
+    ``scale`` (see :class:`DriftScale`; ``None``: the costs as fitted)."""
 
-    def __init__(self, template: Stage, grid: Mapping[str, Sequence[int]], costs: CostModel) -> None:
+    def __init__(self, template: Stage, grid: Mapping[str, Sequence[int]], costs: CostModel,
+                 scale: DriftScale | None = None) -> None:
         self.grid = check_grid(template, grid)
         self.template = template
         self.costs = costs
+        self.scale = scale
         self.options = [(values, bind(template, values)) for values in combinations(self.grid)]
         self._predicted: dict[int, list[float]] = {}
 
-    def predictions(self, documents: int) -> list[float]:
-        """Predicted milliseconds of each combination (in :attr:`options` order) for a request
-        of ``documents`` documents."""
+    def model_predictions(self, documents: int) -> list[float]:
+        """The cost model's milliseconds for each combination (in :attr:`options` order) on a
+        request of ``documents`` documents."""
         if documents not in self._predicted:
             if len(self._predicted) > 4096:
                 self._predicted.clear()
             self._predicted[documents] = [self.costs.predict(p, documents).ms for _, p in self.options]
         return self._predicted[documents]
+
+    def predictions(self, documents: int) -> list[float]:
+        """Predicted milliseconds of each combination (in :attr:`options` order) for a request
+        of ``documents`` documents, at the machine's current drift."""
+        factor = self.scale.value if self.scale is not None else 1.0
+        return [ms * factor for ms in self.model_predictions(documents)]
 
     def cheapest_ms(self, documents: int) -> float:
         """The least any combination is predicted to take on ``documents`` documents."""
@@ -70,7 +112,7 @@ class BudgetPlanner:
             best = min(order, key=lambda i: predicted[i])
             fits = False
         values, pipeline = self.options[best]
-        return Plan(dict(values), pipeline, predicted[best], allowed_ms, fits)
+        return Plan(dict(values), pipeline, predicted[best], allowed_ms, fits, self.model_predictions(documents)[best])
 
     def plan_head(self, head: tuple[float, int], behind: Sequence[tuple[float, int]]) -> Plan:
         """The plan for the request at the head of the queue, given ``(milliseconds left of its

@@ -39,6 +39,8 @@ class ServiceMetrics:
                               "the budget (measured), and unfit (even the cheapest cut-offs were predicted over)",
                               ["outcome"], registry=r)
         self.queue_depth = Gauge("rerank_queue_depth", "Requests waiting for the model", registry=r)
+        self.cost_scale = Gauge("rerank_budget_cost_scale", "Factor on the start-up stage costs: how much slower (>1) "
+                                "or faster the last requests ran than predicted", registry=r)
         self.in_flight = Gauge("rerank_in_flight_requests", "Requests being handled", registry=r)
 
     def record_batch(self, stats: BatchStats) -> None:

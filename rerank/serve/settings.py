@@ -63,6 +63,9 @@ class ServeSettings:
     predicted to fit (see :mod:`rerank.serve.budget`)."""
     budget_headroom: Annotated[float, Field(ge=0, lt=1)] = 0.1
     """Share of each budget kept back for what the cost model does not see (HTTP, JSON, noise)."""
+    budget_follow_drift: bool = True
+    """Scale the start-up costs by how much slower or faster the last requests ran than predicted
+    (the median of the last 16; see :class:`rerank.serve.budget.DriftScale`)."""
     cutoff_values: Optional[dict[str, list[PositiveInt]]] = None
     """Each cut-off variable's candidate values (the config's ``[tune]`` table)."""
     warmup_sizes: Optional[list[PositiveInt]] = None
