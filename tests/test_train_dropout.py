@@ -11,7 +11,8 @@ import json
 import pytest
 import torch
 
-from rerank.train.dropout import ATTENTION, FastDropout, attention, dropout_mask, fast_dropout, use_fast_dropout
+from rerank.train.dropout import (ATTENTION, FastDropout, attention, drop_mask, dropout_mask, fast_dropout,
+                                  use_fast_dropout)
 
 
 def test_masks_keep_one_minus_p_and_follow_the_seed():
@@ -23,7 +24,11 @@ def test_masks_keep_one_minus_p_and_follow_the_seed():
     assert torch.equal(first, again)
     # a binomial of a million draws: standard deviation 0.0003
     assert abs(first.float().mean().item() - 0.9) < 0.002
+    torch.manual_seed(3)
+    assert torch.equal(drop_mask((1000, 1000), 0.1), ~first)  # the same draw, complemented
     assert dropout_mask((7, 3), 0.0).all()
+    # p resolves to 1/65536: p = 3/65536 drops 183 of 4 million on average (standard deviation 13.5)
+    assert abs((~dropout_mask((4000, 1000), 3 / 65536)).sum().item() - 183.1) < 45
     assert abs(dropout_mask((1000, 1000), 0.5).float().mean().item() - 0.5) < 0.002
     for bad in (-0.1, 1.0):
         with pytest.raises(ValueError, match="dropout probability"):
