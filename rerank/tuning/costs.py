@@ -273,7 +273,8 @@ def measure_costs(template: Stage, grid: Mapping[str, Sequence[int]], inputs: Se
     if repeats < 1 or (discard is not None and discard < 0) or (turn is not None and turn < 1):
         raise CostModelError(f"repeats and turn must be at least 1 and discard at least 0 (got repeats={repeats}, "
                              f"discard={discard}, turn={turn})")
-    runs = [(values, n) for values in (combinations(grid) if grid else [{}]) for n in (sorted(set(sizes)) if sizes else [None])]
+    sizes = sorted(set(sizes)) if sizes is not None else []
+    runs = [(values, n) for values in (combinations(grid) if grid else [{}]) for n in (sizes or [None])]
     chunks = [list(inputs[i:i + batch_size]) for i in range(0, len(inputs), batch_size)]
     samples: dict[str, list[tuple[int, float]]] = {}
     settings: dict[str, dict] = {}
