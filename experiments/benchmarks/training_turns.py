@@ -1,0 +1,54 @@
+"""bf16 over fp32 training speed, the trainer's steps taken in turns, on the training groups of
+both benchmarks that time it: ``precision.py`` (groups from 450 SciFact train queries) and
+``train_step.py`` (80 queries). It separates the two benchmarks' difference in method from the
+machine's run-to-run noise; ``precision.py`` is the benchmark of record.
+
+    python experiments/benchmarks/training_turns.py [--quick] [--rounds N]
+"""
+from __future__ import annotations
+
+import argparse
+
+from _common import CpuSteal, machine, print_json, print_table
+from precision import step_rates_in_turns
+from train_step import scifact_groups
+
+from rerank.data import open_dataset
+from rerank.retrieve import BM25Index
+from rerank.train import group_triples, mine_triples, split_dev
+from rerank.types import batch_to_run
+
+
+def precision_groups():
+    """The training groups ``precision.py`` times (its first 450 SciFact train queries, 50 held out)."""
+    dataset = open_dataset("scifact")
+    corpus, qrels = dataset.corpus(), dataset.qrels("train")
+    queries = dataset.queries("train")[:450]
+    run = batch_to_run(BM25Index.build(corpus.values(), progress=False).search(queries, k=100))
+    triples = mine_triples(run, {q.id: qrels[q.id] for q in queries if q.id in qrels}, negatives=7, depth=100, seed=0)
+    groups, _ = split_dev(group_triples(triples, 7), 50, seed=0)
+    return groups, {q.id: q for q in queries}, corpus
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="3 rounds")
+    parser.add_argument("--rounds", type=int, default=20, help="timed rounds per group set (default 20)")
+    args = parser.parse_args()
+    rounds = 3 if args.quick else args.rounds
+    print(f"{machine()}; {rounds} rounds of one fp32 and one bf16 step", flush=True)
+    rows, figures = [], {"benchmark": "training_turns", "quick": args.quick, "rounds": rounds}
+    for name, (groups, queries, corpus) in (("precision.py", precision_groups()), ("train_step.py", scifact_groups(80))):
+        steal = CpuSteal()
+        rates = step_rates_in_turns(groups, queries, corpus, rounds)
+        ratio = round(rates["bf16"] / rates["fp32"], 3)
+        rows.append({"groups of": name, "fp32 pairs/s": rates["fp32"], "bf16 pairs/s": rates["bf16"], "bf16 / fp32": ratio,
+                     "CPU steal": steal.share()})
+        figures[f"{name.split('.')[0]}_groups_bf16_vs_fp32"] = ratio
+    print_table(rows, list(rows[0]))
+    figures["rows"] = rows
+    print_json(figures)
+
+
+if __name__ == "__main__":
+    main()
