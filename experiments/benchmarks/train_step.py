@@ -39,14 +39,15 @@ from rerank.types import batch_to_run
 PARTS = ("forward", "backward", "clip", "optimizer")
 
 
-def scifact_groups(n_queries: int):
-    """SciFact training groups (1 positive + 7 BM25 negatives) and their queries and corpus."""
+def scifact_groups(n_queries: int, dev_queries: int = 10):
+    """SciFact training groups (1 positive + 7 BM25 negatives) of the first ``n_queries`` train
+    queries, less ``dev_queries`` held out, and their queries and corpus."""
     dataset = open_dataset("scifact")
     corpus, qrels = dataset.corpus(), dataset.qrels("train")
     queries = dataset.queries("train")[:n_queries]
     run = batch_to_run(BM25Index.build(corpus.values(), progress=False).search(queries, k=100))
     triples = mine_triples(run, {q.id: qrels[q.id] for q in queries if q.id in qrels}, negatives=7, depth=100, seed=0)
-    groups, _ = split_dev(group_triples(triples, 7), 10, seed=0)
+    groups, _ = split_dev(group_triples(triples, 7), dev_queries, seed=0)
     return groups, {q.id: q for q in queries}, corpus
 
 

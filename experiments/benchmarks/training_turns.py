@@ -13,22 +13,6 @@ from _common import CpuSteal, machine, print_json, print_table
 from precision import step_rates_in_turns
 from train_step import scifact_groups
 
-from rerank.data import open_dataset
-from rerank.retrieve import BM25Index
-from rerank.train import group_triples, mine_triples, split_dev
-from rerank.types import batch_to_run
-
-
-def precision_groups():
-    """The training groups ``precision.py`` times (its first 450 SciFact train queries, 50 held out)."""
-    dataset = open_dataset("scifact")
-    corpus, qrels = dataset.corpus(), dataset.qrels("train")
-    queries = dataset.queries("train")[:450]
-    run = batch_to_run(BM25Index.build(corpus.values(), progress=False).search(queries, k=100))
-    triples = mine_triples(run, {q.id: qrels[q.id] for q in queries if q.id in qrels}, negatives=7, depth=100, seed=0)
-    groups, _ = split_dev(group_triples(triples, 7), 50, seed=0)
-    return groups, {q.id: q for q in queries}, corpus
-
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -38,7 +22,8 @@ def main() -> None:
     rounds = 3 if args.quick else args.rounds
     print(f"{machine()}; {rounds} rounds of one fp32 and one bf16 step", flush=True)
     rows, figures = [], {"benchmark": "training_turns", "quick": args.quick, "rounds": rounds}
-    for name, (groups, queries, corpus) in (("precision.py", precision_groups()), ("train_step.py", scifact_groups(80))):
+    for name, (groups, queries, corpus) in (("precision.py", scifact_groups(450, dev_queries=50)),
+                                                ("train_step.py", scifact_groups(80))):
         steal = CpuSteal()
         rates = step_rates_in_turns(groups, queries, corpus, rounds)
         ratio = round(rates["bf16"] / rates["fp32"], 3)
