@@ -583,7 +583,7 @@ def test_the_queue_policy_keeps_every_request_within_its_budget_when_costs_are_a
 
 
 def test_the_budget_follows_the_machine_when_stages_run_slower_than_their_start_up_costs(scifact_corpus):
-    # The stages are timed at start-up, then made three times as slow (sleeps: on any machine), as
+    # The stages are timed at start-up, then made four times as slow (sleeps: on any machine), as
     # a slow spell of a shared machine would: within a few requests the service scales its
     # predictions and chooses cheaper cut-offs; with budget_follow_drift off it does not.
     docs = [p.text[:300] for p in list(scifact_corpus.values())[:20]]
@@ -595,12 +595,13 @@ def test_the_budget_follows_the_machine_when_stages_run_slower_than_their_start_
             before = http.post("/rerank", json={"query": "fever", "documents": docs}).json()["meta"]
             assert before["cutoffs"] == {"k1": 20}  # predicted about 22 ms of the 36 allowed
             for stage in (cheap, dear):
-                stage.fixed, stage.per_passage = 3 * stage.fixed, 3 * stage.per_passage
+                stage.fixed, stage.per_passage = 4 * stage.fixed, 4 * stage.per_passage
             metas = [http.post("/rerank", json={"query": "fever", "documents": docs}).json()["meta"] for _ in range(6)]
             text = http.get("/metrics").text
             scale = http.get("/info").json()["budget"]["cost_scale"]
         if follow:
-            # k1=20 ran about three times its prediction; scaled by that, only k1=5 fits 36 ms
+            # k1=20 ran about four times its prediction, so the scale sits at its bound of 3; scaled
+            # by that, k1=10 (about 38 ms) is over the 36 ms allowed with room for timer overshoot, and only k1=5 fits
             assert 2.5 <= metric(text, "rerank_budget_cost_scale") <= 3.2 and scale == pytest.approx(
                 metric(text, "rerank_budget_cost_scale"), rel=0.05)
             assert metas[-1]["cutoffs"] == {"k1": 5} and metas[-1]["predicted_ms"] <= 36
