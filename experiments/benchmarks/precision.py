@@ -25,7 +25,7 @@ Also measured, in the same run:
   against its default of one single-threaded stream per thread), with their largest score
   difference from eager fp32 and nDCG@10 (left out of ``--quick``: compiling takes minutes);
 * training: a cross-encoder fine-tuned from all-MiniLM-L6-v2 on SciFact BM25 triples for the same
-  steps with the same seed in fp32 and under bf16 autocast: dev nDCG@10 (50 held-out training
+  steps with the same seed in fp32 and in bf16 (on bf16 copies of the weights): dev nDCG@10 (50 held-out training
   queries, BM25 top-20, evaluated in fp32), and pairs/s from 40 training steps of each taken in
   turns (the two whole runs also report their own rate, which the machine's drift moves). Trained models live in ``--workdir`` and
   are reused, so an interrupted run resumes.
@@ -253,7 +253,7 @@ def runtime_rows(path: str, batch, qrels, features, quick: bool):
 
 
 def step_rates_in_turns(groups, queries, corpus, rounds: int) -> dict[str, float]:
-    """Training pairs/s of fp32 and bf16 autocast from the trainer's own steps (forward with its
+    """Training pairs/s of fp32 and bf16 from the trainer's own steps (forward with its
     dropout, loss, backward, clipping, its fused AdamW) taken in turns, one fp32 step then one
     bf16 step, ``rounds`` times after one untimed round; each rate is pairs per step over the median step time. Two
     whole runs one after the other differ with the machine's drift (1.92x in one full run,
@@ -286,7 +286,7 @@ def step_rates_in_turns(groups, queries, corpus, rounds: int) -> dict[str, float
 
 
 def training_figures(workdir: Path, quick: bool, features) -> dict:
-    """Fine-tune MiniLM-L6 as a cross-encoder in fp32 and in bf16 autocast: same data, steps, seed
+    """Fine-tune MiniLM-L6 as a cross-encoder in fp32 and in bf16: same data, steps, seed
     (dev nDCG@10 of each); their speed from :func:`step_rates_in_turns`."""
     from rerank.data import open_dataset
     from rerank.retrieve import BM25Index

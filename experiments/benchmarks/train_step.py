@@ -6,16 +6,20 @@ split into forward, backward, clipping and optimizer time. Four set-ups take the
 (one step each, round after round, so the machine's drift falls on all alike), medians per part:
 
 - ``torch``: torch's dropout (``bernoulli_`` per element on CPU, which also sends attention
-  through torch's math path) and the per-tensor AdamW, i.e. what a plain Hugging Face model
-  trained with ``torch.optim.AdamW`` does (the peer);
-- ``rerank``: the trainer's defaults, :mod:`rerank.train.dropout` and fused AdamW.
+  through torch's math path), bf16 under ``torch.autocast`` and the per-tensor AdamW, i.e. what
+  a plain Hugging Face model trained with ``torch.optim.AdamW`` does (the peer);
+- ``rerank``: the trainer's defaults, :mod:`rerank.train.dropout`, bf16 on bf16 copies of the
+  weights (``TrainableModel.reduced_precision``) and fused AdamW;
+- ``rerank-autocast`` (bf16 only): the trainer's defaults but bf16 under ``torch.autocast``,
+  which shows what computing on bf16 copies gains.
 
-Figures: pairs/s of each, ``rerank_bf16_vs_fp32`` and ``torch_bf16_vs_fp32`` (what bf16 autocast
-gains in each), ``rerank_vs_torch`` per precision.
+Figures: pairs/s of each, ``rerank_bf16_vs_fp32`` and ``torch_bf16_vs_fp32`` (what bf16 gains in
+each), ``rerank_vs_torch`` per precision, ``bf16_copies_vs_autocast``.
 
-``--quality-seeds 0,1`` also trains 100 steps in bf16 with each dropout at each seed (dev: 50
-held-out training queries, BM25 top-20, nDCG@10) to show the trainer's dropout trains as well as
-torch's; these runs are not timed against each other.
+``--quality-seeds 0,1`` also trains 100 steps at each seed with torch's set-up in bf16 and the
+trainer's in bf16 and fp32 (dev: 50 held-out training queries, BM25 top-20, nDCG@10), to show
+that the trainer's dropout and bf16 train as well as torch's and as fp32; these runs are not
+timed against each other.
 
     python experiments/benchmarks/train_step.py [--quick] [--quality-seeds 0,1]
 """
@@ -55,9 +59,9 @@ def set_up(setup: str, precision: str, groups, queries, corpus, scratch: str):
     torch.manual_seed(0)
     config = TrainConfig(groups_per_step=4, learning_rate=5e-5, precision=precision)
     trainer = Trainer(CrossEncoderModel("minilm-l6", max_length=128), groups, queries, corpus, scratch, config,
-                      progress=False, fast_dropout=setup == "rerank")
+                      progress=False, fast_dropout=setup != "torch", bf16_copies=setup == "rerank")
     trainer.model.train(True)
-    if setup == "rerank":
+    if setup != "torch":
         optimizer = trainer._optimizer()
     else:
         optimizer = torch.optim.AdamW(trainer.model.net.parameters(), lr=5e-5)
@@ -80,7 +84,7 @@ def timed_step(trainer: Trainer, optimizer, step: int) -> tuple[int, list[float]
 
 
 def quality(seeds: list[int], steps: int) -> list[dict]:
-    """Dev nDCG@10 after ``steps`` bf16 steps with torch's dropout and with the trainer's, per seed."""
+    """Dev nDCG@10 after ``steps`` steps of torch's set-up (bf16) and the trainer's (bf16, fp32), per seed."""
     from rerank.data import open_dataset
     from rerank.train import dev_set
 
@@ -94,14 +98,17 @@ def quality(seeds: list[int], steps: int) -> list[dict]:
     dev = dev_set(dev_ids, run, by_id, corpus, qrels, depth=20)
     rows = []
     for seed in seeds:
-        for setup in ("torch", "rerank"):
+        for setup, precision in (("torch", "bf16"), ("rerank", "bf16"), ("rerank", "fp32")):
             with tempfile.TemporaryDirectory() as scratch:
                 torch.manual_seed(seed)
                 config = TrainConfig(max_steps=steps, groups_per_step=4, learning_rate=5e-5, eval_every=steps,
-                                     save_every=steps, precision="bf16", seed=seed)
-                result = Trainer(CrossEncoderModel("minilm-l6", max_length=128), groups, by_id, corpus, scratch, config,
-                                 dev=dev, progress=False, fast_dropout=setup == "rerank").train()
-            rows.append({"seed": seed, "dropout": setup, "steps": steps, "dev nDCG@10": round(result.best_dev, 4)})
+                                     save_every=steps, precision=precision, seed=seed)
+                trainer = Trainer(CrossEncoderModel("minilm-l6", max_length=128), groups, by_id, corpus, scratch,
+                                  config, dev=dev, progress=False, fast_dropout=setup == "rerank",
+                                  bf16_copies=setup == "rerank")
+                result = trainer.train()
+            rows.append({"seed": seed, "set-up": setup, "precision": precision, "steps": steps,
+                         "dev nDCG@10": round(result.best_dev, 4)})
             print(rows[-1], flush=True)
     return rows
 
@@ -114,7 +121,7 @@ def main() -> None:
     rounds = 4 if args.quick else 20
     print(f"{machine()}; {rounds} timed rounds after 2 untimed", flush=True)
     groups, queries, corpus = scifact_groups(80)
-    setups = [(s, p) for s in ("torch", "rerank") for p in ("fp32", "bf16")]
+    setups = [(s, p) for s in ("torch", "rerank") for p in ("fp32", "bf16")] + [("rerank-autocast", "bf16")]
     times = {key: [] for key in setups}
     steal = CpuSteal()
     with tempfile.TemporaryDirectory() as scratch:
@@ -133,20 +140,24 @@ def main() -> None:
         rate = pairs / (step_ms / 1000)
         rows.append({"set-up": key[0], "precision": key[1], **{f"{p} ms": round(1000 * m, 1) for p, m in zip(PARTS, medians)},
                      "step ms": round(step_ms, 1), "pairs/s": round(rate, 2)})
-        figures[f"{key[0]}_{key[1]}_pairs_per_s"] = round(rate, 2)
+        figures[f"{key[0].replace('-', '_')}_{key[1]}_pairs_per_s"] = round(rate, 2)
     print_table(rows, list(rows[0]))
     for setup in ("torch", "rerank"):
         figures[f"{setup}_bf16_vs_fp32"] = round(figures[f"{setup}_bf16_pairs_per_s"] / figures[f"{setup}_fp32_pairs_per_s"], 2)
     for precision in ("fp32", "bf16"):
         figures[f"rerank_vs_torch_{precision}"] = round(
             figures[f"rerank_{precision}_pairs_per_s"] / figures[f"torch_{precision}_pairs_per_s"], 2)
+    figures["bf16_copies_vs_autocast"] = round(figures["rerank_bf16_pairs_per_s"] / figures["rerank_autocast_bf16_pairs_per_s"], 2)
     seeds = [int(x) for x in args.quality_seeds.split(",") if x.strip()]
     if seeds:
         rows = quality(seeds, 5 if args.quick else 100)
         print_table(rows, list(rows[0]))
         figures["quality"] = rows
-        by = {(r["seed"], r["dropout"]): r["dev nDCG@10"] for r in rows}
-        figures["dev_ndcg_rerank_minus_torch"] = round(float(np.mean([by[(s, "rerank")] - by[(s, "torch")] for s in seeds])), 4)
+        by = {(r["seed"], r["set-up"], r["precision"]): r["dev nDCG@10"] for r in rows}
+        figures["dev_ndcg_rerank_minus_torch"] = round(float(np.mean(
+            [by[(s, "rerank", "bf16")] - by[(s, "torch", "bf16")] for s in seeds])), 4)
+        figures["dev_ndcg_bf16_minus_fp32"] = round(float(np.mean(
+            [by[(s, "rerank", "bf16")] - by[(s, "rerank", "fp32")] for s in seeds])), 4)
     print_json(figures)
 
 

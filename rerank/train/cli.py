@@ -125,7 +125,8 @@ def _training_options(p: argparse.ArgumentParser, loss_default: str, losses: tup
     p.add_argument("--keep-checkpoints", action="store_true", help="keep the last checkpoint after training")
     p.add_argument("--device", default="cpu", help="torch device to train on: cpu (default), cuda, cuda:1...")
     p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
-                   help="forward passes under bf16 autocast (weights and optimizer stay fp32); auto: bf16 where "
+                   help="bf16: forward and backward on bf16 copies of the weights (weights, gradients and optimizer "
+                        "stay fp32); auto: bf16 where "
                         "the CPU has AMX or AVX-512-BF16 (or the GPU bf16), else fp32 (default: auto)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 

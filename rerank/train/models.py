@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 from rerank.models import resolve
@@ -47,6 +48,7 @@ class TrainableModel:
         self.max_length = max_length
         self.net = None
         self.device = "cpu"
+        self._cast_weights: dict | None = None
 
     def to(self, device: str) -> "TrainableModel":
         """Move the model to ``device`` (``cpu``, ``cuda``, ``cuda:1``...); inputs follow it."""
@@ -58,6 +60,30 @@ class TrainableModel:
         batch = self.tokenizer(*[list(t) for t in texts], truncation="only_second" if len(texts) == 2 else True,
                                max_length=self.max_length, padding=True, return_tensors="pt")
         return {k: v.to(self.device) for k, v in batch.items()}
+
+    def _forward(self, **inputs):
+        """Call the network: on the reduced-precision copies of its weights inside
+        :meth:`reduced_precision`, on its own weights otherwise."""
+        if self._cast_weights is None:
+            return self.net(**inputs)
+        from torch.func import functional_call
+
+        return functional_call(self.net, self._cast_weights, args=(), kwargs=inputs)
+
+    @contextmanager
+    def reduced_precision(self, dtype) -> Iterator[None]:
+        """Run forward passes on ``dtype`` copies of the weights, cast once on entry.
+
+        The cast is differentiable, so gradients reach the fp32 weights (and the optimizer) in
+        fp32, while every activation, norm and residual sum runs in ``dtype`` with no per-operation
+        casts: under ``torch.autocast`` only the matrix products run in bf16, and the fp32
+        activations between them are cast again at every one, forward and backward. Scores come
+        back in fp32."""
+        self._cast_weights = {name: p.to(dtype) for name, p in self.net.named_parameters()}
+        try:
+            yield
+        finally:
+            self._cast_weights = None
 
     def parameters(self):
         """The parameters to optimize."""
@@ -134,15 +160,15 @@ class CrossEncoderModel(TrainableModel):
     def scores(self, queries, passages, *, windows: str | None = None):
         windows = windows or self.windows
         if windows == "first":
-            return self.net(**self._tokens(queries, passages)).logits[:, 0]
+            return self._forward(**self._tokens(queries, passages)).logits[:, 0].float()
         from rerank.score.windows import aggregate_tensor, lexical_windows, split_windows
 
         cut = split_windows(self.tokenizer, list(queries), list(passages), max_length=self.max_length)
         if windows == "lexical":
             chosen = lexical_windows(cut)
-            return self.net(**self._tokens([cut.queries[i] for i in chosen],
-                                           [cut.texts[i] for i in chosen])).logits[:, 0]
-        window_scores = self.net(**self._tokens(cut.queries, cut.texts)).logits[:, 0]
+            return self._forward(**self._tokens([cut.queries[i] for i in chosen],
+                                                [cut.texts[i] for i in chosen])).logits[:, 0].float()
+        window_scores = self._forward(**self._tokens(cut.queries, cut.texts)).logits[:, 0].float()
         return aggregate_tensor(window_scores, cut.owner.tolist(), cut.pairs, "max")
 
     def eval_scores(self, queries, passages):
@@ -192,7 +218,7 @@ class BiEncoderModel(TrainableModel):
         import torch
 
         batch = self._tokens(texts)
-        hidden = self.net(**batch).last_hidden_state
+        hidden = self._forward(**batch).last_hidden_state.float()
         mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
         return (hidden * mask).sum(1) / torch.clamp(mask.sum(1), min=1e-9)
 
@@ -240,7 +266,7 @@ class SpladeModel(TrainableModel):
         import torch
 
         batch = self._tokens(texts)
-        logits = self.net(**batch).logits
+        logits = self._forward(**batch).logits.float()
         weights = torch.log1p(torch.relu(logits)) * batch["attention_mask"].unsqueeze(-1)
         return weights.amax(dim=1)
 

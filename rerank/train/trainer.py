@@ -51,10 +51,10 @@ class TrainConfig:
     """How to train. ``max_steps`` overrides ``epochs``; ``eval_every`` defaults to once per
     epoch; checkpoints are written every ``save_every`` steps and at the end.
 
-    ``precision``: ``auto`` (default) runs forward passes under ``torch.autocast`` in bf16 where
-    the hardware has native bf16 (AMX or AVX-512-BF16 on CPU, a bf16-capable GPU) and in fp32
-    elsewhere; ``bf16`` or ``fp32`` force one. Weights, gradients and optimizer state stay fp32
-    either way, and dev evaluation runs in fp32. A run may resume in another precision (on
+    ``precision``: ``auto`` (default) runs forward and backward passes in bf16 where the hardware
+    has native bf16 (AMX or AVX-512-BF16 on CPU, a bf16-capable GPU), on bf16 copies of the
+    weights cast once per step, and in fp32 elsewhere; ``bf16`` or ``fp32`` force one. Weights,
+    gradients and optimizer state stay fp32 either way, and dev evaluation runs in fp32. A run may resume in another precision (on
     another machine)."""
 
     loss: str = "listwise"
@@ -132,7 +132,7 @@ class TrainResult:
     final_loss: float
     dev: list[dict] = field(default_factory=list)
     precision: str = "fp32"
-    """What the forward passes ran in (``bf16`` autocast or ``fp32``)."""
+    """What the forward and backward passes ran in (``bf16`` or ``fp32``)."""
 
     @property
     def best_dev(self) -> float | None:
@@ -182,13 +182,16 @@ class Trainer:
     steps; ``callback(step)`` runs after each step (tests use it to interrupt a run).
     ``fast_dropout`` (default on CPU) draws dropout masks with :mod:`rerank.train.dropout`
     instead of torch's per-element Bernoulli sampling; ``False`` keeps torch's.
+    ``bf16_copies`` (default): a bf16 run computes on bf16 copies of the fp32 weights, cast once
+    per step (:meth:`TrainableModel.reduced_precision`); ``False`` runs it under
+    ``torch.autocast`` instead, which keeps norms, softmax and the residual stream in fp32.
     """
 
     def __init__(self, model: TrainableModel, groups: Sequence[TrainingGroup], queries: Mapping[str, Query],
                  corpus: Mapping[str, Passage], output: str | Path, config: TrainConfig, *,
                  curriculum: Curriculum | None = None, dev: DevSet | None = None, progress: bool = True,
                  callback: Callable[[int], None] | None = None, card: dict | None = None,
-                 fast_dropout: bool = True) -> None:
+                 fast_dropout: bool = True, bf16_copies: bool = True) -> None:
         if not groups:
             raise TrainingError("no training groups")
         if config.loss in DISTILL_LOSSES and any(g.teacher is None for g in groups):
@@ -217,6 +220,7 @@ class Trainer:
         from rerank.train.dropout import use_fast_dropout
 
         self.fast_dropout = fast_dropout and use_fast_dropout(model.net) > 0
+        self.bf16_copies = bf16_copies
         settings = {k: v for k, v in asdict(config).items() if k != "precision"}  # resuming may change it
         if not config.distill_weight:  # checkpoints from before the option existed still resume
             settings = {k: v for k, v in settings.items() if not k.startswith("distill_")}
@@ -253,6 +257,17 @@ class Trainer:
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
+    def _precision_context(self):
+        import contextlib
+
+        import torch
+
+        if self.precision != "bf16":
+            return contextlib.nullcontext()
+        if self.bf16_copies:
+            return self.model.reduced_precision(torch.bfloat16)
+        return torch.autocast(torch.device(self.model.device).type, dtype=torch.bfloat16)
+
     def _step_loss(self, indices: list[int], step: int):
         import torch
 
@@ -264,7 +279,7 @@ class Trainer:
                 queries.append(query)
                 passages.append(self.corpus[pid].full_text)
             sizes.append(len(g.passage_ids))
-        with torch.autocast(torch.device(self.model.device).type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
+        with self._precision_context():
             scores = self.model.scores(queries, passages)
         scores = scores.float()
         losses = []
@@ -399,6 +414,8 @@ class Trainer:
                 "train_seconds": round(seconds, 1), "resumed_at_step": resumed_at, "pairs_per_second": round(rate, 2),
                 "final_loss": round(loss, 6), "precision": self.precision, "precision_reason": self.precision_reason,
                 "dropout": "rerank.train.dropout" if self.fast_dropout else "torch",
+                **({"bf16": "bf16 copies of the weights" if self.bf16_copies else "torch.autocast"}
+                   if self.precision == "bf16" else {}),
                 "dev": dev, "scores": {}}
         write_model_card(self.output, info)
         with atomic_file(self.output / TRAINING_FILE) as fh:
