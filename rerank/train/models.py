@@ -76,9 +76,9 @@ class TrainableModel:
 
         The cast is differentiable, so gradients reach the fp32 weights (and the optimizer) in
         fp32, while every activation, norm and residual sum runs in ``dtype`` with no per-operation
-        casts: under ``torch.autocast`` only the matrix products run in bf16, and the fp32
-        activations between them are cast again at every one, forward and backward. Scores come
-        back in fp32."""
+        casts. Under ``torch.autocast`` the embeddings stay fp32, and with them the residual stream
+        and its layer norms, so every matrix product casts its input again, forward and backward.
+        Scores come back in fp32."""
         self._cast_weights = {name: p.to(dtype) for name, p in self.net.named_parameters()}
         try:
             yield

@@ -54,8 +54,8 @@ class TrainConfig:
     ``precision``: ``auto`` (default) runs forward and backward passes in bf16 where the hardware
     has native bf16 (AMX or AVX-512-BF16 on CPU, a bf16-capable GPU), on bf16 copies of the
     weights cast once per step, and in fp32 elsewhere; ``bf16`` or ``fp32`` force one. Weights,
-    gradients and optimizer state stay fp32 either way, and dev evaluation runs in fp32. A run may resume in another precision (on
-    another machine)."""
+    gradients and optimizer state stay fp32 either way, and dev evaluation runs in fp32. A run
+    may resume in another precision (on another machine)."""
 
     loss: str = "listwise"
     epochs: int = 1
@@ -184,7 +184,8 @@ class Trainer:
     instead of torch's per-element Bernoulli sampling; ``False`` keeps torch's.
     ``bf16_copies`` (default): a bf16 run computes on bf16 copies of the fp32 weights, cast once
     per step (:meth:`TrainableModel.reduced_precision`); ``False`` runs it under
-    ``torch.autocast`` instead, which keeps norms, softmax and the residual stream in fp32.
+    ``torch.autocast`` instead, where the embeddings, and with them the residual stream and its
+    layer norms, stay fp32 and every matrix product casts its input again.
     """
 
     def __init__(self, model: TrainableModel, groups: Sequence[TrainingGroup], queries: Mapping[str, Query],
