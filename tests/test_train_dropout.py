@@ -1,7 +1,8 @@
 """The training dropout of rerank.train.dropout: its masks, gradients and attention path.
 
-Masks come from torch's CPU Mersenne Twister, a software generator that gives the same numbers
-on every CPU, so the seeded figures below do not depend on the machine.
+Masks come from one draw of torch's CPU Mersenne Twister per mask, expanded by numpy's SFC64:
+software generators that give the same numbers on every CPU, so the seeded figures below do not
+depend on the machine.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import pytest
 import torch
 
 from rerank.train.dropout import (ATTENTION, FastDropout, attention, drop_mask, dropout_mask, fast_dropout,
-                                  use_fast_dropout)
+                                  keep_weights, use_fast_dropout)
 
 
 def test_masks_keep_one_minus_p_and_follow_the_seed():
@@ -33,6 +34,37 @@ def test_masks_keep_one_minus_p_and_follow_the_seed():
     for bad in (-0.1, 1.0):
         with pytest.raises(ValueError, match="dropout probability"):
             dropout_mask((2,), bad)
+
+
+def test_a_mask_is_the_same_for_any_thread_count_and_in_any_dtype():
+    shape = (3, 1 << 20)  # 786,432 64-bit draws: three blocks of the expansion, filled in parallel
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        torch.manual_seed(5)
+        one = dropout_mask(shape, 0.1)
+        torch.set_num_threads(2)
+        torch.manual_seed(5)
+        two = dropout_mask(shape, 0.1)
+    finally:
+        torch.set_num_threads(before)
+    assert torch.equal(one, two)
+    assert abs(one.float().mean().item() - 0.9) < 0.002
+    # the blocks are not copies of one another
+    assert not torch.equal(one[0, : 1 << 18], one[0, 1 << 18: 2 << 18])
+    for dtype in (torch.bfloat16, torch.float32):
+        torch.manual_seed(5)
+        weights = keep_weights(shape, 0.1, dtype)
+        assert weights.dtype == dtype and torch.equal(weights.bool(), one)
+        assert set(weights.unique().tolist()) == {0.0, 1.0}
+
+
+def test_bf16_dropout_scales_at_full_precision():
+    x = torch.full((4000,), 3.0, dtype=torch.bfloat16)
+    y = fast_dropout(x, 0.1)
+    kept = y[y != 0]
+    # 3 / 0.9 = 3.333 rounds once to bf16's 3.328; a bf16 scale (1.109) would give 3.312
+    assert kept.unique().tolist() == [torch.tensor(3 / 0.9).bfloat16().item()]
 
 
 def test_fast_dropout_scales_kept_elements_and_its_gradient_is_the_mask():
@@ -70,6 +102,10 @@ def test_attention_matches_the_reference_with_the_same_mask():
     reference = ((weights * keep / 0.8) @ v).transpose(1, 2)
     assert out.shape == (2, 5, 3, 4)
     assert torch.allclose(out, reference, atol=1e-6)
+    # bf16 runs its softmax in bf16 (the kernel accumulates in fp32) and gives the same within bf16's resolution
+    torch.manual_seed(7)
+    low, _ = attention(module, q.bfloat16(), k.bfloat16(), v.bfloat16(), attend, scaling=0.5, dropout=0.2)
+    assert low.dtype == torch.bfloat16 and torch.allclose(low.float(), reference, atol=0.05)
     # not training: torch's SDPA, no dropout
     module.eval()
     plain, _ = attention(module, q, k, v, attend, scaling=0.5, dropout=0.2)
