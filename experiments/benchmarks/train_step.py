@@ -2,8 +2,9 @@
 
 MiniLM-L6 fine-tuned as a cross-encoder on SciFact BM25 groups (4 groups of 8 pairs per step,
 128 tokens), the trainer's own step (``Trainer._step_loss`` then backward, clipping, optimizer)
-split into forward, backward, clipping and optimizer time. Four set-ups take their steps in turns
-(one step each, round after round, so the machine's drift falls on all alike), medians per part:
+split into forward, backward, clipping and optimizer time. Three set-ups, five set-up and
+precision pairs in all, take their steps in turns (one step each, round after round, so the
+machine's drift falls on all alike), medians per part:
 
 - ``torch``: torch's dropout (``bernoulli_`` per element on CPU, which also sends attention
   through torch's math path), bf16 under ``torch.autocast`` and the per-tensor AdamW, i.e. what
