@@ -138,3 +138,20 @@ def test_a_model_switched_to_fast_dropout_scores_and_saves_as_before(tiny_ce_pat
     switched.save_pretrained(tmp_path)
     saved = json.loads((tmp_path / "config.json").read_text())
     assert ATTENTION not in json.dumps(saved)
+
+
+def test_a_forked_child_draws_masks_with_its_own_threads():
+    import multiprocessing
+
+    dropout_mask((3, 1 << 20), 0.1)  # the parent's thread pool exists before the fork
+    with multiprocessing.get_context("fork").Pool(1) as pool:
+        kept = pool.apply_async(_share_kept_in_child, (3 << 20,)).get(timeout=60)
+    assert abs(kept - 0.9) < 0.002
+
+
+def _share_kept_in_child(count: int) -> float:
+    # the share is counted with numpy: torch's own parallel kernels may hang in a child forked after
+    # the parent ran them (GNU OpenMP), which is torch's limit and not the one tested here
+    from rerank.train.dropout import _random_halves, _threshold
+
+    return float((_random_halves(count, "cpu").numpy() >= _threshold(0.1)).mean())

@@ -25,6 +25,7 @@ of the scores' size.
 from __future__ import annotations
 
 import math
+import os
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -34,7 +35,7 @@ from torch import nn
 ATTENTION = "rerank_cpu_dropout"
 _STEPS = 1 << 16
 _BLOCK = 1 << 18  # 64-bit draws per SFC64 stream: fixed, so the mask does not depend on the thread count
-_POOLS: dict[int, ThreadPoolExecutor] = {}
+_POOLS: dict[tuple[int, int], ThreadPoolExecutor] = {}
 
 
 def _random_halves(count: int, device: torch.device | str) -> torch.Tensor:
@@ -61,11 +62,12 @@ def _random_halves(count: int, device: torch.device | str) -> torch.Tensor:
 
 
 def _pool() -> ThreadPoolExecutor:
-    """A thread pool as wide as torch's intra-op threads (numpy's generators release the GIL)."""
-    width = max(1, torch.get_num_threads())
-    if width not in _POOLS:
-        _POOLS[width] = ThreadPoolExecutor(width, thread_name_prefix="rerank-dropout")
-    return _POOLS[width]
+    """A thread pool as wide as torch's intra-op threads (numpy's generators release the GIL), one
+    per process: a forked child inherits the parent's pool without its threads."""
+    key = (os.getpid(), max(1, torch.get_num_threads()))
+    if key not in _POOLS:
+        _POOLS[key] = ThreadPoolExecutor(key[1], thread_name_prefix="rerank-dropout")
+    return _POOLS[key]
 
 
 def _threshold(p: float) -> int:
