@@ -83,10 +83,8 @@ def dropout_mask(shape: torch.Size | tuple[int, ...], p: float, device: torch.de
 
 
 def drop_mask(shape: torch.Size | tuple[int, ...], p: float, device: torch.device | str = "cpu") -> torch.Tensor:
-    """The complement of :func:`dropout_mask` for the same random state (True = dropped), drawn
-    directly rather than inverted."""
-    threshold = _threshold(p)
-    return (_random_halves(math.prod(shape), device) < threshold).view(shape)
+    """The complement of :func:`dropout_mask` for the same random state (True = dropped)."""
+    return ~dropout_mask(shape, p, device)
 
 
 def keep_weights(shape: torch.Size | tuple[int, ...], p: float, dtype: torch.dtype,
