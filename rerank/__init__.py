@@ -21,14 +21,15 @@ from rerank.pipeline import Fusion, Pipeline, Stage, bind, fuse
 from rerank.ranking import RankedDocument
 from rerank.retrieve import BM25Index, BM25Params, DenseIndex, SpladeIndex, load_index
 from rerank.retrieve.stage import Retriever
-from rerank.score import BiEncoderScorer, BM25Scorer, CrossEncoder, SpladeScorer
+from rerank.score import BiEncoderScorer, BM25Scorer, CausalLMReranker, CrossEncoder, DuoT5, SpladeScorer, T5Reranker
 from rerank.tokenize import Tokenizer
 from rerank.tuning import TuneResult, tune
 from rerank.types import Candidates, Passage, Query
 from rerank.version import __version__
 
 __all__ = [
-    "BM25Index", "BM25Params", "BM25Scorer", "BiEncoderScorer", "Candidates", "CrossEncoder", "DenseIndex",
+    "BM25Index", "BM25Params", "BM25Scorer", "BiEncoderScorer", "Candidates", "CausalLMReranker", "CrossEncoder",
+    "DenseIndex", "DuoT5", "T5Reranker",
     "Evaluation", "Experiment", "ExperimentResult", "Fusion", "IntraDocumentCascade", "Passage", "Pipeline", "Query",
     "RankedDocument", "Retriever", "SpladeIndex", "__version__", "detect_kind", "load",
     "SpladeScorer", "Stage", "Tokenizer", "TuneResult", "bind", "build_pipeline", "dump_pipeline", "evaluate", "fuse", "fuse_results",

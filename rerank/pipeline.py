@@ -58,6 +58,11 @@ class Stage(ABC):
     """Constructor arguments that take another stage (written in TOML as that stage's name)."""
     path_arguments: tuple[str, ...] = ()
     """Constructor arguments that name a file or folder, checked to exist before anything loads."""
+    loads_model: bool = False
+    """True for a stage whose first argument is a model (or LLM) name, so :func:`rerank.load` can build it."""
+    model_family: str | None = None
+    """The model family (:func:`rerank.score.detect.detect_model`) this stage runs when
+    :func:`rerank.load` is given no ``kind``; one stage per family."""
     pointwise: bool = False
     """True when the score of a (query, passage) pair does not depend on the other candidates, so
     scores can be cached and re-sorted (``rerank tune``); set-dependent stages (PRP, listwise,

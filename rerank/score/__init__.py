@@ -1,6 +1,7 @@
 """Re-scoring stages: cross-encoders, bi-encoders, SPLADE, BM25 and LLMs (one module per backend)."""
 from rerank.score.bi_encoder import BiEncoderScorer
 from rerank.score.bm25 import BM25Scorer
+from rerank.score.causal_lm import CausalLMReranker
 from rerank.score.cross_encoder import CrossEncoder
 from rerank.score.listwise import ListwiseReranker
 from rerank.score.llm import LLM, LLMError, TransformersLLM, open_llm
@@ -8,8 +9,11 @@ from rerank.score.llm_http import OpenAICompatibleLLM
 from rerank.score.llm_pointwise import QueryLikelihood, YesNoRelevance
 from rerank.score.pairwise import OracleJudge, PairwiseReranker
 from rerank.score.prp import PRP, LLMJudge
+from rerank.score.recipes import Recipe, recipe, recipes, register_recipe
 from rerank.score.splade import SpladeScorer
+from rerank.score.t5 import DuoT5, DuoT5Judge, T5Reranker
 
-__all__ = ["BM25Scorer", "BiEncoderScorer", "CrossEncoder", "LLM", "LLMError", "LLMJudge", "ListwiseReranker",
-           "OpenAICompatibleLLM", "OracleJudge", "PRP", "PairwiseReranker", "QueryLikelihood", "SpladeScorer",
-           "TransformersLLM", "YesNoRelevance", "open_llm"]
+__all__ = ["BM25Scorer", "BiEncoderScorer", "CausalLMReranker", "CrossEncoder", "DuoT5", "DuoT5Judge", "LLM",
+           "LLMError", "LLMJudge", "ListwiseReranker", "OpenAICompatibleLLM", "OracleJudge", "PRP", "PairwiseReranker",
+           "QueryLikelihood", "Recipe", "SpladeScorer", "T5Reranker", "TransformersLLM", "YesNoRelevance", "open_llm",
+           "recipe", "recipes", "register_recipe"]

@@ -26,6 +26,8 @@ class BiEncoderScorer(Scorer, kind="bi-encoder"):
     path_arguments = ("index",)
 
     pointwise = True  # a pair's score ignores the other candidates (cacheable)
+    loads_model = True
+    model_family = "bi-encoder"
 
     def __init__(self, model: str | BiEncoder = "minilm-l6", *, index=None, precision: str = "auto",
                  batch_size: int = 64, name: str | None = None) -> None:

@@ -62,6 +62,8 @@ class CrossEncoder(Scorer, kind="cross-encoder"):
     """
 
     pointwise = True  # a pair's score ignores the other candidates (cacheable)
+    loads_model = True
+    model_family = "cross-encoder"
 
     def __init__(self, model: str, *, max_length: int | None = None, batch_size: int | None = None,
                  max_batch_tokens: int | None = None, precision: str = "auto", normalize: bool = False,
@@ -178,7 +180,8 @@ class CrossEncoder(Scorer, kind="cross-encoder"):
 
     def runtime_settings(self) -> dict[str, str]:
         """Precision, threads (with the reasons), backend and windows, for the trace."""
-        settings = {**self.choice.as_settings(self.threads), "backend": self.backend, "windows": self.windows}
+        settings = {**self.choice.as_settings(self.threads), "backend": self.backend, "windows": self.windows,
+                    "recipe": "bert-cross-encoder"}
         if self.onnx is not None:
             settings["streams"] = str(self.onnx.streams)
         if self.windows != "first":

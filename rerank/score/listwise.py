@@ -62,6 +62,8 @@ class ListwiseReranker(Scorer, kind="listwise"):
     what the parser fixed and the passages cut to fit the context.
     """
 
+    loads_model = True
+
     def __init__(self, llm: "LLM | str" = "smollm2-135m", *, window: int = 20, step: int = 10, full: bool = False,
                  max_passage_tokens: int = 96, llm_options: dict[str, Any] | None = None,
                  name: str | None = None) -> None:

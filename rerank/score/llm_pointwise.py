@@ -20,6 +20,7 @@ class _LLMPointwise(Scorer):
     template = ""
 
     pointwise = True  # a pair's score ignores the other candidates (cacheable)
+    loads_model = True
 
     def __init__(self, llm: "LLM | str" = "smollm2-135m", *, max_passage_tokens: int = 256,
                  llm_options: dict[str, Any] | None = None, name: str | None = None) -> None:
@@ -58,6 +59,8 @@ class _LLMPointwise(Scorer):
 
 class QueryLikelihood(_LLMPointwise, kind="query-likelihood"):
     """Score = log P(query | passage) under an LLM asked to write a question about the passage."""
+
+    model_family = "llm"
 
     def _prompts(self, cands: Candidates) -> list[str]:
         limit = passage_limit(self.llm, QUERY_LIKELIHOOD, 1, self.max_passage_tokens,

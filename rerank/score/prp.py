@@ -124,6 +124,8 @@ class PRP(PairwiseReranker, kind="prp"):
     (position-inconsistent pairs, unparsable answers, truncated passages) are in ``last_stats``.
     """
 
+    loads_model = True
+
     def __init__(self, llm: "LLM | str" = "smollm2-135m", *, method: str = "heapsort", top_k: int = 10,
                  mode: str = "scoring", both_orders: bool = True, budget: int | None = None,
                  max_passage_tokens: int = 128, llm_options: dict[str, Any] | None = None,

@@ -24,6 +24,8 @@ class SpladeScorer(Scorer, kind="splade"):
     path_arguments = ("index",)
 
     pointwise = True  # a pair's score ignores the other candidates (cacheable)
+    loads_model = True
+    model_family = "splade"
 
     def __init__(self, model: str | SpladeEncoder = "splade-tiny", *, index=None, max_length: int = 256,
                  precision: str = "auto", name: str | None = None) -> None:

@@ -1,0 +1,233 @@
+"""Which family and recipe a model is, read from its own files.
+
+A model folder says what it is in several places: ``config.json`` (architectures, model type,
+the name it was saved under), the model card ``README.md`` (its ``pipeline_tag``, tags, base
+model, title and usage code), the sentence-transformers or PyLate ``modules.json``, and the
+tokenizer files. :func:`detect_model` reads them and returns a :class:`Detection`: the family
+(``cross-encoder``, ``bi-encoder``, ``splade``, ``llm``, ``reranker``, ``pipeline``) and, for
+the recipe-driven families, the :class:`~rerank.score.recipes.Recipe`.
+
+Rules that keep a model from being scored under a recipe that is not its own:
+
+* a causal LM is a *re-ranker* when its card says so (``pipeline_tag: text-ranking``, a
+  ``reranker`` tag, or a recipe's marker in its card's front matter or title, or in the name it
+  was saved under); it then never falls back to query likelihood;
+* the recipe is the one whose markers the files hold, among those fitting the model type; when
+  none or several fit, :class:`~rerank.loading.ModelKindError` lists the choices;
+* a sequence-to-sequence model (T5) must name its recipe (monoT5, RankT5, duoT5) in its files,
+  or be given ``recipe=`` or ``kind=``;
+* a Hub id a recipe lists (``Qwen/Qwen3-Reranker-0.6B``) maps to it by name; a local folder is
+  always judged by its files.
+"""
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rerank.errors import RerankError
+from rerank.models import REGISTRY, resolve
+from rerank.score.recipes import Recipe, recipes
+
+RERANKER_TAGS = ("text-ranking", "reranker", "re-ranker", "rerank", "reranking")
+"""Card tags (or ``pipeline_tag`` values) that say a model is a re-ranker."""
+
+
+class ModelKindError(RerankError, ValueError):
+    """A model whose files do not say which kind of scorer it is, or say it ambiguously."""
+
+
+@dataclass
+class ModelFiles:
+    """What a model's files say about it (each part empty when its file is absent)."""
+
+    name: str
+    local: bool
+    config: dict[str, Any] = field(default_factory=dict)
+    modules: list[dict[str, Any]] = field(default_factory=list)
+    card: dict[str, Any] = field(default_factory=dict)
+    readme: str = ""
+    tokenizer_config: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def architectures(self) -> list[str]:
+        return [str(a) for a in self.config.get("architectures") or []]
+
+    @property
+    def model_type(self) -> str:
+        return str(self.config.get("model_type", ""))
+
+    @property
+    def tags(self) -> list[str]:
+        tags = self.card.get("tags") or []
+        values = [str(t).lower() for t in (tags if isinstance(tags, list) else [tags])]
+        if self.card.get("pipeline_tag"):
+            values.append(str(self.card["pipeline_tag"]).lower())
+        return values
+
+    def identity(self) -> str:
+        """Lower-case text naming the model: card front matter, card title, saved names."""
+        title = next((line for line in self.readme.splitlines() if line.startswith("# ")), "")
+        names = [self.config.get("_name_or_path", ""), self.tokenizer_config.get("name_or_path", ""),
+                 json.dumps(self.card, default=str), title]
+        if not self.local:
+            names.append(self.name)
+        return " ".join(str(n) for n in names).lower()
+
+    def text(self) -> str:
+        """Everything searchable, lower-case: :meth:`identity` and the whole card."""
+        return f"{self.identity()} {self.readme.lower()}"
+
+
+@dataclass(frozen=True)
+class Detection:
+    """A model's family, its recipe where the family has recipes, and why."""
+
+    family: str
+    recipe: Recipe | None = None
+    reason: str = ""
+
+    def describe(self) -> str:
+        return f"{self.family}" + (f" (recipe {self.recipe.name})" if self.recipe else "") + \
+            (f": {self.reason}" if self.reason else "")
+
+
+def _read(folder: Path | None, hub_id: str | None, name: str, required: bool = False) -> str | None:
+    if folder is not None:
+        path = folder / name
+        if not path.is_file():
+            return None
+    else:
+        try:
+            from huggingface_hub import hf_hub_download
+
+            path = Path(hf_hub_download(hub_id, name))
+        except Exception as exc:  # noqa: BLE001 - missing file, offline, unknown repo: all mean "not known"
+            if required:
+                raise ModelKindError(f"{hub_id}: cannot read its {name} ({type(exc).__name__}); it is neither a "
+                                     "local folder nor a reachable Hugging Face model. Pass kind=... and a path, "
+                                     "or download it first") from None
+            return None
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ModelKindError(f"{path}: unreadable ({exc})") from None
+
+
+def _json(text: str | None, where: str) -> Any:
+    if text is None:
+        return None
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise ModelKindError(f"{where}: not valid JSON ({exc})") from None
+
+
+def front_matter(readme: str) -> dict[str, Any]:
+    """The YAML front matter of a model card (``---`` ... ``---``), or ``{}``."""
+    match = re.match(r"\A---\s*\n(.*?)\n---\s*(\n|\Z)", readme, re.DOTALL)
+    if not match:
+        return {}
+    try:
+        import yaml
+
+        loaded = yaml.safe_load(match.group(1))
+    except Exception:  # noqa: BLE001 - a malformed card is read as having no front matter
+        return {}
+    return loaded if isinstance(loaded, dict) else {}
+
+
+def read_model_files(name_or_path: str) -> ModelFiles:
+    """The files of a local folder or Hub model that say what it is (``config.json`` required)."""
+    resolved = resolve(name_or_path)
+    local = Path(resolved)
+    folder = local if local.is_dir() else None
+    if folder is None and ("/" not in resolved or resolved.startswith((".", "/", "~"))):
+        raise ModelKindError(f"{name_or_path}: no such folder, short name ({', '.join(REGISTRY)}) or Hub id")
+    where = str(folder or resolved)
+    config = _json(_read(folder, resolved, "config.json", required=True), f"{where}/config.json")
+    if not isinstance(config, dict):
+        raise ModelKindError(f"{name_or_path}: no config.json, so its kind is unknown; pass kind=...")
+    modules = _json(_read(folder, resolved, "modules.json"), f"{where}/modules.json")
+    readme = _read(folder, resolved, "README.md") or ""
+    tokenizer_config = _json(_read(folder, resolved, "tokenizer_config.json"), f"{where}/tokenizer_config.json")
+    return ModelFiles(name=resolved, local=folder is not None, config=config,
+                      modules=modules if isinstance(modules, list) else [], card=front_matter(readme),
+                      readme=readme, tokenizer_config=tokenizer_config if isinstance(tokenizer_config, dict) else {})
+
+
+def _by_hub_id(name: str) -> Recipe | None:
+    for found in recipes().values():
+        if name in found.hub_ids:
+            return found
+    return None
+
+
+def _choose(files: ModelFiles, stages: tuple[str, ...], what: str) -> Recipe:
+    """The one recipe of ``stages`` the files name, or an error listing those that fit."""
+    family = [r for r in recipes().values() if r.stage in stages]
+    fitting = [r for r in family if not r.model_types or files.model_type in r.model_types]
+    text = files.text()
+    marked = [r for r in family if any(m in text for m in r.markers)]
+    chosen = [r for r in marked if r in fitting] or marked
+    if len(chosen) == 1:
+        return chosen[0]
+    options = chosen or fitting or family
+    names = ", ".join(r.name for r in options)
+    how = (f"pass recipe= one of {names} (rerank.load(path, recipe='{options[0].name}')), or kind= another scorer"
+           if options else "register a recipe for it (rerank.score.recipes.register_recipe) and pass recipe=")
+    reason = ("its files name several recipes" if len(chosen) > 1 else
+              f"its files name no recipe for model type {files.model_type!r}")
+    raise ModelKindError(f"{files.name}: a {what}, but {reason}; recipes that fit: {names or 'none'}. {how}")
+
+
+def _is_reranker(files: ModelFiles) -> bool:
+    if any(tag in RERANKER_TAGS for tag in files.tags):
+        return True
+    identity = files.identity()
+    return any(m in identity for r in recipes().values() if r.stage == "causal-reranker" for m in r.markers)
+
+
+def detect_model(name_or_path: str) -> Detection:
+    """The family of ``name_or_path`` (and its recipe) from its files; see the module docstring."""
+    resolved = resolve(name_or_path)
+    local = Path(resolved)
+    if local.is_file():
+        if local.suffix == ".toml":
+            return Detection("pipeline", reason="a TOML file")
+        if local.suffix == ".gguf":
+            return Detection("llm", reason="a GGUF file")
+        raise ModelKindError(f"{name_or_path}: a file, but neither a GGUF model nor a TOML pipeline")
+    packaged = REGISTRY.get(name_or_path)
+    if local.is_dir() and (packaged and packaged.file and (local / packaged.file).is_file()
+                           or any(local.glob("*.gguf"))):
+        return Detection("llm", reason="a folder holding a GGUF file")
+    if not local.is_dir():
+        known = _by_hub_id(resolved)
+        if known is not None:
+            return Detection("reranker", known, f"the Hub id {resolved} is a published {known.name} checkpoint")
+    files = read_model_files(name_or_path)
+    architectures = files.architectures
+    module_types = [str(m.get("type", "")) for m in files.modules]
+    if any(a.endswith("ForSequenceClassification") for a in architectures):
+        return Detection("cross-encoder", recipes().get("bert-cross-encoder"), "a sequence-classification config")
+    if files.config.get("is_encoder_decoder") or any(a.endswith("ForConditionalGeneration") for a in architectures):
+        return Detection("reranker", _choose(files, ("t5-reranker", "duot5"), "sequence-to-sequence model"),
+                         "a sequence-to-sequence model whose files name its recipe")
+    if any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in architectures) or files.config.get("is_decoder"):
+        if _is_reranker(files):
+            return Detection("reranker", _choose(files, ("causal-reranker",), "causal-LM re-ranker by its card"),
+                             "a causal LM whose card says it is a re-ranker")
+        return Detection("llm", reason="a causal LM with no re-ranker card")
+    if any("Splade" in t for t in module_types):
+        return Detection("splade", reason="a SPLADE module")
+    if module_types:
+        return Detection("bi-encoder", reason="sentence-transformers modules")
+    if any(a.endswith("ForMaskedLM") for a in architectures):
+        return Detection("splade", reason="a masked-LM head without pooling modules")
+    if any(a.endswith("Model") for a in architectures):
+        return Detection("bi-encoder", reason="a bare encoder")
+    raise ModelKindError(f"{name_or_path}: architectures {architectures or 'not given'} name no known scorer kind; "
+                         "pass kind=")

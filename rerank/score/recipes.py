@@ -1,0 +1,367 @@
+"""Recipes: how a model family turns (query, passage) into a score, as data a user can read,
+override and add.
+
+A :class:`Recipe` holds everything its authors' code does around the model: the input text
+(system prompt, chat-template pieces, instruction, query and passage templates), how a long
+input is cut (which part, how much of the budget the query may take), the padding side, which
+output logits are read and how they become a score. The scorers (:mod:`rerank.score.causal_lm`,
+:mod:`rerank.score.t5`, :mod:`rerank.score.colbert`, :mod:`rerank.score.cross_encoder`) run any
+recipe of their family; :func:`rerank.load` picks the recipe from the model's own files
+(:mod:`rerank.score.detect`).
+
+Add one with :func:`register_recipe` (or pass a :class:`Recipe`, or a name plus overrides, as
+``recipe=`` to a scorer)::
+
+    from rerank.score.recipes import recipe
+    mine = recipe("qwen3-reranker").replace(name="qwen3-legal", instruction="Find the statute that applies")
+
+Two ways to cut an input (``layout``):
+
+* ``whole``: the query and passage are written into one ``template`` and the text is cut at its
+  end to fit ``max_length`` less the ``prefix`` and ``suffix`` (Qwen3-Reranker, monoT5, RankT5);
+* ``split``: ``query_template`` is cut to ``query_share`` of ``max_length``, then ``sep`` and
+  ``passage_template`` follow and the passage is cut so that the pair fits ``max_length``;
+  ``prefix`` and ``suffix`` come around it (bge-reranker-v2-gemma, mxbai-rerank-v2).
+
+How logits become a score (``score``):
+
+* ``softmax``: the probability of the last of ``tokens`` among them (Qwen3: ``no``/``yes``;
+  monoT5: ``▁false``/``▁true``);
+* ``difference``: ``logit(tokens[1]) - logit(tokens[0])`` (mxbai-rerank-v2: ``0``/``1``);
+* ``logit``: the raw logit of ``tokens[0]`` (bge-reranker-v2-gemma's ``Yes``; RankT5's
+  ``<extra_id_10>``);
+* ``classifier``: a sequence-classification head (BERT-style cross-encoders);
+* ``maxsim``: late interaction (ColBERT).
+
+A two-token ``softmax`` is scored as the log-odds of the two by default (the same order as the
+probability, without saturating into ties); ``normalize=True`` returns the probability itself.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Any
+
+from rerank.errors import RerankError
+
+LAYOUTS = ("whole", "split", "pair")
+SCORES = ("softmax", "difference", "logit", "classifier", "maxsim")
+PADDING_SIDES = ("left", "right")
+
+
+class RecipeError(RerankError, ValueError):
+    """A recipe that is unknown, malformed, or does not fit the model it is given."""
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How one model family scores a (query, passage) pair; see the module docstring.
+
+    ``stage``: the stage kind that runs the recipe (``causal-reranker``, ``t5-reranker``,
+    ``duot5``, ``colbert``, ``cross-encoder``). ``model_types``: the ``config.json``
+    ``model_type`` values it fits; ``markers``: lower-case strings whose presence in the model
+    card, ``config.json`` or tokenizer files names this recipe; ``hub_ids``: published
+    checkpoints that use it. ``source``: where the recipe comes from.
+    """
+
+    name: str
+    stage: str
+    description: str = ""
+    layout: str = "whole"
+    template: str = "{query} {passage}"
+    query_template: str = "{query}"
+    passage_template: str = "{passage}"
+    sep: str = ""
+    prefix: str = ""
+    suffix: str = ""
+    bos: bool = False
+    special_tokens: bool = True
+    instruction: str | None = None
+    instruction_template: str = "{instruction}"
+    query_share: float | None = None
+    max_length: int = 512
+    padding_side: str = "right"
+    score: str = "softmax"
+    tokens: tuple[str, ...] = ()
+    token_lookup: str = "vocab"
+    model_types: tuple[str, ...] = ()
+    markers: tuple[str, ...] = ()
+    hub_ids: tuple[str, ...] = ()
+    source: str = ""
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.name:
+            raise RecipeError("a recipe needs a name")
+        if self.layout not in LAYOUTS:
+            raise RecipeError(f"recipe {self.name}: layout must be one of {LAYOUTS}, got {self.layout!r}")
+        if self.score not in SCORES:
+            raise RecipeError(f"recipe {self.name}: score must be one of {SCORES}, got {self.score!r}")
+        if self.padding_side not in PADDING_SIDES:
+            raise RecipeError(f"recipe {self.name}: padding_side must be left or right, got {self.padding_side!r}")
+        if self.token_lookup not in ("vocab", "encode"):
+            raise RecipeError(f"recipe {self.name}: token_lookup must be 'vocab' or 'encode'")
+        needed = {"softmax": 2, "difference": 2, "logit": 1}.get(self.score, 0)
+        if needed and len(self.tokens) < needed:
+            raise RecipeError(f"recipe {self.name}: score {self.score!r} needs {needed} tokens, got {list(self.tokens)}")
+        if self.query_share is not None and not 0 < self.query_share <= 1:
+            raise RecipeError(f"recipe {self.name}: query_share must be in (0, 1], got {self.query_share}")
+        if self.max_length < 8:
+            raise RecipeError(f"recipe {self.name}: max_length must be at least 8, got {self.max_length}")
+        required = ([(self.template, "query"), (self.template, "passage")] if self.layout == "whole" else
+                    [(self.query_template, "query"), (self.passage_template, "passage")] if self.layout == "split"
+                    else [])
+        for text, name in required:
+            if "{" + name + "}" not in text:
+                raise RecipeError(f"recipe {self.name}: template {text!r} lacks {{{name}}}")
+
+    def replace(self, **changes: Any) -> "Recipe":
+        """A copy with ``changes`` (any field), checked like a new recipe."""
+        unknown = set(changes) - {f.name for f in fields(self)}
+        if unknown:
+            raise RecipeError(f"recipe {self.name}: no field {sorted(unknown)[0]!r}; fields are "
+                              f"{', '.join(f.name for f in fields(self))}")
+        if "tokens" in changes:
+            changes["tokens"] = tuple(changes["tokens"])
+        return replace(self, **changes)
+
+    def config_reference(self) -> "str | dict[str, Any]":
+        """How a TOML config writes this recipe (:func:`config_form`)."""
+        return config_form(self)
+
+    def as_dict(self) -> dict[str, Any]:
+        """Every field as plain data (for TOML, JSON and docs)."""
+        out = asdict(self)
+        for key in ("tokens", "model_types", "markers", "hub_ids"):
+            out[key] = list(out[key])
+        out["options"] = dict(self.options)
+        return out
+
+    # -- input ids --------------------------------------------------------------------------
+    def instruction_text(self, instruction: str | None) -> str:
+        """What the template's ``{instruction}`` becomes (empty without one)."""
+        chosen = self.instruction if instruction is None else instruction
+        return self.instruction_template.format(instruction=chosen) if chosen else ""
+
+    def static_ids(self, tokenizer) -> tuple[list[int], list[int], list[int]]:
+        """Token ids of the ``prefix``, ``sep`` and ``suffix`` (no special tokens added)."""
+        return (_ids(tokenizer, self.prefix), _ids(tokenizer, self.sep), _ids(tokenizer, self.suffix))
+
+    def encode(self, tokenizer, query: str, passage: str, *, instruction: str | None = None,
+               max_length: int | None = None, static: tuple[list[int], list[int], list[int]] | None = None,
+               second: str | None = None) -> tuple[list[int], bool]:
+        """Token ids of one (query, passage) pair as the recipe's authors build them, and whether
+        anything was cut. ``static``: :meth:`static_ids`, computed once by the caller;
+        ``second``: the other passage of a pairwise recipe (its template's ``{second}``)."""
+        limit = max_length or self.max_length
+        prefix, sep, suffix = static if static is not None else self.static_ids(tokenizer)
+        extra = self.instruction_text(instruction)
+        if self.layout == "whole":
+            body = self.template.format(instruction=extra, query=query, passage=passage,
+                                        **({"second": second} if second is not None else {}))
+            budget = limit - len(prefix) - len(suffix)
+            if budget < 1:
+                raise RecipeError(f"recipe {self.name}: max_length {limit} leaves no room beside its "
+                                  f"{len(prefix) + len(suffix)} fixed tokens")
+            full = tokenizer(body, add_special_tokens=self.special_tokens)["input_ids"]
+            if len(full) <= budget:
+                return prefix + list(full) + suffix, False
+            cut = tokenizer(body, add_special_tokens=self.special_tokens, truncation=True, max_length=budget)
+            return prefix + list(cut["input_ids"]) + suffix, True
+        if self.layout == "split":
+            query_ids = _ids(tokenizer, self.query_template.format(instruction=extra, query=query))
+            share = int(limit * self.query_share) if self.query_share else limit
+            cut = len(query_ids) > share
+            query_ids = query_ids[:share]
+            if self.bos:
+                query_ids = [tokenizer.bos_token_id, *query_ids]
+            passage_ids = sep + _ids(tokenizer, self.passage_template.format(passage=passage))
+            room = max(limit - len(query_ids), 0)
+            cut = cut or len(passage_ids) > room
+            return prefix + query_ids + passage_ids[:room] + suffix, cut
+        raise RecipeError(f"recipe {self.name}: layout {self.layout!r} is encoded by its scorer's tokenizer")
+
+    def fixed_tokens(self, tokenizer) -> int:
+        """Tokens every input of this recipe has whatever the pair (template, prefix, suffix)."""
+        prefix, sep, suffix = self.static_ids(tokenizer)
+        if self.layout == "whole":
+            return len(prefix) + len(suffix) + len(_ids(tokenizer, self.template.format(
+                instruction=self.instruction_text(None), query="", passage="", second="")))
+        return len(prefix) + len(sep) + len(suffix) + int(self.bos)
+
+    def score_token_ids(self, tokenizer) -> list[int]:
+        """The vocabulary ids of ``tokens``, checked to be single known tokens."""
+        ids = []
+        for token in self.tokens:
+            if self.token_lookup == "vocab":
+                found = tokenizer.convert_tokens_to_ids(token)
+                unknown = found is None or (found == tokenizer.unk_token_id and token != tokenizer.unk_token)
+            else:
+                encoded = _ids(tokenizer, token)
+                found, unknown = (encoded[0] if encoded else None), not encoded
+            if unknown:
+                raise RecipeError(f"recipe {self.name}: the tokenizer has no token {token!r}, so this model was "
+                                  "not trained with this recipe; pass another recipe=")
+            ids.append(int(found))
+        return ids
+
+    # -- scores -----------------------------------------------------------------------------
+    def to_scores(self, logits, normalize: bool = False):
+        """Scores from the logits of :attr:`tokens` (a ``[pairs, len(tokens)]`` float tensor)."""
+        import torch
+
+        if self.score == "logit":
+            return torch.sigmoid(logits[:, 0]) if normalize else logits[:, 0]
+        if self.score == "difference":
+            diff = logits[:, 1] - logits[:, 0]
+            return torch.sigmoid(diff) if normalize else diff
+        if self.score == "softmax":
+            if normalize:
+                return torch.softmax(logits, dim=-1)[:, -1]
+            if logits.shape[1] == 2:
+                return logits[:, 1] - logits[:, 0]
+            return torch.log_softmax(logits, dim=-1)[:, -1]
+        raise RecipeError(f"recipe {self.name}: score {self.score!r} is computed by its scorer")
+
+    def describe(self) -> str:
+        """One line: the recipe, its layout and its score."""
+        tokens = "/".join(self.tokens)
+        return f"{self.name} ({self.stage}; {self.layout} layout; {self.score}{' of ' + tokens if tokens else ''})"
+
+
+def _ids(tokenizer, text: str) -> list[int]:
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"]) if text else []
+
+
+_RECIPES: dict[str, Recipe] = {}
+
+
+def register_recipe(new: Recipe, *, replace_existing: bool = False) -> Recipe:
+    """Add ``new`` to the recipes :func:`recipe` and model detection know."""
+    if new.name in _RECIPES and not replace_existing and _RECIPES[new.name] != new:
+        raise RecipeError(f"a recipe named {new.name!r} exists; pass replace_existing=True to replace it")
+    _RECIPES[new.name] = new
+    return new
+
+
+def recipes() -> dict[str, Recipe]:
+    """Every registered recipe, by name."""
+    return dict(_RECIPES)
+
+
+def recipe(spec: "str | Recipe | Mapping[str, Any]", **overrides: Any) -> Recipe:
+    """A recipe from its name, itself, or a mapping (``{"base": name, **overrides}`` or every
+    field), with ``overrides`` applied."""
+    if isinstance(spec, Recipe):
+        found = spec
+    elif isinstance(spec, str):
+        if spec not in _RECIPES:
+            raise RecipeError(f"unknown recipe {spec!r}; known: {', '.join(sorted(_RECIPES))}")
+        found = _RECIPES[spec]
+    elif isinstance(spec, Mapping):
+        table = dict(spec)
+        base = table.pop("base", None)
+        if base is not None:
+            found = recipe(base).replace(**table)
+        else:
+            try:
+                found = Recipe(**{k: tuple(v) if k in ("tokens", "model_types", "markers", "hub_ids") else v
+                                  for k, v in table.items()})
+            except TypeError as exc:
+                raise RecipeError(f"a recipe table needs 'base' or every required field: {exc}") from None
+    else:
+        raise RecipeError(f"recipe must be a name, a Recipe or a table, got {type(spec).__name__}")
+    return found.replace(**overrides) if overrides else found
+
+
+def config_form(chosen: Recipe) -> "str | dict[str, Any]":
+    """How a config writes ``chosen``: its name when registered unchanged, else every field."""
+    return chosen.name if _RECIPES.get(chosen.name) == chosen else chosen.as_dict()
+
+
+# -- the published recipes ------------------------------------------------------------------
+QWEN3_SYSTEM = ('Judge whether the Document meets the requirements based on the Query and the Instruct provided. '
+                'Note that the answer can only be "yes" or "no".')
+
+register_recipe(Recipe(
+    name="bert-cross-encoder", stage="cross-encoder", layout="pair", score="classifier",
+    description="BERT-style cross-encoder: [CLS] query [SEP] passage [SEP], one relevance logit (or two classes as "
+                "log-odds); only the passage is cut",
+    model_types=("bert", "roberta", "xlm-roberta", "electra", "deberta-v2", "modernbert", "distilbert"),
+    source="sentence-transformers CrossEncoder"))
+
+register_recipe(Recipe(
+    name="qwen3-reranker", stage="causal-reranker", layout="whole",
+    description="Qwen3-Reranker: a yes/no judgment after the Instruct/Query/Document user turn, with an empty think "
+                "block; P(yes) among yes/no at the last position",
+    prefix=f"<|im_start|>system\n{QWEN3_SYSTEM}<|im_end|>\n<|im_start|>user\n",
+    template="<Instruct>: {instruction}\n<Query>: {query}\n<Document>: {passage}",
+    suffix="<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n",
+    instruction="Given a web search query, retrieve relevant passages that answer the query",
+    max_length=8192, padding_side="left", score="softmax", tokens=("no", "yes"), token_lookup="vocab",
+    model_types=("qwen3",), markers=("qwen3-reranker", "<instruct>:"),
+    hub_ids=("Qwen/Qwen3-Reranker-0.6B", "Qwen/Qwen3-Reranker-4B", "Qwen/Qwen3-Reranker-8B"),
+    source="the Qwen3-Reranker model card (transformers usage)"))
+
+register_recipe(Recipe(
+    name="bge-reranker-v2-gemma", stage="causal-reranker", layout="split",
+    description="bge-reranker-v2-gemma: <bos>A: query / B: passage / the Yes-or-No prompt; the logit of 'Yes' at "
+                "the last position; the query takes at most 3/4 of the budget",
+    bos=True, query_template="A: {query}", sep="\n", passage_template="B: {passage}",
+    suffix="\nGiven a query A and a passage B, determine whether the passage contains an answer to the query by "
+           "providing a prediction of either 'Yes' or 'No'.",
+    query_share=0.75, max_length=1024, padding_side="left", score="logit", tokens=("Yes",), token_lookup="encode",
+    model_types=("gemma",), markers=("bge-reranker-v2-gemma", "given a query a and a passage b"),
+    hub_ids=("BAAI/bge-reranker-v2-gemma",), source="the bge-reranker-v2-gemma model card (FlagEmbedding)"))
+
+register_recipe(Recipe(
+    name="mxbai-rerank-v2", stage="causal-reranker", layout="split",
+    description="mxbai-rerank-v2: a Qwen chat turn holding query / document / the relevance task; logit('1') - "
+                "logit('0') at the last position; the query takes at most 3/4 of the budget",
+    prefix="<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant.<|im_end|>\n"
+           "<|im_start|>user\n",
+    query_template="{instruction}query: {query}", instruction_template="instruction: {instruction}\n",
+    sep="\n", passage_template="document: {passage}",
+    suffix="\nYou are a search relevance expert who evaluates how well documents match search queries. For each "
+           "query-document pair, carefully analyze the semantic relationship between them, then provide your "
+           "binary relevance judgment (0 for not relevant, 1 for relevant).\nRelevance:"
+           "<|im_end|>\n<|im_start|>assistant\n",
+    query_share=0.75, max_length=8192, padding_side="left", score="difference", tokens=("0", "1"),
+    token_lookup="encode", model_types=("qwen2",), markers=("mxbai-rerank", "mixedbread-ai/mxbai-rerank"),
+    hub_ids=("mixedbread-ai/mxbai-rerank-base-v2", "mixedbread-ai/mxbai-rerank-large-v2"),
+    source="the mxbai-rerank package (MxbaiRerankV2)"))
+
+register_recipe(Recipe(
+    name="monot5", stage="t5-reranker", layout="whole",
+    description="monoT5: 'Query: q Document: d Relevant:' through the encoder; softmax of ▁false/▁true at the "
+                "first decoder step; the input is cut at its end to 512 tokens",
+    template="Query: {query} Document: {passage} Relevant:", max_length=512, padding_side="right",
+    score="softmax", tokens=("▁false", "▁true"), token_lookup="vocab", model_types=("t5", "mt5"),
+    markers=("monot5", "mt5-base-multi-msmarco", "mono-t5"),
+    hub_ids=("castorini/monot5-base-msmarco", "castorini/monot5-base-msmarco-10k", "castorini/monot5-large-msmarco",
+             "castorini/monot5-3b-msmarco-10k", "unicamp-dl/mt5-base-multi-msmarco"),
+    source="pygaggle MonoT5 (Nogueira et al., 2020)"))
+
+register_recipe(Recipe(
+    name="rankt5", stage="t5-reranker", layout="whole",
+    description="RankT5 (encoder-decoder): 'Query: q Document: d' through the encoder; the raw logit of the unused "
+                "token <extra_id_10> at the first decoder step",
+    template="Query: {query} Document: {passage}", max_length=512, padding_side="right", score="logit",
+    tokens=("<extra_id_10>",), token_lookup="vocab", model_types=("t5", "mt5"), markers=("rankt5", "rank-t5"),
+    hub_ids=("Soyoung97/RankT5-base", "Soyoung97/RankT5-large", "Soyoung97/RankT5-3b"),
+    source="RankT5 (Zhuang et al., SIGIR 2023)"))
+
+register_recipe(Recipe(
+    name="duot5", stage="duot5", layout="whole",
+    description="duoT5: 'Query: q Document0: d0 Document1: d1 Relevant:'; P(▁true) among ▁false/▁true at the "
+                "first decoder step is P(d0 more relevant than d1); each passage is cut to an equal share",
+    template="Query: {query} Document0: {passage} Document1: {second} Relevant:", max_length=512,
+    padding_side="right", score="softmax", tokens=("▁false", "▁true"), token_lookup="vocab",
+    model_types=("t5", "mt5"), markers=("duot5", "duo-t5"),
+    hub_ids=("castorini/duot5-base-msmarco", "castorini/duot5-3b-msmarco-10k"),
+    source="pygaggle DuoT5 (Pradeep et al., 2021)"))
+
+
+def names_for(stage: str) -> Sequence[str]:
+    """The recipes a stage kind runs."""
+    return [name for name, r in _RECIPES.items() if r.stage == stage]

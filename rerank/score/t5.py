@@ -1,0 +1,159 @@
+"""Sequence-to-sequence re-rankers: monoT5 and RankT5 score a pair from the first decoder step
+(:class:`T5Reranker`); duoT5 compares two passages (:class:`DuoT5Judge`) and orders candidates
+with PRP's allpair, heapsort or sliding sorts (:class:`DuoT5`).
+
+Pairs are batched by length under a padded-token budget, only one decoder step runs, and the
+model runs in the CPU's precision (:mod:`rerank.precision`).
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from rerank.score.pairwise import PairwiseReranker
+from rerank.score.recipe_scorer import RecipeModel, RecipeScorer, choose_recipe
+from rerank.score.recipes import Recipe
+from rerank.types import Passage, Query
+
+
+def _seq2seq(path: str):
+    from transformers import AutoModelForSeq2SeqLM
+
+    return AutoModelForSeq2SeqLM.from_pretrained(path)
+
+
+def first_step_logits(net, ids, mask, token_ids: Sequence[int]):
+    """The logits of ``token_ids`` at the first decoder step of a batch."""
+    import torch
+
+    start = net.config.decoder_start_token_id
+    start = net.config.pad_token_id if start is None else start
+    decoder = torch.full((ids.shape[0], 1), int(start), dtype=ids.dtype, device=ids.device)
+    return net(input_ids=ids, attention_mask=mask, decoder_input_ids=decoder).logits[:, 0, list(token_ids)]
+
+
+class T5Reranker(RecipeScorer, kind="t5-reranker"):
+    """Re-rank with monoT5 (``recipe="monot5"``: P(▁true) among ▁false/▁true after
+    ``Query: q Document: d Relevant:``) or RankT5 (``recipe="rankt5"``: the logit of
+    ``<extra_id_10>``); by default the recipe the model's files name. Options: see
+    :class:`~rerank.score.recipe_scorer.RecipeScorer`::
+
+        T5Reranker("castorini/monot5-base-msmarco", recipe="monot5")
+    """
+
+    def _load_network(self, path: str):
+        return _seq2seq(path)
+
+    def _forward_logits(self, net, ids, mask):
+        return first_step_logits(net, ids, mask, self.model.token_ids)
+
+
+class DuoT5Judge:
+    """duoT5 as a PRP judge: ``compare(query, first, second)`` is P(▁true) among ▁false/▁true
+    after ``Query: q Document0: first Document1: second Relevant:``.
+
+    Passages are each cut to ``max_passage_tokens`` tokens (and further, to an equal share, if
+    the two would not fit ``max_length``), so the second passage is never cut away by a long
+    first one. ``precision``: as for every scorer (:mod:`rerank.precision`)."""
+
+    def __init__(self, model: str, *, recipe: "str | Recipe | Mapping[str, Any] | None" = None,
+                 max_length: int | None = None, max_passage_tokens: int = 240, batch_size: int | None = None,
+                 max_batch_tokens: int | None = None, precision: str = "auto", threads: int | None = None,
+                 device: str = "cpu") -> None:
+        import transformers
+        from transformers import AutoTokenizer
+
+        from rerank.hardware import apply_threads
+        from rerank.models import resolve
+        from rerank.precision import calibration_pairs, prepare_model
+
+        if max_passage_tokens < 1:
+            raise ValueError("max_passage_tokens must be at least 1")
+        self.threads = apply_threads(threads)
+        self.path = resolve(model)
+        self.recipe = choose_recipe(self.path, "duot5", recipe)
+        verbosity = transformers.logging.get_verbosity()
+        transformers.logging.set_verbosity_error()
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(self.path)
+            net = _seq2seq(self.path).to(device).eval()
+        finally:
+            transformers.logging.set_verbosity(verbosity)
+        self.model = RecipeModel(self.path, self.recipe, tokenizer, net, max_length=max_length, batch_size=batch_size,
+                                 max_batch_tokens=max_batch_tokens, normalize=True, instruction=None, device=device)
+        self.max_passage_tokens = max_passage_tokens
+        self.calls = 0
+        self.name = f"duot5({os.path.basename(str(model).rstrip('/')) or model})"
+        pairs = calibration_pairs()[:60]
+        seconds = [pairs[(i + 1) % len(pairs)].passage for i in range(len(pairs))]
+
+        def calibration(candidate_net):
+            sequences = self._sequences([p.query for p in pairs], [p.passage for p in pairs], seconds)
+            return self.model.run(sequences, self._logits, net=candidate_net)[0]
+
+        self.model.net, self.choice = prepare_model(net, precision, kind="duot5", path=self.path,
+                                                    scores_of=calibration, encoder=False,
+                                                    query_ids=[p.query_id for p in pairs])
+        self.precision = self.choice.precision
+
+    def _logits(self, net, ids, mask):
+        return first_step_logits(net, ids, mask, self.model.token_ids)
+
+    def _cut(self, text: str, limit: int) -> str:
+        from rerank.score.llm_base import truncate_tokens
+
+        return truncate_tokens(self.model.tokenizer, text, limit)[0]
+
+    def _sequences(self, queries: Sequence[str], firsts: Sequence[str], seconds: Sequence[str]) -> list[list[int]]:
+        tok = self.model.tokenizer
+        fixed = self.recipe.fixed_tokens(tok) + 1  # the </s> the tokenizer adds
+        out = []
+        for query, first, second in zip(queries, firsts, seconds, strict=True):
+            room = self.model.max_length - fixed - len(tok(query, add_special_tokens=False)["input_ids"])
+            limit = max(1, min(self.max_passage_tokens, room // 2))
+            ids, _ = self.model.recipe.encode(tok, query, self._cut(first, limit), second=self._cut(second, limit),
+                                              max_length=self.model.max_length, static=self.model.static)
+            out.append(ids)
+        return out
+
+    def runtime_settings(self) -> dict[str, str]:
+        """Recipe, precision and threads, for the trace."""
+        return {**self.choice.as_settings(self.threads), "recipe": self.recipe.name}
+
+    def compare(self, query: Query, first: Passage, second: Passage) -> float:
+        """P(``first`` is more relevant than ``second``)."""
+        return self.compare_many(query, [(first, second)])[0]
+
+    def compare_many(self, query: Query, pairs: Sequence[tuple[Passage, Passage]]) -> list[float]:
+        """P(first more relevant) for each ``(first, second)`` pair, in length-sorted batches."""
+        if not pairs:
+            return []
+        sequences = self._sequences([query.text] * len(pairs), [a.full_text.strip() for a, _ in pairs],
+                                    [b.full_text.strip() for _, b in pairs])
+        scores, calls = self.model.run(sequences, self._logits, precision=self.precision)
+        self.calls += calls
+        return [float(s) for s in scores]
+
+
+class DuoT5(PairwiseReranker, kind="duot5"):
+    """duoT5 as a stage: a :class:`DuoT5Judge` on ``model`` sorted by ``method`` (``allpair``,
+    ``heapsort`` or ``sliding`` for the top ``top_k``), as PRP sorts with an LLM::
+
+        bm25 % 100 >> T5Reranker(mono) % 20 >> DuoT5("castorini/duot5-base-msmarco", method="allpair")
+    """
+
+    loads_model = True
+
+    def __init__(self, model: str, *, method: str = "allpair", top_k: int = 10, both_orders: bool = True,
+                 budget: int | None = None, recipe: "str | Recipe | Mapping[str, Any] | None" = None,
+                 max_length: int | None = None, max_passage_tokens: int = 240, precision: str = "auto",
+                 threads: int | None = None, device: str = "cpu", progress: bool = False,
+                 name: str | None = None) -> None:
+        judge = DuoT5Judge(model, recipe=recipe, max_length=max_length, max_passage_tokens=max_passage_tokens,
+                           precision=precision, threads=threads, device=device)
+        super().__init__(judge, method=method, top_k=top_k, both_orders=both_orders, budget=budget,
+                         progress=progress, name=name or f"duot5[{method}]")
+
+    def runtime_settings(self) -> dict[str, str]:
+        return self.judge.runtime_settings()
