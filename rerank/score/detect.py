@@ -9,11 +9,13 @@ the recipe-driven families, the :class:`~rerank.score.recipes.Recipe`.
 
 Rules that keep a model from being scored under a recipe that is not its own:
 
-* a causal LM is a *re-ranker* when its card says so (``pipeline_tag: text-ranking``, a
-  ``reranker`` tag, or a recipe's marker in its card's front matter or title, or in the name it
-  was saved under); it then never falls back to query likelihood;
-* the recipe is the one whose markers the files hold, among those fitting the model type; when
-  none or several fit, :class:`~rerank.loading.ModelKindError` lists the choices;
+* a causal LM is a *re-ranker* when its files say so (``pipeline_tag: text-ranking``, a
+  ``reranker`` tag, a recipe's name in its card's front matter or title or in the name it was
+  saved under, or a recipe's own prompt in its card's usage example); it then never falls back
+  to query likelihood;
+* the recipe is the one the files name (by name or prompt), preferring those that fit the model
+  type; when none or several are named, :class:`~rerank.loading.ModelKindError` lists the
+  recipes that fit and says how to pick one: the model type alone never decides;
 * a sequence-to-sequence model (T5) must name its recipe (monoT5, RankT5, duoT5) in its files,
   or be given ``recipe=`` or ``kind=``;
 * a Hub id a recipe lists (``Qwen/Qwen3-Reranker-0.6B``) maps to it by name; a local folder is
@@ -170,14 +172,16 @@ def _choose(files: ModelFiles, stages: tuple[str, ...], what: str) -> Recipe:
     family = [r for r in recipes().values() if r.stage in stages]
     fitting = [r for r in family if not r.model_types or files.model_type in r.model_types]
     text = files.text()
-    marked = [r for r in family if any(m in text for m in r.markers)]
+    marked = [r for r in family if any(m in text for m in (*r.markers, *r.card_phrases))]
     chosen = [r for r in marked if r in fitting] or marked
     if len(chosen) == 1:
         return chosen[0]
-    options = chosen or fitting or family
+    options = chosen or fitting
     names = ", ".join(r.name for r in options)
     how = (f"pass recipe= one of {names} (rerank.load(path, recipe='{options[0].name}')), or kind= another scorer"
-           if options else "register a recipe for it (rerank.score.recipes.register_recipe) and pass recipe=")
+           if options else f"register a recipe for it (rerank.score.recipes.register_recipe) and pass recipe=, or "
+                           f"run one of {', '.join(r.name for r in family)} on it with recipe=recipe(NAME, "
+                           "model_types=())")
     reason = ("its files name several recipes" if len(chosen) > 1 else
               f"its files name no recipe for model type {files.model_type!r}")
     raise ModelKindError(f"{files.name}: a {what}, but {reason}; recipes that fit: {names or 'none'}. {how}")
@@ -186,8 +190,10 @@ def _choose(files: ModelFiles, stages: tuple[str, ...], what: str) -> Recipe:
 def _is_reranker(files: ModelFiles) -> bool:
     if any(tag in RERANKER_TAGS for tag in files.tags):
         return True
-    identity = files.identity()
-    return any(m in identity for r in recipes().values() if r.stage == "causal-reranker" for m in r.markers)
+    identity, text = files.identity(), files.text()
+    causal = [r for r in recipes().values() if r.stage == "causal-reranker"]
+    return (any(m in identity for r in causal for m in r.markers)
+            or any(p in text for r in causal for p in r.card_phrases))
 
 
 def detect_model(name_or_path: str) -> Detection:

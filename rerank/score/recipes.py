@@ -59,9 +59,10 @@ class Recipe:
 
     ``stage``: the stage kind that runs the recipe (``causal-reranker``, ``t5-reranker``,
     ``duot5``, ``colbert``, ``cross-encoder``). ``model_types``: the ``config.json``
-    ``model_type`` values it fits; ``markers``: lower-case strings whose presence in the model
-    card, ``config.json`` or tokenizer files names this recipe; ``hub_ids``: published
-    checkpoints that use it. ``source``: where the recipe comes from.
+    ``model_type`` values it fits; ``markers``: lower-case names that, in a model card's front
+    matter or title or the name a model was saved under, say it uses this recipe;
+    ``card_phrases``: lower-case text of the recipe's own prompt or code that its model cards
+    show in their usage example; ``hub_ids``: published checkpoints that use it. ``source``: where the recipe comes from.
     """
 
     name: str
@@ -86,6 +87,7 @@ class Recipe:
     token_lookup: str = "vocab"
     model_types: tuple[str, ...] = ()
     markers: tuple[str, ...] = ()
+    card_phrases: tuple[str, ...] = ()
     hub_ids: tuple[str, ...] = ()
     source: str = ""
     options: Mapping[str, Any] = field(default_factory=dict)
@@ -121,8 +123,9 @@ class Recipe:
         if unknown:
             raise RecipeError(f"recipe {self.name}: no field {sorted(unknown)[0]!r}; fields are "
                               f"{', '.join(f.name for f in fields(self))}")
-        if "tokens" in changes:
-            changes["tokens"] = tuple(changes["tokens"])
+        for key in ("tokens", "model_types", "markers", "card_phrases", "hub_ids"):
+            if key in changes:
+                changes[key] = tuple(changes[key])
         return replace(self, **changes)
 
     def config_reference(self) -> "str | dict[str, Any]":
@@ -130,9 +133,9 @@ class Recipe:
         return config_form(self)
 
     def as_dict(self) -> dict[str, Any]:
-        """Every field as plain data (for TOML, JSON and docs)."""
-        out = asdict(self)
-        for key in ("tokens", "model_types", "markers", "hub_ids"):
+        """Every field as plain data (for TOML, JSON and docs); fields left ``None`` are omitted."""
+        out = {k: v for k, v in asdict(self).items() if v is not None}
+        for key in ("tokens", "model_types", "markers", "card_phrases", "hub_ids"):
             out[key] = list(out[key])
         out["options"] = dict(self.options)
         return out
@@ -265,7 +268,7 @@ def recipe(spec: "str | Recipe | Mapping[str, Any]", **overrides: Any) -> Recipe
             found = recipe(base).replace(**table)
         else:
             try:
-                found = Recipe(**{k: tuple(v) if k in ("tokens", "model_types", "markers", "hub_ids") else v
+                found = Recipe(**{k: tuple(v) if k in ("tokens", "model_types", "markers", "card_phrases", "hub_ids") else v
                                   for k, v in table.items()})
             except TypeError as exc:
                 raise RecipeError(f"a recipe table needs 'base' or every required field: {exc}") from None
@@ -299,7 +302,8 @@ register_recipe(Recipe(
     suffix="<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n",
     instruction="Given a web search query, retrieve relevant passages that answer the query",
     max_length=8192, padding_side="left", score="softmax", tokens=("no", "yes"), token_lookup="vocab",
-    model_types=("qwen3",), markers=("qwen3-reranker", "<instruct>:"),
+    model_types=("qwen3",), markers=("qwen3-reranker",),
+    card_phrases=("<instruct>:", "judge whether the document meets the requirements"),
     hub_ids=("Qwen/Qwen3-Reranker-0.6B", "Qwen/Qwen3-Reranker-4B", "Qwen/Qwen3-Reranker-8B"),
     source="the Qwen3-Reranker model card (transformers usage)"))
 
@@ -311,7 +315,8 @@ register_recipe(Recipe(
     suffix="\nGiven a query A and a passage B, determine whether the passage contains an answer to the query by "
            "providing a prediction of either 'Yes' or 'No'.",
     query_share=0.75, max_length=1024, padding_side="left", score="logit", tokens=("Yes",), token_lookup="encode",
-    model_types=("gemma",), markers=("bge-reranker-v2-gemma", "given a query a and a passage b"),
+    model_types=("gemma",), markers=("bge-reranker-v2-gemma",),
+    card_phrases=("given a query a and a passage b",),
     hub_ids=("BAAI/bge-reranker-v2-gemma",), source="the bge-reranker-v2-gemma model card (FlagEmbedding)"))
 
 register_recipe(Recipe(
@@ -327,7 +332,8 @@ register_recipe(Recipe(
            "binary relevance judgment (0 for not relevant, 1 for relevant).\nRelevance:"
            "<|im_end|>\n<|im_start|>assistant\n",
     query_share=0.75, max_length=8192, padding_side="left", score="difference", tokens=("0", "1"),
-    token_lookup="encode", model_types=("qwen2",), markers=("mxbai-rerank", "mixedbread-ai/mxbai-rerank"),
+    token_lookup="encode", model_types=("qwen2",), markers=("mxbai-rerank-base-v2", "mxbai-rerank-large-v2", "mxbai-rerank-v2"),
+    card_phrases=("mxbairerankv2", "you are a search relevance expert"),
     hub_ids=("mixedbread-ai/mxbai-rerank-base-v2", "mixedbread-ai/mxbai-rerank-large-v2"),
     source="the mxbai-rerank package (MxbaiRerankV2)"))
 

@@ -53,12 +53,12 @@ class DuoT5Judge:
     """duoT5 as a PRP judge: ``compare(query, first, second)`` is P(▁true) among ▁false/▁true
     after ``Query: q Document0: first Document1: second Relevant:``.
 
-    Passages are each cut to ``max_passage_tokens`` tokens (and further, to an equal share, if
-    the two would not fit ``max_length``), so the second passage is never cut away by a long
-    first one. ``precision``: as for every scorer (:mod:`rerank.precision`)."""
+    An input that fits ``max_length`` is scored as published; otherwise each passage is cut to
+    an equal share of the room (published code cuts the end of the text, so a long first passage
+    would push the second out entirely). ``max_passage_tokens`` caps each passage beforehand. ``precision``: as for every scorer (:mod:`rerank.precision`)."""
 
     def __init__(self, model: str, *, recipe: "str | Recipe | Mapping[str, Any] | None" = None,
-                 max_length: int | None = None, max_passage_tokens: int = 240, batch_size: int | None = None,
+                 max_length: int | None = None, max_passage_tokens: int | None = None, batch_size: int | None = None,
                  max_batch_tokens: int | None = None, precision: str = "auto", threads: int | None = None,
                  device: str = "cpu") -> None:
         import transformers
@@ -68,7 +68,7 @@ class DuoT5Judge:
         from rerank.models import resolve
         from rerank.precision import calibration_pairs, prepare_model
 
-        if max_passage_tokens < 1:
+        if max_passage_tokens is not None and max_passage_tokens < 1:
             raise ValueError("max_passage_tokens must be at least 1")
         self.threads = apply_threads(threads)
         self.path = resolve(model)
@@ -106,14 +106,21 @@ class DuoT5Judge:
         return truncate_tokens(self.model.tokenizer, text, limit)[0]
 
     def _sequences(self, queries: Sequence[str], firsts: Sequence[str], seconds: Sequence[str]) -> list[list[int]]:
-        tok = self.model.tokenizer
-        fixed = self.recipe.fixed_tokens(tok) + 1  # the </s> the tokenizer adds
+        """Each pair's ids as published when the whole input fits; else (or past
+        ``max_passage_tokens``) each passage cut to an equal share of the room left."""
+        tok, recipe, limit_all = self.model.tokenizer, self.recipe, self.model.max_length
+        fixed = recipe.fixed_tokens(tok) + 1  # the </s> the tokenizer adds
         out = []
         for query, first, second in zip(queries, firsts, seconds, strict=True):
-            room = self.model.max_length - fixed - len(tok(query, add_special_tokens=False)["input_ids"])
-            limit = max(1, min(self.max_passage_tokens, room // 2))
-            ids, _ = self.model.recipe.encode(tok, query, self._cut(first, limit), second=self._cut(second, limit),
-                                              max_length=self.model.max_length, static=self.model.static)
+            if self.max_passage_tokens is not None:
+                first, second = self._cut(first, self.max_passage_tokens), self._cut(second, self.max_passage_tokens)
+            ids, cut = recipe.encode(tok, query, first, second=second, max_length=limit_all, static=self.model.static)
+            if cut:
+                room = limit_all - fixed - len(tok(query, add_special_tokens=False)["input_ids"])
+                share = max(1, room // 2)
+                ids, _ = recipe.encode(tok, query, self._cut(first, share), second=self._cut(second, share),
+                                       max_length=limit_all, static=self.model.static)
+                self.model.truncated += 1
             out.append(ids)
         return out
 
@@ -129,8 +136,8 @@ class DuoT5Judge:
         """P(first more relevant) for each ``(first, second)`` pair, in length-sorted batches."""
         if not pairs:
             return []
-        sequences = self._sequences([query.text] * len(pairs), [a.full_text.strip() for a, _ in pairs],
-                                    [b.full_text.strip() for _, b in pairs])
+        sequences = self._sequences([query.text] * len(pairs), [a.full_text for a, _ in pairs],
+                                    [b.full_text for _, b in pairs])
         scores, calls = self.model.run(sequences, self._logits, precision=self.precision)
         self.calls += calls
         return [float(s) for s in scores]
@@ -147,7 +154,7 @@ class DuoT5(PairwiseReranker, kind="duot5"):
 
     def __init__(self, model: str, *, method: str = "allpair", top_k: int = 10, both_orders: bool = True,
                  budget: int | None = None, recipe: "str | Recipe | Mapping[str, Any] | None" = None,
-                 max_length: int | None = None, max_passage_tokens: int = 240, precision: str = "auto",
+                 max_length: int | None = None, max_passage_tokens: int | None = None, precision: str = "auto",
                  threads: int | None = None, device: str = "cpu", progress: bool = False,
                  name: str | None = None) -> None:
         judge = DuoT5Judge(model, recipe=recipe, max_length=max_length, max_passage_tokens=max_passage_tokens,

@@ -1,0 +1,298 @@
+"""Model families beyond BERT cross-encoders: each scores exactly as its authors publish.
+
+Every family runs on a tiny model built here from its config with seeded random weights
+(:mod:`rerank.testing`; no real Qwen3, Gemma, T5 or mxbai re-ranker ships on PyPI, so none can
+be loaded offline), and its scores are checked in fp32 against a reference written below from
+the published recipe (model card or authors' code), independently of the engine's recipe code:
+for single pairs, and for padded batches of mixed lengths that the engine batches differently.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import rerank
+from rerank.score.detect import ModelKindError, detect_model
+from rerank.score.recipes import RecipeError, recipe
+from rerank.testing import tiny_model
+from rerank.types import Passage, Query
+
+QUERIES = ["what is an axon", "how does a gene cause cancer risk"]
+PASSAGES = [
+    "Axons carry nerve signals away from the cell body.",
+    "The cat sat on the mat.",
+    "Proteins fold into shapes that decide what they do in the cell; " * 6,
+    "A gene variant was linked to cancer risk in a study of patients.",
+    "yes",
+]
+PAIRS = [(q, p) for q in QUERIES for p in PASSAGES]
+EXACT = dict(rtol=1e-5, atol=1e-5)
+"""fp32 agreement. The published causal-LM code counts positions from the first pad of a
+left-padded batch, the engine from each pair's first token (so a score does not depend on its
+batch); with rotary positions that moves a logit by float rounding only (about 1e-5 relative)."""
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    root = tmp_path_factory.mktemp("families")
+    return {name: tiny_model(name, root / name) for name in
+            ("qwen3-reranker", "bge-reranker-v2-gemma", "mxbai-rerank-v2", "monot5", "rankt5", "duot5")}
+
+
+# -- references, from the published recipes --------------------------------------------------
+def _causal(folder):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    return (AutoTokenizer.from_pretrained(folder, padding_side="left"),
+            AutoModelForCausalLM.from_pretrained(folder).eval())
+
+
+@torch.no_grad()
+def qwen3_reference(folder, pairs, instruction=None, max_length=8192):
+    """The Qwen3-Reranker model card: format_instruction, process_inputs, compute_logits."""
+    tokenizer, model = _causal(folder)
+    instruction = instruction or "Given a web search query, retrieve relevant passages that answer the query"
+    prefix = ("<|im_start|>system\nJudge whether the Document meets the requirements based on the Query and the "
+              "Instruct provided. Note that the answer can only be \"yes\" or \"no\".<|im_end|>\n<|im_start|>user\n")
+    suffix = "<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n"
+    prefix_tokens = tokenizer.encode(prefix, add_special_tokens=False)
+    suffix_tokens = tokenizer.encode(suffix, add_special_tokens=False)
+    texts = [f"<Instruct>: {instruction}\n<Query>: {q}\n<Document>: {d}" for q, d in pairs]
+    inputs = tokenizer(texts, padding=False, truncation="longest_first", return_attention_mask=False,
+                       max_length=max_length - len(prefix_tokens) - len(suffix_tokens))
+    inputs["input_ids"] = [prefix_tokens + ids + suffix_tokens for ids in inputs["input_ids"]]
+    batch = tokenizer.pad(inputs, padding=True, return_tensors="pt")
+    logits = model(**batch).logits[:, -1, :]
+    yes, no = tokenizer.convert_tokens_to_ids("yes"), tokenizer.convert_tokens_to_ids("no")
+    two = torch.stack([logits[:, no], logits[:, yes]], dim=1)
+    return torch.nn.functional.log_softmax(two, dim=1)[:, 1].exp().numpy(), (two[:, 1] - two[:, 0]).numpy()
+
+
+def _only_second(first, second, max_length):
+    """tokenizer.prepare_for_model(first, second, truncation='only_second', max_length=...)."""
+    return first + second[:max(max_length - len(first), 0)]
+
+
+@torch.no_grad()
+def gemma_reference(folder, pairs, max_length=1024):
+    """The bge-reranker-v2-gemma model card: get_inputs, then the 'Yes' logit at the last position."""
+    tokenizer, model = _causal(folder)
+    prompt = ("Given a query A and a passage B, determine whether the passage contains an answer to the query by "
+              "providing a prediction of either 'Yes' or 'No'.")
+    prompt_inputs = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    sep_inputs = tokenizer("\n", add_special_tokens=False)["input_ids"]
+    items = []
+    for query, passage in pairs:
+        query_inputs = tokenizer(f"A: {query}", add_special_tokens=False, max_length=max_length * 3 // 4,
+                                 truncation=True)["input_ids"]
+        passage_inputs = tokenizer(f"B: {passage}", add_special_tokens=False, max_length=max_length,
+                                   truncation=True)["input_ids"]
+        ids = _only_second([tokenizer.bos_token_id] + query_inputs, sep_inputs + passage_inputs, max_length)
+        ids = ids + sep_inputs + prompt_inputs
+        items.append({"input_ids": ids, "attention_mask": [1] * len(ids)})
+    batch = tokenizer.pad(items, padding=True, pad_to_multiple_of=8, return_tensors="pt")
+    yes_loc = tokenizer("Yes", add_special_tokens=False)["input_ids"][0]
+    return model(**batch).logits[:, -1, yes_loc].float().numpy()
+
+
+@torch.no_grad()
+def mxbai_reference(folder, pairs, instruction=None, max_length=8192):
+    """mxbai-rerank's MxbaiRerankV2: prepare_inputs and the '1' minus '0' logit at the last position."""
+    tokenizer, model = _causal(folder)
+    task = ("You are a search relevance expert who evaluates how well documents match search queries. For each "
+            "query-document pair, carefully analyze the semantic relationship between them, then provide your "
+            "binary relevance judgment (0 for not relevant, 1 for relevant).\nRelevance:")
+    prefix = ("<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant.<|im_end|>\n"
+              "<|im_start|>user\n")
+    suffix = "<|im_end|>\n<|im_start|>assistant\n"
+
+    def ids(text):
+        return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    items = []
+    for query, document in pairs:
+        query_prompt = f"query: {query}"
+        if instruction:
+            query_prompt = f"instruction: {instruction}\nquery: {query}"
+        query_ids = ids(query_prompt)[:max_length * 3 // 4]
+        content = _only_second(query_ids, ids("\n") + ids(f"document: {document}")[:max_length], max_length)
+        full = ids(prefix) + content + ids("\n") + ids(task) + ids(suffix)
+        items.append({"input_ids": full, "attention_mask": [1] * len(full)})
+    batch = tokenizer.pad(items, padding="longest", return_tensors="pt")
+    logits = model(**batch).logits[:, -1, :]
+    return (logits[:, ids("1")[0]] - logits[:, ids("0")[0]]).numpy()
+
+
+def _t5(folder):
+    from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(folder), AutoModelForSeq2SeqLM.from_pretrained(folder).eval()
+
+
+@torch.no_grad()
+def t5_reference(folder, texts, tokens):
+    """pygaggle's T5 re-rankers: the texts cut at 512 tokens, one decoder step from the start token."""
+    tokenizer, model = _t5(folder)
+    batch = tokenizer(texts, max_length=512, truncation=True, padding="longest", return_tensors="pt")
+    decoder = torch.full((len(texts), 1), model.config.decoder_start_token_id, dtype=torch.long)
+    logits = model(**batch, decoder_input_ids=decoder).logits[:, 0, :]
+    return logits[:, [tokenizer.convert_tokens_to_ids(t) for t in tokens]]
+
+
+def monot5_reference(folder, pairs):
+    logits = t5_reference(folder, [f"Query: {q} Document: {d} Relevant:" for q, d in pairs], ["▁false", "▁true"])
+    log_probs = torch.nn.functional.log_softmax(logits, dim=1)[:, 1]
+    return log_probs.exp().numpy(), (logits[:, 1] - logits[:, 0]).numpy()
+
+
+def rankt5_reference(folder, pairs):
+    return t5_reference(folder, [f"Query: {q} Document: {d}" for q, d in pairs], ["<extra_id_10>"])[:, 0].numpy()
+
+
+def duot5_reference(folder, query, first, second):
+    logits = t5_reference(folder, [f"Query: {query} Document0: {first} Document1: {second} Relevant:"],
+                          ["▁false", "▁true"])
+    return float(torch.softmax(logits, dim=1)[0, 1])
+
+
+# -- exactness ---------------------------------------------------------------------------------
+def _scores(folder, pairs, **options):
+    scorer = rerank.load(str(folder), precision="fp32", batch_size=3, **options)
+    return scorer.predict(pairs), scorer
+
+
+def test_qwen3_reranker_scores_as_its_model_card(folders):
+    folder = folders["qwen3-reranker"]
+    probabilities, log_odds = qwen3_reference(folder, PAIRS)
+    np.testing.assert_allclose(_scores(folder, PAIRS, normalize=True)[0], probabilities, **EXACT)
+    engine, scorer = _scores(folder, PAIRS)
+    np.testing.assert_allclose(engine, log_odds, **EXACT)
+    for pair, expected in zip(PAIRS[:2], probabilities[:2]):  # one pair at a time: no padding at all
+        assert scorer.predict([pair])[0] == pytest.approx(np.log(expected / (1 - expected)), abs=1e-4)
+    assert scorer.recipe.name == "qwen3-reranker" and scorer.runtime_settings()["recipe"] == "qwen3-reranker"
+
+
+def test_qwen3_reranker_takes_a_user_instruction_and_cuts_the_document_end(folders):
+    folder = folders["qwen3-reranker"]
+    instruction = "Given a claim, find the passage that supports it"
+    _, log_odds = qwen3_reference(folder, PAIRS, instruction=instruction, max_length=120)
+    engine, scorer = _scores(folder, PAIRS, instruction=instruction, max_length=120)
+    np.testing.assert_allclose(engine, log_odds, **EXACT)
+    assert scorer.model.truncated > 0  # the long passage was cut to fit 120 tokens
+
+
+def test_bge_reranker_v2_gemma_scores_as_its_model_card(folders):
+    folder = folders["bge-reranker-v2-gemma"]
+    np.testing.assert_allclose(_scores(folder, PAIRS)[0], gemma_reference(folder, PAIRS), **EXACT)
+    long_query = [(" ".join(["axon"] * 200), p) for p in PASSAGES[:3]]  # the query keeps at most 3/4 of 64
+    np.testing.assert_allclose(_scores(folder, long_query, max_length=64)[0],
+                               gemma_reference(folder, long_query, max_length=64), **EXACT)
+
+
+def test_mxbai_rerank_v2_scores_as_its_authors_code(folders):
+    folder = folders["mxbai-rerank-v2"]
+    np.testing.assert_allclose(_scores(folder, PAIRS)[0], mxbai_reference(folder, PAIRS), **EXACT)
+    with_instruction = _scores(folder, PAIRS, instruction="Find evidence", max_length=96)[0]
+    np.testing.assert_allclose(with_instruction, mxbai_reference(folder, PAIRS, "Find evidence", 96), **EXACT)
+
+
+def test_monot5_and_rankt5_score_as_published(folders):
+    probabilities, log_odds = monot5_reference(folders["monot5"], PAIRS)
+    np.testing.assert_allclose(_scores(folders["monot5"], PAIRS)[0], log_odds, **EXACT)
+    np.testing.assert_allclose(_scores(folders["monot5"], PAIRS, normalize=True)[0], probabilities, **EXACT)
+    np.testing.assert_allclose(_scores(folders["rankt5"], PAIRS)[0], rankt5_reference(folders["rankt5"], PAIRS),
+                               **EXACT)
+
+
+def test_duot5_compares_as_published_and_sorts_like_prp(folders):
+    folder = folders["duot5"]
+    judge = rerank.load(str(folder), precision="fp32", method="allpair").judge
+    query = Query("q", QUERIES[0])
+    passages = [Passage(str(i), text) for i, text in enumerate(PASSAGES[:4])]
+    pairs = [(a, b) for a in passages for b in passages if a is not b]
+    expected = [duot5_reference(folder, query.text, a.text, b.text) for a, b in pairs]
+    np.testing.assert_allclose(judge.compare_many(query, pairs), expected, **EXACT)
+    # allpair with both orders: a passage's score is its summed symmetric preference (duoT5's sym-sum)
+    sym = {p.id: 0.0 for p in passages}
+    for (a, b), value in zip(pairs, expected):
+        sym[a.id] += value
+        sym[b.id] += 1 - value
+    gaps = np.diff(sorted(sym.values()))
+    assert gaps.min() > 1e-4  # distinct sums, so the expected order is not a tie-break
+    expected_order = sorted(sym, key=lambda i: -sym[i])
+    for method in ("allpair", "heapsort", "sliding"):
+        stage = rerank.load(str(folder), precision="fp32", method=method, top_k=4)
+        ranked = stage.rank(query.text, [p.text for p in passages])
+        assert sorted(r.index for r in ranked) == [0, 1, 2, 3]
+        if method == "allpair":
+            assert [str(r.index) for r in ranked] == expected_order
+
+
+# -- detection ---------------------------------------------------------------------------------
+def test_each_family_is_detected_from_its_files(folders):
+    for name, folder in folders.items():
+        found = detect_model(str(folder))
+        assert found.family == "reranker" and found.recipe.name == name
+    assert detect_model("Qwen/Qwen3-Reranker-0.6B").recipe.name == "qwen3-reranker"  # by Hub id, no files read
+
+
+def test_a_causal_lm_without_a_reranker_card_stays_an_llm(tmp_path):
+    folder = tiny_model("qwen3-reranker", tmp_path / "plain", card=False)
+    assert detect_model(str(folder)).family == "llm"
+
+
+def test_a_reranker_card_on_an_architecture_no_recipe_fits_is_refused(tmp_path):
+    folder = tiny_model("qwen3-reranker", tmp_path / "llama-like", card=False, model_type="qwen2")
+    (folder / "README.md").write_text("---\npipeline_tag: text-ranking\n---\n# A re-ranker\n", encoding="utf-8")
+    with pytest.raises(ModelKindError, match="no recipe for model type 'qwen2'; recipes that fit: mxbai-rerank-v2"):
+        detect_model(str(folder))  # the model type alone never decides: its files must name the recipe
+    (folder / "config.json").write_text((folder / "config.json").read_text().replace('"qwen2"', '"llama"'))
+    with pytest.raises(ModelKindError, match="no recipe for model type 'llama'.*register a recipe"):
+        rerank.load(str(folder))
+
+
+def test_a_t5_that_names_no_recipe_lists_the_choices(tmp_path, folders):
+    folder = tiny_model("monot5", tmp_path / "t5", card=False)
+    with pytest.raises(ModelKindError, match="recipes that fit: monot5, rankt5, duot5.*recipe="):
+        rerank.load(str(folder))
+    (folder / "README.md").write_text("# monoT5 and duoT5 in one card\n", encoding="utf-8")
+    with pytest.raises(ModelKindError, match="several recipes.*monot5, duot5"):
+        detect_model(str(folder))
+    scorer = rerank.load(str(folder), recipe="monot5", precision="fp32")  # the user says which
+    assert scorer.recipe.name == "monot5"
+
+
+def test_a_model_is_never_scored_under_a_recipe_not_its_own(folders):
+    with pytest.raises(RecipeError, match="for qwen3 models, this one is 'gemma'"):
+        rerank.load(str(folders["bge-reranker-v2-gemma"]), recipe="qwen3-reranker")
+    with pytest.raises(RecipeError, match="no token"):
+        rerank.load(str(folders["qwen3-reranker"]), recipe=recipe("qwen3-reranker", tokens=("nope", "yes")))
+    with pytest.raises(RecipeError, match="run by the t5-reranker stage"):
+        rerank.CausalLMReranker(str(folders["qwen3-reranker"]), recipe="monot5")
+
+
+def test_a_recipe_is_data_a_user_can_override_and_a_config_can_hold(folders, tmp_path):
+    from rerank.config import build_pipeline, dump_pipeline
+
+    custom = recipe("qwen3-reranker").replace(name="qwen3-legal", instruction="Find the statute that applies")
+    scorer = rerank.load(str(folders["qwen3-reranker"]), recipe=custom, precision="fp32")
+    _, log_odds = qwen3_reference(folders["qwen3-reranker"], PAIRS[:3], instruction="Find the statute that applies")
+    np.testing.assert_allclose(scorer.predict(PAIRS[:3]), log_odds, **EXACT)
+    path = tmp_path / "p.toml"
+    path.write_text(dump_pipeline(scorer), encoding="utf-8")
+    rebuilt = build_pipeline(path)
+    assert rebuilt.recipe == custom
+    np.testing.assert_allclose(rebuilt.predict(PAIRS[:3]), log_odds, **EXACT)
+    with pytest.raises(RecipeError, match="no field 'templat'"):
+        custom.replace(templat="x")
+
+
+def test_the_trace_names_the_recipe_and_counts_cut_pairs(folders):
+    scorer = rerank.load(str(folders["monot5"]), precision="fp32", max_length=24)
+    from rerank.types import Candidates
+
+    [out] = scorer([Candidates(Query("q", QUERIES[0]), [Passage(str(i), t) for i, t in enumerate(PASSAGES)],
+                               [0.0] * len(PASSAGES))])
+    [cost] = out.trace
+    assert cost.settings["recipe"] == "monot5" and cost.counters["truncated_pairs"] >= 1
