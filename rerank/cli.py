@@ -15,29 +15,61 @@ from rerank.errors import RerankError
 log = logging.getLogger("rerank")
 
 
-def _add_tokenizer_options(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("BM25 tokenizer")
-    g.add_argument("--language", choices=["en", "zh"], default="en",
-                   help="'zh' splits Chinese into character bigrams (or jieba words, see --chinese)")
-    g.add_argument("--chinese", choices=["bigram", "jieba"], default="bigram", help="Chinese segmentation (default: bigram)")
-    g.add_argument("--stopwords", default=None, help="stopword list: en, en_plus, zh or 'none' (default: en, or zh for --language zh)")
-    g.add_argument("--stemmer", default=None, help="Snowball stemmer (PyStemmer name) or 'none' (default: english; none for zh)")
-
-
 def cmd_index(args) -> int:
-    """Build BM25, dense and/or SPLADE indexes (and the docstore they share) under
-    ``<indexes-dir>/<name>/<kind>/``."""
+    """Build indexes of the kinds asked for (and the docstore they share) under
+    ``<indexes-dir>/<name>/<kind>/``, each with the build parameters its kind declares."""
+    import dataclasses
+
+    from rerank.retrieve.base import index_kinds
     from rerank.retrieve.build import build_index
 
+    kinds = args.kind or ["bm25"]
+    given = {name: value for name, value in vars(args).items() if name in _index_parameter_names()}
+    declared = {kind: {f.name for f in dataclasses.fields(index_kinds()[kind].Parameters)} if kind in index_kinds()
+                else set() for kind in kinds}
+    unused = sorted(set(given) - set().union(*declared.values()))
+    if unused:
+        raise RerankError(f"--{unused[0].replace('_', '-')} applies to no index kind asked for ({', '.join(kinds)})")
     root = Path(args.indexes_dir) / args.name
-    for kind in args.kind or ["bm25"]:
+    for kind in kinds:
         began = time.perf_counter()
-        index = build_index(args.corpus, root / kind, kind, skip_bad=args.skip_bad, backend=args.backend, k1=args.k1,
-                            b=args.b, method=args.method, idf=args.idf, language=args.language, chinese=args.chinese,
-                            stopwords=args.stopwords, stemmer=args.stemmer, model=args.model, factory=args.factory,
-                            batch_size=args.batch_size, splade_model=args.splade_model, precision=args.precision)
+        options = {k: v for k, v in given.items() if k in declared[kind]}
+        index = build_index(args.corpus, root / kind, kind, skip_bad=args.skip_bad, **options)
         print(f"{kind}: {index!r} -> {index.folder} ({time.perf_counter() - began:.1f}s)")
     return 0
+
+
+def _index_parameter_names() -> set[str]:
+    import dataclasses
+
+    from rerank.retrieve.base import index_kinds
+
+    return {f.name for cls in index_kinds().values() for f in dataclasses.fields(cls.Parameters)}
+
+
+def _add_index_parameters(p: argparse.ArgumentParser) -> None:
+    """One flag per build parameter of every index kind (a group per kind; a parameter two
+    kinds share, like ``precision``, gets one flag). A flag left out keeps the kind's default."""
+    import dataclasses
+
+    from rerank.retrieve.base import index_kinds
+
+    seen: set[str] = set()
+    for kind, cls in index_kinds().items():
+        fields = [f for f in dataclasses.fields(cls.Parameters) if f.name not in seen]
+        if not fields:
+            continue
+        group = p.add_argument_group(f"{kind} index")
+        for f in fields:
+            seen.add(f.name)
+            meta = f.metadata
+            kinds_with_it = [k for k, c in index_kinds().items() if f.name in {x.name for x in dataclasses.fields(c.Parameters)}]
+            default = f.default if f.default is not dataclasses.MISSING else None
+            kind_note = "" if len(kinds_with_it) < 2 else f"; for {', '.join(kinds_with_it)}"
+            help_text = meta.get("help", "") + (f" (default: {default}{kind_note})" if default is not None else "")
+            value_type = type(default) if isinstance(default, (int, float)) and not isinstance(default, bool) else str
+            group.add_argument(meta.get("flag") or f"--{f.name.replace('_', '-')}", dest=f.name, type=value_type,
+                               choices=meta.get("choices"), default=argparse.SUPPRESS, help=help_text)
 
 
 def cmd_retrieve(args) -> int:
@@ -205,27 +237,14 @@ def build_parser() -> argparse.ArgumentParser:
                                    "a corpus.jsonl[.gz], or a TSV collection (pid<TAB>text).")
     p.add_argument("corpus", help="BEIR folder, bundled dataset name, corpus.jsonl[.gz] or TSV collection")
     p.add_argument("--name", required=True, help="index name; files go to <indexes-dir>/<name>/<kind>/")
-    p.add_argument("--kind", action="append", choices=["bm25", "dense", "splade", "docstore"],
+    from rerank.retrieve.build import index_kind_names
+
+    p.add_argument("--kind", action="append", choices=index_kind_names(),
                    help="index kind; repeat for several (default: bm25). Every index reads passage text from the "
                         "docstore <indexes-dir>/<name>/docstore/, built with the first index if absent")
     p.add_argument("--indexes-dir", default="indexes", help="where indexes live (default: indexes)")
     p.add_argument("--skip-bad", action="store_true", help="skip malformed lines (their count is reported) instead of failing")
-    g = p.add_argument_group("BM25")
-    g.add_argument("--backend", choices=["bm25s", "rank-bm25"], default="bm25s", help="BM25 implementation (default: bm25s)")
-    g.add_argument("--k1", type=float, default=0.9, help="term-frequency saturation (default: 0.9, as Anserini)")
-    g.add_argument("--b", type=float, default=0.4, help="length normalization (default: 0.4, as Anserini)")
-    g.add_argument("--method", default="lucene", choices=["lucene", "robertson", "atire", "bm25l", "bm25+"],
-                   help="BM25 variant (default: lucene)")
-    g.add_argument("--idf", default=None, choices=["lucene", "robertson", "atire", "bm25l", "bm25+"],
-                   help="override the variant's IDF formula")
-    _add_tokenizer_options(p)
-    g = p.add_argument_group("dense")
-    g.add_argument("--model", default="minilm-l6", help="bi-encoder: short name, Hugging Face id or path (default: minilm-l6)")
-    g.add_argument("--factory", default="Flat", help="FAISS factory string: Flat, HNSW32, IVF256,PQ32... (default: Flat)")
-    g.add_argument("--batch-size", type=int, default=64, help="max texts per encoder batch (default: 64)")
-    g = p.add_argument_group("SPLADE")
-    g.add_argument("--splade-model", default="splade-tiny", help="SPLADE model: short name, Hugging Face id or path (default: splade-tiny)")
-    add_precision_option(p, "auto", "dense and SPLADE encoding precision (written in the manifest)")
+    _add_index_parameters(p)
     p.set_defaults(func=cmd_index)
 
     p = sub.add_parser("retrieve", help="search an index (or fuse several) and write a TREC run",
@@ -235,7 +254,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--queries", required=True, help="BEIR folder or name, queries.jsonl, TREC topics or TSV queries")
     p.add_argument("--split", default="test", help="with a BEIR folder: queries judged in this qrels split (default: test)")
     p.add_argument("-k", type=int, default=100, help="results per query (default: 100)")
-    p.add_argument("--fusion", default="rrf", choices=["rrf", "zscore", "minmax", "sum"],
+    from rerank.fusion import METHODS as FUSION_METHODS
+
+    p.add_argument("--fusion", default="rrf", choices=FUSION_METHODS,
                    help="how to fuse several indexes (default: rrf)")
     p.add_argument("--out", required=True, help="TREC run file to write (atomically)")
     p.add_argument("--tag", default="rerank", help="run tag, the 6th column (default: rerank)")

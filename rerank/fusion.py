@@ -13,6 +13,10 @@ from rerank.types import Candidates, Passage, StageCost, sort_candidates
 NORMALIZATIONS = ("minmax", "zscore", "none")
 
 
+METHODS = ("rrf", "zscore", "minmax", "sum")
+"""The result-list fusion methods :func:`fuse_results` takes (``rrf``, or score fusion after a normalization)."""
+
+
 def _normalize(scores: list[float], how: str) -> list[float]:
     if how == "none" or not scores:
         return list(scores)
@@ -94,4 +98,4 @@ def fuse_results(*results: Sequence[Candidates], method: str = "rrf", **options)
         return score_fusion(*results, normalization=method, **options)
     if method == "sum":
         return score_fusion(*results, normalization="none", **options)
-    raise ValueError(f"unknown fusion method {method!r}; choose rrf, zscore, minmax or sum")
+    raise ValueError(f"unknown fusion method {method!r}; choose one of {', '.join(METHODS)}")

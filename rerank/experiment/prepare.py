@@ -11,38 +11,26 @@ keyword arguments in the same table::
 """
 from __future__ import annotations
 
-import dataclasses
 import difflib
-import importlib
 import inspect
 from collections.abc import Callable
 from typing import Any
 
 from rerank.config import ConfigError
-
-STEPS = {
-    "index": "rerank.retrieve.build:build_index",
-    "mine": "rerank.train.workflows:mine",
-    "teacher-scores": "rerank.train.workflows:teacher_scores",
-    "train-cross-encoder": "rerank.train.workflows:train_cross_encoder",
-    "distill": "rerank.train.workflows:distill",
-    "adapt": "rerank.train.adapt:adapt",
-}
-"""Each step's name and the function it calls (``module:function``)."""
-
+from rerank.registry import PREPARE_STEPS
 
 def step_function(step: str) -> Callable[..., Any]:
-    """The function a step calls."""
-    module, function = STEPS[step].split(":")
-    return getattr(importlib.import_module(module), function)
+    """The function a step calls (registered with ``@PREPARE_STEPS.register(name)``)."""
+    return PREPARE_STEPS.get(step)
 
 
 def check_step(step: Any, args: dict[str, Any], where: str) -> None:
     """Refuse an unknown step, an unknown or missing argument (with a did-you-mean), naming ``where``."""
-    if step not in STEPS:
-        close = difflib.get_close_matches(str(step), STEPS, n=1)
+    if step not in PREPARE_STEPS:
+        names = PREPARE_STEPS.names()
+        close = difflib.get_close_matches(str(step), names, n=1)
         hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise ConfigError(f"{where}: unknown step {step!r}{hint} (steps: {', '.join(STEPS)})")
+        raise ConfigError(f"{where}: unknown step {step!r}{hint} (steps: {', '.join(names)})")
     signature = inspect.signature(step_function(step))
     named = step_arguments(step)
     for key in args:
@@ -57,17 +45,14 @@ def check_step(step: Any, args: dict[str, Any], where: str) -> None:
 
 
 def step_arguments(step: str) -> list[str]:
-    """The keyword arguments a step takes (the training steps also take :class:`TrainConfig`'s
-    fields, ``adapt`` those of :class:`~rerank.train.adapt.AdaptConfig`)."""
-    signature = inspect.signature(step_function(step))
+    """The keyword arguments a step takes: its signature's, and for a step taking ``**options``
+    those its ``extra_arguments()`` lists (training config fields, index build parameters)."""
+    function = step_function(step)
+    signature = inspect.signature(function)
     named = [n for n, p in signature.parameters.items() if p.kind is not p.VAR_KEYWORD]
-    if any(p.kind is p.VAR_KEYWORD for p in signature.parameters.values()):
-        if step == "adapt":
-            from rerank.train.adapt import AdaptConfig as Options
-        else:
-            from rerank.train.trainer import TrainConfig as Options
-
-        named += [f.name for f in dataclasses.fields(Options)]
+    extra = getattr(function, "extra_arguments", None)
+    if extra is not None:
+        named += [n for n in extra() if n not in named]
     return named
 
 

@@ -51,7 +51,8 @@ from typing import Annotated, Any, Optional, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from rerank.config import ConfigError, PipelineConfig, parse_config, read_toml
-from rerank.experiment.prepare import STEPS, check_step
+from rerank.experiment.prepare import check_step
+from rerank.registry import PREPARE_STEPS
 
 _TOP = ("name", "description", "precision", "dataset", "input", "prepare", "evaluation", "pipelines", "stages",
         "expected")
@@ -240,7 +241,7 @@ def load_spec(path: str | Path, *, check_files: bool = True) -> ExperimentSpec:
         creates, name = args.pop("creates", None), args.pop("step", None)
         if creates is None or name is None:
             raise ConfigError(f"{where}: each [[prepare]] needs creates = <path> and step = <one of "
-                              f"{', '.join(STEPS)}> with that step's arguments")
+                              f"{', '.join(PREPARE_STEPS.names())}> with that step's arguments")
         check_step(name, args, where)
         prepare.append(PrepareStep(_typed(creates, str, where, "creates"), name, args, at.line("prepare", nth=number)))
     created = {Path(p.creates) for p in prepare}

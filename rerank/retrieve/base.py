@@ -2,8 +2,9 @@
 ``load`` from a checksummed folder (:mod:`rerank.retrieve.store`), and a registry by manifest kind."""
 from __future__ import annotations
 
+import dataclasses
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -11,6 +12,18 @@ from rerank.errors import EmptyQueryError
 from rerank.types import Candidates, Passage, Query
 
 _INDEX_KINDS: dict[str, type["Index"]] = {}
+
+
+@dataclasses.dataclass(frozen=True)
+class NoParameters:
+    """The build parameters of an index kind that takes none."""
+
+
+def parameter(default: Any, help: str, *, choices: Sequence[str] | None = None, flag: str | None = None) -> Any:
+    """A build parameter of an index kind: its default, the help ``rerank index --help`` shows,
+    its allowed values, and its command-line flag (default ``--name-with-dashes``)."""
+    metadata = {"help": help, "choices": tuple(choices) if choices else None, "flag": flag}
+    return dataclasses.field(default=default, metadata=metadata)
 
 
 class Index(ABC):
@@ -23,6 +36,9 @@ class Index(ABC):
     """
 
     kind: ClassVar[str] = ""
+    Parameters: ClassVar[type] = NoParameters
+    """The typed build parameters of this kind (a frozen dataclass of :func:`parameter` fields):
+    what ``build_index``, experiment ``[[prepare]]`` steps and ``rerank index`` flags take."""
     passages: list[Passage]
     folder: Path | None = None
 
@@ -36,6 +52,11 @@ class Index(ABC):
     @abstractmethod
     def build(cls, passages, *args: Any, **kwargs: Any) -> "Index":
         """Index ``passages`` (an iterable of :class:`~rerank.types.Passage`, ids unique)."""
+
+    @classmethod
+    def build_from(cls, passages: Iterable[Passage], parameters: Any, *, progress: bool = True) -> "Index":
+        """Index ``passages`` with this kind's :attr:`Parameters` (what :func:`build_index` calls)."""
+        return cls.build(passages, **dataclasses.asdict(parameters), progress=progress)
 
     @abstractmethod
     def search(self, queries: Sequence[Query], k: int = 100, **options: Any) -> list[Candidates]:
@@ -84,4 +105,31 @@ def check_search(queries: Sequence[Query], k: int) -> None:
 
 def index_class(kind: str) -> type[Index] | None:
     """The index class whose manifest kind is ``kind`` (``None`` if unknown)."""
+    index_kinds()
     return _INDEX_KINDS.get(kind)
+
+
+def index_kinds() -> dict[str, type[Index]]:
+    """Every index kind and its class: every module of :mod:`rerank.retrieve` is imported
+    first, so a new module there registers its kind without being listed anywhere."""
+    import importlib
+    import pkgutil
+
+    import rerank.retrieve as package
+
+    for info in pkgutil.iter_modules(package.__path__, "rerank.retrieve."):
+        importlib.import_module(info.name)
+    return dict(_INDEX_KINDS)
+
+
+def build_parameters(kind: str, given: Mapping[str, Any]) -> Any:
+    """``kind``'s :attr:`Index.Parameters` from ``given`` (unknown names are an error that lists
+    the kind's parameters)."""
+    cls = index_kinds().get(kind)
+    if cls is None:
+        raise ValueError(f"unknown index kind {kind!r}; choose one of {', '.join([*index_kinds(), 'docstore'])}")
+    names = [f.name for f in dataclasses.fields(cls.Parameters)]
+    unknown = sorted(set(given) - set(names))
+    if unknown:
+        raise ValueError(f"a {kind} index takes no parameter {unknown[0]!r}; it takes: {', '.join(names) or 'none'}")
+    return cls.Parameters(**given)

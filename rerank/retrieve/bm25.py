@@ -7,6 +7,7 @@ IDF (``idf="lucene"``) their rankings agree; left to their defaults they differ 
 """
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import json
 import math
@@ -22,7 +23,7 @@ from rerank.atomic import atomic_directory
 from rerank.costs import Stopwatch, record_costs
 from rerank.errors import BadIndexError
 from rerank.order import top_k_positions
-from rerank.retrieve.base import Index, check_search
+from rerank.retrieve.base import Index, check_search, parameter
 from rerank.retrieve.docstore import open_index_passages, store_for_index, take_passages
 from rerank.retrieve.store import (
     corpus_fingerprint, library_versions, read_manifest, unique_passages, write_manifest,
@@ -32,6 +33,18 @@ from rerank.types import Candidates, Passage, Query
 
 KIND = "bm25"
 METHODS = ("lucene", "robertson", "atire", "bm25l", "bm25+")
+
+
+def tokenizer_for(language: str = "en", chinese: str = "bigram", stopwords: str | None = None,
+                  stemmer: str | None = None) -> Tokenizer:
+    """The BM25 tokenizer for a language: English stopwords and Snowball stemming by default;
+    Chinese (``zh``) bigrams (or jieba words) with Chinese stopwords and no stemming. ``"none"``
+    turns stopwords or stemming off."""
+    zh = language == "zh"
+    stop = stopwords or ("zh" if zh else "en")
+    stem = stemmer or ("none" if zh else "english")
+    return Tokenizer(language=language, chinese=chinese, stopwords=None if stop == "none" else stop,
+                     stemmer=None if stem == "none" else stem)
 
 
 @dataclass(frozen=True)
@@ -161,12 +174,30 @@ class _RankBm25Backend:
 BACKENDS = {"bm25s": _Bm25sBackend, "rank-bm25": _RankBm25Backend}
 
 
+@dataclasses.dataclass(frozen=True)
+class BM25BuildParameters:
+    """How ``rerank index --kind bm25`` builds: the backend, BM25's parameters and the tokenizer."""
+
+    backend: str = parameter("bm25s", "BM25 implementation", choices=("bm25s", "rank-bm25"))
+    k1: float = parameter(0.9, "term-frequency saturation (as Anserini)")
+    b: float = parameter(0.4, "length normalization (as Anserini)")
+    method: str = parameter("lucene", "BM25 variant", choices=METHODS)
+    idf: str | None = parameter(None, "override the variant's IDF formula", choices=METHODS)
+    language: str = parameter("en", "'zh' splits Chinese into character bigrams (or jieba words, see --chinese)",
+                              choices=("en", "zh"))
+    chinese: str = parameter("bigram", "Chinese segmentation", choices=("bigram", "jieba"))
+    stopwords: str | None = parameter(None, "stopword list: en, en_plus, zh or 'none' (default: en, or zh for zh)")
+    stemmer: str | None = parameter(None, "Snowball stemmer (PyStemmer name) or 'none' (default: english; none for zh)")
+
+
 class BM25Index(Index, kind=KIND):
     """A BM25 index over a passage collection: build, search, re-score, save and load.
 
     >>> index = BM25Index.build(passages)                 # doctest: +SKIP
     >>> results = index.search([Query("q1", "protein folding")], k=100)  # doctest: +SKIP
     """
+
+    Parameters = BM25BuildParameters
 
     def __init__(self, passages: list[Passage], tokenizer: Tokenizer, params: BM25Params,
                  backend: _Backend, fingerprint: str) -> None:
@@ -193,6 +224,15 @@ class BM25Index(Index, kind=KIND):
         tokens = _tokenize(tokenizer, [p.full_text for p in passages], progress)
         engine = BACKENDS[backend].build(tokens, params, progress)
         return cls(passages, tokenizer, params, engine, corpus_fingerprint(passages))
+
+    @classmethod
+    def build_from(cls, passages: Iterable[Passage], parameters: BM25BuildParameters, *,
+                   progress: bool = True) -> "BM25Index":
+        """Index ``passages`` as ``parameters`` say (the tokenizer of :func:`tokenizer_for`)."""
+        p = parameters
+        return cls.build(passages, tokenizer=tokenizer_for(p.language, p.chinese, p.stopwords, p.stemmer),
+                         params=BM25Params(k1=p.k1, b=p.b, method=p.method, idf=p.idf), backend=p.backend,
+                         progress=progress)
 
     def tokenize_queries(self, queries: Sequence[Query]) -> list[list[str]]:
         """Tokenize query texts with the index's tokenizer; an empty query is an error."""

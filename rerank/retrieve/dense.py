@@ -7,6 +7,7 @@ stages can score candidates without re-encoding them.
 """
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -16,7 +17,8 @@ from rerank.atomic import atomic_directory
 from rerank.costs import Stopwatch, record_costs
 from rerank.encode import BiEncoder
 from rerank.errors import BadIndexError
-from rerank.retrieve.base import Index, check_search
+from rerank.precision import CHOICES
+from rerank.retrieve.base import Index, check_search, parameter
 from rerank.retrieve.docstore import open_index_passages, store_for_index, take_passages
 from rerank.retrieve.store import (
     corpus_fingerprint, library_versions, read_manifest, unique_passages, write_manifest,
@@ -57,8 +59,21 @@ def _training_points_needed(factory: str) -> int:
     return needed
 
 
+@dataclasses.dataclass(frozen=True)
+class DenseBuildParameters:
+    """How ``rerank index --kind dense`` builds: the bi-encoder, the FAISS factory, batches and precision."""
+
+    model: str = parameter("minilm-l6", "bi-encoder: short name, Hugging Face id or path")
+    factory: str = parameter("Flat", "FAISS factory string: Flat, HNSW32, IVF256,PQ32...")
+    batch_size: int = parameter(64, "max texts per encoder batch")
+    precision: str = parameter("auto", "encoding precision (written in the manifest); auto picks by the CPU and "
+                               "checks it against fp32", choices=CHOICES)
+
+
 class DenseIndex(Index, kind=KIND):
     """Passages encoded by a :class:`~rerank.encode.BiEncoder` and searched with FAISS."""
+
+    Parameters = DenseBuildParameters
 
     def __init__(self, passages: list[Passage], encoder: BiEncoder | str, faiss_index, embeddings: np.ndarray,
                  factory: str, fingerprint: str, encoder_settings: dict | None = None,
@@ -90,6 +105,14 @@ class DenseIndex(Index, kind=KIND):
 
     def __repr__(self) -> str:
         return f"DenseIndex({len(self.passages)} passages, model={self.model_name!r}, faiss={self.factory!r})"
+
+    @classmethod
+    def build_from(cls, passages: Iterable[Passage], parameters: DenseBuildParameters, *,
+                   progress: bool = True) -> "DenseIndex":
+        """Index ``passages`` as ``parameters`` say."""
+        p = parameters
+        return cls.build(passages, p.model, factory=p.factory, batch_size=p.batch_size, precision=p.precision,
+                         progress=progress)
 
     @classmethod
     def build(cls, passages: Iterable[Passage], encoder: BiEncoder | str = "minilm-l6", *, factory: str = "Flat",

@@ -2,6 +2,7 @@
 sparse matrix, searched (or used to re-score candidates) with one sparse product per batch."""
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -9,7 +10,8 @@ from rerank.atomic import atomic_directory
 from rerank.costs import Stopwatch, record_costs
 from rerank.errors import BadIndexError
 from rerank.order import top_k_positions
-from rerank.retrieve.base import Index, check_search
+from rerank.precision import CHOICES
+from rerank.retrieve.base import Index, check_search, parameter
 from rerank.retrieve.docstore import open_index_passages, store_for_index, take_passages
 from rerank.retrieve.store import (corpus_fingerprint, library_versions, read_manifest,
                                    unique_passages, write_manifest)
@@ -19,8 +21,26 @@ from rerank.types import Candidates, Passage, Query
 KIND = "splade"
 
 
+@dataclasses.dataclass(frozen=True)
+class SpladeBuildParameters:
+    """How ``rerank index --kind splade`` builds: the SPLADE model and the encoding precision."""
+
+    splade_model: str = parameter("splade-tiny", "SPLADE model: short name, Hugging Face id or path")
+    precision: str = parameter("auto", "encoding precision (written in the manifest); auto picks by the CPU and "
+                               "checks it against fp32", choices=CHOICES)
+
+
 class SpladeIndex(Index, kind=KIND):
     """SPLADE vectors of a passage collection (a ``passages x vocab`` CSR matrix)."""
+
+    Parameters = SpladeBuildParameters
+
+    @classmethod
+    def build_from(cls, passages: Iterable[Passage], parameters: SpladeBuildParameters, *,
+                   progress: bool = True) -> "SpladeIndex":
+        """Index ``passages`` as ``parameters`` say."""
+        return cls.build(passages, parameters.splade_model, precision=parameters.precision, progress=progress)
+
 
     def __init__(self, passages: list[Passage], encoder: SpladeEncoder | str, matrix, fingerprint: str,
                  max_length: int = 256, precision: dict | None = None) -> None:

@@ -13,6 +13,7 @@ import json
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Protocol, runtime_checkable
 
 from rerank.atomic import atomic_file
 from rerank.errors import BadIndexError
@@ -34,12 +35,24 @@ def library_versions(*names: str) -> dict[str, str]:
     return versions
 
 
+
+@runtime_checkable
+class StoredCollection(Protocol):
+    """A passage collection kept on disk with its fingerprint in a manifest and unique ids (a
+    :class:`~rerank.retrieve.docstore.DocStore`); this module needs no more of it, so it does
+    not import the docstore, which builds on this module."""
+
+    fingerprint: str
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, position: int) -> Passage: ...
+
+
 def corpus_fingerprint(passages: Iterable[Passage]) -> str:
     """sha256 over the ids, titles and texts in order: equal iff the corpus is the same (a
-    docstore's is in its manifest)."""
-    from rerank.retrieve.docstore import DocStore
-
-    if isinstance(passages, DocStore):
+    stored collection's, such as a docstore's, is in its manifest)."""
+    if isinstance(passages, StoredCollection):
         return passages.fingerprint
     digest = hashlib.sha256()
     for p in passages:
@@ -48,11 +61,9 @@ def corpus_fingerprint(passages: Iterable[Passage]) -> str:
 
 
 def unique_passages(passages: Iterable[Passage]) -> Sequence[Passage]:
-    """The passages as a list (a docstore as itself: its ids are unique by construction); a
-    duplicate id or an empty collection is an error."""
-    from rerank.retrieve.docstore import DocStore
-
-    if isinstance(passages, DocStore):
+    """The passages as a list (a stored collection, such as a docstore, as itself: its ids are
+    unique by construction); a duplicate id or an empty collection is an error."""
+    if isinstance(passages, StoredCollection):
         return passages
     out, seen = [], set()
     for p in passages:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-from typing import Annotated, Any, Literal, Optional
+from typing import Annotated, Any, Optional
 
 from pydantic import ConfigDict, Field, ValidationError
 from pydantic.dataclasses import dataclass
@@ -54,7 +54,7 @@ class ServeSettings:
     """A request not answered by then gets 504 (and is dropped from the queue)."""
     shutdown_timeout_s: NonNegative = 30.0
     """On SIGTERM/SIGINT, how long in-flight requests get to finish."""
-    precision: Optional[Literal["auto", "fp32", "bf16", "int8"]] = None
+    precision: Optional[str] = None
     """Precision of every model stage of the served pipeline (``None``: each stage's own,
     ``auto`` by default; see :mod:`rerank.precision`)."""
     budget_ms: Optional[Positive] = None
@@ -74,6 +74,12 @@ class ServeSettings:
     normalize: bool = True
     """Answer ``sigmoid(score)`` as ``relevance_score`` (the ranking is the same); a request's
     ``raw_scores = true`` asks for the pipeline's own scores."""
+
+    def __post_init__(self) -> None:
+        from rerank.precision import CHOICES
+
+        if self.precision is not None and self.precision not in CHOICES:
+            raise SettingsError(f"serve setting precision must be one of {', '.join(CHOICES)}, got {self.precision!r}")
 
     @classmethod
     def from_table(cls, table: dict[str, Any] | None, where: str = "[serve]") -> "ServeSettings":

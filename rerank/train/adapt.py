@@ -30,6 +30,7 @@ from pathlib import Path
 
 from rerank.atomic import atomic_directory, atomic_file
 from rerank.errors import RerankError
+from rerank.registry import PREPARE_STEPS
 from rerank.train.data import MiningStats
 
 ADAPT_FILE = "adapt.json"
@@ -315,9 +316,19 @@ class Adapter:
             fh.write("\n".join(lines))
 
 
+@PREPARE_STEPS.register("adapt")
 def adapt(corpus: str | Path, out: str | Path, config: AdaptConfig | None = None, *, indexes: str | Path | None = None,
           progress: bool = True, log: Callable[[str], None] = print, **options) -> AdaptResult:
     """Adapt a cross-encoder and a 2-layer student to ``corpus`` without labels (see the module
     docs); ``options`` are :class:`AdaptConfig` fields. Resumable: run it again after a kill."""
     config = config or AdaptConfig(**options)
     return Adapter(corpus, out, config, indexes=indexes, progress=progress, log=log).run()
+
+
+def _adapt_options() -> list[str]:
+    import dataclasses
+
+    return [f.name for f in dataclasses.fields(AdaptConfig)]
+
+
+adapt.extra_arguments = _adapt_options  # type: ignore[attr-defined]

@@ -124,7 +124,9 @@ def _training_options(p: argparse.ArgumentParser, loss_default: str, losses: tup
     p.add_argument("--overwrite", action="store_true", help="retrain even if --out holds a finished model")
     p.add_argument("--keep-checkpoints", action="store_true", help="keep the last checkpoint after training")
     p.add_argument("--device", default="cpu", help="torch device to train on: cpu (default), cuda, cuda:1...")
-    p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
+    from rerank.train.trainer import TRAIN_PRECISIONS
+
+    p.add_argument("--precision", choices=TRAIN_PRECISIONS, default="auto",
                    help="bf16: forward and backward on bf16 copies of the weights (weights, gradients and optimizer "
                         "stay fp32); auto: bf16 where "
                         "the CPU has AMX or AVX-512-BF16 (or the GPU bf16), else fp32 (default: auto)")
@@ -138,7 +140,7 @@ def add_train_parser(sub) -> None:
     from rerank.train.curriculum import HEURISTICS
     from rerank.train.data import SAMPLINGS
     from rerank.train.losses import DISTILL_LOSSES, LABEL_LOSSES
-    from rerank.train.models import STUDENT_KINDS
+    from rerank.train.models import student_kinds
 
     train = sub.add_parser("train", help="mine triples, score them with a teacher, fine-tune or distill models",
                            description="Training: 'mine' -> triples, 'teacher-scores' -> Hofstätter's teacher-score "
@@ -177,7 +179,9 @@ def add_train_parser(sub) -> None:
     p.add_argument("--windows", choices=AGGREGATES, default="first",
                    help="a teacher model reads long passages by their first window (default), the best or the mean")
     p.add_argument("--out", required=True, help="teacher-score file: pos_score neg_score qid pid_pos pid_neg")
-    p.add_argument("--precision", choices=["auto", "fp32", "bf16", "int8"], default=None,
+    from rerank.precision import CHOICES
+
+    p.add_argument("--precision", choices=CHOICES, default=None,
                    help="the teacher's precision (default: auto for --model, the config's for --pipeline)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_teacher_scores)
@@ -233,7 +237,7 @@ def add_train_parser(sub) -> None:
     p = tsub.add_parser("distill", help="distill teacher scores into a cross-encoder, bi-encoder or SPLADE student")
     _data_options(p)
     p.add_argument("--teacher-scores", required=True, help="pos_score neg_score qid pid_pos pid_neg file")
-    p.add_argument("--student", choices=STUDENT_KINDS, default="cross-encoder", help="student kind (default: cross-encoder)")
+    p.add_argument("--student", choices=student_kinds(), default="cross-encoder", help="student kind (default: cross-encoder)")
     _training_options(p, "margin-mse", DISTILL_LOSSES)
     p.set_defaults(func=cmd_distill)
 

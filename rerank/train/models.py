@@ -19,8 +19,16 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from rerank.models import resolve
+from rerank.registry import Registry
 
-STUDENT_KINDS = ("cross-encoder", "bi-encoder", "splade")
+STUDENTS: Registry[type["TrainableModel"]] = Registry("student kind", packages=("rerank.train",))
+"""Trainable model kinds (``rerank train distill --student``): each class registers itself with
+``@STUDENTS.register(kind)``, so a new student is one new module in :mod:`rerank.train`."""
+
+
+def student_kinds() -> list[str]:
+    """Every registered student kind."""
+    return STUDENTS.names()
 
 
 def _quiet_transformers():
@@ -128,6 +136,7 @@ class TrainableModel:
                 "parameters": sum(p.numel() for p in self.net.parameters())}
 
 
+@STUDENTS.register("cross-encoder")
 class CrossEncoderModel(TrainableModel):
     """A cross-encoder in training: ``[CLS] query [SEP] passage [SEP]`` to one logit.
 
@@ -199,6 +208,7 @@ def _write_sentence_transformers_config(folder: Path, max_length: int) -> None:
     (folder / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": max_length}), encoding="utf-8")
 
 
+@STUDENTS.register("bi-encoder")
 class BiEncoderModel(TrainableModel):
     """A bi-encoder in training: mean-pooled vectors, score = dot product (not cosine: a margin
     target of several logits cannot be met by a score bounded to [-1, 1])."""
@@ -243,6 +253,7 @@ class BiEncoderModel(TrainableModel):
         return BiEncoderScorer(str(folder))
 
 
+@STUDENTS.register("splade")
 class SpladeModel(TrainableModel):
     """SPLADE in training: ``max over tokens of log(1 + relu(MLM logits))`` per text, dot
     product, plus the FLOPS regularizer ``lambda * sum_v (mean_i w_iv)^2`` (Paria et al.) on
@@ -293,15 +304,15 @@ class SpladeModel(TrainableModel):
 
 def build_model(kind: str, init: str | None = None, *, max_length: int = 128, layers: int | None = None,
                 windows: str = "first") -> TrainableModel:
-    """A trainable model of ``kind`` (``cross-encoder``, ``bi-encoder`` or ``splade``) from
-    ``init`` (default ``minilm-l6``, or ``splade-tiny`` for SPLADE); ``windows`` is for
-    cross-encoders (:class:`CrossEncoderModel`)."""
-    if windows != "first" and kind != "cross-encoder":
+    """A trainable model of ``kind`` (any of :func:`student_kinds`: ``cross-encoder``,
+    ``bi-encoder``, ``splade``...) from ``init`` (default: the class's ``default_init``);
+    ``windows`` is for the kinds that read long passages in windows (:class:`CrossEncoderModel`)."""
+    import inspect
+
+    cls = STUDENTS.get(kind)
+    takes_windows = "windows" in inspect.signature(cls.__init__).parameters
+    if windows != "first" and not takes_windows:
         raise ValueError(f"windows={windows!r} is for cross-encoders, not a {kind}")
-    if kind == "cross-encoder":
-        return CrossEncoderModel(init or "minilm-l6", max_length=max_length, layers=layers, windows=windows)
-    if kind == "bi-encoder":
-        return BiEncoderModel(init or "minilm-l6", max_length=max_length, layers=layers)
-    if kind == "splade":
-        return SpladeModel(init or "splade-tiny", max_length=max_length, layers=layers)
-    raise ValueError(f"unknown student kind {kind!r}; choose from {', '.join(STUDENT_KINDS)}")
+    options = {"windows": windows} if takes_windows else {}
+    default = inspect.signature(cls.__init__).parameters["init"].default
+    return cls(init or default, max_length=max_length, layers=layers, **options)

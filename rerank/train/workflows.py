@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from rerank.errors import RerankError
+from rerank.registry import PREPARE_STEPS
 from rerank.train.data import SAMPLINGS, TeacherScore, Triple
 from rerank.train.trainer import TrainConfig, TrainResult
 
@@ -19,6 +20,7 @@ def _dataset(dataset: str | Path, skip_bad: bool):
     return opened, {q.id: q for q in opened.queries(None)}, opened.corpus(skip_bad=skip_bad)
 
 
+@PREPARE_STEPS.register("mine")
 def mine(dataset: str | Path, out: str | Path, *, split: str = "train", index: Sequence[str] | str | None = None,
          run: str | Path | None = None, pipeline: str | Path | None = None, depth: int = 100, negatives: int = 7,
          sampling: str = "random", min_relevance: int = 1, max_queries: int | None = None, seed: int = 0,
@@ -99,6 +101,7 @@ def _pipeline_scores(pipeline: str | Path, ranking, qrels, queries, opened, dept
     return scores
 
 
+@PREPARE_STEPS.register("teacher-scores")
 def teacher_scores(dataset: str | Path, triples: str | Path, out: str | Path, *, model: str | None = None,
                    pipeline: str | Path | None = None, max_length: int | None = None, batch_size: int = 32,
                    skip_bad: bool = False, progress: bool = True, precision: str | None = None,
@@ -141,6 +144,7 @@ def _dev(dataset, groups, queries, corpus, split: str, run, dev_queries: int, de
     return groups, dev_set(dev_qids, ranking, queries, corpus, dataset.qrels(split), depth=dev_depth), ranking
 
 
+@PREPARE_STEPS.register("train-cross-encoder")
 def train_cross_encoder(dataset: str | Path, triples: str | Path | None, out: str | Path, *, split: str = "train",
                         run: str | Path | None = None, dev_queries: int = 0, dev_depth: int = 20,
                         curriculum: str | None = None, anneal_steps: int | None = None, init: str = "minilm-l6",
@@ -189,6 +193,7 @@ def train_cross_encoder(dataset: str | Path, triples: str | Path | None, out: st
                  device=device, windows=windows)
 
 
+@PREPARE_STEPS.register("distill")
 def distill(dataset: str | Path, teacher_scores: str | Path, out: str | Path, *, student: str = "cross-encoder",
             split: str = "train", run: str | Path | None = None, dev_queries: int = 0, dev_depth: int = 20,
             init: str | None = None, max_length: int = 128, layers: int | None = None, negatives: int = 7,
@@ -208,3 +213,13 @@ def distill(dataset: str | Path, teacher_scores: str | Path, out: str | Path, *,
     return run_distill(groups, queries, corpus, out, student=student, init=init, max_length=max_length, layers=layers,
                        config=config, dev=dev, resume=resume, overwrite=overwrite, progress=progress, card=card,
                        device=device, windows=windows)
+
+
+def _training_options() -> list[str]:
+    import dataclasses
+
+    return [f.name for f in dataclasses.fields(TrainConfig)]
+
+
+for _step in (train_cross_encoder, distill):
+    _step.extra_arguments = _training_options  # type: ignore[attr-defined]

@@ -27,7 +27,9 @@ def add_tune_parser(sub) -> None:
                         "worse on the tuning queries (default: prefer the costliest such, paired t-test at 0.05)")
     p.add_argument("--warmup-queries", type=int, default=24, help="queries the stages are timed on (default: 24)")
     p.add_argument("--repeats", type=int, default=1, help="timings per query and size (default: 1)")
-    p.add_argument("--precision", choices=["auto", "fp32", "bf16", "int8"], default=None,
+    from rerank.precision import CHOICES
+
+    p.add_argument("--precision", choices=CHOICES, default=None,
                    help="precision of every model stage (default: the config's, else auto)")
     p.add_argument("--out", required=True, help="tuned config to write (TOML)")
     p.add_argument("--plot", default=None, help="PNG of the front (default: beside --out, <out>.png)")
