@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: install demo test test-fast bench-quick experiments readme clean-indexes
+.PHONY: install demo test test-fast lint bench-quick experiments readme clean-indexes
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -26,8 +26,13 @@ install: $(STAMP)
 demo: install
 	$(VENV)/bin/rerank experiment experiments/scifact.toml
 
-test: install
+# The linter and the type checker first (seconds), so the code keeps its shape, then every test.
+test: install lint
 	$(PY) -m pytest -q
+
+lint: install
+	$(PY) -m ruff check rerank tests experiments
+	$(PY) -m mypy
 
 # The edit-test loop: every test that needs no real model weights (checked: such a test fails if it
 # opens them), in well under a minute. `make test` stays the full suite CI runs.

@@ -10,12 +10,12 @@ Everything a pipeline needs is importable from here::
     from rerank import BM25Index, CrossEncoder, Retriever, SpladeScorer, evaluate, open_dataset
     pipe = Retriever(BM25Index.load("indexes/scifact/bm25")) % 100 >> SpladeScorer() % 30 >> CrossEncoder(path)
 """
+from rerank.cascade import IntraDocumentCascade
+from rerank.config import build_pipeline, dump_pipeline, parse_config
 from rerank.data import open_dataset, read_qrels, read_run, write_run
 from rerank.evaluate import Evaluation, evaluate
 from rerank.experiment import Experiment, ExperimentResult
 from rerank.fusion import fuse_results
-from rerank.cascade import IntraDocumentCascade
-from rerank.config import build_pipeline, dump_pipeline, parse_config
 from rerank.loading import detect_kind, load
 from rerank.pipeline import Fusion, Pipeline, Stage, bind, fuse
 from rerank.ranking import RankedDocument

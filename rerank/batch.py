@@ -156,7 +156,7 @@ def _docstore_texts(docstore: str | Path, run: str | Path) -> Callable[[list[str
     from rerank.retrieve.docstore import DocStore
 
     store = DocStore.load(docstore, verify=False)
-    warned = []
+    warned: list[str] = []
 
     def texts(ids: list[str], query_id: str, skip_missing: bool) -> dict:
         found = {p.id: p for p in store.get(ids, skip_missing=True)}
@@ -203,9 +203,8 @@ def rerank_to_file(pipeline: Callable[[list[Candidates]], list[Candidates]], bat
     ids = batches.ids if isinstance(batches, Inputs) else [c.query.id for c in batches]
     seen = check_unique_ids(ids)
     partial, progress_file = out.with_name(out.name + ".partial"), out.with_name(out.name + ".progress")
-    if out.exists() and not partial.exists():
-        if not overwrite:
-            raise RerankError(f"{out} already exists; pass --overwrite to replace it")
+    if out.exists() and not partial.exists() and not overwrite:
+        raise RerankError(f"{out} already exists; pass --overwrite to replace it")
     done = _read_progress(progress_file)
     unknown = set(done) - seen
     if unknown:

@@ -110,9 +110,9 @@ class PipelineConfig:
 def _variables(tree: ast.AST) -> list[str]:
     names: list[str] = []
     for node in ast.walk(tree):
-        if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Mod) and isinstance(node.right, ast.Name):
-            if node.right.id not in names:
-                names.append(node.right.id)
+        if (isinstance(node, ast.BinOp) and isinstance(node.op, ast.Mod) and isinstance(node.right, ast.Name)
+                and node.right.id not in names):
+            names.append(node.right.id)
     return names
 
 

@@ -22,7 +22,7 @@ class Stopwatch:
         self.began = 0.0
         self.seconds = 0.0
 
-    def __enter__(self) -> "Stopwatch":
+    def __enter__(self) -> Stopwatch:
         self.began = time.perf_counter()
         return self
 

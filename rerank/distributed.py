@@ -36,6 +36,7 @@ import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from tqdm.auto import tqdm
 
@@ -168,12 +169,12 @@ class JobFolder:
         for path, offset, record in self.records():
             if "error" not in record:
                 where.setdefault(record["query_id"], (path, offset))
-        handles: dict[Path, object] = {}
+        handles: dict[Path, BinaryIO] = {}
         try:
             with atomic_file(out) as sink:
                 for query_id in ids:
                     path, offset = where[query_id]
-                    fh = handles.get(path) or handles.setdefault(path, open(path, "rb"))
+                    fh = handles.get(path) or handles.setdefault(path, open(path, "rb"))  # noqa: SIM115 - closed below
                     fh.seek(offset)
                     sink.writelines(json.loads(fh.readline())["lines"])
         finally:
@@ -218,13 +219,13 @@ class PipelineWorker:
             results = self.pipeline(queries)
             if [r.query.id for r in results] == [c.query.id for c in queries]:
                 return results
-        except Exception:  # noqa: BLE001 - one bad query must not sink its batch: retried alone below
+        except Exception:
             pass
         alone: list[Candidates | Exception] = []
         for c in queries:
             try:
                 alone.append(self.pipeline([c])[0])
-            except Exception as exc:  # noqa: BLE001 - reported with the query's id, the job goes on
+            except Exception as exc:
                 alone.append(exc)
         return alone
 
@@ -297,12 +298,12 @@ def _run_on_ray(options: RayOptions, config_text: str, where: str, candidates: I
         after_first = 0
         with tqdm(total=total, initial=done, desc="Re-ranking (ray)", unit="query", disable=not progress) as bar:
             for batch in output.iter_batches(batch_size=None, batch_format="pyarrow"):
-                bar.update(batch.num_rows)
+                bar.update(batch.num_rows)  # type: ignore[union-attr]  # pyarrow batches
                 last = time.perf_counter() - began
                 if first is None:
                     first = last
                 else:
-                    after_first += batch.num_rows
+                    after_first += batch.num_rows  # type: ignore[union-attr]  # pyarrow batches
         timing = {"seconds": last or 0.0, "startup_s": first or 0.0}
         if last and first is not None and last > first:
             timing["steady_queries_per_s"] = after_first / (last - first)

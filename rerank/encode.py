@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -21,7 +22,7 @@ from rerank.precision import BATCH_SHAPES, calibration_dot_scores, prepare_model
 POOLINGS = ("mean", "cls", "max", "lasttoken")
 
 
-def _read_json(path: Path) -> dict | list | None:
+def _read_json(path: Path) -> Any:
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
 
 
@@ -134,7 +135,7 @@ class BiEncoder:
                 size = max(1, min(batch_size, max_batch_tokens // max(longest, 1)))
                 rows = order[start:start + size]
                 batch = self.tokenizer.pad({"input_ids": [encoded[i] for i in rows]}, return_tensors="pt")
-                batch = {k: v.to(self.device) for k, v in batch.items()}
+                batch = {k: v.to(self.device) for k, v in batch.items()}  # type: ignore[assignment]  # tensors moved to the device
                 hidden = net(**batch).last_hidden_state.float()  # pool and normalize in fp32
                 out[rows] = self._pool(hidden, batch["attention_mask"]).float().cpu().numpy()
                 self.forward_calls += 1

@@ -69,7 +69,7 @@ def evaluate(run: Run | Sequence[Candidates], qrels: Qrels, measures: Sequence[s
     if missing not in ("zero", "ignore", "error"):
         raise ValueError(f"missing must be 'zero', 'ignore' or 'error', got {missing!r}")
     if not isinstance(run, dict):
-        run = batch_to_run(run)
+        run = batch_to_run(list(run))
     parsed = parse_measures(measures)
     if not qrels:
         raise EvaluationError("the qrels are empty")

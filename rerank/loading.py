@@ -12,7 +12,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from rerank.score.detect import Detection, ModelKindError, detect_model
-from rerank.score.recipes import Recipe, recipe as find_recipe
+from rerank.score.recipes import Recipe
+from rerank.score.recipes import recipe as find_recipe
 
 __all__ = ["ModelKindError", "auto_kinds", "detect_kind", "load", "loadable_kinds"]
 
@@ -29,7 +30,7 @@ def auto_kinds() -> dict[str, str]:
     pointwise, by query likelihood)."""
     from rerank.pipeline import stage_kinds
 
-    return {cls.model_family: kind for kind, cls in stage_kinds().items() if getattr(cls, "model_family", None)}
+    return {cls.model_family: kind for kind, cls in stage_kinds().items() if cls.model_family is not None}
 
 
 def detect_kind(name_or_path: str) -> str:
@@ -48,7 +49,7 @@ def _kind_of(detected: Detection) -> str:
     return kinds[detected.family]
 
 
-def load(name_or_path: str, kind: str | None = None, *, recipe: "str | Recipe | Mapping[str, Any] | None" = None,
+def load(name_or_path: str, kind: str | None = None, *, recipe: str | Recipe | Mapping[str, Any] | None = None,
          **options: Any):
     """A scorer (or pipeline) ready to :meth:`~rerank.pipeline.Stage.rank` strings.
 

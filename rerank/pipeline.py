@@ -20,16 +20,16 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from rerank.fusion import fuse_results
 from rerank.costs import Stopwatch, record_costs
 from rerank.errors import EmptyQueryError, RerankError
+from rerank.fusion import fuse_results
 from rerank.types import Candidates, Query, sort_candidates
 
 if TYPE_CHECKING:
     from rerank.ranking import RankedDocument
 
 
-_KINDS: dict[str, type["Stage"]] = {}
+_KINDS: dict[str, type[Stage]] = {}
 """Every stage class that declared a config ``kind``, by kind (filled as classes are defined)."""
 
 
@@ -50,10 +50,13 @@ class Stage(ABC):
     """
 
     name: str = "stage"
+    _arguments: tuple[tuple[Any, ...], dict[str, Any]]
     kind: str | None = None
     """The ``kind`` that names this class in TOML configs (``None``: not writable to a config)."""
     retrieves: bool = False
     """True for a stage that fetches candidates from an index (it ignores the candidates given)."""
+    k: int = 0
+    """How many candidates a retrieving stage fetches per query (``retrieves`` stages only)."""
     stage_arguments: tuple[str, ...] = ()
     """Constructor arguments that take another stage (written in TOML as that stage's name)."""
     path_arguments: tuple[str, ...] = ()
@@ -108,7 +111,7 @@ class Stage(ABC):
                 out[key] = _config_value(self, key, bound[key])
         return out
 
-    def rank(self, query: str, documents: Sequence[str], top_k: int | None = None) -> list["RankedDocument"]:
+    def rank(self, query: str, documents: Sequence[str], top_k: int | None = None) -> list[RankedDocument]:
         """Rank plain strings: ``documents`` best first for ``query`` (at most ``top_k``), each a
         :class:`~rerank.ranking.RankedDocument` with its ``index`` in the input list, ``score``
         and ``document`` text::
@@ -127,13 +130,13 @@ class Stage(ABC):
         """Run the stage from scratch: start every query with no candidates."""
         return self([Candidates(q, [], []) for q in queries])
 
-    def __rshift__(self, other: "Stage") -> "Pipeline":
+    def __rshift__(self, other: Stage) -> Pipeline:
         return Pipeline([self, other])
 
-    def __mod__(self, k: "int | str") -> "Stage":
+    def __mod__(self, k: int | str) -> Stage:
         return Cutoff(self, k)
 
-    def __or__(self, other: "Stage") -> "Fusion":
+    def __or__(self, other: Stage) -> Fusion:
         return Fusion([self, other])
 
     def __str__(self) -> str:
@@ -145,6 +148,8 @@ class Stage(ABC):
 
 class Pipeline(Stage):
     """Stages run one after the other (``a >> b``)."""
+
+    stages: list[Stage]
 
     def __init__(self, stages: Sequence[Stage]) -> None:
         flat: list[Stage] = []
@@ -179,14 +184,20 @@ class Cutoff(Stage):
     """Keep the top ``k`` candidates after ``stage`` (``stage % k``). ``k`` is a positive integer,
     or the name of a cut-off variable (``stage % "k1"``) that :func:`bind` replaces by a value."""
 
-    def __init__(self, stage: Stage, k: "int | str") -> None:
+    def __init__(self, stage: Stage, k: int | str) -> None:
         if isinstance(k, str):
             if not k.isidentifier():
                 raise ValueError(f"a cut-off variable needs a name like 'k1', got {k!r}")
         elif not isinstance(k, int) or isinstance(k, bool) or k < 1:
             raise ValueError(f"a cut-off must be a positive integer or a variable name, got {k!r}")
         self.stage = stage
-        self.k = k
+        self.k = k  # type: ignore[assignment]  # a cut-off variable's name until bound
+
+    def size(self) -> int:
+        """The cut-off as a number (a variable must be bound first, :func:`bind`)."""
+        if isinstance(self.k, str):
+            raise ValueError(f"the cut-off variable {self.k} has no value; bind it first")
+        return self.k
 
     @property
     def variable(self) -> str | None:
@@ -209,11 +220,17 @@ class Fusion(Stage):
     ``method`` is ``rrf``, ``zscore``, ``minmax`` or ``sum`` (see :func:`rerank.fusion.fuse_results`).
     """
 
+    branches: list[Stage]
+    method: str
+    options: dict[str, Any]
+
     def __init__(self, branches: Sequence[Stage], method: str = "rrf", **options: Any) -> None:
         flat: list[Stage] = []
         for branch in branches:
-            same = isinstance(branch, Fusion) and branch.method == method and branch.options == options
-            flat.extend(branch.branches if same else [branch])
+            if isinstance(branch, Fusion) and branch.method == method and branch.options == options:
+                flat.extend(branch.branches)
+            else:
+                flat.append(branch)
         if len(flat) < 2:
             raise ValueError("fusion needs at least two branches")
         fuse_results(*([[]] * 2), method=method, **options)  # reject an unknown method or option now
@@ -307,7 +324,7 @@ def untuned(stage: Stage) -> UntunedError:
 
 
 def rebuild(stage: Stage, leaf: Callable[[Stage], Stage] = lambda s: s,
-            values: "Mapping[str, int] | None" = None) -> Stage:
+            values: Mapping[str, int] | None = None) -> Stage:
     """A copy of the expression ``stage`` with each leaf replaced by ``leaf(leaf)`` and each
     cut-off variable named in ``values`` replaced by its value (applied as ``inner % value``, so
     a retriever still gets the cut-off pushed into its search)."""
@@ -326,7 +343,7 @@ def rebuild(stage: Stage, leaf: Callable[[Stage], Stage] = lambda s: s,
     return leaf(stage)
 
 
-def bind(stage: Stage, values: "Mapping[str, int] | None" = None, **more: int) -> Stage:
+def bind(stage: Stage, values: Mapping[str, int] | None = None, **more: int) -> Stage:
     """``stage`` with its cut-off variables set: ``bind(pipe, k1=30, k2=10)``. Every variable must
     get a positive integer; a name the pipeline does not have is an error."""
     given = {**(values or {}), **more}
@@ -362,9 +379,9 @@ class Scorer(Stage):
         return [float(s) for s in scores[0]]
 
     @abstractmethod
-    def score_pairs(self, batch: Sequence[Candidates]) -> tuple[list[Sequence[float]], "Work"]:
-        """New scores for every (query, passage) pair of the batch, in the input order, and the
-        work spent."""
+    def score_pairs(self, batch: Sequence[Candidates]) -> tuple[Sequence[Any], Work]:
+        """New scores for every (query, passage) pair of the batch, in the input order (one
+        sequence of floats or a numpy array per query), and the work spent."""
 
     def __call__(self, batch: Sequence[Candidates]) -> list[Candidates]:
         batch = list(batch)
@@ -384,7 +401,7 @@ class Scorer(Stage):
         for holder in (self, getattr(self, "judge", None)):
             for attribute in ("encoder", "llm"):
                 model = getattr(holder, attribute, None)
-                if hasattr(model, "runtime_settings"):
+                if model is not None and hasattr(model, "runtime_settings"):
                     return model.runtime_settings()
         return {}
 

@@ -23,6 +23,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -50,8 +51,8 @@ def calibration_pairs() -> tuple[CalibrationPair, ...]:
         return tuple(CalibrationPair(**json.loads(line)) for line in handle if line.strip())
 
 
-def calibration_dot_scores(encode_queries: Callable[[list[str]], object],
-                           encode_passages: Callable[[list[str]], object]) -> np.ndarray:
+def calibration_dot_scores(encode_queries: Callable[[list[str]], Any],
+                           encode_passages: Callable[[list[str]], Any]) -> np.ndarray:
     """Dot-product scores of the calibration pairs for an encoder (dense rows or a SciPy sparse
     matrix): each distinct query encoded once, every passage once."""
     import scipy.sparse as sp
@@ -164,7 +165,7 @@ def machine_key() -> str:
     try:
         import torch
 
-        torch_version = torch.__version__
+        torch_version = str(torch.__version__)
     except ImportError:
         torch_version = ""
     relevant = sorted(flag for flag in features.flags if flag.startswith(("avx", "amx", "fma", "sse4")))

@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterator
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
+S = TypeVar("S")
 
 
 class Registry(Generic[T]):
@@ -33,13 +34,13 @@ class Registry(Generic[T]):
         self._parts: dict[str, T] = {}
         self._loaded = False
 
-    def register(self, name: str) -> Callable[[T], T]:
+    def register(self, name: str) -> Callable[[S], S]:
         """A decorator that registers its target under ``name`` (a name is taken once)."""
-        def add(part: T) -> T:
+        def add(part: S) -> S:
             known = self._parts.get(name)
             if known is not None and getattr(known, "__qualname__", known) != getattr(part, "__qualname__", part):
                 raise TypeError(f"{self.what} {name!r} is taken by {known!r}")
-            self._parts[name] = part
+            self._parts[name] = part  # type: ignore[assignment]  # S is a T: the registry's own sort
             return part
 
         return add

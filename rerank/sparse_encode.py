@@ -82,7 +82,7 @@ class SpladeEncoder:
                 size = max(1, self.max_batch_tokens // longest)
                 chunk = order[start:start + size]
                 batch = self.tokenizer.pad({"input_ids": [encoded[i] for i in chunk]}, return_tensors="pt")
-                batch = {k: v.to(self.device) for k, v in batch.items()}
+                batch = {k: v.to(self.device) for k, v in batch.items()}  # type: ignore[assignment]  # tensors moved to the device
                 logits = net(**batch).logits
                 # log(1 + relu(x)) is monotone, so the max can be taken on the raw logits first:
                 # two passes over the tokens x vocab tensor instead of four.

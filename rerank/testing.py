@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 from rerank.score.recipes import recipes
 
@@ -105,7 +106,7 @@ _CARDS = {
     "duot5": ("text2text-generation", "Tiny duoT5", "t5"),
 }
 
-_PUBLISHED = {  # the smallest published checkpoint's layer sizes
+_PUBLISHED: dict[str, dict[str, Any]] = {  # the smallest published checkpoint's layer sizes
     "qwen3": dict(hidden_size=1024, intermediate_size=3072, num_hidden_layers=28, num_attention_heads=16,
                   num_key_value_heads=8, head_dim=128, vocab_size=151669),
     "gemma": dict(hidden_size=2048, intermediate_size=16384, num_hidden_layers=18, num_attention_heads=8,
@@ -116,16 +117,17 @@ _PUBLISHED = {  # the smallest published checkpoint's layer sizes
 }
 
 
-def _config(model_type: str, vocab_size: int, shape: str, tokenizer):
+def _config(model_type: str, vocab_size: int, shape: str, tokenizer) -> Any:
     from transformers import GemmaConfig, Qwen2Config, Qwen3Config, T5Config
 
     if model_type == "t5":
-        sizes = _PUBLISHED["t5"] if shape == "published" else dict(
+        sizes: dict[str, Any] = _PUBLISHED["t5"] if shape == "published" else dict(
             d_model=32, d_kv=8, d_ff=64, num_layers=2, num_decoder_layers=2, num_heads=4)
         sizes = {**sizes, "vocab_size": max(sizes.get("vocab_size", 0), vocab_size)}
-        return T5Config(**sizes, relative_attention_num_buckets=8 if shape != "published" else 32,
-                        decoder_start_token_id=tokenizer.pad_token_id, pad_token_id=tokenizer.pad_token_id,
-                        eos_token_id=tokenizer.eos_token_id, initializer_factor=1.0, tie_word_embeddings=True)
+        sizes.update(relative_attention_num_buckets=8 if shape != "published" else 32, initializer_factor=1.0,
+                     decoder_start_token_id=tokenizer.pad_token_id, pad_token_id=tokenizer.pad_token_id,
+                     eos_token_id=tokenizer.eos_token_id, tie_word_embeddings=True)  # T5 passes these to its base
+        return T5Config(**sizes)
     sizes = _PUBLISHED[model_type] if shape == "published" else dict(
         hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
         head_dim=8)

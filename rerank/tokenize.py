@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass
 _CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]+")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _stopwords(name: str) -> frozenset[str]:
     from bm25s import stopwords as sw
 
@@ -19,7 +19,7 @@ def _stopwords(name: str) -> frozenset[str]:
     return frozenset(table[name])
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _stemmer(algorithm: str):
     import Stemmer
 
@@ -81,10 +81,10 @@ class Tokenizer:
             import jieba
 
             jieba.setLogLevel(60)
-            out = []
+            words: list[str] = []
             for piece in jieba.cut(text):
-                out.extend(re.findall(self.pattern, piece) if not _CJK.fullmatch(piece) else [piece])
-            return out
+                words.extend(re.findall(self.pattern, piece) if not _CJK.fullmatch(piece) else [piece])
+            return words
         out: list[str] = []
         position = 0
         for run in _CJK.finditer(text):
@@ -100,6 +100,6 @@ class Tokenizer:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict) -> "Tokenizer":
+    def from_dict(cls, data: dict) -> Tokenizer:
         """Rebuild a tokenizer from :meth:`to_dict` output."""
         return cls(**data)

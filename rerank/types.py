@@ -73,7 +73,7 @@ class Candidates:
         """The passage ids in rank order."""
         return [p.id for p in self.passages]
 
-    def top(self, k: int) -> "Candidates":
+    def top(self, k: int) -> Candidates:
         """A copy cut to the first ``k`` candidates (the trace is shared)."""
         return Candidates(self.query, self.passages[:k], self.scores[:k], self.trace)
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from conftest import shared
+
 from rerank.data import load_corpus, load_qrels_tsv, load_queries
 from rerank.errors import BadIndexError, EmptyQueryError
 from rerank.evaluate import evaluate

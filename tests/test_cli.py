@@ -6,8 +6,8 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import shared
+
 from rerank.cli import main
 from rerank.data import read_run
 

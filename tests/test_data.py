@@ -5,11 +5,22 @@ import gzip
 import logging
 
 import pytest
-
 from conftest import shared
+
 from rerank.data import (
-    iter_candidates, iter_corpus, iter_tsv_collection, load_corpus, load_queries, open_dataset, read_qrels,
-    read_run, read_topics, read_tsv_queries, write_candidates, write_qrels, write_run,
+    iter_candidates,
+    iter_corpus,
+    iter_tsv_collection,
+    load_corpus,
+    load_queries,
+    open_dataset,
+    read_qrels,
+    read_run,
+    read_topics,
+    read_tsv_queries,
+    write_candidates,
+    write_qrels,
+    write_run,
 )
 from rerank.data.detect import iter_collection, read_queries
 from rerank.errors import DataError
@@ -151,7 +162,7 @@ def test_missing_files_and_folders(tmp_path):
     with pytest.raises(DataError, match="no such file"):
         load_queries(tmp_path / "nope.jsonl")
     with pytest.raises(DataError, match="not a BEIR folder"):
-        open_dataset(tmp_path).corpus_path
+        _ = open_dataset(tmp_path).corpus_path
     with pytest.raises(DataError, match="no qrels for split 'dev'"):
         open_dataset(shared("scifact")).qrels("dev")
 

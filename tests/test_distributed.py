@@ -14,8 +14,8 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO, shared
+
 from rerank.batch import read_inputs, rerank_to_file, stream_inputs
 from rerank.config import build_pipeline
 from rerank.data.detect import read_queries
@@ -46,6 +46,7 @@ def ray_cluster():
 def ray_job(tmp_path_factory, dl19, tiny_ce_path):
     """The BM25 top-10 of 16 DL19 queries, their docstore, and a cascade of two tiny cross-encoders."""
     from conftest import build_tiny_cross_encoder
+
     from rerank.data.detect import iter_collection
 
     root = tmp_path_factory.mktemp("ray-job")
@@ -207,7 +208,7 @@ def test_a_worker_node_killed_mid_job_and_the_job_completes(ray_cluster, ray_job
         try:
             outcome["result"] = rerank(root / "cascade.toml", _inputs(root, store), out, workers=2, batch_queries=1,
                                        progress=False)
-        except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
+        except BaseException as exc:
             outcome["error"] = exc
 
     thread = threading.Thread(target=run)

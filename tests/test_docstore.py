@@ -7,7 +7,6 @@ import os
 import pickle
 import threading
 from concurrent.futures import ProcessPoolExecutor
-from pathlib import Path
 
 import pytest
 

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import ir_measures
 import pytest
-
 from conftest import shared
+
 from rerank.data import read_qrels, read_run
 from rerank.errors import EvaluationError
 from rerank.evaluate import evaluate, parse_measures

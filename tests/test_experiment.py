@@ -8,12 +8,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import REPO, shared
 from scipy import stats
 
-from conftest import REPO, shared
 from rerank.config import ConfigError
 from rerank.errors import EvaluationError, RerankError
-from rerank.experiment import Experiment, ExpectationError, load_spec
+from rerank.experiment import ExpectationError, Experiment, load_spec
 from rerank.pipeline import Stage
 
 
@@ -174,7 +174,7 @@ def test_expected_scores_hold_and_fail_on_drift(result, workspace, capsys):
     capsys.readouterr()
     assert main(["experiment", str(drift), "--out", str(root / "drift"), "--no-progress"]) == 3
     err = capsys.readouterr().err
-    line = text.splitlines().index(next(l for l in text.splitlines() if l.startswith('"nDCG@10" ='))) + 1
+    line = text.splitlines().index(next(x for x in text.splitlines() if x.startswith('"nDCG@10" ='))) + 1
     assert "1 score(s) drifted" in err and f"drift.toml:{line}: ce nDCG@10 = {actual:.4f}, expected" in err
     assert "(off by -0.0100)" in err
     assert (root / "drift" / "results.md").exists()  # written before failing, to look at
@@ -211,7 +211,7 @@ def test_bad_configs_fail_before_anything_loads(workspace, monkeypatch, old, new
     assert old in text
     text = text.replace(old, new, 1)
     path = _write(root / "bad.toml", text)
-    line = next(i for i, l in enumerate(text.splitlines(), 1) if l.startswith(marker.split("]")[0]) or marker in l)
+    line = next(i for i, x in enumerate(text.splitlines(), 1) if x.startswith(marker.split("]")[0]) or marker in x)
     with pytest.raises(ConfigError, match=message) as caught:
         Experiment.from_config(path, progress=False)
     assert f"bad.toml:{line}" in str(caught.value)

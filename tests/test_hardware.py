@@ -4,8 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from rerank.hardware import (CpuFeatures, cgroup_cpu_limit, choose_precision, default_threads, parse_cpuinfo,
-                             physical_cores_of, resolve_precision)
+from rerank.hardware import (
+    CpuFeatures,
+    cgroup_cpu_limit,
+    choose_precision,
+    default_threads,
+    parse_cpuinfo,
+    physical_cores_of,
+    resolve_precision,
+)
 
 SAPPHIRE_RAPIDS = "fpu sse2 avx2 avx512f avx512bw avx512_vnni avx512_bf16 avx_vnni amx_bf16 amx_int8 amx_tile"
 ICE_LAKE = "fpu sse2 avx2 avx512f avx512bw avx512_vnni"

@@ -7,6 +7,8 @@ import math
 
 import pytest
 import torch
+from conftest import REPO
+from openai_server import Misbehaviour, OpenAITestServer
 
 from rerank.score.listwise import ListwiseReranker, PermutationRepairs, parse_permutation
 from rerank.score.llm import LLMError, TransformersLLM
@@ -14,9 +16,6 @@ from rerank.score.llm_http import OpenAICompatibleLLM
 from rerank.score.llm_pointwise import QueryLikelihood, YesNoRelevance
 from rerank.score.prp import PRP, LLMJudge, parse_choice
 from rerank.types import Candidates, Passage, Query
-
-from conftest import REPO
-from openai_server import Misbehaviour, OpenAITestServer
 
 REPO_PIPELINES = REPO / "experiments" / "pipelines"
 
@@ -244,9 +243,8 @@ def test_http_backend_retries_then_fails_clearly(tiny_llm):
         with pytest.raises(LLMError, match="refused the request: HTTP 400"):
             remote.generate(["hello"], 2)
         assert remote.retried == 0  # a client error is not retried
-    with OpenAITestServer(tiny_llm, Misbehaviour(malformed=True)) as url:
-        with pytest.raises(LLMError, match="not JSON"):
-            OpenAICompatibleLLM(url).generate(["hello"], 2)
+    with OpenAITestServer(tiny_llm, Misbehaviour(malformed=True)) as url, pytest.raises(LLMError, match="not JSON"):
+        OpenAICompatibleLLM(url).generate(["hello"], 2)
     with pytest.raises(LLMError, match="connection failed"):
         OpenAICompatibleLLM("http://127.0.0.1:9", retries=0).generate(["hello"], 2)
 
@@ -288,6 +286,7 @@ def test_http_backend_serving_smollm2_gives_the_local_ranking(smollm2, dl19_batc
 
 def test_cli_reranks_a_trec_run_with_an_llm_stage(tiny_llm_path, dl19, tmp_path, capsys):
     from conftest import shared
+
     from rerank.cli import main
     from rerank.config import parse_config
     from rerank.data import read_run

@@ -214,7 +214,7 @@ def test_stage_kinds_are_unique_and_objects_are_written_by_reference(indexes):
     from rerank.retrieve import BM25Index
 
     with pytest.raises(TypeError, match="stage kind 'bm25' is taken by rerank.score.bm25.BM25Scorer"):
-        class Clash(Scorer, kind="bm25"):  # noqa: F841
+        class Clash(Scorer, kind="bm25"):
             def score_pairs(self, batch):
                 return [], Work()
     root, bm25, _, _ = indexes

@@ -16,12 +16,12 @@ import numpy as np
 import pytest
 
 from rerank import hardware
-from rerank.precision import (Agreement, Tolerance, calibration_pairs, compare, settle_precision)
+from rerank.precision import Agreement, Tolerance, calibration_pairs, compare, settle_precision
 
-AMX = hardware.CpuFeatures(frozenset("avx2 avx512f avx512_bf16 amx_bf16 amx_int8 avx512_vnni".split()), "AVX512",
+AMX = hardware.CpuFeatures(frozenset(["avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_int8", "avx512_vnni"]), "AVX512",
                            "simulated Sapphire Rapids")
-VNNI_ONLY = hardware.CpuFeatures(frozenset("avx2 avx512f avx512_vnni".split()), "AVX512", "simulated Ice Lake")
-AVX2 = hardware.CpuFeatures(frozenset("avx avx2 fma".split()), "AVX2", "simulated EPYC Zen 2")
+VNNI_ONLY = hardware.CpuFeatures(frozenset(["avx2", "avx512f", "avx512_vnni"]), "AVX512", "simulated Ice Lake")
+AVX2 = hardware.CpuFeatures(frozenset(["avx", "avx2", "fma"]), "AVX2", "simulated EPYC Zen 2")
 
 
 @pytest.fixture
@@ -143,9 +143,9 @@ def tiny_cross_encoder(folder: Path, *, bias: float) -> Path:
     """A 2-layer random BERT cross-encoder whose logit is ``bias`` plus a term of about 1e-3: in
     bf16 (8 significant bits) every score near 100 rounds to the same value."""
     import torch
+    from transformers import AutoModelForSequenceClassification
 
     from tests.conftest import build_tiny_cross_encoder
-    from transformers import AutoModelForSequenceClassification
 
     build_tiny_cross_encoder(folder, num_labels=1, seed=1)
     net = AutoModelForSequenceClassification.from_pretrained(folder)
@@ -252,7 +252,7 @@ def test_rerank_cli_precision_flag_reaches_the_trace(tmp_path, cache, on_cpu, ca
 
 def test_serve_table_precision(tmp_path, cache, on_cpu):
     from rerank.serve import load_service
-    from rerank.serve.settings import SettingsError, ServeSettings
+    from rerank.serve.settings import ServeSettings, SettingsError
 
     on_cpu(AVX2)
     folder = tiny_cross_encoder(tmp_path / "ce", bias=0.0)
@@ -370,6 +370,7 @@ def test_a_bf16_training_run_says_how_it_computed(tmp_path, train_like):
 def train_like(tmp_path):
     """A tiny cross-encoder and two training groups of constructed texts."""
     from conftest import build_tiny_cross_encoder
+
     from rerank.train.data import TrainingGroup
     from rerank.types import Passage, Query
 

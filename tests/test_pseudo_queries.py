@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 
 from rerank.train.pseudo import PseudoQuery, clean_query, ict_queries, round_trip_filter, sentences, usable_query
-from rerank.types import Passage
 
 
 def test_sentences_split_on_full_stops_before_a_capital_or_digit():

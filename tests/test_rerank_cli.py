@@ -9,8 +9,8 @@ import sys
 import time
 
 import pytest
-
 from conftest import REPO, shared
+
 from rerank.cli import main
 from rerank.data import read_run
 from rerank.data.trec import ranked_items

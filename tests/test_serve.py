@@ -15,8 +15,16 @@ import httpx
 import pytest
 
 from rerank.pipeline import Scorer, Stage, Work
-from rerank.serve import (RemoteReranker, RerankClient, RerankServer, ServeSettings, ServiceError,
-                          ServiceRequestError, SettingsError, check_servable)
+from rerank.serve import (
+    RemoteReranker,
+    RerankClient,
+    RerankServer,
+    ServeSettings,
+    ServiceError,
+    ServiceRequestError,
+    SettingsError,
+    check_servable,
+)
 from rerank.serve.fuzz import malformed_requests
 from rerank.serve.protocol import sigmoid
 from rerank.types import Candidates

@@ -65,9 +65,10 @@ def test_mismatched_queries_are_refused():
 
 
 def test_real_dl19_runs_against_bm25(dl19):
+    from conftest import shared
+
     from rerank.data import read_run
     from rerank.evaluate import evaluate
-    from conftest import shared
 
     _, _, bm25, qrels = dl19
     runs = {"bm25": bm25, **{name: read_run(shared("trec-dl-2019", "runs", f"{name}.trec"))

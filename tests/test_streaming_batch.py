@@ -5,8 +5,8 @@ from __future__ import annotations
 import random
 
 import pytest
-
 from conftest import shared
+
 from rerank.batch import Inputs, read_inputs, rerank_to_file, stream_inputs
 from rerank.cli import main
 from rerank.data import read_run

@@ -11,13 +11,30 @@ import math
 import numpy as np
 import pytest
 import torch
-
 from conftest import build_tiny_cross_encoder, build_tiny_masked_lm
+
 from rerank.errors import DataError
-from rerank.train import (Curriculum, TeacherScore, TrainConfig, TrainingError, TrainingGroup, Triple, add_scores,
-                          dev_set, distill, group_triples, mine_triples, read_teacher_scores, read_triples,
-                          score_triples, split_dev, train_cross_encoder, write_teacher_scores, write_triples)
-from rerank.train import losses
+from rerank.train import (
+    Curriculum,
+    TeacherScore,
+    TrainConfig,
+    TrainingError,
+    TrainingGroup,
+    Triple,
+    add_scores,
+    dev_set,
+    distill,
+    group_triples,
+    losses,
+    mine_triples,
+    read_teacher_scores,
+    read_triples,
+    score_triples,
+    split_dev,
+    train_cross_encoder,
+    write_teacher_scores,
+    write_triples,
+)
 from rerank.train.teacher import cache_path
 from rerank.train.trainer import CHECKPOINTS, TRAINING_FILE
 from rerank.types import batch_to_run

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from conftest import build_tiny_cross_encoder, shared
+
 from rerank.cli import main
 from rerank.data import read_run
 from rerank.train import read_teacher_scores, read_triples

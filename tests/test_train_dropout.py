@@ -12,8 +12,16 @@ import json
 import pytest
 import torch
 
-from rerank.train.dropout import (ATTENTION, FastDropout, attention, drop_mask, dropout_mask, fast_dropout,
-                                  keep_weights, use_fast_dropout)
+from rerank.train.dropout import (
+    ATTENTION,
+    FastDropout,
+    attention,
+    drop_mask,
+    dropout_mask,
+    fast_dropout,
+    keep_weights,
+    use_fast_dropout,
+)
 
 
 def test_masks_keep_one_minus_p_and_follow_the_seed():

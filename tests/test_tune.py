@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-
 from dataclasses import asdict
 
 import numpy as np

@@ -7,10 +7,17 @@ import json
 import numpy as np
 import pytest
 import torch
-
 from conftest import build_tiny_cross_encoder
-from rerank.train import MiningStats, TeacherScore, TrainConfig, TrainingError, group_triples, mine_triples
-from rerank.train import train_cross_encoder
+
+from rerank.train import (
+    MiningStats,
+    TeacherScore,
+    TrainConfig,
+    TrainingError,
+    group_triples,
+    mine_triples,
+    train_cross_encoder,
+)
 from rerank.train.trainer import TRAINING_FILE
 
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from rerank.data import open_dataset  # noqa: E402
-from rerank.types import Passage, Qrels, Query  # noqa: E402
+from rerank.data import open_dataset
+from rerank.types import Passage, Qrels, Query
 
 
 def scifact_workload(quick: bool, n_queries: int = 30, n_docs: int = 300) -> tuple[list[Passage], list[Query], Qrels]:
@@ -53,7 +53,7 @@ class CpuSteal:
             return None
         return [int(x) for x in fields[1:]] if fields and fields[0] == "cpu" and len(fields) > 8 else None
 
-    def start(self) -> "CpuSteal":
+    def start(self) -> CpuSteal:
         """Start (again) counting from now."""
         self.began = self._read()
         return self

@@ -148,8 +148,8 @@ def main() -> None:
     overlap = []
     for qid in dict.fromkeys(pair_qids):
         rows_q = [i for i, q in enumerate(pair_qids) if q == qid]
-        top = lambda s: set(np.array(rows_q)[np.argsort(-s[rows_q], kind="stable")[:10]])  # noqa: E731
-        overlap.append(len(top(our_scores) & top(int8_scores)) / 10)
+        tops = [set(np.array(rows_q)[np.argsort(-s[rows_q], kind="stable")[:10]]) for s in (our_scores, int8_scores)]
+        overlap.append(len(tops[0] & tops[1]) / 10)
     ratio = (len(pairs) / our_s) / (len(pairs) / peer_s)
     int8_ratio = (len(pairs) / int8_s) / (len(pairs) / peer_s)
     onnx_ratio = peer_s / median["onnx"]

@@ -20,7 +20,7 @@ from __future__ import annotations
 import argparse
 
 import numpy as np
-from _common import run_per_query, machine, print_json, print_table
+from _common import machine, print_json, print_table, run_per_query
 
 from rerank.cascade.idcm import IntraDocumentCascade, split_windows
 from rerank.data import open_dataset

@@ -52,7 +52,7 @@ from _common import CpuSteal, dl19_workload, machine, print_json, print_table
 from rerank.evaluate import evaluate
 from rerank.hardware import choose_precision, cpu_features
 from rerank.precision import BATCH_SHAPES, BatchShape
-from rerank.types import Candidates, Passage, Query, sort_candidates
+from rerank.types import Candidates, sort_candidates
 
 REPO = Path(__file__).resolve().parents[2]
 PRECISIONS = ("fp32", "bf16", "int8")

@@ -81,7 +81,7 @@ class Server:
         self.process = subprocess.Popen([sys.executable, "-m", "rerank.cli", "serve", "--pipeline", str(config),
                                          "--log-level", "warning"], env=env, stderr=subprocess.DEVNULL)
 
-    def wait_ready(self) -> "Server":
+    def wait_ready(self) -> Server:
         """Block until ``/health`` answers 200 (the model is loaded)."""
         deadline = time.monotonic() + 120
         while True:

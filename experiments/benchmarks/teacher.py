@@ -106,12 +106,13 @@ class Bench:
 
     def indexes(self, name: str) -> Path:
         """bm25/, dense/ and splade/ indexes of ``name`` (built once)."""
-        from rerank.retrieve.build import build_index
+        from rerank.retrieve.build import build_index, kind_parameters
 
         root = (self.workdir / "indexes" / name) if self.quick else (REPO / "indexes" / name)
         for kind in ("bm25", "dense", "splade"):
             if not (root / kind).exists():
-                build_index(self.dataset_folder(name), root / kind, kind, precision="fp32")
+                options = {"precision": "fp32"} if "precision" in kind_parameters(kind) else {}
+                build_index(self.dataset_folder(name), root / kind, kind, **options)
         return root
 
     def test_batch(self, name: str, depth: int = 100) -> tuple[list[Candidates], dict]:
@@ -502,7 +503,7 @@ def main() -> None:
             figures.update(bench.result(part, args.redo, lambda: part_scifact(bench)))
         elif part == "student":
             scifact = bench.result("scifact", False, lambda: part_scifact(bench))
-            figures.update(bench.result(part, args.redo, lambda: part_student(bench, scifact)))
+            figures.update(bench.result(part, args.redo, lambda scifact=scifact: part_student(bench, scifact)))
         elif part == "dl19":
             figures.update(bench.result(part, args.redo, lambda: part_dl19(bench)))
         elif part == "init":
@@ -511,7 +512,7 @@ def main() -> None:
             figures.update(bench.result(part, args.redo, lambda: part_curriculum(bench)))
         elif part.startswith("adapt-"):
             name = part.split("-", 1)[1]
-            figures.update(bench.result(part, args.redo, lambda: part_adapt(bench, name)))
+            figures.update(bench.result(part, args.redo, lambda name=name: part_adapt(bench, name)))
         else:
             parser.error(f"unknown part {part!r}")
         print(f"({part}: {time.perf_counter() - began:.0f}s)")

@@ -34,9 +34,9 @@ import time
 from pathlib import Path
 
 import numpy as np
+from _common import machine, print_json, print_table
 from scipy.stats import ttest_rel
 from transformers import AutoTokenizer
-from _common import machine, print_json, print_table
 
 from rerank.cascade.idcm import IntraDocumentCascade, split_windows
 from rerank.data import open_dataset, read_run, write_run
@@ -45,8 +45,19 @@ from rerank.fusion import fuse_results as fuse
 from rerank.retrieve import BM25Index, DenseIndex
 from rerank.score import CrossEncoder
 from rerank.score.bm25 import BM25Scorer
-from rerank.train import (Curriculum, TrainConfig, add_scores, dev_set, distill, group_triples, mine_triples,
-                          score_triples, split_dev, train_cross_encoder, write_triples)
+from rerank.train import (
+    Curriculum,
+    TrainConfig,
+    add_scores,
+    dev_set,
+    distill,
+    group_triples,
+    mine_triples,
+    score_triples,
+    split_dev,
+    train_cross_encoder,
+    write_triples,
+)
 from rerank.train.trainer import TRAINING_FILE
 from rerank.types import Candidates, Passage, batch_to_run, sort_candidates
 

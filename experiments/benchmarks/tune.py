@@ -101,7 +101,7 @@ class Probe:
         return float(np.mean(timings)) / self.baseline
 
     @classmethod
-    def of(cls, result, template, grid, first: Candidates) -> "Probe":
+    def of(cls, result, template, grid, first: Candidates) -> Probe:
         """The probe of a tuning ``result`` whose warm-up began with ``first``."""
         return cls(bind(template, {name: min(values) for name, values in grid.items()}), first,
                    result.cost_model.reference_ms)

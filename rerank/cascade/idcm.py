@@ -66,8 +66,11 @@ class IntraDocumentCascade(Stage, kind="idcm"):
                 student_in = [Candidates(c.query, [w for doc in per_query if len(doc) > self.top_p for w in doc],
                                          [0.0] * sum(len(doc) for doc in per_query if len(doc) > self.top_p))
                               for c, per_query in zip(batch, windows)]
+                student = self.student
+                if student is None:
+                    raise ValueError("top_p needs a student")
                 with Stopwatch() as watch:
-                    judged = self.student(student_in)
+                    judged = student(student_in)
                 scoring += watch.seconds
                 for qi, (per_query, result) in enumerate(zip(windows, judged)):
                     rank = {p.id: r for r, p in enumerate(result.passages)}
@@ -91,8 +94,9 @@ class IntraDocumentCascade(Stage, kind="idcm"):
                               for di, picks in enumerate(chosen[qi])]
                 ranked = sort_candidates(c.query, list(c.passages), doc_scores)
                 trace = list(c.trace)
-                if student_costs[qi] is not None:
-                    trace.append(replace(student_costs[qi], stage=f"{self.name}/student"))
+                student_cost = student_costs[qi]
+                if student_cost is not None:
+                    trace.append(replace(student_cost, stage=f"{self.name}/student"))
                 if result.trace:
                     trace.append(replace(result.trace[-1], stage=f"{self.name}/teacher"))
                 ranked.trace = trace

@@ -18,7 +18,9 @@ def open_binary(path: str | Path) -> IO[bytes]:
     path = Path(path)
     if not path.is_file():
         raise DataError(path, None, "no such file")
-    return gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")
+    if path.suffix == ".gz":
+        return gzip.GzipFile(path, "rb")  # type: ignore[return-value]  # a GzipFile reads as IO[bytes]
+    return open(path, "rb")
 
 
 def _decode(path: str | Path, number: int, raw: bytes) -> str:

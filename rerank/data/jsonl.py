@@ -33,7 +33,9 @@ def _parse(line: str, dropped: list[str] | None = None) -> Candidates:
     raw = obj["candidates"]
     if not isinstance(raw, list):
         raise TypeError("'candidates' must be a list")
-    passages, scores, seen = [], [], {}
+    passages: list[Passage] = []
+    scores: list[float] = []
+    seen: dict[str, int] = {}
     for i, cand in enumerate(raw):
         if not isinstance(cand, dict):
             raise TypeError(f"candidate {i} is not an object")
@@ -63,7 +65,7 @@ def iter_candidates(path: str | Path, *, skip_bad: bool = False) -> Iterator[Can
     ``skip_bad`` the first is kept and the repeats are dropped and counted in a warning."""
     dropped: list[str] = []
     parse = partial(_parse, dropped=dropped if skip_bad else None)
-    for number, candidates in parse_lines(path, parse, skip_bad=skip_bad, key=lambda c: c.query.id, what="query id"):
+    for _, candidates in parse_lines(path, parse, skip_bad=skip_bad, key=lambda c: c.query.id, what="query id"):
         yield candidates
     if dropped:
         log.warning("%s: dropped %d repeated candidate id(s) (kept the first); first: %s", path, len(dropped), dropped[0])

@@ -57,7 +57,9 @@ class RunGroups:
 
     def __iter__(self) -> Iterator[tuple[str, list[tuple[str, float]]]]:
         rows = self._grouped_rows() if self.grouped else self._rows_grouped_on_disk()
-        current, scores, first_line = None, {}, {}
+        current: str | None = None
+        scores: dict[str, float] = {}
+        first_line: dict[str, int] = {}
         for number, query_id, doc_id, score in rows:
             if query_id != current:
                 if current is not None:

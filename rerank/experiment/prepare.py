@@ -19,6 +19,7 @@ from typing import Any
 from rerank.config import ConfigError
 from rerank.registry import PREPARE_STEPS
 
+
 def step_function(step: str) -> Callable[..., Any]:
     """The function a step calls (registered with ``@PREPARE_STEPS.register(name)``)."""
     return PREPARE_STEPS.get(step)

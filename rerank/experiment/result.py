@@ -59,7 +59,7 @@ class Drift:
 class ExpectationError(RerankError):
     """Scores drifted past their tolerance; ``result`` holds the whole (already written) result."""
 
-    def __init__(self, result: "ExperimentResult", source: str = "") -> None:
+    def __init__(self, result: ExperimentResult, source: str = "") -> None:
         self.result = result
         where = f" (expected in {source})" if source else ""
         lines = [f"  {source}:{d.expectation.line}: {d}" if source and d.expectation.line else f"  {d}"

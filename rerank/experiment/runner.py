@@ -91,7 +91,7 @@ class Experiment:
 
     @classmethod
     def from_config(cls, path: str | Path, *, max_queries: int | None = None, only: Sequence[str] | None = None,
-                    progress: bool = True, prepare: bool = True, precision: str | None = None) -> "Experiment":
+                    progress: bool = True, prepare: bool = True, precision: str | None = None) -> Experiment:
         """Build the experiment a TOML config describes: check the config, read the data (checking
         the ids agree), run the ``[[prepare]]`` steps whose output is missing, then load the
         models. ``only`` keeps some pipelines (and the baseline); ``max_queries`` the first N;
@@ -111,7 +111,7 @@ class Experiment:
 
     @classmethod
     def from_spec(cls, spec: ExperimentSpec, inputs, qrels: Qrels, *, progress: bool = True,
-                  precision: str | None = None) -> "Experiment":
+                  precision: str | None = None) -> Experiment:
         """Build the pipelines of a checked spec (stages shared between them, so each model loads
         once) over inputs already read."""
         from rerank.config import build_pipeline

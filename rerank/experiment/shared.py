@@ -46,7 +46,7 @@ def _run(stage: Stage, batch: list[Candidates], cache: dict, prefix: str) -> tup
     if key not in cache:
         if isinstance(stage, Cutoff):
             inner, _ = _run(stage.stage, batch, cache, prefix)
-            cache[key] = [c.top(stage.k) for c in inner]
+            cache[key] = [c.top(stage.size()) for c in inner]
         elif isinstance(stage, Fusion):
             cache[key] = stage.combine(batch, [_run(b, batch, cache, prefix)[0] for b in stage.branches])
         else:

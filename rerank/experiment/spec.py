@@ -194,7 +194,7 @@ def _typed(value: Any, kind: type | tuple, where: str, what: str) -> Any:
 T = TypeVar("T", bound=_Table)
 
 
-def _table(model: type[T], value: Any, at: "_Locator", table: str) -> T:
+def _table(model: type[T], value: Any, at: _Locator, table: str) -> T:
     """``[table]`` validated by ``model`` (pydantic); the first problem becomes a
     :class:`ConfigError` naming the file, the line and, for an unknown key, the likely one."""
     _typed(value, dict, at.at(table), f"[{table}]")
@@ -226,7 +226,8 @@ def load_spec(path: str | Path, *, check_files: bool = True) -> ExperimentSpec:
     _known(data, _TOP, source)
 
     dataset = _table(DatasetTable, data.get("dataset", {}), at, "dataset")
-    files = {key: getattr(dataset, key) or dataset.beir for key in ("corpus", "queries", "qrels")}
+    files: dict[str, str] = {key: getattr(dataset, key) or dataset.beir  # type: ignore[misc]  # one is set
+                             for key in ("corpus", "queries", "qrels")}
     for key, value in files.items():
         if value is None:
             raise ConfigError(f"{at.at('dataset')}: needs beir = <BEIR folder or bundled name>, or {key} = <file>")
@@ -308,8 +309,8 @@ def load_spec(path: str | Path, *, check_files: bool = True) -> ExperimentSpec:
                 score, tol = value.get("score"), value.get("tolerance", evaluation.tolerance)
             else:
                 score, tol = value, evaluation.tolerance
-            _typed(score, (int, float), where, "the expected score")
-            _typed(tol, (int, float), where, "the tolerance")
+            score = _typed(score, (int, float), where, "the expected score")
+            tol = _typed(tol, (int, float), where, "the tolerance")
             expected.append(Expectation(pipeline, measure, float(score), float(tol), at.line(f"expected.{pipeline}", measure)))
 
     if check_files:

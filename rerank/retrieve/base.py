@@ -11,7 +11,7 @@ from typing import Any, ClassVar
 from rerank.errors import EmptyQueryError
 from rerank.types import Candidates, Passage, Query
 
-_INDEX_KINDS: dict[str, type["Index"]] = {}
+_INDEX_KINDS: dict[str, type[Index]] = {}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,7 +39,7 @@ class Index(ABC):
     Parameters: ClassVar[type] = NoParameters
     """The typed build parameters of this kind (a frozen dataclass of :func:`parameter` fields):
     what ``build_index``, experiment ``[[prepare]]`` steps and ``rerank index`` flags take."""
-    passages: list[Passage]
+    passages: Sequence[Passage]
     folder: Path | None = None
 
     def __init_subclass__(cls, kind: str = "", **options: Any) -> None:
@@ -50,16 +50,16 @@ class Index(ABC):
 
     @classmethod
     @abstractmethod
-    def build(cls, passages, *args: Any, **kwargs: Any) -> "Index":
+    def build(cls, passages, *args: Any, **kwargs: Any) -> Index:
         """Index ``passages`` (an iterable of :class:`~rerank.types.Passage`, ids unique)."""
 
     @classmethod
-    def build_from(cls, passages: Iterable[Passage], parameters: Any, *, progress: bool = True) -> "Index":
+    def build_from(cls, passages: Iterable[Passage], parameters: Any, *, progress: bool = True) -> Index:
         """Index ``passages`` with this kind's :attr:`Parameters` (what :func:`build_index` calls)."""
         return cls.build(passages, **dataclasses.asdict(parameters), progress=progress)
 
     @abstractmethod
-    def search(self, queries: Sequence[Query], k: int = 100, **options: Any) -> list[Candidates]:
+    def search(self, queries: Sequence[Query], k: int = 100) -> list[Candidates]:
         """The top ``k`` passages per query, best first, under the tie rule of :mod:`rerank.order`."""
 
     @abstractmethod
@@ -68,7 +68,7 @@ class Index(ABC):
 
     @classmethod
     @abstractmethod
-    def load(cls, folder: str | Path, *, verify: bool = True, **options: Any) -> "Index":
+    def load(cls, folder: str | Path, *, verify: bool = True) -> Index:
         """Load an index written by :meth:`save`, checking its manifest and checksums first."""
 
     def __len__(self) -> int:

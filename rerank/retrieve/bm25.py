@@ -26,7 +26,11 @@ from rerank.order import top_k_positions
 from rerank.retrieve.base import Index, check_search, parameter
 from rerank.retrieve.docstore import open_index_passages, store_for_index, take_passages
 from rerank.retrieve.store import (
-    corpus_fingerprint, library_versions, read_manifest, unique_passages, write_manifest,
+    corpus_fingerprint,
+    library_versions,
+    read_manifest,
+    unique_passages,
+    write_manifest,
 )
 from rerank.tokenize import Tokenizer
 from rerank.types import Candidates, Passage, Query
@@ -73,6 +77,9 @@ class BM25Params:
 class _Backend(Protocol):
     name: str
 
+    @classmethod
+    def build(cls, tokens: list[list[str]], params: BM25Params, progress: bool) -> _Backend: ...
+
     def scores(self, query_tokens: list[str]) -> np.ndarray: ...
 
     def save(self, folder: Path) -> None: ...
@@ -86,7 +93,7 @@ class _Bm25sBackend:
         self.vocab = retriever.vocab_dict
 
     @classmethod
-    def build(cls, tokens: list[list[str]], params: BM25Params, progress: bool) -> "_Bm25sBackend":
+    def build(cls, tokens: list[list[str]], params: BM25Params, progress: bool) -> _Bm25sBackend:
         import logging
 
         import bm25s
@@ -110,7 +117,7 @@ class _Bm25sBackend:
         self.retriever.save(folder / "bm25s", show_progress=False)
 
     @classmethod
-    def load(cls, folder: Path, mmap: bool) -> "_Bm25sBackend":
+    def load(cls, folder: Path, mmap: bool) -> _Bm25sBackend:
         import bm25s
 
         retriever = bm25s.BM25.load(folder / "bm25s", mmap=mmap, show_progress=False)
@@ -149,7 +156,7 @@ class _RankBm25Backend:
         self.tokens = tokens
 
     @classmethod
-    def build(cls, tokens: list[list[str]], params: BM25Params, progress: bool) -> "_RankBm25Backend":
+    def build(cls, tokens: list[list[str]], params: BM25Params, progress: bool) -> _RankBm25Backend:
         klass = _rank_bm25_class(params)
         kwargs = {"k1": params.k1, "b": params.b}
         if params.method in ("bm25l", "bm25+"):
@@ -171,7 +178,7 @@ class _RankBm25Backend:
             return [json.loads(line) for line in fh]
 
 
-BACKENDS = {"bm25s": _Bm25sBackend, "rank-bm25": _RankBm25Backend}
+BACKENDS: dict[str, type[_Backend]] = {"bm25s": _Bm25sBackend, "rank-bm25": _RankBm25Backend}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -199,7 +206,7 @@ class BM25Index(Index, kind=KIND):
 
     Parameters = BM25BuildParameters
 
-    def __init__(self, passages: list[Passage], tokenizer: Tokenizer, params: BM25Params,
+    def __init__(self, passages: Sequence[Passage], tokenizer: Tokenizer, params: BM25Params,
                  backend: _Backend, fingerprint: str) -> None:
         self.passages = passages
         self.tokenizer = tokenizer
@@ -214,7 +221,7 @@ class BM25Index(Index, kind=KIND):
 
     @classmethod
     def build(cls, passages: Iterable[Passage], *, tokenizer: Tokenizer | None = None,
-              params: BM25Params | None = None, backend: str = "bm25s", progress: bool = True) -> "BM25Index":
+              params: BM25Params | None = None, backend: str = "bm25s", progress: bool = True) -> BM25Index:
         """Tokenize ``passages`` (title + text) and index them with ``backend``."""
         if backend not in BACKENDS:
             raise ValueError(f"unknown BM25 backend {backend!r}; choose from {sorted(BACKENDS)}")
@@ -227,7 +234,7 @@ class BM25Index(Index, kind=KIND):
 
     @classmethod
     def build_from(cls, passages: Iterable[Passage], parameters: BM25BuildParameters, *,
-                   progress: bool = True) -> "BM25Index":
+                   progress: bool = True) -> BM25Index:
         """Index ``passages`` as ``parameters`` say (the tokenizer of :func:`tokenizer_for`)."""
         p = parameters
         return cls.build(passages, tokenizer=tokenizer_for(p.language, p.chinese, p.stopwords, p.stemmer),
@@ -292,7 +299,7 @@ class BM25Index(Index, kind=KIND):
         return folder
 
     @classmethod
-    def load(cls, folder: str | Path, *, verify: bool = True, mmap: bool = False, precision: str = "auto") -> "BM25Index":
+    def load(cls, folder: str | Path, *, verify: bool = True, mmap: bool = False, precision: str = "auto") -> BM25Index:
         """Load an index written by :meth:`save`, checking its manifest and files first
         (``precision`` is accepted for symmetry with model indexes: BM25 has no model)."""
         folder = Path(folder)
@@ -301,6 +308,7 @@ class BM25Index(Index, kind=KIND):
             tokenizer = Tokenizer.from_dict(manifest["tokenizer"])
             params = BM25Params(**manifest["params"])
             passages = open_index_passages(folder, manifest, verify=verify)
+            engine: _Backend
             if manifest["backend"] == "bm25s":
                 engine = _Bm25sBackend.load(folder, mmap=mmap)
             else:

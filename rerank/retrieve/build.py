@@ -11,7 +11,6 @@ from typing import Any
 from rerank.errors import BadIndexError, RerankError
 from rerank.registry import PREPARE_STEPS
 from rerank.retrieve.base import Index, build_parameters, index_kinds
-from rerank.retrieve.bm25 import tokenizer_for
 from rerank.retrieve.docstore import DEFAULT_NAME, DocStore
 from rerank.retrieve.store import corpus_fingerprint
 
@@ -52,6 +51,12 @@ def build_index(corpus: str | Path, out: str | Path, kind: str = "bm25", *, skip
     index = index_kinds()[kind].build_from(passages, chosen, progress=progress)
     index.save(out)
     return index
+
+
+def kind_parameters(kind: str) -> list[str]:
+    """The build parameters ``kind`` takes (none for a docstore)."""
+    cls = index_kinds().get(kind)
+    return [f.name for f in dataclasses.fields(cls.Parameters)] if cls is not None else []
 
 
 def _index_options() -> list[str]:

@@ -21,7 +21,11 @@ from rerank.precision import CHOICES
 from rerank.retrieve.base import Index, check_search, parameter
 from rerank.retrieve.docstore import open_index_passages, store_for_index, take_passages
 from rerank.retrieve.store import (
-    corpus_fingerprint, library_versions, read_manifest, unique_passages, write_manifest,
+    corpus_fingerprint,
+    library_versions,
+    read_manifest,
+    unique_passages,
+    write_manifest,
 )
 from rerank.types import Candidates, Passage, Query
 
@@ -75,7 +79,7 @@ class DenseIndex(Index, kind=KIND):
 
     Parameters = DenseBuildParameters
 
-    def __init__(self, passages: list[Passage], encoder: BiEncoder | str, faiss_index, embeddings: np.ndarray,
+    def __init__(self, passages: Sequence[Passage], encoder: BiEncoder | str, faiss_index, embeddings: np.ndarray,
                  factory: str, fingerprint: str, encoder_settings: dict | None = None,
                  precision: dict | None = None) -> None:
         self.passages = passages
@@ -108,7 +112,7 @@ class DenseIndex(Index, kind=KIND):
 
     @classmethod
     def build_from(cls, passages: Iterable[Passage], parameters: DenseBuildParameters, *,
-                   progress: bool = True) -> "DenseIndex":
+                   progress: bool = True) -> DenseIndex:
         """Index ``passages`` as ``parameters`` say."""
         p = parameters
         return cls.build(passages, p.model, factory=p.factory, batch_size=p.batch_size, precision=p.precision,
@@ -116,7 +120,7 @@ class DenseIndex(Index, kind=KIND):
 
     @classmethod
     def build(cls, passages: Iterable[Passage], encoder: BiEncoder | str = "minilm-l6", *, factory: str = "Flat",
-              batch_size: int = 64, precision: str = "auto", progress: bool = True) -> "DenseIndex":
+              batch_size: int = 64, precision: str = "auto", progress: bool = True) -> DenseIndex:
         """Encode ``passages`` (title + text) and index the vectors with FAISS ``factory``;
         ``precision`` applies when ``encoder`` is a name (see :class:`~rerank.encode.BiEncoder`)
         and is written in the manifest."""
@@ -128,8 +132,8 @@ class DenseIndex(Index, kind=KIND):
         return cls.from_vectors(passages, encoder, vectors, factory=factory)
 
     @classmethod
-    def from_vectors(cls, passages: list[Passage], encoder: BiEncoder | str, vectors: np.ndarray, *,
-                     factory: str = "Flat") -> "DenseIndex":
+    def from_vectors(cls, passages: Sequence[Passage], encoder: BiEncoder | str, vectors: np.ndarray, *,
+                     factory: str = "Flat") -> DenseIndex:
         """Index already-computed passage vectors (e.g. to try several FAISS factories)."""
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         if vectors.shape[0] != len(passages):
@@ -218,7 +222,7 @@ class DenseIndex(Index, kind=KIND):
 
     @classmethod
     def load(cls, folder: str | Path, *, verify: bool = True, encoder: BiEncoder | None = None,
-             precision: str = "auto") -> "DenseIndex":
+             precision: str = "auto") -> DenseIndex:
         """Load an index written by :meth:`save`; vectors are memory-mapped, the model loads lazily
         (in ``precision``, for queries; the manifest's ``precision`` says how passages were encoded)."""
         import faiss

@@ -59,14 +59,14 @@ class DocStore(Sequence[Passage]):
             raise BadIndexError(f"{folder}: {self._count()} passages stored, manifest says {self._size}")
 
     @classmethod
-    def load(cls, folder: str | Path, *, verify: bool = True) -> "DocStore":
+    def load(cls, folder: str | Path, *, verify: bool = True) -> DocStore:
         """Open the docstore in ``folder``, checking its manifest (and checksums unless
         ``verify=False``, which checks only sizes: for very large stores)."""
         return cls(folder, verify=verify)
 
     @classmethod
     def build(cls, passages: Iterable[Passage], folder: str | Path, *, progress: bool = True,
-              batch_size: int = 10_000) -> "DocStore":
+              batch_size: int = 10_000) -> DocStore:
         """Write ``passages`` (any iterable, streamed: never all in memory) to ``folder``
         atomically. A duplicate id or an empty collection is an error and leaves nothing behind."""
         folder = Path(folder)

@@ -13,8 +13,7 @@ from rerank.order import top_k_positions
 from rerank.precision import CHOICES
 from rerank.retrieve.base import Index, check_search, parameter
 from rerank.retrieve.docstore import open_index_passages, store_for_index, take_passages
-from rerank.retrieve.store import (corpus_fingerprint, library_versions, read_manifest,
-                                   unique_passages, write_manifest)
+from rerank.retrieve.store import corpus_fingerprint, library_versions, read_manifest, unique_passages, write_manifest
 from rerank.sparse_encode import SpladeEncoder
 from rerank.types import Candidates, Passage, Query
 
@@ -37,12 +36,12 @@ class SpladeIndex(Index, kind=KIND):
 
     @classmethod
     def build_from(cls, passages: Iterable[Passage], parameters: SpladeBuildParameters, *,
-                   progress: bool = True) -> "SpladeIndex":
+                   progress: bool = True) -> SpladeIndex:
         """Index ``passages`` as ``parameters`` say."""
         return cls.build(passages, parameters.splade_model, precision=parameters.precision, progress=progress)
 
 
-    def __init__(self, passages: list[Passage], encoder: SpladeEncoder | str, matrix, fingerprint: str,
+    def __init__(self, passages: Sequence[Passage], encoder: SpladeEncoder | str, matrix, fingerprint: str,
                  max_length: int = 256, precision: dict | None = None) -> None:
         self.passages = passages
         self._encoder = encoder
@@ -72,7 +71,7 @@ class SpladeIndex(Index, kind=KIND):
 
     @classmethod
     def build(cls, passages: Iterable[Passage], encoder: SpladeEncoder | str = "splade-tiny", *,
-              precision: str = "auto", progress: bool = True) -> "SpladeIndex":
+              precision: str = "auto", progress: bool = True) -> SpladeIndex:
         """Encode every passage (title + text); ``precision`` applies when ``encoder`` is a name
         and is written in the manifest."""
         passages = unique_passages(passages)
@@ -118,7 +117,7 @@ class SpladeIndex(Index, kind=KIND):
 
     @classmethod
     def load(cls, folder: str | Path, *, verify: bool = True, encoder: SpladeEncoder | None = None,
-             precision: str = "auto") -> "SpladeIndex":
+             precision: str = "auto") -> SpladeIndex:
         """Load an index written by :meth:`save`; the model loads on the first query, in
         ``precision`` (the manifest's ``precision`` says how passages were encoded)."""
         import scipy.sparse as sp

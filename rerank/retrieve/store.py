@@ -64,7 +64,7 @@ def unique_passages(passages: Iterable[Passage]) -> Sequence[Passage]:
     """The passages as a list (a stored collection, such as a docstore, as itself: its ids are
     unique by construction); a duplicate id or an empty collection is an error."""
     if isinstance(passages, StoredCollection):
-        return passages
+        return passages  # type: ignore[return-value]  # a stored collection is a Sequence[Passage]
     out, seen = [], set()
     for p in passages:
         if p.id in seen:

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from rerank.encode import BiEncoder
 from rerank.pipeline import Scorer, Work
-from rerank.types import Candidates
+from rerank.types import Candidates, Passage
 
 
 class BiEncoderScorer(Scorer, kind="bi-encoder"):
@@ -49,13 +50,13 @@ class BiEncoderScorer(Scorer, kind="bi-encoder"):
         self.batch_size = batch_size
         self.name = name or f"bi-encoder({self.model_name}{', cached' if index is not None else ''})"
 
-    def score_pairs(self, batch: Sequence[Candidates]) -> tuple[list[Sequence[float]], Work]:
+    def score_pairs(self, batch: Sequence[Candidates]) -> tuple[Sequence[Any], Work]:
         """Query vectors · passage vectors for every candidate."""
         calls_before = self.encoder.forward_calls
         query_vectors = self.encoder.encode_queries([c.query.text for c in batch], batch_size=self.batch_size)
         tokens = list(self.encoder.last_lengths)
         vectors: dict[str, np.ndarray] = {}
-        fresh = {}
+        fresh: dict[str, Passage] = {}
         rows = self.index.positions([p.id for c in batch for p in c.passages]) if self.index is not None else {}
         for c in batch:
             for p in c.passages:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from rerank.pipeline import Scorer, Work
 from rerank.types import Candidates
@@ -24,6 +25,6 @@ class BM25Scorer(Scorer, kind="bm25"):
         self.index = BM25Index.load(index) if isinstance(index, (str, Path)) else index
         self.name = name or "bm25-rescore"
 
-    def score_pairs(self, batch: Sequence[Candidates]) -> tuple[list[Sequence[float]], Work]:
+    def score_pairs(self, batch: Sequence[Candidates]) -> tuple[Sequence[Any], Work]:
         """BM25 score of every candidate, query by query."""
         return [self.index.score(c.query, c.ids) if len(c) else [] for c in batch], Work()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import warnings
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -163,10 +164,13 @@ class CrossEncoder(Scorer, kind="cross-encoder"):
         from rerank.precision import PrecisionChoice
 
         uses_types = "token_type_ids" in self.tokenizer.model_input_names
+        Runtime: type
         if backend == "onnx":
-            from rerank.score.onnx_runtime import OnnxClassifier as Runtime
+            from rerank.score.onnx_runtime import OnnxClassifier
+            Runtime = OnnxClassifier
         else:
-            from rerank.score.openvino_runtime import OpenVinoClassifier as Runtime
+            from rerank.score.openvino_runtime import OpenVinoClassifier
+            Runtime = OpenVinoClassifier
         chosen = "fp32" if precision == "auto" else precision
         reason = f"{chosen}: {backend} backend" + (" (its auto choice)" if precision == "auto" else "")
         extra = {"streams": self.streams} if backend == "openvino" else {}
@@ -199,8 +203,9 @@ class CrossEncoder(Scorer, kind="cross-encoder"):
         for text, ids in zip(unique, tok(unique, add_special_tokens=False)["input_ids"]):
             if len(ids) > budget // 2:
                 self.truncated_queries += 1
-                warnings.warn(f"a query of {len(ids)} tokens was cut to {budget // 2} to leave room for the passage")
-                fitted[text] = tok.decode(ids[: budget // 2])
+                warnings.warn(f"a query of {len(ids)} tokens was cut to {budget // 2} to leave room for the passage",
+                              stacklevel=2)
+                fitted[text] = str(tok.decode(ids[: budget // 2]))
         queries = [fitted.get(q, q) for q in queries]
         if self.windows == "first":
             return tok(list(queries), list(passages), truncation="only_second", max_length=self.max_length,
@@ -309,7 +314,7 @@ class CrossEncoder(Scorer, kind="cross-encoder"):
             return torch.softmax(logits, dim=-1)[:, 1]
         return logits[:, 1] - logits[:, 0]
 
-    def score_pairs(self, batch: Sequence[Candidates]) -> tuple[list[Sequence[float]], Work]:
+    def score_pairs(self, batch: Sequence[Candidates]) -> tuple[Sequence[Any], Work]:
         """Scores of every candidate of every query in one length-sorted run."""
         queries = [c.query.text for c in batch for _ in c.passages]
         texts = [p.full_text for c in batch for p in c.passages]

@@ -96,7 +96,7 @@ class Detection:
             (f": {self.reason}" if self.reason else "")
 
 
-def _read(folder: Path | None, hub_id: str | None, name: str, required: bool = False) -> str | None:
+def _read(folder: Path | None, hub_id: str, name: str, required: bool = False) -> str | None:
     if folder is not None:
         path = folder / name
         if not path.is_file():
@@ -106,7 +106,7 @@ def _read(folder: Path | None, hub_id: str | None, name: str, required: bool = F
             from huggingface_hub import hf_hub_download
 
             path = Path(hf_hub_download(hub_id, name))
-        except Exception as exc:  # noqa: BLE001 - missing file, offline, unknown repo: all mean "not known"
+        except Exception as exc:
             if required:
                 raise ModelKindError(f"{hub_id}: cannot read its {name} ({type(exc).__name__}); it is neither a "
                                      "local folder nor a reachable Hugging Face model. Pass kind=... and a path, "
@@ -136,7 +136,7 @@ def front_matter(readme: str) -> dict[str, Any]:
         import yaml
 
         loaded = yaml.safe_load(match.group(1))
-    except Exception:  # noqa: BLE001 - a malformed card is read as having no front matter
+    except Exception:
         return {}
     return loaded if isinstance(loaded, dict) else {}
 

@@ -64,7 +64,7 @@ class ListwiseReranker(Scorer, kind="listwise"):
 
     loads_model = True
 
-    def __init__(self, llm: "LLM | str" = "smollm2-135m", *, window: int = 20, step: int = 10, full: bool = False,
+    def __init__(self, llm: LLM | str = "smollm2-135m", *, window: int = 20, step: int = 10, full: bool = False,
                  max_passage_tokens: int = 96, llm_options: dict[str, Any] | None = None,
                  name: str | None = None) -> None:
         if window < 2 or not 1 <= step <= window:
@@ -93,7 +93,7 @@ class ListwiseReranker(Scorer, kind="listwise"):
         return {"invented_ids": self.repairs.invented, "repeated_ids": self.repairs.repeated,
                 "missing_ids": self.repairs.missing, "truncated_passages": self.fit.truncated}
 
-    def score_pairs(self, batch: Sequence[Candidates]) -> tuple[list[list[float]], Work]:
+    def score_pairs(self, batch: Sequence[Candidates]) -> tuple[Sequence[Any], Work]:
         """Rank-based scores (``n`` for the best of ``n`` down to 1) in the input order, so the
         shared re-sort gives exactly the permutation the windows produced; the work is per query."""
         scores, seconds, calls, tokens, counters = [], [], [], [], []

@@ -26,8 +26,15 @@ from pathlib import Path
 
 from rerank.hardware import apply_threads
 from rerank.precision import calibration_pairs, prepare_model
-from rerank.score.llm_base import (LLM, LLMError, LLMUsage, _dequantized_gguf, load_tokenizer, render_prompt,
-                                   truncate_tokens)
+from rerank.score.llm_base import (
+    LLM,
+    LLMError,
+    LLMUsage,
+    _dequantized_gguf,
+    load_tokenizer,
+    render_prompt,
+    truncate_tokens,
+)
 from rerank.score.llm_http import OpenAICompatibleLLM
 
 LLM_CALIBRATION_PAIRS = 60  # 3 queries x 20 passages: an LLM forward costs more than an encoder's
@@ -57,7 +64,6 @@ class TransformersLLM:
     def __init__(self, model: str, *, batch_size: int = 8, max_context: int | None = None,
                  prefix_reuse: bool = True, min_shared_prefix: int = 16, threads: int | None = None,
                  device: str = "cpu", precision: str = "auto") -> None:
-        import torch
         import transformers
         from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
 
@@ -83,7 +89,7 @@ class TransformersLLM:
             config = AutoConfig.from_pretrained(path)
             self.seq2seq = bool(getattr(config, "is_encoder_decoder", False))
             loader = AutoModelForSeq2SeqLM if self.seq2seq else AutoModelForCausalLM
-            self.model = loader.from_pretrained(path).to(device).eval()
+            self.model = loader.from_pretrained(path).to(device).eval()  # type: ignore[arg-type]  # transformers types from_pretrained loosely
             self.tokenizer = AutoTokenizer.from_pretrained(path)
         except OSError as exc:
             raise LLMError(f"cannot load LLM {model!r} ({path}): {exc}") from None
@@ -298,7 +304,7 @@ _LOADED: dict[tuple, LLM] = {}
 _LOAD_LOCK = threading.Lock()
 
 
-def open_llm(spec: "str | LLM", **options) -> LLM:
+def open_llm(spec: str | LLM, **options) -> LLM:
     """An :class:`LLM` for ``spec``: an LLM object (returned as is), an ``http(s)://`` base URL of an
     OpenAI-compatible server (options go to :class:`~rerank.score.llm_http.OpenAICompatibleLLM`),
     or a short name, Hub id or path of a local model (options go to :class:`TransformersLLM`).

@@ -102,7 +102,7 @@ def _dequantized_gguf(folder: str, gguf: str) -> str:
     finally:
         transformers.logging.set_verbosity(verbosity)
     # The weights are plain tensors once dequantized; drop the GGUF marker so they can be saved.
-    model.hf_quantizer = None
+    model.hf_quantizer = None  # type: ignore[assignment]  # transformers types it as always present
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     target.parent.mkdir(parents=True, exist_ok=True)

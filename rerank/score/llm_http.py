@@ -87,7 +87,6 @@ class OpenAICompatibleLLM:
     # -- transport --------------------------------------------------------------------------
     def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         import httpx
-
         from tenacity import RetryError, Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
         url = f"{self.base_url}{path}"

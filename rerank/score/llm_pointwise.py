@@ -22,7 +22,7 @@ class _LLMPointwise(Scorer):
     pointwise = True  # a pair's score ignores the other candidates (cacheable)
     loads_model = True
 
-    def __init__(self, llm: "LLM | str" = "smollm2-135m", *, max_passage_tokens: int = 256,
+    def __init__(self, llm: LLM | str = "smollm2-135m", *, max_passage_tokens: int = 256,
                  llm_options: dict[str, Any] | None = None, name: str | None = None) -> None:
         if max_passage_tokens < 1:
             raise ValueError("max_passage_tokens must be at least 1")
@@ -30,7 +30,7 @@ class _LLMPointwise(Scorer):
         self.llm = open_llm(llm, **self.llm_options)
         self.max_passage_tokens = max_passage_tokens
         self.fit = FitStats()
-        self.name = name or self.kind
+        self.name = name or str(self.kind)
 
     def _prompts(self, cands: Candidates) -> list[str]:
         raise NotImplementedError
@@ -41,8 +41,9 @@ class _LLMPointwise(Scorer):
     def _score(self, logprobs: list[float]) -> float:
         raise NotImplementedError
 
-    def score_pairs(self, batch: Sequence[Candidates]) -> tuple[list[Sequence[float]], Work]:
-        scores, tokens = [], []
+    def score_pairs(self, batch: Sequence[Candidates]) -> tuple[Sequence[Any], Work]:
+        scores: list[list[float]] = []
+        tokens: list[int] = []
         calls_before = self.llm.usage.calls
         for cands in batch:
             if not len(cands):

@@ -66,6 +66,8 @@ def feeds_of(input_ids: np.ndarray, attention_mask: np.ndarray, token_type_ids: 
     """The inputs of one call by name."""
     feeds = {"input_ids": input_ids, "attention_mask": attention_mask}
     if uses_token_types:
+        if token_type_ids is None:
+            raise ValueError("this model takes token type ids, and none were given")
         feeds["token_type_ids"] = token_type_ids
     return feeds
 

@@ -19,7 +19,15 @@ from pathlib import Path
 
 import numpy as np
 
-from rerank.score.onnx_runtime import _model_key, cache_root, feeds_of, input_names, logits_module, publish, staging_folder
+from rerank.score.onnx_runtime import (
+    _model_key,
+    cache_root,
+    feeds_of,
+    input_names,
+    logits_module,
+    publish,
+    staging_folder,
+)
 
 INFERENCE_PRECISION = {"fp32": "f32", "bf16": "bf16"}
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from rerank.costs import Stopwatch
 from rerank.pipeline import Scorer, Work
@@ -122,7 +122,9 @@ class PairwiseJudgments:
         forward, backward = self.cache.get(self._key(a, b)), self.cache.get(self._key(b, a))
         if forward is None or backward is None:
             self.over_budget += 1
-            return 0.5 if forward is None and backward is None else (forward if backward is None else 1.0 - backward)
+            if forward is not None:
+                return forward
+            return 0.5 if backward is None else 1.0 - backward
         pair = frozenset((a.id, b.id))
         if pair not in self._seen_pairs:
             self._seen_pairs.add(pair)
@@ -168,7 +170,7 @@ def heapsort_top(judgments: PairwiseJudgments, passages: Sequence[Passage], k: i
     size = len(heap)
     for root in range(size // 2 - 1, -1, -1):
         sift_down(root, size)
-    top = []
+    top: list[int] = []
     while size and len(top) < k:
         top.append(heap[0])
         size -= 1
@@ -234,7 +236,7 @@ class PairwiseReranker(Scorer):
         self.last: list[PairwiseJudgments] = []
         self.last_stats: list[PairwiseStats] = []
 
-    def score_pairs(self, batch: Sequence[Candidates]) -> tuple[list[list[float]], Work]:
+    def score_pairs(self, batch: Sequence[Candidates]) -> tuple[Sequence[Any], Work]:
         """Rank-based scores (``n`` for the best of ``n`` down to 1) in the input order, so the
         shared re-sort gives exactly the order the judgments found; the work is per query."""
         from tqdm.auto import tqdm

@@ -54,7 +54,7 @@ class LLMJudge:
     context); cuts are counted in ``fit`` (once per passage and query).
     """
 
-    def __init__(self, llm: "LLM | str", *, mode: str = "scoring", max_passage_tokens: int = 128,
+    def __init__(self, llm: LLM | str, *, mode: str = "scoring", max_passage_tokens: int = 128,
                  max_new_tokens: int = 8) -> None:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
@@ -126,7 +126,7 @@ class PRP(PairwiseReranker, kind="prp"):
 
     loads_model = True
 
-    def __init__(self, llm: "LLM | str" = "smollm2-135m", *, method: str = "heapsort", top_k: int = 10,
+    def __init__(self, llm: LLM | str = "smollm2-135m", *, method: str = "heapsort", top_k: int = 10,
                  mode: str = "scoring", both_orders: bool = True, budget: int | None = None,
                  max_passage_tokens: int = 128, llm_options: dict[str, Any] | None = None,
                  progress: bool = False, name: str | None = None) -> None:

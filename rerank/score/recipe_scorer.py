@@ -19,7 +19,8 @@ from rerank.hardware import apply_threads
 from rerank.models import resolve
 from rerank.pipeline import Scorer, Work
 from rerank.precision import BATCH_SHAPES, calibration_pairs, prepare_model
-from rerank.score.recipes import Recipe, RecipeError, recipe as find_recipe
+from rerank.score.recipes import Recipe, RecipeError
+from rerank.score.recipes import recipe as find_recipe
 from rerank.types import Candidates
 
 CALIBRATION_PAIRS = 60
@@ -27,7 +28,7 @@ CALIBRATION_PAIRS = 60
 several times an encoder's, so it calibrates on the first 60 of the 200."""
 
 
-def choose_recipe(path: str, stage: str, given: "str | Recipe | Mapping[str, Any] | None") -> Recipe:
+def choose_recipe(path: str, stage: str, given: str | Recipe | Mapping[str, Any] | None) -> Recipe:
     """The recipe ``given`` (checked to be one ``stage`` runs) or, when ``None``, the one the
     model's own files name (:func:`rerank.score.detect.detect_model`)."""
     if given is None:
@@ -163,7 +164,7 @@ class RecipeScorer(Scorer):
     pointwise = True  # a pair's score ignores the other candidates (cacheable)
     loads_model = True
 
-    def __init__(self, model: str, *, recipe: "str | Recipe | Mapping[str, Any] | None" = None,
+    def __init__(self, model: str, *, recipe: str | Recipe | Mapping[str, Any] | None = None,
                  instruction: str | None = None, max_length: int | None = None, batch_size: int | None = None,
                  max_batch_tokens: int | None = None, precision: str = "auto", normalize: bool = False,
                  threads: int | None = None, device: str = "cpu", progress: bool = False,
@@ -218,7 +219,7 @@ class RecipeScorer(Scorer):
         sequences, _ = self.model.encode([q for q, _ in pairs], [p for _, p in pairs])
         return self.model.run(sequences, self._forward_logits, precision=self.precision)[0]
 
-    def score_pairs(self, batch: Sequence[Candidates]) -> tuple[list[Sequence[float]], Work]:
+    def score_pairs(self, batch: Sequence[Candidates]) -> tuple[Sequence[Any], Work]:
         """Scores of every candidate of every query in one length-sorted run."""
         queries = [c.query.text for c in batch for _ in c.passages]
         texts = [p.full_text for c in batch for p in c.passages]

@@ -45,6 +45,7 @@ from typing import Any
 from rerank.errors import RerankError
 
 LAYOUTS = ("whole", "split", "pair")
+_TUPLE_FIELDS = ("tokens", "model_types", "markers", "card_phrases", "hub_ids")
 SCORES = ("softmax", "difference", "logit", "classifier", "maxsim")
 PADDING_SIDES = ("left", "right")
 
@@ -117,25 +118,25 @@ class Recipe:
             if "{" + name + "}" not in text:
                 raise RecipeError(f"recipe {self.name}: template {text!r} lacks {{{name}}}")
 
-    def replace(self, **changes: Any) -> "Recipe":
+    def replace(self, **changes: Any) -> Recipe:
         """A copy with ``changes`` (any field), checked like a new recipe."""
         unknown = set(changes) - {f.name for f in fields(self)}
         if unknown:
             raise RecipeError(f"recipe {self.name}: no field {sorted(unknown)[0]!r}; fields are "
                               f"{', '.join(f.name for f in fields(self))}")
-        for key in ("tokens", "model_types", "markers", "card_phrases", "hub_ids"):
+        for key in _TUPLE_FIELDS:
             if key in changes:
                 changes[key] = tuple(changes[key])
         return replace(self, **changes)
 
-    def config_reference(self) -> "str | dict[str, Any]":
+    def config_reference(self) -> str | dict[str, Any]:
         """How a TOML config writes this recipe (:func:`config_form`)."""
         return config_form(self)
 
     def as_dict(self) -> dict[str, Any]:
         """Every field as plain data (for TOML, JSON and docs); fields left ``None`` are omitted."""
         out = {k: v for k, v in asdict(self).items() if v is not None}
-        for key in ("tokens", "model_types", "markers", "card_phrases", "hub_ids"):
+        for key in _TUPLE_FIELDS:
             out[key] = list(out[key])
         out["options"] = dict(self.options)
         return out
@@ -252,7 +253,7 @@ def recipes() -> dict[str, Recipe]:
     return dict(_RECIPES)
 
 
-def recipe(spec: "str | Recipe | Mapping[str, Any]", **overrides: Any) -> Recipe:
+def recipe(spec: str | Recipe | Mapping[str, Any], **overrides: Any) -> Recipe:
     """A recipe from its name, itself, or a mapping (``{"base": name, **overrides}`` or every
     field), with ``overrides`` applied."""
     if isinstance(spec, Recipe):
@@ -268,8 +269,8 @@ def recipe(spec: "str | Recipe | Mapping[str, Any]", **overrides: Any) -> Recipe
             found = recipe(base).replace(**table)
         else:
             try:
-                found = Recipe(**{k: tuple(v) if k in ("tokens", "model_types", "markers", "card_phrases", "hub_ids") else v
-                                  for k, v in table.items()})
+                fields_of: dict[str, Any] = {k: tuple(v) if k in _TUPLE_FIELDS else v for k, v in table.items()}
+                found = Recipe(**fields_of)
             except TypeError as exc:
                 raise RecipeError(f"a recipe table needs 'base' or every required field: {exc}") from None
     else:
@@ -277,7 +278,7 @@ def recipe(spec: "str | Recipe | Mapping[str, Any]", **overrides: Any) -> Recipe
     return found.replace(**overrides) if overrides else found
 
 
-def config_form(chosen: Recipe) -> "str | dict[str, Any]":
+def config_form(chosen: Recipe) -> str | dict[str, Any]:
     """How a config writes ``chosen``: its name when registered unchanged, else every field."""
     return chosen.name if _RECIPES.get(chosen.name) == chosen else chosen.as_dict()
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -44,7 +45,7 @@ class SpladeScorer(Scorer, kind="splade"):
         self.max_length = max_length
         self.name = name or f"splade({self.model_name}{', cached' if index is not None else ''})"
 
-    def score_pairs(self, batch: Sequence[Candidates]) -> tuple[list[Sequence[float]], Work]:
+    def score_pairs(self, batch: Sequence[Candidates]) -> tuple[Sequence[Any], Work]:
         """Sparse query vectors · passage vectors for every candidate."""
         import scipy.sparse as sp
 
@@ -53,7 +54,7 @@ class SpladeScorer(Scorer, kind="splade"):
         tokens = list(self.encoder.last_lengths)
         rows = self.index.positions([p.id for c in batch for p in c.passages]) if self.index is not None else {}
         fresh: dict[str, int] = {}
-        texts = []
+        texts: list[str] = []
         for c in batch:
             for p in c.passages:
                 if p.id not in rows and p.id not in fresh:
@@ -66,7 +67,9 @@ class SpladeScorer(Scorer, kind="splade"):
             if not len(c):
                 scores.append(np.zeros(0, dtype=np.float32))
                 continue
-            parts = [self.index.matrix[rows[p.id]] if p.id in rows else encoded[fresh[p.id]] for p in c.passages]
+            parts = [self.index.matrix[rows[p.id]] if self.index is not None and p.id in rows
+                     else encoded[fresh[p.id]]  # type: ignore[index]  # encoded whenever a passage is fresh
+                     for p in c.passages]
             matrix = sp.vstack(parts, format="csr")
             scores.append(np.asarray((matrix @ queries[i].T).toarray()).ravel())
             tokens[i] += sum(lengths.pop(p.id, 0) for p in c.passages)

@@ -57,7 +57,7 @@ class DuoT5Judge:
     an equal share of the room (published code cuts the end of the text, so a long first passage
     would push the second out entirely). ``max_passage_tokens`` caps each passage beforehand. ``precision``: as for every scorer (:mod:`rerank.precision`)."""
 
-    def __init__(self, model: str, *, recipe: "str | Recipe | Mapping[str, Any] | None" = None,
+    def __init__(self, model: str, *, recipe: str | Recipe | Mapping[str, Any] | None = None,
                  max_length: int | None = None, max_passage_tokens: int | None = None, batch_size: int | None = None,
                  max_batch_tokens: int | None = None, precision: str = "auto", threads: int | None = None,
                  device: str = "cpu") -> None:
@@ -153,7 +153,7 @@ class DuoT5(PairwiseReranker, kind="duot5"):
     loads_model = True
 
     def __init__(self, model: str, *, method: str = "allpair", top_k: int = 10, both_orders: bool = True,
-                 budget: int | None = None, recipe: "str | Recipe | Mapping[str, Any] | None" = None,
+                 budget: int | None = None, recipe: str | Recipe | Mapping[str, Any] | None = None,
                  max_length: int | None = None, max_passage_tokens: int | None = None, precision: str = "auto",
                  threads: int | None = None, device: str = "cpu", progress: bool = False,
                  name: str | None = None) -> None:
@@ -163,4 +163,5 @@ class DuoT5(PairwiseReranker, kind="duot5"):
                          progress=progress, name=name or f"duot5[{method}]")
 
     def runtime_settings(self) -> dict[str, str]:
-        return self.judge.runtime_settings()
+        judge = self.judge
+        return judge.runtime_settings() if isinstance(judge, DuoT5Judge) else {}

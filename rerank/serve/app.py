@@ -33,7 +33,7 @@ class Service:
     """What the routes share: the pipeline, its batcher, settings and metrics, and whether the
     server is draining (shutting down: in-flight requests finish, new ones get 503)."""
 
-    def __init__(self, pipeline: Stage, settings: ServeSettings, *, costs: "CostModel | None" = None) -> None:
+    def __init__(self, pipeline: Stage, settings: ServeSettings, *, costs: CostModel | None = None) -> None:
         check_servable(pipeline)
         self.pipeline = pipeline
         self.settings = settings
@@ -50,7 +50,7 @@ class Service:
         self.started = time.time()
         self._ids = itertools.count(1)
 
-    def _planner(self, costs: "CostModel | None") -> "BudgetPlanner":
+    def _planner(self, costs: CostModel | None) -> BudgetPlanner:
         from rerank.serve.budget import BudgetPlanner, DriftScale, fit_service_costs
 
         names = ", ".join(variables(self.pipeline))
@@ -75,8 +75,10 @@ class Service:
         keep = 1 - self.settings.budget_headroom
 
         def state(j) -> tuple[float, int]:
-            return (j.budget_ms or self.settings.budget_ms) * keep - 1000 * (now - j.arrived), len(j.candidates)
+            return (j.budget_ms or self.settings.budget_ms or 0.0) * keep - 1000 * (now - j.arrived), len(j.candidates)
 
+        if self.planner is None or self.settings.budget_ms is None:
+            raise ServiceError("a plan needs a latency budget and cut-off variables")
         plan = self.planner.plan_head(state(job), [state(j) for j in behind])
         note = StageCost("cutoffs", 0.0, passages_scored=0, counters=dict(plan.values),
                          settings={"predicted_ms": f"{plan.predicted_ms:.3f}", "allowed_ms": f"{plan.allowed_ms:.3f}",
@@ -122,7 +124,7 @@ class Service:
                     "predicted_ms": float(chosen.settings["predicted_ms"]), "fits": chosen.settings["fits"] == "true"}
             for name, value in chosen.counters.items():
                 self.metrics.cutoffs.labels(name, str(value)).inc()
-            if self.planner.scale is not None:  # the stages' own time, as the costs were measured
+            if self.planner is not None and self.planner.scale is not None:  # the stages' own time, as the costs were measured
                 measured = 1000 * sum(cost.seconds for cost in result.trace if cost.stage != "cutoffs")
                 self.planner.scale.observe(float(chosen.settings["model_ms"]), measured)
             if not meta["fits"]:
@@ -161,7 +163,7 @@ def _request_schema() -> dict[str, Any]:
         CohereRequest.model_json_schema(), TeiRequest.model_json_schema()]}}}}}
 
 
-def create_app(pipeline: Stage, settings: ServeSettings | None = None, *, costs: "CostModel | None" = None) -> FastAPI:
+def create_app(pipeline: Stage, settings: ServeSettings | None = None, *, costs: CostModel | None = None) -> FastAPI:
     """The service for ``pipeline`` (a re-ranking :class:`~rerank.pipeline.Stage`), ready for any
     ASGI server; :class:`~rerank.serve.server.RerankServer` runs it with uvicorn. A pipeline with
     cut-off variables needs ``settings.budget_ms`` and ``settings.cutoff_values``; its stage
@@ -184,7 +186,7 @@ def create_app(pipeline: Stage, settings: ServeSettings | None = None, *, costs:
         began = time.perf_counter()
         metrics = service.metrics
         metrics.in_flight.inc()
-        shape, status, meta = "unknown", 200, {}
+        shape, status, meta = "unknown", 200, dict[str, Any]()
         service.arriving += 1
         arrived = False
         try:

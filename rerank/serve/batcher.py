@@ -69,7 +69,7 @@ class MicroBatcher:
                  max_batch_size: int = 512, max_wait_ms: float = 2.0, max_queue: int = 256,
                  on_batch: Callable[[BatchStats], None] | None = None,
                  arriving: Callable[[], int] | None = None,
-                 planner: Callable[["_Job", list["_Job"]], tuple[Callable, StageCost]] | None = None) -> None:
+                 planner: Callable[[_Job, list[_Job]], tuple[Callable, StageCost]] | None = None) -> None:
         self.run = run
         self.planner = planner
         self.arriving = arriving
@@ -94,11 +94,17 @@ class MicroBatcher:
         self._arrived = asyncio.Event()
         self._worker = asyncio.get_running_loop().create_task(self._work(), name="rerank-batcher")
 
+    def _event(self) -> asyncio.Event:
+        """The event that a request has arrived (made when the batcher starts)."""
+        if self._arrived is None:
+            raise RuntimeError("the batcher has not been started")
+        return self._arrived
+
     async def stop(self) -> None:
         """Refuse new requests, finish every queued one, then stop the worker thread."""
         self._closing = True
         if self._arrived is not None:
-            self._arrived.set()
+            self._event().set()
         if self._worker is not None:
             await self._worker
         self._executor.shutdown(wait=True)
@@ -115,15 +121,15 @@ class MicroBatcher:
         job = _Job(candidates, asyncio.get_running_loop().create_future(), budget_ms=budget_ms)
         job.arrived = job.enqueued if arrived is None else arrived
         self._queue.append(job)
-        self._arrived.set()
+        self._event().set()
         return await job.future
 
     async def _next_batch(self) -> list[_Job]:
         while not self._queue:
             if self._closing:
                 return []
-            self._arrived.clear()
-            await self._arrived.wait()
+            self._event().clear()
+            await self._event().wait()
         batch = [self._queue.popleft()]
         if not self.batching:
             return batch
@@ -134,9 +140,9 @@ class MicroBatcher:
                 left = deadline - time.perf_counter()
                 if left <= 0 or self._closing or (self.arriving is not None and self.arriving() == 0):
                     break
-                self._arrived.clear()
+                self._event().clear()
                 try:
-                    await asyncio.wait_for(self._arrived.wait(), left)
+                    await asyncio.wait_for(self._event().wait(), left)
                 except asyncio.TimeoutError:
                     break
                 continue

@@ -105,7 +105,7 @@ class RerankClient:
         """Close the connection pool."""
         self._http.close()
 
-    def __enter__(self) -> "RerankClient":
+    def __enter__(self) -> RerankClient:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -19,8 +19,8 @@ class MalformedRequest:
     body: bytes
 
 
-_NOT_A_QUERY = [1, 2.5, True, None, [], {}, ["x"], {"text": "q"}]
-_NOT_DOCUMENTS = [1, 2.5, True, None, {}, "x", {"text": "x"}, [1], [True], [{"text": 1}], [[]]]
+_NOT_A_QUERY: list[object] = [1, 2.5, True, None, [], {}, ["x"], {"text": "q"}]
+_NOT_DOCUMENTS: list[object] = [1, 2.5, True, None, {}, "x", {"text": "x"}, [1], [True], [{"text": 1}], [[]]]
 
 
 def malformed_requests(n: int, settings: ServeSettings | None = None, seed: int = 0) -> Iterator[MalformedRequest]:

@@ -22,7 +22,6 @@ from dataclasses import dataclass
 from typing import Annotated, Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, PlainValidator, StrictBool, StrictInt, StrictStr, ValidationError
-
 from scipy.special import expit as sigmoid
 
 from rerank.serve.settings import ServeSettings

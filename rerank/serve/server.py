@@ -44,7 +44,7 @@ class RerankServer:
         self.app = create_app(pipeline, self.settings, costs=costs)
         config = uvicorn.Config(self.app, host=self.settings.host, port=self.settings.port, log_level=log_level,
                                 access_log=False, lifespan="on",
-                                timeout_graceful_shutdown=self.settings.shutdown_timeout_s or None)
+                                timeout_graceful_shutdown=self.settings.shutdown_timeout_s or None)  # type: ignore[arg-type]  # seconds, fractional
         self._server = _DrainingServer(config, self.app.state.service.drain)
         self._thread: threading.Thread | None = None
 
@@ -65,7 +65,7 @@ class RerankServer:
         """Serve until SIGINT/SIGTERM; in-flight requests finish (up to ``shutdown_timeout_s``)."""
         self._server.run()
 
-    def start(self, timeout: float = 60.0) -> "RerankServer":
+    def start(self, timeout: float = 60.0) -> RerankServer:
         """Serve from a background thread; returns once the port is open."""
         self._thread = threading.Thread(target=self._server.run, name="rerank-server", daemon=True)
         self._thread.start()
@@ -85,7 +85,7 @@ class RerankServer:
         if self._thread is not None:
             self._thread.join(timeout)
 
-    def __enter__(self) -> "RerankServer":
+    def __enter__(self) -> RerankServer:
         return self.start()
 
     def __exit__(self, *exc) -> None:

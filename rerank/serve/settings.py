@@ -82,11 +82,11 @@ class ServeSettings:
             raise SettingsError(f"serve setting precision must be one of {', '.join(CHOICES)}, got {self.precision!r}")
 
     @classmethod
-    def from_table(cls, table: dict[str, Any] | None, where: str = "[serve]") -> "ServeSettings":
+    def from_table(cls, table: dict[str, Any] | None, where: str = "[serve]") -> ServeSettings:
         """Settings from a config's ``[serve]`` table; an unknown key gets a did-you-mean."""
         return _validated(cls, dict(table or {}), where)
 
-    def override(self, **changes: Any) -> "ServeSettings":
+    def override(self, **changes: Any) -> ServeSettings:
         """A copy with the given settings changed (``None`` values are ignored)."""
         current = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         return _validated(type(self), {**current, **{k: v for k, v in changes.items() if v is not None}}, "serve")

@@ -9,8 +9,18 @@ resumable), :mod:`~rerank.train.losses`, :mod:`~rerank.train.curriculum`,
 """
 from rerank.train.card import add_scores
 from rerank.train.curriculum import Curriculum
-from rerank.train.data import (MiningStats, TeacherScore, TrainingGroup, Triple, group_triples, mine_triples,
-                               read_teacher_scores, read_triples, write_teacher_scores, write_triples)
+from rerank.train.data import (
+                               MiningStats,
+                               TeacherScore,
+                               TrainingGroup,
+                               Triple,
+                               group_triples,
+                               mine_triples,
+                               read_teacher_scores,
+                               read_triples,
+                               write_teacher_scores,
+                               write_triples,
+)
 from rerank.train.recipes import dev_set, distill, split_dev, train_cross_encoder
 from rerank.train.teacher import score_triples
 from rerank.train.trainer import DevSet, TrainConfig, Trainer, TrainingError, TrainResult

@@ -26,7 +26,9 @@ import json
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 from rerank.atomic import atomic_directory, atomic_file
 from rerank.errors import RerankError
@@ -161,12 +163,16 @@ class Adapter:
     # -- the steps ----------------------------------------------------------------------------
 
     def _build_indexes(self) -> None:
-        from rerank.retrieve.build import build_index
+        from rerank.retrieve.build import build_index, kind_parameters
+
+        def build(kind: str, folder: Path) -> dict | None:
+            options: dict[str, Any] = {"precision": self.config.precision} if "precision" in kind_parameters(kind) else {}
+            build_index(self.corpus_source, folder, kind, progress=self.progress, **options)
+            return None
 
         for kind in ("bm25", "dense", "splade"):
             folder = self.indexes / kind
-            self._step(f"index-{kind}", folder, lambda kind=kind, folder=folder: build_index(
-                self.corpus_source, folder, kind, precision=self.config.precision, progress=self.progress) and None)
+            self._step(f"index-{kind}", folder, partial(build, kind, folder))
 
     def _write_pipelines(self) -> None:
         values = {"depth": self.config.depth, "indexes": self.indexes.resolve().as_posix(),

@@ -173,7 +173,7 @@ def mine_triples(run: Run, qrels: Qrels, *, negatives: int = 7, depth: int = 100
     stats = stats if stats is not None else MiningStats()
     filtering = absolute_margin is not None or relative_margin is not None
     judge = filter_scores if filter_scores is not None else run
-    triples = []
+    triples: list[Triple] = []
     for qid in shared:
         positives = sorted(d for d, g in qrels[qid].items() if g >= min_relevance)
         pool = [d for d, _ in ranked_items(run[qid])[:depth] if qrels[qid].get(d, 0) < min_relevance]

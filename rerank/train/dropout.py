@@ -47,18 +47,18 @@ def _random_halves(count: int, device: torch.device | str) -> torch.Tensor:
         bits = torch.empty(draws, dtype=torch.int64, device=device).random_(-(1 << 63), None)
         return bits.view(torch.int16)[:count]
     seed = int(torch.empty((), dtype=torch.int64).random_(-(1 << 63), None)) & ((1 << 64) - 1)
-    bits = np.empty(draws, dtype=np.uint64)
+    bits = np.empty(draws, dtype=np.uint64)  # type: ignore[assignment]  # numpy bits, then a tensor view of them
     blocks = range(0, draws, _BLOCK)
 
     def fill(start: int) -> None:
         generator = np.random.SFC64(np.random.SeedSequence((seed, start // _BLOCK)))
-        bits[start:start + _BLOCK] = generator.random_raw(min(_BLOCK, draws - start))
+        bits[start:start + _BLOCK] = generator.random_raw(min(_BLOCK, draws - start))  # type: ignore[assignment]  # numpy array, not the tensor above
 
     if len(blocks) == 1:
         fill(0)
     else:
         list(_pool().map(fill, blocks))
-    return torch.from_numpy(bits.view(np.int16)[:count])
+    return torch.from_numpy(bits.view(np.int16)[:count])  # type: ignore[call-overload]  # numpy view
 
 
 def _pool() -> ThreadPoolExecutor:
@@ -206,5 +206,5 @@ def use_fast_dropout(net: nn.Module) -> int:
     config = getattr(net, "config", None)
     if hasattr(net, "set_attn_implementation") and getattr(config, "_attn_implementation", None) in ("sdpa", "eager"):
         _register()
-        net.set_attn_implementation(ATTENTION)
+        net.set_attn_implementation(ATTENTION)  # type: ignore[operator]  # a transformers model method
     return replaced

@@ -17,11 +17,12 @@ import logging
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from rerank.models import resolve
 from rerank.registry import Registry
 
-STUDENTS: Registry[type["TrainableModel"]] = Registry("student kind", packages=("rerank.train",))
+STUDENTS: Registry[type[TrainableModel]] = Registry("student kind", packages=("rerank.train",))
 """Trainable model kinds (``rerank train distill --student``): each class registers itself with
 ``@STUDENTS.register(kind)``, so a new student is one new module in :mod:`rerank.train`."""
 
@@ -54,11 +55,11 @@ class TrainableModel:
         self.path = resolve(init)
         self.tokenizer = AutoTokenizer.from_pretrained(self.path)
         self.max_length = max_length
-        self.net = None
+        self.net: Any = None  # the torch module, set by the subclass
         self.device = "cpu"
         self._cast_weights: dict | None = None
 
-    def to(self, device: str) -> "TrainableModel":
+    def to(self, device: str) -> TrainableModel:
         """Move the model to ``device`` (``cpu``, ``cuda``, ``cuda:1``...); inputs follow it."""
         self.device = device
         self.net.to(device)
@@ -315,4 +316,4 @@ def build_model(kind: str, init: str | None = None, *, max_length: int = 128, la
         raise ValueError(f"windows={windows!r} is for cross-encoders, not a {kind}")
     options = {"windows": windows} if takes_windows else {}
     default = inspect.signature(cls.__init__).parameters["init"].default
-    return cls(init or default, max_length=max_length, layers=layers, **options)
+    return cls(init or default, max_length=max_length, layers=layers, **options)  # type: ignore[call-arg]

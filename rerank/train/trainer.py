@@ -290,7 +290,7 @@ class Trainer:
             loss = self.loss_fn(part.unsqueeze(0), teacher)[0]
             if self.distill_fn is not None:
                 loss = loss + self.config.distill_weight * self.distill_fn(part.unsqueeze(0), teacher)[0]
-            if self.curriculum is not None:
+            if self.curriculum is not None and self.difficulty is not None:
                 loss = loss * self.curriculum.weight(self.difficulty[i], step)
             losses.append(loss)
         return torch.stack(losses).mean() + self.model.regularizer(), len(queries)
@@ -407,8 +407,9 @@ class Trainer:
                 resumed_at: int) -> TrainResult:
         self.model.save(self.output)
         self._write_log(history)
-        dev_key = f"dev_{self.dev.measure}" if self.dev else None
-        dev = [{"step": r["step"], "measure": self.dev.measure, "value": r[dev_key]} for r in history
+        measure = self.dev.measure if self.dev else ""
+        dev_key = f"dev_{measure}" if self.dev else None
+        dev = [{"step": r["step"], "measure": measure, "value": r[dev_key]} for r in history
                if dev_key and dev_key in r]
         info = {**self.card, **self.run_id, "steps": steps, "groups": len(self.groups),
                 "pairs_per_step": self.config.groups_per_step * max(len(g.passage_ids) for g in self.groups),

@@ -126,6 +126,8 @@ def teacher_scores(dataset: str | Path, triples: str | Path, out: str | Path, *,
     else:
         from rerank.score import CrossEncoder
 
+        if model is None:
+            raise RerankError("give the teacher as a model or a pipeline")
         teacher = CrossEncoder(model, max_length=max_length, batch_size=batch_size, precision=precision or "auto",
                                windows=windows)
     return score_triples(teacher, read, queries, corpus, out, progress=progress)
@@ -163,10 +165,8 @@ def train_cross_encoder(dataset: str | Path, triples: str | Path | None, out: st
     ``epochs``, ``max_steps``, ``learning_rate``...), or give ``config``."""
     from rerank.data import read_run
     from rerank.train.curriculum import Curriculum
-    from rerank.train.data import group_triples, read_triples
+    from rerank.train.data import group_triples, read_teacher_scores, read_triples
     from rerank.train.recipes import train_cross_encoder as train
-
-    from rerank.train.data import read_teacher_scores
 
     if bool(triples) == bool(teacher_scores):
         raise RerankError("give the training triples as a triples file or a teacher-score file, not both")
@@ -174,7 +174,13 @@ def train_cross_encoder(dataset: str | Path, triples: str | Path | None, out: st
     if config.distill_weight and not teacher_scores:
         raise RerankError("distill_weight needs a teacher-score file (--teacher-scores)")
     opened, queries, corpus = _dataset(dataset, skip_bad)
-    read = read_triples(triples, skip_bad=skip_bad) if triples else read_teacher_scores(teacher_scores, skip_bad=skip_bad)
+    read: list[Triple] | list[TeacherScore]
+    if triples:
+        read = read_triples(triples, skip_bad=skip_bad)
+    elif teacher_scores:
+        read = read_teacher_scores(teacher_scores, skip_bad=skip_bad)
+    else:
+        raise RerankError("give the training triples as a triples file or a teacher-score file")
     groups = group_triples(read, negatives)
     groups, dev, ranking = _dev(opened, groups, queries, corpus, split, run, dev_queries, dev_depth, config.seed)
     schedule = None
@@ -221,5 +227,5 @@ def _training_options() -> list[str]:
     return [f.name for f in dataclasses.fields(TrainConfig)]
 
 
-for _step in (train_cross_encoder, distill):
-    _step.extra_arguments = _training_options  # type: ignore[attr-defined]
+train_cross_encoder.extra_arguments = _training_options  # type: ignore[attr-defined]
+distill.extra_arguments = _training_options  # type: ignore[attr-defined]

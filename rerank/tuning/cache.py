@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
+from typing import Any
 
 from rerank.pipeline import Scorer, Stage, Work, rebuild
 from rerank.types import Candidates
@@ -29,7 +30,7 @@ class CachedScorer(Scorer):
         self.computed = 0
         """Pairs scored by ``inner`` so far."""
 
-    def score_pairs(self, batch: Sequence[Candidates]) -> tuple[list[Sequence[float]], Work]:
+    def score_pairs(self, batch: Sequence[Candidates]) -> tuple[Sequence[Any], Work]:
         missing = []
         for c in batch:
             needed = [p for p in dict.fromkeys(c.passages) if (c.query.id, p.id) not in self.scores]

@@ -4,6 +4,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from rerank.errors import RerankError
+
 
 def add_tune_parser(sub) -> None:
     """Add ``rerank tune`` to the top-level subparsers."""
@@ -54,7 +56,7 @@ def cmd_tune(args) -> int:
     dataset = open_dataset(args.dataset)
     queries, qrels = dataset.queries(args.split), dataset.qrels(args.split)
     queries = [q for q in queries if q.id in qrels][: args.max_queries]
-    inputs = queries
+    inputs: list = queries
     if args.run:
         from rerank.data import read_run
         from rerank.data.candidates import candidates_from_run
@@ -67,6 +69,8 @@ def cmd_tune(args) -> int:
                   measure=args.measure, warmup_queries=args.warmup_queries, repeats=args.repeats,
                   tie_alpha=None if args.strict_best else 0.05, progress=not args.no_progress)
     choice = result.choice
+    if choice is None:
+        raise RerankError("tuning chose no combination")
     out = write_tuned_config(data, result, choice, args.out, tuned_on=f"{args.dataset} {args.split}")
     plot = plot_front(result, args.plot or Path(args.out).with_suffix(".png"), budgets=[args.budget_ms])
     print(result.cost_model.describe())

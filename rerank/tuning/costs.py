@@ -193,7 +193,7 @@ class CostModel:
             if isinstance(node, Cutoff):
                 if node.variable:
                     raise CostModelError(f"bind the cut-off variable {node.variable} before predicting")
-                return min(flow(node.stage, n), node.k)
+                return min(flow(node.stage, n), node.size())
             if isinstance(node, Fusion):
                 return max(flow(branch, n) for branch in node.branches)
             if isinstance(node, Identity):
@@ -224,7 +224,7 @@ class CostModel:
         return [{k: v for k, v in asdict(m).items()} for m in self.stages.values()]
 
     @classmethod
-    def from_tables(cls, tables: Iterable[Mapping]) -> "CostModel":
+    def from_tables(cls, tables: Iterable[Mapping]) -> CostModel:
         """Read :meth:`to_tables`' output back."""
         models = {t["stage"]: StageCostModel(**dict(t)) for t in tables}
         sizes = {m.batch_size for m in models.values()}
@@ -274,7 +274,8 @@ def measure_costs(template: Stage, grid: Mapping[str, Sequence[int]], inputs: Se
         raise CostModelError(f"repeats and turn must be at least 1 and discard at least 0 (got repeats={repeats}, "
                              f"discard={discard}, turn={turn})")
     sizes = sorted(set(sizes)) if sizes is not None else []
-    runs = [(values, n) for values in (combinations(grid) if grid else [{}]) for n in (sizes or [None])]
+    runs: list[tuple[dict[str, int], int | None]] = [
+        (values, n) for values in (combinations(grid) if grid else [{}]) for n in (sizes or [None])]  # type: ignore[list-item]
     chunks = [list(inputs[i:i + batch_size]) for i in range(0, len(inputs), batch_size)]
     samples: dict[str, list[tuple[int, float]]] = {}
     settings: dict[str, dict] = {}

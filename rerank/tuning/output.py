@@ -4,6 +4,7 @@ budget line (PNG)."""
 from __future__ import annotations
 
 import datetime
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +50,7 @@ def write_tuned_config(source: dict[str, Any], result: TuneResult, choice: TuneC
     return out
 
 
-def plot_front(result: TuneResult, path: str | Path, *, budgets: list[float] = (), title: str = "") -> Path:
+def plot_front(result: TuneResult, path: str | Path, *, budgets: Sequence[float] = (), title: str = "") -> Path:
     """Every evaluated combination's effectiveness against its predicted latency, the Pareto
     front, and a vertical line per budget."""
     import matplotlib

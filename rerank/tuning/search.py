@@ -185,6 +185,8 @@ def tune(pipeline: Stage, inputs: Sequence[Query] | Sequence[Candidates], qrels:
                 cost_model = measured
             if remeasure_above is None or measured.largest_fit_error <= remeasure_above:
                 break
+    if cost_model is None:
+        raise TuneError("no cost model was measured")
     seconds["cost_model"] = time.perf_counter() - began
 
     began = time.perf_counter()
