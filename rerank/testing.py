@@ -104,6 +104,7 @@ _CARDS = {
     "monot5": ("text2text-generation", "Tiny monoT5", "t5"),
     "rankt5": ("text2text-generation", "Tiny RankT5", "t5"),
     "duot5": ("text2text-generation", "Tiny duoT5", "t5"),
+    "colbert": ("sentence-similarity", "Tiny ColBERT", "bert"),
 }
 
 _PUBLISHED: dict[str, dict[str, Any]] = {  # the smallest published checkpoint's layer sizes
@@ -151,6 +152,8 @@ def tiny_model(recipe_name: str, folder: str | Path, *, seed: int = 0, shape: st
     model_type = model_type or default_type
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
+    if recipe_name == "colbert":
+        return _tiny_colbert(folder, seed=seed, shape=shape)
     tokenizer = unigram_tokenizer() if model_type == "t5" else byte_bpe_tokenizer()
     config = _config(model_type, len(tokenizer), shape, tokenizer)
     torch.manual_seed(seed)
@@ -165,4 +168,39 @@ def tiny_model(recipe_name: str, folder: str | Path, *, seed: int = 0, shape: st
     if card:
         (folder / "README.md").write_text(f"---\npipeline_tag: {pipeline_tag}\nlibrary_name: transformers\n---\n"
                                           f"# {title}\n\nRandom weights, for tests.\n", encoding="utf-8")
+    return folder
+
+
+def _tiny_colbert(folder: Path, *, seed: int, shape: str, dim: int = 16) -> Path:
+    """A ColBERT checkpoint in the Stanford layout: ``bert.*`` and ``linear.weight`` in one
+    safetensors file, ``architectures: ["HF_ColBERT"]`` and ``artifact.metadata``."""
+    import json
+
+    import torch
+    from safetensors.torch import save_file
+    from transformers import BertConfig, BertModel
+
+    tokenizer = wordpiece_tokenizer()
+    sizes = dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072) \
+        if shape == "published" else dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                          intermediate_size=64)
+    dim = 128 if shape == "published" else dim
+    config = BertConfig(vocab_size=max(len(tokenizer), 30522 if shape == "published" else 0), **sizes,
+                        max_position_embeddings=512, pad_token_id=tokenizer.pad_token_id,
+                        initializer_range=0.02 if shape == "published" else 0.3)
+    torch.manual_seed(seed)
+    body = BertModel(config, add_pooling_layer=False).eval()
+    linear = torch.nn.Linear(config.hidden_size, dim, bias=False)
+    tensors = {f"bert.{k}": v.contiguous() for k, v in body.state_dict().items()}
+    tensors["linear.weight"] = linear.weight.detach().contiguous()
+    save_file(tensors, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    saved = config.to_dict()
+    saved["architectures"] = ["HF_ColBERT"]
+    (folder / "config.json").write_text(json.dumps(saved, indent=2), encoding="utf-8")
+    (folder / "artifact.metadata").write_text(json.dumps({"query_maxlen": 32, "doc_maxlen": 180, "dim": dim,
+                                                          "mask_punctuation": True, "attend_to_mask_tokens": False,
+                                                          "similarity": "cosine"}, indent=2), encoding="utf-8")
+    tokenizer.save_pretrained(folder)
+    (folder / "README.md").write_text("---\npipeline_tag: sentence-similarity\ntags: [ColBERT]\n---\n"
+                                      "# Tiny ColBERT\n\nRandom weights, for tests.\n", encoding="utf-8")
     return folder

@@ -296,3 +296,76 @@ def test_the_trace_names_the_recipe_and_counts_cut_pairs(folders):
                                [0.0] * len(PASSAGES))])
     [cost] = out.trace
     assert cost.settings["recipe"] == "monot5" and cost.counters["truncated_pairs"] >= 1
+
+
+# -- ColBERT -----------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def colbert_folder(tmp_path_factory):
+    return tiny_model("colbert", tmp_path_factory.mktemp("colbert") / "model")
+
+
+@torch.no_grad()
+def colbert_reference(folder, query, passages, query_maxlen=32, doc_maxlen=180):
+    """ColBERT's checkpoint code: QueryTokenizer and DocTokenizer ('. ' placeholder replaced by
+    the [unused0]/[unused1] marker, [MASK] for query padding), then bert -> linear -> normalize,
+    punctuation and padding left out of the passage, and MaxSim."""
+    import string
+
+    from safetensors.torch import load_file
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    tensors = load_file(str(folder / "model.safetensors"))
+    bert = BertModel(BertConfig.from_pretrained(folder), add_pooling_layer=False).eval()
+    bert.load_state_dict({k[len("bert."):]: v for k, v in tensors.items() if k.startswith("bert.")})
+    linear = tensors["linear.weight"]
+    tok = AutoTokenizer.from_pretrained(folder)
+    q = tok([". " + query], padding="max_length", truncation=True, max_length=query_maxlen, return_tensors="pt")
+    ids, mask = q["input_ids"], q["attention_mask"]
+    ids[:, 1] = tok.convert_tokens_to_ids("[unused0]")
+    ids[ids == tok.pad_token_id] = tok.mask_token_id
+    Q = torch.nn.functional.normalize(bert(ids, attention_mask=mask)[0] @ linear.T, p=2, dim=2)[0]
+    d = tok([". " + p for p in passages], padding="longest", truncation="longest_first", max_length=doc_maxlen,
+            return_tensors="pt")
+    ids, mask = d["input_ids"], d["attention_mask"]
+    ids[:, 1] = tok.convert_tokens_to_ids("[unused1]")
+    skip = {tok.encode(c, add_special_tokens=False)[0] for c in string.punctuation}
+    D = torch.nn.functional.normalize(bert(ids, attention_mask=mask)[0] @ linear.T, p=2, dim=2)
+    scores = []
+    for row, vectors in zip(ids, D):
+        keep = torch.tensor([t not in skip and t != tok.pad_token_id for t in row.tolist()])
+        scores.append(float((Q @ vectors[keep].T).max(dim=1).values.sum()))
+    return np.array(scores)
+
+
+def test_colbert_scores_as_its_checkpoint_code(colbert_folder):
+    scorer = rerank.load(str(colbert_folder), precision="fp32", batch_size=2)
+    assert type(scorer).__name__ == "ColBERT" and scorer.runtime_settings()["recipe"] == "colbert"
+    for query in QUERIES:
+        engine = scorer.score(Query("q", query), [Passage(str(i), t) for i, t in enumerate(PASSAGES)])
+        np.testing.assert_allclose(engine, colbert_reference(colbert_folder, query, PASSAGES), **EXACT)
+    short = scorer.encoder.document_length, scorer.encoder.query_length
+    assert short == (180, 32)  # read from artifact.metadata
+
+
+def test_colbert_stored_embeddings_rank_like_text_and_need_no_passage_encoding(colbert_folder, tmp_path):
+    from rerank.retrieve.build import build_index
+    from rerank.retrieve.tokens import TokenEmbeddingIndex
+    from rerank.types import Candidates
+
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text("".join(f'{{"_id": "d{i}", "title": "", "text": {t!r}}}\n'.replace("'", '"')
+                              for i, t in enumerate(PASSAGES)), encoding="utf-8")
+    index = build_index(corpus, tmp_path / "idx" / "colbert", "colbert", colbert_model=str(colbert_folder),
+                        precision="fp32", progress=False)
+    loaded = TokenEmbeddingIndex.load(index.folder, precision="fp32")
+    assert isinstance(loaded.matrix, np.memmap) and loaded.matrix.dtype == np.float16
+    stored = rerank.load(str(colbert_folder), precision="fp32", index=str(index.folder))
+    from_text = rerank.load(str(colbert_folder), precision="fp32")
+    passages = [Passage(f"d{i}", t) for i, t in enumerate(PASSAGES)]
+    [out] = stored([Candidates(Query("q", QUERIES[0]), passages, [0.0] * len(passages))])
+    assert out.trace[-1].counters["encoded_now"] == 0
+    np.testing.assert_allclose(stored.score(Query("q", QUERIES[0]), passages),
+                               from_text.score(Query("q", QUERIES[0]), passages), rtol=2e-3, atol=2e-2)  # float16
+    [found] = loaded.search([Query("q", QUERIES[0])], k=len(PASSAGES))  # exhaustive MaxSim, same scores
+    expected = dict(zip([p.id for p in out.passages], out.scores))
+    np.testing.assert_allclose([expected[p.id] for p in found.passages], found.scores, rtol=1e-5, atol=1e-4)

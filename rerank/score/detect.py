@@ -52,6 +52,8 @@ class ModelFiles:
     card: dict[str, Any] = field(default_factory=dict)
     readme: str = ""
     tokenizer_config: dict[str, Any] = field(default_factory=dict)
+    artifact: dict[str, Any] = field(default_factory=dict)
+    """ColBERT's own ``artifact.metadata`` (its training and inference settings)."""
 
     @property
     def architectures(self) -> list[str]:
@@ -155,9 +157,11 @@ def read_model_files(name_or_path: str) -> ModelFiles:
     modules = _json(_read(folder, resolved, "modules.json"), f"{where}/modules.json")
     readme = _read(folder, resolved, "README.md") or ""
     tokenizer_config = _json(_read(folder, resolved, "tokenizer_config.json"), f"{where}/tokenizer_config.json")
+    artifact = _json(_read(folder, resolved, "artifact.metadata"), f"{where}/artifact.metadata")
     return ModelFiles(name=resolved, local=folder is not None, config=config,
                       modules=modules if isinstance(modules, list) else [], card=front_matter(readme),
-                      readme=readme, tokenizer_config=tokenizer_config if isinstance(tokenizer_config, dict) else {})
+                      readme=readme, tokenizer_config=tokenizer_config if isinstance(tokenizer_config, dict) else {},
+                      artifact=artifact if isinstance(artifact, dict) else {})
 
 
 def _by_hub_id(name: str) -> Recipe | None:
@@ -217,6 +221,9 @@ def detect_model(name_or_path: str) -> Detection:
     files = read_model_files(name_or_path)
     architectures = files.architectures
     module_types = [str(m.get("type", "")) for m in files.modules]
+    if "HF_ColBERT" in architectures or files.artifact or any("pylate" in t.lower() for t in module_types):
+        return Detection("reranker", recipes()["colbert"], "a ColBERT checkpoint (HF_ColBERT, artifact.metadata "
+                                                           "or PyLate modules)")
     if any(a.endswith("ForSequenceClassification") for a in architectures):
         return Detection("cross-encoder", recipes().get("bert-cross-encoder"), "a sequence-classification config")
     if files.config.get("is_encoder_decoder") or any(a.endswith("ForConditionalGeneration") for a in architectures):

@@ -369,6 +369,17 @@ register_recipe(Recipe(
     source="pygaggle DuoT5 (Pradeep et al., 2021)"))
 
 
+register_recipe(Recipe(
+    name="colbert", stage="colbert", layout="pair", score="maxsim", max_length=180,
+    description="ColBERT: [CLS] [unused0] query [SEP] padded with [MASK] to 32 tokens, [CLS] [unused1] passage "
+                "[SEP] up to 180; linear projection, L2 normalization, MaxSim; passage punctuation dropped",
+    model_types=("bert", "roberta", "xlm-roberta", "electra", "modernbert"), markers=("colbert",),
+    hub_ids=("colbert-ir/colbertv2.0", "lightonai/colbertv2.0", "answerdotai/answerai-colbert-small-v1"),
+    options={"query_length": 32, "query_marker": "[unused0]", "document_marker": "[unused1]",
+             "mask_punctuation": True, "attend_to_mask_tokens": False},
+    source="ColBERT (Khattab and Zaharia, 2020; Santhanam et al., 2022): colbert/modeling/checkpoint.py"))
+
+
 def names_for(stage: str) -> Sequence[str]:
     """The recipes a stage kind runs."""
     return [name for name, r in _RECIPES.items() if r.stage == stage]

@@ -1,0 +1,178 @@
+"""Stored token embeddings for late interaction (ColBERT): every passage's token vectors,
+computed once, in one flat float16 matrix on disk (memory-mapped), with each passage's row
+offsets; no compression and no PLAID-style candidate generation.
+
+A ColBERT stage given this index (``ColBERT(model, index=folder)``) encodes only queries at
+search time. As an index of its own it also searches exhaustively (MaxSim against every
+passage), which suits collections of up to some tens of thousands of passages.
+"""
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from rerank.atomic import atomic_directory
+from rerank.costs import Stopwatch, record_costs
+from rerank.errors import BadIndexError
+from rerank.precision import CHOICES
+from rerank.retrieve.base import Index, check_search, parameter
+from rerank.retrieve.docstore import open_index_passages, store_for_index, take_passages
+from rerank.retrieve.store import corpus_fingerprint, library_versions, read_manifest, unique_passages, write_manifest
+from rerank.types import Candidates, Passage, Query
+
+KIND = "colbert"
+
+
+@dataclasses.dataclass(frozen=True)
+class TokenBuildParameters:
+    """How ``rerank index --kind colbert`` builds: the ColBERT model, passage length, batches, precision."""
+
+    colbert_model: str = parameter("colbert-ir/colbertv2.0", "ColBERT model: Hugging Face id or folder")
+    document_length: int = parameter(180, "most tokens stored per passage (ColBERT's doc_maxlen)")
+    colbert_batch_size: int = parameter(32, "passages per ColBERT encoder batch")
+    precision: str = parameter("auto", "encoding precision (written in the manifest); auto picks by the CPU and "
+                               "checks it against fp32", choices=CHOICES)
+
+
+class TokenEmbeddingIndex(Index, kind=KIND):
+    """Token vectors of a passage collection (ColBERT), flat on disk; see the module docstring."""
+
+    Parameters = TokenBuildParameters
+
+    def __init__(self, passages: Sequence[Passage], model: str, vectors: np.ndarray, offsets: np.ndarray,
+                 fingerprint: str, settings: dict[str, Any] | None = None) -> None:
+        if len(offsets) != len(passages) + 1 or int(offsets[-1]) != len(vectors):
+            raise BadIndexError(f"{len(passages)} passages but {len(offsets) - 1} offsets over {len(vectors)} vectors")
+        self.passages = passages
+        self.model = model
+        self.matrix = vectors
+        self.offsets = offsets
+        self.fingerprint = fingerprint
+        self.settings = dict(settings or {})
+        self.folder: Path | None = None
+        self._encoder: Any = None
+        self.query_precision = "auto"
+
+    def __repr__(self) -> str:
+        return (f"TokenEmbeddingIndex({len(self.passages)} passages, {len(self.matrix)} token vectors of "
+                f"{self.matrix.shape[1]} dims, model={self.model!r})")
+
+    @classmethod
+    def build(cls, passages: Iterable[Passage], encoder: Any = "colbert-ir/colbertv2.0", *,
+              document_length: int | None = None, batch_size: int = 32, precision: str = "auto",
+              progress: bool = True) -> TokenEmbeddingIndex:
+        """Encode every passage (title + text) with a :class:`~rerank.score.colbert.ColBERTEncoder`
+        (or a model name) and keep its token vectors in float16."""
+        from rerank.score.colbert import ColBERTEncoder
+
+        unique = unique_passages(passages)
+        if isinstance(encoder, str):
+            encoder = ColBERTEncoder(encoder, document_length=document_length, batch_size=batch_size,
+                                     precision=precision)
+        encoded = encoder.encode_documents([p.full_text for p in unique], progress=progress)
+        offsets = np.zeros(len(encoded) + 1, dtype=np.int64)
+        offsets[1:] = np.cumsum([len(e) for e in encoded])
+        matrix = np.concatenate(encoded).astype(np.float16) if encoded else np.zeros((0, encoder.dim), np.float16)
+        index = cls(unique, encoder.name, matrix, offsets, corpus_fingerprint(unique), encoder.runtime_settings())
+        index._encoder = encoder
+        return index
+
+    @classmethod
+    def build_from(cls, passages: Iterable[Passage], parameters: TokenBuildParameters, *,
+                   progress: bool = True) -> TokenEmbeddingIndex:
+        """Index ``passages`` as ``parameters`` say."""
+        p = parameters
+        return cls.build(passages, p.colbert_model, document_length=p.document_length,
+                         batch_size=p.colbert_batch_size, precision=p.precision, progress=progress)
+
+    def vectors(self, ids: Sequence[str]) -> dict[str, np.ndarray]:
+        """The stored token vectors (float16 views of the memory map) of the ``ids`` it holds."""
+        return {pid: self.matrix[self.offsets[pos]:self.offsets[pos + 1]] for pid, pos in self.positions(ids).items()}
+
+    @property
+    def encoder(self):
+        """The query encoder (loaded on first use, from the manifest's model)."""
+        if self._encoder is None:
+            from rerank.score.colbert import ColBERTEncoder
+
+            self._encoder = ColBERTEncoder(self.model, document_length=int(self.settings.get("document_length", 180)),
+                                           query_length=int(self.settings.get("query_length", 32)),
+                                           precision=self.query_precision)
+        return self._encoder
+
+    def search(self, queries: Sequence[Query], k: int = 100) -> list[Candidates]:
+        """The top ``k`` passages per query by MaxSim over every stored passage (exhaustive)."""
+        from rerank.order import top_k_positions
+
+        check_search(queries, k)
+        if not queries:
+            return []
+        found = []
+        with Stopwatch() as watch:
+            encoded = self.encoder.encode_queries([q.text for q in queries])
+            for query, vectors in zip(queries, encoded):
+                totals = self.maxsim_all(vectors)
+                positions = top_k_positions(totals, min(k, len(self.passages)))
+                found.append(Candidates(query, take_passages(self.passages, positions),
+                                        [float(totals[i]) for i in positions]))
+        return record_costs("colbert[exhaustive]", [Candidates(q, [], []) for q in queries], found, watch.seconds,
+                            passages_scored=len(self.passages), settings=self.encoder.runtime_settings())
+
+    def maxsim_all(self, query: np.ndarray, block_tokens: int = 1 << 18) -> np.ndarray:
+        """MaxSim of ``query`` (``[query tokens, dim]``) with every passage, in blocks of whole
+        passages of about ``block_tokens`` token vectors."""
+        totals = np.zeros(len(self.passages), dtype=np.float32)
+        start = 0
+        while start < len(self.passages):
+            end = int(np.searchsorted(self.offsets, self.offsets[start] + block_tokens, side="right")) - 1
+            end = min(max(end, start + 1), len(self.passages))
+            lo, hi = int(self.offsets[start]), int(self.offsets[end])
+            lengths = np.diff(self.offsets[start:end + 1])
+            if hi > lo:
+                block = np.asarray(self.matrix[lo:hi], dtype=np.float32) @ query.T
+                nonempty = lengths > 0
+                maxima = np.maximum.reduceat(block, (self.offsets[start:end] - lo)[nonempty], axis=0)
+                totals[start:end][nonempty] = maxima.sum(axis=1)
+            start = end
+        return totals
+
+    def save(self, folder: str | Path) -> Path:
+        """Write the vectors, offsets, passages and manifest atomically."""
+        folder = Path(folder)
+        with atomic_directory(folder) as staging:
+            np.save(staging / "vectors.npy", np.ascontiguousarray(self.matrix))
+            np.save(staging / "offsets.npy", self.offsets)
+            docstore = store_for_index(self.passages, self.fingerprint, folder, staging)
+            write_manifest(staging, KIND, {
+                "docstore": docstore, "model": self.model, "dim": int(self.matrix.shape[1]),
+                "n_passages": len(self.passages), "n_vectors": len(self.matrix),
+                "corpus_fingerprint": self.fingerprint, "encoder": self.settings,
+                "libraries": library_versions("transformers", "torch"),
+            })
+        self.folder = folder
+        return folder
+
+    @classmethod
+    def load(cls, folder: str | Path, *, verify: bool = True, precision: str = "auto") -> TokenEmbeddingIndex:
+        """Load an index written by :meth:`save`; the vectors are memory-mapped, and the query
+        encoder loads on first search, in ``precision``."""
+        folder = Path(folder)
+        manifest = read_manifest(folder, KIND, verify=verify)
+        try:
+            vectors = np.load(folder / "vectors.npy", mmap_mode="r")
+            offsets = np.load(folder / "offsets.npy")
+            passages = open_index_passages(folder, manifest, verify=verify)
+            loaded = cls(passages, manifest["model"], vectors, offsets, manifest["corpus_fingerprint"],
+                         manifest.get("encoder"))
+        except (ValueError, OSError, KeyError) as exc:
+            raise BadIndexError(f"{folder}: cannot read index files ({exc}); rebuild it") from None
+        if len(passages) != manifest["n_passages"] or len(vectors) != manifest["n_vectors"]:
+            raise BadIndexError(f"{folder}: {len(passages)} passages and {len(vectors)} vectors, manifest says "
+                                f"{manifest['n_passages']} and {manifest['n_vectors']}; rebuild it")
+        loaded.folder = folder
+        loaded.query_precision = precision
+        return loaded

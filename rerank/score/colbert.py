@@ -1,0 +1,299 @@
+"""Late interaction (ColBERT): queries and passages are encoded separately into one vector per
+token, and a pair's score is MaxSim: for each query token, the largest dot product with any
+passage token, summed over the query tokens.
+
+:class:`ColBERTEncoder` follows the ColBERT (v2) checkpoints' own recipe: a query is
+``[CLS] [unused0] query [SEP]`` padded with ``[MASK]`` to ``query_length`` tokens (the masks are
+not attended to, but each gives a vector: query augmentation), a passage ``[CLS] [unused1]
+passage [SEP]`` cut to ``document_length``; the encoder's last hidden states go through the
+linear projection (to 128 dimensions) and are L2-normalized; punctuation and padding tokens of a
+passage are dropped. It reads the Stanford checkpoint layout (``HF_ColBERT``: ``bert.*`` and
+``linear.weight`` in one file, ``artifact.metadata``) and PyLate's sentence-transformers layout
+(a ``pylate.models.Dense`` module; its query and document prefixes and lengths).
+
+:class:`ColBERT` is the stage: it re-ranks from text, or from passage token embeddings computed
+once and stored (:class:`~rerank.retrieve.tokens.TokenEmbeddingIndex`, flat and memory-mapped),
+so that in ``bm25 % 100 >> colbert % 20 >> cross_encoder`` only the queries are encoded at
+search time.
+"""
+from __future__ import annotations
+
+import json
+import os
+import string
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from rerank.hardware import apply_threads
+from rerank.models import resolve
+from rerank.pipeline import Scorer, Work
+from rerank.precision import calibration_pairs, prepare_model
+from rerank.score.recipes import Recipe, RecipeError, recipes
+from rerank.types import Candidates
+
+COLBERT = recipes()["colbert"]
+"""The recipe of the ColBERT checkpoints (:mod:`rerank.score.recipes`)."""
+
+
+def _read_json(path: Path) -> Any:
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+
+def checkpoint_settings(folder: Path) -> dict[str, Any]:
+    """What a ColBERT folder says of its recipe: lengths, markers, dimension and where the
+    projection is (``artifact.metadata`` of a Stanford checkpoint, or PyLate's files)."""
+    found: dict[str, Any] = {}
+    metadata = _read_json(folder / "artifact.metadata")
+    if isinstance(metadata, dict):
+        for key, name in (("query_maxlen", "query_length"), ("doc_maxlen", "document_length"),
+                          ("mask_punctuation", "mask_punctuation"), ("attend_to_mask_tokens", "attend_to_mask_tokens"),
+                          ("dim", "dim")):
+            if key in metadata:
+                found[name] = metadata[key]
+    modules = _read_json(folder / "modules.json")
+    if isinstance(modules, list):
+        dense = [m for m in modules if "pylate" in str(m.get("type", "")).lower() and "Dense" in str(m.get("type"))]
+        if dense:
+            found["dense_path"] = dense[0].get("path", "")
+            st = _read_json(folder / "config_sentence_transformers.json") or {}
+            for key, name in (("query_prefix", "query_marker"), ("document_prefix", "document_marker"),
+                              ("query_length", "query_length"), ("document_length", "document_length"),
+                              ("attend_to_expansion_tokens", "attend_to_mask_tokens")):
+                if st.get(key) is not None:
+                    found[name] = st[key]
+    return found
+
+
+class ColBERTEncoder:
+    """A ColBERT checkpoint as token-vector encoders (see the module docstring).
+
+    ``query_length``/``document_length``: tokens per query (after augmentation) and at most per
+    passage (default: the checkpoint's, else the recipe's 32 and 180). ``precision``: ``auto``
+    (bf16 or int8 where the CPU is fastest at it, kept only if it ranks the calibration sample
+    like fp32), ``fp32``, ``bf16`` or ``int8``.
+    """
+
+    def __init__(self, model: str, *, recipe: Recipe = COLBERT, query_length: int | None = None,
+                 document_length: int | None = None, batch_size: int = 32, precision: str = "auto",
+                 threads: int | None = None, device: str = "cpu") -> None:
+        import torch
+        import transformers
+        from transformers import AutoModel, AutoTokenizer
+
+        self.name = model
+        self.path = resolve(model)
+        folder = Path(self.path)
+        self.threads = apply_threads(threads)
+        settings = {**recipe.options, "document_length": recipe.max_length, **checkpoint_settings(folder)}
+        self.query_length = int(query_length or settings["query_length"])
+        self.document_length = int(document_length or settings["document_length"])
+        if self.query_length < 4 or self.document_length < 4:
+            raise ValueError("query_length and document_length must be at least 4 tokens")
+        self.attend_to_masks = bool(settings.get("attend_to_mask_tokens", False))
+        verbosity = transformers.logging.get_verbosity()
+        transformers.logging.set_verbosity_error()
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(self.path)
+            body = AutoModel.from_pretrained(self.path).to(device).eval()
+        finally:
+            transformers.logging.set_verbosity(verbosity)
+        self.markers = [self._marker(str(settings["query_marker"])), self._marker(str(settings["document_marker"]))]
+        weight = self._projection(folder, settings.get("dense_path"))
+        linear = torch.nn.Linear(weight.shape[1], weight.shape[0], bias=False)
+        with torch.no_grad():
+            linear.weight.copy_(weight)
+        self.dim = int(weight.shape[0])
+        self.net = torch.nn.ModuleDict({"body": body, "linear": linear}).to(device).eval()
+        punctuation = string.punctuation if settings.get("mask_punctuation", True) else ""
+        self.skip = {int(self.tokenizer(c, add_special_tokens=False)["input_ids"][0]) for c in punctuation
+                     if self.tokenizer(c, add_special_tokens=False)["input_ids"]}
+        self.batch_size, self.device = batch_size, device
+        self.net, self.choice = prepare_model(self.net, precision, kind="colbert", path=self.path,
+                                              scores_of=self._calibration_scores)
+        self.precision = self.choice.precision
+
+    def _marker(self, marker: str) -> int:
+        ids = self.tokenizer(marker.strip(), add_special_tokens=False)["input_ids"]
+        found = self.tokenizer.convert_tokens_to_ids(marker.strip())
+        if isinstance(found, int) and found != self.tokenizer.unk_token_id:
+            return found
+        if len(ids) != 1:
+            raise RecipeError(f"{self.path}: the marker {marker!r} is not one token of this tokenizer")
+        return int(ids[0])
+
+    def _projection(self, folder: Path, dense_path: str | None):
+        """The linear projection's weight: ``linear.weight`` beside the encoder (Stanford), or
+        PyLate's Dense module."""
+        import torch
+        from safetensors.torch import load_file
+
+        candidates = [folder / (dense_path or "") / name for name in ("model.safetensors", "pytorch_model.bin")] \
+            if dense_path else [folder / "model.safetensors", folder / "pytorch_model.bin"]
+        for path in candidates:
+            if not path.is_file():
+                continue
+            tensors = load_file(str(path)) if path.suffix == ".safetensors" else torch.load(path, map_location="cpu")
+            for key in ("linear.weight", "weight"):
+                if key in tensors and tensors[key].dim() == 2:
+                    return tensors[key].float()
+        raise RecipeError(f"{folder}: no ColBERT projection (linear.weight) found; is this a ColBERT checkpoint?")
+
+    def runtime_settings(self) -> dict[str, str]:
+        """Recipe, precision and threads, for traces and manifests."""
+        return {**self.choice.as_settings(self.threads), "recipe": "colbert",
+                "query_length": str(self.query_length), "document_length": str(self.document_length)}
+
+    def config_reference(self) -> str:
+        """How a config names this encoder: its model name or path."""
+        return self.name
+
+    # -- encoding ---------------------------------------------------------------------------
+    def query_ids(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Ids and attention mask of queries: ``[CLS] marker query [SEP]`` then ``[MASK]`` up to
+        ``query_length`` (masks attended to only if the checkpoint says so)."""
+        tok = self.tokenizer
+        body = tok(list(texts), add_special_tokens=False, truncation=True, max_length=self.query_length - 3)["input_ids"]
+        ids = np.full((len(texts), self.query_length), tok.mask_token_id, dtype=np.int64)
+        mask = np.zeros_like(ids)
+        for i, tokens in enumerate(body):
+            row = [tok.cls_token_id, self.markers[0], *tokens, tok.sep_token_id]
+            ids[i, :len(row)] = row
+            mask[i, :len(row)] = 1
+        if self.attend_to_masks:
+            mask[:] = 1
+        return ids, mask
+
+    def document_ids(self, texts: Sequence[str]) -> list[list[int]]:
+        """Ids of passages: ``[CLS] marker passage [SEP]``, at most ``document_length`` tokens."""
+        tok = self.tokenizer
+        body = tok(list(texts), add_special_tokens=False, truncation=True,
+                   max_length=self.document_length - 3)["input_ids"]
+        return [[tok.cls_token_id, self.markers[1], *tokens, tok.sep_token_id] for tokens in body]
+
+    def _forward(self, net, ids, mask):
+        import torch
+
+        hidden = net["body"](input_ids=torch.from_numpy(ids).to(self.device),
+                             attention_mask=torch.from_numpy(mask).to(self.device)).last_hidden_state
+        vectors = net["linear"](hidden).float()
+        return torch.nn.functional.normalize(vectors, p=2, dim=-1)
+
+    def encode_queries(self, texts: Sequence[str], *, net=None) -> np.ndarray:
+        """``[queries, query_length, dim]`` float32 token vectors."""
+        import torch
+
+        net = self.net if net is None else net
+        out = np.zeros((len(texts), self.query_length, self.dim), dtype=np.float32)
+        if not texts:
+            return out
+        with torch.inference_mode():
+            for start in range(0, len(texts), self.batch_size):
+                ids, mask = self.query_ids(texts[start:start + self.batch_size])
+                out[start:start + len(ids)] = self._forward(net, ids, mask).cpu().numpy()
+        return out
+
+    def encode_documents(self, texts: Sequence[str], *, net=None, progress: bool = False) -> list[np.ndarray]:
+        """One ``[tokens, dim]`` float32 array per passage (punctuation and padding dropped), in
+        length-sorted batches."""
+        import torch
+        from tqdm.auto import tqdm
+
+        if not texts:
+            return []
+        net = self.net if net is None else net
+        sequences = self.document_ids(texts)
+        order = np.argsort([-len(s) for s in sequences], kind="stable")
+        out: list[np.ndarray] = [np.zeros((0, self.dim), dtype=np.float32)] * len(texts)
+        with torch.inference_mode(), tqdm(total=len(texts), desc="Encoding passages (ColBERT)", unit="passage",
+                                          disable=not progress) as bar:
+            for start in range(0, len(order), self.batch_size):
+                rows = order[start:start + self.batch_size]
+                longest = len(sequences[rows[0]])
+                ids = np.full((len(rows), longest), self.tokenizer.pad_token_id, dtype=np.int64)
+                mask = np.zeros_like(ids)
+                for j, r in enumerate(rows):
+                    ids[j, :len(sequences[r])] = sequences[r]
+                    mask[j, :len(sequences[r])] = 1
+                vectors = self._forward(net, ids, mask).cpu().numpy()
+                for j, r in enumerate(rows):
+                    keep = [t for t, token in enumerate(sequences[r]) if token not in self.skip]
+                    out[r] = vectors[j, keep]
+                bar.update(len(rows))
+        return out
+
+    def _calibration_scores(self, net) -> np.ndarray:
+        pairs = calibration_pairs()
+        queries = list(dict.fromkeys(p.query for p in pairs))
+        encoded = dict(zip(queries, self.encode_queries(queries, net=net)))
+        documents = self.encode_documents([p.passage for p in pairs], net=net)
+        return np.array([maxsim(encoded[p.query], d) for p, d in zip(pairs, documents)])
+
+
+def maxsim(query: np.ndarray, document: np.ndarray) -> float:
+    """ColBERT's score: each query vector's largest dot product with a passage vector, summed."""
+    if not len(document):
+        return 0.0
+    return float((query @ document.T).max(axis=1).sum())
+
+
+class ColBERT(Scorer, kind="colbert"):
+    """Re-rank with a ColBERT checkpoint by MaxSim (see the module docstring).
+
+    ``model``: a Hugging Face id or folder (Stanford or PyLate layout). ``index``: a
+    :class:`~rerank.retrieve.tokens.TokenEmbeddingIndex` (or its folder) holding the passages'
+    token vectors, computed once; passages it lacks are encoded on the fly. Other options go to
+    :class:`ColBERTEncoder`. The trace counts query tokens and the passages encoded now.
+    """
+
+    pointwise = True
+    loads_model = True
+    path_arguments = ("index",)
+
+    def __init__(self, model: str, *, index=None, recipe: str | Recipe | None = None,
+                 query_length: int | None = None, document_length: int | None = None, batch_size: int = 32,
+                 precision: str = "auto", threads: int | None = None, device: str = "cpu",
+                 name: str | None = None) -> None:
+        from rerank.score.recipes import recipe as find_recipe
+
+        chosen = find_recipe(recipe) if recipe is not None else COLBERT
+        if chosen.stage != "colbert":
+            raise RecipeError(f"recipe {chosen.name} is run by the {chosen.stage} stage, not colbert")
+        if isinstance(index, (str, Path)):
+            from rerank.retrieve.tokens import TokenEmbeddingIndex
+
+            index = TokenEmbeddingIndex.load(index)
+        self.index = index
+        self.encoder = ColBERTEncoder(model, recipe=chosen, query_length=query_length,
+                                      document_length=document_length, batch_size=batch_size, precision=precision,
+                                      threads=threads, device=device)
+        self.name = name or f"colbert({os.path.basename(str(model).rstrip('/')) or model})"
+
+    def runtime_settings(self) -> dict[str, str]:
+        settings = self.encoder.runtime_settings()
+        if self.index is not None:
+            settings["stored_embeddings"] = str(getattr(self.index, "folder", "in memory"))
+        return settings
+
+    def score_pairs(self, batch: Sequence[Candidates]) -> tuple[Sequence[Any], Work]:
+        """MaxSim of every candidate: stored passage vectors where the index has them."""
+        queries = list(dict.fromkeys(c.query.text for c in batch))
+        encoded = dict(zip(queries, self.encoder.encode_queries(queries)))
+        ids = [p.id for c in batch for p in c.passages]
+        stored = self.index.vectors(ids) if self.index is not None else {}
+        fresh = list(dict.fromkeys(p.id for c in batch for p in c.passages if p.id not in stored))
+        encoded_now = set(fresh)
+        texts = {p.id: p.full_text for c in batch for p in c.passages}
+        vectors = dict(stored)
+        vectors.update(zip(fresh, self.encoder.encode_documents([texts[i] for i in fresh])))
+        scores, tokens, counters = [], [], []
+        for c in batch:
+            query = encoded[c.query.text]
+            scores.append(np.array([maxsim(query, vectors[p.id].astype(np.float32, copy=False))
+                                    for p in c.passages], dtype=np.float32))
+            tokens.append(self.encoder.query_length)
+            counters.append({"documents": len(c), "encoded_now": sum(1 for p in c.passages if p.id in encoded_now)})
+        calls = -(-len(queries) // self.encoder.batch_size) + -(-len(fresh) // self.encoder.batch_size)
+        return scores, Work(calls, tokens, counters_per_query=counters)
