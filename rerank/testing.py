@@ -181,7 +181,7 @@ def _tiny_colbert(folder: Path, *, seed: int, shape: str, dim: int = 16) -> Path
     from transformers import BertConfig, BertModel
 
     tokenizer = wordpiece_tokenizer()
-    sizes = dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072) \
+    sizes: dict[str, Any] = dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072) \
         if shape == "published" else dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
                                           intermediate_size=64)
     dim = 128 if shape == "published" else dim
