@@ -29,18 +29,18 @@ _WORDS = ("axon nerve signal cell protein gene study patients cancer treatment r
           "relevance expert evaluates match binary judgment semantic relationship carefully analyze pair")
 
 
-def _corpus() -> list[str]:
+def _corpus(texts: Iterable[str] = ()) -> list[str]:
     lines = [text for r in recipes().values() for text in (r.prefix, r.suffix, r.template, r.query_template,
                                                               r.passage_template, r.instruction or "")]
     words = _WORDS.split()
     lines += [" ".join(words[i:] + words[:i]) for i in range(len(words))]
-    lines += ["yes", "no", "Yes", "No", "true", "false"] * 50 + [" true", " false"] * 50
+    lines += ["yes", "no", "Yes", "No", "true", "false"] * 50 + [" true", " false"] * 50 + list(texts)
     return [line for line in lines if line]
 
 
-def byte_bpe_tokenizer(vocab_size: int = 600, padding_side: str = "left"):
+def byte_bpe_tokenizer(vocab_size: int = 600, padding_side: str = "left", texts: Iterable[str] = ()):
     """A byte-level BPE tokenizer (GPT-2/Qwen style) with ChatML special tokens and ``yes``,
-    ``no``, ``Yes``, ``0``, ``1`` as single tokens."""
+    ``no``, ``Yes``, ``0``, ``1`` as single tokens, trained on the recipes' prompts (and ``texts``)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -49,12 +49,12 @@ def byte_bpe_tokenizer(vocab_size: int = 600, padding_side: str = "left"):
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(CHATML_SPECIALS), show_progress=False,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tok.train_from_iterator(_corpus(), trainer)
+    tok.train_from_iterator(_corpus(texts), trainer)
     return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>",
                                    padding_side=padding_side)
 
 
-def unigram_tokenizer(extra_ids: int = 16):
+def unigram_tokenizer(extra_ids: int = 16, texts: Iterable[str] = ()):
     """A SentencePiece-style unigram tokenizer (T5 style): ``▁`` word pieces over a small
     vocabulary (every other text falls back to single characters), ``</s>`` after each text,
     ``<extra_id_N>`` tokens, and ``▁true``/``▁false`` as single tokens."""
@@ -63,7 +63,8 @@ def unigram_tokenizer(extra_ids: int = 16):
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
-    words = dict.fromkeys([*_WORDS.split(), "Query", "Document", "Document0", "Document1", "Relevant", "true", "false"])
+    words = dict.fromkeys([*_WORDS.split(), "Query", "Document", "Document0", "Document1", "Relevant", "true", "false",
+                           *(w for text in texts for w in text.split())])
     chars = string.ascii_letters + string.digits + string.punctuation
     vocab = [(token, 0.0) for token in T5_SPECIALS] + [(f"▁{w}", -2.0) for w in words] + [("▁", -3.0)]
     vocab += [(c, -6.0) for c in chars] + [(f"▁{c}", -5.0) for c in chars]
@@ -141,10 +142,11 @@ def _config(model_type: str, vocab_size: int, shape: str, tokenizer) -> Any:
 
 
 def tiny_model(recipe_name: str, folder: str | Path, *, seed: int = 0, shape: str = "tiny", card: bool = True,
-               model_type: str | None = None) -> Path:
+               model_type: str | None = None, texts: Iterable[str] = ()) -> Path:
     """A folder holding a model of ``recipe_name``'s family (tiny, or ``shape="published"``),
     its tokenizer and (``card``) a model card naming the recipe; ``model_type`` overrides the
-    architecture (to build a model a recipe does not fit)."""
+    architecture (to build a model a recipe does not fit); ``texts``: what the tokenizer should
+    know well (a BPE of 8,000 tokens is trained on them, or their words join the unigram vocabulary)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
@@ -154,7 +156,11 @@ def tiny_model(recipe_name: str, folder: str | Path, *, seed: int = 0, shape: st
     folder.mkdir(parents=True, exist_ok=True)
     if recipe_name == "colbert":
         return _tiny_colbert(folder, seed=seed, shape=shape)
-    tokenizer = unigram_tokenizer() if model_type == "t5" else byte_bpe_tokenizer()
+    texts = list(texts)
+    if model_type == "t5":
+        tokenizer = unigram_tokenizer(texts=texts)
+    else:
+        tokenizer = byte_bpe_tokenizer(8000 if texts else 600, texts=texts)
     config = _config(model_type, len(tokenizer), shape, tokenizer)
     torch.manual_seed(seed)
     loader = AutoModelForSeq2SeqLM if model_type == "t5" else AutoModelForCausalLM

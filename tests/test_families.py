@@ -8,6 +8,8 @@ for single pairs, and for padded batches of mixed lengths that the engine batche
 """
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import pytest
 import torch
@@ -41,6 +43,7 @@ def folders(tmp_path_factory):
 
 
 # -- references, from the published recipes --------------------------------------------------
+@functools.lru_cache(maxsize=2)
 def _causal(folder):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -124,6 +127,7 @@ def mxbai_reference(folder, pairs, instruction=None, max_length=8192):
     return (logits[:, ids("1")[0]] - logits[:, ids("0")[0]]).numpy()
 
 
+@functools.lru_cache(maxsize=2)
 def _t5(folder):
     from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 

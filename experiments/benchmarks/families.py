@@ -1,0 +1,247 @@
+"""Model families: exact scores against their published recipes, and speed against the model
+cards' own loops.
+
+Part 1, exactness: each family's tiny model (:mod:`rerank.testing`, seeded random weights) is
+scored by the engine in fp32 and by a reference written from the published recipe (the
+functions of ``tests/test_families.py``: model cards, pygaggle, mxbai-rerank, ColBERT's
+checkpoint code; for BERT cross-encoders sentence-transformers' ``CrossEncoder``), 10 SciFact
+pairs each. A family is exact when every score is within 1e-5 (absolute or relative).
+
+Part 2, speed: for each causal-LM and T5 family, a model with the layer sizes of its smallest
+published checkpoint (Qwen3-Reranker-0.6B, mxbai-rerank-base-v2, bge-reranker-v2-gemma (2B, not in
+``--quick``), monoT5/RankT5/duoT5-base) and random weights scores the same SciFact pairs (the
+package's calibration sample: queries with whole abstracts) with the reference loop (fp32,
+fixed batches of 8, full logits as the cards compute them) and with the engine in ``auto``
+precision. No trained weights exist offline, so quality is the Pearson and Spearman correlation
+of the engine's scores with the reference's. The tokenizers are built here (a byte-level BPE of
+8,000 tokens trained on the pairs' texts; a unigram vocabulary holding their words); both sides
+use them, and the mean tokens per pair are printed.
+
+    python experiments/benchmarks/families.py [--quick] [--pairs N]
+
+``--quick``: 8 pairs per family, no Gemma (10 GB in fp32), and ``auto``'s precision is applied
+without its calibration run (which scores 60 pairs in both precisions, minutes on these models);
+the full run calibrates as users' first load does and reports the seconds it took.
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from _common import CpuSteal, machine, print_json, print_table
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tests"))
+
+import test_families as ref
+
+import rerank
+from rerank.hardware import resolve_precision
+from rerank.precision import calibration_pairs
+from rerank.testing import tiny_model
+from rerank.types import Passage, Query
+
+POINTWISE = {  # family: reference giving scores on the engine's default scale
+    "qwen3-reranker": lambda folder, pairs: ref.qwen3_reference(folder, pairs)[1],
+    "bge-reranker-v2-gemma": ref.gemma_reference,
+    "mxbai-rerank-v2": ref.mxbai_reference,
+    "monot5": lambda folder, pairs: ref.monot5_reference(folder, pairs)[1],
+    "rankt5": ref.rankt5_reference,
+}
+
+
+def close(a, b) -> tuple[bool, float]:
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    diff = float(np.abs(a - b).max())
+    return bool(np.all(np.abs(a - b) <= 1e-5 + 1e-5 * np.abs(b))), diff
+
+
+def exactness(root: Path, pairs: list[tuple[str, str]]) -> list[dict]:
+    rows = []
+    for family, reference in POINTWISE.items():
+        folder = tiny_model(family, root / f"tiny-{family}")
+        engine = rerank.load(str(folder), precision="fp32", batch_size=3).predict(pairs)
+        ok, diff = close(engine, reference(folder, pairs))
+        rows.append({"family": family, "exact": ok, "max_abs_diff": diff})
+    folder = tiny_model("duot5", root / "tiny-duot5")
+    judge = rerank.load(str(folder), precision="fp32").judge
+    query = Query("q", pairs[0][0])
+    docs = [Passage(str(i), p) for i, (_, p) in enumerate(pairs[:4])]
+    duo = [(a, b) for a in docs for b in docs if a is not b]
+    ok, diff = close(judge.compare_many(query, duo), [ref.duot5_reference(folder, query.text, a.text, b.text)
+                                                       for a, b in duo])
+    rows.append({"family": "duot5", "exact": ok, "max_abs_diff": diff})
+    folder = tiny_model("colbert", root / "tiny-colbert")
+    scorer = rerank.load(str(folder), precision="fp32")
+    texts = [p for _, p in pairs]
+    ok, diff = close(scorer.score(Query("q", pairs[0][0]), [Passage(str(i), t) for i, t in enumerate(texts)]),
+                     ref.colbert_reference(folder, pairs[0][0], texts))
+    rows.append({"family": "colbert", "exact": ok, "max_abs_diff": diff})
+    rows.append(bert_exactness(root, pairs))
+    return rows
+
+
+def bert_exactness(root: Path, pairs: list[tuple[str, str]]) -> dict:
+    """The BERT cross-encoder against sentence-transformers' CrossEncoder on a tiny one-label model."""
+    import torch
+    from sentence_transformers import CrossEncoder as PeerCrossEncoder
+    from transformers import BertConfig, BertForSequenceClassification
+
+    from rerank.testing import wordpiece_tokenizer
+
+    folder = root / "tiny-bert-cross-encoder"
+    tokenizer = wordpiece_tokenizer()
+    torch.manual_seed(0)
+    model = BertForSequenceClassification(BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2,
+                                                     num_attention_heads=4, intermediate_size=64, num_labels=1,
+                                                     initializer_range=0.3))
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    engine = rerank.load(str(folder), precision="fp32", backend="torch").predict(pairs)
+    peer = PeerCrossEncoder(str(folder), max_length=512, device="cpu", activation_fn=torch.nn.Identity())
+    ok, diff = close(engine, peer.predict(pairs, batch_size=4))
+    return {"family": "bert-cross-encoder", "exact": ok, "max_abs_diff": diff}
+
+
+def reference_loop(family: str, folder: Path, pairs: list[tuple[str, str]], batch: int = 8) -> tuple[np.ndarray, float]:
+    """The card's scoring in fixed batches (fp32); scores and seconds (loading excluded)."""
+    if family == "duot5":
+        query = pairs[0][0]
+        ref.duot5_reference(folder, query, pairs[0][1], pairs[1][1])  # load once, untimed
+        began = time.perf_counter()
+        texts = [f"Query: {query} Document0: {a} Document1: {b} Relevant:" for (_, a), (_, b) in _duo_pairs(pairs)]
+        out = []
+        for start in range(0, len(texts), batch):
+            logits = ref.t5_reference(folder, texts[start:start + batch], ["▁false", "▁true"])
+            out.append(np.exp(logits.log_softmax(dim=1)[:, 1].numpy()))
+        return np.concatenate(out), time.perf_counter() - began
+    reference = POINTWISE[family]
+    reference(folder, pairs[:1])  # load once, untimed
+    began = time.perf_counter()
+    scores = np.concatenate([reference(folder, pairs[i:i + batch]) for i in range(0, len(pairs), batch)])
+    return scores, time.perf_counter() - began
+
+
+def _duo_pairs(pairs):
+    docs = [(q, p) for q, p in pairs[:4]]
+    return [(a, b) for a in docs for b in docs if a is not b]
+
+
+def engine_run(family: str, folder: Path, pairs: list[tuple[str, str]], precision: str) -> tuple[np.ndarray, float, dict]:
+    """The engine's scores, seconds (after a warm-up batch) and how it loaded."""
+    began = time.perf_counter()
+    stage = rerank.load(str(folder), precision=precision)
+    load_s = time.perf_counter() - began
+    if family == "duot5":
+        judge = stage.judge
+        query = Query("q", pairs[0][0])
+        docs = [Passage(str(i), p) for i, (_, p) in enumerate(pairs[:4])]
+        duo = [(a, b) for a in docs for b in docs if a is not b]
+        judge.compare_many(query, duo[:2])
+        began = time.perf_counter()
+        scores = np.array(judge.compare_many(query, duo))
+        return scores, time.perf_counter() - began, {"load_s": load_s, **judge.runtime_settings()}
+    stage.predict(pairs[:2])
+    began = time.perf_counter()
+    scores = stage.predict(pairs)
+    return scores, time.perf_counter() - began, {"load_s": load_s, **stage.runtime_settings()}
+
+
+def speed(root: Path, family: str, pairs: list[tuple[str, str]], precision: str) -> dict:
+    from scipy.stats import pearsonr, spearmanr
+
+    began = time.perf_counter()
+    folder = tiny_model(family, root / f"published-{family}", shape="published",
+                        texts=[text for pair in pairs for text in pair])
+    build_s = time.perf_counter() - began
+    reference, reference_s = reference_loop(family, folder, pairs)
+    ref._causal.cache_clear()
+    ref._t5.cache_clear()
+    gc.collect()
+    engine, engine_s, settings = engine_run(family, folder, pairs, precision)
+    tokens = _mean_tokens(family, folder, pairs)
+    n = len(engine)
+    row = {"family": family, "pairs": n, "reference_pairs_per_s": n / reference_s, "engine_pairs_per_s": n / engine_s,
+           "vs_reference": reference_s / engine_s, "pearson": float(pearsonr(engine, reference)[0]),
+           "spearman": float(spearmanr(engine, reference)[0]), "precision": settings.get("precision"),
+           "load_s": settings["load_s"], "build_s": build_s, "ms_per_pair": 1000 * engine_s / n,
+           "tokens_per_pair": tokens}
+    gc.collect()
+    return row
+
+
+def _mean_tokens(family: str, folder: Path, pairs: list[tuple[str, str]]) -> float:
+    from transformers import AutoTokenizer
+
+    from rerank.score.recipes import recipe
+
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    chosen = recipe(family)
+    if family == "duot5":
+        return float(np.mean([len(tokenizer(chosen.template.format(query=q, passage=a, second=b))["input_ids"])
+                              for (q, a), (_, b) in _duo_pairs(pairs)]))
+    return float(np.mean([len(chosen.encode(tokenizer, q, p)[0]) for q, p in pairs]))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--pairs", type=int, default=None, help="pairs per family in the speed part (default 8 quick, 32)")
+    parser.add_argument("--families", default=None, help="comma-separated families of the speed part")
+    args = parser.parse_args()
+    steal = CpuSteal()
+    print(f"machine: {machine()}")
+    calibration = calibration_pairs()
+    pairs = [(p.query, p.passage) for p in calibration]
+    chosen, reason = resolve_precision("auto")
+    precision = chosen if args.quick else "auto"
+    print(f"auto's precision on this CPU: {chosen} ({reason})"
+          + ("; --quick applies it without the calibration run" if args.quick else ""))
+    figures: dict = {"machine": machine()}
+    with tempfile.TemporaryDirectory(prefix="rerank-families-") as tmp:
+        root = Path(tmp)
+        print("\n## Exactness (fp32, tiny models, 10 SciFact pairs)")
+        rows = exactness(root, pairs[:10])
+        print_table(rows, ["family", "exact", "max_abs_diff"])
+        figures["families_exact"] = sum(r["exact"] for r in rows)
+        figures["families_checked"] = len(rows)
+        figures["exact_by_family"] = {r["family"]: r["max_abs_diff"] for r in rows}
+
+        families = ["qwen3-reranker", "mxbai-rerank-v2", "monot5", "rankt5", "duot5"]
+        if not args.quick:
+            families.insert(2, "bge-reranker-v2-gemma")
+        if args.families:
+            families = args.families.split(",")
+        n = args.pairs or (8 if args.quick else 32)
+        print(f"\n## Speed: published shapes, random weights, {n} pairs (duoT5: 12 ordered pairs of 4 passages)")
+        rows = []
+        for family in families:
+            row = speed(root, family, pairs[:n], precision)
+            rows.append(row)
+            print_table([row], list(row))
+            figures[f"{family.replace('-', '_')}_vs_reference"] = round(row["vs_reference"], 3)
+            figures[f"{family.replace('-', '_')}_pearson"] = round(row["pearson"], 5)
+            figures[f"{family.replace('-', '_')}_ms_per_pair"] = round(row["ms_per_pair"], 1)
+            shutil_rmtree(root / f"published-{family}")
+        print("\n## Speed summary")
+        print_table(rows, ["family", "precision", "tokens_per_pair", "reference_pairs_per_s", "engine_pairs_per_s",
+                           "vs_reference", "pearson", "spearman", "ms_per_pair", "load_s"])
+    figures["precision"] = precision
+    figures["colbert_student_retention"] = None  # not measured yet: the ColBERT student is not trained yet
+    figures["first_vs_generation_tokens"] = None  # not measured yet: FIRST is not implemented yet
+    figures["cpu_steal"] = steal.share()
+    print_json(figures)
+
+
+def shutil_rmtree(path: Path) -> None:
+    import shutil
+
+    shutil.rmtree(path, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
