@@ -373,3 +373,40 @@ def test_colbert_stored_embeddings_rank_like_text_and_need_no_passage_encoding(c
     [found] = loaded.search([Query("q", QUERIES[0])], k=len(PASSAGES))  # exhaustive MaxSim, same scores
     expected = dict(zip([p.id for p in out.passages], out.scores))
     np.testing.assert_allclose([expected[p.id] for p in found.passages], found.scores, rtol=1e-5, atol=1e-4)
+
+
+# -- FIRST: listwise by the first identifier's logits ------------------------------------------
+def test_first_orders_a_window_by_the_first_answer_tokens_logits(tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from rerank.score.listwise import ListwiseReranker
+    from rerank.score.llm import TransformersLLM
+    from rerank.score.prompts import LISTWISE_FIRST
+    from rerank.types import Candidates
+
+    folder = tiny_model("qwen3-reranker", tmp_path / "lm", card=False)
+    stage = ListwiseReranker(TransformersLLM(str(folder), precision="fp32"), mode="first", window=4, step=2,
+                             max_passage_tokens=4096)
+    passages = [Passage(str(i), t) for i, t in enumerate(PASSAGES)]
+    [out] = stage([Candidates(Query("q", QUERIES[0]), passages, [0.0] * len(passages))])
+    assert out.trace[-1].counters["generated_tokens"] == 0 and out.trace[-1].model_calls == 2
+
+    # The reference, window by window from the bottom: positions 1-4, then 0-2 of the new order.
+    tokenizer, model = AutoTokenizer.from_pretrained(folder), AutoModelForCausalLM.from_pretrained(folder).eval()
+    letters = "ABCD"
+
+    def reference(window):
+        listing = "\n".join(f"[{letter}] {p.text}" for letter, p in zip(letters, window))
+        prompt = LISTWISE_FIRST.format(n=len(window), query=QUERIES[0], passages=listing)
+        with torch.no_grad():
+            logits = model(**tokenizer(prompt, return_tensors="pt")).logits[0, -1]
+        ids = [tokenizer(letter, add_special_tokens=False)["input_ids"][0] for letter in letters[:len(window)]]
+        values = logits[ids].numpy()
+        assert len(set(values.round(6))) == len(values)  # no ties: the order is the logits'
+        return [window[i] for i in np.argsort(-values, kind="stable")]
+
+    bottom = reference(passages[1:5])
+    expected = reference([passages[0], *bottom[:2]]) + bottom[2:]
+    assert [p.id for p in out.passages] == [p.id for p in expected]
+    with pytest.raises(ValueError, match="at most 26"):
+        ListwiseReranker(stage.llm, mode="first", window=30)

@@ -2,6 +2,11 @@
 (RankGPT's ``[2] > [1] > [3]``), from the bottom of the list up with a sliding window, or over
 the whole list at once (``full=True``, the full-ranking mode of long-context LLMs).
 
+``mode="first"`` (FIRST, Reddy et al., 2024) generates nothing: the passages are marked with
+single-token letters and the window is ordered by the logits of the answer's first token, one
+forward pass per window instead of a decoded permutation (which the trace's ``generated_tokens``
+counter shows).
+
 Small models write bad permutations; :func:`parse_permutation` keeps what it can: ids outside
 the window and repeats are dropped, and ids the answer leaves out keep their input order after
 the ones it names. Each repair is counted.
@@ -16,7 +21,7 @@ from typing import Any
 from rerank.costs import Stopwatch
 from rerank.pipeline import Scorer, Work
 from rerank.score.llm import LLM, open_llm
-from rerank.score.prompts import LISTWISE, FitStats, fit_passages
+from rerank.score.prompts import FIRST_IDS, LISTWISE, LISTWISE_FIRST, FitStats, fit_passages
 from rerank.types import Candidates
 
 _ID = re.compile(r"\[\s*(\d+)\s*\]|\b(\d+)\b")
@@ -58,28 +63,40 @@ class ListwiseReranker(Scorer, kind="listwise"):
     """Permutation generation with an LLM, in windows of ``window`` passages moved up by ``step``
     from the bottom of the list (``full=True``: one window holding every candidate).
 
-    The trace counts LLM calls (one per window) and prompt tokens; ``repairs`` and ``fit`` count
-    what the parser fixed and the passages cut to fit the context.
+    ``mode``: ``generation`` (default; the permutation is decoded and parsed) or ``first``
+    (windows of at most 26 passages ordered by the first answer token's logits over their letter
+    ids; equal logits keep the input order).
+
+    The trace counts LLM calls (one per window), prompt tokens and generated tokens; ``repairs``
+    and ``fit`` count what the parser fixed and the passages cut to fit the context.
     """
 
     loads_model = True
 
     def __init__(self, llm: LLM | str = "smollm2-135m", *, window: int = 20, step: int = 10, full: bool = False,
-                 max_passage_tokens: int = 96, llm_options: dict[str, Any] | None = None,
+                 max_passage_tokens: int = 96, mode: str = "generation", llm_options: dict[str, Any] | None = None,
                  name: str | None = None) -> None:
         if window < 2 or not 1 <= step <= window:
             raise ValueError("window must be at least 2 and step between 1 and window")
+        if mode not in ("generation", "first"):
+            raise ValueError(f"mode must be 'generation' or 'first', got {mode!r}")
+        if mode == "first" and (window > len(FIRST_IDS) and not full):
+            raise ValueError(f"mode='first' marks passages with single letters: a window holds at most "
+                             f"{len(FIRST_IDS)}, got {window}")
+        self.mode = mode
         self.llm_options = dict(llm_options or {})
         self.llm = open_llm(llm, **self.llm_options)
         self.window = window
         self.step = step
         self.full = full
         self.max_passage_tokens = max_passage_tokens
-        self.name = name or ("listwise[full]" if full else "listwise")
+        self.name = name or ("listwise" + ("[full]" if full else "") + ("[first]" if mode == "first" else ""))
         self.repairs = PermutationRepairs()
         self.fit = FitStats()
 
     def _rank_window(self, query: str, passages: list) -> list[int]:
+        if self.mode == "first":
+            return self._rank_window_first(query, passages)
         n = len(passages)
         answer_tokens = 6 * n + 8  # "[12] > " is about 5-6 tokens per id
         texts = fit_passages(self.llm, passages, LISTWISE, self.max_passage_tokens, self.fit,
@@ -88,6 +105,20 @@ class ListwiseReranker(Scorer, kind="listwise"):
         prompt = self.llm.render(LISTWISE.format(n=n, query=query, passages=listing))
         answer = self.llm.generate([prompt], max_new_tokens=answer_tokens)[0]
         return parse_permutation(answer, n, self.repairs)
+
+    def _rank_window_first(self, query: str, passages: list) -> list[int]:
+        """The window ordered by the log-probability of each letter as the answer's first token."""
+        n = len(passages)
+        if n > len(FIRST_IDS):
+            raise ValueError(f"mode='first' ranks at most {len(FIRST_IDS)} passages in one window, got {n}; "
+                             "use a sliding window (full=False, window <= 26)")
+        letters = list(FIRST_IDS[:n])
+        texts = fit_passages(self.llm, passages, LISTWISE_FIRST, self.max_passage_tokens, self.fit,
+                             extra_answer_tokens=2, query=query, n=str(n))
+        listing = "\n".join(f"[{letter}] {t}" for letter, t in zip(letters, texts))
+        prompt = self.llm.render(LISTWISE_FIRST.format(n=n, query=query, passages=listing))
+        [logprobs] = self.llm.logprobs([prompt], [letters])
+        return sorted(range(n), key=lambda i: -logprobs[i])  # stable: equal logits keep the input order
 
     def _counts(self) -> dict[str, int]:
         return {"invented_ids": self.repairs.invented, "repeated_ids": self.repairs.repeated,
@@ -99,6 +130,7 @@ class ListwiseReranker(Scorer, kind="listwise"):
         scores, seconds, calls, tokens, counters = [], [], [], [], []
         for cands in batch:
             calls_before, tokens_before = self.llm.usage.calls, self.llm.usage.prompt_tokens
+            generated_before = self.llm.usage.generated_tokens
             before = self._counts()
             with Stopwatch() as watch:
                 order = self._permutation(cands)
@@ -110,7 +142,8 @@ class ListwiseReranker(Scorer, kind="listwise"):
             seconds.append(watch.seconds)
             calls.append(self.llm.usage.calls - calls_before)
             tokens.append(self.llm.usage.prompt_tokens - tokens_before)
-            counters.append({key: value - before[key] for key, value in self._counts().items()})
+            counters.append({**{key: value - before[key] for key, value in self._counts().items()},
+                             "generated_tokens": self.llm.usage.generated_tokens - generated_before})
         return scores, Work(calls, tokens, seconds, counters)
 
     def _permutation(self, cands: Candidates) -> list[int]:

@@ -26,6 +26,16 @@ LISTWISE = ("I will give you {n} passages, each marked with a number in brackets
             "in the format [2] > [1] > [3].")
 """Listwise permutation generation."""
 
+LISTWISE_FIRST = ("I will give you {n} passages, each marked with a letter in brackets. Rank them by their "
+                  "relevance to the search query: {query}\n\n{passages}\n\nSearch query: {query}\n\n"
+                  "Rank the {n} passages above from most to least relevant. Answer only with their letters, "
+                  "most relevant first, in the format C > A > B.")
+"""Listwise ranking by the first identifier (FIRST, Reddy et al., 2024): single-token letter ids,
+so the logits of the answer's first token rank every passage of the window at once."""
+
+FIRST_IDS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+"""The identifiers of FIRST's windows: one capital letter each, a single token in every common vocabulary."""
+
 RESERVED_TOKENS = 64
 """Room kept free in the context for chat-template tokens and the answer."""
 
