@@ -410,3 +410,28 @@ def test_first_orders_a_window_by_the_first_answer_tokens_logits(tmp_path):
     assert [p.id for p in out.passages] == [p.id for p in expected]
     with pytest.raises(ValueError, match="at most 26"):
         ListwiseReranker(stage.llm, mode="first", window=30)
+
+
+# -- served ------------------------------------------------------------------------------------
+@pytest.mark.slow
+@pytest.mark.parametrize("family", ["qwen3-reranker", "monot5", "duot5", "colbert"])
+def test_every_family_is_served_behind_the_rerank_api(family, folders, colbert_folder, tmp_path):
+    import httpx
+
+    from rerank.serve import RerankServer, load_service
+
+    folder = colbert_folder if family == "colbert" else folders[family]
+    kind = {"qwen3-reranker": "causal-reranker", "monot5": "t5-reranker", "duot5": "duot5", "colbert": "colbert"}
+    config = tmp_path / "serve.toml"
+    config.write_text(f'pipeline = "m"\n\n[stages.m]\nkind = "{kind[family]}"\nmodel = "{folder}"\n'
+                      f'precision = "fp32"\n\n[serve]\nport = 0\nmax_wait_ms = 20\n', encoding="utf-8")
+    pipeline, settings = load_service(str(config))
+    expected = pipeline.rank(QUERIES[0], PASSAGES)
+    with RerankServer(pipeline, settings) as running, httpx.Client(base_url=running.url, timeout=60) as http:
+        for path in ("/rerank", "/v1/rerank", "/v2/rerank"):
+            answer = http.post(path, json={"query": QUERIES[0], "documents": PASSAGES, "raw_scores": True,
+                                           "model": "m"})
+            assert answer.status_code == 200, answer.text
+            got = [(r["index"], r["relevance_score"]) for r in answer.json()["results"]]
+            assert [i for i, _ in got] == [r.index for r in expected]
+            np.testing.assert_allclose([s for _, s in got], [r.score for r in expected], rtol=1e-4, atol=1e-4)
