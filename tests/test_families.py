@@ -435,3 +435,33 @@ def test_every_family_is_served_behind_the_rerank_api(family, folders, colbert_f
             got = [(r["index"], r["relevance_score"]) for r in answer.json()["results"]]
             assert [i for i, _ in got] == [r.index for r in expected]
             np.testing.assert_allclose([s for _, s in got], [r.score for r in expected], rtol=1e-4, atol=1e-4)
+
+
+def test_a_colbert_student_trains_with_margin_mse_and_saves_a_checkpoint_the_stage_loads(colbert_folder, tmp_path):
+    from rerank.train.losses import margin_mse
+    from rerank.train.models import build_model, student_kinds
+
+    assert "colbert" in student_kinds()  # registered by its own module: rerank train distill --student colbert
+    torch.manual_seed(0)
+    student = build_model("colbert", str(colbert_folder), max_length=180)
+    queries, passages = [QUERIES[0]] * 3, PASSAGES[:3]
+    teacher = torch.tensor([[4.0, -2.0, 0.5]])  # the teacher's scores of the three passages
+    optimizer = torch.optim.AdamW(student.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(8):
+        student.train(True)
+        loss = margin_mse(student.scores(queries, passages).unsqueeze(0), teacher).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(float(loss.detach()))
+    assert losses[-1] < losses[0] / 2
+    student.train(False)
+    student.save(tmp_path / "student")
+    with torch.no_grad():
+        trained = student.scores(queries, passages).numpy()
+    stage = student.inference_scorer(tmp_path / "student")
+    assert type(stage).__name__ == "ColBERT" and detect_model(str(tmp_path / "student")).recipe.name == "colbert"
+    loaded = rerank.load(str(tmp_path / "student"), precision="fp32")
+    np.testing.assert_allclose(loaded.score(Query("q", QUERIES[0]), [Passage(str(i), t) for i, t in enumerate(passages)]),
+                               trained, **EXACT)
