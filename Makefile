@@ -50,6 +50,7 @@ bench-quick: install
 	$(PY) experiments/benchmarks/train_step.py --quick
 	$(PY) experiments/benchmarks/training_turns.py --quick
 	$(PY) experiments/benchmarks/serve.py --quick
+	$(PY) experiments/benchmarks/families.py --quick
 
 # The committed experiments, one command each (see README: Results), then the README's tables.
 experiments: install

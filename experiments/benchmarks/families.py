@@ -89,7 +89,34 @@ def exactness(root: Path, pairs: list[tuple[str, str]]) -> list[dict]:
                      ref.colbert_reference(folder, pairs[0][0], texts))
     rows.append({"family": "colbert", "exact": ok, "max_abs_diff": diff})
     rows.append(bert_exactness(root, pairs))
+    rows.append(first_exactness(root, pairs))
     return rows
+
+
+def first_exactness(root: Path, pairs: list[tuple[str, str]]) -> dict:
+    """FIRST on a tiny causal LM: the window's letter log-probabilities against the model's own
+    logits at the prompt's last position, read directly."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from rerank.score.listwise import ListwiseReranker
+    from rerank.score.llm import TransformersLLM
+    from rerank.score.prompts import LISTWISE_FIRST
+
+    folder = tiny_model("qwen3-reranker", root / "tiny-first", card=False)
+    stage = ListwiseReranker(TransformersLLM(str(folder), precision="fp32"), mode="first", full=True,
+                             max_passage_tokens=4096)
+    window = [Passage(str(i), p[:200]) for i, (_, p) in enumerate(pairs[:6])]
+    letters = "ABCDEF"
+    listing = "\n".join(f"[{letter}] {p.text}" for letter, p in zip(letters, window))
+    prompt = LISTWISE_FIRST.format(n=len(window), query=pairs[0][0], passages=listing)
+    [engine] = stage.llm.logprobs([stage.llm.render(prompt)], [list(letters)])
+    tokenizer, model = AutoTokenizer.from_pretrained(folder), AutoModelForCausalLM.from_pretrained(folder).eval()
+    with torch.no_grad():
+        logits = model(**tokenizer(prompt, return_tensors="pt")).logits[0, -1].float()
+    ids = [tokenizer(letter, add_special_tokens=False)["input_ids"][0] for letter in letters]
+    ok, diff = close(engine, torch.log_softmax(logits, dim=-1)[ids].numpy())
+    return {"family": "first (listwise)", "exact": ok, "max_abs_diff": diff}
 
 
 def bert_exactness(root: Path, pairs: list[tuple[str, str]]) -> dict:

@@ -16,8 +16,9 @@ Also measured, in the same run:
 * the peer: sentence-transformers' ``CrossEncoder.predict`` (fp32) on the same pairs, in the
   same interleaved rounds as the cross-encoder's precisions (``auto_vs_peer``);
 * GEMM throughput of each dtype on this machine's threads (fp32 and bf16 ``torch.mm``, int8
-  ``torch._int_mm``), the FLOP bound in pairs/s it implies for the cross-encoder at the
-  workload's mean pair length, and each precision's share of its own bound;
+  ``torch._int_mm``) at square shapes and at the cross-encoder's own, the fastest of which is the
+  FLOP bound (in pairs/s at the workload's mean pair length), each precision's share of its own
+  bound, and the instruction set oneDNN dispatches to (AMX or not);
 * batch shapes: pairs/s of the cross-encoder for several (pairs, padded tokens) caps per
   precision, the fastest of which become ``rerank.precision.BATCH_SHAPES``;
 * runtimes side by side at equal inputs: eager torch, ``torch.compile`` (inductor), ONNX Runtime
@@ -60,17 +61,24 @@ SHAPES = [BatchShape(32, 2048), BatchShape(64, 4096), BatchShape(64, 4096, 16), 
           BatchShape(16, 1024), BatchShape(32, 4096)]
 
 
-def gemm_gflops(dtype: str, seconds: float = 1.5, n: int = 2048) -> float:
-    """Measured GEMM throughput for ``dtype`` with torch's threads (GFLOP/s; int8: GOP/s)."""
+GEMM_SHAPES = ((2048, 2048, 2048), (4096, 4096, 4096), (3072, 384, 1536), (3072, 1536, 384), (3072, 384, 384),
+               (1024, 1024, 1024))
+"""(m, k, n) of the bound's GEMMs: squares, and a MiniLM-L6 cross-encoder's own products at a
+32-pair batch of about 96 tokens (hidden 384, intermediate 1536)."""
+
+
+def gemm_gflops(dtype: str, seconds: float = 1.5, shape: tuple[int, int, int] = (2048, 2048, 2048)) -> float:
+    """Measured GEMM throughput for ``dtype`` at ``shape`` with torch's threads (GFLOP/s; int8: GOP/s)."""
     import torch
 
+    m, k, n = shape
     if dtype == "int8":
-        a = torch.randint(-128, 127, (n, n), dtype=torch.int8)
-        b = torch.randint(-128, 127, (n, n), dtype=torch.int8)
+        a = torch.randint(-128, 127, (m, k), dtype=torch.int8)
+        b = torch.randint(-128, 127, (k, n), dtype=torch.int8)
         op = lambda: torch._int_mm(a, b)  # noqa: E731
     else:
         kind = torch.float32 if dtype == "fp32" else torch.bfloat16
-        a, b = torch.randn(n, n).to(kind), torch.randn(n, n).to(kind)
+        a, b = torch.randn(m, k).to(kind), torch.randn(k, n).to(kind)
         op = lambda: torch.mm(a, b)  # noqa: E731
     for _ in range(3):  # the first calls build kernels and fault pages in
         op()
@@ -78,7 +86,25 @@ def gemm_gflops(dtype: str, seconds: float = 1.5, n: int = 2048) -> float:
     while time.perf_counter() - began < seconds:
         op()
         count += 1
-    return 2 * n**3 * count / (time.perf_counter() - began) / 1e9
+    return 2 * m * k * n * count / (time.perf_counter() - began) / 1e9
+
+
+def fastest_gemm(dtype: str, seconds: float) -> tuple[float, dict[str, float]]:
+    """The fastest GEMM throughput over :data:`GEMM_SHAPES` (the bound), and each shape's."""
+    each = {"x".join(map(str, shape)): gemm_gflops(dtype, seconds, shape) for shape in GEMM_SHAPES}
+    return max(each.values()), each
+
+
+def onednn_isa() -> str:
+    """The instruction set oneDNN dispatches to in a fresh process (its verbose header), e.g.
+    "Intel AVX10.1 and Intel AMX with bfloat16 and 8-bit integer support"."""
+    import subprocess
+    import sys
+
+    code = "import torch; a = torch.randn(64, 64).bfloat16(); torch.mm(a, a)"
+    found = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False,
+                           env={**os.environ, "ONEDNN_VERBOSE": "1"}).stdout
+    return next((line.split("isa:", 1)[1].strip() for line in found.splitlines() if ",isa:" in line), "unknown")
 
 
 def seeded_cross_encoder(folder: Path) -> Path:
@@ -342,7 +368,13 @@ def main() -> None:
     print(f"{machine()}; torch threads {torch.get_num_threads()}")
     print(f"CPU capability: {features.describe()}; auto precision: {reason}")
 
-    gemm = {p: gemm_gflops(p, seconds=0.5 if args.quick else 2.0) for p in PRECISIONS}
+    print(f"oneDNN dispatches to: {onednn_isa()}")
+    gemm, by_shape = {}, {}
+    for p in PRECISIONS:
+        gemm[p], by_shape[p] = fastest_gemm(p, seconds=0.3 if args.quick else 1.0)
+    print("GEMM throughput by shape (GFLOP/s; int8 GOP/s); the bound takes each dtype's fastest:")
+    print_table([{"shape": shape, **{p: by_shape[p][shape] for p in PRECISIONS}} for shape in by_shape["fp32"]],
+                ["shape", *PRECISIONS])
     print_table([{"dtype": p, "GFLOP/s": g, "x fp32": g / gemm["fp32"]} for p, g in gemm.items()],
                 ["dtype", "GFLOP/s", "x fp32"])
 
