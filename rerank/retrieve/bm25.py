@@ -286,7 +286,7 @@ class BM25Index(Index, kind=KIND):
         with atomic_directory(folder) as staging:
             self.backend.save(staging)
             docstore = store_for_index(self.passages, self.fingerprint, folder, staging)
-            write_manifest(staging, KIND, {
+            write_manifest(staging, self.kind, {
                 "docstore": docstore,
                 "backend": self.backend.name,
                 "n_passages": len(self.passages),
@@ -303,7 +303,7 @@ class BM25Index(Index, kind=KIND):
         """Load an index written by :meth:`save`, checking its manifest and files first
         (``precision`` is accepted for symmetry with model indexes: BM25 has no model)."""
         folder = Path(folder)
-        manifest = read_manifest(folder, KIND, verify=verify)
+        manifest = read_manifest(folder, cls.kind, verify=verify)
         try:
             tokenizer = Tokenizer.from_dict(manifest["tokenizer"])
             params = BM25Params(**manifest["params"])

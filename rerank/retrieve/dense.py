@@ -206,7 +206,7 @@ class DenseIndex(Index, kind=KIND):
             faiss.write_index(self.faiss, str(staging / "faiss.index"))
             np.save(staging / "embeddings.npy", self.embeddings)
             docstore = store_for_index(self.passages, self.fingerprint, folder, staging)
-            write_manifest(staging, KIND, {
+            write_manifest(staging, self.kind, {
                 "docstore": docstore,
                 "model": self.model_name,
                 "dim": int(self.embeddings.shape[1]),
@@ -228,7 +228,7 @@ class DenseIndex(Index, kind=KIND):
         import faiss
 
         folder = Path(folder)
-        manifest = read_manifest(folder, KIND, verify=verify)
+        manifest = read_manifest(folder, cls.kind, verify=verify)
         try:
             index = faiss.read_index(str(folder / "faiss.index"))
             embeddings = np.load(folder / "embeddings.npy", mmap_mode="r")

@@ -106,7 +106,7 @@ class SpladeIndex(Index, kind=KIND):
         with atomic_directory(folder) as staging:
             sp.save_npz(staging / "vectors.npz", self.matrix, compressed=False)
             docstore = store_for_index(self.passages, self.fingerprint, folder, staging)
-            write_manifest(staging, KIND, {
+            write_manifest(staging, self.kind, {
                 "docstore": docstore,
                 "model": self.model_name, "max_length": self.max_length, "vocab": int(self.matrix.shape[1]),
                 "n_passages": len(self.passages), "corpus_fingerprint": self.fingerprint,
@@ -123,7 +123,7 @@ class SpladeIndex(Index, kind=KIND):
         import scipy.sparse as sp
 
         folder = Path(folder)
-        manifest = read_manifest(folder, KIND, verify=verify)
+        manifest = read_manifest(folder, cls.kind, verify=verify)
         try:
             matrix = sp.load_npz(folder / "vectors.npz")
             passages = open_index_passages(folder, manifest, verify=verify)

@@ -147,7 +147,7 @@ class TokenEmbeddingIndex(Index, kind=KIND):
             np.save(staging / "vectors.npy", np.ascontiguousarray(self.matrix))
             np.save(staging / "offsets.npy", self.offsets)
             docstore = store_for_index(self.passages, self.fingerprint, folder, staging)
-            write_manifest(staging, KIND, {
+            write_manifest(staging, self.kind, {
                 "docstore": docstore, "model": self.model, "dim": int(self.matrix.shape[1]),
                 "n_passages": len(self.passages), "n_vectors": len(self.matrix),
                 "corpus_fingerprint": self.fingerprint, "encoder": self.settings,
@@ -161,7 +161,7 @@ class TokenEmbeddingIndex(Index, kind=KIND):
         """Load an index written by :meth:`save`; the vectors are memory-mapped, and the query
         encoder loads on first search, in ``precision``."""
         folder = Path(folder)
-        manifest = read_manifest(folder, KIND, verify=verify)
+        manifest = read_manifest(folder, cls.kind, verify=verify)
         try:
             vectors = np.load(folder / "vectors.npy", mmap_mode="r")
             offsets = np.load(folder / "offsets.npy")

@@ -8,6 +8,7 @@ score tokens; :class:`~rerank.score.t5.DuoT5Judge` uses :class:`RecipeModel` alo
 """
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
@@ -126,8 +127,9 @@ class RecipeModel:
         out = np.empty(len(sequences), dtype=np.float32)
         calls = 0
         pairs, tokens = self.shape(precision)
+        session = getattr(net, "session", contextlib.nullcontext)  # one autocast region for every batch
         with tqdm(total=len(out), desc=f"Scoring ({label})", unit="pair", disable=not progress) as bar, \
-                torch.inference_mode():
+                torch.inference_mode(), session():
             for rows, ids, mask in self.batches(sequences, pairs, tokens):
                 logits = forward_logits(net, torch.from_numpy(ids).to(self.device),
                                         torch.from_numpy(mask).to(self.device))
@@ -157,7 +159,10 @@ class RecipeScorer(Scorer):
     the recipe's, at most the model's). ``batch_size``/``max_batch_tokens``: pairs and padded
     tokens per forward call (default: the precision's shape, :data:`rerank.precision.BATCH_SHAPES`).
     ``precision``: ``auto`` (default; bf16, int8 or fp32 by the CPU, kept only if it ranks the
-    calibration sample like fp32), ``fp32``, ``bf16`` or ``int8``. ``normalize``: return the
+    calibration sample like fp32), ``fp32``, ``bf16`` or ``int8``; bf16 runs the fp32 weights under
+    autocast (matrix products in bf16, norms and the residual stream in fp32: as fast as bf16
+    weights on these deep models and far closer to fp32, :func:`rerank.precision.autocast_bf16`).
+    ``normalize``: return the
     recipe's probability instead of its log-odds (see :mod:`rerank.score.recipes`).
     """
 
@@ -193,7 +198,7 @@ class RecipeScorer(Scorer):
         self.recipe = chosen
         self.model.net, self.choice = prepare_model(
             net, precision, kind=chosen.name, path=self.path, scores_of=self._calibration_scores, encoder=False,
-            query_ids=[p.query_id for p in calibration_pairs()[:CALIBRATION_PAIRS]])
+            query_ids=[p.query_id for p in calibration_pairs()[:CALIBRATION_PAIRS]], bf16="autocast")
         self.precision = self.choice.precision
 
     def _load_network(self, path: str):
