@@ -252,33 +252,41 @@ than torch's fused CPU SDPA kernel in bf16 (``experiments/benchmarks/precision.p
 the two were even."""
 
 
-def autocast_bf16(model):
-    """``model`` (fp32, untouched) wrapped so that every forward runs under CPU (or CUDA)
-    ``torch.autocast`` in bf16: matrix products in bf16 on AMX, while norms, softmax and the
-    residual stream stay fp32. For deep generative re-rankers this keeps scores far closer to
-    fp32 than bf16 weights do (Qwen3-Reranker-0.6B's shape: Pearson 0.9997 against 0.9987 on
-    random weights) at about the same speed; the weights keep their fp32 memory."""
+def bf16_matmuls(model):
+    """``model`` with its linear layers' weights cast to bf16 (once, in place) and wrapped so
+    that every forward runs under ``torch.autocast`` in bf16: the matrix products run on AMX
+    with weights that need no cast per call, while embeddings, norms and the residual stream stay
+    fp32 (autocast's own numerics). For deep generative re-rankers this keeps scores far closer
+    to fp32 than casting the whole model (Qwen3-Reranker-0.6B's shape on random weights: Pearson
+    0.9997 against 0.9987) at about the speed of bf16 weights. ``session()`` opens one autocast
+    region for many forwards."""
     import torch
 
-    class AutocastBF16(torch.nn.Module):
+    for module in model.modules():
+        if isinstance(module, torch.nn.Linear):
+            # New tensors, not a cast in place: an output head tied to the input embeddings must
+            # leave the embeddings (and so the residual stream) in fp32.
+            module.weight = torch.nn.Parameter(module.weight.detach().to(torch.bfloat16), requires_grad=False)
+            if module.bias is not None:
+                module.bias = torch.nn.Parameter(module.bias.detach().to(torch.bfloat16), requires_grad=False)
+
+    class BF16Matmuls(torch.nn.Module):
         def __init__(self) -> None:
             super().__init__()
             self.model = model
             self.config = getattr(model, "config", None)
 
         def session(self):
-            """An autocast region to run many forwards in: the bf16 copies of the weights are
-            made once in it, not at every call."""
             return torch.autocast(next(self.model.parameters()).device.type, dtype=torch.bfloat16)
 
         def forward(self, *args, **kwargs):
             with self.session():
                 return self.model(*args, **kwargs)
 
-    return AutocastBF16()
+    return BF16Matmuls()
 
 
-def quantize(model, precision: str, *, encoder: bool = False):
+def quantize(model, precision: str, *, encoder: bool = False, bf16: str = "weights"):
     """``model`` in ``precision``: ``fp32`` unchanged; ``bf16`` casts the weights in place (fast
     only with AMX or AVX-512-BF16; on AVX2 several times slower than fp32) and, for an
     ``encoder``, switches attention to :data:`BF16_ENCODER_ATTENTION`; ``int8`` returns a copy
@@ -288,6 +296,8 @@ def quantize(model, precision: str, *, encoder: bool = False):
 
     if precision not in hardware.PRECISIONS:
         raise ValueError(f"precision must be one of {hardware.PRECISIONS}, got {precision!r}")
+    if precision == "bf16" and bf16 == "matmuls":
+        return bf16_matmuls(model)
     if precision == "bf16":
         if encoder and hasattr(model, "set_attn_implementation"):
             model.set_attn_implementation(BF16_ENCODER_ATTENTION)
@@ -306,22 +316,19 @@ def prepare_model(model, requested: str, *, kind: str, path: str | Path, scores_
     settles on, and the :class:`PrecisionChoice`. ``scores_of(net)`` scores the calibration
     pairs with ``net`` (the fp32 model or a converted copy); it runs only when ``auto`` must
     calibrate. The fp32 model is kept intact until the verdict is in. ``encoder``: see
-    :func:`quantize` (``False`` for a generative LLM). ``bf16``: ``weights`` casts the weights
-    (:func:`quantize`), ``autocast`` keeps them fp32 and runs under autocast (:func:`autocast_bf16`)."""
+    :func:`quantize` (``False`` for a generative LLM). ``bf16``: ``weights`` casts the whole model,
+    ``matmuls`` only the linear layers' weights (:func:`bf16_matmuls`)."""
     import copy
 
-    if bf16 not in ("weights", "autocast"):
-        raise ValueError(f"bf16 must be 'weights' or 'autocast', got {bf16!r}")
+    if bf16 not in ("weights", "matmuls"):
+        raise ValueError(f"bf16 must be 'weights' or 'matmuls', got {bf16!r}")
     converted: dict[str, object] = {}
 
     def in_precision(precision: str):
         if precision == "fp32":
             return model
         if precision not in converted:
-            if precision == "bf16" and bf16 == "autocast":
-                converted[precision] = autocast_bf16(model)
-            else:
-                converted[precision] = quantize(copy.deepcopy(model), precision, encoder=encoder)
+            converted[precision] = quantize(copy.deepcopy(model), precision, encoder=encoder, bf16=bf16)
         return converted[precision]
 
     device = next(model.parameters()).device.type
@@ -329,9 +336,7 @@ def prepare_model(model, requested: str, *, kind: str, path: str | Path, scores_
                               scores=lambda precision: scores_of(in_precision(precision)), device=device)
     if choice.precision in converted:
         return converted[choice.precision], choice
-    if choice.precision == "bf16" and bf16 == "autocast":
-        return autocast_bf16(model), choice
-    return quantize(model, choice.precision, encoder=encoder), choice
+    return quantize(model, choice.precision, encoder=encoder, bf16=bf16), choice
 
 
 @dataclass(frozen=True)

@@ -465,3 +465,22 @@ def test_a_colbert_student_trains_with_margin_mse_and_saves_a_checkpoint_the_sta
     loaded = rerank.load(str(tmp_path / "student"), precision="fp32")
     np.testing.assert_allclose(loaded.score(Query("q", QUERIES[0]), [Passage(str(i), t) for i, t in enumerate(passages)]),
                                trained, **EXACT)
+
+
+def test_bf16_matmuls_cast_the_linear_weights_once_and_leave_tied_embeddings_fp32(tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from rerank.precision import bf16_matmuls
+
+    folder = tiny_model("qwen3-reranker", tmp_path / "lm", card=False)
+    model = AutoModelForCausalLM.from_pretrained(folder).eval()
+    assert model.lm_head.weight is model.get_input_embeddings().weight  # tied, as Qwen3-0.6B's are
+    ids = torch.tensor([[5, 17, 42, 99, 7]])
+    with torch.no_grad():
+        expected = model(input_ids=ids).logits[0, -1]
+        wrapped = bf16_matmuls(model)
+        got = wrapped(input_ids=ids).logits[0, -1].float()
+    assert model.get_input_embeddings().weight.dtype == torch.float32
+    assert model.lm_head.weight.dtype == torch.bfloat16 and model.model.layers[0].mlp.up_proj.weight.dtype == torch.bfloat16
+    assert model.model.norm.weight.dtype == torch.float32
+    assert torch.allclose(got, expected, rtol=0.05, atol=0.05 * float(expected.abs().max()))  # bf16 products only

@@ -159,9 +159,10 @@ class RecipeScorer(Scorer):
     the recipe's, at most the model's). ``batch_size``/``max_batch_tokens``: pairs and padded
     tokens per forward call (default: the precision's shape, :data:`rerank.precision.BATCH_SHAPES`).
     ``precision``: ``auto`` (default; bf16, int8 or fp32 by the CPU, kept only if it ranks the
-    calibration sample like fp32), ``fp32``, ``bf16`` or ``int8``; bf16 runs the fp32 weights under
-    autocast (matrix products in bf16, norms and the residual stream in fp32: as fast as bf16
-    weights on these deep models and far closer to fp32, :func:`rerank.precision.autocast_bf16`).
+    calibration sample like fp32), ``fp32``, ``bf16`` or ``int8``; bf16 casts the linear layers'
+    weights and runs their products in bf16 while norms and the residual stream stay fp32 (as
+    fast as a whole-bf16 model on these deep models and far closer to fp32,
+    :func:`rerank.precision.bf16_matmuls`).
     ``normalize``: return the
     recipe's probability instead of its log-odds (see :mod:`rerank.score.recipes`).
     """
@@ -198,7 +199,7 @@ class RecipeScorer(Scorer):
         self.recipe = chosen
         self.model.net, self.choice = prepare_model(
             net, precision, kind=chosen.name, path=self.path, scores_of=self._calibration_scores, encoder=False,
-            query_ids=[p.query_id for p in calibration_pairs()[:CALIBRATION_PAIRS]], bf16="autocast")
+            query_ids=[p.query_id for p in calibration_pairs()[:CALIBRATION_PAIRS]], bf16="matmuls")
         self.precision = self.choice.precision
 
     def _load_network(self, path: str):

@@ -93,7 +93,7 @@ class DuoT5Judge:
             return self.model.run(sequences, self._logits, net=candidate_net)[0]
 
         self.model.net, self.choice = prepare_model(net, precision, kind="duot5", path=self.path,
-                                                    scores_of=calibration, encoder=False, bf16="autocast",
+                                                    scores_of=calibration, encoder=False, bf16="matmuls",
                                                     query_ids=[p.query_id for p in pairs])
         self.precision = self.choice.precision
 
