@@ -52,8 +52,8 @@ class ModelFiles:
     card: dict[str, Any] = field(default_factory=dict)
     readme: str = ""
     tokenizer_config: dict[str, Any] = field(default_factory=dict)
-    artifact: dict[str, Any] = field(default_factory=dict)
-    """ColBERT's own ``artifact.metadata`` (its training and inference settings)."""
+    present: frozenset[str] = frozenset()
+    """Which of the files that recipes name as signatures (``Recipe.files``) the model has."""
 
     @property
     def architectures(self) -> list[str]:
@@ -157,11 +157,12 @@ def read_model_files(name_or_path: str) -> ModelFiles:
     modules = _json(_read(folder, resolved, "modules.json"), f"{where}/modules.json")
     readme = _read(folder, resolved, "README.md") or ""
     tokenizer_config = _json(_read(folder, resolved, "tokenizer_config.json"), f"{where}/tokenizer_config.json")
-    artifact = _json(_read(folder, resolved, "artifact.metadata"), f"{where}/artifact.metadata")
+    signatures = {name for r in recipes().values() for name in r.files}
+    present = frozenset(name for name in signatures if _read(folder, resolved, name) is not None)
     return ModelFiles(name=resolved, local=folder is not None, config=config,
                       modules=modules if isinstance(modules, list) else [], card=front_matter(readme),
                       readme=readme, tokenizer_config=tokenizer_config if isinstance(tokenizer_config, dict) else {},
-                      artifact=artifact if isinstance(artifact, dict) else {})
+                      present=present)
 
 
 def _by_hub_id(name: str) -> Recipe | None:
@@ -171,9 +172,17 @@ def _by_hub_id(name: str) -> Recipe | None:
     return None
 
 
-def _choose(files: ModelFiles, stages: tuple[str, ...], what: str) -> Recipe:
-    """The one recipe of ``stages`` the files name, or an error listing those that fit."""
-    family = [r for r in recipes().values() if r.stage in stages]
+def _signed(files: ModelFiles) -> list[Recipe]:
+    """Recipes whose signature (an architecture, a file, a module type) the files hold."""
+    module_types = [str(m.get("type", "")).lower() for m in files.modules]
+    return [r for r in recipes().values()
+            if set(r.architectures) & set(files.architectures) or set(r.files) & files.present
+            or any(t.lower() in m for t in r.module_types for m in module_types)]
+
+
+def _choose(files: ModelFiles, network: str, what: str) -> Recipe:
+    """The one recipe run by ``network`` that the files name, or an error listing those that fit."""
+    family = [r for r in recipes().values() if r.network == network]
     fitting = [r for r in family if not r.model_types or files.model_type in r.model_types]
     text = files.text()
     marked = [r for r in family if any(m in text for m in (*r.markers, *r.card_phrases))]
@@ -195,7 +204,7 @@ def _is_reranker(files: ModelFiles) -> bool:
     if any(tag in RERANKER_TAGS for tag in files.tags):
         return True
     identity, text = files.identity(), files.text()
-    causal = [r for r in recipes().values() if r.stage == "causal-reranker"]
+    causal = [r for r in recipes().values() if r.network == "causal-lm"]
     return (any(m in identity for r in causal for m in r.markers)
             or any(p in text for r in causal for p in r.card_phrases))
 
@@ -221,17 +230,20 @@ def detect_model(name_or_path: str) -> Detection:
     files = read_model_files(name_or_path)
     architectures = files.architectures
     module_types = [str(m.get("type", "")) for m in files.modules]
-    if "HF_ColBERT" in architectures or files.artifact or any("pylate" in t.lower() for t in module_types):
-        return Detection("reranker", recipes()["colbert"], "a ColBERT checkpoint (HF_ColBERT, artifact.metadata "
-                                                           "or PyLate modules)")
+    signed = _signed(files)
+    if len(signed) == 1:
+        return Detection("reranker", signed[0], f"its files carry recipe {signed[0].name}'s signature")
+    if signed:
+        raise ModelKindError(f"{files.name}: its files carry the signatures of several recipes "
+                             f"({', '.join(r.name for r in signed)}); pass recipe=")
     if any(a.endswith("ForSequenceClassification") for a in architectures):
         return Detection("cross-encoder", recipes().get("bert-cross-encoder"), "a sequence-classification config")
     if files.config.get("is_encoder_decoder") or any(a.endswith("ForConditionalGeneration") for a in architectures):
-        return Detection("reranker", _choose(files, ("t5-reranker", "duot5"), "sequence-to-sequence model"),
+        return Detection("reranker", _choose(files, "seq2seq", "sequence-to-sequence model"),
                          "a sequence-to-sequence model whose files name its recipe")
     if any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in architectures) or files.config.get("is_decoder"):
         if _is_reranker(files):
-            return Detection("reranker", _choose(files, ("causal-reranker",), "causal-LM re-ranker by its card"),
+            return Detection("reranker", _choose(files, "causal-lm", "causal-LM re-ranker by its card"),
                              "a causal LM whose card says it is a re-ranker")
         return Detection("llm", reason="a causal LM with no re-ranker card")
     if any("Splade" in t for t in module_types):

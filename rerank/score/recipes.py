@@ -45,7 +45,8 @@ from typing import Any
 from rerank.errors import RerankError
 
 LAYOUTS = ("whole", "split", "pair")
-_TUPLE_FIELDS = ("tokens", "model_types", "markers", "card_phrases", "hub_ids")
+_TUPLE_FIELDS = ("tokens", "model_types", "markers", "card_phrases", "hub_ids", "architectures", "files", "module_types")
+NETWORKS = ("encoder", "causal-lm", "seq2seq")
 SCORES = ("softmax", "difference", "logit", "classifier", "maxsim")
 PADDING_SIDES = ("left", "right")
 
@@ -63,7 +64,11 @@ class Recipe:
     ``model_type`` values it fits; ``markers``: lower-case names that, in a model card's front
     matter or title or the name a model was saved under, say it uses this recipe;
     ``card_phrases``: lower-case text of the recipe's own prompt or code that its model cards
-    show in their usage example; ``hub_ids``: published checkpoints that use it. ``source``: where the recipe comes from.
+    show in their usage example; ``hub_ids``: published checkpoints that use it. ``network``:
+    what runs it (``encoder``, ``causal-lm`` or ``seq2seq``), so detection knows which recipes a
+    causal LM or a T5 may have; ``architectures``, ``files`` and ``module_types``: a ``config.json``
+    architecture, a file in the folder, or a ``modules.json`` type (substring) that by itself says
+    a model uses this recipe (ColBERT's ``HF_ColBERT``, ``artifact.metadata``, PyLate's modules). ``source``: where the recipe comes from.
     """
 
     name: str
@@ -89,6 +94,10 @@ class Recipe:
     model_types: tuple[str, ...] = ()
     markers: tuple[str, ...] = ()
     card_phrases: tuple[str, ...] = ()
+    network: str = "encoder"
+    architectures: tuple[str, ...] = ()
+    files: tuple[str, ...] = ()
+    module_types: tuple[str, ...] = ()
     hub_ids: tuple[str, ...] = ()
     source: str = ""
     options: Mapping[str, Any] = field(default_factory=dict)
@@ -102,6 +111,8 @@ class Recipe:
             raise RecipeError(f"recipe {self.name}: score must be one of {SCORES}, got {self.score!r}")
         if self.padding_side not in PADDING_SIDES:
             raise RecipeError(f"recipe {self.name}: padding_side must be left or right, got {self.padding_side!r}")
+        if self.network not in NETWORKS:
+            raise RecipeError(f"recipe {self.name}: network must be one of {NETWORKS}, got {self.network!r}")
         if self.token_lookup not in ("vocab", "encode"):
             raise RecipeError(f"recipe {self.name}: token_lookup must be 'vocab' or 'encode'")
         needed = {"softmax": 2, "difference": 2, "logit": 1}.get(self.score, 0)
@@ -303,7 +314,7 @@ register_recipe(Recipe(
     suffix="<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n",
     instruction="Given a web search query, retrieve relevant passages that answer the query",
     max_length=8192, padding_side="left", score="softmax", tokens=("no", "yes"), token_lookup="vocab",
-    model_types=("qwen3",), markers=("qwen3-reranker",),
+    network="causal-lm", model_types=("qwen3",), markers=("qwen3-reranker",),
     card_phrases=("<instruct>:", "judge whether the document meets the requirements"),
     hub_ids=("Qwen/Qwen3-Reranker-0.6B", "Qwen/Qwen3-Reranker-4B", "Qwen/Qwen3-Reranker-8B"),
     source="the Qwen3-Reranker model card (transformers usage)"))
@@ -316,7 +327,7 @@ register_recipe(Recipe(
     suffix="\nGiven a query A and a passage B, determine whether the passage contains an answer to the query by "
            "providing a prediction of either 'Yes' or 'No'.",
     query_share=0.75, max_length=1024, padding_side="left", score="logit", tokens=("Yes",), token_lookup="encode",
-    model_types=("gemma",), markers=("bge-reranker-v2-gemma",),
+    network="causal-lm", model_types=("gemma",), markers=("bge-reranker-v2-gemma",),
     card_phrases=("given a query a and a passage b",),
     hub_ids=("BAAI/bge-reranker-v2-gemma",), source="the bge-reranker-v2-gemma model card (FlagEmbedding)"))
 
@@ -333,7 +344,7 @@ register_recipe(Recipe(
            "binary relevance judgment (0 for not relevant, 1 for relevant).\nRelevance:"
            "<|im_end|>\n<|im_start|>assistant\n",
     query_share=0.75, max_length=8192, padding_side="left", score="difference", tokens=("0", "1"),
-    token_lookup="encode", model_types=("qwen2",), markers=("mxbai-rerank-base-v2", "mxbai-rerank-large-v2", "mxbai-rerank-v2"),
+    token_lookup="encode", network="causal-lm", model_types=("qwen2",), markers=("mxbai-rerank-base-v2", "mxbai-rerank-large-v2", "mxbai-rerank-v2"),
     card_phrases=("mxbairerankv2", "you are a search relevance expert"),
     hub_ids=("mixedbread-ai/mxbai-rerank-base-v2", "mixedbread-ai/mxbai-rerank-large-v2"),
     source="the mxbai-rerank package (MxbaiRerankV2)"))
@@ -343,8 +354,8 @@ register_recipe(Recipe(
     description="monoT5: 'Query: q Document: d Relevant:' through the encoder; softmax of ▁false/▁true at the "
                 "first decoder step; the input is cut at its end to 512 tokens",
     template="Query: {query} Document: {passage} Relevant:", max_length=512, padding_side="right",
-    score="softmax", tokens=("▁false", "▁true"), token_lookup="vocab", model_types=("t5", "mt5"),
-    markers=("monot5", "mt5-base-multi-msmarco", "mono-t5"),
+    score="softmax", tokens=("▁false", "▁true"), token_lookup="vocab", network="seq2seq",
+    model_types=("t5", "mt5"), markers=("monot5", "mt5-base-multi-msmarco", "mono-t5"),
     hub_ids=("castorini/monot5-base-msmarco", "castorini/monot5-base-msmarco-10k", "castorini/monot5-large-msmarco",
              "castorini/monot5-3b-msmarco-10k", "unicamp-dl/mt5-base-multi-msmarco"),
     source="pygaggle MonoT5 (Nogueira et al., 2020)"))
@@ -354,7 +365,8 @@ register_recipe(Recipe(
     description="RankT5 (encoder-decoder): 'Query: q Document: d' through the encoder; the raw logit of the unused "
                 "token <extra_id_10> at the first decoder step",
     template="Query: {query} Document: {passage}", max_length=512, padding_side="right", score="logit",
-    tokens=("<extra_id_10>",), token_lookup="vocab", model_types=("t5", "mt5"), markers=("rankt5", "rank-t5"),
+    tokens=("<extra_id_10>",), token_lookup="vocab", network="seq2seq", model_types=("t5", "mt5"),
+    markers=("rankt5", "rank-t5"),
     hub_ids=("Soyoung97/RankT5-base", "Soyoung97/RankT5-large", "Soyoung97/RankT5-3b"),
     source="RankT5 (Zhuang et al., SIGIR 2023)"))
 
@@ -363,7 +375,7 @@ register_recipe(Recipe(
     description="duoT5: 'Query: q Document0: d0 Document1: d1 Relevant:'; P(▁true) among ▁false/▁true at the "
                 "first decoder step is P(d0 more relevant than d1); each passage is cut to an equal share",
     template="Query: {query} Document0: {passage} Document1: {second} Relevant:", max_length=512,
-    padding_side="right", score="softmax", tokens=("▁false", "▁true"), token_lookup="vocab",
+    padding_side="right", score="softmax", tokens=("▁false", "▁true"), token_lookup="vocab", network="seq2seq",
     model_types=("t5", "mt5"), markers=("duot5", "duo-t5"),
     hub_ids=("castorini/duot5-base-msmarco", "castorini/duot5-3b-msmarco-10k"),
     source="pygaggle DuoT5 (Pradeep et al., 2021)"))
@@ -374,6 +386,7 @@ register_recipe(Recipe(
     description="ColBERT: [CLS] [unused0] query [SEP] padded with [MASK] to 32 tokens, [CLS] [unused1] passage "
                 "[SEP] up to 180; linear projection, L2 normalization, MaxSim; passage punctuation dropped",
     model_types=("bert", "roberta", "xlm-roberta", "electra", "modernbert"), markers=("colbert",),
+    architectures=("HF_ColBERT",), files=("artifact.metadata",), module_types=("pylate",),
     hub_ids=("colbert-ir/colbertv2.0", "lightonai/colbertv2.0", "answerdotai/answerai-colbert-small-v1"),
     options={"query_length": 32, "query_marker": "[unused0]", "document_marker": "[unused1]",
              "mask_punctuation": True, "attend_to_mask_tokens": False},
