@@ -7,6 +7,8 @@ other string (a Hub id or a local path) passes through unchanged.
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,3 +60,17 @@ def gguf_file(name: str) -> str | None:
     """The GGUF file name inside the resolved folder for ``name``, if the model is a GGUF."""
     spec = REGISTRY.get(name)
     return spec.file if spec is not None and packaged_folder(name) is not None else None
+
+
+@contextmanager
+def quiet_transformers() -> Iterator[None]:
+    """transformers' logging at errors only while a model loads (its reports of unused or
+    freshly initialized weights are expected here), restored afterwards."""
+    import transformers
+
+    verbosity = transformers.logging.get_verbosity()
+    transformers.logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        transformers.logging.set_verbosity(verbosity)

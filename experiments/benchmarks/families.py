@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import shutil
 import sys
 import tempfile
 import time
@@ -301,7 +302,7 @@ def main() -> None:
             figures[f"{family.replace('-', '_')}_vs_reference"] = round(row["vs_reference"], 3)
             figures[f"{family.replace('-', '_')}_pearson"] = round(row["pearson"], 5)
             figures[f"{family.replace('-', '_')}_ms_per_pair"] = round(row["ms_per_pair"], 1)
-            shutil_rmtree(root / f"published-{family}")
+            shutil.rmtree(root / f"published-{family}", ignore_errors=True)
         print("\n## Speed summary")
         print_table(rows, ["family", "precision", "tokens_per_pair", "reference_pairs_per_s", "engine_pairs_per_s",
                            "vs_reference", "pearson", "spearman", "ms_per_pair", "load_s"])
@@ -311,12 +312,6 @@ def main() -> None:
     figures["colbert_student_retention"] = None  # not measured: the ColBERT student is not trained yet
     figures["cpu_steal"] = steal.share()
     print_json(figures)
-
-
-def shutil_rmtree(path: Path) -> None:
-    import shutil
-
-    shutil.rmtree(path, ignore_errors=True)
 
 
 if __name__ == "__main__":

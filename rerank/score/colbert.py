@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from rerank.hardware import apply_threads
-from rerank.models import resolve
+from rerank.models import quiet_transformers, resolve
 from rerank.pipeline import Scorer, Work
 from rerank.precision import calibration_pairs, prepare_model
 from rerank.score.recipes import Recipe, RecipeError, recipes
@@ -80,7 +80,6 @@ class ColBERTEncoder:
                  document_length: int | None = None, batch_size: int = 32, precision: str = "auto",
                  threads: int | None = None, device: str = "cpu") -> None:
         import torch
-        import transformers
         from transformers import AutoModel, AutoTokenizer
 
         self.name = model
@@ -93,13 +92,9 @@ class ColBERTEncoder:
         if self.query_length < 4 or self.document_length < 4:
             raise ValueError("query_length and document_length must be at least 4 tokens")
         self.attend_to_masks = bool(settings.get("attend_to_mask_tokens", False))
-        verbosity = transformers.logging.get_verbosity()
-        transformers.logging.set_verbosity_error()
-        try:
+        with quiet_transformers():
             self.tokenizer = AutoTokenizer.from_pretrained(self.path)
             body = AutoModel.from_pretrained(self.path).to(device).eval()
-        finally:
-            transformers.logging.set_verbosity(verbosity)
         self.markers = [self._marker(str(settings["query_marker"])), self._marker(str(settings["document_marker"]))]
         weight = self._projection(folder, settings.get("dense_path"))
         linear = torch.nn.Linear(weight.shape[1], weight.shape[0], bias=False)

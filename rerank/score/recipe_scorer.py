@@ -17,7 +17,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from rerank.hardware import apply_threads
-from rerank.models import resolve
+from rerank.models import quiet_transformers, resolve
 from rerank.pipeline import Scorer, Work
 from rerank.precision import BATCH_SHAPES, calibration_pairs, prepare_model
 from rerank.score.recipes import Recipe, RecipeError
@@ -175,7 +175,6 @@ class RecipeScorer(Scorer):
                  max_batch_tokens: int | None = None, precision: str = "auto", normalize: bool = False,
                  threads: int | None = None, device: str = "cpu", progress: bool = False,
                  name: str | None = None) -> None:
-        import transformers
         from transformers import AutoTokenizer
 
         if max_length is not None and max_length < 8:
@@ -184,13 +183,9 @@ class RecipeScorer(Scorer):
         self.model_name = model
         self.path = resolve(model)
         chosen = choose_recipe(self.path, str(self.kind), recipe)
-        verbosity = transformers.logging.get_verbosity()
-        transformers.logging.set_verbosity_error()
-        try:
+        with quiet_transformers():
             tokenizer = AutoTokenizer.from_pretrained(self.path)
             net = self._load_network(self.path).to(device).eval()
-        finally:
-            transformers.logging.set_verbosity(verbosity)
         self.device, self.progress = device, progress
         self.name = name or f"{chosen.name}({os.path.basename(str(model).rstrip('/')) or model})"
         self.model = RecipeModel(self.path, chosen, tokenizer, net, max_length=max_length, batch_size=batch_size,

@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from rerank.score.pairwise import PairwiseReranker
-from rerank.score.recipe_scorer import RecipeModel, RecipeScorer, choose_recipe
+from rerank.score.recipe_scorer import CALIBRATION_PAIRS, RecipeModel, RecipeScorer, choose_recipe
 from rerank.score.recipes import Recipe
 from rerank.types import Passage, Query
 
@@ -61,11 +61,10 @@ class DuoT5Judge:
                  max_length: int | None = None, max_passage_tokens: int | None = None, batch_size: int | None = None,
                  max_batch_tokens: int | None = None, precision: str = "auto", threads: int | None = None,
                  device: str = "cpu") -> None:
-        import transformers
         from transformers import AutoTokenizer
 
         from rerank.hardware import apply_threads
-        from rerank.models import resolve
+        from rerank.models import quiet_transformers, resolve
         from rerank.precision import calibration_pairs, prepare_model
 
         if max_passage_tokens is not None and max_passage_tokens < 1:
@@ -73,19 +72,15 @@ class DuoT5Judge:
         self.threads = apply_threads(threads)
         self.path = resolve(model)
         self.recipe = choose_recipe(self.path, "duot5", recipe)
-        verbosity = transformers.logging.get_verbosity()
-        transformers.logging.set_verbosity_error()
-        try:
+        with quiet_transformers():
             tokenizer = AutoTokenizer.from_pretrained(self.path)
             net = _seq2seq(self.path).to(device).eval()
-        finally:
-            transformers.logging.set_verbosity(verbosity)
         self.model = RecipeModel(self.path, self.recipe, tokenizer, net, max_length=max_length, batch_size=batch_size,
                                  max_batch_tokens=max_batch_tokens, normalize=True, instruction=None, device=device)
         self.max_passage_tokens = max_passage_tokens
         self.calls = 0
         self.name = f"duot5({os.path.basename(str(model).rstrip('/')) or model})"
-        pairs = calibration_pairs()[:60]
+        pairs = calibration_pairs()[:CALIBRATION_PAIRS]
         seconds = [pairs[(i + 1) % len(pairs)].passage for i in range(len(pairs))]
 
         def calibration(candidate_net):
