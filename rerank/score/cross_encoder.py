@@ -179,7 +179,11 @@ class CrossEncoder(Scorer, kind="cross-encoder"):
 
     def _calibration_scores(self, net, runtime=None):
         pairs = calibration_pairs()
-        encoded = self.encode_pairs([p.query for p in pairs], [p.passage for p in pairs])
+        cut_before = self.truncated_queries
+        with warnings.catch_warnings():  # calibration's own cuts are not the caller's
+            warnings.simplefilter("ignore", UserWarning)
+            encoded = self.encode_pairs([p.query for p in pairs], [p.passage for p in pairs])
+        self.truncated_queries = cut_before
         return self._run(encoded, net=net, runtime=runtime, progress=False)[0]
 
     def runtime_settings(self) -> dict[str, str]:
