@@ -155,7 +155,9 @@ def stream_inputs(*, candidates: str | Path | None = None, run: str | Path | Non
 def _docstore_texts(docstore: str | Path, run: str | Path) -> Callable[[list[str], str, bool], dict]:
     from rerank.retrieve.docstore import DocStore
 
-    store = DocStore.load(docstore, verify=False)
+    # Checksummed once here, in the driver: a flipped byte must not be served as passage text.
+    # Ray actors reopen the store trusting this verified fingerprint (DocStore.__reduce__).
+    store = DocStore.load(docstore, verify=True)
     warned: list[str] = []
 
     def texts(ids: list[str], query_id: str, skip_missing: bool) -> dict:

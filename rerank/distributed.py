@@ -82,6 +82,9 @@ def rerank(pipeline: str | Path, candidates_source: Inputs | Sequence[Candidates
     from rerank.config import parse_config
 
     options = RayOptions(address, workers, cpus_per_worker, gpus_per_worker, batch_queries)
+    from rerank.extras import require
+
+    require("ray.data", "ray", "rerank rerank --engine ray")  # before anything starts
     config_path = Path(pipeline)
     parse_config(config_path)  # a bad config fails before anything starts
     out = Path(out)

@@ -10,6 +10,10 @@ ISA (``AVX512`` on a Sapphire Rapids Xeon with AMX), so the instruction-set flag
   int8 quantization uses it;
 * ``fp32`` otherwise (on AVX2-only CPUs bf16 is emulated and several times *slower* than fp32).
 
+oneDNN's own cap on the instruction set (``ONEDNN_MAX_CPU_ISA``, e.g. ``AVX2``) is honoured: the
+flags it rules out are dropped, so a run capped to AVX2 on a Sapphire Rapids machine chooses
+as an AVX2-only AMD EPYC would (and is as slow in bf16).
+
 Threads: the physical cores this process may use, counting the CPU affinity mask and a cgroup
 CPU quota (containers), and one thread per core rather than per hyper-thread.
 """
@@ -17,6 +21,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -63,12 +68,48 @@ def parse_cpuinfo(text: str) -> tuple[frozenset[str], str]:
     return flags, model
 
 
+# oneDNN ISA caps (ONEDNN_MAX_CPU_ISA) below which its bf16 / int8 kernels are not native.
+_ISA_ORDER = ("SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2", "AVX512_CORE", "AVX512_CORE_VNNI",
+              "AVX512_CORE_BF16", "AVX10_1_512", "AVX512_CORE_FP16", "AVX10_1_512_AMX", "AVX512_CORE_AMX",
+              "AVX10_1_512_AMX_FP16", "AVX512_CORE_AMX_FP16")
+
+
+def isa_cap(environ: Mapping[str, str] | None = None) -> str | None:
+    """oneDNN's instruction-set cap (``ONEDNN_MAX_CPU_ISA``, or ``DNNL_MAX_CPU_ISA``) when set
+    to one it knows, else None (no cap; ``ALL`` and ``DEFAULT`` mean none)."""
+    env: Mapping[str, str] = os.environ if environ is None else environ
+    value = (env.get("ONEDNN_MAX_CPU_ISA") or env.get("DNNL_MAX_CPU_ISA") or "").strip().upper()
+    return value if value in _ISA_ORDER else None
+
+
+def capped_flags(flags: frozenset[str], cap: str | None) -> frozenset[str]:
+    """``flags`` less those a oneDNN ISA ``cap`` rules out (bf16 below ``AVX512_CORE_BF16``, AMX
+    below ``AVX512_CORE_AMX``, VNNI below ``AVX2_VNNI``, AVX-512 below ``AVX512_CORE``)."""
+    if cap is None:
+        return flags
+    level = _ISA_ORDER.index(cap)
+    dropped = set()
+    if level < _ISA_ORDER.index("AVX512_CORE_BF16"):
+        dropped |= {"avx512_bf16", "amx_bf16"}
+    if level < _ISA_ORDER.index("AVX10_1_512_AMX"):
+        dropped |= {"amx_bf16", "amx_int8", "amx_tile", "amx_fp16"}
+    if level < _ISA_ORDER.index("AVX512_CORE_VNNI"):
+        dropped.add("avx512_vnni")
+    if level < _ISA_ORDER.index("AVX2_VNNI"):
+        dropped.add("avx_vnni")
+    if level < _ISA_ORDER.index("AVX512_CORE"):
+        dropped |= {f for f in flags if f.startswith("avx512")}
+    return frozenset(f for f in flags if f not in dropped)
+
+
 def cpu_features(cpuinfo: str | Path = "/proc/cpuinfo") -> CpuFeatures:
-    """This machine's :class:`CpuFeatures` (empty flags where ``/proc/cpuinfo`` does not exist)."""
+    """This machine's :class:`CpuFeatures` (empty flags where ``/proc/cpuinfo`` does not exist),
+    less what ``ONEDNN_MAX_CPU_ISA`` rules out."""
     try:
         flags, model = parse_cpuinfo(Path(cpuinfo).read_text(encoding="utf-8", errors="replace"))
     except OSError:
         flags, model = frozenset(), ""
+    flags = capped_flags(flags, isa_cap())
     try:
         import torch
 

@@ -37,14 +37,19 @@ def _save(fig, path: str | Path) -> Path:
     return path
 
 
+def pyplot():
+    """matplotlib's pyplot on the file-only Agg backend (the ``plots`` extra)."""
+    from rerank.extras import require
+
+    require("matplotlib", "plots").use("Agg")
+    return require("matplotlib.pyplot", "plots")
+
+
 def plot_trade_off(points: Sequence[TradeOffPoint], path: str | Path, *, measure: str = "nDCG@10",
                    title: str = "") -> Path:
     """Effectiveness against mean latency per query (log scale), every pipeline labelled, the
     Pareto front drawn as a line."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     if not points:
         raise ValueError("no pipelines to plot")
@@ -112,10 +117,7 @@ def plot_per_query_deltas(baseline: Mapping[str, float], systems: Mapping[str, M
                           path: str | Path, *, measure: str = "nDCG@10", baseline_name: str = "baseline") -> Path:
     """One panel per system: its per-query difference from the baseline, sorted, as bars (wins
     up in green, losses down in red), all panels on the same y scale."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     from rerank.significance import paired_scores
 

@@ -78,7 +78,9 @@ class Tokenizer:
 
     def _chinese_words(self, text: str) -> list[str]:
         if self.chinese == "jieba":
-            import jieba
+            from rerank.extras import require
+
+            jieba = require("jieba", "chinese", "chinese='jieba'")
 
             jieba.setLogLevel(60)
             words: list[str] = []

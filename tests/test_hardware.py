@@ -6,9 +6,11 @@ import pytest
 
 from rerank.hardware import (
     CpuFeatures,
+    capped_flags,
     cgroup_cpu_limit,
     choose_precision,
     default_threads,
+    isa_cap,
     parse_cpuinfo,
     physical_cores_of,
     resolve_precision,
@@ -80,3 +82,16 @@ def test_default_threads_respect_a_cgroup_quota(tmp_path):
     (tmp_path / "cg" / "cpu.max").write_text("50000 100000\n")
     threads, reason = default_threads(tmp_path / "cpuinfo", tmp_path / "cg")
     assert threads == 1 and "cgroup quota 0.5 CPUs" in reason
+
+
+@pytest.mark.parametrize("cap, expected", [
+    ("AVX2", "fp32"), ("avx2_vnni", "int8"), ("AVX512_CORE_VNNI", "int8"), ("AVX512_CORE_BF16", "bf16"),
+    ("AVX512_CORE_AMX", "bf16"), ("ALL", "bf16"), ("", "bf16"), ("nonsense", "bf16"),
+])
+def test_a_onednn_isa_cap_chooses_as_the_capped_cpu_would(cap, expected):
+    # ONEDNN_MAX_CPU_ISA=AVX2 on a Sapphire Rapids machine: bf16 is emulated there, as on an AVX2 EPYC.
+    flags = capped_flags(frozenset(SAPPHIRE_RAPIDS.split()), isa_cap({"ONEDNN_MAX_CPU_ISA": cap}))
+    assert choose_precision(CpuFeatures(flags, "AVX2"))[0] == expected
+    if cap == "AVX2":
+        assert not any(f.startswith(("avx512", "amx")) for f in flags) and "avx2" in flags
+    assert isa_cap({"DNNL_MAX_CPU_ISA": "AVX2"}) == "AVX2" and isa_cap({}) is None

@@ -150,3 +150,25 @@ def test_the_cli_re_ranks_from_a_docstore(lines, docstore, tiny_ce_path, tmp_pat
     assert main([*common, "--docstore", str(docstore.folder), "--out", str(tmp_path / "a.trec")]) == 0
     assert main([*common, "--corpus", str(shared(DL19, "corpus.jsonl")), "--out", str(tmp_path / "b.trec")]) == 0
     assert (tmp_path / "a.trec").read_bytes() == (tmp_path / "b.trec").read_bytes()
+
+
+def test_the_cli_refuses_a_docstore_whose_bytes_changed(tiny_ce_path, tmp_path, capsys):
+    # A flipped byte inside a passage's text used to be served as that text ("AXons carry ...").
+    from rerank.types import Passage
+
+    passages = [Passage(f"d{i}", f"axons carry nerve signals number {i}") for i in range(20)]
+    store = DocStore.build(passages, tmp_path / "docstore", progress=False)
+    (tmp_path / "q.tsv").write_text("q1\twhat do axons carry\n")
+    (tmp_path / "in.trec").write_text("".join(f"q1 Q0 d{i} {i + 1} {20 - i} bm25\n" for i in range(20)))
+    (tmp_path / "pipe.toml").write_text(f'pipeline = "ce"\n\n[stages.ce]\nkind = "cross-encoder"\nmodel = "{tiny_ce_path}"\n')
+    common = ["rerank", "--pipeline", str(tmp_path / "pipe.toml"), "--run", str(tmp_path / "in.trec"),
+              "--queries", str(tmp_path / "q.tsv"), "--docstore", str(store.folder), "--no-progress", "--precision", "fp32"]
+    assert main([*common, "--out", str(tmp_path / "ok.trec")]) == 0
+    data = store.folder / "passages.sqlite"
+    blob = data.read_bytes()
+    at = blob.index(b"axons carry nerve signals number 7")
+    data.write_bytes(blob[:at] + b"AX" + blob[at + 2:])
+    capsys.readouterr()
+    assert main([*common, "--out", str(tmp_path / "bad.trec")]) == 2
+    assert "checksum" in capsys.readouterr().err
+    assert not (tmp_path / "bad.trec").exists()

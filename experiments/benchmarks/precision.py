@@ -168,14 +168,14 @@ class PeerCrossEncoder:
         return {"precision": "fp32", "backend": "sentence-transformers"}
 
 
-def scorer_rows(make, batch, qrels, label, unit, repeats, peer=None):
+def scorer_rows(make, batch, qrels, label, unit, repeats, peer=None, precisions=PRECISIONS):
     """Throughput and nDCG@10 of a scorer built by ``make(precision)`` for each precision (and
     of ``peer()``, if given, under the name ``peer``). All are built and warmed up first, then
     timed in interleaved rounds (fastest round counts), so a drift in the machine's speed
     touches every precision alike."""
     rows, figures, scorers, notes = [], {}, {}, {}
     n = sum(len(c) for c in batch)
-    for precision in ("auto", *PRECISIONS, *(["peer"] if peer else [])):
+    for precision in ("auto", *precisions, *(["peer"] if peer else [])):
         if precision == "peer":
             scorers[precision] = peer()
             notes[precision] = "sentence-transformers CrossEncoder.predict"
@@ -211,14 +211,14 @@ def pairs_of(batch):
     return [(c.query.text, p.full_text) for c in batch for p in c.passages]
 
 
-def batch_shape_sweep(path: str, pairs, quick: bool):
+def batch_shape_sweep(path: str, pairs, quick: bool, precisions=PRECISIONS):
     """pairs/s of the cross-encoder per precision and batch shape (best of 2 runs), each precision
     on the backend it gets by default (bf16: OpenVINO where installed, as ``auto`` runs it)."""
     from rerank.score import CrossEncoder
 
     results = {}
     shapes = SHAPES[:3] if quick else SHAPES
-    for precision in PRECISIONS:
+    for precision in precisions:
         ce = CrossEncoder(path, precision=precision)
         encoded = ce.encode_pairs([q for q, _ in pairs], [p for _, p in pairs])
         ce._run(encoded)  # warm-up
@@ -280,7 +280,7 @@ def runtime_rows(path: str, batch, qrels, features, quick: bool):
     return rows
 
 
-def step_rates_in_turns(groups, queries, corpus, rounds: int) -> dict[str, float]:
+def step_rates_in_turns(groups, queries, corpus, rounds: int, precisions=("fp32", "bf16")) -> dict[str, float]:
     """Training pairs/s of fp32 and bf16 from the trainer's own steps (forward with its
     dropout, loss, backward, clipping, its fused AdamW) taken in turns, one fp32 step then one
     bf16 step, ``rounds`` times after one untimed round; each rate is pairs per step over the median step time. Two
@@ -294,7 +294,10 @@ def step_rates_in_turns(groups, queries, corpus, rounds: int) -> dict[str, float
     from rerank.train.models import CrossEncoderModel
     from rerank.train.trainer import Trainer
 
-    steps, optimizers, seconds, pairs = {}, {}, {"fp32": [], "bf16": []}, {}
+    steps: dict = {}
+    optimizers: dict = {}
+    seconds: dict[str, list[float]] = {p: [] for p in precisions}
+    pairs: dict = {}
     with tempfile.TemporaryDirectory() as scratch:
         for precision in seconds:
             torch.manual_seed(0)
@@ -313,7 +316,7 @@ def step_rates_in_turns(groups, queries, corpus, rounds: int) -> dict[str, float
     return {p: round(pairs[p] / float(np.median(seconds[p])), 2) for p in seconds}
 
 
-def training_figures(workdir: Path, quick: bool, features) -> dict:
+def training_figures(workdir: Path, quick: bool, features, precisions=("fp32", "bf16")) -> dict:
     """Fine-tune MiniLM-L6 as a cross-encoder in fp32 and in bf16: same data, steps, seed
     (dev nDCG@10 of each); their speed from :func:`step_rates_in_turns`."""
     from rerank.data import open_dataset
@@ -332,9 +335,9 @@ def training_figures(workdir: Path, quick: bool, features) -> dict:
     by_id = {q.id: q for q in queries}
     dev = dev_set(dev_ids, run, by_id, corpus, qrels, depth=20)
     steps = 2 if quick else 100
-    rates = step_rates_in_turns(groups, by_id, corpus, 3 if quick else 40)
+    rates = step_rates_in_turns(groups, by_id, corpus, 3 if quick else 40, precisions)
     out = {}
-    for precision in ("fp32", "bf16"):
+    for precision in precisions:
         folder = workdir / f"{'quick-' if quick else ''}train-{precision}"
         if not (folder / TRAINING_FILE).is_file():
             train_cross_encoder(groups, by_id, corpus, folder,
@@ -369,14 +372,20 @@ def main() -> None:
     auto, reason = choose_precision(features)
     print(f"{machine()}; torch threads {torch.get_num_threads()}")
     print(f"CPU capability: {features.describe()}; auto precision: {reason}")
+    # Emulated bf16 (no AMX / AVX-512-BF16) is many times slower than fp32: a quick run there
+    # would take far beyond its minutes, so it leaves bf16 out and says so; the full run keeps it.
+    measured = PRECISIONS if features.bf16 or not args.quick else tuple(p for p in PRECISIONS if p != "bf16")
+    if measured != PRECISIONS:
+        print("bf16 left out of this --quick run: the CPU has no native bf16 kernels (emulated bf16 is many "
+              "times slower than fp32); the full run measures it")
 
     print(f"oneDNN dispatches to: {onednn_isa()}")
     gemm, by_shape = {}, {}
-    for p in PRECISIONS:
+    for p in measured:
         gemm[p], by_shape[p] = fastest_gemm(p, seconds=0.3 if args.quick else 1.0, quick=args.quick)
     print("GEMM throughput by shape (GFLOP/s; int8 GOP/s); the bound takes each dtype's fastest:")
-    print_table([{"shape": shape, **{p: by_shape[p][shape] for p in PRECISIONS}} for shape in by_shape["fp32"]],
-                ["shape", *PRECISIONS])
+    print_table([{"shape": shape, **{p: by_shape[p][shape] for p in measured}} for shape in by_shape["fp32"]],
+                ["shape", *measured])
     print_table([{"dtype": p, "GFLOP/s": g, "x fp32": g / gemm["fp32"]} for p, g in gemm.items()],
                 ["dtype", "GFLOP/s", "x fp32"])
 
@@ -398,14 +407,15 @@ def main() -> None:
 
     # "auto" is the default CrossEncoder (precision and backend auto); the named precisions run eager torch.
     rows, ce = scorer_rows(lambda p: CrossEncoder(ce_path, precision=p, backend="auto" if p == "auto" else "torch"),
-                           batch, qrels, "cross-encoder", "pairs", repeats, peer=lambda: PeerCrossEncoder(ce_path))
+                           batch, qrels, "cross-encoder", "pairs", repeats, peer=lambda: PeerCrossEncoder(ce_path),
+                           precisions=measured)
     rows_b, bi, rows_s, splade = [], {}, [], {}
     if "bi-encoder" not in skip:
         rows_b, bi = scorer_rows(lambda p: BiEncoderScorer("minilm-l6", precision=p), batch, qrels, "bi-encoder",
-                                 "passages", repeats)
+                                 "passages", repeats, precisions=measured)
     if "splade" not in skip:
         rows_s, splade = scorer_rows(lambda p: SpladeScorer("splade-tiny", precision=p), batch, qrels, "splade-tiny",
-                                     "passages", repeats)
+                                     "passages", repeats, precisions=measured)
     print_table(rows + rows_b + rows_s, ["model", "precision", "pairs/s", "passages/s", "nDCG@10", "note"])
 
     from transformers import AutoConfig, AutoTokenizer
@@ -414,15 +424,15 @@ def main() -> None:
     lengths = [len(ids) for ids in tokenizer([q for q, _ in pairs_of(batch)], [p for _, p in pairs_of(batch)],
                                              truncation="only_second", max_length=512)["input_ids"]]
     per_pair = flops_per_pair(AutoConfig.from_pretrained(ce_path), float(np.mean(lengths)))
-    bound = {p: gemm[p] * 1e9 / per_pair for p in PRECISIONS}
-    share = {p: ce[p]["per_s"] / bound[p] for p in PRECISIONS}
+    bound = {p: gemm[p] * 1e9 / per_pair for p in measured}
+    share = {p: ce[p]["per_s"] / bound[p] for p in measured}
     print_table([{"precision": p, "pairs/s": ce[p]["per_s"], "bound pairs/s": bound[p], "share of own bound": share[p],
-                  "share of fp32 bound": ce[p]["per_s"] / bound["fp32"]} for p in PRECISIONS],
+                  "share of fp32 bound": ce[p]["per_s"] / bound["fp32"]} for p in measured],
                 ["precision", "pairs/s", "bound pairs/s", "share of own bound", "share of fp32 bound"])
 
     shapes = {}
     if "shapes" not in skip:
-        shapes = batch_shape_sweep(ce_path, pairs_of(batch[:1] if args.quick else batch[:5]), args.quick)
+        shapes = batch_shape_sweep(ce_path, pairs_of(batch[:1] if args.quick else batch[:5]), args.quick, measured)
         print_table([{"precision": p, **v} for p, v in shapes.items()], ["precision", *next(iter(shapes.values()))])
     runtimes = []
     if "runtimes" not in skip:
@@ -430,7 +440,8 @@ def main() -> None:
         print_table(runtimes, ["runtime", "pairs/s", "max |diff|", "nDCG@10", "note"])
     training = {}
     if "training" not in skip:
-        training = training_figures(Path(args.workdir), args.quick, features)
+        training = training_figures(Path(args.workdir), args.quick, features,
+                                    tuple(p for p in ("fp32", "bf16") if p in measured))
         print_table([{"precision": p, **v} for p, v in training.items()],
                     ["precision", "pairs_per_s", "pairs_per_s_of_its_run", "steps", "dev_ndcg@10", "ran_in"])
 
@@ -450,12 +461,15 @@ def main() -> None:
         "bi_encoder_auto_ndcg_delta": round(bi["auto"]["ndcg@10"] - bi["fp32"]["ndcg@10"], 4) if bi else None,
         "batch_shapes_default": {p: [s.pairs, s.tokens, s.pad_multiple] for p, s in BATCH_SHAPES.items()},
         "training_bf16_vs_fp32": round(training["bf16"]["pairs_per_s"] / training["fp32"]["pairs_per_s"], 2)
-        if training else None,
-        "fp32_gemm_gflops": round(gemm["fp32"], 1), "bf16_gemm_gflops": round(gemm["bf16"], 1),
+        if "bf16" in training else None,
+        "precisions_measured": list(measured),
+        "fp32_gemm_gflops": round(gemm["fp32"], 1),
+        "bf16_gemm_gflops": round(gemm["bf16"], 1) if "bf16" in gemm else None,
         "int8_gemm_gops": round(gemm["int8"], 1),
         "bound_pairs_per_s": {p: round(v, 1) for p, v in bound.items()},
         "share_of_own_bound": {p: round(v, 3) for p, v in share.items()},
-        "auto_share_of_bound": round(ce["auto"]["per_s"] / bound[auto_run.split()[0]], 3),
+        "auto_share_of_bound": round(ce["auto"]["per_s"] / bound[auto_run.split()[0]], 3)
+        if auto_run.split()[0] in bound else None,
         "batch_shapes_pairs_per_s": shapes,
         "runtimes": [{k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()} for r in runtimes],
         "cpu_steal": steal.share(),

@@ -78,15 +78,17 @@ class Bench:
     # -- data -------------------------------------------------------------------------------
 
     def dataset_folder(self, name: str) -> Path:
-        """The BEIR folder of ``name``; with --quick a SciFact subset of 400 passages holding the
-        relevant ones of the first 20 test and 40 train queries."""
+        """The BEIR folder of ``name``; with --quick a subset of 400 passages holding the relevant
+        ones of the first 20 test and (where there is a train split) 40 train queries."""
         if not self.quick:
             return SHARED / name
         folder = self.workdir / f"{name}-subset"
         if (folder / "qrels" / "test.tsv").is_file():
             return folder
         source = open_dataset(SHARED / name)
-        corpus, test, train = source.corpus(), source.qrels("test"), source.qrels("train")
+        # Vaswani has test qrels only (the quick run used to stop here on its missing train split).
+        has_train = (SHARED / name / "qrels" / "train.tsv").is_file()
+        corpus, test, train = source.corpus(), source.qrels("test"), source.qrels("train") if has_train else {}
         test_ids, train_ids = sorted(test)[:20], sorted(train)[:40]
         keep = sorted({d for q in test_ids for d in test[q]} | {d for q in train_ids for d in train[q]})
         keep += [d for d in sorted(corpus) if d not in set(keep)][: 400 - len(keep)]
@@ -98,7 +100,7 @@ class Bench:
         with open(folder / "queries.jsonl", "w", encoding="utf-8") as fh:
             for q in test_ids + train_ids:
                 fh.write(json.dumps({"_id": q, "text": queries[q].text}) + "\n")
-        for split, qrels, ids in (("test", test, test_ids), ("train", train, train_ids)):
+        for split, qrels, ids in (("test", test, test_ids), ("train", train, train_ids))[: 2 if has_train else 1]:
             with open(folder / "qrels" / f"{split}.tsv", "w", encoding="utf-8") as fh:
                 fh.write("query-id\tcorpus-id\tscore\n")
                 for q in ids:

@@ -125,7 +125,9 @@ class _Bm25sBackend:
 
 
 def _rank_bm25_class(params: BM25Params):
-    import rank_bm25
+    from rerank.extras import require
+
+    rank_bm25 = require("rank_bm25", "rank-bm25", "backend='rank-bm25'")
 
     base = {"lucene": rank_bm25.BM25Okapi, "robertson": rank_bm25.BM25Okapi, "atire": rank_bm25.BM25Okapi,
             "bm25l": rank_bm25.BM25L, "bm25+": rank_bm25.BM25Plus}[params.method]

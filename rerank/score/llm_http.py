@@ -38,7 +38,10 @@ class OpenAICompatibleLLM:
     def __init__(self, base_url: str, *, model: str = "default", api: str = "completions",
                  api_key: str | None = None, timeout: float = 60.0, retries: int = 3, backoff: float = 0.5,
                  concurrency: int = 4, tokenizer: str | None = None, max_context: int = 4096) -> None:
-        import httpx
+        from rerank.extras import require
+
+        httpx = require("httpx", "llm", "the OpenAI-compatible LLM backend")
+        require("tenacity", "llm", "the OpenAI-compatible LLM backend")
 
         if api not in ("completions", "chat"):
             raise ValueError(f"api must be 'completions' or 'chat', got {api!r}")

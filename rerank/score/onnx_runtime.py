@@ -86,10 +86,9 @@ class OnnxClassifier:
 
     def __init__(self, net, folder: str | Path, *, uses_token_types: bool, precision: str = "fp32",
                  threads: int | None = None) -> None:
-        try:
-            import onnxruntime as ort
-        except ImportError as exc:
-            raise ImportError("backend='onnx' needs onnxruntime and onnx: pip install 'rerank[onnx]'") from exc
+        from rerank.extras import require
+
+        ort = require("onnxruntime", "onnx", "backend='onnx'")
         import torch
 
         if precision not in ("fp32", "int8"):

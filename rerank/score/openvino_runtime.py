@@ -42,10 +42,9 @@ class OpenVinoClassifier:
 
     def __init__(self, net, folder: str | Path, *, uses_token_types: bool, precision: str = "fp32",
                  threads: int | None = None, streams: int | None = None) -> None:
-        try:
-            import openvino as ov
-        except ImportError as exc:
-            raise ImportError("backend='openvino' needs openvino: pip install 'rerank[openvino]'") from exc
+        from rerank.extras import require
+
+        ov = require("openvino", "openvino", "backend='openvino'")
         import torch
 
         if precision not in INFERENCE_PRECISION:

@@ -7,10 +7,23 @@ concurrent requests, Prometheus metrics and graceful shutdown; plus a Python cli
     with RerankServer(pipeline, ServeSettings(port=0)) as server:
         RerankClient(server.url).rerank("query", ["doc a", "doc b"])
 """
-from rerank.serve.app import ServiceError, check_servable, create_app
-from rerank.serve.client import RankedDocument, RemoteReranker, RerankClient, ServiceRequestError
-from rerank.serve.server import RerankServer, load_service
-from rerank.serve.settings import ServeSettings, SettingsError
+from __future__ import annotations
 
-__all__ = ["RankedDocument", "RemoteReranker", "RerankClient", "RerankServer", "ServeSettings", "ServiceError", "ServiceRequestError",
-           "SettingsError", "check_servable", "create_app", "load_service"]
+import importlib
+from typing import Any
+
+# Imported on first use: the client needs only the 'client' extra, the server the 'serve' extra.
+_HOMES = {
+    "ServiceError": "app", "check_servable": "app", "create_app": "app",
+    "RankedDocument": "client", "RemoteReranker": "client", "RerankClient": "client", "ServiceRequestError": "client",
+    "RerankServer": "server", "load_service": "server",
+    "ServeSettings": "settings", "SettingsError": "settings",
+}
+
+__all__ = sorted(_HOMES)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _HOMES:
+        raise AttributeError(f"module 'rerank.serve' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"rerank.serve.{_HOMES[name]}"), name)

@@ -8,10 +8,15 @@ from contextlib import asynccontextmanager
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
-from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response
-
 from rerank.errors import RerankError
+from rerank.extras import missing_extra
+
+try:
+    from fastapi import FastAPI, Request
+    from fastapi.responses import JSONResponse, Response
+except ImportError as error:
+    raise missing_extra("serve", "the HTTP service", error) from error
+
 from rerank.pipeline import Stage, leaves, variables
 from rerank.serve.batcher import MicroBatcher, QueueFullError, ShuttingDownError
 from rerank.serve.metrics import ServiceMetrics

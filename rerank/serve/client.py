@@ -7,12 +7,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import httpx
-from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
-
 from rerank.errors import RerankError
+from rerank.extras import missing_extra
 from rerank.pipeline import Stage
 from rerank.types import Candidates, StageCost
+
+try:
+    import httpx
+    from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
+except ImportError as error:
+    raise missing_extra("client", "the rerank service client", error) from error
 
 
 @dataclass(frozen=True)

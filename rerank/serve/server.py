@@ -6,9 +6,14 @@ import threading
 import time
 from pathlib import Path
 
-import uvicorn
-
 from rerank.config import build_pipeline, parse_config
+from rerank.extras import missing_extra
+
+try:
+    import uvicorn
+except ImportError as error:
+    raise missing_extra("serve", "the HTTP service", error) from error
+
 from rerank.pipeline import Stage
 from rerank.serve.app import create_app
 from rerank.serve.settings import ServeSettings

@@ -53,12 +53,9 @@ def write_tuned_config(source: dict[str, Any], result: TuneResult, choice: TuneC
 def plot_front(result: TuneResult, path: str | Path, *, budgets: Sequence[float] = (), title: str = "") -> Path:
     """Every evaluated combination's effectiveness against its predicted latency, the Pareto
     front, and a vertical line per budget."""
-    import matplotlib
+    from rerank.plots import TradeOffPoint, _label_points, _save, pareto_front, pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from rerank.plots import TradeOffPoint, _label_points, _save, pareto_front
+    plt = pyplot()
 
     points = [TradeOffPoint(label(r.values), r.predicted_ms, r.score) for r in result.rows if r.score is not None]
     if not points:
