@@ -18,7 +18,7 @@ from rerank.experiment import Experiment, ExperimentResult
 from rerank.fusion import fuse_results
 from rerank.loading import detect_kind, load
 from rerank.pipeline import Fusion, Pipeline, Stage, bind, fuse
-from rerank.ranking import RankedDocument
+from rerank.ranking import RankedDocument, RankedResults
 from rerank.retrieve import BM25Index, BM25Params, DenseIndex, SpladeIndex, load_index
 from rerank.retrieve.stage import Retriever
 from rerank.score import BiEncoderScorer, BM25Scorer, CausalLMReranker, CrossEncoder, DuoT5, SpladeScorer, T5Reranker
@@ -31,7 +31,7 @@ __all__ = [
     "BM25Index", "BM25Params", "BM25Scorer", "BiEncoderScorer", "Candidates", "CausalLMReranker", "CrossEncoder",
     "DenseIndex", "DuoT5", "T5Reranker",
     "Evaluation", "Experiment", "ExperimentResult", "Fusion", "IntraDocumentCascade", "Passage", "Pipeline", "Query",
-    "RankedDocument", "Retriever", "SpladeIndex", "__version__", "detect_kind", "load",
+    "RankedDocument", "RankedResults", "Retriever", "SpladeIndex", "__version__", "detect_kind", "load",
     "SpladeScorer", "Stage", "Tokenizer", "TuneResult", "bind", "build_pipeline", "dump_pipeline", "evaluate", "fuse", "fuse_results",
     "load_index", "open_dataset", "parse_config", "read_qrels", "read_run", "tune", "write_run",
 ]

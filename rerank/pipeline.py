@@ -16,7 +16,7 @@ the CLI, the service and experiments build the same objects.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -26,7 +26,7 @@ from rerank.fusion import fuse_results
 from rerank.types import Candidates, Query, sort_candidates
 
 if TYPE_CHECKING:
-    from rerank.ranking import RankedDocument
+    from rerank.ranking import RankedResults
 
 
 _KINDS: dict[str, type[Stage]] = {}
@@ -111,12 +111,16 @@ class Stage(ABC):
                 out[key] = _config_value(self, key, bound[key])
         return out
 
-    def rank(self, query: str, documents: Sequence[str], top_k: int | None = None) -> list[RankedDocument]:
-        """Rank plain strings: ``documents`` best first for ``query`` (at most ``top_k``), each a
-        :class:`~rerank.ranking.RankedDocument` with its ``index`` in the input list, ``score``
-        and ``document`` text::
+    def rank(self, query: str, documents: Sequence[str], top_k: int | None = None, *,
+             ids: Sequence[Hashable] | None = None,
+             metadata: Sequence[Mapping[str, Any] | None] | None = None) -> RankedResults:
+        """Rank plain strings: ``documents`` best first for ``query`` (at most ``top_k``) as
+        :class:`~rerank.ranking.RankedResults`, each a :class:`~rerank.ranking.RankedDocument`
+        with its ``index`` in the input list, ``score``, ``document`` text and the caller's
+        ``ids[i]`` / ``metadata[i]`` where given (look up with ``results.by_id(...)``)::
 
-            rerank.load("minilm-l6").rank("what is an axon", ["Axons carry signals.", "The cat sat."])
+            rerank.load("minilm-l6").rank("what is an axon", ["Axons carry signals.", "The cat sat."],
+                                          ids=["doc-1", "doc-2"]).by_id("doc-1").score
         """
         from rerank.ranking import rank_documents
 
@@ -124,7 +128,7 @@ class Stage(ABC):
         if retrieving:
             raise ValueError(f"stage {retrieving[0]} retrieves from an index, so it would ignore the documents given; "
                              "rank() needs a re-ranking stage or pipeline")
-        return rank_documents(self, query, documents, top_k)
+        return rank_documents(self, query, documents, top_k, ids=ids, metadata=metadata)
 
     def search(self, queries: Iterable[Query]) -> list[Candidates]:
         """Run the stage from scratch: start every query with no candidates."""

@@ -32,6 +32,45 @@ def test_rank_returns_input_positions_best_first_with_ties_in_input_order():
     assert [r.index for r in (WordOverlap() % 3).rank("red apple pie", documents)] == [1, 3, 4]
 
 
+def test_rank_carries_the_callers_ids_and_metadata_to_the_results():
+    documents = ["cats", "red apple pie", "apple", "red apple", "pie apple"]
+    ids = ["c", "rap", "a", "ra", "pa"]
+    metadata = [{"source": "zoo"}, {"source": "bakery", "price": 3}, None, {"source": "farm"}, {"source": "bakery"}]
+    results = WordOverlap().rank("red apple pie", documents, ids=ids, metadata=metadata)
+    assert isinstance(results, rerank.RankedResults) and isinstance(results, list) and results.query == "red apple pie"
+    assert results.ids == ["rap", "ra", "pa", "a", "c"] and results.scores == [3.0, 2.0, 2.0, 1.0, 0.0]
+    assert results.by_id("ra").metadata == {"source": "farm"} and results.by_id("a").metadata is None
+    assert results.rank_of("pa") == 3 and results[0].index == 1
+    top = results.top_k(2)
+    assert isinstance(top, rerank.RankedResults) and top.ids == ["rap", "ra"] and results.top_k(99).ids == results.ids
+    with pytest.raises(KeyError, match="'pa'"):
+        top.by_id("pa")
+    exported = results.to_dict()
+    assert exported["query"] == "red apple pie" and exported["results"][0] == {
+        "index": 1, "id": "rap", "score": 3.0, "document": "red apple pie", "metadata": {"source": "bakery", "price": 3}}
+    import json
+
+    assert json.loads(json.dumps(exported)) == exported
+    plain = WordOverlap().rank("red apple pie", documents, top_k=2)
+    assert plain.ids == [None, None] and plain[0].to_dict()["metadata"] is None
+    assert WordOverlap().rank("apple", ["x apple", "apple"], ids=[10, 20]).by_id(20).index == 1  # any hashable id
+
+
+@pytest.mark.parametrize("ids, metadata, error, message", [
+    (["a"], None, ValueError, "one id per document"),
+    ("ab", None, ValueError, "a string"),
+    (["a", "a"], None, ValueError, "duplicate id 'a' at positions 0 and 1"),
+    (["a", None], None, TypeError, "ids must be hashable and not None"),
+    ([["a"], "b"], None, TypeError, "ids must be hashable"),
+    (None, [{}], ValueError, "one mapping"),
+    (None, [{}, "x"], TypeError, r"metadata\[1\] is a str"),
+    (None, {"a": 1}, ValueError, "one mapping"),
+])
+def test_rank_refuses_bad_ids_and_metadata(ids, metadata, error, message):
+    with pytest.raises(error, match=message):
+        WordOverlap().rank("q", ["a", "b"], ids=ids, metadata=metadata)
+
+
 @pytest.mark.parametrize("query, documents, top_k, error, message", [
     ("", ["a"], None, EmptyQueryError, "query is empty"),
     ("   ", ["a"], None, EmptyQueryError, "query is empty"),
