@@ -15,7 +15,7 @@ from typing import Any
 # Imported on first use: the client needs only the 'client' extra, the server the 'serve' extra.
 _HOMES = {
     "ServiceError": "app", "check_servable": "app", "create_app": "app",
-    "RankedDocument": "client", "RemoteReranker": "client", "RerankClient": "client", "ServiceRequestError": "client",
+    "AsyncRerankClient": "client", "RankedDocument": "client", "RemoteReranker": "client", "RerankClient": "client", "ServiceRequestError": "client",
     "RerankServer": "server", "load_service": "server",
     "ServeSettings": "settings", "SettingsError": "settings",
 }

@@ -2,19 +2,17 @@
 :class:`RemoteReranker` stage that puts the service into a local pipeline."""
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from rerank.errors import RerankError
 from rerank.extras import missing_extra
-from rerank.pipeline import Stage
-from rerank.types import Candidates, StageCost
+from rerank.score.remote import Remote
 
 try:
     import httpx
-    from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
+    from tenacity import AsyncRetrying, Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 except ImportError as error:
     raise missing_extra("client", "the rerank service client", error) from error
 
@@ -46,6 +44,38 @@ class _Overloaded(Exception):
         self.response = response
 
 
+def _request_body(query: str, documents: Sequence[str], top_n: int | None, return_documents: bool,
+                  raw_scores: bool) -> dict[str, Any]:
+    body: dict[str, Any] = {"query": query, "documents": list(documents), "return_documents": return_documents,
+                            "raw_scores": raw_scores}
+    if top_n is not None:
+        body["top_n"] = top_n
+    return body
+
+
+def _ranked(answer: Any) -> list[RankedDocument]:
+    return [RankedDocument(r["index"], float(r["relevance_score"]), (r.get("document") or {}).get("text"))
+            for r in answer["results"]]
+
+
+def _retry_policy(retries: int) -> dict[str, Any]:
+    """503 answers and refused connections: ``retries`` more tries with exponential back-off."""
+    return {"stop": stop_after_attempt(retries + 1), "wait": wait_exponential(multiplier=0.1),
+            "retry": retry_if_exception_type((httpx.ConnectError, _Overloaded)), "reraise": True}
+
+
+def _answer(response: httpx.Response) -> Any:
+    """The JSON of a 200 answer, else :class:`ServiceRequestError` with the service's message."""
+    if response.status_code == 200:
+        return response.json()
+    try:
+        error = response.json()
+        error_type, message = error.get("error_type", "http"), error.get("error", response.text)
+    except ValueError:
+        error_type, message = "http", response.text
+    raise ServiceRequestError(response.status_code, error_type, message)
+
+
 class RerankClient:
     """Call ``POST /rerank`` of a service at ``url`` (keeps one HTTP connection pool).
 
@@ -62,13 +92,7 @@ class RerankClient:
     def rerank(self, query: str, documents: Sequence[str], *, top_n: int | None = None,
                return_documents: bool = False, raw_scores: bool = False) -> list[RankedDocument]:
         """The documents ranked for ``query``, best first (at most ``top_n``)."""
-        body: dict[str, Any] = {"query": query, "documents": list(documents), "return_documents": return_documents,
-                                "raw_scores": raw_scores}
-        if top_n is not None:
-            body["top_n"] = top_n
-        answer = self._post("/rerank", body)
-        return [RankedDocument(r["index"], float(r["relevance_score"]), (r.get("document") or {}).get("text"))
-                for r in answer["results"]]
+        return _ranked(self._post("/rerank", _request_body(query, documents, top_n, return_documents, raw_scores)))
 
     def health(self) -> bool:
         """Whether the service answers ``GET /health`` with 200."""
@@ -90,20 +114,12 @@ class RerankClient:
                 raise _Overloaded(response)
             return response
 
-        retrying = Retrying(stop=stop_after_attempt(self.retries + 1), wait=wait_exponential(multiplier=0.1),
-                            retry=retry_if_exception_type((httpx.ConnectError, _Overloaded)), reraise=True)
+        retrying = Retrying(**_retry_policy(self.retries))
         try:
             response = retrying(attempt)
         except _Overloaded as exc:  # still 503 after the last retry
             response = exc.response
-        if response.status_code == 200:
-            return response.json()
-        try:
-            error = response.json()
-            error_type, message = error.get("error_type", "http"), error.get("error", response.text)
-        except ValueError:
-            error_type, message = "http", response.text
-        raise ServiceRequestError(response.status_code, error_type, message)
+        return _answer(response)
 
     def close(self) -> None:
         """Close the connection pool."""
@@ -116,26 +132,70 @@ class RerankClient:
         self.close()
 
 
-class RemoteReranker(Stage):
-    """A pipeline stage that re-ranks through a rerank service: ``bm25 % 100 >> RemoteReranker(url)``.
+class AsyncRerankClient:
+    """:class:`RerankClient` for asyncio code: the same methods (awaited), retries and errors,
+    on one ``httpx.AsyncClient`` connection pool that many concurrent calls share::
 
-    Sends each query's candidates (title and text) in one request, in their current order, and
-    takes the service's ranking and ``raw_scores``.
+        async with AsyncRerankClient("http://127.0.0.1:8080") as client:
+            ranked = await client.rerank("what is an axon", ["Axons carry signals.", "The cat sat."])
+    """
+
+    def __init__(self, url: str = "http://127.0.0.1:8080", *, timeout: float = 30.0, retries: int = 2,
+                 http: httpx.AsyncClient | None = None) -> None:
+        self.url = url.rstrip("/")
+        self.retries = retries
+        self._http = http or httpx.AsyncClient(timeout=timeout)
+
+    async def rerank(self, query: str, documents: Sequence[str], *, top_n: int | None = None,
+                     return_documents: bool = False, raw_scores: bool = False) -> list[RankedDocument]:
+        """The documents ranked for ``query``, best first (at most ``top_n``)."""
+        return _ranked(await self._post("/rerank", _request_body(query, documents, top_n, return_documents, raw_scores)))
+
+    async def health(self) -> bool:
+        """Whether the service answers ``GET /health`` with 200."""
+        try:
+            return (await self._http.get(f"{self.url}/health")).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    async def info(self) -> dict[str, Any]:
+        """The served pipeline, settings and version."""
+        response = await self._http.get(f"{self.url}/info")
+        response.raise_for_status()
+        return response.json()
+
+    async def _post(self, path: str, body: dict[str, Any]) -> Any:
+        async def attempt() -> httpx.Response:
+            response = await self._http.post(f"{self.url}{path}", json=body)
+            if response.status_code == 503:
+                raise _Overloaded(response)
+            return response
+
+        try:
+            response: httpx.Response = await AsyncRetrying(**_retry_policy(self.retries))(attempt)
+        except _Overloaded as exc:  # still 503 after the last retry
+            response = exc.response
+        return _answer(response)
+
+    async def aclose(self) -> None:
+        """Close the connection pool."""
+        await self._http.aclose()
+
+    async def __aenter__(self) -> AsyncRerankClient:
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.aclose()
+
+
+class RemoteReranker(Remote):
+    """A pipeline stage that re-ranks through a rerank service: ``bm25 % 100 >> RemoteReranker(url)``
+    (the ``remote`` stage with ``shape="rerank"``; ``client``: take its URL).
+
+    Sends each query's candidates (title and text), in their current order, and takes the
+    service's ``raw_scores``: the served pipeline's own scores.
     """
 
     def __init__(self, url: str = "http://127.0.0.1:8080", *, client: RerankClient | None = None,
-                 name: str = "remote") -> None:
-        self.client = client or RerankClient(url)
-        self.name = name
-
-    def __call__(self, batch: Sequence[Candidates]) -> list[Candidates]:
-        out = []
-        for cands in batch:
-            began = time.perf_counter()
-            ranked = (self.client.rerank(cands.query.text, [p.full_text for p in cands.passages], raw_scores=True)
-                      if len(cands) else [])
-            seconds = time.perf_counter() - began
-            out.append(Candidates(cands.query, [cands.passages[r.index] for r in ranked],
-                                  [r.relevance_score for r in ranked],
-                                  list(cands.trace) + [StageCost(self.name, seconds, passages_scored=len(cands))]))
-        return out
+                 name: str = "remote", **options: Any) -> None:
+        super().__init__(client.url if client is not None else url, shape="rerank", name=name, **options)
