@@ -6,6 +6,7 @@ import csv
 import io
 import json
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -299,6 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--gpus-per-worker", type=float, default=0.0, help="GPUs per actor (default: 0)")
     g.add_argument("--batch-queries", type=int, default=8, help="queries per actor call and per shard (default: 8)")
     add_precision_option(p)
+    add_score_cache_option(p)
     p.set_defaults(func=cmd_rerank)
 
     p = sub.add_parser("evaluate", help="score TREC runs against qrels with ir-measures",
@@ -330,6 +332,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-check", action="store_true", help="do not fail on expected scores that drifted")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_precision_option(p)
+    add_score_cache_option(p)
     p.set_defaults(func=cmd_experiment)
 
     p = sub.add_parser("serve", help="serve a re-ranking pipeline over HTTP (Cohere/TEI-compatible POST /rerank)",
@@ -355,6 +358,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"],
                    help="uvicorn log level (default info)")
     add_precision_option(p, help_text="precision of every model stage (overrides [serve] and the stages' own)")
+    add_score_cache_option(p)
     p.set_defaults(func=cmd_serve)
 
     from rerank.train.cli import add_train_parser
@@ -365,16 +369,34 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def add_score_cache_option(p: argparse.ArgumentParser) -> None:
+    """``--score-cache FILE``: the SQLite score cache of every pointwise model stage (:mod:`rerank.cache`)."""
+    p.add_argument("--score-cache", default=None, metavar="FILE",
+                   help="keep the scores of the pointwise model stages in this SQLite file (shared by experiments, "
+                        "rerank tune, batch jobs and the service; sets RERANK_SCORE_CACHE); a re-run scores only "
+                        "what changed")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``rerank`` console script."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    cache = getattr(args, "score_cache", None) if args.command != "tune" else None
+    before = os.environ.get("RERANK_SCORE_CACHE")
     try:
+        if cache:  # every pipeline the command builds (and the worker processes it starts) reads it
+            os.environ["RERANK_SCORE_CACHE"] = str(Path(cache).expanduser().resolve())
         return args.func(args)
     except (RerankError, ValueError, KeyError) as exc:
         print(f"rerank {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    finally:
+        if cache:
+            if before is None:
+                os.environ.pop("RERANK_SCORE_CACHE", None)
+            else:
+                os.environ["RERANK_SCORE_CACHE"] = before
 
 
 if __name__ == "__main__":

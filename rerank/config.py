@@ -46,6 +46,7 @@ from __future__ import annotations
 import ast
 import difflib
 import inspect
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -204,6 +205,9 @@ def parse_config(source: str | Path | dict, *, text: str | None = None, check_fi
     config = PipelineConfig(expression, specs, where,
                             {k: v for k, v in data.items() if k not in ("pipeline", "stages", "tune")})
     _check_precision(config.extra.get("precision"), f"{where}: precision")
+    if "score_cache" in config.extra and not (isinstance(config.extra["score_cache"], str)
+                                              and config.extra["score_cache"].strip()):
+        raise ConfigError(f'{where}: score_cache is the path of a SQLite file, e.g. score_cache = "scores.sqlite"')
     _check_expression(config)
     config.tune = parse_tune_table(data.get("tune"), config.variables(), where)
     for name in config.used():
@@ -284,12 +288,16 @@ def _check_spec(spec: StageSpec, kinds: dict, config: PipelineConfig, check_file
 
 
 def build_pipeline(config: PipelineConfig | str | Path | dict, *, built: dict[str, Any] | None = None,
-                   precision: str | None = None):
+                   precision: str | None = None, score_cache: str | Path | bool | None = None):
     """Build the :class:`~rerank.pipeline.Stage` a config describes (loading its models).
 
     ``built`` maps stage names to stages already built; new ones are added to it, so several
     pipelines over the same ``[stages]`` share their stage objects (each model loads once).
     ``precision`` (``auto``, ``fp32``, ``bf16``, ``int8``) overrides every model stage's own.
+    ``score_cache``: a SQLite file keeping the scores of the pointwise model stages
+    (:mod:`rerank.cache`); default: the config's top-level ``score_cache`` (relative to the
+    config's folder), else ``$RERANK_SCORE_CACHE`` (what ``--score-cache`` sets), else none;
+    ``False``: none whatever the config says.
     """
     from rerank.pipeline import Fusion, Pipeline
 
@@ -336,7 +344,23 @@ def build_pipeline(config: PipelineConfig | str | Path | dict, *, built: dict[st
             return Fusion([walk(a) for a in node.args], **options)
         raise ConfigError(f"{config.source}: cannot build {ast.dump(node)}")
 
-    return walk(ast.parse(config.expression, mode="eval"))
+    pipeline = walk(ast.parse(config.expression, mode="eval"))
+    cache_file = None if score_cache is False else (
+        score_cache or _config_cache_file(config) or os.environ.get("RERANK_SCORE_CACHE"))
+    if cache_file and cache_file is not True:
+        from rerank.cache import open_cache, with_score_cache
+
+        pipeline = with_score_cache(pipeline, open_cache(cache_file))
+    return pipeline
+
+
+def _config_cache_file(config: PipelineConfig) -> Path | None:
+    value = config.extra.get("score_cache")
+    if value is None:
+        return None
+    path = Path(value).expanduser()
+    source = Path(config.source)
+    return path if path.is_absolute() or not source.is_file() else source.parent / path
 
 
 def dump_pipeline(pipeline, tune: dict[str, list[int]] | None = None) -> str:

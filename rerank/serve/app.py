@@ -122,6 +122,10 @@ class Service:
         except Exception as exc:  # the pipeline failed on this request alone (see MicroBatcher)
             raise RequestError(500, "pipeline", f"the pipeline failed on this request: {type(exc).__name__}: {exc}") from None
         index = {p.id: i for i, p in enumerate(passages)}
+        for cost in result.trace:  # a score cache (rerank.cache) counts its hits and misses per stage
+            if "cache_hits" in cost.counters:
+                self.metrics.cache.labels(cost.stage, "hit").inc(cost.counters["cache_hits"])
+                self.metrics.cache.labels(cost.stage, "miss").inc(cost.counters["cache_misses"])
         meta: dict[str, Any] = {}
         chosen = next((cost for cost in result.trace if cost.stage == "cutoffs"), None)
         if chosen is not None:

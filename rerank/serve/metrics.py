@@ -42,6 +42,8 @@ class ServiceMetrics:
         self.budget = Counter("rerank_budget_requests", "Requests with a latency budget, by outcome: within or over "
                               "the budget (measured), and unfit (even the cheapest cut-offs were predicted over)",
                               ["outcome"], registry=r)
+        self.cache = Counter("rerank_score_cache_lookups", "Score cache lookups of (query, document) pairs, by stage "
+                             "and outcome (hit or miss)", ["stage", "outcome"], registry=r)
         self.queue_depth = Gauge("rerank_queue_depth", "Requests waiting for the model", registry=r)
         self.cost_scale = Gauge("rerank_budget_cost_scale", "Factor on the start-up stage costs: how much slower (>1) "
                                 "or faster the last requests ran than predicted", registry=r)

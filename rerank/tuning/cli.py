@@ -1,6 +1,7 @@
 """``rerank tune``: choose a pipeline's cut-offs from a latency budget."""
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -33,6 +34,8 @@ def add_tune_parser(sub) -> None:
 
     p.add_argument("--precision", choices=CHOICES, default=None,
                    help="precision of every model stage (default: the config's, else auto)")
+    p.add_argument("--score-cache", default=None, help="SQLite score cache shared with experiments, batch jobs and "
+                   "the service (rerank.cache): stages are timed without it, combinations scored through it")
     p.add_argument("--out", required=True, help="tuned config to write (TOML)")
     p.add_argument("--plot", default=None, help="PNG of the front (default: beside --out, <out>.png)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -41,7 +44,8 @@ def add_tune_parser(sub) -> None:
 
 def cmd_tune(args) -> int:
     """Run ``rerank tune``."""
-    from rerank.config import ConfigError, build_pipeline, parse_config, read_toml
+    from rerank.cache import open_cache
+    from rerank.config import ConfigError, _config_cache_file, build_pipeline, parse_config, read_toml
     from rerank.data import open_dataset
     from rerank.evaluate import parse_measures
     from rerank.tuning.output import plot_front, write_tuned_config
@@ -64,10 +68,14 @@ def cmd_tune(args) -> int:
         run = read_run(args.run)
         inputs = candidates_from_run({q.id: run[q.id] for q in queries if q.id in run}, {q.id: q for q in queries},
                                      dataset.corpus_path, depth=args.depth)
-    pipeline = build_pipeline(config, precision=args.precision)
+    # Stages are timed without the score cache (a hit is no measure of a stage's cost); the
+    # scores of the combinations come through it.
+    pipeline = build_pipeline(config, precision=args.precision, score_cache=False)
+    cache_file = args.score_cache or _config_cache_file(config) or os.environ.get("RERANK_SCORE_CACHE")
     result = tune(pipeline, inputs, qrels, grid=config.tune, budget_ms=args.budget_ms, statistic=args.statistic,
                   measure=args.measure, warmup_queries=args.warmup_queries, repeats=args.repeats,
-                  tie_alpha=None if args.strict_best else 0.05, progress=not args.no_progress)
+                  tie_alpha=None if args.strict_best else 0.05, progress=not args.no_progress,
+                  score_cache=open_cache(cache_file) if cache_file else None)
     choice = result.choice
     if choice is None:
         raise RerankError("tuning chose no combination")

@@ -131,7 +131,7 @@ def tune(pipeline: Stage, inputs: Sequence[Query] | Sequence[Candidates], qrels:
          grid: Mapping[str, Sequence[int]], budget_ms: float | None = None, statistic: str = "mean",
          measure: str = "nDCG@10", cost_model: CostModel | None = None, warmup_queries: int = 24,
          repeats: int = 1, evaluate_within_ms: float | None = None, tie_alpha: float | None = 0.05,
-         remeasure_above: float | None = 0.12, progress: bool = True) -> TuneResult:
+         remeasure_above: float | None = 0.12, progress: bool = True, score_cache=None) -> TuneResult:
     """Tune the cut-off variables of ``pipeline`` on ``inputs`` (queries, or candidates to
     re-rank) judged by ``qrels``.
 
@@ -152,6 +152,8 @@ def tune(pipeline: Stage, inputs: Sequence[Query] | Sequence[Candidates], qrels:
        combination is evaluated by re-sorting those scores. Pipelines with set-dependent stages
        (PRP, listwise, IDCM) run those stages per combination, only for combinations predicted
        within ``evaluate_within_ms`` (default: ``budget_ms``; every combination when neither).
+       ``score_cache`` (a :class:`rerank.cache.ScoreCache`) keeps those scores across runs; the
+       stages are still timed without it.
     3. With ``budget_ms``: :meth:`TuneResult.choose` picks the best that fits (with
        ``tie_alpha``, the costliest fitting one not significantly worse than the best).
     """
@@ -171,7 +173,12 @@ def tune(pipeline: Stage, inputs: Sequence[Query] | Sequence[Candidates], qrels:
         raise TuneError(f"queries {empty} have no candidates and the pipeline does not retrieve any")
     seconds: dict[str, float] = {}
     largest = {name: max(values) for name, values in grid.items()}
-    cached, stand_ins = with_cached_stages(pipeline)
+    if score_cache is not None:
+        from rerank.cache import with_score_cache
+
+        cached, stand_ins = with_cached_stages(with_score_cache(pipeline, score_cache))
+    else:
+        cached, stand_ins = with_cached_stages(pipeline)
 
     began = time.perf_counter()
     warm = batch[:warmup_queries]
