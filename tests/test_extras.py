@@ -18,7 +18,8 @@ HIDDEN = sorted({m for modules in EXTRA_MODULES.values() for m in modules})
 
 
 def _run_without_extras(code: str) -> subprocess.CompletedProcess:
-    prelude = f"import sys\nfor name in {HIDDEN!r}:\n    sys.modules[name] = None\n"
+    prelude = (f"import os, sys, tempfile\nos.environ['RERANK_CACHE'] = tempfile.mkdtemp()\n"
+               f"for name in {HIDDEN!r}:\n    sys.modules[name] = None\n")
     return subprocess.run([sys.executable, "-c", prelude + textwrap.dedent(code)], capture_output=True, text=True,
                           timeout=300)
 
@@ -51,6 +52,7 @@ def test_the_core_indexes_searches_ranks_and_evaluates_without_any_extra(tmp_pat
     ("from rerank.plots import plot_trade_off, TradeOffPoint\nplot_trade_off([TradeOffPoint('a', 1.0, 0.5)], 'x.png')",
      "plots"),
     ("from rerank.retrieve.bm25 import _rank_bm25_class, BM25Params\n_rank_bm25_class(BM25Params())", "rank-bm25"),
+    ("from rerank.data import open_dataset\nopen_dataset('irds:beir/scifact/test')", "irds"),
 ])
 def test_a_missing_extra_is_one_error_naming_it(code, extra):
     done = _run_without_extras(f"""

@@ -148,8 +148,13 @@ class BeirDataset:
 
 
 def open_dataset(path_or_name: str | Path) -> BeirDataset:
-    """Open a BEIR folder by path, or a bundled dataset by name (``"scifact"``)."""
+    """Open a BEIR folder by path, a bundled dataset by name (``"scifact"``), or an ir_datasets
+    dataset by id (``"irds:beir/scifact/test"``, copied once into a BEIR folder: :mod:`rerank.data.irds`)."""
+    from rerank.data.irds import beir_folder, is_irds_id
     from rerank.datasets import bundled_path
+
+    if is_irds_id(path_or_name):
+        return BeirDataset(beir_folder(str(path_or_name)))
 
     path = Path(path_or_name)
     if not path.exists():

@@ -11,6 +11,8 @@ from rerank.types import Passage, Qrels, Query
 
 
 def _is_dataset(path: str | Path) -> bool:
+    if isinstance(path, str) and path.startswith("irds:"):
+        return True
     p = Path(path)
     return p.is_dir() or (not p.exists() and "/" not in str(path) and "." not in str(path))
 
