@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 import math
 import os
 import platform
@@ -16,6 +17,8 @@ from rerank.errors import RerankError
 from rerank.experiment.spec import Expectation
 from rerank.trace import StageSummary, format_costs
 from rerank.types import Candidates
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -223,6 +226,7 @@ class ExperimentResult:
         ``trade-off.png`` and ``per-query.png`` under ``folder`` (each atomically); returns the paths."""
         from rerank.atomic import atomic_file
         from rerank.data import write_run
+        from rerank.extras import MissingExtraError, require
         from rerank.plots import TradeOffPoint, plot_per_query_deltas, plot_trade_off
 
         folder = Path(folder)
@@ -237,6 +241,11 @@ class ExperimentResult:
             write_run(batch, path, tag=name)
             paths[f"run:{name}"] = path
         measure = self.plot_measure or self.measures[0]
+        try:
+            require("matplotlib", "plots")
+        except MissingExtraError as error:  # the tables and runs are written; say why the plots are not
+            log.warning("plots not written: %s", error)
+            return paths
         points = [TradeOffPoint(r.name, r.mean_ms, r.scores[measure]) for r in self.rows]
         paths["trade-off"] = plot_trade_off(points, folder / "trade-off.png", measure=measure,
                                             title=f"{self.name}: {measure} against latency ({self.queries} queries)")
