@@ -317,3 +317,41 @@ def test_config_tables_are_checked_by_their_schema(tmp_path, table, message):
     with pytest.raises(ConfigError) as caught:
         load_spec(path)
     assert message in str(caught.value)
+
+
+def test_a_top_level_precision_reaches_the_model_steps_only(tmp_path):
+    # An experiment with precision = "fp32" used to hand it to a BM25 [[prepare]] index step,
+    # which refused it ("a bm25 index takes no parameter 'precision'").
+    from rerank.cli import main
+    from rerank.experiment.prepare import takes_precision
+
+    assert not takes_precision("index", {"kind": "bm25"}) and takes_precision("index", {"kind": "dense"})
+    assert not takes_precision("index", {"kind": "docstore"})
+    (tmp_path / "exp.toml").write_text(f'''name = "precision-steps"
+precision = "fp32"
+
+[dataset]
+beir = "scifact"
+split = "test"
+
+[[prepare]]
+creates = "{tmp_path / 'bm25'}"
+step = "index"
+corpus = "scifact"
+out = "{tmp_path / 'bm25'}"
+kind = "bm25"
+
+[evaluation]
+measures = ["nDCG@10"]
+baseline = "bm25"
+
+[pipelines]
+bm25 = "bm25 % 10"
+
+[stages.bm25]
+kind = "retrieve"
+index = "{tmp_path / 'bm25'}"
+''')
+    assert main(["experiment", str(tmp_path / "exp.toml"), "--out", str(tmp_path / "out"), "--max-queries", "5",
+                 "--no-progress"]) == 0
+    assert (tmp_path / "out" / "summary.json").is_file()

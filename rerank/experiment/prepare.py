@@ -57,8 +57,14 @@ def step_arguments(step: str) -> list[str]:
     return named
 
 
-def takes_precision(step: str) -> bool:
-    """Whether a step encodes, scores or trains with a model (and so takes ``precision``)."""
+def takes_precision(step: str, args: dict | None = None) -> bool:
+    """Whether a step encodes, scores or trains with a model (and so takes ``precision``); for the
+    ``index`` step, whether the index kind in ``args`` does (a BM25 index has no model)."""
+    if step == "index":
+        from rerank.retrieve.build import kind_parameters
+
+        kind = (args or {}).get("kind", "bm25")
+        return kind != "docstore" and "precision" in kind_parameters(kind)
     return "precision" in step_arguments(step)
 
 

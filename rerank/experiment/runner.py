@@ -235,7 +235,7 @@ def run_prepare(spec: ExperimentSpec, precision: str | None = None) -> None:
             log.info("prepare: %s exists", step.creates)
             continue
         args = dict(step.args)
-        if precision and "precision" not in args and takes_precision(step.step):
+        if precision and "precision" not in args and takes_precision(step.step, args):
             args["precision"] = "fp32" if precision == "int8" and step.step in ("train-cross-encoder", "distill", "adapt") \
                 else precision
         print(f"prepare: {step.creates} is missing; running {step.describe()}", flush=True)

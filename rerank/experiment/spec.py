@@ -54,8 +54,8 @@ from rerank.config import ConfigError, PipelineConfig, parse_config, read_toml
 from rerank.experiment.prepare import check_step
 from rerank.registry import PREPARE_STEPS
 
-_TOP = ("name", "description", "precision", "dataset", "input", "prepare", "evaluation", "pipelines", "stages",
-        "expected")
+_TOP = ("name", "description", "precision", "score_cache", "dataset", "input", "prepare", "evaluation", "pipelines",
+        "stages", "expected")
 
 
 class _Table(BaseModel):
@@ -275,6 +275,9 @@ def load_spec(path: str | Path, *, check_files: bool = True) -> ExperimentSpec:
             table = {"pipeline": expression, "stages": stages}
             if "precision" in data:  # the default precision of every model stage
                 table["precision"] = data["precision"]
+            if "score_cache" in data:  # rerank.cache: relative to the experiment config's folder
+                cache = Path(str(data["score_cache"])).expanduser()
+                table["score_cache"] = str(cache if cache.is_absolute() else Path(source).parent / cache)
             config = parse_config(table, text=text, where=source, check_files=False)
         except ConfigError as exc:
             message, prefix = str(exc), f"{source}: pipeline = {expression!r}"
