@@ -39,18 +39,11 @@ lint: install
 test-fast: install
 	RERANK_FAST_TESTS=1 $(PY) -m pytest -q -m "not models and not slow" -p no:cacheprovider
 
+# Every benchmark's --quick (each within minutes on 2 cores, with or without native bf16).
 bench-quick: install
-	$(PY) experiments/benchmarks/bm25.py --quick
-	$(PY) experiments/benchmarks/dense.py --quick
-	$(PY) experiments/benchmarks/cross_encoder.py --quick
-	$(PY) experiments/benchmarks/cascade.py --quick
-	$(PY) experiments/benchmarks/idcm.py --quick
-	$(PY) experiments/benchmarks/llm.py --quick
-	$(PY) experiments/benchmarks/precision.py --quick
-	$(PY) experiments/benchmarks/train_step.py --quick
-	$(PY) experiments/benchmarks/training_turns.py --quick
-	$(PY) experiments/benchmarks/serve.py --quick
-	$(PY) experiments/benchmarks/families.py --quick
+	@for b in bm25 dense cross_encoder cascade idcm llm precision train_step training_turns serve families \
+	          teacher train tune scale openvino_streams ecosystem; do \
+	  echo "== $$b --quick"; $(PY) experiments/benchmarks/$$b.py --quick || exit 1; done
 
 # The committed experiments, one command each (see README: Results), then the README's tables.
 experiments: install

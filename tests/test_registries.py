@@ -101,3 +101,17 @@ def test_the_store_does_not_import_the_docstore_that_builds_on_it():
     imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
     imported |= {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
     assert "rerank.retrieve.docstore" not in imported
+
+
+def test_make_bench_quick_runs_every_benchmark():
+    import re
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    makefile = (repo / "Makefile").read_text()
+    block = makefile[makefile.index("bench-quick: install"):].split("\n\n")[0]
+    listed = set(re.findall(r"[a-z_0-9]+", block.split("for b in", 1)[1].split("; do", 1)[0]))
+    benchmarks = {p.stem for p in (repo / "experiments" / "benchmarks").glob("*.py") if not p.stem.startswith("_")}
+    assert listed == benchmarks
+    for name in benchmarks:  # and each has a --quick
+        assert "--quick" in (repo / "experiments" / "benchmarks" / f"{name}.py").read_text()
