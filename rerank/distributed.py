@@ -196,13 +196,15 @@ class PipelineWorker:
     batch's output to a shard and returns the query ids it wrote."""
 
     def __init__(self, config_text: str, where: str, cwd: str, shards: str, fmt: str, tag: str,
-                 precision: str | None, threads: int) -> None:
+                 precision: str | None, threads: int, score_cache: str | None = None) -> None:
         from rerank.config import build_pipeline, parse_config
         from rerank.hardware import apply_threads
 
         os.chdir(cwd)  # the TOML's relative paths mean what they mean to the driver
         apply_threads(threads)
-        self.pipeline = build_pipeline(parse_config(where, text=config_text, where=where), precision=precision)
+        # The driver's score cache (--score-cache), which an actor's environment may not hold.
+        self.pipeline = build_pipeline(parse_config(where, text=config_text, where=where), precision=precision,
+                                       score_cache=score_cache)
         self.shards, self.fmt, self.tag = Path(shards), fmt, tag
 
     def __call__(self, batch) -> dict:
@@ -295,7 +297,8 @@ def _run_on_ray(options: RayOptions, config_text: str, where: str, candidates: I
             num_cpus=options.cpus_per_worker, num_gpus=options.gpus_per_worker or None,
             fn_constructor_kwargs={"config_text": config_text, "where": where, "cwd": os.getcwd(),
                                    "shards": str(work.shards.resolve()), "fmt": fmt, "tag": tag,
-                                   "precision": precision, "threads": threads})
+                                   "precision": precision, "threads": threads,
+                                   "score_cache": os.environ.get("RERANK_SCORE_CACHE")})
         began = time.perf_counter()
         first = last = None
         after_first = 0
