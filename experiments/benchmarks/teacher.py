@@ -91,7 +91,7 @@ class Bench:
         corpus, test, train = source.corpus(), source.qrels("test"), source.qrels("train") if has_train else {}
         test_ids, train_ids = sorted(test)[:20], sorted(train)[:40]
         keep = sorted({d for q in test_ids for d in test[q]} | {d for q in train_ids for d in train[q]})
-        keep += [d for d in sorted(corpus) if d not in set(keep)][: 400 - len(keep)]
+        keep += [d for d in sorted(corpus) if d not in set(keep)][: max(0, 400 - len(keep))]
         (folder / "qrels").mkdir(parents=True, exist_ok=True)
         with open(folder / "corpus.jsonl", "w", encoding="utf-8") as fh:
             for d in keep:
