@@ -187,15 +187,21 @@ def cmd_experiment(args) -> int:
         result = experiment.run(out, check=not (args.no_check or args.max_queries or only))
     except ExpectationError as exc:
         print(exc.result.table())
-        print(f"\nwrote {out}/ (results.md, results.csv, runs/*.trec.gz, trade-off.png, per-query.png)")
+        print(f"\nwrote {out}/: {_written(out)}")
         print(f"rerank experiment: error: {exc}", file=sys.stderr)
         return 3
     print(result.table())
     print(f"\n{result.legend()}")
     checked = f"; {len(result.expected)} expected scores held" if result.expected and not result.drifts else ""
     print(f"\n{len(result.rows)} pipelines x {result.queries} queries in {time.perf_counter() - began:.1f}s{checked}")
-    print(f"wrote {out}/: results.md, results.csv, summary.json, runs/*.trec.gz, trade-off.png, per-query.png")
+    print(f"wrote {out}/: {_written(out)}")
     return 0
+
+
+def _written(out: Path) -> str:
+    """The report files an experiment left in ``out`` (plots only where the plots extra made them)."""
+    names = ["results.md", "results.csv", "summary.json", "runs/*.trec.gz", "trade-off.png", "per-query.png"]
+    return ", ".join(n for n in names if n.startswith("runs/") or (out / n).exists())
 
 
 def cmd_serve(args) -> int:

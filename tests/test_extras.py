@@ -87,3 +87,40 @@ def test_require_and_missing_extra(monkeypatch):
     with pytest.raises(ValueError, match="unknown extra"):
         require("json", "nope")
     assert set(EXTRA_MODULES) == set(EXTRAS)
+
+
+def test_an_experiment_without_the_plots_extra_writes_everything_else(tmp_path):
+    (tmp_path / "exp.toml").write_text(f'''name = "no-plots"
+
+[dataset]
+beir = "scifact"
+split = "test"
+
+[[prepare]]
+creates = "{tmp_path / 'bm25'}"
+step = "index"
+corpus = "scifact"
+out = "{tmp_path / 'bm25'}"
+kind = "bm25"
+
+[evaluation]
+measures = ["nDCG@10"]
+baseline = "bm25"
+
+[pipelines]
+bm25 = "bm25 % 10"
+bm25-5 = "bm25 % 5"
+
+[stages.bm25]
+kind = "retrieve"
+index = "{tmp_path / 'bm25'}"
+''')
+    done = _run_without_extras(f"""
+        from rerank.cli import main
+        sys.exit(main(["experiment", {str(tmp_path / "exp.toml")!r}, "--out", {str(tmp_path / "out")!r},
+                       "--max-queries", "5", "--no-progress"]))
+    """)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "plots not written" in done.stderr and "pip install 'rerank[plots]'" in done.stderr
+    written = sorted(p.name for p in (tmp_path / "out").iterdir())
+    assert written == ["results.csv", "results.md", "runs", "summary.json"]
