@@ -375,6 +375,51 @@ def test_colbert_stored_embeddings_rank_like_text_and_need_no_passage_encoding(c
     np.testing.assert_allclose([expected[p.id] for p in found.passages], found.scores, rtol=1e-5, atol=1e-4)
 
 
+def test_colbert_maxp_windows_score_a_long_passage_by_its_best_window(colbert_folder, tmp_path):
+    from rerank.retrieve.build import build_index
+    from rerank.retrieve.tokens import TokenEmbeddingIndex
+    from rerank.score.colbert import ColBERT, maxsim
+
+    # A passage far longer than 16 tokens: under "first" only its start counts; under "max" each
+    # window is encoded as a passage of its own ([CLS] marker window [SEP]) and the best one counts.
+    long_text = " ".join(PASSAGES * 3)
+    passages = [Passage("long", long_text), *[Passage(f"d{i}", t) for i, t in enumerate(PASSAGES)]]
+    windowed = ColBERT(str(colbert_folder), precision="fp32", document_length=16, windows="max", stride=6)
+    first = ColBERT(str(colbert_folder), precision="fp32", document_length=16)
+    encoder = windowed.encoder
+    ids = encoder.tokenizer(long_text, add_special_tokens=False)["input_ids"]
+    windows = encoder.document_windows([long_text])[0]
+    assert len(windows) > 2 and windows[0][2:-1] == ids[:13] and windows[1][2:-1] == ids[6:19]
+    assert windows[-1][2:-1] == ids[-13:]  # the last window ends with the passage
+    query = encoder.encode_queries([QUERIES[1]])[0]
+    by_hand = [maxsim(query, encoder._encode_sequences([w])[0]) for w in windows]
+    scores = windowed.score(Query("q", QUERIES[1]), passages)
+    np.testing.assert_allclose(scores[0], max(by_hand), rtol=1e-5)
+    np.testing.assert_allclose(first.score(Query("q", QUERIES[1]), passages)[0], by_hand[0], rtol=1e-5)
+    short = [i for i, p in enumerate(passages) if len(encoder.tokenizer(p.text, add_special_tokens=False)["input_ids"]) <= 13]
+    assert short  # a passage that fits one window scores the same either way
+    np.testing.assert_allclose(np.asarray(scores)[short], np.asarray(first.score(Query("q", QUERIES[1]), passages))[short],
+                               rtol=1e-5)
+    # Stored: the index keeps every window and scores (and searches) by the best one.
+    corpus = tmp_path / "corpus.jsonl"
+    import json
+
+    corpus.write_text("".join(json.dumps({"_id": p.id, "title": "", "text": p.text}) + "\n" for p in passages))
+    index = build_index(corpus, tmp_path / "idx" / "colbert", "colbert", colbert_model=str(colbert_folder),
+                        precision="fp32", document_length=16, colbert_windows="max", progress=False)
+    loaded = TokenEmbeddingIndex.load(index.folder, precision="fp32")
+    assert loaded.windows == "max" and len(loaded.window_vectors(["long"])["long"]) == len(windows)
+    stored = ColBERT(str(colbert_folder), precision="fp32", document_length=16, windows="max", stride=6, index=loaded)
+    np.testing.assert_allclose(stored.score(Query("q", QUERIES[1]), passages), scores, rtol=2e-3, atol=2e-2)
+    [found] = loaded.search([Query("q", QUERIES[1])], k=len(passages))
+    expected = dict(zip([p.id for p in passages], stored.score(Query("q", QUERIES[1]), passages)))
+    np.testing.assert_allclose([expected[p.id] for p in found.passages], found.scores, rtol=1e-5, atol=1e-4)
+    with pytest.raises(ValueError, match="holds 'max' windows"):
+        ColBERT(str(colbert_folder), precision="fp32", index=loaded)
+    with pytest.raises(ValueError, match="windows must be one of first, max"):
+        ColBERT(str(colbert_folder), precision="fp32", windows="mean")
+
+
 # -- FIRST: listwise by the first identifier's logits ------------------------------------------
 def test_first_orders_a_window_by_the_first_answer_tokens_logits(tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer

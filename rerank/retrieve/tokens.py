@@ -32,7 +32,10 @@ class TokenBuildParameters:
     """How ``rerank index --kind colbert`` builds: the ColBERT model, passage length, batches, precision."""
 
     colbert_model: str = parameter("colbert-ir/colbertv2.0", "ColBERT model: Hugging Face id or folder")
-    document_length: int = parameter(180, "most tokens stored per passage (ColBERT's doc_maxlen)")
+    document_length: int = parameter(180, "most tokens stored per passage, or per window (ColBERT's doc_maxlen)")
+    colbert_windows: str = parameter("first", "first: passages cut at document_length (ColBERT's own); max: longer "
+                                     "passages stored as overlapping windows, scored by their best (MaxP)",
+                                     choices=("first", "max"))
     colbert_batch_size: int = parameter(32, "passages per ColBERT encoder batch")
     precision: str = parameter("auto", "encoding precision (written in the manifest); auto picks by the CPU and "
                                "checks it against fp32", choices=CHOICES)
@@ -44,9 +47,17 @@ class TokenEmbeddingIndex(Index, kind=KIND):
     Parameters = TokenBuildParameters
 
     def __init__(self, passages: Sequence[Passage], model: str, vectors: np.ndarray, offsets: np.ndarray,
-                 fingerprint: str, settings: dict[str, Any] | None = None) -> None:
-        if len(offsets) != len(passages) + 1 or int(offsets[-1]) != len(vectors):
-            raise BadIndexError(f"{len(passages)} passages but {len(offsets) - 1} offsets over {len(vectors)} vectors")
+                 fingerprint: str, settings: dict[str, Any] | None = None,
+                 window_offsets: np.ndarray | None = None) -> None:
+        # offsets: token rows of each stored window; window_offsets: the windows of each passage
+        # (one per passage unless the index was built with windows="max").
+        if window_offsets is None:
+            window_offsets = np.arange(len(passages) + 1, dtype=np.int64)
+        if len(window_offsets) != len(passages) + 1 or int(window_offsets[-1]) != len(offsets) - 1 \
+                or int(offsets[-1]) != len(vectors):
+            raise BadIndexError(f"{len(passages)} passages but {len(window_offsets) - 1} window offsets and "
+                                f"{len(offsets) - 1} vector offsets over {len(vectors)} vectors")
+        self.window_offsets = window_offsets
         self.passages = passages
         self.model = model
         self.matrix = vectors
@@ -61,10 +72,15 @@ class TokenEmbeddingIndex(Index, kind=KIND):
         return (f"TokenEmbeddingIndex({len(self.passages)} passages, {len(self.matrix)} token vectors of "
                 f"{self.matrix.shape[1]} dims, model={self.model!r})")
 
+    @property
+    def windows(self) -> str:
+        """``first`` or ``max``: how the passages were cut (see :class:`~rerank.score.colbert.ColBERTEncoder`)."""
+        return str(self.settings.get("windows", "first"))
+
     @classmethod
     def build(cls, passages: Iterable[Passage], encoder: Any = "colbert-ir/colbertv2.0", *,
               document_length: int | None = None, batch_size: int = 32, precision: str = "auto",
-              progress: bool = True) -> TokenEmbeddingIndex:
+              windows: str = "first", progress: bool = True) -> TokenEmbeddingIndex:
         """Encode every passage (title + text) with a :class:`~rerank.score.colbert.ColBERTEncoder`
         (or a model name) and keep its token vectors in float16."""
         from rerank.score.colbert import ColBERTEncoder
@@ -72,12 +88,16 @@ class TokenEmbeddingIndex(Index, kind=KIND):
         unique = unique_passages(passages)
         if isinstance(encoder, str):
             encoder = ColBERTEncoder(encoder, document_length=document_length, batch_size=batch_size,
-                                     precision=precision)
-        encoded = encoder.encode_documents([p.full_text for p in unique], progress=progress)
+                                     precision=precision, windows=windows)
+        by_passage = encoder.encode_document_windows([p.full_text for p in unique], progress=progress)
+        encoded = [w for ws in by_passage for w in ws]
         offsets = np.zeros(len(encoded) + 1, dtype=np.int64)
         offsets[1:] = np.cumsum([len(e) for e in encoded])
+        window_offsets = np.zeros(len(unique) + 1, dtype=np.int64)
+        window_offsets[1:] = np.cumsum([len(ws) for ws in by_passage])
         matrix = np.concatenate(encoded).astype(np.float16) if encoded else np.zeros((0, encoder.dim), np.float16)
-        index = cls(unique, encoder.name, matrix, offsets, corpus_fingerprint(unique), encoder.runtime_settings())
+        index = cls(unique, encoder.name, matrix, offsets, corpus_fingerprint(unique), encoder.runtime_settings(),
+                    window_offsets)
         index._encoder = encoder
         return index
 
@@ -87,11 +107,25 @@ class TokenEmbeddingIndex(Index, kind=KIND):
         """Index ``passages`` as ``parameters`` say."""
         p = parameters
         return cls.build(passages, p.colbert_model, document_length=p.document_length,
-                         batch_size=p.colbert_batch_size, precision=p.precision, progress=progress)
+                         batch_size=p.colbert_batch_size, precision=p.precision, windows=p.colbert_windows,
+                         progress=progress)
 
     def vectors(self, ids: Sequence[str]) -> dict[str, np.ndarray]:
-        """The stored token vectors (float16 views of the memory map) of the ``ids`` it holds."""
-        return {pid: self.matrix[self.offsets[pos]:self.offsets[pos + 1]] for pid, pos in self.positions(ids).items()}
+        """The stored token vectors (float16 views of the memory map) of the ``ids`` it holds (all
+        of a passage's windows, one after the other)."""
+        out = {}
+        for pid, pos in self.positions(ids).items():
+            first, last = int(self.window_offsets[pos]), int(self.window_offsets[pos + 1])
+            out[pid] = self.matrix[self.offsets[first]:self.offsets[last]]
+        return out
+
+    def window_vectors(self, ids: Sequence[str]) -> dict[str, list[np.ndarray]]:
+        """Each held passage's windows' token vectors (one window unless built with ``windows="max"``)."""
+        out = {}
+        for pid, pos in self.positions(ids).items():
+            first, last = int(self.window_offsets[pos]), int(self.window_offsets[pos + 1])
+            out[pid] = [self.matrix[self.offsets[w]:self.offsets[w + 1]] for w in range(first, last)]
+        return out
 
     @property
     def encoder(self):
@@ -101,7 +135,8 @@ class TokenEmbeddingIndex(Index, kind=KIND):
 
             self._encoder = ColBERTEncoder(self.model, document_length=int(self.settings.get("document_length", 180)),
                                            query_length=int(self.settings.get("query_length", 32)),
-                                           precision=self.query_precision)
+                                           precision=self.query_precision, windows=self.windows,
+                                           stride=int(self.settings["stride"]) if "stride" in self.settings else None)
         return self._encoder
 
     def search(self, queries: Sequence[Query], k: int = 100) -> list[Candidates]:
@@ -123,13 +158,14 @@ class TokenEmbeddingIndex(Index, kind=KIND):
                             passages_scored=len(self.passages), settings=self.encoder.runtime_settings())
 
     def maxsim_all(self, query: np.ndarray, block_tokens: int = 1 << 18) -> np.ndarray:
-        """MaxSim of ``query`` (``[query tokens, dim]``) with every passage, in blocks of whole
-        passages of about ``block_tokens`` token vectors."""
-        totals = np.zeros(len(self.passages), dtype=np.float32)
+        """MaxSim of ``query`` (``[query tokens, dim]``) with every passage (its best window's),
+        in blocks of whole windows of about ``block_tokens`` token vectors."""
+        n_windows = len(self.offsets) - 1
+        totals = np.zeros(n_windows, dtype=np.float32)
         start = 0
-        while start < len(self.passages):
+        while start < n_windows:
             end = int(np.searchsorted(self.offsets, self.offsets[start] + block_tokens, side="right")) - 1
-            end = min(max(end, start + 1), len(self.passages))
+            end = min(max(end, start + 1), n_windows)
             lo, hi = int(self.offsets[start]), int(self.offsets[end])
             lengths = np.diff(self.offsets[start:end + 1])
             if hi > lo:
@@ -138,7 +174,9 @@ class TokenEmbeddingIndex(Index, kind=KIND):
                 maxima = np.maximum.reduceat(block, (self.offsets[start:end] - lo)[nonempty], axis=0)
                 totals[start:end][nonempty] = maxima.sum(axis=1)
             start = end
-        return totals
+        if n_windows == len(self.passages):
+            return totals
+        return np.maximum.reduceat(totals, self.window_offsets[:-1]) if len(totals) else totals
 
     def save(self, folder: str | Path) -> Path:
         """Write the vectors, offsets, passages and manifest atomically."""
@@ -146,6 +184,8 @@ class TokenEmbeddingIndex(Index, kind=KIND):
         with atomic_directory(folder) as staging:
             np.save(staging / "vectors.npy", np.ascontiguousarray(self.matrix))
             np.save(staging / "offsets.npy", self.offsets)
+            if len(self.window_offsets) != len(self.offsets):  # windows="max": passages of several windows
+                np.save(staging / "windows.npy", self.window_offsets)
             docstore = store_for_index(self.passages, self.fingerprint, folder, staging)
             write_manifest(staging, self.kind, {
                 "docstore": docstore, "model": self.model, "dim": int(self.matrix.shape[1]),
@@ -165,9 +205,10 @@ class TokenEmbeddingIndex(Index, kind=KIND):
         try:
             vectors = np.load(folder / "vectors.npy", mmap_mode="r")
             offsets = np.load(folder / "offsets.npy")
+            windows = np.load(folder / "windows.npy") if (folder / "windows.npy").is_file() else None
             passages = open_index_passages(folder, manifest, verify=verify)
             loaded = cls(passages, manifest["model"], vectors, offsets, manifest["corpus_fingerprint"],
-                         manifest.get("encoder"))
+                         manifest.get("encoder"), windows)
         except (ValueError, OSError, KeyError) as exc:
             raise BadIndexError(f"{folder}: cannot read index files ({exc}); rebuild it") from None
         if len(passages) != manifest["n_passages"] or len(vectors) != manifest["n_vectors"]:

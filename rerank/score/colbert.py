@@ -71,17 +71,23 @@ class ColBERTEncoder:
     """A ColBERT checkpoint as token-vector encoders (see the module docstring).
 
     ``query_length``/``document_length``: tokens per query (after augmentation) and at most per
-    passage (default: the checkpoint's, else the recipe's 32 and 180). ``precision``: ``auto``
+    passage (default: the checkpoint's, else the recipe's 32 and 180). ``windows``: ``first``
+    (ColBERT's own: a passage is cut at ``document_length``) or ``max`` (MaxP: a longer passage is
+    split into windows of ``document_length`` tokens overlapping by ``stride``, default half a
+    window, each encoded as a passage; its score is its best window's). ``precision``: ``auto``
     (bf16 or int8 where the CPU is fastest at it, kept only if it ranks the calibration sample
     like fp32), ``fp32``, ``bf16`` or ``int8``.
     """
 
     def __init__(self, model: str, *, recipe: Recipe = COLBERT, query_length: int | None = None,
                  document_length: int | None = None, batch_size: int = 32, precision: str = "auto",
-                 threads: int | None = None, device: str = "cpu") -> None:
+                 threads: int | None = None, device: str = "cpu", windows: str = "first",
+                 stride: int | None = None) -> None:
         import torch
         from transformers import AutoModel, AutoTokenizer
 
+        if windows not in WINDOWS:
+            raise ValueError(f"windows must be one of {', '.join(WINDOWS)}, got {windows!r}")
         self.name = model
         self.path = resolve(model)
         folder = Path(self.path)
@@ -91,6 +97,11 @@ class ColBERTEncoder:
         self.document_length = int(document_length or settings["document_length"])
         if self.query_length < 4 or self.document_length < 4:
             raise ValueError("query_length and document_length must be at least 4 tokens")
+        self.windows = windows
+        span = self.document_length - 3
+        self.stride = int(stride or max(1, span // 2))
+        if not 0 < self.stride <= span:
+            raise ValueError(f"stride must be between 1 and document_length - 3 ({span}), got {stride}")
         self.attend_to_masks = bool(settings.get("attend_to_mask_tokens", False))
         with quiet_transformers():
             self.tokenizer = AutoTokenizer.from_pretrained(self.path)
@@ -138,8 +149,11 @@ class ColBERTEncoder:
 
     def runtime_settings(self) -> dict[str, str]:
         """Recipe, precision and threads, for traces and manifests."""
-        return {**self.choice.as_settings(self.threads), "recipe": "colbert",
-                "query_length": str(self.query_length), "document_length": str(self.document_length)}
+        settings = {**self.choice.as_settings(self.threads), "recipe": "colbert",
+                    "query_length": str(self.query_length), "document_length": str(self.document_length)}
+        if self.windows != "first":
+            settings.update(windows=self.windows, stride=str(self.stride))
+        return settings
 
     def config_reference(self) -> str:
         """How a config names this encoder: its model name or path."""
@@ -168,6 +182,25 @@ class ColBERTEncoder:
                    max_length=self.document_length - 3)["input_ids"]
         return [[tok.cls_token_id, self.markers[1], *tokens, tok.sep_token_id] for tokens in body]
 
+    def document_windows(self, texts: Sequence[str]) -> list[list[list[int]]]:
+        """Each passage's windows as ids (``[CLS] marker window [SEP]``): one (the passage cut at
+        ``document_length``) with ``windows="first"``; with ``max``, windows of
+        ``document_length - 3`` passage tokens every ``stride`` tokens, the last one ending
+        with the passage."""
+        if not texts:
+            return []
+        if self.windows == "first":
+            return [[ids] for ids in self.document_ids(texts)]
+        tok = self.tokenizer
+        span = self.document_length - 3
+        out = []
+        for tokens in tok(list(texts), add_special_tokens=False)["input_ids"]:
+            starts = list(range(0, max(len(tokens) - span, 0) + 1, self.stride))
+            if starts[-1] + span < len(tokens):
+                starts.append(len(tokens) - span)
+            out.append([[tok.cls_token_id, self.markers[1], *tokens[s:s + span], tok.sep_token_id] for s in starts])
+        return out
+
     def _forward(self, net, ids, mask):
         import torch
 
@@ -191,18 +224,34 @@ class ColBERTEncoder:
         return out
 
     def encode_documents(self, texts: Sequence[str], *, net=None, progress: bool = False) -> list[np.ndarray]:
-        """One ``[tokens, dim]`` float32 array per passage (punctuation and padding dropped), in
-        length-sorted batches."""
+        """One ``[tokens, dim]`` float32 array per passage (punctuation and padding dropped; with
+        ``windows="max"`` its windows' vectors one after the other)."""
+        return [np.concatenate(w) if len(w) > 1 else w[0]
+                for w in self.encode_document_windows(texts, net=net, progress=progress)]
+
+    def encode_document_windows(self, texts: Sequence[str], *, net=None,
+                                progress: bool = False) -> list[list[np.ndarray]]:
+        """Each passage's windows (:meth:`document_windows`) as ``[tokens, dim]`` float32 arrays."""
+        windows = self.document_windows(texts)
+        flat = self._encode_sequences([w for ws in windows for w in ws], net=net, progress=progress)
+        out, at = [], 0
+        for ws in windows:
+            out.append(flat[at:at + len(ws)])
+            at += len(ws)
+        return out
+
+    def _encode_sequences(self, sequences: list[list[int]], *, net=None, progress: bool = False) -> list[np.ndarray]:
+        """One ``[tokens, dim]`` array per id sequence, in length-sorted batches."""
         import torch
         from tqdm.auto import tqdm
 
-        if not texts:
+        if not sequences:
             return []
         net = self.net if net is None else net
-        sequences = self.document_ids(texts)
         order = np.argsort([-len(s) for s in sequences], kind="stable")
-        out: list[np.ndarray] = [np.zeros((0, self.dim), dtype=np.float32)] * len(texts)
-        with torch.inference_mode(), tqdm(total=len(texts), desc="Encoding passages (ColBERT)", unit="passage",
+        out: list[np.ndarray] = [np.zeros((0, self.dim), dtype=np.float32)] * len(sequences)
+        unit = "passage" if self.windows == "first" else "window"
+        with torch.inference_mode(), tqdm(total=len(sequences), desc="Encoding passages (ColBERT)", unit=unit,
                                           disable=not progress) as bar:
             for start in range(0, len(order), self.batch_size):
                 rows = order[start:start + self.batch_size]
@@ -227,11 +276,19 @@ class ColBERTEncoder:
         return np.array([maxsim(encoded[p.query], d) for p, d in zip(pairs, documents)])
 
 
+WINDOWS = ("first", "max")
+
+
 def maxsim(query: np.ndarray, document: np.ndarray) -> float:
     """ColBERT's score: each query vector's largest dot product with a passage vector, summed."""
     if not len(document):
         return 0.0
     return float((query @ document.T).max(axis=1).sum())
+
+
+def maxsim_windows(query: np.ndarray, windows: Sequence[np.ndarray]) -> float:
+    """MaxP over windows: the best window's :func:`maxsim`."""
+    return max((maxsim(query, w.astype(np.float32, copy=False)) for w in windows), default=0.0)
 
 
 class ColBERT(Scorer, kind="colbert"):
@@ -250,7 +307,7 @@ class ColBERT(Scorer, kind="colbert"):
     def __init__(self, model: str, *, index=None, recipe: str | Recipe | None = None,
                  query_length: int | None = None, document_length: int | None = None, batch_size: int = 32,
                  precision: str = "auto", threads: int | None = None, device: str = "cpu",
-                 name: str | None = None) -> None:
+                 windows: str = "first", stride: int | None = None, name: str | None = None) -> None:
         from rerank.score.recipes import recipe as find_recipe
 
         chosen = find_recipe(recipe) if recipe is not None else COLBERT
@@ -260,10 +317,14 @@ class ColBERT(Scorer, kind="colbert"):
             from rerank.retrieve.tokens import TokenEmbeddingIndex
 
             index = TokenEmbeddingIndex.load(index)
+        stored = getattr(index, "windows", "first") if index is not None else None
+        if stored is not None and stored != windows:
+            raise ValueError(f"the index holds {stored!r} windows of each passage but windows={windows!r} was asked; "
+                             "rebuild the index with --colbert-windows or ask for the same")
         self.index = index
         self.encoder = ColBERTEncoder(model, recipe=chosen, query_length=query_length,
                                       document_length=document_length, batch_size=batch_size, precision=precision,
-                                      threads=threads, device=device)
+                                      threads=threads, device=device, windows=windows, stride=stride)
         self.name = name or f"colbert({os.path.basename(str(model).rstrip('/')) or model})"
 
     def runtime_settings(self) -> dict[str, str]:
@@ -277,17 +338,16 @@ class ColBERT(Scorer, kind="colbert"):
         queries = list(dict.fromkeys(c.query.text for c in batch))
         encoded = dict(zip(queries, self.encoder.encode_queries(queries)))
         ids = [p.id for c in batch for p in c.passages]
-        stored = self.index.vectors(ids) if self.index is not None else {}
+        stored = self.index.window_vectors(ids) if self.index is not None else {}
         fresh = list(dict.fromkeys(p.id for c in batch for p in c.passages if p.id not in stored))
         encoded_now = set(fresh)
         texts = {p.id: p.full_text for c in batch for p in c.passages}
-        vectors = dict(stored)
-        vectors.update(zip(fresh, self.encoder.encode_documents([texts[i] for i in fresh])))
+        windows = dict(stored)
+        windows.update(zip(fresh, self.encoder.encode_document_windows([texts[i] for i in fresh])))
         scores, tokens, counters = [], [], []
         for c in batch:
             query = encoded[c.query.text]
-            scores.append(np.array([maxsim(query, vectors[p.id].astype(np.float32, copy=False))
-                                    for p in c.passages], dtype=np.float32))
+            scores.append(np.array([maxsim_windows(query, windows[p.id]) for p in c.passages], dtype=np.float32))
             tokens.append(self.encoder.query_length)
             counters.append({"documents": len(c), "encoded_now": sum(1 for p in c.passages if p.id in encoded_now)})
         calls = -(-len(queries) // self.encoder.batch_size) + -(-len(fresh) // self.encoder.batch_size)
