@@ -408,6 +408,7 @@ def test_experiment_precision_reaches_prepare_steps(tmp_path, cache):
                       f'kind = "dense"\n[pipelines]\ndense = "dense % 10"\n'
                       f'[stages.dense]\nkind = "retrieve"\nindex = "{index}"\n')
     spec = load_spec(config)
-    assert spec.precision == "fp32" and takes_precision("index") and not takes_precision("mine")
+    assert spec.precision == "fp32" and takes_precision("index", {"kind": "dense"}) and not takes_precision("mine")
+    assert not takes_precision("index", {"kind": "bm25"})
     run_prepare(spec, spec.precision)
     assert json.loads((index / "manifest.json").read_text())["precision"]["precision"] == "fp32"
