@@ -28,8 +28,9 @@ and cascades are evaluated by re-sorting, and a killed run loses at most one chu
 
     python experiments/benchmarks/teacher.py [--quick] [--parts scifact,student,dl19,adapt-scifact,adapt-vaswani,init,curriculum]
 
-``--quick``: 40 training queries, a few training steps, 20 test queries over a 400-passage
-SciFact subset with its own indexes; it checks the code paths, its figures mean nothing.
+``--quick``: 20 training queries, a few training steps, 10 test queries over a 200-passage
+SciFact subset with its own indexes, and ``adapt`` on Vaswani only (the same code as on SciFact,
+and the collection without a train split); it checks the code paths, its figures mean nothing.
 """
 from __future__ import annotations
 
@@ -65,6 +66,10 @@ ADAPT_SETTINGS = {"vaswani": {"remove_sentence": 0.5, "epochs": 3, "learning_rat
                   "scifact": {"remove_sentence": 0.5, "epochs": 2, "learning_rate": 1e-4, "distill_weight": 1.0}}
 
 
+PARTS = "scifact,student,dl19,adapt-scifact,adapt-vaswani,init,curriculum"
+QUICK_PARTS = "scifact,student,dl19,adapt-vaswani,init,curriculum"
+
+
 class Bench:
     """Paths, sizes and the score cache of one benchmark run."""
 
@@ -78,8 +83,8 @@ class Bench:
     # -- data -------------------------------------------------------------------------------
 
     def dataset_folder(self, name: str) -> Path:
-        """The BEIR folder of ``name``; with --quick a subset of 400 passages holding the relevant
-        ones of the first 20 test and (where there is a train split) 40 train queries."""
+        """The BEIR folder of ``name``; with --quick a subset of 200 passages holding the relevant
+        ones of the first 10 test and (where there is a train split) 20 train queries."""
         if not self.quick:
             return SHARED / name
         folder = self.workdir / f"{name}-subset"
@@ -89,9 +94,9 @@ class Bench:
         # Vaswani has test qrels only (the quick run used to stop here on its missing train split).
         has_train = (SHARED / name / "qrels" / "train.tsv").is_file()
         corpus, test, train = source.corpus(), source.qrels("test"), source.qrels("train") if has_train else {}
-        test_ids, train_ids = sorted(test)[:20], sorted(train)[:40]
+        test_ids, train_ids = sorted(test)[:10], sorted(train)[:20]
         keep = sorted({d for q in test_ids for d in test[q]} | {d for q in train_ids for d in train[q]})
-        keep += [d for d in sorted(corpus) if d not in set(keep)][: max(0, 400 - len(keep))]
+        keep += [d for d in sorted(corpus) if d not in set(keep)][: max(0, 200 - len(keep))]
         (folder / "qrels").mkdir(parents=True, exist_ok=True)
         with open(folder / "corpus.jsonl", "w", encoding="utf-8") as fh:
             for d in keep:
@@ -134,7 +139,7 @@ class Bench:
         data = open_dataset(self.dataset_folder(name))
         queries, qrels = data.queries("test"), data.qrels("test")
         if self.quick:
-            depth = min(depth, 30)
+            depth = min(depth, 20)
         return [c.top(depth) for c in load_index(self.indexes(name) / "bm25").search(queries, k=depth)], qrels
 
     # -- scores -----------------------------------------------------------------------------
@@ -238,7 +243,7 @@ def scifact_training_files(bench: Bench) -> Path:
     root = bench.indexes("scifact")
     pipelines = write_pipelines(work, root)
     if not (work / "triples.tsv").is_file():
-        mine(data, work / "triples.tsv", pipeline=pipelines["first-stage"], depth=100 if not bench.quick else 30,
+        mine(data, work / "triples.tsv", pipeline=pipelines["first-stage"], depth=100 if not bench.quick else 20,
              negatives=7, run_out=work / "train-run.trec", absolute_margin=0.0, filter_pipeline=pipelines["teacher"])
     if not (work / "teacher.tsv").is_file():
         teacher_scores(data, work / "triples.tsv", work / "teacher.tsv", pipeline=pipelines["teacher"])
@@ -460,7 +465,7 @@ def part_adapt(bench: Bench, name: str) -> dict:
     from rerank.train.adapt import AdaptConfig, adapt
 
     out = bench.workdir / f"adapt-{name}"
-    config = AdaptConfig(ict_queries=40 if bench.quick else 1000, generated_queries=2 if bench.quick else 100,
+    config = AdaptConfig(ict_queries=20 if bench.quick else 1000, generated_queries=2 if bench.quick else 100,
                          max_steps=3 if bench.quick else None, dev_queries=0 if bench.quick else 50,
                          **ADAPT_SETTINGS.get(name, {}))
     result = adapt(bench.dataset_folder(name), out, config, indexes=bench.indexes(name))
@@ -559,15 +564,15 @@ def part_curriculum(bench: Bench) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a SciFact subset and a few steps: checks the code paths")
-    parser.add_argument("--parts", default="scifact,student,dl19,adapt-scifact,adapt-vaswani,init,curriculum",
-                        help="comma-separated parts to run (default: all)")
+    parser.add_argument("--parts", default=None,
+                        help="comma-separated parts to run (default: all but colbert; --quick: adapt on Vaswani only)")
     parser.add_argument("--workdir", default=None, help="models, scores and figures (default: models/teacher-bench[-quick])")
     parser.add_argument("--latency-queries", type=int, default=None, help="queries timed one by one (default: 30; 3 quick)")
     parser.add_argument("--redo", action="store_true", help="recompute figures even where cached (models are reused)")
     args = parser.parse_args()
     workdir = Path(args.workdir or REPO / "models" / ("teacher-bench-quick" if args.quick else "teacher-bench"))
     bench = Bench(workdir, args.quick, args.latency_queries or (3 if args.quick else 30))
-    parts = [p.strip() for p in args.parts.split(",") if p.strip()]
+    parts = [p.strip() for p in (args.parts or (QUICK_PARTS if args.quick else PARTS)).split(",") if p.strip()]
     print(f"{machine()}; parts: {', '.join(parts)}; workdir {workdir}")
     figures: dict = {"quick": args.quick}
     for part in parts:
