@@ -140,10 +140,21 @@ def cmd_evaluate(args) -> int:
 
     parse_measures(args.measures)  # fail on a typo before reading anything
     qrels = read_any_qrels(args.qrels, args.split, skip_bad=args.skip_bad)
+    human = qrels
+    if args.fill_qrels:  # LLM labels where people gave none; Judged@k says how much rests on them
+        from rerank.judge.workflow import fill_qrels
+
+        qrels = fill_qrels(human, read_any_qrels(args.fill_qrels, skip_bad=args.skip_bad))
     rows = []
     for path in args.run:
-        result = evaluate(read_run(path, skip_bad=args.skip_bad), qrels, args.measures,
-                          missing=args.missing, min_coverage=args.min_coverage)
+        run = read_run(path, skip_bad=args.skip_bad)
+        result = evaluate(run, qrels, args.measures, missing=args.missing, min_coverage=args.min_coverage)
+        if args.fill_qrels:
+            judged = f"Judged@{args.judged_depth}"
+            result.aggregate[f"{judged} (human)"] = evaluate(
+                run, human, [judged], missing=args.missing, min_coverage=args.min_coverage).aggregate[judged]
+            result.aggregate[f"{judged} (filled)"] = evaluate(
+                run, qrels, [judged], missing=args.missing, min_coverage=args.min_coverage).aggregate[judged]
         rows.append((Path(path).name, result))
     measures = list(rows[0][1].aggregate)
     if args.format == "json":
@@ -324,6 +335,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fail if the run answers fewer than this share of judged queries (default: 0.5)")
     p.add_argument("--format", choices=["table", "csv", "json"], default="table", help="output format (default: table)")
     p.add_argument("--skip-bad", action="store_true", help="skip malformed lines instead of failing")
+    p.add_argument("--fill-qrels", default=None,
+                   help="LLM qrels (rerank judge) filling the pairs --qrels does not judge; adds Judged@k under the "
+                        "human labels alone and filled, so you see how much of each score rests on LLM labels")
+    p.add_argument("--judged-depth", type=int, default=10, help="k of the Judged@k columns (default: 10)")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("experiment", help="compare pipelines on a dataset from a TOML config: table, tests, plots",
@@ -367,10 +382,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_score_cache_option(p)
     p.set_defaults(func=cmd_serve)
 
+    from rerank.judge.cli import add_judge_parsers
     from rerank.train.cli import add_train_parser
     from rerank.tuning.cli import add_tune_parser
 
     add_train_parser(sub)
+    add_judge_parsers(sub)
     add_tune_parser(sub)
     return parser
 
@@ -385,6 +402,9 @@ def add_score_cache_option(p: argparse.ArgumentParser) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``rerank`` console script."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:2] == ["judge", "compare"]:  # `rerank judge compare` is parsed as its own command
+        argv = ["judge-compare", *argv[2:]]
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)

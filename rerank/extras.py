@@ -27,6 +27,7 @@ EXTRAS: dict[str, str] = {
     "llamaindex": "the LlamaIndex node postprocessor",
     "haystack": "the Haystack ranker component",
     "pyterrier": "the PyTerrier transformer",
+    "judge": "agreement of LLM judgments with human labels (rerank judge compare)",
 }
 
 
@@ -46,6 +47,7 @@ EXTRA_MODULES: dict[str, tuple[str, ...]] = {
     "llamaindex": ("llama_index",),
     "haystack": ("haystack",),
     "pyterrier": ("pyterrier", "pandas"),
+    "judge": ("sklearn", "krippendorff"),
 }
 
 
