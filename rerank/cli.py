@@ -135,11 +135,12 @@ def cmd_rerank(args) -> int:
 def cmd_evaluate(args) -> int:
     """Evaluate one or more TREC runs against qrels and print a table."""
     from rerank.data import read_run
-    from rerank.data.detect import read_any_qrels
+    from rerank.data.detect import read_any_qrels, read_excluded
     from rerank.evaluate import evaluate, parse_measures
 
     parse_measures(args.measures)  # fail on a typo before reading anything
     qrels = read_any_qrels(args.qrels, args.split, skip_bad=args.skip_bad)
+    excluded = read_excluded(args.qrels)  # BRIGHT's excluded ids leave every run before scoring
     human = qrels
     if args.fill_qrels:  # LLM labels where people gave none; Judged@k says how much rests on them
         from rerank.judge.workflow import fill_qrels
@@ -148,7 +149,8 @@ def cmd_evaluate(args) -> int:
     rows = []
     for path in args.run:
         run = read_run(path, skip_bad=args.skip_bad)
-        result = evaluate(run, qrels, args.measures, missing=args.missing, min_coverage=args.min_coverage)
+        result = evaluate(run, qrels, args.measures, missing=args.missing, min_coverage=args.min_coverage,
+                          excluded=excluded)
         if args.fill_qrels:
             judged = f"Judged@{args.judged_depth}"
             result.aggregate[f"{judged} (human)"] = evaluate(

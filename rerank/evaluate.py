@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import difflib
 import logging
-from collections.abc import Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from rerank.errors import EvaluationError
@@ -57,12 +57,15 @@ class Evaluation:
 
 
 def evaluate(run: Run | Sequence[Candidates], qrels: Qrels, measures: Sequence[str] = DEFAULT_MEASURES, *,
-             missing: str = "zero", min_coverage: float = 0.5) -> Evaluation:
+             missing: str = "zero", min_coverage: float = 0.5,
+             excluded: Mapping[str, Collection[str]] | None = None) -> Evaluation:
     """Score ``run`` against ``qrels`` with ir-measures.
 
     ``missing`` says what a judged query without results counts as: ``"zero"`` (default, as
     ``trec_eval -c``), ``"ignore"`` (left out of the mean, as plain trec_eval) or ``"error"``.
     Fewer than ``min_coverage`` of the judged queries in the run is an :class:`EvaluationError`.
+    ``excluded`` (query id to document ids, as BRIGHT lists them) are removed from the run before
+    scoring, so the next results move up, as the collection's own evaluation does.
     """
     import ir_measures
 
@@ -70,6 +73,8 @@ def evaluate(run: Run | Sequence[Candidates], qrels: Qrels, measures: Sequence[s
         raise ValueError(f"missing must be 'zero', 'ignore' or 'error', got {missing!r}")
     if not isinstance(run, dict):
         run = batch_to_run(list(run))
+    if excluded:
+        run = {q: {d: s for d, s in docs.items() if d not in excluded.get(q, ())} for q, docs in run.items()}
     parsed = parse_measures(measures)
     if not qrels:
         raise EvaluationError("the qrels are empty")

@@ -28,6 +28,7 @@ EXTRAS: dict[str, str] = {
     "haystack": "the Haystack ranker component",
     "pyterrier": "the PyTerrier transformer",
     "judge": "agreement of LLM judgments with human labels (rerank judge compare)",
+    "bright": "BRIGHT's parquet files (bright: ids; its JSONL files need nothing)",
 }
 
 
@@ -48,6 +49,7 @@ EXTRA_MODULES: dict[str, tuple[str, ...]] = {
     "haystack": ("haystack",),
     "pyterrier": ("pyterrier", "pandas"),
     "judge": ("sklearn", "krippendorff"),
+    "bright": ("pyarrow",),
 }
 
 

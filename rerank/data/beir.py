@@ -138,6 +138,18 @@ class BeirDataset:
         """Judgments of ``split``."""
         return load_qrels_tsv(self.qrels_path(split))
 
+    def excluded(self) -> dict[str, set[str]]:
+        """Documents never to be counted for a query (``excluded.tsv``: query id, document id;
+        BRIGHT lists them), removed from runs before evaluation; empty for most collections."""
+        path = self.root / "excluded.tsv"
+        out: dict[str, set[str]] = {}
+        if path.is_file():
+            for line in path.read_text(encoding="utf-8").splitlines()[1:]:
+                qid, _, doc = line.partition("\t")
+                if doc:
+                    out.setdefault(qid, set()).add(doc)
+        return out
+
     def queries(self, split: str | None = "test") -> list[Query]:
         """Queries of ``split`` (those with qrels in it), in file order; ``None`` gives all."""
         queries = load_queries(self.queries_path)
@@ -148,13 +160,16 @@ class BeirDataset:
 
 
 def open_dataset(path_or_name: str | Path) -> BeirDataset:
-    """Open a BEIR folder by path, a bundled dataset by name (``"scifact"``), or an ir_datasets
-    dataset by id (``"irds:beir/scifact/test"``, copied once into a BEIR folder: :mod:`rerank.data.irds`)."""
-    from rerank.data.irds import beir_folder, is_irds_id
+    """Open a BEIR folder by path, a bundled dataset by name (``"scifact"``), or a collection in
+    another layout, copied once into a BEIR folder (:mod:`rerank.data.layouts`): an ir_datasets id
+    (``"irds:beir/scifact/test"``), a BRIGHT task (``"bright:biology:/data/BRIGHT"``) or a
+    T2Ranking folder (``"t2ranking:/data/T2Ranking"``)."""
+    from rerank.data.layouts import converted_folder
     from rerank.datasets import bundled_path
 
-    if is_irds_id(path_or_name):
-        return BeirDataset(beir_folder(str(path_or_name)))
+    converted = converted_folder(path_or_name)
+    if converted is not None:
+        return BeirDataset(converted)
 
     path = Path(path_or_name)
     if not path.exists():

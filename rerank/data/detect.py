@@ -11,7 +11,9 @@ from rerank.types import Passage, Qrels, Query
 
 
 def _is_dataset(path: str | Path) -> bool:
-    if isinstance(path, str) and path.startswith("irds:"):
+    from rerank.data.layouts import is_layout_id
+
+    if is_layout_id(path):
         return True
     p = Path(path)
     return p.is_dir() or (not p.exists() and "/" not in str(path) and "." not in str(path))
@@ -34,6 +36,12 @@ def read_queries(path: str | Path, split: str | None = "test", *, skip_bad: bool
     if ".jsonl" in Path(path).name:
         return list(load_queries(path, skip_bad=skip_bad).values())
     return read_topics(path)
+
+
+def read_excluded(path: str | Path) -> dict[str, set[str]]:
+    """Documents a collection excludes per query (BRIGHT's ``excluded_ids``), removed from runs
+    before evaluation; empty unless ``path`` is a dataset that lists some."""
+    return open_dataset(path).excluded() if _is_dataset(path) else {}
 
 
 def read_any_qrels(path: str | Path, split: str = "test", *, skip_bad: bool = False) -> Qrels:

@@ -47,7 +47,8 @@ class Experiment:
                  measures: Sequence[str] = ("nDCG@10", "RR@10", "R@100"), *, baseline: str | None = None,
                  test: str = "t-test", correction: str = "holm", alpha: float = 0.05, batch_size: int = 1,
                  expected: Sequence[Expectation] = (), name: str = "experiment", description: str = "",
-                 plot_measure: str | None = None, progress: bool = True) -> None:
+                 plot_measure: str | None = None, progress: bool = True,
+                 excluded: Mapping[str, set[str]] | None = None) -> None:
         from rerank.evaluate import parse_measures
         from rerank.significance import CORRECTIONS, TESTS
 
@@ -57,6 +58,7 @@ class Experiment:
             if not isinstance(stage, Stage):
                 raise TypeError(f"pipeline {label!r} is a {type(stage).__name__}, not a Stage")
         self.pipelines = dict(pipelines)
+        self.excluded = dict(excluded or {})
         self.baseline = baseline or next(iter(self.pipelines))
         if self.baseline not in self.pipelines:
             raise ValueError(f"baseline {self.baseline!r} is not a pipeline ({', '.join(self.pipelines)})")
@@ -115,6 +117,7 @@ class Experiment:
         """Build the pipelines of a checked spec (stages shared between them, so each model loads
         once) over inputs already read."""
         from rerank.config import build_pipeline
+        from rerank.data.detect import read_excluded
 
         built: dict = {}
         began = time.perf_counter()
@@ -124,7 +127,7 @@ class Experiment:
         experiment = cls(pipelines, inputs, qrels, spec.measures, baseline=spec.baseline, test=spec.test,
                          correction=spec.correction, alpha=spec.alpha, batch_size=spec.batch_size,
                          expected=spec.expected, name=spec.name, description=spec.description,
-                         plot_measure=spec.plot_measure, progress=progress)
+                         plot_measure=spec.plot_measure, progress=progress, excluded=read_excluded(spec.qrels))
         experiment.source = spec.source
         return experiment
 
@@ -158,7 +161,8 @@ class Experiment:
 
         per_query, rows = {}, []
         for name, batch in outputs.items():
-            evaluation = evaluate(batch, self.qrels, self.measures, missing="zero", min_coverage=0.0)
+            evaluation = evaluate(batch, self.qrels, self.measures, missing="zero", min_coverage=0.0,
+                                  excluded=self.excluded)
             per_query[name] = evaluation.per_query
             latency = [sum(cost.seconds for cost in c.trace) for c in batch]
             stages = summarize(batch)
