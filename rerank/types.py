@@ -6,10 +6,20 @@ from dataclasses import dataclass, field
 
 @dataclass(frozen=True, slots=True)
 class Query:
-    """A search query: an id unique within its collection and its text."""
+    """A search query: an id unique within its collection and its text.
+
+    ``expansion``, set by a query-expansion stage (``expand``), is the text retrievers search
+    with instead (the query and an LLM's reasoning about it); scorers and re-rankers always read
+    ``text``, the user's query."""
 
     id: str
     text: str
+    expansion: str = ""
+
+    @property
+    def search_text(self) -> str:
+        """What a retriever searches with: the expansion when there is one, else the text."""
+        return self.expansion or self.text
 
 
 @dataclass(frozen=True, slots=True)

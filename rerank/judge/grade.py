@@ -10,10 +10,6 @@ digit is the most likely continuation after the prompt's answer prefix, one scor
 """
 from __future__ import annotations
 
-import hashlib
-import json
-import sqlite3
-import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -24,6 +20,7 @@ from tqdm.auto import tqdm
 
 from rerank.data.trec import ranked_items
 from rerank.errors import RerankError
+from rerank.jsoncache import JsonCache
 from rerank.judge.prompts import GRADES, JudgePrompt, load_prompt
 from rerank.score.prompts import passage_text
 from rerank.types import Passage, Qrels, Query, Run
@@ -89,45 +86,14 @@ class JudgeReport:
         return asdict(self)
 
 
-class JudgmentCache:
-    """Judgments in SQLite (WAL, so several processes can share one file), keyed by a hash of
-    model, prompt, query text and passage text."""
-
-    def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._local = threading.local()
-        self._db().execute("CREATE TABLE IF NOT EXISTS judgments (key BLOB PRIMARY KEY, value TEXT NOT NULL)")
-        self._db().commit()
-
-    def _db(self) -> sqlite3.Connection:
-        db = getattr(self._local, "db", None)
-        if db is None:
-            db = sqlite3.connect(self.path, timeout=60.0)
-            db.execute("PRAGMA journal_mode=WAL")
-            self._local.db = db
-        return db
+class JudgmentCache(JsonCache):
+    """Judgments in SQLite (:class:`~rerank.jsoncache.JsonCache`), keyed by model, prompt, query
+    text and passage text."""
 
     @staticmethod
-    def key(model: str, prompt: JudgePrompt, query: str, passage: str) -> bytes:
+    def pair_key(model: str, prompt: JudgePrompt, query: str, passage: str) -> bytes:
         """The cache key of one pair."""
-        digest = hashlib.blake2b(digest_size=16)
-        for part in (model, prompt.digest, query, passage):
-            digest.update(part.encode("utf-8", "surrogatepass"))
-            digest.update(b"\x1f")
-        return digest.digest()
-
-    def get(self, key: bytes) -> dict[str, Any] | None:
-        """The cached judgment fields of ``key``, or None."""
-        row = self._db().execute("SELECT value FROM judgments WHERE key = ?", (key,)).fetchone()
-        return json.loads(row[0]) if row else None
-
-    def put(self, items: Sequence[tuple[bytes, dict[str, Any]]]) -> None:
-        """Store judgments (one transaction)."""
-        db = self._db()
-        with db:
-            db.executemany("INSERT OR REPLACE INTO judgments (key, value) VALUES (?, ?)",
-                           [(k, json.dumps(v)) for k, v in items])
+        return JsonCache.key(model, prompt.digest, query, passage)
 
 
 class LLMJudge:
@@ -191,10 +157,10 @@ class LLMJudge:
         before = (usage.calls, usage.prompt_tokens, usage.generated_tokens)
         began = time.perf_counter()
         results: list[dict[str, Any] | None] = [None] * len(pairs)
-        keys = [JudgmentCache.key(self.model, self.prompt, q.text, passage_text(p)) for q, p in pairs]
+        keys = [JudgmentCache.pair_key(self.model, self.prompt, q.text, passage_text(p)) for q, p in pairs]
         todo = []
         for i, key in enumerate(keys):
-            hit = store.get(key) if store else None
+            hit = store.get(key) if store is not None else None
             if hit is not None:
                 results[i] = hit
                 report.from_cache += 1
@@ -207,7 +173,7 @@ class LLMJudge:
                 graded = self._grade_batch([pairs[i] for i in chunk])
                 for i, value in zip(chunk, graded):
                     results[i] = value
-                if store:
+                if store is not None:
                     store.put([(keys[i], v) for i, v in zip(chunk, graded)])
                 bar.update(len(chunk))
         judgments = []

@@ -246,7 +246,7 @@ class BM25Index(Index, kind=KIND):
     def tokenize_queries(self, queries: Sequence[Query]) -> list[list[str]]:
         """Tokenize query texts with the index's tokenizer; an empty query is an error."""
         check_search(queries, 1)
-        return self.tokenizer([q.text for q in queries])
+        return self.tokenizer([q.search_text for q in queries])
 
     def search(self, queries: Sequence[Query], k: int = 100, *, batch_size: int = 1024,
                progress: bool = False) -> list[Candidates]:

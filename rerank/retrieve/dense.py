@@ -157,7 +157,7 @@ class DenseIndex(Index, kind=KIND):
         with Stopwatch() as watch:
             if query_vectors is None:
                 calls_before = self.encoder.forward_calls
-                query_vectors = self.encoder.encode_queries([q.text for q in queries])
+                query_vectors = self.encoder.encode_queries([q.search_text for q in queries])
                 model_calls = self.encoder.forward_calls - calls_before
             params = faiss.ParameterSpace()
             if ef_search is not None:

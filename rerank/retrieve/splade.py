@@ -88,7 +88,7 @@ class SpladeIndex(Index, kind=KIND):
         found = []
         with Stopwatch() as watch:
             calls_before = self.encoder.forward_calls
-            query_matrix = self.encoder.encode([q.text for q in queries])
+            query_matrix = self.encoder.encode([q.search_text for q in queries])
             model_calls = self.encoder.forward_calls - calls_before
             for query, row in zip(queries, (query_matrix @ self.matrix.T).toarray()):
                 best = top_k_positions(row, k)

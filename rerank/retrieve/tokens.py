@@ -148,7 +148,7 @@ class TokenEmbeddingIndex(Index, kind=KIND):
             return []
         found = []
         with Stopwatch() as watch:
-            encoded = self.encoder.encode_queries([q.text for q in queries])
+            encoded = self.encoder.encode_queries([q.search_text for q in queries])
             for query, vectors in zip(queries, encoded):
                 totals = self.maxsim_all(vectors)
                 positions = top_k_positions(totals, min(k, len(self.passages)))
