@@ -16,6 +16,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from rerank.hardware import apply_threads
+from rerank.hf_tokenizer import tokenize
 from rerank.models import resolve
 from rerank.precision import BATCH_SHAPES, calibration_dot_scores, prepare_model
 
@@ -109,7 +110,7 @@ class BiEncoder:
 
     def count_tokens(self, texts: Sequence[str]) -> list[int]:
         """Token counts after truncation, as the model sees them."""
-        return [len(ids) for ids in self.tokenizer(list(texts), truncation=True, max_length=self.max_length)["input_ids"]]
+        return [len(ids) for ids in tokenize(self.tokenizer, list(texts), truncation=True, max_length=self.max_length)["input_ids"]]
 
     def encode(self, texts: Sequence[str], *, batch_size: int = 64, max_batch_tokens: int | None = None,
                progress: bool = False, desc: str = "Encoding", net=None) -> np.ndarray:
@@ -123,7 +124,7 @@ class BiEncoder:
         if len(texts) == 0:
             self.last_lengths = []
             return np.zeros((0, self.dim), dtype=np.float32)
-        encoded = self.tokenizer(list(texts), truncation=True, max_length=self.max_length,
+        encoded = tokenize(self.tokenizer, list(texts), truncation=True, max_length=self.max_length,
                                  return_attention_mask=False, return_token_type_ids=False)["input_ids"]
         self.last_lengths = [len(ids) for ids in encoded]
         order = np.argsort([-len(ids) for ids in encoded], kind="stable")

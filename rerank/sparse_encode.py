@@ -12,6 +12,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from rerank.hardware import apply_threads
+from rerank.hf_tokenizer import tokenize
 from rerank.models import resolve
 from rerank.precision import calibration_dot_scores, prepare_model
 
@@ -69,7 +70,7 @@ class SpladeEncoder:
         import scipy.sparse as sp
 
         torch = self._torch
-        encoded = self.tokenizer(list(texts), truncation=True, max_length=self.max_length,
+        encoded = tokenize(self.tokenizer, list(texts), truncation=True, max_length=self.max_length,
                                  return_attention_mask=False, return_token_type_ids=False)["input_ids"]
         self.last_lengths = [len(ids) for ids in encoded]
         order = np.argsort([-len(ids) for ids in encoded], kind="stable")

@@ -238,3 +238,30 @@ def test_splade_index_detects_corruption(splade_index, tmp_path):
 def test_scorers_share_the_passage_text_convention():
     p = Passage("d", "body", "Title")
     assert p.full_text == "Title body"
+
+
+def test_one_cross_encoder_called_from_many_threads_scores_as_sequential_calls(tiny_ce_path):
+    """A search backend calls one scorer from many threads. A fast tokenizer sets truncation
+    before each call, so unguarded concurrent calls with different settings race (a pair meant
+    to be cut at max_length came back uncut and broke the batch); every call is serialised."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from rerank.score import CrossEncoder
+
+    scorer = CrossEncoder(str(tiny_ce_path), max_length=64, precision="fp32")
+    long_text = " ".join(f"word{i} cells divide" for i in range(300))  # far over 64 tokens
+
+    def longest(i: int) -> int:
+        encoded = scorer.encode_pairs([f"query {i} about cells"] * 4, [long_text, "short", long_text, "tiny"])
+        return max(len(ids) for ids in encoded["input_ids"])
+
+    with ThreadPoolExecutor(16) as pool:
+        lengths = list(pool.map(longest, range(3000)))
+    assert max(lengths) <= 64
+    batches = [[Candidates(Query(f"q{i}", f"query number {i} about cells"),
+                           [Passage(f"p{j}", long_text if (i + j) % 2 else f"short passage {j}") for j in range(6)],
+                           [0.0] * 6)] for i in range(48)]
+    expected = [scorer(b)[0].scores for b in batches]
+    with ThreadPoolExecutor(8) as pool:
+        got = list(pool.map(lambda b: scorer(b)[0].scores, batches))
+    assert all(np.allclose(g, e, atol=1e-5) for g, e in zip(got, expected))

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from rerank.hardware import apply_threads
+from rerank.hf_tokenizer import tokenize
 from rerank.models import quiet_transformers, resolve
 from rerank.pipeline import Scorer, Work
 from rerank.precision import calibration_pairs, prepare_model
@@ -164,7 +165,7 @@ class ColBERTEncoder:
         """Ids and attention mask of queries: ``[CLS] marker query [SEP]`` then ``[MASK]`` up to
         ``query_length`` (masks attended to only if the checkpoint says so)."""
         tok = self.tokenizer
-        body = tok(list(texts), add_special_tokens=False, truncation=True, max_length=self.query_length - 3)["input_ids"]
+        body = tokenize(tok, list(texts), add_special_tokens=False, truncation=True, max_length=self.query_length - 3)["input_ids"]
         ids = np.full((len(texts), self.query_length), tok.mask_token_id, dtype=np.int64)
         mask = np.zeros_like(ids)
         for i, tokens in enumerate(body):
@@ -178,7 +179,7 @@ class ColBERTEncoder:
     def document_ids(self, texts: Sequence[str]) -> list[list[int]]:
         """Ids of passages: ``[CLS] marker passage [SEP]``, at most ``document_length`` tokens."""
         tok = self.tokenizer
-        body = tok(list(texts), add_special_tokens=False, truncation=True,
+        body = tokenize(tok, list(texts), add_special_tokens=False, truncation=True,
                    max_length=self.document_length - 3)["input_ids"]
         return [[tok.cls_token_id, self.markers[1], *tokens, tok.sep_token_id] for tokens in body]
 
@@ -194,7 +195,7 @@ class ColBERTEncoder:
         tok = self.tokenizer
         span = self.document_length - 3
         out = []
-        for tokens in tok(list(texts), add_special_tokens=False)["input_ids"]:
+        for tokens in tokenize(tok, list(texts), add_special_tokens=False)["input_ids"]:
             starts = list(range(0, max(len(tokens) - span, 0) + 1, self.stride))
             if starts[-1] + span < len(tokens):
                 starts.append(len(tokens) - span)

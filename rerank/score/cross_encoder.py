@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 
 from rerank import hardware
 from rerank.hardware import apply_threads
+from rerank.hf_tokenizer import tokenize
 from rerank.models import resolve
 from rerank.pipeline import Scorer, Work
 from rerank.precision import BATCH_SHAPES, calibration_pairs, prepare_model
@@ -204,7 +205,7 @@ class CrossEncoder(Scorer, kind="cross-encoder"):
         budget = self.max_length - tok.num_special_tokens_to_add(pair=True)
         unique = list(dict.fromkeys(queries))
         fitted = {}
-        for text, ids in zip(unique, tok(unique, add_special_tokens=False)["input_ids"]):
+        for text, ids in zip(unique, tokenize(tok, unique, add_special_tokens=False)["input_ids"]):
             if len(ids) > budget // 2:
                 self.truncated_queries += 1
                 warnings.warn(f"a query of {len(ids)} tokens was cut to {budget // 2} to leave room for the passage",
@@ -212,13 +213,13 @@ class CrossEncoder(Scorer, kind="cross-encoder"):
                 fitted[text] = str(tok.decode(ids[: budget // 2]))
         queries = [fitted.get(q, q) for q in queries]
         if self.windows == "first":
-            return tok(list(queries), list(passages), truncation="only_second", max_length=self.max_length,
+            return tokenize(tok, list(queries), list(passages), truncation="only_second", max_length=self.max_length,
                        return_attention_mask=False)
         from rerank.score.windows import split_windows
 
         cut = split_windows(tok, queries, list(passages), max_length=self.max_length, stride=self.stride,
                             max_windows=self.max_windows)
-        encoded = dict(tok(cut.queries, cut.texts, truncation="only_second", max_length=self.max_length,
+        encoded = dict(tokenize(tok, cut.queries, cut.texts, truncation="only_second", max_length=self.max_length,
                            return_attention_mask=False))
         encoded.update(owner=cut.owner, pairs=cut.pairs)
         return encoded

@@ -43,6 +43,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 from rerank.errors import RerankError
+from rerank.hf_tokenizer import tokenize
 
 LAYOUTS = ("whole", "split", "pair")
 _TUPLE_FIELDS = ("tokens", "model_types", "markers", "card_phrases", "hub_ids", "architectures", "files", "module_types")
@@ -178,10 +179,10 @@ class Recipe:
             if budget < 1:
                 raise RecipeError(f"recipe {self.name}: max_length {limit} leaves no room beside its "
                                   f"{len(prefix) + len(suffix)} fixed tokens")
-            full = tokenizer(body, add_special_tokens=self.special_tokens)["input_ids"]
+            full = tokenize(tokenizer, body, add_special_tokens=self.special_tokens)["input_ids"]
             if len(full) <= budget:
                 return prefix + list(full) + suffix, False
-            cut = tokenizer(body, add_special_tokens=self.special_tokens, truncation=True, max_length=budget)
+            cut = tokenize(tokenizer, body, add_special_tokens=self.special_tokens, truncation=True, max_length=budget)
             return prefix + list(cut["input_ids"]) + suffix, True
         if self.layout == "split":
             query_ids = _ids(tokenizer, self.query_template.format(instruction=extra, query=query))
@@ -245,7 +246,7 @@ class Recipe:
 
 
 def _ids(tokenizer, text: str) -> list[int]:
-    return list(tokenizer(text, add_special_tokens=False)["input_ids"]) if text else []
+    return list(tokenize(tokenizer, text, add_special_tokens=False)["input_ids"]) if text else []
 
 
 _RECIPES: dict[str, Recipe] = {}

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from rerank.hf_tokenizer import tokenize
+
 AGGREGATES = ("first", "max", "mean")
 TRAINING_WINDOWS = ("first", "max", "lexical")
 """How a cross-encoder in training reads a long passage: its first window (FirstP), every
@@ -73,8 +75,8 @@ def split_windows(tokenizer, queries: Sequence[str], passages: Sequence[str], *,
     so that any tokenizer builds the model inputs as usual."""
     specials = tokenizer.num_special_tokens_to_add(pair=True)
     unique = list(dict.fromkeys(queries))
-    query_tokens = dict(zip(unique, (len(ids) for ids in tokenizer(unique, add_special_tokens=False)["input_ids"])))
-    offsets = tokenizer(list(passages), add_special_tokens=False, return_offsets_mapping=True,
+    query_tokens = dict(zip(unique, (len(ids) for ids in tokenize(tokenizer, unique, add_special_tokens=False)["input_ids"])))
+    offsets = tokenize(tokenizer, list(passages), add_special_tokens=False, return_offsets_mapping=True,
                         verbose=False)["offset_mapping"]
     window_queries, texts, owner = [], [], []
     for i, (query, passage, spans) in enumerate(zip(queries, passages, offsets)):
