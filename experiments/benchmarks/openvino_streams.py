@@ -9,11 +9,16 @@ model compiled with ``PERFORMANCE_HINT`` ``LATENCY`` (one stream of all threads)
 waited for) at several batch shapes, on pre-tokenized pairs; with each one's largest score
 difference from torch fp32. The peer comparison is ``precision.py``'s (sentence-transformers).
 
-    python experiments/benchmarks/openvino_streams.py MODEL_FOLDER [--queries 10] [--rounds 3] [--quick]
+    python experiments/benchmarks/openvino_streams.py [MODEL_FOLDER] [--queries 10] [--rounds 3] [--quick]
+
+Without a model folder it times all-MiniLM-L6-v2's encoder with a seeded one-logit head (the
+shape of a MiniLM-L6 cross-encoder; ``precision.py`` builds it), so ``make bench-quick`` runs it.
 """
 import argparse
 import json
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import openvino as ov
@@ -22,11 +27,17 @@ from _common import dl19_workload
 from rerank.score import CrossEncoder
 
 parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-parser.add_argument("model", help="a cross-encoder folder (the timings are a MiniLM-L6 cross-encoder's)")
+parser.add_argument("model", nargs="?", default=None,
+                    help="a cross-encoder folder (default: MiniLM-L6 with a seeded head; the timings are its shape's)")
 parser.add_argument("--queries", type=int, default=10)
 parser.add_argument("--rounds", type=int, default=3)
 parser.add_argument("--quick", action="store_true", help="1 query, 1 round")
 args = parser.parse_args()
+if args.model is None:
+    sys.path.insert(0, str(Path(__file__).parent))
+    from precision import seeded_cross_encoder
+
+    args.model = str(seeded_cross_encoder(Path(__file__).resolve().parents[2] / "models" / "precision-bench" / "seeded-ce"))
 model = args.model
 nq = 1 if args.quick else args.queries
 queries, corpus, run, qrels = dl19_workload()
