@@ -14,6 +14,7 @@ the ones it names. Each repair is counted.
 from __future__ import annotations
 
 import re
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -21,7 +22,16 @@ from typing import Any
 from rerank.costs import Stopwatch
 from rerank.pipeline import Scorer, Work
 from rerank.score.llm import LLM, open_llm
-from rerank.score.prompts import FIRST_IDS, LISTWISE, LISTWISE_FIRST, FitStats, fit_passages
+from rerank.score.llm_base import LLMError
+from rerank.score.prompts import (
+    FIRST_IDS,
+    LISTWISE,
+    LISTWISE_FIRST,
+    RESERVED_TOKENS,
+    FitStats,
+    fit_passages,
+    passage_text,
+)
 from rerank.types import Candidates
 
 _ID = re.compile(r"\[\s*(\d+)\s*\]|\b(\d+)\b")
@@ -75,7 +85,7 @@ class ListwiseReranker(Scorer, kind="listwise"):
 
     def __init__(self, llm: LLM | str = "smollm2-135m", *, window: int = 20, step: int = 10, full: bool = False,
                  max_passage_tokens: int = 96, mode: str = "generation", llm_options: dict[str, Any] | None = None,
-                 name: str | None = None) -> None:
+                 overflow: str = "cut", name: str | None = None) -> None:
         if window < 2 or not 1 <= step <= window:
             raise ValueError("window must be at least 2 and step between 1 and window")
         if mode not in ("generation", "first"):
@@ -83,6 +93,10 @@ class ListwiseReranker(Scorer, kind="listwise"):
         if mode == "first" and (window > len(FIRST_IDS) and not full):
             raise ValueError(f"mode='first' marks passages with single letters: a window holds at most "
                              f"{len(FIRST_IDS)}, got {window}")
+        if overflow not in ("cut", "error"):
+            raise ValueError(f"overflow must be 'cut' or 'error', got {overflow!r}")
+        self.overflow = overflow
+        self.overflows = 0
         self.mode = mode
         self.llm_options = dict(llm_options or {})
         self.llm = open_llm(llm, **self.llm_options)
@@ -99,6 +113,7 @@ class ListwiseReranker(Scorer, kind="listwise"):
             return self._rank_window_first(query, passages)
         n = len(passages)
         answer_tokens = 6 * n + 8  # "[12] > " is about 5-6 tokens per id
+        self._check_fit(query, passages, LISTWISE, answer_tokens)
         texts = fit_passages(self.llm, passages, LISTWISE, self.max_passage_tokens, self.fit,
                              extra_answer_tokens=answer_tokens, query=query, n=str(n))
         listing = "\n".join(f"[{i + 1}] {t}" for i, t in enumerate(texts))
@@ -113,6 +128,7 @@ class ListwiseReranker(Scorer, kind="listwise"):
             raise ValueError(f"mode='first' ranks at most {len(FIRST_IDS)} passages in one window, got {n}; "
                              "use a sliding window (full=False, window <= 26)")
         letters = list(FIRST_IDS[:n])
+        self._check_fit(query, passages, LISTWISE_FIRST, 2)
         texts = fit_passages(self.llm, passages, LISTWISE_FIRST, self.max_passage_tokens, self.fit,
                              extra_answer_tokens=2, query=query, n=str(n))
         listing = "\n".join(f"[{letter}] {t}" for letter, t in zip(letters, texts))
@@ -120,8 +136,32 @@ class ListwiseReranker(Scorer, kind="listwise"):
         [logprobs] = self.llm.logprobs([prompt], [letters])
         return sorted(range(n), key=lambda i: -logprobs[i])  # stable: equal logits keep the input order
 
+    def prompt_tokens_needed(self, query: str, passages: list, template: str, answer_tokens: int) -> int:
+        """Tokens the window's prompt takes with every passage at up to ``max_passage_tokens``
+        (its id included), plus the answer and the room kept for the chat template."""
+        skeleton = self.llm.count_tokens(template.format(n=len(passages), query=query, passages=""))
+        body = sum(min(self.llm.count_tokens(passage_text(p)), self.max_passage_tokens) + 4 for p in passages)
+        return skeleton + body + answer_tokens + RESERVED_TOKENS
+
+    def _check_fit(self, query: str, passages: list, template: str, answer_tokens: int) -> None:
+        """Before the call: a window that does not fit the context is refused (``overflow="error"``)
+        or its passages are cut to fit (``"cut"``, counted, with a warning giving the numbers)."""
+        needed = self.prompt_tokens_needed(query, passages, template, answer_tokens)
+        if needed <= self.llm.max_context:
+            return
+        share = max(0, (self.llm.max_context - (needed - sum(min(self.llm.count_tokens(passage_text(p)),
+                                                                  self.max_passage_tokens) for p in passages)))
+                    // max(1, len(passages)))
+        message = (f"{self.name}: {len(passages)} passages of up to {self.max_passage_tokens} tokens need about "
+                   f"{needed} prompt tokens; {self.llm.name}'s context holds {self.llm.max_context}")
+        if self.overflow == "error":
+            raise LLMError(message + ": rank fewer candidates, lower max_passage_tokens, or use sliding windows")
+        self.overflows += 1
+        if self.overflows == 1:
+            warnings.warn(message + f": each passage is cut to about {share} tokens", stacklevel=3)
+
     def _counts(self) -> dict[str, int]:
-        return {"invented_ids": self.repairs.invented, "repeated_ids": self.repairs.repeated,
+        return {"context_overflows": self.overflows, "invented_ids": self.repairs.invented, "repeated_ids": self.repairs.repeated,
                 "missing_ids": self.repairs.missing, "truncated_passages": self.fit.truncated}
 
     def score_pairs(self, batch: Sequence[Candidates]) -> tuple[Sequence[Any], Work]:

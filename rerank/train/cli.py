@@ -98,6 +98,37 @@ def _data_options(p: argparse.ArgumentParser) -> None:
                    help="skip malformed lines of the corpus and training files; keep the first of a repeated id or triple (counted)")
 
 
+def cmd_listwise_labels(args) -> int:
+    """Write complete listwise labels from a teacher pipeline."""
+    from rerank.config import build_pipeline
+    from rerank.data import open_dataset, read_run
+    from rerank.data.candidates import candidates_from_run
+    from rerank.train.listwise import listwise_labels
+
+    data = open_dataset(args.dataset)
+    queries = {q.id: q for q in data.queries(args.split)}
+    run = {q: docs for q, docs in read_run(args.run).items() if q in queries}
+    if args.max_queries:
+        run = {q: run[q] for q in sorted(run)[: args.max_queries]}
+    batch = candidates_from_run(run, queries, data.corpus_path, depth=args.depth)
+    out = listwise_labels(batch, build_pipeline(args.teacher), args.out)
+    print(f"wrote listwise labels of {len(batch)} queries to {out}")
+    return 0
+
+
+def cmd_listwise(args) -> int:
+    """Fine-tune a causal LM on listwise labels."""
+    from rerank.train.listwise import ListwiseConfig, train_listwise
+
+    config = ListwiseConfig(loss=args.loss, epochs=args.epochs, max_steps=args.max_steps, learning_rate=args.lr,
+                            gradient_accumulation=args.gradient_accumulation, max_passage_tokens=args.max_passage_tokens,
+                            save_every=args.save_every, seed=args.seed, precision=args.precision)
+    info = train_listwise(args.labels, args.out, model=args.model, config=config)
+    print(f"trained {info['steps']} steps in {info['train_seconds']:.0f}s ({info['precision']}, {info['loss']} loss); "
+          f"model in {args.out}")
+    return 0
+
+
 def _training_options(p: argparse.ArgumentParser, loss_default: str, losses: tuple[str, ...]) -> None:
     p.add_argument("--out", required=True, help="output folder: the trained model (Hugging Face format) and its card")
     p.add_argument("--loss", default=loss_default, choices=losses, help=f"training loss (default: {loss_default})")
@@ -240,6 +271,35 @@ def add_train_parser(sub) -> None:
     p.add_argument("--student", choices=student_kinds(), default="cross-encoder", help="student kind (default: cross-encoder)")
     _training_options(p, "margin-mse", DISTILL_LOSSES)
     p.set_defaults(func=cmd_distill)
+
+    p = tsub.add_parser("listwise-labels", help="complete listwise labels: a teacher pipeline orders each training "
+                                                 "query's first-stage candidates (JSONL; resumable)")
+    p.add_argument("--dataset", required=True, help="BEIR folder or name (queries and passages)")
+    p.add_argument("--split", default="train", help="queries of this qrels split (default: train)")
+    p.add_argument("--run", required=True, help="first-stage TREC run giving each query's candidates")
+    p.add_argument("--depth", type=int, default=20, help="candidates per query (default: 20)")
+    p.add_argument("--teacher", required=True, help="pipeline config (TOML) that orders the candidates it is given")
+    p.add_argument("--max-queries", type=int, default=None, help="the first N queries only")
+    p.add_argument("--out", required=True, help="labels to write (JSONL; appended, so a killed run resumes)")
+    p.set_defaults(func=cmd_listwise_labels)
+
+    p = tsub.add_parser("listwise", help="fine-tune a causal LM to rank a whole list in one pass (importance-aware "
+                                         "or plain language-modelling loss; resumable)")
+    p.add_argument("--labels", required=True, help="listwise labels (rerank train listwise-labels)")
+    p.add_argument("--model", default="smollm2-135m", help="causal LM: short name, Hub id, path or GGUF")
+    p.add_argument("--loss", choices=["importance", "lm"], default="importance",
+                   help="importance: identifier tokens of the passage at rank r weigh 1 + 1/log2(r+1) (default); "
+                        "lm: every target token weighs 1")
+    p.add_argument("--epochs", type=int, default=1)
+    p.add_argument("--max-steps", type=int, default=None)
+    p.add_argument("--lr", type=float, default=1e-5)
+    p.add_argument("--gradient-accumulation", type=int, default=4, help="examples per optimizer step (default: 4)")
+    p.add_argument("--max-passage-tokens", type=int, default=64, help="passage tokens in the prompt (default: 64)")
+    p.add_argument("--save-every", type=int, default=25, help="checkpoint every N steps (default: 25)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto")
+    p.add_argument("--out", required=True, help="output folder: the fine-tuned model")
+    p.set_defaults(func=cmd_listwise)
 
 
 if __name__ == "__main__":
