@@ -19,11 +19,23 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="3 rounds")
     parser.add_argument("--rounds", type=int, default=20, help="timed rounds per group set (default 20)")
     args = parser.parse_args()
+    from rerank.hardware import cpu_features
+
     rounds = 3 if args.quick else args.rounds
+    # Emulated bf16 (no AMX / AVX-512-BF16) is many times slower than fp32: a quick run there
+    # times one round on train_step.py's groups only, and says so.
+    brief = args.quick and not cpu_features().bf16
+    if brief:
+        rounds = 1
+        print("no native bf16 kernels on this CPU: --quick times one round on train_step.py's groups only "
+              "(emulated bf16 is many times slower than fp32)", flush=True)
     print(f"{machine()}; {rounds} rounds of one fp32 and one bf16 step", flush=True)
-    rows, figures = [], {"benchmark": "training_turns", "quick": args.quick, "rounds": rounds}
-    for name, (groups, queries, corpus) in (("precision.py", scifact_groups(450, dev_queries=50)),
-                                                ("train_step.py", scifact_groups(80))):
+    rows, figures = [], {"benchmark": "training_turns", "quick": args.quick, "rounds": rounds, "brief": brief}
+    sets = [("train_step.py", lambda: scifact_groups(80))]
+    if not brief:
+        sets.insert(0, ("precision.py", lambda: scifact_groups(450, dev_queries=50)))
+    for name, make in sets:
+        groups, queries, corpus = make()
         steal = CpuSteal()
         rates = step_rates_in_turns(groups, queries, corpus, rounds)
         ratio = round(rates["bf16"] / rates["fp32"], 3)

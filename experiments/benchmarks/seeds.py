@@ -1,0 +1,433 @@
+"""The LLM-era systems of the project's sources, measured: LLM relevance judgments and how far to
+trust them (Judging the Judges), full ranking in one pass with an importance-aware listwise loss
+(Sliding Windows Are Not the End), and reasoning query expansion (BRIGHT).
+
+Parts (``--parts``; each one's figures are cached in ``<workdir>/results/<part>.json`` and its
+LLM work in caches beside them, so a killed run resumes):
+
+* ``measures``: κ (four grades and each binary cut), Krippendorff's α and Kendall's τ of
+  :mod:`rerank.judge.agreement` against scikit-learn, the ``krippendorff`` package, SciPy and
+  hand-computed cases -> ``judge_measures_exact``.
+* ``judge``: TREC DL 2019, the pool at depth 10 of the shared first-stage runs and the DL19
+  experiment's runs, graded by SmolLM2-135M with the UMBRELA and the basic prompt, and by a
+  control judge (the human grades with 30% flipped, whose κ is known in advance); each judge's
+  κ, α and ordering of the runs against the human labels -> ``dl19_judge_*``.
+* ``fullrank``: on the DL19 BM25 candidates (as many as fit SmolLM2's context with every passage
+  whole, at least 40), one-pass ranking against sliding windows (the stage's default 20 and 10):
+  prompt tokens, calls, generated tokens, seconds and nDCG@10 -> ``fullrank_tokens_vs_sliding``.
+* ``expand``: ``expand >> bm25 % 100`` against ``bm25 % 100`` with SmolLM2's reasoning (128
+  tokens) on SciFact, Vaswani and DL19 -> ``expand_delta_<dataset>``.
+* ``listwise``: complete listwise labels on SciFact train queries (BM25 top 20, ordered by the
+  engine's z-score fusion of BM25, MiniLM and SPLADE-tiny: its best pipeline that needs no
+  trained model), SmolLM2-135M fine-tuned on them with the importance-aware and the plain loss,
+  and the three (with zero-shot) ranking SciFact test's BM25 top 20 in one pass ->
+  ``listwise_*_ndcg10``.
+
+    python experiments/benchmarks/seeds.py [--quick] [--parts measures,judge,fullrank,expand,listwise]
+
+``--quick``: a few queries, pairs and steps; it checks the code paths, its figures mean nothing.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import time
+from pathlib import Path
+
+from _common import DL19, machine, print_json, print_table
+
+from rerank.atomic import atomic_file
+from rerank.data import open_dataset, read_run
+from rerank.evaluate import evaluate
+from rerank.types import Candidates, Query
+
+REPO = Path(__file__).resolve().parents[2]
+SHARED = DL19.parent
+PARTS = "measures,judge,fullrank,expand,listwise"
+GOALS = {"judge_measures_exact": 1, "fullrank_tokens_vs_sliding": 0.5}
+CONTROL_FLIP = 0.3
+
+
+class Bench:
+    """Paths, sizes and cached results of one run."""
+
+    def __init__(self, workdir: Path, quick: bool) -> None:
+        self.workdir, self.quick = workdir, quick
+        (workdir / "results").mkdir(parents=True, exist_ok=True)
+
+    def result(self, part: str, redo: bool, compute) -> dict:
+        """The cached figures of ``part``, or computed and cached."""
+        path = self.workdir / "results" / f"{part}.json"
+        if path.is_file() and not redo:
+            print(f"(figures cached in {path} by the run that computed them and printed its tables)")
+            return json.loads(path.read_text(encoding="utf-8"))
+        figures = compute()
+        with atomic_file(path) as fh:
+            json.dump(figures, fh, indent=1, sort_keys=True)
+        return figures
+
+    def bm25(self, name: str, folder):
+        """A BM25 index of ``folder``'s corpus (built once)."""
+        from rerank.retrieve import BM25Index, load_index
+
+        path = self.workdir / "indexes" / name / "bm25"
+        if not (path / "manifest.json").is_file():
+            BM25Index.build(open_dataset(folder).corpus().values(), progress=False).save(path)
+        return load_index(path)
+
+
+def ndcg10(batch, qrels) -> float:
+    judged = [c for c in batch if c.query.id in qrels]
+    return round(evaluate(judged, {c.query.id: qrels[c.query.id] for c in judged}, ["nDCG@10"],
+                          min_coverage=0.0).aggregate["nDCG@10"], 4)
+
+
+# -- measures ---------------------------------------------------------------------------------
+
+def reference_tau(x: list[float], y: list[float]) -> float:
+    """Kendall's τ of two tie-free score lists by counting pairs: (concordant - discordant) / pairs."""
+    n, score = len(x), 0
+    for i in range(n):
+        for j in range(i + 1, n):
+            score += 1 if (x[i] - x[j]) * (y[i] - y[j]) > 0 else -1
+    return score / (n * (n - 1) / 2)
+
+
+def reference_tau_ap(truth: dict, estimate: dict) -> float:
+    """τ_AP from Yilmaz et al.'s definition, written independently: the mean over ranks i >= 2 of
+    the estimate of the share of items above i that the truth also puts above it, mapped to [-1, 1]."""
+    ranked = [k for k, _ in sorted(estimate.items(), key=lambda kv: -kv[1])]
+    shares = [sum(truth[a] > truth[ranked[i]] for a in ranked[:i]) / i for i in range(1, len(ranked))]
+    return 2 * sum(shares) / len(shares) - 1
+
+def part_measures(bench: Bench) -> dict:
+    """Each measure against its reference implementation on random and constructed cases."""
+    import krippendorff
+    import numpy as np
+    from scipy.stats import kendalltau
+    from sklearn.metrics import cohen_kappa_score
+
+    from rerank.judge.agreement import CUTS, cohen_kappa, krippendorff_alpha, tau_ap
+
+    checks = {}
+    rng = random.Random(0)
+    for case in range(20):
+        human = [rng.choice([0, 0, 1, 1, 2, 3]) for _ in range(200)]
+        judge = [h if rng.random() < 0.5 + case / 50 else rng.choice([0, 1, 2, 3]) for h in human]
+        checks[f"kappa {case}"] = abs(cohen_kappa(human, judge) - cohen_kappa_score(human, judge)) < 1e-9
+        for name, cut in CUTS.items():
+            expected = cohen_kappa_score([int(h >= cut) for h in human], [int(j >= cut) for j in judge])
+            checks[f"kappa {name} {case}"] = abs(cohen_kappa(human, judge, cut) - expected) < 1e-9
+        alpha = krippendorff.alpha(reliability_data=np.asarray([human, judge], dtype=float),
+                                   level_of_measurement="ordinal", value_domain=[0, 1, 2, 3])
+        checks[f"alpha {case}"] = abs(krippendorff_alpha(human, judge) - alpha) < 1e-9
+        systems = {f"s{i}": rng.random() for i in range(10)}
+        noisy = {k: v + rng.gauss(0, 0.2) for k, v in systems.items()}
+        names = sorted(systems)
+        x, y = [systems[n] for n in names], [noisy[n] for n in names]
+        checks[f"tau {case}"] = abs(kendalltau(x, y).statistic - reference_tau(x, y)) < 1e-12
+        checks[f"tau_ap {case}"] = abs(tau_ap(systems, noisy) - reference_tau_ap(systems, noisy)) < 1e-12
+    # hand-computed: kappa 2/3 and 0.6 (tests/test_judge.py shows the arithmetic), tau_AP 1/3 and 7/9
+    human, judge = [0, 0, 1, 1, 2, 2, 3, 3], [0, 1, 1, 1, 2, 3, 3, 3]
+    checks["kappa by hand"] = abs(cohen_kappa(human, judge) - 2 / 3) < 1e-12
+    checks["kappa 0|123 by hand"] = abs(cohen_kappa(human, judge, 1) - 0.6) < 1e-12
+    truth = {"A": 4.0, "B": 3.0, "C": 2.0, "D": 1.0}
+    checks["tau_ap top swap by hand"] = abs(tau_ap(truth, {"B": 4, "A": 3, "C": 2, "D": 1}) - 1 / 3) < 1e-12
+    checks["tau_ap bottom swap by hand"] = abs(tau_ap(truth, {"A": 4, "B": 3, "D": 2, "C": 1}) - 7 / 9) < 1e-12
+    failed = [k for k, ok in checks.items() if not ok]
+    print(f"{len(checks) - len(failed)} of {len(checks)} checks agree" + (f"; failed: {failed}" if failed else ""))
+    return {"judge_measures_exact": int(not failed), "judge_measures_checks": len(checks)}
+
+
+# -- judge ------------------------------------------------------------------------------------
+
+def dl19_runs(quick: bool) -> dict:
+    """The shared first-stage runs and the DL19 experiment's runs, by name."""
+    runs = {f"shared/{p.stem}": read_run(p) for p in sorted((DL19 / "runs").glob("*.trec"))}
+    runs.update({f"experiment/{p.name.split('.')[0]}": read_run(p)
+                 for p in sorted((REPO / "experiments" / "results" / "dl19" / "runs").glob("*.trec.gz"))})
+    if quick:
+        runs = dict(list(runs.items())[:4])
+    return runs
+
+
+def part_judge(bench: Bench) -> dict:
+    from rerank.judge import LLMJudge, combine, compare_judges, flip_grades, implied_kappa, judge_runs
+    from rerank.judge.agreement import shared_pairs
+    from rerank.judge.workflow import plot_systems
+
+    data = open_dataset(DL19)
+    human = data.qrels("test")
+    runs = dl19_runs(bench.quick)
+    queries = sorted(human)[:3] if bench.quick else sorted(human)
+    runs = {name: {q: run[q] for q in queries if q in run} for name, run in runs.items()}
+    depth = 3 if bench.quick else 10
+    judges, reports = {}, {}
+    for prompt in ("umbrela", "basic"):
+        out = bench.workdir / "judge" / f"smollm2-{prompt}.qrels"
+        judge = LLMJudge("smollm2-135m", prompt, batch_size=8, max_passage_tokens=256)
+        report = judge_runs(DL19, runs, out, judge=judge, depth=depth, cache=bench.workdir / "judge" / "cache.sqlite")
+        from rerank.data.trec import read_qrels
+
+        judges[f"smollm2 {prompt}"] = read_qrels(out)
+        reports[prompt] = report.to_dict()
+        print(f"{prompt}: {report.pairs} pairs, {report.unparseable} unparseable (graded by {report.fallback}), "
+              f"{report.prompt_tokens} prompt tokens, {report.seconds:.0f}s, grades {report.grades}")
+    # the control grades the same pooled pairs that people judged, 30% of them flipped
+    pooled = {q: {d: human[q][d] for d in docs if d in human.get(q, {})}
+              for q, docs in judges["smollm2 umbrela"].items()}
+    pooled = {q: docs for q, docs in pooled.items() if docs}
+    control_name = f"control (flip {CONTROL_FLIP})"
+    judges[control_name] = flip_grades(pooled, CONTROL_FLIP, seed=0)
+    judges["mean of both prompts"] = combine([judges["smollm2 umbrela"], judges["smollm2 basic"]], "mean")
+    comparison = compare_judges(human, judges, runs, resamples=200 if bench.quick else 1000)
+    rows = comparison.label_table()
+    print_table(rows, list(rows[0]))
+    rows = comparison.system_table()
+    print_table(rows, list(rows[0]))
+    grades = [h for _, _, h, _ in shared_pairs(human, pooled)]
+    implied = {"kappa": round(implied_kappa(grades, CONTROL_FLIP), 4),
+               "kappa_binary": round(implied_kappa(grades, CONTROL_FLIP, cut=2), 4)}
+    control = next(a for a in comparison.labels if a.judge == control_name)
+    print(f"control judge: kappa {control.kappa} (implied {implied['kappa']}), binary {control.kappa_binary} "
+          f"(implied {implied['kappa_binary']})")
+    try:
+        plot = plot_systems(comparison, bench.workdir / "judge" / "systems.png")
+        print(f"plot: {plot}")
+    except ImportError as exc:
+        print(f"(no plot: {exc})")
+    by = {a.judge: a for a in comparison.labels}
+    order = {s.judge: s for s in comparison.systems}
+    return {"dl19_judge_kappa_binary": {k: a.kappa_binary for k, a in by.items()},
+            "dl19_judge_kappa": {k: a.kappa for k, a in by.items()},
+            "dl19_judge_alpha": {k: a.alpha for k, a in by.items()},
+            "dl19_judge_intervals": {k: a.intervals for k, a in by.items()},
+            "dl19_judge_confusion": {k: a.confusion for k, a in by.items()},
+            "dl19_judge_pairs": {k: a.pairs for k, a in by.items()},
+            "dl19_judge_system_tau": {k: s.kendall_tau for k, s in order.items()},
+            "dl19_judge_system_tau_ap": {k: s.tau_ap for k, s in order.items()},
+            "dl19_judge_system_spearman": {k: s.spearman for k, s in order.items()},
+            "dl19_judge_runs": len(runs), "dl19_judge_pool_depth": depth,
+            "dl19_judge_control_implied": implied, "dl19_judge_reports": reports}
+
+
+# -- full ranking -----------------------------------------------------------------------------
+
+def dl19_candidates(depth: int, queries: int) -> tuple[list[Candidates], dict]:
+    from rerank.data.trec import ranked_items
+
+    data = open_dataset(DL19)
+    corpus, qrels = data.corpus(), data.qrels("test")
+    by_id = {q.id: q for q in data.queries(None)}
+    run = read_run(DL19 / "runs" / "bm25.trec")
+    batch = []
+    for qid in sorted(q for q in run if q in qrels)[:queries]:
+        items = ranked_items(run[qid])[:depth]
+        batch.append(Candidates(by_id[qid], [corpus[d] for d, _ in items], [s for _, s in items]))
+    return batch, qrels
+
+
+def fitting_depth(llm, max_passage_tokens: int) -> int:
+    """How many DL19 BM25 candidates fit SmolLM2's context whole in one window (the first
+    queries' candidates), at least 40."""
+    from rerank.score.listwise import ListwiseReranker
+    from rerank.score.prompts import LISTWISE
+
+    batch, _ = dl19_candidates(200, 5)
+    stage = ListwiseReranker(llm, full=True, max_passage_tokens=max_passage_tokens)
+    fits = []
+    for cands in batch:
+        n = 2
+        while n < len(cands) and stage.prompt_tokens_needed(cands.query.text, list(cands.passages[:n + 1]), LISTWISE,
+                                                            6 * (n + 1) + 8) <= llm.max_context:
+            n += 1
+        fits.append(n)
+    return max(40, min(fits))
+
+
+def listwise_run(stage, batch, key: Path) -> tuple[list[Candidates], dict]:
+    """``stage`` over ``batch`` one query at a time, with its usage, cached per query in ``key``."""
+    done = json.loads(key.read_text()) if key.is_file() else {}
+    out = []
+    for cands in batch:
+        if cands.query.id not in done:
+            usage = stage.llm.usage
+            before = (usage.calls, usage.prompt_tokens, usage.generated_tokens)
+            began = time.perf_counter()
+            [ranked] = stage([cands])
+            done[cands.query.id] = {"order": [p.id for p in ranked.passages],
+                                    "calls": usage.calls - before[0], "prompt_tokens": usage.prompt_tokens - before[1],
+                                    "generated_tokens": usage.generated_tokens - before[2],
+                                    "seconds": time.perf_counter() - began,
+                                    "overflows": ranked.trace[-1].counters.get("context_overflows", 0)}
+            key.parent.mkdir(parents=True, exist_ok=True)
+            with atomic_file(key) as fh:
+                json.dump(done, fh)
+            print(f"  {key.stem}: {len(done)} queries", flush=True)
+        by_id = {p.id: p for p in cands.passages}
+        order = done[cands.query.id]["order"]
+        out.append(Candidates(cands.query, [by_id[d] for d in order], [float(len(order) - i) for i in range(len(order))]))
+    rows = [done[c.query.id] for c in batch]
+    totals = {k: sum(r[k] for r in rows) for k in ("calls", "prompt_tokens", "generated_tokens", "seconds", "overflows")}
+    totals["seconds_per_query"] = round(totals.pop("seconds") / len(rows), 2)
+    return out, totals
+
+
+def part_fullrank(bench: Bench, model: str = "smollm2-135m", tag: str = "zero-shot") -> dict:
+    from rerank.score.listwise import ListwiseReranker
+    from rerank.score.llm import open_llm
+
+    llm = open_llm(model)
+    depth = 40 if bench.quick else fitting_depth(llm, 96)
+    batch, qrels = dl19_candidates(depth, 2 if bench.quick else 10)
+    rows, figures = [], {}
+    for mode, stage in (("sliding (20, 10)", ListwiseReranker(llm, window=20, step=10, max_passage_tokens=96)),
+                        ("one pass", ListwiseReranker(llm, full=True, max_passage_tokens=96))):
+        ranked, totals = listwise_run(stage, batch, bench.workdir / "fullrank" / f"{tag}-{mode.split()[0]}.json")
+        figures[mode] = {**totals, "nDCG@10": ndcg10(ranked, qrels)}
+        rows.append({"model": tag, "mode": mode, **figures[mode]})
+    print(f"DL19 BM25 top {depth} ({len(batch)} queries), passages up to 96 tokens, {llm.name} "
+          f"(context {llm.max_context})")
+    print_table(rows, ["model", "mode", "calls", "prompt_tokens", "generated_tokens", "seconds_per_query",
+                       "overflows", "nDCG@10"])
+    sliding, full = figures["sliding (20, 10)"], figures["one pass"]
+    return {f"fullrank_{tag}": figures, "fullrank_depth": depth, "fullrank_queries": len(batch),
+            **({"fullrank_tokens_vs_sliding": round(full["prompt_tokens"] / sliding["prompt_tokens"], 4),
+                "fullrank_latency_vs_sliding": round(full["seconds_per_query"] / sliding["seconds_per_query"], 4)}
+               if tag == "zero-shot" else {})}
+
+
+# -- expansion --------------------------------------------------------------------------------
+
+def part_expand(bench: Bench) -> dict:
+    from rerank.retrieve.expand import ReasoningExpansion
+    from rerank.retrieve.stage import Retriever
+
+    expand = ReasoningExpansion("smollm2-135m", max_new_tokens=32 if bench.quick else 128,
+                                cache=str(bench.workdir / "expand" / "reasoning.sqlite"))
+    figures, rows = {}, []
+    for name, folder in (("scifact", "scifact"), ("vaswani", SHARED / "vaswani"), ("dl19", DL19)):
+        data = open_dataset(folder)
+        queries, qrels = data.queries("test"), data.qrels("test")
+        if bench.quick:
+            queries = queries[:4]
+        bm25 = Retriever(bench.bm25(name, folder)) % 100
+        inputs = [Candidates(Query(q.id, q.text), [], []) for q in queries]
+        plain = ndcg10(bm25(inputs), qrels)
+        began = time.perf_counter()
+        expanded_batch = []
+        for start in range(0, len(inputs), 16):  # chunks, so a killed run keeps the reasoning done so far
+            expanded_batch += (expand >> bm25)(inputs[start:start + 16])
+            print(f"  expand {name}: {len(expanded_batch)}/{len(inputs)} queries ({time.perf_counter() - began:.0f}s)",
+                  flush=True)
+        expanded = ndcg10(expanded_batch, qrels)
+        costs = [c for cands in expanded_batch for c in cands.trace if c.stage == "expand"]
+        figures[f"expand_delta_{name}"] = round(expanded - plain, 4)
+        figures[f"expand_{name}"] = {"bm25": plain, "expand >> bm25": expanded, "queries": len(inputs),
+                                     "reasoning_tokens_per_query": round(sum(c.counters["generated_tokens"]
+                                                                             for c in costs) / len(costs), 1),
+                                     "seconds_per_query": round(sum(c.seconds for c in costs) / len(costs), 3)}
+        rows.append({"dataset": name, "queries": len(inputs), "bm25 nDCG@10": plain, "expand >> bm25": expanded,
+                     "delta": figures[f"expand_delta_{name}"]})
+    print_table(rows, ["dataset", "queries", "bm25 nDCG@10", "expand >> bm25", "delta"])
+    example = expand.reasoning([open_dataset("scifact").queries("test")[0].text])[0]
+    print(f"reasoning for the first SciFact query: {example[:400]!r}")
+    return figures
+
+
+# -- listwise fine-tuning ---------------------------------------------------------------------
+
+def part_listwise(bench: Bench, train_queries: int, test_queries: int, max_steps: int | None) -> dict:
+    from rerank.config import build_pipeline
+    from rerank.retrieve.build import build_index
+    from rerank.retrieve.stage import Retriever
+    from rerank.score.listwise import ListwiseReranker
+    from rerank.train.adapt import TEACHER
+    from rerank.train.listwise import ListwiseConfig, listwise_labels, train_listwise
+
+    work = bench.workdir / "listwise"
+    root = bench.workdir / "indexes" / "scifact"
+    for kind in ("bm25", "dense", "splade"):
+        if not (root / kind / "manifest.json").is_file():
+            build_index("scifact", root / kind, kind, **({} if kind == "bm25" else {"precision": "fp32"}))
+    data = open_dataset("scifact")
+    bm25 = Retriever(str(root / "bm25")) % 20
+    labels = work / "labels.jsonl"
+    train = data.queries("train")[:train_queries]
+    teacher_config = work / "teacher.toml"
+    teacher_config.parent.mkdir(parents=True, exist_ok=True)
+    teacher_config.write_text(TEACHER.format(indexes=root.resolve().as_posix(), precision="auto", depth=20))
+    listwise_labels(bm25([Candidates(q, [], []) for q in train]), build_pipeline(teacher_config), labels)
+    infos = {}
+    for loss in ("importance", "lm"):
+        folder = work / f"smollm2-{loss}"
+        info_file = folder / "rerank_listwise_training.json"
+        if not info_file.is_file():
+            config = ListwiseConfig(loss=loss, epochs=1, max_steps=max_steps, gradient_accumulation=4,
+                                    max_passage_tokens=64, learning_rate=2e-5, save_every=10)
+            train_listwise(labels, folder, model="smollm2-135m", config=config)
+        infos[loss] = json.loads(info_file.read_text())
+    test, qrels = data.queries("test")[:test_queries], data.qrels("test")
+    batch = bm25([Candidates(q, [], []) for q in test])
+    rows, figures = [], {}
+    for tag, model in (("zero_shot", "smollm2-135m"), ("finetuned", str(work / "smollm2-importance")),
+                       ("plain_loss", str(work / "smollm2-lm"))):
+        stage = ListwiseReranker(model, full=True, max_passage_tokens=64)
+        ranked, totals = listwise_run(stage, batch, work / "eval" / f"{tag}.json")
+        figures[f"listwise_{tag}_ndcg10"] = ndcg10(ranked, qrels)
+        rows.append({"model": tag, "nDCG@10": figures[f"listwise_{tag}_ndcg10"], **totals})
+    figures["listwise_bm25_ndcg10"] = ndcg10(batch, qrels)
+    print_table(rows, ["model", "nDCG@10", "calls", "prompt_tokens", "generated_tokens", "seconds_per_query"])
+    print(f"BM25 top 20 alone: {figures['listwise_bm25_ndcg10']}")
+    figures["listwise_training"] = {k: {x: v[x] for x in ("steps", "examples", "train_seconds", "precision",
+                                                           "first_losses", "last_losses", "tokens_per_example")}
+                                    for k, v in infos.items()}
+    figures["listwise_train_queries"], figures["listwise_test_queries"] = len(train), len(test)
+    return figures
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="a few queries, pairs and steps: checks the code paths")
+    parser.add_argument("--parts", default=PARTS, help=f"comma-separated parts (default: {PARTS})")
+    parser.add_argument("--workdir", default=None, help="caches and models (default: models/seeds-bench[-quick])")
+    parser.add_argument("--train-queries", type=int, default=None, help="listwise: SciFact train queries (default: all)")
+    parser.add_argument("--test-queries", type=int, default=None, help="listwise: SciFact test queries (default: all)")
+    parser.add_argument("--max-steps", type=int, default=None, help="listwise: optimizer steps per run (default: 1 epoch)")
+    parser.add_argument("--redo", action="store_true", help="recompute figures even where cached (LLM caches are kept)")
+    args = parser.parse_args()
+    workdir = Path(args.workdir or REPO / "models" / ("seeds-bench-quick" if args.quick else "seeds-bench"))
+    bench = Bench(workdir, args.quick)
+    parts = [p.strip() for p in args.parts.split(",") if p.strip()]
+    print(f"{machine()}; parts: {', '.join(parts)}; workdir {workdir}")
+    figures: dict = {"quick": args.quick}
+    for part in parts:
+        began = time.perf_counter()
+        print(f"\n## {part}", flush=True)
+        if part == "measures":
+            figures.update(bench.result(part, args.redo, lambda: part_measures(bench)))
+        elif part == "judge":
+            figures.update(bench.result(part, args.redo, lambda: part_judge(bench)))
+        elif part == "fullrank":
+            figures.update(bench.result(part, args.redo, lambda: part_fullrank(bench)))
+        elif part == "expand":
+            figures.update(bench.result(part, args.redo, lambda: part_expand(bench)))
+        elif part == "listwise":
+            sizes = (6, 3, 2) if args.quick else (args.train_queries or 10_000, args.test_queries or 10_000,
+                                                 args.max_steps)
+            figures.update(bench.result(part, args.redo, lambda sizes=sizes: part_listwise(bench, *sizes)))
+        else:
+            parser.error(f"unknown part {part!r}")
+        print(f"({part}: {time.perf_counter() - began:.0f}s)", flush=True)
+    shortfalls = {k: v for k, v in GOALS.items() if isinstance(figures.get(k), (int, float)) and
+                  (figures[k] < v if k == "judge_measures_exact" else figures[k] > v)}
+    figures["goals"] = GOALS
+    figures["missed_goals"] = {k: figures[k] for k in shortfalls}
+    if shortfalls:
+        print("\nmissed goals: " + ", ".join(f"{k} = {figures[k]} (goal {GOALS[k]})" for k in shortfalls))
+    print_json(figures)
+
+
+if __name__ == "__main__":
+    main()
