@@ -47,6 +47,7 @@ SHARED = DL19.parent
 PARTS = "measures,judge,fullrank,expand,listwise"
 GOALS = {"judge_measures_exact": 1, "fullrank_tokens_vs_sliding": 0.5}
 CONTROL_FLIP = 0.3
+QUICK_TEACHER = 'pipeline = "minilm"\n[stages.minilm]\nkind = "bi-encoder"\nmodel = "minilm-l6"\n'
 
 
 class Bench:
@@ -348,7 +349,8 @@ def part_listwise(bench: Bench, train_queries: int, test_queries: int, max_steps
 
     work = bench.workdir / "listwise"
     root = bench.workdir / "indexes" / "scifact"
-    for kind in ("bm25", "dense", "splade"):
+    # --quick: MiniLM alone orders the candidates (no corpus-wide dense and SPLADE indexes to build)
+    for kind in ("bm25",) if bench.quick else ("bm25", "dense", "splade"):
         if not (root / kind / "manifest.json").is_file():
             build_index("scifact", root / kind, kind, **({} if kind == "bm25" else {"precision": "fp32"}))
     data = open_dataset("scifact")
@@ -357,7 +359,8 @@ def part_listwise(bench: Bench, train_queries: int, test_queries: int, max_steps
     train = data.queries("train")[:train_queries]
     teacher_config = work / "teacher.toml"
     teacher_config.parent.mkdir(parents=True, exist_ok=True)
-    teacher_config.write_text(TEACHER.format(indexes=root.resolve().as_posix(), precision="auto", depth=20))
+    teacher_config.write_text(QUICK_TEACHER if bench.quick else
+                              TEACHER.format(indexes=root.resolve().as_posix(), precision="auto", depth=20))
     listwise_labels(bm25([Candidates(q, [], []) for q in train]), build_pipeline(teacher_config), labels)
     infos = {}
     for loss in ("importance", "lm"):
