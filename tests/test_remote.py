@@ -184,3 +184,32 @@ def test_the_async_client_retries_an_overloaded_service_and_a_refused_connection
             return await client.health()
 
     assert asyncio.run(refused()) is False  # the server is gone
+
+
+def test_a_remote_stage_caches_tunes_and_evaluates_like_a_local_one(tmp_path):
+    """The score cache answers a re-run without a request; ``tune`` re-sorts its cached scores
+    exactly as a direct run of each combination ranks; ``evaluate`` scores its output."""
+    from rerank.cache import with_score_cache
+    from rerank.evaluate import evaluate
+    from rerank.pipeline import bind
+    from rerank.tuning import CostModel, StageCostModel, tune
+
+    batch = batch_of(4, 12)
+    qrels = {c.query.id: {expected_order(c, 1)[0]: 1, expected_order(c, 1)[3]: 1} for c in batch}
+    with EndpointServer("cohere") as server:
+        remote = Remote(server.url, shape="cohere", name="remote")
+        cached = with_score_cache(remote, tmp_path / "scores.sqlite")
+        first = cached(batch)
+        requests = len(server.behaviour.requests)
+        again = cached(batch)
+        assert len(server.behaviour.requests) == requests > 0, "a re-run is answered from the cache"
+        assert [c.ids for c in again] == [c.ids for c in first] == [expected_order(c, 100) for c in batch]
+        assert evaluate(first, qrels, ["nDCG@10"]).aggregate["nDCG@10"] == pytest.approx(1.0)
+
+        pipe = Identity() % "k1" >> remote
+        model = CostModel({"identity": StageCostModel("identity", 0.0, 0.0), "remote": StageCostModel("remote", 5.0, 1.0)})
+        result = tune(pipe, batch, qrels, grid={"k1": [2, 4, 8, 12]}, budget_ms=12, cost_model=model, progress=False)
+        for row in result.rows:
+            direct = bind(pipe, row.values)(batch)
+            assert row.score == pytest.approx(evaluate(direct, qrels, ["nDCG@10"]).aggregate["nDCG@10"], abs=1e-12)
+        assert result.choice.fits and result.choice.values["k1"] <= 4

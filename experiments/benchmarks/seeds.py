@@ -275,13 +275,13 @@ def listwise_run(stage, batch, key: Path) -> tuple[list[Candidates], dict]:
     return out, totals
 
 
-def part_fullrank(bench: Bench, model: str = "smollm2-135m", tag: str = "zero-shot") -> dict:
+def part_fullrank(bench: Bench, queries: int = 10, model: str = "smollm2-135m", tag: str = "zero-shot") -> dict:
     from rerank.score.listwise import ListwiseReranker
     from rerank.score.llm import open_llm
 
     llm = open_llm(model)
     depth = 40 if bench.quick else fitting_depth(llm, 96)
-    batch, qrels = dl19_candidates(depth, 2 if bench.quick else 10)
+    batch, qrels = dl19_candidates(depth, 2 if bench.quick else queries)
     rows, figures = [], {}
     for mode, stage in (("sliding (20, 10)", ListwiseReranker(llm, window=20, step=10, max_passage_tokens=96)),
                         ("one pass", ListwiseReranker(llm, full=True, max_passage_tokens=96))):
@@ -398,6 +398,7 @@ def main() -> None:
     parser.add_argument("--train-queries", type=int, default=None, help="listwise: SciFact train queries (default: all)")
     parser.add_argument("--test-queries", type=int, default=None, help="listwise: SciFact test queries (default: all)")
     parser.add_argument("--max-steps", type=int, default=None, help="listwise: optimizer steps per run (default: 1 epoch)")
+    parser.add_argument("--fullrank-queries", type=int, default=10, help="fullrank: DL19 queries (default: 10)")
     parser.add_argument("--redo", action="store_true", help="recompute figures even where cached (LLM caches are kept)")
     args = parser.parse_args()
     workdir = Path(args.workdir or REPO / "models" / ("seeds-bench-quick" if args.quick else "seeds-bench"))
@@ -413,7 +414,7 @@ def main() -> None:
         elif part == "judge":
             figures.update(bench.result(part, args.redo, lambda: part_judge(bench)))
         elif part == "fullrank":
-            figures.update(bench.result(part, args.redo, lambda: part_fullrank(bench)))
+            figures.update(bench.result(part, args.redo, lambda: part_fullrank(bench, args.fullrank_queries)))
         elif part == "expand":
             figures.update(bench.result(part, args.redo, lambda: part_expand(bench)))
         elif part == "listwise":
