@@ -23,7 +23,7 @@ cache, the light core install and a clone without the shared data.
 The cross-encoder is all-MiniLM-L6-v2's encoder with a seeded one-logit head (the speed of a
 MiniLM-L6 cross-encoder; none can be downloaded here).
 
-    python experiments/benchmarks/ecosystem.py [--quick]
+    python experiments/benchmarks/ecosystem.py [--quick] [--parts adapters,remote,cache,core,import,fresh-venv,bare-clone]
 """
 from __future__ import annotations
 
@@ -346,7 +346,10 @@ def bare_clone() -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer queries; no fresh-venv install, no bare clone")
+    parser.add_argument("--parts", default="adapters,remote,cache,core,import,fresh-venv,bare-clone",
+                        help="comma-separated parts (default: all; --quick leaves out fresh-venv and bare-clone)")
     args = parser.parse_args()
+    wanted = {p.strip() for p in args.parts.split(",") if p.strip()}
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     sys.path.insert(0, str(Path(__file__).parent))
     from precision import seeded_cross_encoder
@@ -358,6 +361,8 @@ def main() -> None:
     for name, part in (("adapters", adapters_passing), ("remote", lambda: remote_vs_local(model, args.quick)),
                        ("cache", lambda: cache_rerun(model, args.quick)), ("core", core_packages),
                        ("import", import_seconds)):
+        if name not in wanted:
+            continue
         began = time.perf_counter()
         print(f"\n## {name}", flush=True)
         figures.update(part())
@@ -366,10 +371,12 @@ def main() -> None:
         figures["bare_clone_passed"] = None
         print("\n(bare clone: left out of --quick; the full run clones the repository and runs make test)")
     else:
-        print("\n## fresh venv", flush=True)
-        figures.update(core_install_in_fresh_venv())
-        print("\n## bare clone", flush=True)
-        figures.update(bare_clone())
+        if "fresh-venv" in wanted:
+            print("\n## fresh venv", flush=True)
+            figures.update(core_install_in_fresh_venv())
+        if "bare-clone" in wanted:
+            print("\n## bare clone", flush=True)
+            figures.update(bare_clone())
     figures["goals"] = GOALS
     figures["short_of_goal_by"] = {k: round(g - figures[k], 3) for k, g in GOALS.items()
                                    if isinstance(figures.get(k), (int, float)) and figures[k] < g}
