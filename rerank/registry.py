@@ -82,7 +82,7 @@ class Registry(Generic[T]):
 
 
 PREPARE_STEPS: Registry[Callable[..., object]] = Registry(
-    "prepare step", packages=("rerank.retrieve", "rerank.train"), entry_points="rerank.prepare_steps")
+    "prepare step", packages=("rerank.retrieve", "rerank.train", "rerank.judge"), entry_points="rerank.prepare_steps")
 """Functions an experiment's ``[[prepare]]`` table can call by name (``step = "index"``): each
 registers itself with ``@PREPARE_STEPS.register(name)``. A step that takes ``**options`` lists
 them with an ``extra_arguments()`` attribute, so a config's typos are caught before it runs."""

@@ -246,3 +246,43 @@ def test_grades_outside_the_scale_are_clipped_and_empty_overlap_is_an_error():
     with pytest.raises(AgreementError, match="no pair in common"):
         shared_pairs({"q": {"a": 1}}, {"q": {"b": 1}})
     assert Counter(g for d in flip_grades({"q": {"a": 1, "b": 2}}, 0.0).values() for g in d.values()) == Counter([1, 2])
+
+
+def test_an_experiment_evaluates_under_the_llm_labels_its_prepare_step_makes(tmp_path, tiny_llm_path):
+    """``[[prepare]] step = "judge"`` writes LLM qrels that ``[dataset] qrels`` then names: the
+    config passes its checks before the file exists, and the run scores under those labels."""
+    from rerank.cli import main
+    from rerank.data.trec import read_qrels
+
+    folder, run_a, run_b = _collection(tmp_path)
+    qrels = tmp_path / "llm" / "judged.qrels"
+    config = tmp_path / "judged.toml"
+    config.write_text(f"""name = "judged"
+precision = "fp32"
+[dataset]
+beir = "{folder}"
+qrels = "{qrels}"
+[input]
+run = "{run_a}"
+[[prepare]]
+creates = "{qrels}"
+step = "judge"
+dataset = "{folder}"
+runs = ["{run_a}", "{run_b}"]
+out = "{qrels}"
+llm = "{tiny_llm_path}"
+prompt = "basic"
+depth = 2
+[evaluation]
+measures = ["nDCG@10"]
+baseline = "first"
+[pipelines]
+first = "first"
+[stages.first]
+kind = "identity"
+""")
+    out = tmp_path / "results"
+    assert main(["experiment", str(config), "--out", str(out), "--no-progress"]) == 0
+    assert sum(len(d) for d in read_qrels(qrels).values()) == 6  # the pool of both runs at depth 2
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["queries"] == 2

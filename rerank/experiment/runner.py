@@ -106,8 +106,13 @@ class Experiment:
                                   f"(pipelines: {', '.join(spec.pipelines)})")
             spec.pipelines = {k: v for k, v in spec.pipelines.items() if k in only or k == spec.baseline}
             spec.expected = [e for e in spec.expected if e.pipeline in spec.pipelines]
+        # The data is read (and its ids checked) before the steps run, unless a step makes it.
+        data_first = not {Path(p.creates) for p in spec.prepare} & {Path(spec.corpus), Path(spec.queries),
+                                                                     Path(spec.qrels)}
+        if prepare and not data_first:
+            run_prepare(spec, precision or spec.precision)
         inputs, qrels = read_inputs(spec, max_queries or spec.max_queries)
-        if prepare:
+        if prepare and data_first:
             run_prepare(spec, precision or spec.precision)
         return cls.from_spec(spec, inputs, qrels, progress=progress, precision=precision)
 

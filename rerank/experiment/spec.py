@@ -318,7 +318,8 @@ def load_spec(path: str | Path, *, check_files: bool = True) -> ExperimentSpec:
 
     if check_files:
         for key in ("corpus", "queries", "qrels"):
-            _check_data_path(files[key], at.at("dataset", key if getattr(dataset, key) else "beir"))
+            if Path(files[key]) not in created:  # a [[prepare]] step makes it (LLM qrels, say)
+                _check_data_path(files[key], at.at("dataset", key if getattr(dataset, key) else "beir"))
         if inputs and not Path(inputs.run).exists():
             raise ConfigError(f"{at.at('input', 'run')}: {inputs.run!r} does not exist")
     name = _typed(data.get("name", path.stem), str, at.at("name") if "name" in data else source, "name")

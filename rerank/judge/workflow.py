@@ -19,7 +19,28 @@ from rerank.judge.agreement import (
     system_agreement,
 )
 from rerank.judge.grade import JudgeError, JudgeReport, LLMJudge, judgments_to_qrels, pool, pool_pairs
+from rerank.registry import PREPARE_STEPS
 from rerank.types import Qrels, Run
+
+
+@PREPARE_STEPS.register("judge")
+def judge_step(dataset: str, runs: Sequence[str], out: str, *, llm: str = "smollm2-135m", prompt: str = "umbrela",
+               depth: int = 10, skip_judged: str | None = None, max_queries: int | None = None,
+               max_passage_tokens: int = 384, fallback: str = "logprobs", cache: str | None = None,
+               precision: str = "auto") -> JudgeReport:
+    """``[[prepare]] step = "judge"``: pool the run files ``runs`` at ``depth``, grade the pool
+    with ``llm`` and ``prompt`` (as ``rerank judge`` does) and write the qrels ``out``, so that
+    an experiment can evaluate under LLM labels (``[dataset] qrels = <out>``)."""
+    from rerank.data import read_run
+    from rerank.data.detect import read_any_qrels
+
+    if not runs:
+        raise JudgeError("the judge step needs at least one run file (runs = [...])")
+    named = {Path(p).name: read_run(p) for p in runs}
+    skip = read_any_qrels(skip_judged) if skip_judged else None
+    judge = LLMJudge(llm, prompt, max_passage_tokens=max_passage_tokens, fallback=fallback, precision=precision)
+    return judge_runs(dataset, named, out, judge=judge, depth=depth, skip=skip, max_queries=max_queries,
+                      cache=cache, progress=True)
 
 
 def judge_runs(dataset: str | Path, runs: Mapping[str, Run], out: str | Path, *, judge: LLMJudge,
