@@ -529,3 +529,24 @@ def test_bf16_matmuls_cast_the_linear_weights_once_and_leave_tied_embeddings_fp3
     assert model.lm_head.weight.dtype == torch.bfloat16 and model.model.layers[0].mlp.up_proj.weight.dtype == torch.bfloat16
     assert model.model.norm.weight.dtype == torch.float32
     assert torch.allclose(got, expected, rtol=0.05, atol=0.05 * float(expected.abs().max()))  # bf16 products only
+
+
+@pytest.mark.parametrize("family", ["qwen3-reranker", "bge-reranker-v2-gemma", "mxbai-rerank-v2"])
+def test_a_query_prefix_runs_once_and_leaves_the_scores_as_they_were(family, folders):
+    """The tokens every pair of a query shares run once and their key/value cache serves the
+    passages: the same scores as running every pair whole (fp32, 1e-5), fewer forward tokens."""
+    from rerank.types import Candidates, Passage, Query
+
+    folder = folders[family]
+    shared = rerank.load(str(folder), precision="fp32", batch_size=3)
+    whole = rerank.load(str(folder), precision="fp32", batch_size=3, share_prefix=False)
+    np.testing.assert_allclose(shared.predict(PAIRS), whole.predict(PAIRS), **EXACT)
+    batch = [Candidates(Query(f"q{i}", q), [Passage(f"p{j}", p) for j, p in enumerate(PASSAGES)], [0.0] * len(PASSAGES))
+             for i, q in enumerate(QUERIES)]
+    fast, slow = shared(batch), whole(batch)
+    for a, b in zip(fast, slow):
+        assert [p.id for p in a.passages] == [p.id for p in b.passages]
+        np.testing.assert_allclose(a.scores, b.scores, **EXACT)
+        shared_tokens = a.trace[-1].counters["shared_prefix_tokens"]
+        assert shared_tokens >= 8 and b.trace[-1].counters["shared_prefix_tokens"] == 0
+        assert a.trace[-1].tokens == b.trace[-1].tokens - shared_tokens * (len(PASSAGES) - 1)

@@ -2,26 +2,43 @@
 recipe): the pair is written as the recipe's prompt, and the logits of its score tokens at the
 last position give the score.
 
-Three things make it faster than the model cards' loops at the same scores: pairs are sorted
+Four things make it faster than the model cards' loops at the same scores: pairs are sorted
 by length and batched under a padded-token budget (the cards pad fixed batches to their
 longest pair), only the last position's logits are computed (the cards compute the whole
-vocabulary at every position), and the model runs in the CPU's precision. Positions count from
-each pair's first real token, so a pair's score does not depend on how much padding its batch
-needed.
+vocabulary at every position), the tokens every pair of a query shares (the system prompt,
+instruction and query that come before the passage) run once per query and their key/value
+cache serves all its passages, and the model runs in the CPU's precision. Positions count
+from each pair's first real token, so a pair's score does not depend on how much padding its
+batch needed.
 """
 from __future__ import annotations
 
+import contextlib
+import copy
+from collections.abc import Sequence
+
+import numpy as np
+
+from rerank.score.llm import _common_prefix
 from rerank.score.recipe_scorer import RecipeScorer
+
+MIN_SHARED_PREFIX = 8
+"""Fewest shared tokens worth a separate prefix pass (below it the pairs run whole)."""
 
 
 class CausalLMReranker(RecipeScorer, kind="causal-reranker"):
     """Re-rank with a causal LM fine-tuned as a re-ranker, scored by its recipe
     (:mod:`rerank.score.recipes`): ``qwen3-reranker``, ``bge-reranker-v2-gemma``,
     ``mxbai-rerank-v2`` or one of your own. See :class:`~rerank.score.recipe_scorer.RecipeScorer`
-    for the options::
+    for the options; ``share_prefix`` (default on) runs the tokens a query's pairs have in
+    common once per query::
 
         CausalLMReranker("Qwen/Qwen3-Reranker-0.6B", instruction="Find the paper that supports the claim")
     """
+
+    def __init__(self, model: str, *, share_prefix: bool = True, **options) -> None:
+        self.share_prefix = share_prefix
+        super().__init__(model, **options)
 
     def _load_network(self, path: str):
         from transformers import AutoModelForCausalLM
@@ -37,3 +54,72 @@ class CausalLMReranker(RecipeScorer, kind="causal-reranker"):
             logits = net(input_ids=ids, attention_mask=mask, position_ids=positions).logits
             logits = logits[range(len(last)), last]
         return logits[:, self.model.token_ids]
+
+    def _run(self, sequences: Sequence[Sequence[int]], groups: Sequence[int], *, net=None, precision: str = "fp32",
+             progress: bool = False) -> tuple[np.ndarray, int, dict[int, int]]:
+        """As :meth:`RecipeScorer._run`, with each group's shared prefix run once: the prefix's
+        key/value cache is copied to every batch of the group's suffixes, which are padded on
+        the left so that every row's last position is its own last token."""
+        members: dict[int, list[int]] = {}
+        for i, group in enumerate(groups):
+            members.setdefault(group, []).append(i)
+        whole, shared_groups, shared = [], [], {}
+        for group, rows in members.items():
+            span = 0
+            if self.share_prefix and len(rows) > 1:
+                chunk = [sequences[i] for i in rows]
+                span = min(_common_prefix(chunk), min(len(s) for s in chunk) - 1)
+            if span >= MIN_SHARED_PREFIX:
+                shared_groups.append((rows, span))
+                shared[group] = span
+            else:
+                whole += rows
+        out = np.empty(len(sequences), dtype=np.float32)
+        calls = 0
+        if whole:
+            scores, calls, _ = super()._run([sequences[i] for i in whole], [0] * len(whole), net=net,
+                                            precision=precision, progress=progress)
+            out[whole] = scores
+        for rows, span in shared_groups:
+            scores, made = self._run_shared(sequences, rows, span, net=net, precision=precision)
+            out[rows] = scores
+            calls += made
+        return out, calls, shared
+
+    def _run_shared(self, sequences: Sequence[Sequence[int]], rows: list[int], span: int, *, net, precision: str,
+                    ) -> tuple[np.ndarray, int]:
+        import torch
+
+        net = self.model.net if net is None else net
+        device = self.model.device
+        pairs, tokens = self.model.shape(precision)
+        suffixes = [sequences[i][span:] for i in rows]
+        out = np.empty(len(rows), dtype=np.float32)
+        session = getattr(net, "session", contextlib.nullcontext)
+        with torch.inference_mode(), session():
+            prefix = torch.tensor([list(sequences[rows[0]][:span])], device=device)
+            name = _cache_argument(net)
+            cache = getattr(net(input_ids=prefix, use_cache=True, logits_to_keep=1), name)
+            calls = 1
+            for batch_rows, ids, mask in self.model.batches(suffixes, pairs, tokens, side="left"):
+                ids_t, mask_t = torch.from_numpy(ids).to(device), torch.from_numpy(mask).to(device)
+                past = copy.deepcopy(cache)
+                past.batch_repeat_interleave(len(batch_rows))
+                full_mask = torch.cat([torch.ones((len(batch_rows), span), dtype=mask_t.dtype, device=device),
+                                       mask_t], dim=1)
+                positions = span + (mask_t.cumsum(-1) - 1).clamp(min=0)
+                logits = net(input_ids=ids_t, attention_mask=full_mask, position_ids=positions, use_cache=True,
+                             logits_to_keep=1, **{name: past}).logits[:, -1]
+                out[batch_rows] = self.recipe.to_scores(logits[:, self.model.token_ids].float(),
+                                                        self.model.normalize).cpu().numpy()
+                calls += 1
+        return out, calls
+
+
+def _cache_argument(net) -> str:
+    """What the model's forward calls its key/value cache (newer transformers: ``cache``)."""
+    import inspect
+
+    forward = getattr(net, "forward", net)
+    wrapped = getattr(forward, "__wrapped__", forward)
+    return "cache" if "cache" in inspect.signature(wrapped).parameters else "past_key_values"

@@ -94,10 +94,11 @@ class RecipeModel:
         self.truncated += sum(cuts)
         return out, cuts
 
-    def batches(self, sequences: Sequence[Sequence[int]], pairs: int, tokens: int,
+    def batches(self, sequences: Sequence[Sequence[int]], pairs: int, tokens: int, side: str | None = None,
                 ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
         """``(rows, ids, mask)`` batches, longest first, each within ``pairs`` and ``tokens``,
-        padded on the recipe's side."""
+        padded on ``side`` (default: the recipe's)."""
+        side = side or self.recipe.padding_side
         lengths = np.array([len(s) for s in sequences])
         order = np.argsort(-lengths, kind="stable")
         start = 0
@@ -109,7 +110,7 @@ class RecipeModel:
             mask = np.zeros((len(rows), longest), dtype=np.int64)
             for j, r in enumerate(rows):
                 seq = sequences[r]
-                if self.recipe.padding_side == "left":
+                if side == "left":
                     ids[j, longest - len(seq):] = seq
                     mask[j, longest - len(seq):] = 1
                 else:
@@ -207,7 +208,16 @@ class RecipeScorer(Scorer):
     def _calibration_scores(self, net) -> np.ndarray:
         pairs = calibration_pairs()[:CALIBRATION_PAIRS]
         sequences, _ = self.model.encode([p.query for p in pairs], [p.passage for p in pairs])
-        return self.model.run(sequences, self._forward_logits, net=net)[0]
+        return self._run(sequences, _groups([p.query for p in pairs]), net=net)[0]
+
+    def _run(self, sequences: Sequence[Sequence[int]], groups: Sequence[int], *, net=None, precision: str = "fp32",
+             progress: bool = False) -> tuple[np.ndarray, int, dict[int, int]]:
+        """Scores of encoded pairs in input order, forward calls, and the tokens of a prefix
+        shared by each group (query) that ran once for the whole group (none here: a subclass
+        that can reuse a prefix overrides this)."""
+        scores, calls = self.model.run(sequences, self._forward_logits, net=net, precision=precision,
+                                       progress=progress, label=self.name)
+        return scores, calls, {}
 
     def runtime_settings(self) -> dict[str, str]:
         """Recipe, precision and threads (with the reasons), for the trace."""
@@ -218,20 +228,28 @@ class RecipeScorer(Scorer):
         if not pairs:
             return np.zeros(0, dtype=np.float32)
         sequences, _ = self.model.encode([q for q, _ in pairs], [p for _, p in pairs])
-        return self.model.run(sequences, self._forward_logits, precision=self.precision)[0]
+        return self._run(sequences, _groups([q for q, _ in pairs]), precision=self.precision)[0]
 
     def score_pairs(self, batch: Sequence[Candidates]) -> tuple[Sequence[Any], Work]:
         """Scores of every candidate of every query in one length-sorted run."""
         queries = [c.query.text for c in batch for _ in c.passages]
         texts = [p.full_text for c in batch for p in c.passages]
         sequences, cuts = self.model.encode(queries, texts)
-        flat, calls = self.model.run(sequences, self._forward_logits, precision=self.precision,
-                                     progress=self.progress, label=self.name)
+        groups = [g for g, c in enumerate(batch) for _ in c.passages]
+        flat, calls, shared = self._run(sequences, groups, precision=self.precision, progress=self.progress)
         lengths = np.array([len(s) for s in sequences])
         scores, tokens, counters, start = [], [], [], 0
-        for c in batch:
+        for g, c in enumerate(batch):
             scores.append(flat[start:start + len(c)])
-            tokens.append(int(lengths[start:start + len(c)].sum()))
-            counters.append({"documents": len(c), "truncated_pairs": sum(cuts[start:start + len(c)])})
+            reused = shared.get(g, 0) * (len(c) - 1)  # the prefix ran once, not once per pair
+            tokens.append(int(lengths[start:start + len(c)].sum()) - reused)
+            counters.append({"documents": len(c), "truncated_pairs": sum(cuts[start:start + len(c)]),
+                             "shared_prefix_tokens": shared.get(g, 0)})
             start += len(c)
         return scores, Work(calls, tokens, counters_per_query=counters)
+
+
+def _groups(queries: Sequence[str]) -> list[int]:
+    """A group number per pair: pairs with the same query text share one."""
+    numbers: dict[str, int] = {}
+    return [numbers.setdefault(q, len(numbers)) for q in queries]
