@@ -44,7 +44,7 @@ from rerank.types import Candidates, Query
 
 REPO = Path(__file__).resolve().parents[2]
 SHARED = DL19.parent
-PARTS = "measures,judge,fullrank,expand,listwise"
+PARTS = "measures,judge,fullrank,expand,listwise,fullrank-finetuned"
 GOALS = {"judge_measures_exact": 1, "fullrank_tokens_vs_sliding": 0.5}
 CONTROL_FLIP = 0.3
 QUICK_TEACHER = 'pipeline = "minilm"\n[stages.minilm]\nkind = "bi-encoder"\nmodel = "minilm-l6"\n'
@@ -340,6 +340,10 @@ def part_expand(bench: Bench) -> dict:
 # -- listwise fine-tuning ---------------------------------------------------------------------
 
 def part_listwise(bench: Bench, train_queries: int, test_queries: int, max_steps: int | None) -> dict:
+    """Complete listwise labels from the fusion teacher over SciFact train's BM25 top 20,
+    SmolLM2-135M fine-tuned on them with the importance-aware and the plain LM loss, then the
+    zero-shot and fine-tuned models ranking SciFact test's BM25 top 20 in one pass (the stage's
+    default window of 20 holds them all: one pass against sliding windows is :func:`part_fullrank`'s)."""
     from rerank.config import build_pipeline
     from rerank.retrieve.build import build_index
     from rerank.retrieve.stage import Retriever
@@ -347,6 +351,7 @@ def part_listwise(bench: Bench, train_queries: int, test_queries: int, max_steps
     from rerank.train.adapt import TEACHER
     from rerank.train.listwise import ListwiseConfig, listwise_labels, train_listwise
 
+    depth, passage_tokens = (10, 32) if bench.quick else (20, 64)
     work = bench.workdir / "listwise"
     root = bench.workdir / "indexes" / "scifact"
     # --quick: MiniLM alone orders the candidates (no corpus-wide dense and SPLADE indexes to build)
@@ -354,35 +359,42 @@ def part_listwise(bench: Bench, train_queries: int, test_queries: int, max_steps
         if not (root / kind / "manifest.json").is_file():
             build_index("scifact", root / kind, kind, **({} if kind == "bm25" else {"precision": "fp32"}))
     data = open_dataset("scifact")
-    bm25 = Retriever(str(root / "bm25")) % 20
+    bm25 = Retriever(str(root / "bm25")) % depth
     labels = work / "labels.jsonl"
     train = data.queries("train")[:train_queries]
     teacher_config = work / "teacher.toml"
     teacher_config.parent.mkdir(parents=True, exist_ok=True)
     teacher_config.write_text(QUICK_TEACHER if bench.quick else
-                              TEACHER.format(indexes=root.resolve().as_posix(), precision="auto", depth=20))
+                              TEACHER.format(indexes=root.resolve().as_posix(), precision="auto"))
+    began = time.perf_counter()
     listwise_labels(bm25([Candidates(q, [], []) for q in train]), build_pipeline(teacher_config), labels)
+    print(f"labels: {len(train)} queries x {depth} ({time.perf_counter() - began:.0f}s)", flush=True)
     infos = {}
     for loss in ("importance", "lm"):
         folder = work / f"smollm2-{loss}"
         info_file = folder / "rerank_listwise_training.json"
         if not info_file.is_file():
             config = ListwiseConfig(loss=loss, epochs=1, max_steps=max_steps, gradient_accumulation=4,
-                                    max_passage_tokens=64, learning_rate=2e-5, save_every=10)
+                                    max_passage_tokens=passage_tokens, learning_rate=2e-5, save_every=10)
             train_listwise(labels, folder, model="smollm2-135m", config=config)
         infos[loss] = json.loads(info_file.read_text())
+        print(f"trained ({loss}): {infos[loss]['steps']} steps, {infos[loss]['train_seconds']:.0f}s", flush=True)
     test, qrels = data.queries("test")[:test_queries], data.qrels("test")
     batch = bm25([Candidates(q, [], []) for q in test])
     rows, figures = [], {}
     for tag, model in (("zero_shot", "smollm2-135m"), ("finetuned", str(work / "smollm2-importance")),
                        ("plain_loss", str(work / "smollm2-lm"))):
-        stage = ListwiseReranker(model, full=True, max_passage_tokens=64)
+        stage = ListwiseReranker(model, full=True, max_passage_tokens=passage_tokens)
         ranked, totals = listwise_run(stage, batch, work / "eval" / f"{tag}.json")
         figures[f"listwise_{tag}_ndcg10"] = ndcg10(ranked, qrels)
+        figures[f"listwise_{tag}"] = {**totals, "nDCG@10": figures[f"listwise_{tag}_ndcg10"]}
         rows.append({"model": tag, "nDCG@10": figures[f"listwise_{tag}_ndcg10"], **totals})
     figures["listwise_bm25_ndcg10"] = ndcg10(batch, qrels)
-    print_table(rows, ["model", "nDCG@10", "calls", "prompt_tokens", "generated_tokens", "seconds_per_query"])
-    print(f"BM25 top 20 alone: {figures['listwise_bm25_ndcg10']}")
+    print(f"SciFact test BM25 top {depth} ({len(test)} queries), passages cut to {passage_tokens} tokens; "
+          f"fine-tuned on {len(train)} SciFact train queries' complete lists from the fusion teacher")
+    print_table(rows, ["model", "nDCG@10", "calls", "prompt_tokens", "generated_tokens", "seconds_per_query",
+                       "overflows"])
+    print(f"BM25 top {depth} alone: {figures['listwise_bm25_ndcg10']}")
     figures["listwise_training"] = {k: {x: v[x] for x in ("steps", "examples", "train_seconds", "precision",
                                                            "first_losses", "last_losses", "tokens_per_example")}
                                     for k, v in infos.items()}
@@ -415,6 +427,10 @@ def main() -> None:
             figures.update(bench.result(part, args.redo, lambda: part_judge(bench)))
         elif part == "fullrank":
             figures.update(bench.result(part, args.redo, lambda: part_fullrank(bench, args.fullrank_queries)))
+        elif part == "fullrank-finetuned":  # after listwise: the importance-loss model, as fullrank
+            model = str(workdir / "listwise" / "smollm2-importance")
+            figures.update(bench.result(part, args.redo, lambda model=model: part_fullrank(
+                bench, args.fullrank_queries, model=model, tag="finetuned")))
         elif part == "expand":
             figures.update(bench.result(part, args.redo, lambda: part_expand(bench)))
         elif part == "listwise":
