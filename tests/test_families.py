@@ -544,9 +544,9 @@ def test_a_query_prefix_runs_once_and_leaves_the_scores_as_they_were(family, fol
     batch = [Candidates(Query(f"q{i}", q), [Passage(f"p{j}", p) for j, p in enumerate(PASSAGES)], [0.0] * len(PASSAGES))
              for i, q in enumerate(QUERIES)]
     fast, slow = shared(batch), whole(batch)
-    for a, b in zip(fast, slow):
-        assert [p.id for p in a.passages] == [p.id for p in b.passages]
-        np.testing.assert_allclose(a.scores, b.scores, **EXACT)
+    for a, b in zip(fast, slow):  # compared by passage: near-equal scores may order either way
+        by_id = dict(zip([p.id for p in b.passages], b.scores))
+        np.testing.assert_allclose(a.scores, [by_id[p.id] for p in a.passages], **EXACT)
         shared_tokens = a.trace[-1].counters["shared_prefix_tokens"]
         assert shared_tokens >= 8 and b.trace[-1].counters["shared_prefix_tokens"] == 0
         assert a.trace[-1].tokens == b.trace[-1].tokens - shared_tokens * (len(PASSAGES) - 1)
