@@ -355,3 +355,10 @@ index = "{tmp_path / 'bm25'}"
     assert main(["experiment", str(tmp_path / "exp.toml"), "--out", str(tmp_path / "out"), "--max-queries", "5",
                  "--no-progress"]) == 0
     assert (tmp_path / "out" / "summary.json").is_file()
+
+
+def test_draft_experiment_configs_pass_their_checks():
+    """Configs waiting for their first whole run (experiments/drafts/) are valid configs."""
+    for config in sorted((REPO / "experiments" / "drafts").glob("*.toml")):
+        spec = load_spec(config, check_files=False)
+        assert spec.pipelines and spec.measures
