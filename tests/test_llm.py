@@ -171,6 +171,64 @@ def test_listwise_sliding_and_full_modes(tiny_llm):
         assert stage.repairs.missing > 0  # garbage output: ids filled in from the input order
 
 
+class _LongestFirstLLM:
+    """A stand-in LLM (the walking logic is what is tested, not a model): it answers a listwise
+    prompt with its passages longest first, and records the size of each generate call."""
+
+    name, max_context = "longest-first", 4096
+
+    def __init__(self) -> None:
+        from rerank.score.llm_base import LLMUsage
+
+        self.usage, self.calls = LLMUsage(), []
+
+    def render(self, message: str, answer_prefix: str = "") -> str:
+        return message + answer_prefix
+
+    def count_tokens(self, text: str) -> int:
+        return len(text.split())
+
+    def truncate(self, text: str, max_tokens: int) -> tuple[str, bool]:
+        words = text.split()
+        return " ".join(words[:max_tokens]), len(words) > max_tokens
+
+    def generate(self, prompts, max_new_tokens: int = 32) -> list[str]:
+        import re
+
+        self.calls.append(len(prompts))
+        answers = []
+        for prompt in prompts:
+            listing = re.findall(r"^\[(\d+)\] (.*)$", prompt, flags=re.M)
+            best = sorted(listing, key=lambda item: (-len(item[1]), int(item[0])))
+            answers.append(" > ".join(f"[{i}]" for i, _ in best))
+        return answers
+
+
+def test_listwise_walks_the_queries_of_a_batch_in_lockstep():
+    """Several queries' windows go out in one call per round, and each query gets the order and
+    the counts it gets alone."""
+    batch = [_cands(8, "what causes rain"), _cands(5, "why is the sky blue"), _cands(1, "one passage"),
+             _cands(7, "how do clouds form")]
+    for full in (False, True):
+        together = ListwiseReranker(_LongestFirstLLM(), window=4, step=2, full=full)
+        out = together(batch)
+        calls_alone = []
+        for cands, ranked in zip(batch, out):
+            alone = ListwiseReranker(_LongestFirstLLM(), window=4, step=2, full=full)
+            expected = alone([cands])[0]
+            assert ranked.ids == expected.ids
+            assert ranked.trace[-1].model_calls == expected.trace[-1].model_calls
+            assert ranked.trace[-1].tokens == expected.trace[-1].tokens
+            calls_alone.append(sum(alone.llm.calls))
+        if full:  # one window each: longest first
+            lengths = [len(p.text) for p in out[0].passages]
+            assert lengths == sorted(lengths, reverse=True)
+        # one call per round: windows of 4 by 2 take 3 rounds over 8 and 7 passages, 2 over 5;
+        # the lone passage needs none
+        assert together.llm.calls == ([3] if full else [3, 3, 2])
+        assert sum(together.llm.calls) == sum(calls_alone)
+
+
 def test_prp_in_a_python_pipeline_and_a_toml_config(tiny_llm_path, dl19_batch, tmp_path):
     from rerank.config import build_pipeline, dump_pipeline, parse_config
     from rerank.pipeline import Identity

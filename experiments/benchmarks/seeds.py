@@ -247,25 +247,25 @@ def fitting_depth(llm, max_passage_tokens: int) -> int:
     return max(40, min(fits))
 
 
-def listwise_run(stage, batch, key: Path) -> tuple[list[Candidates], dict]:
-    """``stage`` over ``batch`` one query at a time, with its usage, cached per query in ``key``."""
+def listwise_run(stage, batch, key: Path, chunk: int = 8) -> tuple[list[Candidates], dict]:
+    """``stage`` over ``batch``, ``chunk`` queries per call (their windows batched in lockstep),
+    with each query's work from its trace (a round's seconds shared among its queries), cached
+    per query in ``key``."""
     done = json.loads(key.read_text()) if key.is_file() else {}
+    todo = [c for c in batch if c.query.id not in done]
+    for start in range(0, len(todo), chunk):
+        for ranked in stage(todo[start:start + chunk]):
+            cost = ranked.trace[-1]
+            done[ranked.query.id] = {"order": [p.id for p in ranked.passages], "calls": cost.model_calls,
+                                     "prompt_tokens": cost.tokens,
+                                     "generated_tokens": cost.counters.get("generated_tokens", 0),
+                                     "seconds": cost.seconds, "overflows": cost.counters.get("context_overflows", 0)}
+        key.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_file(key) as fh:
+            json.dump(done, fh)
+        print(f"  {key.stem}: {len(done)} queries", flush=True)
     out = []
     for cands in batch:
-        if cands.query.id not in done:
-            usage = stage.llm.usage
-            before = (usage.calls, usage.prompt_tokens, usage.generated_tokens)
-            began = time.perf_counter()
-            [ranked] = stage([cands])
-            done[cands.query.id] = {"order": [p.id for p in ranked.passages],
-                                    "calls": usage.calls - before[0], "prompt_tokens": usage.prompt_tokens - before[1],
-                                    "generated_tokens": usage.generated_tokens - before[2],
-                                    "seconds": time.perf_counter() - began,
-                                    "overflows": ranked.trace[-1].counters.get("context_overflows", 0)}
-            key.parent.mkdir(parents=True, exist_ok=True)
-            with atomic_file(key) as fh:
-                json.dump(done, fh)
-            print(f"  {key.stem}: {len(done)} queries", flush=True)
         by_id = {p.id: p for p in cands.passages}
         order = done[cands.query.id]["order"]
         out.append(Candidates(cands.query, [by_id[d] for d in order], [float(len(order) - i) for i in range(len(order))]))
@@ -339,7 +339,18 @@ def part_expand(bench: Bench) -> dict:
 
 # -- listwise fine-tuning ---------------------------------------------------------------------
 
-def part_listwise(bench: Bench, train_queries: int, test_queries: int, max_steps: int | None) -> dict:
+def listwise_tag(train_queries: int, epochs: int, learning_rate: float) -> str:
+    """The folder of one listwise training setting (its models and their evaluations)."""
+    return f"{train_queries}q-{epochs}ep-lr{learning_rate:g}"
+
+
+def scifact_count(split: str, asked: int | None) -> int:
+    """How many SciFact ``split`` queries a run uses: ``asked``, at most all of them."""
+    return min(asked or 10**9, len(open_dataset("scifact").queries(split)))
+
+
+def part_listwise(bench: Bench, train_queries: int, test_queries: int, max_steps: int | None, epochs: int = 1,
+                  learning_rate: float = 2e-5) -> dict:
     """Complete listwise labels from the fusion teacher over SciFact train's BM25 top 20,
     SmolLM2-135M fine-tuned on them with the importance-aware and the plain LM loss, then the
     zero-shot and fine-tuned models ranking SciFact test's BM25 top 20 in one pass (the stage's
@@ -349,7 +360,7 @@ def part_listwise(bench: Bench, train_queries: int, test_queries: int, max_steps
     from rerank.retrieve.stage import Retriever
     from rerank.score.listwise import ListwiseReranker
     from rerank.train.adapt import TEACHER
-    from rerank.train.listwise import ListwiseConfig, listwise_labels, train_listwise
+    from rerank.train.listwise import ListwiseConfig, listwise_labels, read_labels, train_listwise
 
     depth, passage_tokens = (10, 32) if bench.quick else (20, 64)
     work = bench.workdir / "listwise"
@@ -369,23 +380,27 @@ def part_listwise(bench: Bench, train_queries: int, test_queries: int, max_steps
     began = time.perf_counter()
     listwise_labels(bm25([Candidates(q, [], []) for q in train]), build_pipeline(teacher_config), labels)
     print(f"labels: {len(train)} queries x {depth} ({time.perf_counter() - began:.0f}s)", flush=True)
+    wanted = {q.id for q in train}
+    examples = [e for e in read_labels(labels) if e.query_id in wanted]
+    setting = work / listwise_tag(len(train), epochs, learning_rate)
     infos = {}
     for loss in ("importance", "lm"):
-        folder = work / f"smollm2-{loss}"
+        folder = setting / f"smollm2-{loss}"
         info_file = folder / "rerank_listwise_training.json"
         if not info_file.is_file():
-            config = ListwiseConfig(loss=loss, epochs=1, max_steps=max_steps, gradient_accumulation=4,
-                                    max_passage_tokens=passage_tokens, learning_rate=2e-5, save_every=10)
-            train_listwise(labels, folder, model="smollm2-135m", config=config)
+            config = ListwiseConfig(loss=loss, epochs=epochs, max_steps=max_steps, gradient_accumulation=4,
+                                    max_passage_tokens=passage_tokens, learning_rate=learning_rate, save_every=10)
+            train_listwise(examples, folder, model="smollm2-135m", config=config)
         infos[loss] = json.loads(info_file.read_text())
         print(f"trained ({loss}): {infos[loss]['steps']} steps, {infos[loss]['train_seconds']:.0f}s", flush=True)
     test, qrels = data.queries("test")[:test_queries], data.qrels("test")
     batch = bm25([Candidates(q, [], []) for q in test])
     rows, figures = [], {}
-    for tag, model in (("zero_shot", "smollm2-135m"), ("finetuned", str(work / "smollm2-importance")),
-                       ("plain_loss", str(work / "smollm2-lm"))):
+    for tag, model, key in (("zero_shot", "smollm2-135m", work / "eval" / "zero_shot.json"),
+                            ("finetuned", str(setting / "smollm2-importance"), setting / "eval-importance.json"),
+                            ("plain_loss", str(setting / "smollm2-lm"), setting / "eval-lm.json")):
         stage = ListwiseReranker(model, full=True, max_passage_tokens=passage_tokens)
-        ranked, totals = listwise_run(stage, batch, work / "eval" / f"{tag}.json")
+        ranked, totals = listwise_run(stage, batch, key)
         figures[f"listwise_{tag}_ndcg10"] = ndcg10(ranked, qrels)
         figures[f"listwise_{tag}"] = {**totals, "nDCG@10": figures[f"listwise_{tag}_ndcg10"]}
         rows.append({"model": tag, "nDCG@10": figures[f"listwise_{tag}_ndcg10"], **totals})
@@ -399,6 +414,8 @@ def part_listwise(bench: Bench, train_queries: int, test_queries: int, max_steps
                                                            "first_losses", "last_losses", "tokens_per_example")}
                                     for k, v in infos.items()}
     figures["listwise_train_queries"], figures["listwise_test_queries"] = len(train), len(test)
+    figures["listwise_setting"] = {"epochs": epochs, "learning_rate": learning_rate, "depth": depth,
+                                   "max_passage_tokens": passage_tokens, "models": str(setting)}
     return figures
 
 
@@ -409,7 +426,9 @@ def main() -> None:
     parser.add_argument("--workdir", default=None, help="caches and models (default: models/seeds-bench[-quick])")
     parser.add_argument("--train-queries", type=int, default=None, help="listwise: SciFact train queries (default: all)")
     parser.add_argument("--test-queries", type=int, default=None, help="listwise: SciFact test queries (default: all)")
-    parser.add_argument("--max-steps", type=int, default=None, help="listwise: optimizer steps per run (default: 1 epoch)")
+    parser.add_argument("--max-steps", type=int, default=None, help="listwise: optimizer steps per run (default: the epochs')")
+    parser.add_argument("--epochs", type=int, default=1, help="listwise: epochs per run (default: 1)")
+    parser.add_argument("--learning-rate", type=float, default=2e-5, help="listwise: peak learning rate (default: 2e-5)")
     parser.add_argument("--fullrank-queries", type=int, default=10, help="fullrank: DL19 queries (default: 10)")
     parser.add_argument("--redo", action="store_true", help="recompute figures even where cached (LLM caches are kept)")
     args = parser.parse_args()
@@ -428,15 +447,19 @@ def main() -> None:
         elif part == "fullrank":
             figures.update(bench.result(part, args.redo, lambda: part_fullrank(bench, args.fullrank_queries)))
         elif part == "fullrank-finetuned":  # after listwise: the importance-loss model, as fullrank
-            model = str(workdir / "listwise" / "smollm2-importance")
+            model = str(workdir / "listwise" / listwise_tag(scifact_count("train", args.train_queries), args.epochs,
+                                                            args.learning_rate) / "smollm2-importance")
             figures.update(bench.result(part, args.redo, lambda model=model: part_fullrank(
                 bench, args.fullrank_queries, model=model, tag="finetuned")))
         elif part == "expand":
             figures.update(bench.result(part, args.redo, lambda: part_expand(bench)))
         elif part == "listwise":
-            sizes = (6, 3, 2) if args.quick else (args.train_queries or 10_000, args.test_queries or 10_000,
-                                                 args.max_steps)
-            figures.update(bench.result(part, args.redo, lambda sizes=sizes: part_listwise(bench, *sizes)))
+            sizes = (6, 3, 2) if args.quick else (scifact_count("train", args.train_queries),
+                                                 scifact_count("test", args.test_queries), args.max_steps)
+            cached = ("listwise" if args.quick else
+                      f"listwise-{listwise_tag(sizes[0], args.epochs, args.learning_rate)}-test{sizes[1]}")
+            figures.update(bench.result(cached, args.redo, lambda sizes=sizes: part_listwise(
+                bench, *sizes, epochs=args.epochs, learning_rate=args.learning_rate)))
         else:
             parser.error(f"unknown part {part!r}")
         print(f"({part}: {time.perf_counter() - began:.0f}s)", flush=True)

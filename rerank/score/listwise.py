@@ -16,7 +16,7 @@ from __future__ import annotations
 import re
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from rerank.costs import Stopwatch
@@ -45,6 +45,12 @@ class PermutationRepairs:
     repeated: int = 0
     missing: int = 0
 
+    def add(self, other: PermutationRepairs) -> None:
+        """Count ``other``'s repairs too."""
+        self.invented += other.invented
+        self.repeated += other.repeated
+        self.missing += other.missing
+
 
 def parse_permutation(text: str, n: int, repairs: PermutationRepairs | None = None) -> list[int]:
     """A full order of ``range(n)`` from an answer naming 1-based ids (``[3] > [1] > [2]``).
@@ -67,6 +73,65 @@ def parse_permutation(text: str, n: int, repairs: PermutationRepairs | None = No
     rest = [i for i in range(n) if i not in seen]
     repairs.missing += len(rest)
     return order + rest
+
+
+@dataclass
+class _WindowRequest:
+    """One window's prompt: ``n`` passages, room for the answer (generation) or the letters
+    whose first-token log-probabilities order it (FIRST)."""
+
+    prompt: str
+    n: int
+    answer_tokens: int = 0
+    letters: list[str] = field(default_factory=list)
+
+
+@dataclass
+class _WindowAnswer:
+    """One window's order (input positions, best first), its answer's tokens and repairs."""
+
+    order: list[int]
+    generated_tokens: int = 0
+    repairs: PermutationRepairs = field(default_factory=PermutationRepairs)
+
+
+@dataclass
+class _Walk:
+    """One query's windows, slid from the bottom of its list to the top, and their work."""
+
+    order: list[int]
+    end: int
+    window: int
+    calls: int = 0
+    prompt_tokens: int = 0
+    generated_tokens: int = 0
+    seconds: float = 0.0
+    context_overflows: int = 0
+    truncated_passages: int = 0
+    repairs: PermutationRepairs = field(default_factory=PermutationRepairs)
+    done: bool = False
+
+    def __post_init__(self) -> None:
+        self.done = len(self.order) < 2
+
+    def window_ids(self) -> list[int]:
+        """The input positions in the current window, in their current order."""
+        return self.order[max(0, self.end - self.window):self.end]
+
+    def advance(self, new: list[int], step: int) -> None:
+        """Apply the window's answer and move ``step`` up (done after the top window)."""
+        start = max(0, self.end - self.window)
+        ids = self.order[start:self.end]
+        self.order[start:self.end] = [ids[i] for i in new]
+        if start == 0:
+            self.done = True
+        self.end -= step
+
+    def counters(self) -> dict[str, int]:
+        """The trace's per-query counters."""
+        return {"context_overflows": self.context_overflows, "invented_ids": self.repairs.invented,
+                "repeated_ids": self.repairs.repeated, "missing_ids": self.repairs.missing,
+                "truncated_passages": self.truncated_passages, "generated_tokens": self.generated_tokens}
 
 
 class ListwiseReranker(Scorer, kind="listwise"):
@@ -108,33 +173,46 @@ class ListwiseReranker(Scorer, kind="listwise"):
         self.repairs = PermutationRepairs()
         self.fit = FitStats()
 
-    def _rank_window(self, query: str, passages: list) -> list[int]:
-        if self.mode == "first":
-            return self._rank_window_first(query, passages)
+    def _window_request(self, query: str, passages: list) -> _WindowRequest:
+        """The prompt of one window (checked against the context, passages cut to fit)."""
         n = len(passages)
+        if self.mode == "first":
+            if n > len(FIRST_IDS):
+                raise ValueError(f"mode='first' ranks at most {len(FIRST_IDS)} passages in one window, got {n}; "
+                                 "use a sliding window (full=False, window <= 26)")
+            letters = list(FIRST_IDS[:n])
+            self._check_fit(query, passages, LISTWISE_FIRST, 2)
+            texts = fit_passages(self.llm, passages, LISTWISE_FIRST, self.max_passage_tokens, self.fit,
+                                 extra_answer_tokens=2, query=query, n=str(n))
+            listing = "\n".join(f"[{letter}] {t}" for letter, t in zip(letters, texts))
+            return _WindowRequest(self.llm.render(LISTWISE_FIRST.format(n=n, query=query, passages=listing)), n, 0,
+                                  letters)
         answer_tokens = 6 * n + 8  # "[12] > " is about 5-6 tokens per id
         self._check_fit(query, passages, LISTWISE, answer_tokens)
         texts = fit_passages(self.llm, passages, LISTWISE, self.max_passage_tokens, self.fit,
                              extra_answer_tokens=answer_tokens, query=query, n=str(n))
         listing = "\n".join(f"[{i + 1}] {t}" for i, t in enumerate(texts))
-        prompt = self.llm.render(LISTWISE.format(n=n, query=query, passages=listing))
-        answer = self.llm.generate([prompt], max_new_tokens=answer_tokens)[0]
-        return parse_permutation(answer, n, self.repairs)
+        return _WindowRequest(self.llm.render(LISTWISE.format(n=n, query=query, passages=listing)), n, answer_tokens)
 
-    def _rank_window_first(self, query: str, passages: list) -> list[int]:
-        """The window ordered by the log-probability of each letter as the answer's first token."""
-        n = len(passages)
-        if n > len(FIRST_IDS):
-            raise ValueError(f"mode='first' ranks at most {len(FIRST_IDS)} passages in one window, got {n}; "
-                             "use a sliding window (full=False, window <= 26)")
-        letters = list(FIRST_IDS[:n])
-        self._check_fit(query, passages, LISTWISE_FIRST, 2)
-        texts = fit_passages(self.llm, passages, LISTWISE_FIRST, self.max_passage_tokens, self.fit,
-                             extra_answer_tokens=2, query=query, n=str(n))
-        listing = "\n".join(f"[{letter}] {t}" for letter, t in zip(letters, texts))
-        prompt = self.llm.render(LISTWISE_FIRST.format(n=n, query=query, passages=listing))
-        [logprobs] = self.llm.logprobs([prompt], [letters])
-        return sorted(range(n), key=lambda i: -logprobs[i])  # stable: equal logits keep the input order
+    def _answer(self, requests: list[_WindowRequest]) -> list[_WindowAnswer]:
+        """Each window's order (input positions, best first), from one batched call: prompts
+        sorted by length so that a batch pads little."""
+        by_length = sorted(range(len(requests)), key=lambda i: len(requests[i].prompt))
+        prompts = [requests[i].prompt for i in by_length]
+        results = [_WindowAnswer([])] * len(requests)
+        if self.mode == "first":
+            table = self.llm.logprobs(prompts, [requests[i].letters for i in by_length])
+            for i, logprobs in zip(by_length, table):
+                # stable: equal logits keep the input order
+                results[i] = _WindowAnswer(sorted(range(requests[i].n), key=lambda j, lp=logprobs: -lp[j]))
+            return results
+        answers = self.llm.generate(prompts, max_new_tokens=max(r.answer_tokens for r in requests))
+        for i, answer in zip(by_length, answers):
+            repairs = PermutationRepairs()
+            order = parse_permutation(answer, requests[i].n, repairs)
+            self.repairs.add(repairs)
+            results[i] = _WindowAnswer(order, self.llm.count_tokens(answer), repairs)
+        return results
 
     def prompt_tokens_needed(self, query: str, passages: list, template: str, answer_tokens: int) -> int:
         """Tokens the window's prompt takes with every passage at up to ``max_passage_tokens``
@@ -160,45 +238,38 @@ class ListwiseReranker(Scorer, kind="listwise"):
         if self.overflows == 1:
             warnings.warn(message + f": each passage is cut to about {share} tokens", stacklevel=3)
 
-    def _counts(self) -> dict[str, int]:
-        return {"context_overflows": self.overflows, "invented_ids": self.repairs.invented, "repeated_ids": self.repairs.repeated,
-                "missing_ids": self.repairs.missing, "truncated_passages": self.fit.truncated}
-
     def score_pairs(self, batch: Sequence[Candidates]) -> tuple[Sequence[Any], Work]:
         """Rank-based scores (``n`` for the best of ``n`` down to 1) in the input order, so the
-        shared re-sort gives exactly the permutation the windows produced; the work is per query."""
-        scores, seconds, calls, tokens, counters = [], [], [], [], []
-        for cands in batch:
-            calls_before, tokens_before = self.llm.usage.calls, self.llm.usage.prompt_tokens
-            generated_before = self.llm.usage.generated_tokens
-            before = self._counts()
+        shared re-sort gives exactly the permutation the windows produced.
+
+        The queries of a batch walk their windows in lockstep: each round sends the current
+        window of every query still walking in one batched LLM call (one round in all when each
+        list fits one window, as with ``full=True``). The work is per query: its windows (calls),
+        their prompt and answer tokens (counted with the model's tokenizer), and its share of
+        each round's seconds."""
+        walks = [_Walk(list(range(len(c))), len(c), len(c) if self.full else self.window) for c in batch]
+        while active := [(c, w) for c, w in zip(batch, walks) if not w.done]:
+            requests = []
+            for cands, walk in active:
+                overflows, truncated = self.overflows, self.fit.truncated
+                requests.append(self._window_request(cands.query.text, [cands.passages[i] for i in walk.window_ids()]))
+                walk.context_overflows += self.overflows - overflows
+                walk.truncated_passages += self.fit.truncated - truncated
             with Stopwatch() as watch:
-                order = self._permutation(cands)
-            n = len(order)
+                answers = self._answer(requests)
+            for (_, walk), request, answer in zip(active, requests, answers):
+                walk.advance(answer.order, self.step)
+                walk.calls += 1
+                walk.prompt_tokens += self.llm.count_tokens(request.prompt)
+                walk.generated_tokens += answer.generated_tokens
+                walk.repairs.add(answer.repairs)
+                walk.seconds += watch.seconds / len(active)
+        scores = []
+        for walk in walks:
+            n = len(walk.order)
             ranks = [0.0] * n
-            for r, i in enumerate(order):
+            for r, i in enumerate(walk.order):
                 ranks[i] = float(n - r)
             scores.append(ranks)
-            seconds.append(watch.seconds)
-            calls.append(self.llm.usage.calls - calls_before)
-            tokens.append(self.llm.usage.prompt_tokens - tokens_before)
-            counters.append({**{key: value - before[key] for key, value in self._counts().items()},
-                             "generated_tokens": self.llm.usage.generated_tokens - generated_before})
-        return scores, Work(calls, tokens, seconds, counters)
-
-    def _permutation(self, cands: Candidates) -> list[int]:
-        """Input positions best first, from windows slid from the bottom of the list to the top."""
-        order = list(range(len(cands)))
-        n = len(order)
-        window = n if self.full else self.window
-        if n > 1:
-            end = n
-            while True:
-                start = max(0, end - window)
-                ids = order[start:end]
-                new = self._rank_window(cands.query.text, [cands.passages[i] for i in ids])
-                order[start:end] = [ids[i] for i in new]
-                if start == 0:
-                    break
-                end -= self.step
-        return order
+        return scores, Work([w.calls for w in walks], [w.prompt_tokens for w in walks], [w.seconds for w in walks],
+                            [w.counters() for w in walks])
