@@ -15,6 +15,7 @@ from rerank.train.listwise import (
     ListwiseExample,
     ListwiseTrainingError,
     encode_example,
+    example_loss,
     listwise_labels,
     read_labels,
     target_text,
@@ -48,6 +49,22 @@ def test_importance_weights_follow_the_rank_of_each_identifier(tiny_llm_path):
     assert all(w == 1.0 for w, lab in zip(plain, labels) if lab != -100)
     prompt = tokenizer.decode([i for i, lab in zip(ids, labels) if lab == -100], skip_special_tokens=True)
     assert "rank the 3 passages above" in prompt and "[ 1 ] axons" in prompt and "[ 3 ] the moon" in prompt
+
+
+def test_the_loss_over_the_answer_positions_equals_the_whole_sequence_loss(tiny_llm_path):
+    """Only the answer's positions go through the output layer; the reference computes the
+    logits of every position and weights the answer's tokens (the recipe as written)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llm_path)
+    net = AutoModelForCausalLM.from_pretrained(tiny_llm_path, torch_dtype=torch.float32)
+    ids, labels, weights = encode_example(tokenizer, _example(n=5), max_context=512, max_passage_tokens=16)
+    with torch.no_grad():
+        logits = net(input_ids=torch.tensor([ids])).logits[0].double()
+        table = torch.log_softmax(logits, dim=-1)
+        picked = [(-float(table[t - 1, ids[t]]), weights[t]) for t in range(1, len(ids)) if labels[t] != -100]
+        reference = sum(nll * w for nll, w in picked) / sum(w for _, w in picked)
+        assert float(example_loss(net, ids, labels, weights)) == pytest.approx(reference, rel=1e-4)
 
 
 class ByLength(Stage):

@@ -161,9 +161,9 @@ def part_judge(bench: Bench) -> dict:
     data = open_dataset(DL19)
     human = data.qrels("test")
     runs = dl19_runs(bench.quick)
-    queries = sorted(human)[:3] if bench.quick else sorted(human)
+    queries = sorted(human)[:2] if bench.quick else sorted(human)
     runs = {name: {q: run[q] for q in queries if q in run} for name, run in runs.items()}
-    depth = 3 if bench.quick else 10
+    depth = 2 if bench.quick else 10
     judges, reports = {}, {}
     for prompt in ("umbrela", "basic"):
         out = bench.workdir / "judge" / f"smollm2-{prompt}.qrels"
@@ -280,15 +280,16 @@ def part_fullrank(bench: Bench, queries: int = 10, model: str = "smollm2-135m", 
     from rerank.score.llm import open_llm
 
     llm = open_llm(model)
-    depth = 40 if bench.quick else fitting_depth(llm, 96)
-    batch, qrels = dl19_candidates(depth, 2 if bench.quick else queries)
+    passage_tokens = 24 if bench.quick else 96  # --quick: fp32 generation without native bf16 is slow
+    depth = 40 if bench.quick else fitting_depth(llm, passage_tokens)
+    batch, qrels = dl19_candidates(depth, 1 if bench.quick else queries)
     rows, figures = [], {}
-    for mode, stage in (("sliding (20, 10)", ListwiseReranker(llm, window=20, step=10, max_passage_tokens=96)),
-                        ("one pass", ListwiseReranker(llm, full=True, max_passage_tokens=96))):
+    for mode, stage in (("sliding (20, 10)", ListwiseReranker(llm, window=20, step=10, max_passage_tokens=passage_tokens)),
+                        ("one pass", ListwiseReranker(llm, full=True, max_passage_tokens=passage_tokens))):
         ranked, totals = listwise_run(stage, batch, bench.workdir / "fullrank" / f"{tag}-{mode.split()[0]}.json")
         figures[mode] = {**totals, "nDCG@10": ndcg10(ranked, qrels)}
         rows.append({"model": tag, "mode": mode, **figures[mode]})
-    print(f"DL19 BM25 top {depth} ({len(batch)} queries), passages up to 96 tokens, {llm.name} "
+    print(f"DL19 BM25 top {depth} ({len(batch)} queries), passages up to {passage_tokens} tokens, {llm.name} "
           f"(context {llm.max_context})")
     print_table(rows, ["model", "mode", "calls", "prompt_tokens", "generated_tokens", "seconds_per_query",
                        "overflows", "nDCG@10"])
@@ -437,6 +438,8 @@ def main() -> None:
     parts = [p.strip() for p in args.parts.split(",") if p.strip()]
     print(f"{machine()}; parts: {', '.join(parts)}; workdir {workdir}")
     figures: dict = {"quick": args.quick}
+    sizes = (6, 2, 1) if args.quick else (scifact_count("train", args.train_queries),
+                                         scifact_count("test", args.test_queries), args.max_steps)
     for part in parts:
         began = time.perf_counter()
         print(f"\n## {part}", flush=True)
@@ -447,15 +450,13 @@ def main() -> None:
         elif part == "fullrank":
             figures.update(bench.result(part, args.redo, lambda: part_fullrank(bench, args.fullrank_queries)))
         elif part == "fullrank-finetuned":  # after listwise: the importance-loss model, as fullrank
-            model = str(workdir / "listwise" / listwise_tag(scifact_count("train", args.train_queries), args.epochs,
-                                                            args.learning_rate) / "smollm2-importance")
+            model = str(workdir / "listwise" / listwise_tag(sizes[0], args.epochs, args.learning_rate)
+                        / "smollm2-importance")
             figures.update(bench.result(part, args.redo, lambda model=model: part_fullrank(
                 bench, args.fullrank_queries, model=model, tag="finetuned")))
         elif part == "expand":
             figures.update(bench.result(part, args.redo, lambda: part_expand(bench)))
         elif part == "listwise":
-            sizes = (6, 3, 2) if args.quick else (scifact_count("train", args.train_queries),
-                                                 scifact_count("test", args.test_queries), args.max_steps)
             cached = ("listwise" if args.quick else
                       f"listwise-{listwise_tag(sizes[0], args.epochs, args.learning_rate)}-test{sizes[1]}")
             figures.update(bench.result(cached, args.redo, lambda sizes=sizes: part_listwise(

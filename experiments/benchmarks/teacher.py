@@ -567,11 +567,11 @@ def main() -> None:
     parser.add_argument("--parts", default=None,
                         help="comma-separated parts to run (default: all but colbert; --quick: adapt on Vaswani only)")
     parser.add_argument("--workdir", default=None, help="models, scores and figures (default: models/teacher-bench[-quick])")
-    parser.add_argument("--latency-queries", type=int, default=None, help="queries timed one by one (default: 30; 3 quick)")
+    parser.add_argument("--latency-queries", type=int, default=None, help="queries timed one by one (default: 30; 2 quick)")
     parser.add_argument("--redo", action="store_true", help="recompute figures even where cached (models are reused)")
     args = parser.parse_args()
     workdir = Path(args.workdir or REPO / "models" / ("teacher-bench-quick" if args.quick else "teacher-bench"))
-    bench = Bench(workdir, args.quick, args.latency_queries or (3 if args.quick else 30))
+    bench = Bench(workdir, args.quick, args.latency_queries or (2 if args.quick else 30))
     parts = [p.strip() for p in (args.parts or (QUICK_PARTS if args.quick else PARTS)).split(",") if p.strip()]
     print(f"{machine()}; parts: {', '.join(parts)}; workdir {workdir}")
     figures: dict = {"quick": args.quick}

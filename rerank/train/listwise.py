@@ -258,15 +258,8 @@ def train_listwise(labels: str | Path | Sequence[ListwiseExample], out: str | Pa
             optimizer.zero_grad(set_to_none=True)
             step_loss = 0.0
             for i in chosen:
-                ids, labels_, weights = encoded[i]
-                input_ids = torch.tensor([ids])
                 with autocast if autocast is not None else _null():
-                    logits = net(input_ids=input_ids).logits[0, :-1].float()
-                target = torch.tensor(labels_[1:])
-                w = torch.tensor(weights[1:])
-                token_loss = torch.nn.functional.cross_entropy(logits, target.clamp(min=0), reduction="none")
-                mask = (target != -100).float()
-                loss = (token_loss * w * mask).sum() / (w * mask).sum().clamp(min=1e-6)
+                    loss = example_loss(net, *encoded[i])
                 (loss / len(chosen)).backward()
                 step_loss += float(loss.detach()) / len(chosen)
             torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
@@ -291,6 +284,21 @@ def train_listwise(labels: str | Path | Sequence[ListwiseExample], out: str | Pa
     return info
 
 
+def example_loss(net, ids: list[int], labels: list[int], weights: list[float]):
+    """The weighted cross-entropy of one encoded example's answer tokens. Only the positions
+    that predict the answer (which ends the sequence) go through the output layer: the
+    prompt's ~1,500 positions times a 49k-token vocabulary would be a tenth of the step."""
+    import torch
+
+    answer = len(labels) - next(i for i, label in enumerate(labels) if label != -100)
+    logits = net(input_ids=torch.tensor([ids]), logits_to_keep=answer + 1).logits[0, :-1].float()
+    target = torch.tensor(labels[-answer:])
+    w = torch.tensor(weights[-answer:])
+    token_loss = torch.nn.functional.cross_entropy(logits, target.clamp(min=0), reduction="none")
+    mask = (target != -100).float()
+    return (token_loss * w * mask).sum() / (w * mask).sum().clamp(min=1e-6)
+
+
 class _null:
     def __enter__(self):
         return None
@@ -312,5 +320,5 @@ def _save_checkpoint(folder: Path, net, tokenizer, optimizer, scheduler, step: i
                         "python_rng": random.getstate(), "torch_rng": torch.get_rng_state()}, fh)
 
 
-__all__ = ["LOSSES", "ListwiseConfig", "ListwiseExample", "ListwiseTrainingError", "encode_example",
+__all__ = ["LOSSES", "ListwiseConfig", "ListwiseExample", "ListwiseTrainingError", "encode_example", "example_loss",
            "listwise_labels", "read_labels", "target_text", "train_listwise"]
