@@ -204,7 +204,8 @@ class ListwiseReranker(Scorer, kind="listwise"):
             table = self.llm.logprobs(prompts, [requests[i].letters for i in by_length])
             for i, logprobs in zip(by_length, table):
                 # stable: equal logits keep the input order
-                results[i] = _WindowAnswer(sorted(range(requests[i].n), key=lambda j, lp=logprobs: -lp[j]))
+                negated = [-value for value in logprobs]
+                results[i] = _WindowAnswer(sorted(range(requests[i].n), key=negated.__getitem__))
             return results
         answers = self.llm.generate(prompts, max_new_tokens=max(r.answer_tokens for r in requests))
         for i, answer in zip(by_length, answers):
