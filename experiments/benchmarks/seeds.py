@@ -21,7 +21,8 @@ LLM work in caches beside them, so a killed run resumes):
   engine's z-score fusion of BM25, MiniLM and SPLADE-tiny: its best pipeline that needs no
   trained model), SmolLM2-135M fine-tuned on them with the importance-aware and the plain loss,
   and the three (with zero-shot) ranking SciFact test's BM25 top 20 in one pass ->
-  ``listwise_*_ndcg10``.
+  ``listwise_*_ndcg10``, beside the teacher's own order of those candidates (what the labels
+  could teach) and each model's mean Kendall τ against BM25's order and the teacher's.
 
     python experiments/benchmarks/seeds.py [--quick] [--parts measures,judge,fullrank,expand,listwise]
 
@@ -34,6 +35,7 @@ import json
 import random
 import time
 from pathlib import Path
+from statistics import mean
 
 from _common import DL19, machine, print_json, print_table
 
@@ -46,6 +48,20 @@ REPO = Path(__file__).resolve().parents[2]
 SHARED = DL19.parent
 PARTS = "measures,judge,fullrank,expand,listwise,fullrank-finetuned"
 GOALS = {"judge_measures_exact": 1, "fullrank_tokens_vs_sliding": 0.5}
+LISTWISE_GOALS = {"listwise_finetuned_above_zero_shot": "fine-tuned nDCG@10 > zero-shot",
+                  "listwise_importance_at_least_plain": "importance-aware nDCG@10 >= plain loss",
+                  "listwise_training_within_90_minutes": "each training run <= 5,400 s"}
+
+
+def listwise_goal_checks(figures: dict) -> dict[str, dict]:
+    """The listwise goals, which compare figures with each other: each with the figures it read."""
+    tuned, zero, plain = (figures[f"listwise_{k}_ndcg10"] for k in ("finetuned", "zero_shot", "plain_loss"))
+    seconds = {k: v["train_seconds"] for k, v in figures["listwise_training"].items()}
+    return {"listwise_finetuned_above_zero_shot": {"met": tuned > zero, "figures": {"finetuned": tuned,
+                                                                                    "zero_shot": zero}},
+            "listwise_importance_at_least_plain": {"met": tuned >= plain, "figures": {"importance": tuned,
+                                                                                      "plain": plain}},
+            "listwise_training_within_90_minutes": {"met": max(seconds.values()) <= 5400, "figures": seconds}}
 CONTROL_FLIP = 0.3
 QUICK_TEACHER = 'pipeline = "minilm"\n[stages.minilm]\nkind = "bi-encoder"\nmodel = "minilm-l6"\n'
 
@@ -350,12 +366,25 @@ def scifact_count(split: str, asked: int | None) -> int:
     return min(asked or 10**9, len(open_dataset("scifact").queries(split)))
 
 
+def mean_order_tau(ranked: list[Candidates], reference: list[Candidates]) -> float:
+    """Mean over queries of Kendall's τ between two orders of the same candidates (1: the same order)."""
+    from scipy.stats import kendalltau
+
+    taus = []
+    for got, ref in zip(ranked, reference):
+        position = {p.id: i for i, p in enumerate(got.passages)}
+        taus.append(kendalltau(range(len(ref.passages)), [position[p.id] for p in ref.passages]).statistic)
+    return round(mean(taus), 4)
+
+
 def part_listwise(bench: Bench, train_queries: int, test_queries: int, max_steps: int | None, epochs: int = 1,
                   learning_rate: float = 2e-5) -> dict:
     """Complete listwise labels from the fusion teacher over SciFact train's BM25 top 20,
     SmolLM2-135M fine-tuned on them with the importance-aware and the plain LM loss, then the
     zero-shot and fine-tuned models ranking SciFact test's BM25 top 20 in one pass (the stage's
     default window of 20 holds them all: one pass against sliding windows is :func:`part_fullrank`'s)."""
+    from scipy.stats import kendalltau
+
     from rerank.config import build_pipeline
     from rerank.retrieve.build import build_index
     from rerank.retrieve.stage import Retriever
@@ -396,6 +425,7 @@ def part_listwise(bench: Bench, train_queries: int, test_queries: int, max_steps
         print(f"trained ({loss}): {infos[loss]['steps']} steps, {infos[loss]['train_seconds']:.0f}s", flush=True)
     test, qrels = data.queries("test")[:test_queries], data.qrels("test")
     batch = bm25([Candidates(q, [], []) for q in test])
+    teacher_batch = build_pipeline(teacher_config)(batch)
     rows, figures = [], {}
     for tag, model, key in (("zero_shot", "smollm2-135m", work / "eval" / "zero_shot.json"),
                             ("finetuned", str(setting / "smollm2-importance"), setting / "eval-importance.json"),
@@ -403,14 +433,22 @@ def part_listwise(bench: Bench, train_queries: int, test_queries: int, max_steps
         stage = ListwiseReranker(model, full=True, max_passage_tokens=passage_tokens)
         ranked, totals = listwise_run(stage, batch, key)
         figures[f"listwise_{tag}_ndcg10"] = ndcg10(ranked, qrels)
-        figures[f"listwise_{tag}"] = {**totals, "nDCG@10": figures[f"listwise_{tag}_ndcg10"]}
-        rows.append({"model": tag, "nDCG@10": figures[f"listwise_{tag}_ndcg10"], **totals})
+        agreement = {"tau_vs_bm25": mean_order_tau(ranked, batch), "tau_vs_teacher": mean_order_tau(ranked, teacher_batch),
+                     "top1_kept": sum(r.passages[0].id == c.passages[0].id for r, c in zip(ranked, batch))}
+        figures[f"listwise_{tag}"] = {**totals, "nDCG@10": figures[f"listwise_{tag}_ndcg10"], **agreement}
+        rows.append({"model": tag, "nDCG@10": figures[f"listwise_{tag}_ndcg10"], **totals, **agreement})
     figures["listwise_bm25_ndcg10"] = ndcg10(batch, qrels)
+    figures["listwise_teacher_ndcg10"] = ndcg10(teacher_batch, qrels)
+    figures["listwise_labels_tau_vs_bm25"] = round(mean(
+        kendalltau(range(len(e.order)), [e.order.index(i) for i in range(len(e.order))]).statistic
+        for e in examples), 4)
     print(f"SciFact test BM25 top {depth} ({len(test)} queries), passages cut to {passage_tokens} tokens; "
           f"fine-tuned on {len(train)} SciFact train queries' complete lists from the fusion teacher")
     print_table(rows, ["model", "nDCG@10", "calls", "prompt_tokens", "generated_tokens", "seconds_per_query",
-                       "overflows"])
-    print(f"BM25 top {depth} alone: {figures['listwise_bm25_ndcg10']}")
+                       "overflows", "tau_vs_bm25", "tau_vs_teacher", "top1_kept"])
+    print(f"BM25 top {depth} alone: {figures['listwise_bm25_ndcg10']}; the teacher's order of the same candidates "
+          f"(the labels' source): {figures['listwise_teacher_ndcg10']}; the training labels' mean Kendall tau "
+          f"against BM25's order: {figures['listwise_labels_tau_vs_bm25']}")
     figures["listwise_training"] = {k: {x: v[x] for x in ("steps", "examples", "train_seconds", "precision",
                                                            "first_losses", "last_losses", "tokens_per_example")}
                                     for k, v in infos.items()}
@@ -466,10 +504,15 @@ def main() -> None:
         print(f"({part}: {time.perf_counter() - began:.0f}s)", flush=True)
     shortfalls = {k: v for k, v in GOALS.items() if isinstance(figures.get(k), (int, float)) and
                   (figures[k] < v if k == "judge_measures_exact" else figures[k] > v)}
-    figures["goals"] = GOALS
+    figures["goals"] = {**GOALS, **LISTWISE_GOALS}
     figures["missed_goals"] = {k: figures[k] for k in shortfalls}
-    if shortfalls:
-        print("\nmissed goals: " + ", ".join(f"{k} = {figures[k]} (goal {GOALS[k]})" for k in shortfalls))
+    missed = [f"{k} = {figures[k]} (goal {GOALS[k]})" for k in shortfalls]
+    if "listwise_finetuned_ndcg10" in figures:  # the listwise goals compare figures with each other
+        checks = listwise_goal_checks(figures)
+        figures["missed_goals"].update({k: v for k, v in checks.items() if not v["met"]})
+        missed += [f"{k}: {v['figures']}" for k, v in checks.items() if not v["met"]]
+    if missed:
+        print("\nmissed goals: " + "; ".join(missed))
     print_json(figures)
 
 
