@@ -51,6 +51,8 @@ GOALS = {"judge_measures_exact": 1, "fullrank_tokens_vs_sliding": 0.5}
 LISTWISE_GOALS = {"listwise_finetuned_above_zero_shot": "fine-tuned nDCG@10 > zero-shot",
                   "listwise_importance_at_least_plain": "importance-aware nDCG@10 >= plain loss",
                   "listwise_training_within_90_minutes": "each training run <= 5,400 s"}
+CONTROL_FLIP = 0.3
+QUICK_TEACHER = 'pipeline = "minilm"\n[stages.minilm]\nkind = "bi-encoder"\nmodel = "minilm-l6"\n'
 
 
 def listwise_goal_checks(figures: dict) -> dict[str, dict]:
@@ -62,8 +64,6 @@ def listwise_goal_checks(figures: dict) -> dict[str, dict]:
             "listwise_importance_at_least_plain": {"met": tuned >= plain, "figures": {"importance": tuned,
                                                                                       "plain": plain}},
             "listwise_training_within_90_minutes": {"met": max(seconds.values()) <= 5400, "figures": seconds}}
-CONTROL_FLIP = 0.3
-QUICK_TEACHER = 'pipeline = "minilm"\n[stages.minilm]\nkind = "bi-encoder"\nmodel = "minilm-l6"\n'
 
 
 class Bench:
@@ -366,14 +366,20 @@ def scifact_count(split: str, asked: int | None) -> int:
     return min(asked or 10**9, len(open_dataset("scifact").queries(split)))
 
 
-def mean_order_tau(ranked: list[Candidates], reference: list[Candidates]) -> float:
-    """Mean over queries of Kendall's τ between two orders of the same candidates (1: the same order)."""
+def order_tau(positions: list[int]) -> float:
+    """Kendall's τ between a reference order and another: ``positions[i]`` is where the other order
+    puts the reference's i-th item (1: the same order)."""
     from scipy.stats import kendalltau
 
+    return float(kendalltau(range(len(positions)), positions).statistic)
+
+
+def mean_order_tau(ranked: list[Candidates], reference: list[Candidates]) -> float:
+    """Mean over queries of Kendall's τ between two orders of the same candidates (1: the same order)."""
     taus = []
     for got, ref in zip(ranked, reference):
         position = {p.id: i for i, p in enumerate(got.passages)}
-        taus.append(kendalltau(range(len(ref.passages)), [position[p.id] for p in ref.passages]).statistic)
+        taus.append(order_tau([position[p.id] for p in ref.passages]))
     return round(mean(taus), 4)
 
 
@@ -383,8 +389,6 @@ def part_listwise(bench: Bench, train_queries: int, test_queries: int, max_steps
     SmolLM2-135M fine-tuned on them with the importance-aware and the plain LM loss, then the
     zero-shot and fine-tuned models ranking SciFact test's BM25 top 20 in one pass (the stage's
     default window of 20 holds them all: one pass against sliding windows is :func:`part_fullrank`'s)."""
-    from scipy.stats import kendalltau
-
     from rerank.config import build_pipeline
     from rerank.retrieve.build import build_index
     from rerank.retrieve.stage import Retriever
@@ -408,7 +412,8 @@ def part_listwise(bench: Bench, train_queries: int, test_queries: int, max_steps
     teacher_config.write_text(QUICK_TEACHER if bench.quick else
                               TEACHER.format(indexes=root.resolve().as_posix(), precision="auto"))
     began = time.perf_counter()
-    listwise_labels(bm25([Candidates(q, [], []) for q in train]), build_pipeline(teacher_config), labels)
+    teacher = build_pipeline(teacher_config)
+    listwise_labels(bm25([Candidates(q, [], []) for q in train]), teacher, labels)
     print(f"labels: {len(train)} queries x {depth} ({time.perf_counter() - began:.0f}s)", flush=True)
     wanted = {q.id for q in train}
     examples = [e for e in read_labels(labels) if e.query_id in wanted]
@@ -425,7 +430,7 @@ def part_listwise(bench: Bench, train_queries: int, test_queries: int, max_steps
         print(f"trained ({loss}): {infos[loss]['steps']} steps, {infos[loss]['train_seconds']:.0f}s", flush=True)
     test, qrels = data.queries("test")[:test_queries], data.qrels("test")
     batch = bm25([Candidates(q, [], []) for q in test])
-    teacher_batch = build_pipeline(teacher_config)(batch)
+    teacher_batch = teacher(batch)
     rows, figures = [], {}
     for tag, model, key in (("zero_shot", "smollm2-135m", work / "eval" / "zero_shot.json"),
                             ("finetuned", str(setting / "smollm2-importance"), setting / "eval-importance.json"),
@@ -440,8 +445,7 @@ def part_listwise(bench: Bench, train_queries: int, test_queries: int, max_steps
     figures["listwise_bm25_ndcg10"] = ndcg10(batch, qrels)
     figures["listwise_teacher_ndcg10"] = ndcg10(teacher_batch, qrels)
     figures["listwise_labels_tau_vs_bm25"] = round(mean(
-        kendalltau(range(len(e.order)), [e.order.index(i) for i in range(len(e.order))]).statistic
-        for e in examples), 4)
+        order_tau([e.order.index(i) for i in range(len(e.order))]) for e in examples), 4)
     print(f"SciFact test BM25 top {depth} ({len(test)} queries), passages cut to {passage_tokens} tokens; "
           f"fine-tuned on {len(train)} SciFact train queries' complete lists from the fusion teacher")
     print_table(rows, ["model", "nDCG@10", "calls", "prompt_tokens", "generated_tokens", "seconds_per_query",
