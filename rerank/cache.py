@@ -173,6 +173,8 @@ def stage_fingerprint(stage: Stage, cache: ScoreCache) -> str:
     explicit = getattr(stage, "fingerprint", None)
     config = stage.config() if stage.kind is not None else {"class": type(stage).__qualname__}
     config.pop("precision", None)  # the precision it runs in (below) is what counts, not what was asked
+    for setting in getattr(stage, "transport_settings", ()):  # how scores are fetched, not what they are
+        config.pop(setting, None)
     settings: dict[str, str] = getattr(stage, "runtime_settings", dict)()
     runs = {k: v for k, v in settings.items() if k in ("precision", "backend", "recipe", "dtype", "windows")}
     files: dict[str, str] = {}
@@ -261,7 +263,7 @@ class CachedScores(Scorer):
 def cacheable(stage: Stage) -> bool:
     """Whether ``stage`` is a leaf worth caching: a pointwise scorer that runs a model or an endpoint."""
     return bool(getattr(stage, "pointwise", False)) and hasattr(stage, "score_pairs") \
-        and not isinstance(stage, CachedScores) and (getattr(stage, "loads_model", False) or stage.kind == "remote")
+        and not isinstance(stage, CachedScores) and (getattr(stage, "loads_model", False) or stage.remote)
 
 
 def with_score_cache(pipeline: Stage, cache: ScoreCache | str | Path, **options: Any) -> Stage:

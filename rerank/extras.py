@@ -29,6 +29,7 @@ EXTRAS: dict[str, str] = {
     "pyterrier": "the PyTerrier transformer",
     "judge": "agreement of LLM judgments with human labels (rerank judge compare)",
     "bright": "BRIGHT's parquet files (bright: ids; its JSONL files need nothing)",
+    "otel": "OpenTelemetry traces of the service",
 }
 
 
@@ -44,12 +45,13 @@ EXTRA_MODULES: dict[str, tuple[str, ...]] = {
     "llm": ("gguf", "accelerate", "httpx", "tenacity"),
     "chinese": ("jieba",),
     "irds": ("ir_datasets",),
-    "langchain": ("langchain_core",),
+    "langchain": ("langchain_core", "langchain_classic"),
     "llamaindex": ("llama_index",),
     "haystack": ("haystack",),
     "pyterrier": ("pyterrier", "pandas"),
     "judge": ("sklearn", "krippendorff"),
     "bright": ("pyarrow",),
+    "otel": ("opentelemetry",),
 }
 
 

@@ -57,6 +57,11 @@ class Stage(ABC):
     """True for a stage that fetches candidates from an index (it ignores the candidates given)."""
     k: int = 0
     """How many candidates a retrieving stage fetches per query (``retrieves`` stages only)."""
+    remote: bool = False
+    """True for a stage whose scores come from an HTTP endpoint (worth caching though it loads no model)."""
+    transport_settings: tuple[str, ...] = ()
+    """Constructor arguments that change how scores are obtained (retries, timeouts), not what they
+    are: the score cache leaves them out of its key."""
     stage_arguments: tuple[str, ...] = ()
     """Constructor arguments that take another stage (written in TOML as that stage's name)."""
     path_arguments: tuple[str, ...] = ()

@@ -48,6 +48,11 @@ class Behaviour:
     slow_first: int = 0
     slow_seconds: float = 0.0
     truncate_first: int = 0
+    nan_first: int = 0
+    """Requests answered with every score NaN (Python's JSON writes and reads ``NaN``)."""
+    trickle_first: int = 0
+    """Requests whose answer is sent 8 bytes every ``trickle_seconds``."""
+    trickle_seconds: float = 0.5
     api_key: str | None = None
     max_documents: int | None = None
     requests: list[dict] = field(default_factory=list)
@@ -71,7 +76,8 @@ class EndpointServer:
             def log_message(self, *args) -> None:  # quiet
                 pass
 
-            def _send(self, status: int, payload: object, headers: dict | None = None, truncate: bool = False) -> None:
+            def _send(self, status: int, payload: object, headers: dict | None = None, truncate: bool = False,
+                      trickle: float = 0.0) -> None:
                 body = json.dumps(payload).encode()
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
@@ -79,6 +85,17 @@ class EndpointServer:
                 for key, value in (headers or {}).items():
                     self.send_header(key, value)
                 self.end_headers()
+                if trickle:
+                    self.wfile.flush()
+                    for start in range(0, len(body), 8):
+                        time.sleep(trickle)
+                        try:
+                            self.wfile.write(body[start:start + 8])
+                            self.wfile.flush()
+                        except OSError:  # the client gave up
+                            self.close_connection = True
+                            return
+                    return
                 self.wfile.write(body[: len(body) // 2] if truncate else body)
                 if truncate:
                     self.close_connection = True
@@ -107,7 +124,10 @@ class EndpointServer:
                         return self._send(413 if outer.shape == "tei" else 400,
                                           {"message": f"at most {b.max_documents} documents"})
                     scores = [overlap_score(body["query"], d, i) for i, d in enumerate(documents)]
-                    self._send(200, shape_answer(outer.shape, scores), truncate=n < b.truncate_first)
+                    if n < b.nan_first:
+                        scores = [float("nan")] * len(scores)
+                    self._send(200, shape_answer(outer.shape, scores), truncate=n < b.truncate_first,
+                               trickle=b.trickle_seconds if n < b.trickle_first else 0.0)
                 finally:
                     with b.lock:
                         b.in_flight -= 1

@@ -60,6 +60,33 @@ def test_help_explains_options(capsys):
     assert completed.returncode == 0 and "--fusion" in completed.stdout
 
 
+def _commands(parser) -> list[list[str]]:
+    """Every command path of the parser (``["train", "mine"]`` and so on)."""
+    import argparse
+
+    paths = []
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                paths.append([name])
+                paths += [[name, *rest] for rest in _commands(sub)]
+    return paths
+
+
+def test_the_top_level_help_and_every_commands_help_print(capsys):
+    """``rerank --help`` is the first command a newcomer types: one unescaped % in any command's
+    one-line help broke it while every command's own --help worked."""
+    from rerank.cli import build_parser
+
+    commands = [[]] + _commands(build_parser())
+    assert ["tune"] in commands and ["serve"] in commands
+    for command in commands:
+        with pytest.raises(SystemExit) as done:
+            main([*command, "--help"])
+        assert done.value.code == 0, command
+        assert "usage: rerank" in capsys.readouterr().out
+
+
 @pytest.mark.slow
 def test_dense_and_fused_retrieval_from_a_tsv_collection(tmp_path, scifact_subset, capsys):
     docs, queries, qrels = scifact_subset

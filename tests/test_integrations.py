@@ -64,6 +64,11 @@ def test_langchain_compressor_over_a_retriever(toml_pipeline):
     assert len(from_toml) == 2 and all(isinstance(d.metadata["relevance_score"], float) for d in from_toml)
     with pytest.raises(ValueError, match="top_n must be a positive integer"):
         RerankCompressor(reranker=WordOverlap(), top_n=0)
+    # The retriever docs/integrations.md names, from the package the langchain extra installs.
+    from langchain_classic.retrievers import ContextualCompressionRetriever
+
+    wrapped = ContextualCompressionRetriever(base_compressor=compressor, base_retriever=retriever)
+    assert [d.id for d in wrapped.invoke(QUERY)] == [f"doc-{i}" for i in EXPECTED[:3]]
 
 
 def test_llamaindex_postprocessor_in_a_query_engine(toml_pipeline, monkeypatch):
@@ -123,6 +128,29 @@ def test_haystack_ranker_after_a_bm25_retriever_in_a_pipeline(toml_pipeline):
     toml = RerankRanker(reranker=str(toml_pipeline), top_k=2)
     assert toml.to_dict()["init_parameters"]["reranker"] == str(toml_pipeline)
     assert len(toml.run(QUERY, [Document(content=t) for t in TEXTS])["documents"]) == 2
+
+
+def test_a_haystack_pipeline_with_a_stage_object_is_saved_and_loaded_back(tiny_ce_path):
+    """A ranker built from a stage object writes the stage's TOML, and the loaded pipeline ranks the same."""
+    pytest.importorskip("haystack")
+    import inspect
+
+    from haystack import Document, Pipeline
+
+    from rerank.integrations.haystack import RerankRanker
+    from rerank.score.cross_encoder import CrossEncoder
+
+    pipeline = Pipeline()
+    pipeline.add_component("ranker", RerankRanker(reranker=CrossEncoder(str(tiny_ce_path), precision="fp32"), top_k=3))
+    saved = pipeline.dumps()
+    options = {"allowed_modules": ["rerank.integrations.haystack"]} \
+        if "allowed_modules" in inspect.signature(Pipeline.loads).parameters else {}
+    loaded = Pipeline.loads(saved, **options)
+    docs = [Document(id=f"d{i}", content=t) for i, t in enumerate(TEXTS)]
+    first = pipeline.run({"ranker": {"query": QUERY, "documents": docs}})["ranker"]["documents"]
+    again = loaded.run({"ranker": {"query": QUERY, "documents": docs}})["ranker"]["documents"]
+    assert [d.id for d in again] == [d.id for d in first] and len(first) == 3
+    assert [d.score for d in again] == pytest.approx([d.score for d in first], abs=1e-6)
 
 
 def test_pyterrier_transformer_in_a_pipeline_and_an_experiment(toml_pipeline):

@@ -286,3 +286,19 @@ kind = "identity"
     assert sum(len(d) for d in read_qrels(qrels).values()) == 6  # the pool of both runs at depth 2
     summary = json.loads((out / "summary.json").read_text())
     assert summary["queries"] == 2
+
+
+def test_nan_log_probabilities_leave_a_pair_ungraded_not_graded_zero(tmp_path, tiny_llm, monkeypatch):
+    """A backend whose log-probabilities are NaN must not turn every unparseable answer into a
+    silent grade 0 labelled "logprobs"."""
+    from rerank.data import read_run
+    from rerank.judge import LLMJudge, judge_runs
+
+    folder, run_a, run_b = _collection(tmp_path)
+    runs = {"a": read_run(run_a), "b": read_run(run_b)}
+    judge = LLMJudge(tiny_llm, "basic", batch_size=3)
+    monkeypatch.setattr(tiny_llm, "generate", lambda prompts, **_: ["no digit here"] * len(prompts))
+    monkeypatch.setattr(tiny_llm, "logprobs", lambda prompts, options: [[math.nan] * len(o) for o in options])
+    report = judge_runs(folder, runs, tmp_path / "nan.qrels", judge=judge, depth=2, progress=False)
+    assert report.unparseable == 6 and report.logprobs_unavailable == 6 and report.skipped == 6
+    assert sum(report.grades.values()) == 0

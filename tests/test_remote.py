@@ -97,8 +97,65 @@ def test_429s_5xx_truncated_and_slow_answers_are_retried(behaviour, retries):
 
 def test_an_endpoint_that_keeps_failing_is_one_error_after_the_retries():
     with EndpointServer("cohere", Behaviour(fail_first=100, fail_status=502)) as server, \
-            pytest.raises(RemoteError, match=r"failed 3 times; last: HTTP 502"):
+            pytest.raises(RemoteError, match=r"failed after 3 attempts; last: HTTP 502"):
         Remote(server.url, shape="cohere", retries=2, backoff=0.01)(batch_of(1))
+    with EndpointServer("cohere", Behaviour(fail_first=100, fail_status=502)) as server, \
+            pytest.raises(RemoteError, match=r"failed after 1 attempt; last"):
+        Remote(server.url, shape="cohere", retries=0)(batch_of(1))
+
+
+def test_non_finite_scores_are_an_unreadable_answer_retried_then_an_error(tmp_path):
+    """Python's JSON reader takes NaN; a NaN score must never reach a ranking or the cache."""
+    with EndpointServer("cohere", Behaviour(nan_first=1)) as server:
+        [ranked] = Remote(server.url, shape="cohere", retries=2, backoff=0.01)(batch_of(1))
+    assert ranked.trace[-1].counters["retries"] == 1 and all(s == s for s in ranked.scores)
+    from rerank.cache import with_score_cache
+
+    with EndpointServer("cohere", Behaviour(nan_first=100)) as server, \
+            pytest.raises(RemoteError, match="failed after 2 attempts; last: unreadable answer .*not a finite number"):
+        with_score_cache(Remote(server.url, shape="cohere", retries=1, backoff=0.01), tmp_path / "c.sqlite")(batch_of(1))
+
+
+def test_the_timeout_bounds_the_whole_answer_not_each_read():
+    """An endpoint that trickles 8 bytes every 0.3 s never trips a per-read timeout."""
+    with EndpointServer("cohere", Behaviour(trickle_first=100, trickle_seconds=0.3)) as server:
+        began = time.perf_counter()
+        with pytest.raises(RemoteError, match=r"longer than timeout=1 s"):
+            Remote(server.url, shape="cohere", retries=0, timeout=1.0)(batch_of(1, 3))
+        assert time.perf_counter() - began < 1.0 + 0.3 + 1.0  # the deadline plus at most one read (and slack)
+
+
+def test_a_retry_after_beyond_the_cap_fails_at_once_and_a_shorter_one_is_logged(caplog):
+    with EndpointServer("cohere", Behaviour(fail_first=100, fail_status=429, retry_after="3600")) as server:
+        began = time.perf_counter()
+        with pytest.raises(RemoteError, match=r"asked to retry after 3600 s, more than max_retry_after=60 s"):
+            Remote(server.url, shape="cohere", retries=3)(batch_of(1))
+        assert time.perf_counter() - began < 5
+    with EndpointServer("cohere", Behaviour(fail_first=1, fail_status=429, retry_after="0.2")) as server, \
+            caplog.at_level("WARNING", logger="rerank.score.remote"):
+        Remote(server.url, shape="cohere", retries=1)(batch_of(1))
+    assert any("HTTP 429" in r.getMessage() and "retrying in 0.5 s" in r.getMessage() for r in caplog.records)
+
+
+def test_the_cache_key_holds_what_changes_a_score_not_how_it_is_fetched(tmp_path):
+    from rerank.cache import ScoreCache, stage_fingerprint
+
+    cache = ScoreCache(tmp_path / "c.sqlite")
+    base = stage_fingerprint(Remote("http://h", shape="cohere", model="m"), cache)
+    assert base == stage_fingerprint(Remote("http://h", shape="cohere", model="m", retries=9, backoff=2.0,
+                                            timeout=5.0, concurrency=16, max_documents=10, max_retry_after=1), cache)
+    assert base != stage_fingerprint(Remote("http://h", shape="cohere", model="other"), cache)
+    assert base != stage_fingerprint(Remote("http://other", shape="cohere", model="m"), cache)
+
+
+def test_secrets_are_never_echoed():
+    """A key put into api_key_env by mistake, or into the URL, is refused without repeating it."""
+    with pytest.raises(ValueError) as caught:
+        Remote("http://x", shape="cohere", api_key_env="sk-live-abc123")
+    assert "sk-live-abc123" not in str(caught.value) and "not the key" in str(caught.value)
+    with pytest.raises(ValueError) as caught:
+        Remote("http://user:sk-live-abc123@api.example.com", shape="cohere")
+    assert "sk-live-abc123" not in str(caught.value) and "api_key_env" in str(caught.value)
 
 
 def test_requests_of_the_batch_run_concurrently():

@@ -95,9 +95,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         os.environ["RERANK_CACHE"] = tmp  # a fresh ONNX export, removed afterwards
         folder = make_cross_encoder(Path(tmp) / "minilm-ce")
-        ours = CrossEncoder(str(folder), max_length=args.max_length)
+        ours = CrossEncoder(str(folder), max_length=args.max_length, precision="fp32")  # the rows say fp32: never auto
         int8 = CrossEncoder(str(folder), max_length=args.max_length, precision="int8")
-        onnx = CrossEncoder(str(folder), max_length=args.max_length, backend="onnx")
+        onnx = CrossEncoder(str(folder), max_length=args.max_length, backend="onnx", precision="fp32")
         onnx8 = CrossEncoder(str(folder), max_length=args.max_length, backend="onnx", precision="int8")
         peer = PeerCrossEncoder(str(folder), max_length=args.max_length, device="cpu")
         warm = pairs[:32]

@@ -18,11 +18,24 @@ from typing import Any
 from rerank.pipeline import Stage
 
 
+def saved_reranker(stage: Stage) -> dict[str, str]:
+    """A stage object as a framework can save it: ``{"pipeline_toml": <TOML text>}``, which
+    :func:`resolve_reranker` builds back (its models named by id or path, as any config)."""
+    from rerank.config import dump_pipeline
+
+    return {"pipeline_toml": dump_pipeline(stage)}
+
+
 def resolve_reranker(reranker: Any, **load_options: Any) -> Stage:
-    """A stage from ``reranker``: a stage as is, a ``.toml`` pipeline file built, anything else
-    given to :func:`rerank.load` (with ``load_options``)."""
+    """A stage from ``reranker``: a stage as is, a ``.toml`` pipeline file built, the mapping
+    :func:`saved_reranker` writes built from its TOML text, anything else given to
+    :func:`rerank.load` (with ``load_options``)."""
     if isinstance(reranker, Stage):
         return reranker
+    if isinstance(reranker, dict) and isinstance(reranker.get("pipeline_toml"), str):
+        from rerank.config import build_pipeline, parse_config
+
+        return build_pipeline(parse_config("<saved pipeline>", text=reranker["pipeline_toml"], where="<saved pipeline>"))
     if isinstance(reranker, (str, Path)) and str(reranker).endswith(".toml"):
         from rerank.config import build_pipeline
 
@@ -31,7 +44,7 @@ def resolve_reranker(reranker: Any, **load_options: Any) -> Stage:
         from rerank.loading import load
 
         return load(str(reranker), **load_options)
-    raise TypeError(f"a re-ranker is a stage, a model name or path, or a pipeline .toml file; got {type(reranker).__name__}")
+    raise TypeError(f"a re-ranker is a stage, a model name or path, a pipeline .toml file or a saved pipeline; got {type(reranker).__name__}")
 
 
 def check_limits(top_n: int | None, score_threshold: float | None) -> None:

@@ -5,6 +5,11 @@
     pipeline.connect("retriever.documents", "ranker.documents")
 
 Each returned document is a copy whose ``score`` is the re-ranker's, best first.
+
+Saved pipelines: ``to_dict`` writes a re-ranker given by name or path as that string, and one
+given as a stage object as its TOML (``{"pipeline_toml": ...}``), which ``from_dict`` builds back.
+Haystack 3 loads only components from modules it is told to trust:
+``Pipeline.loads(text, allowed_modules=["rerank.integrations.haystack"])``.
 """
 from __future__ import annotations
 
@@ -13,7 +18,7 @@ import dataclasses
 from typing import Any
 
 from rerank.extras import missing_extra
-from rerank.integrations import check_limits, kept, resolve_reranker
+from rerank.integrations import check_limits, kept, resolve_reranker, saved_reranker
 
 try:
     from haystack import Document, component
@@ -57,11 +62,12 @@ class RerankRanker:
         """Haystack's serialisation (a stage object is written by its config, as rerank TOML)."""
         from haystack import default_to_dict
 
-        reranker = self.reranker if isinstance(self.reranker, str) else _stage_toml(self._stage)
+        reranker = self.reranker if isinstance(self.reranker, (str, dict)) else saved_reranker(self._stage)
         return default_to_dict(self, reranker=reranker, top_k=self.top_k, score_threshold=self.score_threshold)
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RerankRanker:
+        """The component :meth:`to_dict` wrote (Haystack's deserialisation)."""
+        from haystack import default_from_dict
 
-def _stage_toml(stage) -> str:
-    from rerank.config import dump_pipeline
-
-    return dump_pipeline(stage)
+        return default_from_dict(cls, data)

@@ -6,10 +6,14 @@ killed run loses at most one batch, and a second judge run over overlapping pool
 only about the pairs it has not seen. An answer that is not in the prompt's form is counted as
 unparseable and graded by the stated ``fallback``: ``"logprobs"`` (default: the grade whose
 digit is the most likely continuation after the prompt's answer prefix, one scoring call),
-``"zero"`` (grade 0) or ``"skip"`` (left out of the qrels).
+``"zero"`` (grade 0) or ``"skip"`` (left out of the qrels). Where the log-probabilities are not
+finite numbers (a backend that returns ``NaN``), the pair is left ungraded with fallback
+``"logprobs-unavailable"`` and counted in the report, never given a grade it did not earn.
 """
 from __future__ import annotations
 
+import logging
+import math
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -26,6 +30,7 @@ from rerank.score.prompts import passage_text
 from rerank.types import Passage, Qrels, Query, Run
 
 FALLBACKS = ("logprobs", "zero", "skip")
+log = logging.getLogger(__name__)
 
 
 class JudgeError(RerankError):
@@ -74,6 +79,8 @@ class JudgeReport:
     unparseable: int = 0
     fallback: str = "logprobs"
     skipped: int = 0
+    logprobs_unavailable: int = 0
+    """Unparseable answers the log-probability fallback could not grade (not finite); left ungraded."""
     grades: dict[str, int] = field(default_factory=lambda: {str(g): 0 for g in GRADES})
     calls: int = 0
     prompt_tokens: int = 0
@@ -137,8 +144,16 @@ class LLMJudge:
             digits = [[f" {g}" for g in GRADES] for _ in unparsed]
             scores = self.llm.logprobs([prompts[i] for i in unparsed], digits)
             for i, row in zip(unparsed, scores):
-                out[i]["grade"] = GRADES[max(range(len(GRADES)), key=lambda g: (row[g], -g))]
-                out[i]["fallback"] = "logprobs"
+                finite = [g for g in range(len(GRADES)) if math.isfinite(row[g])]
+                if finite:
+                    out[i]["grade"] = GRADES[max(finite, key=lambda g: (row[g], -g))]
+                    out[i]["fallback"] = "logprobs"
+                else:
+                    out[i]["fallback"] = "logprobs-unavailable"
+            unavailable = sum(out[i]["fallback"] == "logprobs-unavailable" for i in unparsed)
+            if unavailable:
+                log.warning("%d unparseable answers could not be graded from log-probabilities (not finite "
+                            "numbers); they are left ungraded", unavailable)
         elif unparsed and self.fallback == "zero":
             for i in unparsed:
                 out[i]["grade"], out[i]["fallback"] = 0, "zero"
@@ -184,6 +199,8 @@ class LLMJudge:
                                       value["fallback"]))
             if not value["parsed"]:
                 report.unparseable += 1
+            if value["fallback"] == "logprobs-unavailable":
+                report.logprobs_unavailable += 1
             if value["grade"] is None:
                 report.skipped += 1
             else:

@@ -10,10 +10,14 @@ a pointwise scorer's output: it cascades, fuses, caches, tunes and evaluates lik
   sent; the key itself is never an argument, so it never reaches a TOML dump, a trace or a log.
 * A query's candidates are split into requests of at most the endpoint's document limit;
   requests of all the batch's queries run ``concurrency`` at a time.
-* 429 and 5xx answers, refused or dropped connections, timeouts and truncated or unparsable
-  bodies are retried ``retries`` times with exponential back-off (``backoff`` x 2^attempt
-  seconds, or the answer's ``Retry-After`` when it is longer); other 4xx answers fail at once
-  with the endpoint's message. ``timeout`` bounds each request.
+* 429 and 5xx answers, refused or dropped connections, timeouts and truncated, unparsable or
+  non-finite (``NaN``, ``Infinity``) answers are retried ``retries`` times with exponential
+  back-off (``backoff`` x 2^attempt seconds, or the answer's ``Retry-After`` when it is longer,
+  logged; a ``Retry-After`` beyond ``max_retry_after`` seconds fails at once rather than sleep
+  for it); other 4xx answers fail at once with the endpoint's message. ``timeout`` bounds each
+  whole request, body included (an endpoint that trickles its answer is cut off).
+* An endpoint URL never carries credentials (``https://user:key@host`` is refused, without
+  echoing it): the key belongs in ``api_key_env``.
 * Each query's trace counts its requests, documents, retries and slowest request (ms).
 
     [stages.cohere]
@@ -26,8 +30,12 @@ a pointwise scorer's output: it cascades, fuses, caches, tunes and evaluates lik
 from __future__ import annotations
 
 import email.utils
+import json
+import logging
+import math
 import os
 import time
+import urllib.parse
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -43,20 +51,30 @@ class RemoteError(RerankError):
     """An endpoint refused a request, or kept failing after every retry."""
 
 
+log = logging.getLogger(__name__)
+
+
+def _finite(value: Any) -> float:
+    score = float(value)
+    if not math.isfinite(score):
+        raise ValueError(f"score {value!r} is not a finite number")
+    return score
+
+
 def _cohere_results(answer: Any) -> list[tuple[int, float]]:
-    return [(int(r["index"]), float(r["relevance_score"])) for r in answer["results"]]
+    return [(int(r["index"]), _finite(r["relevance_score"])) for r in answer["results"]]
 
 
 def _data_relevance(answer: Any) -> list[tuple[int, float]]:
-    return [(int(r["index"]), float(r["relevance_score"])) for r in answer["data"]]
+    return [(int(r["index"]), _finite(r["relevance_score"])) for r in answer["data"]]
 
 
 def _data_score(answer: Any) -> list[tuple[int, float]]:
-    return [(int(r["index"]), float(r["score"])) for r in answer["data"]]
+    return [(int(r["index"]), _finite(r["score"])) for r in answer["data"]]
 
 
 def _tei_results(answer: Any) -> list[tuple[int, float]]:
-    return [(int(r["index"]), float(r["score"])) for r in answer]
+    return [(int(r["index"]), _finite(r["score"])) for r in answer]
 
 
 @dataclass(frozen=True)
@@ -122,6 +140,21 @@ class _Call:
     scores: list[float] = field(default_factory=list)
 
 
+def _attempts(n: int) -> str:
+    return f"{n} attempt" + ("" if n == 1 else "s")
+
+
+def _check_url(url: str) -> str:
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("url must be an http:// or https:// address with a host, e.g. https://api.cohere.com")
+    if parts.username is not None or parts.password is not None:
+        raise ValueError(f"url holds credentials (user:password@{parts.hostname}); they would be written into "
+                         "configs, traces and error messages: name the environment variable holding the key "
+                         "in api_key_env instead")
+    return url
+
+
 class Remote(Scorer, kind="remote"):
     """Re-rank through a hosted or self-hosted ``/rerank`` endpoint (see the module docstring).
 
@@ -129,13 +162,17 @@ class Remote(Scorer, kind="remote"):
     it); ``shape``: one of :data:`SHAPES`; ``model``: the model name the endpoint expects (where it
     takes one); ``api_key_env``: the environment variable holding the API key (sent as a bearer
     token); ``max_documents``: documents per request (default: the shape's limit).
+    ``concurrency``, ``retries``, ``backoff``, ``timeout``, ``max_retry_after`` and
+    ``max_documents`` say how scores are fetched, not what they are, so the score cache ignores them.
     """
 
     pointwise = True
+    remote = True
+    transport_settings = ("max_documents", "concurrency", "retries", "backoff", "timeout", "max_retry_after")
 
     def __init__(self, url: str, *, shape: str = "rerank", model: str | None = None, api_key_env: str | None = None,
                  max_documents: int | None = None, concurrency: int = 4, retries: int = 3, backoff: float = 0.5,
-                 timeout: float = 30.0, name: str | None = None) -> None:
+                 timeout: float = 30.0, max_retry_after: float = 60.0, name: str | None = None) -> None:
         if shape not in SHAPES:
             raise ValueError(f"unknown remote shape {shape!r}; shapes: {', '.join(SHAPES)}")
         self.shape = SHAPES[shape]
@@ -143,11 +180,14 @@ class Remote(Scorer, kind="remote"):
             raise ValueError(f"a {shape} endpoint serves one model; model={model!r} would be ignored")
         if max_documents is not None and max_documents < 1:
             raise ValueError(f"max_documents must be at least 1, got {max_documents}")
-        if concurrency < 1 or retries < 0 or backoff < 0 or timeout <= 0:
-            raise ValueError("concurrency must be >= 1, retries and backoff >= 0, timeout > 0")
-        if api_key_env is not None and not api_key_env.replace("_", "").isalnum():
-            raise ValueError(f"api_key_env names an environment variable (e.g. COHERE_API_KEY), got {api_key_env!r}")
-        base = url.rstrip("/")
+        if concurrency < 1 or retries < 0 or backoff < 0 or timeout <= 0 or max_retry_after < 0:
+            raise ValueError("concurrency must be >= 1, retries, backoff and max_retry_after >= 0, timeout > 0")
+        if api_key_env is not None and not (api_key_env.replace("_", "").isalnum() and api_key_env.isascii()
+                                            and not api_key_env[0].isdigit()):
+            # The value is not echoed: what was put here by mistake is often the key itself.
+            raise ValueError("api_key_env names an environment variable holding the key (letters, digits and "
+                             "underscores, e.g. COHERE_API_KEY), not the key; the value given is not shown")
+        base = _check_url(url).rstrip("/")
         self.url = base if base.endswith(self.shape.path) else base + self.shape.path
         self.model = model
         self.api_key_env = api_key_env
@@ -156,6 +196,7 @@ class Remote(Scorer, kind="remote"):
         self.retries = retries
         self.backoff = backoff
         self.timeout = timeout
+        self.max_retry_after = max_retry_after
         self.name = name or f"remote({shape})"
         self._httpx = require("httpx", "client", "the remote stage")
         self._http = self._httpx.Client(timeout=timeout, limits=self._httpx.Limits(max_connections=concurrency))
@@ -185,19 +226,27 @@ class Remote(Scorer, kind="remote"):
 
     def _attempt(self, query: str, call: _Call) -> list[float]:
         httpx = self._httpx
+        deadline = time.monotonic() + self.timeout
         try:
-            response = self._http.post(self.url, json=self._body(query, call.documents), headers=self._headers())
+            with self._http.stream("POST", self.url, json=self._body(query, call.documents),
+                                   headers=self._headers()) as response:
+                chunks = []
+                # httpx's timeout bounds each read; the deadline bounds the whole answer.
+                for chunk in response.iter_bytes():
+                    chunks.append(chunk)
+                    if time.monotonic() > deadline:
+                        raise _Retry(f"the answer took longer than timeout={self.timeout:g} s to arrive")
+                text = b"".join(chunks).decode("utf-8", errors="replace")
         except (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError) as error:
             raise _Retry(f"{type(error).__name__}: {error}") from error
         if response.status_code == 429 or response.status_code >= 500:
-            raise _Retry(f"HTTP {response.status_code}: {response.text[:200]}",
-                         _retry_after(response.headers.get("Retry-After")))
+            raise _Retry(f"HTTP {response.status_code}: {text[:200]}", _retry_after(response.headers.get("Retry-After")))
         if response.status_code != 200:
-            raise RemoteError(f"{self.name}: {self.url} answered HTTP {response.status_code}: {response.text[:500]}")
+            raise RemoteError(f"{self.name}: {self.url} answered HTTP {response.status_code}: {text[:500]}")
         try:
-            pairs = self.shape.results(response.json())
-        except (ValueError, KeyError, TypeError) as error:  # a truncated or foreign body
-            raise _Retry(f"unreadable answer ({type(error).__name__}: {str(error)[:100]}): {response.text[:200]}") from error
+            pairs = self.shape.results(json.loads(text))
+        except (ValueError, KeyError, TypeError) as error:  # a truncated, foreign or non-finite answer
+            raise _Retry(f"unreadable answer ({type(error).__name__}: {str(error)[:100]}): {text[:200]}") from error
         scores: dict[int, float] = {}
         for index, score in pairs:
             if not 0 <= index < len(call.documents) or index in scores:
@@ -215,9 +264,16 @@ class Remote(Scorer, kind="remote"):
                 break
             except _Retry as retry:
                 if attempt == self.retries:
-                    raise RemoteError(f"{self.name}: {self.url} failed {self.retries + 1} times; last: {retry}") from None
+                    raise RemoteError(f"{self.name}: {self.url} failed after {_attempts(self.retries + 1)}; "
+                                      f"last: {retry}") from None
+                if retry.wait > self.max_retry_after:
+                    raise RemoteError(f"{self.name}: {self.url} asked to retry after {retry.wait:.0f} s, more than "
+                                      f"max_retry_after={self.max_retry_after:g} s; giving up ({retry})") from None
                 call.retries += 1
-                time.sleep(max(retry.wait, self.backoff * 2 ** attempt))
+                wait = max(retry.wait, self.backoff * 2 ** attempt)
+                log.warning("%s: %s: %s; retrying in %.1f s (retry %d of %d)", self.name, self.url, retry, wait,
+                            attempt + 1, self.retries)
+                time.sleep(wait)
         call.seconds = time.perf_counter() - call.began
         return call
 

@@ -10,7 +10,7 @@ from rerank.errors import RerankError
 
 def add_tune_parser(sub) -> None:
     """Add ``rerank tune`` to the top-level subparsers."""
-    p = sub.add_parser("tune", help="choose a pipeline's cut-offs (% k1) from a latency budget",
+    p = sub.add_parser("tune", help="choose a pipeline's cut-offs (%% k1) from a latency budget",
                        description="Time each stage of a pipeline with cut-off variables (pipeline = \"bm25 % 100 >> "
                                    "student % k1 >> ce\", [tune] k1 = [10, 20, 30, 50]) at the sizes it can see, "
                                    "evaluate every combination on judged queries by re-sorting cached scores, and "
