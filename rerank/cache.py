@@ -222,7 +222,9 @@ class CachedScores(Scorer):
     def score_pairs(self, batch: Sequence[Candidates]) -> tuple[Sequence[Any], Work]:
         """Cached scores where there are, the stage's for the rest (written back)."""
         fingerprint = self.fingerprint
-        keys = [[self.cache.key(fingerprint, c.query.text, p.full_text) for p in c.passages] for c in batch]
+        # A query's own instruction changes its scores (Qwen3-Reranker, mxbai-rerank-v2), so it is part of the key.
+        texts = [c.query.text + (f"\x1finstruction:{c.query.instruction}" if c.query.instruction else "") for c in batch]
+        keys = [[self.cache.key(fingerprint, text, p.full_text) for p in c.passages] for text, c in zip(texts, batch)]
         flat = self.cache.get([k for row in keys for k in row])
         scores: list[list[float | None]] = []
         at = 0

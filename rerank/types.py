@@ -15,6 +15,9 @@ class Query:
     id: str
     text: str
     expansion: str = ""
+    instruction: str = ""
+    """A task instruction for the models trained with one (Qwen3-Reranker, mxbai-rerank-v2):
+    replaces the scorer's own for this query ("": the scorer's)."""
 
     @property
     def search_text(self) -> str:

@@ -550,3 +550,57 @@ def test_a_query_prefix_runs_once_and_leaves_the_scores_as_they_were(family, fol
         shared_tokens = a.trace[-1].counters["shared_prefix_tokens"]
         assert shared_tokens >= 8 and b.trace[-1].counters["shared_prefix_tokens"] == 0
         assert a.trace[-1].tokens == b.trace[-1].tokens - shared_tokens * (len(PASSAGES) - 1)
+
+
+# -- long documents ------------------------------------------------------------------------------
+POINTWISE_RECIPES = ("qwen3-reranker", "bge-reranker-v2-gemma", "mxbai-rerank-v2", "monot5", "rankt5")
+
+
+@pytest.mark.parametrize("name", POINTWISE_RECIPES)
+def test_a_passage_twenty_times_the_limit_keeps_the_scoring_suffix_and_windows_score_as_their_parts(folders, name):
+    """FirstP cuts the passage, never the text after it (monoT5's "Relevant:", a chat turn's end);
+    MaxP and mean read every window, and a window's score inside the batch is its score alone."""
+    tok = rerank.load(str(folders[name]), precision="fp32").tokenizer
+    limit = recipe(name).fixed_tokens(tok) + 40  # room for the query and about 30 passage tokens
+    scorer = rerank.load(str(folders[name]), precision="fp32", max_length=limit)
+    long_text = " ".join(f"axon{i % 7} carries signal {i}" for i in range(20 * limit // 4))
+    assert len(tok(long_text, add_special_tokens=False)["input_ids"]) >= 20 * limit
+    query = QUERIES[0]
+    [ids], [cut] = scorer.model.encode([query], [long_text])
+    [short], _ = scorer.model.encode([query], ["MARKER"])
+    prefix, _, suffix = scorer.model.static
+    # A split recipe's max_length counts query and passage; its fixed prompt comes on top (as published).
+    assert cut and len(ids) <= limit + (len(prefix) + len(suffix) if scorer.recipe.layout == "split" else 0)
+    after = tok.decode(short).split("MARKER")[-1]
+    assert after.strip() and tok.decode(ids).endswith(after), (name, after)
+
+    batch = [rerank.types.Candidates(Query("q", query), [Passage("long", long_text), Passage("s", PASSAGES[0])],
+                                     [0.0, 0.0])]
+    for how in ("max", "mean"):
+        scorer.windows = how
+        [scores], work = scorer.score_pairs(batch)
+        windows = scorer._windows(batch)
+        assert work.counters_per_query[0]["windows"] == len(windows.texts) >= 20  # no window exceeds the limit
+        scorer.windows = "first"
+        alone = scorer.predict([(query, text) for text in windows.texts])
+        mine = alone[windows.owner == 0]
+        expected = mine.max() if how == "max" else mine.mean()
+        assert scores[0] == pytest.approx(expected, abs=1e-5) and scores[1] == pytest.approx(alone[-1], abs=1e-5)
+        for text in windows.texts[:-1]:
+            [[window_ids], [window_cut]] = scorer.model.encode([query], [text])
+            assert not window_cut, "every window fits beside the query whole"
+
+
+def test_a_query_instruction_changes_the_input_of_families_that_take_one(folders):
+    scorer = rerank.load(str(folders["qwen3-reranker"]), precision="fp32")
+    assert scorer.takes_instruction
+    plain = Query("q", QUERIES[0])
+    told = Query("q", QUERIES[0], instruction="Find the passage that defines the term")
+    batch = [rerank.types.Candidates(q, [Passage(str(i), t) for i, t in enumerate(PASSAGES)], [0.0] * len(PASSAGES))
+             for q in (plain, told)]
+    scores = scorer.score_pairs(batch)[0]
+    _, reference = qwen3_reference(folders["qwen3-reranker"], [(QUERIES[0], p) for p in PASSAGES],
+                                   instruction="Find the passage that defines the term")
+    np.testing.assert_allclose(scores[1], reference, **EXACT)
+    assert not np.allclose(scores[0], scores[1])
+    assert not rerank.load(str(folders["monot5"]), precision="fp32").takes_instruction

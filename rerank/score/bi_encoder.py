@@ -50,6 +50,15 @@ class BiEncoderScorer(Scorer, kind="bi-encoder"):
         self.batch_size = batch_size
         self.name = name or f"bi-encoder({self.model_name}{', cached' if index is not None else ''})"
 
+    @property
+    def tokenizer(self):
+        """The encoder's tokenizer."""
+        return self.encoder.tokenizer
+
+    def passage_budget(self, query: str) -> int:
+        """Passage tokens the encoder reads (the query is encoded apart)."""
+        return max(1, self.encoder.max_length - self.encoder.tokenizer.num_special_tokens_to_add(pair=False))
+
     def score_pairs(self, batch: Sequence[Candidates]) -> tuple[Sequence[Any], Work]:
         """Query vectors · passage vectors for every candidate."""
         calls_before = self.encoder.forward_calls

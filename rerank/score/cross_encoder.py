@@ -197,6 +197,13 @@ class CrossEncoder(Scorer, kind="cross-encoder"):
             settings["window_stride"] = str(self.stride or "window size")
         return settings
 
+    def passage_budget(self, query: str) -> int:
+        """Passage tokens that fit beside ``query`` in one input (what one window holds)."""
+        tok = self.tokenizer
+        budget = self.max_length - tok.num_special_tokens_to_add(pair=True)
+        query_tokens = len(tokenize(tok, query, add_special_tokens=False)["input_ids"])
+        return max(1, budget - min(query_tokens, budget // 2))
+
     def encode_pairs(self, queries: Sequence[str], passages: Sequence[str]) -> dict[str, list[list[int]]]:
         """Token ids (and token types, if the model uses them) of each (query, passage) pair with
         special tokens; only the passage is truncated. With ``windows`` other than ``first``,

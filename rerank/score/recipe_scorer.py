@@ -81,12 +81,15 @@ class RecipeModel:
         return self.batch_size or shape.pairs, self.max_batch_tokens or shape.tokens
 
     def encode(self, queries: Sequence[str], passages: Sequence[str], seconds: Sequence[str] | None = None,
-               ) -> tuple[list[list[int]], list[bool]]:
+               instructions: Sequence[str | None] | None = None) -> tuple[list[list[int]], list[bool]]:
         """Token ids of each pair (with the other passage of a pairwise recipe), as the recipe
-        builds them, and whether each was cut to fit."""
+        builds them, and whether each was cut to fit. ``instructions``: a pair's own task
+        instruction (None: the scorer's)."""
         out, cuts = [], []
         for i, (query, passage) in enumerate(zip(queries, passages, strict=True)):
-            ids, cut = self.recipe.encode(self.tokenizer, query, passage, instruction=self.instruction,
+            own = instructions[i] if instructions is not None else None
+            ids, cut = self.recipe.encode(self.tokenizer, query, passage,
+                                          instruction=self.instruction if own is None else own,
                                           max_length=self.max_length, static=self.static,
                                           second=None if seconds is None else seconds[i])
             out.append(ids)
@@ -175,11 +178,19 @@ class RecipeScorer(Scorer):
                  instruction: str | None = None, max_length: int | None = None, batch_size: int | None = None,
                  max_batch_tokens: int | None = None, precision: str = "auto", normalize: bool = False,
                  threads: int | None = None, device: str = "cpu", progress: bool = False,
-                 name: str | None = None) -> None:
+                 windows: str = "first", window_tokens: int | None = None, stride: int | None = None,
+                 max_windows: int | None = None, name: str | None = None) -> None:
         from transformers import AutoTokenizer
+
+        from rerank.score.windows import AGGREGATES
 
         if max_length is not None and max_length < 8:
             raise ValueError("max_length must be at least 8 tokens")
+        if windows not in AGGREGATES:
+            raise ValueError(f"windows must be one of {AGGREGATES}, got {windows!r}")
+        if any(v is not None and v < 1 for v in (window_tokens, stride, max_windows)):
+            raise ValueError("window_tokens, stride and max_windows must be at least 1")
+        self.windows, self.window_tokens, self.stride, self.max_windows = windows, window_tokens, stride, max_windows
         self.threads = apply_threads(threads)
         self.model_name = model
         self.path = resolve(model)
@@ -220,31 +231,97 @@ class RecipeScorer(Scorer):
         return scores, calls, {}
 
     def runtime_settings(self) -> dict[str, str]:
-        """Recipe, precision and threads (with the reasons), for the trace."""
-        return {**self.choice.as_settings(self.threads), "recipe": self.recipe.name}
+        """Recipe, precision and threads (with the reasons), and the windows, for the trace."""
+        settings = {**self.choice.as_settings(self.threads), "recipe": self.recipe.name}
+        if self.windows != "first":
+            settings.update(windows=self.windows, window_tokens=str(self.window_tokens or "the room beside the query"),
+                            window_stride=str(self.stride or "window size"))
+        return settings
+
+    @property
+    def tokenizer(self):
+        """The model's tokenizer."""
+        return self.model.tokenizer
+
+    @property
+    def takes_instruction(self) -> bool:
+        """Whether a query's own instruction (``Query.instruction``) changes this model's input."""
+        return self.recipe.takes_instruction
+
+    @property
+    def max_length(self) -> int:
+        """Tokens of one model input."""
+        return self.model.max_length
+
+    def passage_budget(self, query: str, instruction: str | None = None) -> int:
+        """Passage tokens that fit in one input beside ``query``, its instruction and the recipe's
+        fixed text (what one window holds)."""
+        chosen = self.model.instruction if instruction is None else instruction
+        empty, _ = self.recipe.encode(self.tokenizer, query, "", instruction=chosen, max_length=self.max_length,
+                                      static=self.model.static)
+        used = len(empty)
+        if self.recipe.layout == "split":  # its max_length counts the query and passage, not the fixed prompt
+            prefix, _, suffix = self.model.static
+            used -= len(prefix) + len(suffix)
+        return max(1, self.max_length - used - 1)  # one token of slack: word pieces may merge at the seam
 
     def predict(self, pairs: Sequence[tuple[str, str]]) -> np.ndarray:
         """Scores of (query text, passage text) pairs, in input order."""
         if not pairs:
             return np.zeros(0, dtype=np.float32)
+        from rerank.types import Passage, Query
+
+        if self.windows != "first":
+            batch = [Candidates(Query(str(i), q), [Passage(str(i), p)], [0.0]) for i, (q, p) in enumerate(pairs)]
+            return np.concatenate([np.asarray(s, dtype=np.float32) for s in self.score_pairs(batch)[0]])
         sequences, _ = self.model.encode([q for q, _ in pairs], [p for _, p in pairs])
         return self._run(sequences, _groups([q for q, _ in pairs]), precision=self.precision)[0]
 
-    def score_pairs(self, batch: Sequence[Candidates]) -> tuple[Sequence[Any], Work]:
-        """Scores of every candidate of every query in one length-sorted run."""
+    def _windows(self, batch: Sequence[Candidates]):
+        """Each passage's windows (text spans of at most the window size in tokens), as
+        :class:`~rerank.score.windows.Windows` over the batch's flattened pairs."""
+        from rerank.score.windows import text_windows
+
         queries = [c.query.text for c in batch for _ in c.passages]
         texts = [p.full_text for c in batch for p in c.passages]
-        sequences, cuts = self.model.encode(queries, texts)
-        groups = [g for g, c in enumerate(batch) for _ in c.passages]
+        sizes = {}
+        for c in batch:
+            key = (c.query.text, c.query.instruction or None)
+            if key not in sizes:
+                sizes[key] = self.window_tokens or self.passage_budget(c.query.text, c.query.instruction or None)
+        per_pair = [sizes[(c.query.text, c.query.instruction or None)] for c in batch for _ in c.passages]
+        return text_windows(self.tokenizer, queries, texts, per_pair, stride=self.stride, max_windows=self.max_windows)
+
+    def score_pairs(self, batch: Sequence[Candidates]) -> tuple[Sequence[Any], Work]:
+        """Scores of every candidate of every query in one length-sorted run (with ``windows``,
+        every window of every passage, aggregated per passage; a query's windows share its prefix)."""
+        owner_of = [g for g, c in enumerate(batch) for _ in c.passages]
+        instruction_of = [c.query.instruction or None for c in batch]
+        if self.windows == "first":
+            queries = [c.query.text for c in batch for _ in c.passages]
+            texts = [p.full_text for c in batch for p in c.passages]
+            owner = np.arange(len(texts))
+        else:
+            cut = self._windows(batch)
+            queries, texts, owner = cut.queries, cut.texts, cut.owner
+        groups = [owner_of[int(i)] for i in owner]
+        sequences, cuts = self.model.encode(queries, texts, instructions=[instruction_of[g] for g in groups])
         flat, calls, shared = self._run(sequences, groups, precision=self.precision, progress=self.progress)
+        if self.windows != "first":
+            from rerank.score.windows import aggregate
+
+            flat = aggregate(flat, owner, len(owner_of), self.windows)
         lengths = np.array([len(s) for s in sequences])
+        group_of = np.asarray(groups)
         scores, tokens, counters, start = [], [], [], 0
         for g, c in enumerate(batch):
             scores.append(flat[start:start + len(c)])
-            reused = shared.get(g, 0) * (len(c) - 1)  # the prefix ran once, not once per pair
-            tokens.append(int(lengths[start:start + len(c)].sum()) - reused)
-            counters.append({"documents": len(c), "truncated_pairs": sum(cuts[start:start + len(c)]),
-                             "shared_prefix_tokens": shared.get(g, 0)})
+            mine = group_of == g
+            reused = shared.get(g, 0) * (int(mine.sum()) - 1)  # the prefix ran once, not once per pair
+            tokens.append(int(lengths[mine].sum()) - reused)
+            counters.append({"documents": len(c), "truncated_pairs": int(np.asarray(cuts)[mine].sum()),
+                             "shared_prefix_tokens": shared.get(g, 0),
+                             **({"windows": int(mine.sum())} if self.windows != "first" else {})})
             start += len(c)
         return scores, Work(calls, tokens, counters_per_query=counters)
 

@@ -154,6 +154,11 @@ class Recipe:
         return out
 
     # -- input ids --------------------------------------------------------------------------
+    @property
+    def takes_instruction(self) -> bool:
+        """Whether the recipe's input has a task instruction a user may change (Qwen3-Reranker, mxbai-rerank-v2)."""
+        return "{instruction}" in self.template + self.query_template
+
     def instruction_text(self, instruction: str | None) -> str:
         """What the template's ``{instruction}`` becomes (empty without one)."""
         chosen = self.instruction if instruction is None else instruction
@@ -182,6 +187,12 @@ class Recipe:
             full = tokenize(tokenizer, body, add_special_tokens=self.special_tokens)["input_ids"]
             if len(full) <= budget:
                 return prefix + list(full) + suffix, False
+            if not self.template.rstrip().endswith("{passage}"):
+                # Text after the passage (monoT5's "Relevant:") is part of what the model scores: cut
+                # the passages, never the input's end.
+                fitted = self._fit_passages(tokenizer, extra, query, passage, second, budget)
+                if fitted is not None:
+                    return prefix + fitted + suffix, True
             cut = tokenize(tokenizer, body, add_special_tokens=self.special_tokens, truncation=True, max_length=budget)
             return prefix + list(cut["input_ids"]) + suffix, True
         if self.layout == "split":
@@ -196,6 +207,31 @@ class Recipe:
             cut = cut or len(passage_ids) > room
             return prefix + query_ids + passage_ids[:room] + suffix, cut
         raise RecipeError(f"recipe {self.name}: layout {self.layout!r} is encoded by its scorer's tokenizer")
+
+    def _fit_passages(self, tokenizer, extra: str, query: str, passage: str, second: str | None,
+                      budget: int) -> list[int] | None:
+        """The ``whole`` input with its passage (and a pairwise recipe's second passage, each to an
+        equal share) cut to fit ``budget`` tokens, the template's text after them intact; None
+        when the template without passages is already too long."""
+        slots = {"passage": passage, **({"second": second} if second is not None else {})}
+
+        def body(texts: dict[str, str]) -> list[int]:
+            return list(tokenize(tokenizer, self.template.format(instruction=extra, query=query, **texts),
+                                 add_special_tokens=self.special_tokens)["input_ids"])
+
+        room = budget - len(body({k: "" for k in slots}))
+        if room < len(slots):
+            return None
+        spans = {k: tokenize(tokenizer, v, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+                 for k, v in slots.items()}
+        share = room // len(slots)
+        while share > 0:
+            texts = {k: slots[k][:spans[k][min(share, len(spans[k])) - 1][1]] if spans[k] else "" for k in slots}
+            ids = body(texts)
+            if len(ids) <= budget:
+                return ids
+            share -= max(1, (len(ids) - budget + len(slots) - 1) // len(slots))  # word pieces re-merge at the cut
+        return None
 
     def fixed_tokens(self, tokenizer) -> int:
         """Tokens every input of this recipe has whatever the pair (template, prefix, suffix)."""

@@ -45,6 +45,15 @@ class SpladeScorer(Scorer, kind="splade"):
         self.max_length = max_length
         self.name = name or f"splade({self.model_name}{', cached' if index is not None else ''})"
 
+    @property
+    def tokenizer(self):
+        """The encoder's tokenizer."""
+        return self.encoder.tokenizer
+
+    def passage_budget(self, query: str) -> int:
+        """Passage tokens the encoder reads (the query is encoded apart)."""
+        return max(1, self.encoder.max_length - self.encoder.tokenizer.num_special_tokens_to_add(pair=False))
+
     def score_pairs(self, batch: Sequence[Candidates]) -> tuple[Sequence[Any], Work]:
         """Sparse query vectors · passage vectors for every candidate."""
         import scipy.sparse as sp

@@ -76,11 +76,18 @@ def split_windows(tokenizer, queries: Sequence[str], passages: Sequence[str], *,
     specials = tokenizer.num_special_tokens_to_add(pair=True)
     unique = list(dict.fromkeys(queries))
     query_tokens = dict(zip(unique, (len(ids) for ids in tokenize(tokenizer, unique, add_special_tokens=False)["input_ids"])))
+    sizes = [max(1, max_length - specials - query_tokens[q]) for q in queries]
+    return text_windows(tokenizer, queries, passages, sizes, stride=stride, max_windows=max_windows)
+
+
+def text_windows(tokenizer, queries: Sequence[str], passages: Sequence[str], sizes: Sequence[int], *,
+                 stride: int | None = None, max_windows: int | None = None) -> Windows:
+    """Cut passage ``i`` into windows of at most ``sizes[i]`` word pieces, starting every
+    ``stride`` pieces (default: the size), as spans of its text that never split a word."""
     offsets = tokenize(tokenizer, list(passages), add_special_tokens=False, return_offsets_mapping=True,
-                        verbose=False)["offset_mapping"]
+                       verbose=False)["offset_mapping"]
     window_queries, texts, owner = [], [], []
-    for i, (query, passage, spans) in enumerate(zip(queries, passages, offsets)):
-        size = max(1, max_length - specials - query_tokens[query])
+    for i, (query, passage, spans, size) in enumerate(zip(queries, passages, offsets, sizes)):
         # A word piece that starts where the previous one ended continues its word.
         word_starts = [j == 0 or spans[j][0] != spans[j - 1][1] for j in range(len(spans))]
         for start, end in window_starts(len(spans), size, stride or size, max_windows, word_starts):
