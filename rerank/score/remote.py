@@ -103,9 +103,10 @@ SHAPES: dict[str, RemoteShape] = {
     "tei": RemoteShape("tei", "/rerank", "texts", _tei_results, 32, {"raw_scores": True, "truncate": True},
                        takes_model=False),
     "infinity": RemoteShape("infinity", "/rerank", "documents", _cohere_results, 1000, {"return_documents": False}),
-    # rerank serve: the Cohere shape with raw scores (the served pipeline's own, comparable with a local stage).
+    # rerank serve: the Cohere shape with raw scores (the served pipeline's own, comparable with a local stage);
+    # model names one of the models it serves.
     "rerank": RemoteShape("rerank", "/rerank", "documents", _cohere_results, 1000,
-                          {"raw_scores": True, "return_documents": False}, takes_model=False),
+                          {"raw_scores": True, "return_documents": False}),
 }
 
 
@@ -191,6 +192,8 @@ class Remote(Scorer, kind="remote"):
         self.url = base if base.endswith(self.shape.path) else base + self.shape.path
         self.model = model
         self.api_key_env = api_key_env
+        self.optional_key = False
+        """True for a rerank-serve endpoint, which may run without keys: an unset variable sends none."""
         self.max_documents = max_documents or self.shape.max_documents
         self.concurrency = concurrency
         self.retries = retries
@@ -213,9 +216,10 @@ class Remote(Scorer, kind="remote"):
         headers = {"Content-Type": "application/json", "Accept": "application/json"}
         if self.api_key_env:
             key = os.environ.get(self.api_key_env)
-            if not key:
+            if key:
+                headers["Authorization"] = f"Bearer {key}"
+            elif not self.optional_key:
                 raise RemoteError(f"{self.name}: the environment variable {self.api_key_env} (the API key) is not set")
-            headers["Authorization"] = f"Bearer {key}"
         return headers
 
     def _body(self, query: str, documents: list[str]) -> dict[str, Any]:

@@ -2,6 +2,7 @@
 :class:`RemoteReranker` stage that puts the service into a local pipeline."""
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -45,12 +46,18 @@ class _Overloaded(Exception):
 
 
 def _request_body(query: str, documents: Sequence[str], top_n: int | None, return_documents: bool,
-                  raw_scores: bool) -> dict[str, Any]:
+                  raw_scores: bool, options: dict[str, Any]) -> dict[str, Any]:
     body: dict[str, Any] = {"query": query, "documents": list(documents), "return_documents": return_documents,
-                            "raw_scores": raw_scores}
+                            "raw_scores": raw_scores, **{k: v for k, v in options.items() if v is not None}}
     if top_n is not None:
         body["top_n"] = top_n
     return body
+
+
+def _auth_headers(api_key_env: str | None) -> dict[str, str]:
+    """``Authorization: Bearer`` with the key the environment variable ``api_key_env`` holds (none if unset)."""
+    key = os.environ.get(api_key_env) if api_key_env else None
+    return {"Authorization": f"Bearer {key}"} if key else {}
 
 
 def _ranked(answer: Any) -> list[RankedDocument]:
@@ -81,18 +88,26 @@ class RerankClient:
 
     503 answers (overloaded, shutting down) and refused connections are retried ``retries``
     times with exponential back-off; any other 4xx/5xx raises :class:`ServiceRequestError`.
+    ``model``: the served model to ask (default: the service's default); ``api_key_env``: the
+    environment variable holding the API key, sent as a bearer token when set.
     """
 
     def __init__(self, url: str = "http://127.0.0.1:8080", *, timeout: float = 30.0, retries: int = 2,
-                 http: httpx.Client | None = None) -> None:
+                 http: httpx.Client | None = None, model: str | None = None,
+                 api_key_env: str | None = "RERANK_API_KEY") -> None:
         self.url = url.rstrip("/")
         self.retries = retries
+        self.model = model
         self._http = http or httpx.Client(timeout=timeout)
+        self._http.headers.update(_auth_headers(api_key_env))
 
     def rerank(self, query: str, documents: Sequence[str], *, top_n: int | None = None,
-               return_documents: bool = False, raw_scores: bool = False) -> list[RankedDocument]:
-        """The documents ranked for ``query``, best first (at most ``top_n``)."""
-        return _ranked(self._post("/rerank", _request_body(query, documents, top_n, return_documents, raw_scores)))
+               return_documents: bool = False, raw_scores: bool = False, model: str | None = None,
+               **options: Any) -> list[RankedDocument]:
+        """The documents ranked for ``query``, best first (at most ``top_n``); ``options``: other
+        request fields (``instruction``, ``max_tokens_per_doc``, ``max_chunks_per_doc``, ``min_relevance``)."""
+        return _ranked(self._post("/rerank", _request_body(query, documents, top_n, return_documents, raw_scores,
+                                                          {"model": model or self.model, **options})))
 
     def health(self) -> bool:
         """Whether the service answers ``GET /health`` with 200."""
@@ -106,6 +121,10 @@ class RerankClient:
         response = self._http.get(f"{self.url}/info")
         response.raise_for_status()
         return response.json()
+
+    def models(self) -> list[dict[str, Any]]:
+        """The served models (``GET /v1/models``)."""
+        return list(_answer(self._http.get(f"{self.url}/v1/models"))["data"])
 
     def _post(self, path: str, body: dict[str, Any]) -> Any:
         def attempt() -> httpx.Response:
@@ -141,15 +160,20 @@ class AsyncRerankClient:
     """
 
     def __init__(self, url: str = "http://127.0.0.1:8080", *, timeout: float = 30.0, retries: int = 2,
-                 http: httpx.AsyncClient | None = None) -> None:
+                 http: httpx.AsyncClient | None = None, model: str | None = None,
+                 api_key_env: str | None = "RERANK_API_KEY") -> None:
         self.url = url.rstrip("/")
         self.retries = retries
+        self.model = model
         self._http = http or httpx.AsyncClient(timeout=timeout)
+        self._http.headers.update(_auth_headers(api_key_env))
 
     async def rerank(self, query: str, documents: Sequence[str], *, top_n: int | None = None,
-                     return_documents: bool = False, raw_scores: bool = False) -> list[RankedDocument]:
-        """The documents ranked for ``query``, best first (at most ``top_n``)."""
-        return _ranked(await self._post("/rerank", _request_body(query, documents, top_n, return_documents, raw_scores)))
+                     return_documents: bool = False, raw_scores: bool = False, model: str | None = None,
+                     **options: Any) -> list[RankedDocument]:
+        """The documents ranked for ``query``, best first (at most ``top_n``; ``options`` as :meth:`RerankClient.rerank`)."""
+        return _ranked(await self._post("/rerank", _request_body(query, documents, top_n, return_documents, raw_scores,
+                                                                {"model": model or self.model, **options})))
 
     async def health(self) -> bool:
         """Whether the service answers ``GET /health`` with 200."""
@@ -193,9 +217,13 @@ class RemoteReranker(Remote):
     (the ``remote`` stage with ``shape="rerank"``; ``client``: take its URL).
 
     Sends each query's candidates (title and text), in their current order, and takes the
-    service's ``raw_scores``: the served pipeline's own scores.
+    service's ``raw_scores``: the served pipeline's own scores. ``model``: the served model to
+    ask; ``api_key_env``: the environment variable holding the key (default ``RERANK_API_KEY``,
+    sent when set).
     """
 
     def __init__(self, url: str = "http://127.0.0.1:8080", *, client: RerankClient | None = None,
-                 name: str = "remote", **options: Any) -> None:
-        super().__init__(client.url if client is not None else url, shape="rerank", name=name, **options)
+                 name: str = "remote", api_key_env: str | None = "RERANK_API_KEY", **options: Any) -> None:
+        super().__init__(client.url if client is not None else url, shape="rerank", name=name,
+                         api_key_env=api_key_env, **options)
+        self.optional_key = True

@@ -1,12 +1,17 @@
-"""Run the service with uvicorn: from a pipeline config (``rerank serve``), in the foreground
-with signal handling, or in a background thread (tests, notebooks)."""
+"""Run the service with uvicorn: from a pipeline or service config, model names and folders
+(``rerank serve``), in the foreground with signal handling, or in a background thread (tests,
+notebooks)."""
 from __future__ import annotations
 
+import ipaddress
+import socket
 import threading
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
-from rerank.config import build_pipeline, parse_config
+from rerank.config import ConfigError, parse_config, read_toml
 from rerank.extras import missing_extra
 
 try:
@@ -16,7 +21,8 @@ except ImportError as error:
 
 from rerank.pipeline import Stage
 from rerank.serve.app import create_app
-from rerank.serve.settings import ServeSettings
+from rerank.serve.models import ModelSpec, service_specs
+from rerank.serve.settings import ServeSettings, SettingsError
 
 
 class _DrainingServer(uvicorn.Server):
@@ -36,17 +42,20 @@ class _DrainingServer(uvicorn.Server):
 
 
 class RerankServer:
-    """The rerank HTTP service for ``pipeline`` on ``settings.host``:``settings.port`` (port 0
-    picks a free port; :attr:`url` tells which).
+    """The rerank HTTP service for ``models`` (one stage, a name → stage/source mapping, or
+    :class:`~rerank.serve.models.ModelSpec` s; see :func:`~rerank.serve.app.create_app`) on
+    ``settings.host``:``settings.port`` (port 0 picks a free port; :attr:`url` tells which).
 
     ``run()`` blocks and handles SIGINT/SIGTERM gracefully; ``start()`` serves from a background
-    thread until ``stop()``.
+    thread until ``stop()``. It refuses a non-loopback address without API keys unless
+    ``settings.insecure``.
     """
 
-    def __init__(self, pipeline: Stage, settings: ServeSettings | None = None, *, log_level: str = "warning",
-                 costs=None) -> None:
+    def __init__(self, models: Stage | Mapping[str, Any] | Sequence[ModelSpec], settings: ServeSettings | None = None,
+                 *, log_level: str = "warning", costs=None, keys=None, tracer_provider=None) -> None:
         self.settings = settings or ServeSettings()
-        self.app = create_app(pipeline, self.settings, costs=costs)
+        self.app = create_app(models, self.settings, costs=costs, keys=keys, tracer_provider=tracer_provider)
+        check_exposure(self.settings.host, self.app.state.service.keys is not None, self.settings.insecure)
         config = uvicorn.Config(self.app, host=self.settings.host, port=self.settings.port, log_level=log_level,
                                 access_log=False, lifespan="on",
                                 timeout_graceful_shutdown=self.settings.shutdown_timeout_s or None)  # type: ignore[arg-type]  # seconds, fractional
@@ -70,8 +79,14 @@ class RerankServer:
         """Serve until SIGINT/SIGTERM; in-flight requests finish (up to ``shutdown_timeout_s``)."""
         self._server.run()
 
-    def start(self, timeout: float = 60.0) -> RerankServer:
-        """Serve from a background thread; returns once the port is open."""
+    @property
+    def ready(self) -> bool:
+        """Whether every preloaded model is loaded and warmed."""
+        return self.app.state.service.pool.ready
+
+    def start(self, timeout: float = 120.0, *, wait_ready: bool = True) -> RerankServer:
+        """Serve from a background thread; returns once the port is open (and, with
+        ``wait_ready``, once every preloaded model is loaded and warmed)."""
         self._thread = threading.Thread(target=self._server.run, name="rerank-server", daemon=True)
         self._thread.start()
         deadline = time.monotonic() + timeout
@@ -80,6 +95,15 @@ class RerankServer:
                 raise RuntimeError(f"the server did not start on {self.settings.host}:{self.settings.port}")
             if time.monotonic() > deadline:
                 raise TimeoutError("the server did not start in time")
+            time.sleep(0.01)
+        service = self.app.state.service
+        while wait_ready and not service.pool.ready:
+            failed = [h.failure for h in service.pool.hosts.values() if h.failure and h.spec.preload]
+            if failed:
+                self.stop()
+                raise RuntimeError(f"a model failed to load: {failed[0]}")
+            if time.monotonic() > deadline:
+                raise TimeoutError("the models did not load in time")
             time.sleep(0.01)
         return self
 
@@ -97,13 +121,65 @@ class RerankServer:
         self.stop()
 
 
-def load_service(config_path: str | Path, **overrides) -> tuple[Stage, ServeSettings]:
-    """The pipeline and settings a config describes: its ``pipeline`` and ``[stages]``, its
-    ``[serve]`` table, then ``overrides`` (``None`` values ignored). The config and the settings
-    are checked before any model loads; :func:`create_app` refuses a pipeline it cannot serve."""
-    config = parse_config(config_path)
-    table = dict(config.extra.get("serve") or {})
-    if config.tune and "cutoff_values" not in table:
-        table["cutoff_values"] = config.tune
-    settings = ServeSettings.from_table(table, f"{config_path} [serve]").override(**overrides)
-    return build_pipeline(config, precision=settings.precision), settings
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (an address or name) only listens on this machine."""
+    if host in ("localhost", ""):
+        return host == "localhost"
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        try:
+            return all(ipaddress.ip_address(info[4][0]).is_loopback for info in socket.getaddrinfo(host, None))
+        except (OSError, ValueError):
+            return False
+
+
+def check_exposure(host: str, keyed: bool, insecure: bool) -> None:
+    """Refuse to listen beyond loopback without API keys, unless told ``insecure``."""
+    if not keyed and not insecure and not is_loopback(host):
+        raise SettingsError(f"refusing to listen on {host} without API keys: anyone who reaches the port would get "
+                            "scores. Give --api-keys FILE (or RERANK_API_KEYS), or --insecure if a gateway in front "
+                            "checks callers")
+
+
+def load_service(config_path: str | Path | None = None, *, models: Sequence[str] = (), **overrides
+                 ) -> tuple[list[ModelSpec], ServeSettings]:
+    """The models and settings to serve, checked before any model loads.
+
+    ``config_path``: a pipeline config (its expression is one model, named after the file, and
+    its ``[serve]`` table the settings), a service config (a ``[models]`` table of names →
+    pipeline configs or model names, and ``[serve]``), or a model folder, Hugging Face id or short
+    name (served as itself, no config needed). ``models``: ``NAME=SOURCE`` options (``--model``),
+    added to or replacing the config's. Then ``overrides`` (``None`` values ignored).
+    """
+    specs: list[ModelSpec] = []
+    table: dict[str, Any] = {}
+    where = str(config_path) if config_path is not None else "--model"
+    if config_path is not None and str(config_path).endswith(".toml"):
+        _, data = read_toml(config_path)
+        table = dict(data.get("serve") or {})
+        if "pipeline" in data:
+            config = parse_config(config_path)
+            if config.tune and "cutoff_values" not in table:
+                table["cutoff_values"] = config.tune
+            specs.append(ModelSpec(Path(config_path).stem, str(config_path)))
+        elif "models" not in data and not models:
+            raise ConfigError(f'{config_path}: needs a pipeline = "..." expression (one model) or a [models] table '
+                              '(several: name = "pipeline.toml")')
+        specs += service_specs(data.get("models"), [], where)
+    elif config_path is not None:
+        source = str(config_path)
+        name = Path(source.rstrip("/")).name if Path(source).exists() else source.split("/")[-1]
+        specs.append(ModelSpec(name, source))
+    replaced = service_specs(None, models, where)
+    specs = [s for s in specs if s.name not in {r.name for r in replaced}] + replaced
+    if not specs:
+        raise SettingsError("nothing to serve: give --pipeline (a config, model folder or name) or --model NAME=SOURCE")
+    for spec in specs:  # every config is read and checked now, before any model loads
+        if isinstance(spec.source, str) and spec.source.endswith(".toml"):
+            parse_config(spec.source)
+    settings = ServeSettings.from_table(table, f"{where} [serve]").override(**overrides)
+    if settings.preload is False:
+        for spec in specs:
+            spec.preload = False
+    return specs, settings

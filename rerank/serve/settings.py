@@ -19,6 +19,13 @@ class SettingsError(RerankError, ValueError):
     """A ``[serve]`` setting that is unknown or out of range."""
 
 
+MODEL_SETTINGS = ("batching", "max_batch_size", "max_wait_ms", "max_queue", "precision", "budget_ms",
+                  "budget_headroom", "budget_follow_drift", "cutoff_values", "warmup_sizes", "normalize",
+                  "min_relevance")
+"""Settings one served model may set for itself (its own pipeline config's ``[serve]`` table);
+the rest belong to the whole service."""
+
+
 @dataclass(frozen=True, config=ConfigDict(strict=True, extra="forbid"))
 class ServeSettings:
     """Limits and batching of the HTTP service; every field can be set in the pipeline config's
@@ -72,8 +79,30 @@ class ServeSettings:
     """Document counts the stages are timed at on start-up (default: 10, 50, 100, 200, within
     ``max_documents``)."""
     normalize: bool = True
-    """Answer ``sigmoid(score)`` as ``relevance_score`` (the ranking is the same); a request's
-    ``raw_scores = true`` asks for the pipeline's own scores."""
+    """Answer ``sigmoid(score)`` as ``relevance_score`` (the ranking is the same; a calibrated
+    pipeline answers its probability of relevance instead); a request's ``raw_scores = true``
+    asks for the pipeline's own scores."""
+    min_relevance: Optional[Annotated[float, Field(ge=0, le=1)]] = None
+    """Drop results whose ``relevance_score`` is below this (a request's own ``min_relevance``
+    overrides it); nothing left is an empty list. One threshold means the same for every model
+    only where each is calibrated (``rerank calibrate``)."""
+    default_model: Optional[str] = None
+    """The model a request without ``model`` (and every TEI-shaped request) gets; default: the first."""
+    preload: bool = True
+    """Load every model at start (``/ready`` answers 200 once all are loaded and warmed); false:
+    each loads on its first request."""
+    max_loaded_models: Optional[PositiveInt] = None
+    """At most this many models in memory; the least recently used idle one is unloaded first."""
+    max_memory_mb: Optional[Positive] = None
+    """Unload least recently used idle models while the process's resident memory is above this."""
+    api_keys: Optional[str] = None
+    """Key file (``name:sha256[:requests-per-minute]`` a line; :mod:`rerank.serve.auth`)."""
+    insecure: bool = False
+    """Allow listening on a non-loopback address without API keys."""
+    access_log: bool = True
+    """One JSON line per request on the ``rerank.access`` logger."""
+    tracing: bool = False
+    """OpenTelemetry spans per request and stage (the ``otel`` extra; the process's tracer provider)."""
 
     def __post_init__(self) -> None:
         from rerank.precision import CHOICES
