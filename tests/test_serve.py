@@ -2,6 +2,7 @@
 SciFact passages, and the tests' tiny cross-encoder (no trained one can be downloaded here)."""
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -450,6 +451,7 @@ def test_cli_serve_answers_then_stops_on_sigterm(tmp_path, tiny_ce_path, tiny_ce
                       f"[serve]\nport = {port}\nmax_documents = 5\n")
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     process = subprocess.Popen([sys.executable, "-m", "rerank.cli", "serve", "--pipeline", str(config),
+                                "--model", f"folder={tiny_ce_path}", "--precision", "fp32",
                                 "--max-wait-ms", "1", "--log-level", "warning"],
                                stderr=subprocess.PIPE, text=True, env=env)
     try:
@@ -466,8 +468,17 @@ def test_cli_serve_answers_then_stops_on_sigterm(tmp_path, tiny_ce_path, tiny_ce
             i: pytest.approx(s, abs=1e-5) for i, s in enumerate(expected)}
         too_many = httpx.post(f"{url}/rerank", json={"query": "q", "documents": ["d"] * 6})
         assert too_many.status_code == 413 and "max_documents=5" in too_many.json()["error"]
+        # A model folder served as itself, no TOML written for it (it used to fail: "Is a directory").
+        while httpx.get(f"{url}/ready").status_code != 200:
+            assert time.monotonic() < deadline, "models did not load"
+            time.sleep(0.2)
+        folder = httpx.post(f"{url}/rerank", json={"model": "folder", "query": "what is fever", "documents": ["a", "b"],
+                                                   "raw_scores": True})
+        assert folder.status_code == 200 and folder.json()["meta"]["model"] == "folder"
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=30) == 0
+        access = [json.loads(line) for line in process.stderr.read().splitlines() if line.startswith("{")]
+        assert [a["model"] for a in access if a["status"] == 200] == ["serve", "folder"]
         with pytest.raises(httpx.ConnectError):
             httpx.get(f"{url}/health")
     finally:
