@@ -209,6 +209,13 @@ def parse_config(source: str | Path | dict, *, text: str | None = None, check_fi
                                               and config.extra["score_cache"].strip()):
         raise ConfigError(f'{where}: score_cache is the path of a SQLite file, e.g. score_cache = "scores.sqlite"')
     _check_expression(config)
+    if "calibration" in config.extra:
+        from rerank.relevance import Calibration, CalibrationError
+
+        try:
+            Calibration.from_table(config.extra["calibration"], f"{where} [calibration]")
+        except CalibrationError as exc:
+            raise ConfigError(str(exc)) from None
     config.tune = parse_tune_table(data.get("tune"), config.variables(), where)
     for name in config.used():
         _check_spec(config.stages[name], kinds, config, check_files)
@@ -351,6 +358,12 @@ def build_pipeline(config: PipelineConfig | str | Path | dict, *, built: dict[st
         from rerank.cache import open_cache, with_score_cache
 
         pipeline = with_score_cache(pipeline, open_cache(cache_file))
+    if "calibration" in config.extra:
+        from rerank.relevance import Calibration
+
+        if any(pipeline is stage for stage in built.values()):  # a stage other pipelines share keeps none
+            pipeline = Pipeline([pipeline])
+        pipeline.calibration = Calibration.from_table(config.extra["calibration"], f"{config.source} [calibration]")
     return pipeline
 
 
@@ -396,4 +409,6 @@ def dump_pipeline(pipeline, tune: dict[str, list[int]] | None = None) -> str:
     for leaf in leaves(pipeline):
         name_of(leaf)
     expression = render(pipeline, name_of)
-    return tomli_w.dumps({"pipeline": expression, "stages": tables, **({"tune": dict(tune)} if tune else {})})
+    calibration = getattr(pipeline, "calibration", None)
+    return tomli_w.dumps({"pipeline": expression, "stages": tables, **({"tune": dict(tune)} if tune else {}),
+                          **({"calibration": calibration.to_table()} if calibration is not None else {})})

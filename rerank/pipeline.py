@@ -57,6 +57,9 @@ class Stage(ABC):
     """True for a stage that fetches candidates from an index (it ignores the candidates given)."""
     k: int = 0
     """How many candidates a retrieving stage fetches per query (``retrieves`` stages only)."""
+    calibration: Any = None
+    """A :class:`~rerank.relevance.Calibration` from this stage's final score to a probability of
+    relevance (set from a config's ``[calibration]`` table; None: uncalibrated)."""
     remote: bool = False
     """True for a stage whose scores come from an HTTP endpoint (worth caching though it loads no model)."""
     transport_settings: tuple[str, ...] = ()
@@ -118,7 +121,8 @@ class Stage(ABC):
 
     def rank(self, query: str, documents: Sequence[str], top_k: int | None = None, *,
              ids: Sequence[Hashable] | None = None,
-             metadata: Sequence[Mapping[str, Any] | None] | None = None) -> RankedResults:
+             metadata: Sequence[Mapping[str, Any] | None] | None = None,
+             min_relevance: float | None = None) -> RankedResults:
         """Rank plain strings: ``documents`` best first for ``query`` (at most ``top_k``) as
         :class:`~rerank.ranking.RankedResults`, each a :class:`~rerank.ranking.RankedDocument`
         with its ``index`` in the input list, ``score``, ``document`` text and the caller's
@@ -126,6 +130,9 @@ class Stage(ABC):
 
             rerank.load("minilm-l6").rank("what is an axon", ["Axons carry signals.", "The cat sat."],
                                           ids=["doc-1", "doc-2"]).by_id("doc-1").score
+
+        ``min_relevance`` keeps only documents at least that likely relevant (by the stage's
+        :attr:`calibration`, else the sigmoid of the score); an empty list when none is.
         """
         from rerank.ranking import rank_documents
 
@@ -133,7 +140,7 @@ class Stage(ABC):
         if retrieving:
             raise ValueError(f"stage {retrieving[0]} retrieves from an index, so it would ignore the documents given; "
                              "rank() needs a re-ranking stage or pipeline")
-        return rank_documents(self, query, documents, top_k, ids=ids, metadata=metadata)
+        return rank_documents(self, query, documents, top_k, ids=ids, metadata=metadata, min_relevance=min_relevance)
 
     def search(self, queries: Iterable[Query]) -> list[Candidates]:
         """Run the stage from scratch: start every query with no candidates."""

@@ -148,3 +148,21 @@ def plot_per_query_deltas(baseline: Mapping[str, float], systems: Mapping[str, M
         return _save(fig, path)
     finally:
         plt.close(fig)
+
+
+def plot_reliability(curves: Mapping[str, Sequence[tuple[float, float, int]]], path: str | Path, *,
+                     title: str = "Reliability") -> Path:
+    """A reliability diagram: per pipeline, each bin's mean predicted probability against the
+    share of its pairs people judged relevant (the diagonal is perfect calibration)."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(5.5, 5.0))
+    ax.plot([0, 1], [0, 1], color="0.6", linestyle="--", linewidth=1, label="perfectly calibrated")
+    for name, points in curves.items():
+        ax.plot([p for p, _, _ in points], [r for _, r, _ in points], marker="o", markersize=3, label=name)
+    ax.set_xlabel("predicted probability of relevance (bin mean)")
+    ax.set_ylabel("share judged relevant")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_title(title)
+    ax.legend(fontsize=8, loc="upper left")
+    return _save(fig, path)

@@ -2,6 +2,7 @@
 with the caller's own ids and metadata carried through to the results."""
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -102,14 +103,16 @@ def _caller_inputs(n: int, ids: Sequence[Hashable] | None, metadata: Sequence[Ma
 
 def rank_documents(stage: Callable[[list[Candidates]], list[Candidates]], query: str, documents: Sequence[str],
                    top_k: int | None = None, *, ids: Sequence[Hashable] | None = None,
-                   metadata: Sequence[Mapping[str, Any] | None] | None = None) -> RankedResults:
+                   metadata: Sequence[Mapping[str, Any] | None] | None = None,
+                   min_relevance: float | None = None) -> RankedResults:
     """Run ``stage`` (a re-ranking :class:`~rerank.pipeline.Stage`) on one query and its documents
     (strings) and return them best first as :class:`RankedResults`, each document carrying its
     input position, score, text and, where given, the caller's ``ids[i]`` and ``metadata[i]``.
 
     Documents enter in the given order, so equal scores keep that order (:mod:`rerank.order`).
     An empty query, an empty document list, a document that is not a string, ids or metadata
-    of the wrong length, or a duplicate id is an error.
+    of the wrong length, or a duplicate id is an error. ``min_relevance`` drops documents whose
+    probability of relevance (:func:`relevance_of`) is below it (all of them: an empty list).
     """
     if not isinstance(query, str) or not query.strip():
         raise EmptyQueryError("the query is empty; rank() needs a query to score the documents against")
@@ -125,8 +128,23 @@ def rank_documents(stage: Callable[[list[Candidates]], list[Candidates]], query:
     given = _caller_inputs(len(documents), ids, metadata)
     passages = [Passage(str(i), text) for i, text in enumerate(documents)]
     [result] = stage([Candidates(Query("query", query), passages, [0.0] * len(passages))])
+    if min_relevance is not None and not 0 <= min_relevance <= 1:
+        raise ValueError(f"min_relevance is a probability in [0, 1], got {min_relevance!r}")
+    probability = relevance_of(stage)
     ranked = []
     for p, s in zip(result.passages, result.scores):
         i = int(p.id)
+        if min_relevance is not None and probability(float(s)) < min_relevance:
+            continue
         ranked.append(RankedDocument(i, float(s), documents[i], given.ids[i], given.metadata[i]))
     return RankedResults(query, ranked[:top_k] if top_k else ranked)
+
+
+def relevance_of(stage: Any) -> Callable[[float], float]:
+    """How a stage's score becomes a probability of relevance: its calibration
+    (:mod:`rerank.relevance`, ``rerank calibrate``) where it has one, else the sigmoid of the
+    score (which means something different for every model)."""
+    calibration = getattr(stage, "calibration", None)
+    if calibration is not None:
+        return calibration.probability
+    return lambda score: float(1.0 / (1.0 + math.exp(-max(min(score, 700.0), -700.0))))

@@ -155,8 +155,8 @@ def test_the_service_reports_hits_and_misses(tiny_ce_path, tmp_path):
         second = http.post("/rerank", json=body).json()
         metrics = http.get("/metrics").text
     assert first["results"] == second["results"]
-    assert 'rerank_score_cache_lookups_total{outcome="miss",stage="ce"} 5.0' in metrics
-    assert 'rerank_score_cache_lookups_total{outcome="hit",stage="ce"} 5.0' in metrics
+    assert 'rerank_score_cache_lookups_total{model="default",outcome="miss",stage="ce"} 5.0' in metrics
+    assert 'rerank_score_cache_lookups_total{model="default",outcome="hit",stage="ce"} 5.0' in metrics
 
 
 def test_the_cli_flag_fills_the_cache_and_leaves_the_environment_as_it_was(tiny_ce_path, tmp_path, monkeypatch):

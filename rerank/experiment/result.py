@@ -99,6 +99,21 @@ def machine(precisions: dict[str, str] | None = None) -> str:
 
 
 @dataclass
+class CalibrationRow:
+    """How well a calibrated pipeline's probabilities match the judgments on each query's top
+    results: ECE (15 equal-mass bins), Brier score, the ECE the sigmoid of its raw scores would
+    have, and the reliability diagram's points (mean probability, share relevant, pairs)."""
+
+    method: str
+    pairs: int
+    relevant: int
+    ece: float
+    brier: float
+    ece_sigmoid: float
+    reliability: list[tuple[float, float, int]] = field(default_factory=list)
+
+
+@dataclass
 class ExperimentResult:
     """The results table as data, with everything behind it.
 
@@ -122,6 +137,8 @@ class ExperimentResult:
     plot_measure: str = ""
     machine: str = ""
     batch_size: int = 1
+    calibration: dict[str, CalibrationRow] = field(default_factory=dict)
+    """Per calibrated pipeline: its :class:`CalibrationRow`."""
 
     def row(self, pipeline: str) -> PipelineRow:
         """The row of one pipeline."""
@@ -185,6 +202,16 @@ class ExperimentResult:
             held = len(self.expected) - len(self.drifts)
             parts.append(f"{held} of {len(self.expected)} expected scores within tolerance.")
             parts += [f"- DRIFT: {d}" for d in self.drifts]
+        if self.calibration:
+            parts += ["", "## Calibration", "",
+                      "Each calibrated pipeline's probability of relevance on each query's top results, against the "
+                      "judgments: expected calibration error (15 equal-mass bins), Brier score, and the ECE of the "
+                      "sigmoid of its raw scores (what an uncalibrated service answers).", "",
+                      "| pipeline | method | pairs | relevant | ECE | Brier | ECE of sigmoid(raw) |",
+                      "|---|---|---:|---:|---:|---:|---:|"]
+            parts += [f"| {name} | {c.method} | {c.pairs} | {c.relevant} | {c.ece:.4f} | {c.brier:.4f} | "
+                      f"{c.ece_sigmoid:.4f} |" for name, c in self.calibration.items()]
+            parts += ["", "![reliability diagram](reliability.png)"]
         parts += ["", "## Plots", "", f"![{self.plot_measure} against latency](trade-off.png)", "",
                   f"![per-query {self.plot_measure} against {self.baseline}](per-query.png)", ""]
         return "\n".join(parts)
@@ -219,6 +246,9 @@ class ExperimentResult:
                 "mean_ms": r.mean_ms, "p95_ms": r.p95_ms, "passages": r.passages, "model_calls": r.model_calls,
                 "tokens": r.tokens, "llm_tokens": r.llm_tokens} for r in self.rows],
             "expected": len(self.expected), "drifts": [str(d) for d in self.drifts],
+            **({"calibration": {name: {"method": c.method, "pairs": c.pairs, "relevant": c.relevant, "ece": c.ece,
+                                       "brier": c.brier, "ece_sigmoid": c.ece_sigmoid}
+                                for name, c in self.calibration.items()}} if self.calibration else {}),
         }
 
     def write(self, folder: str | Path) -> dict[str, Path]:
@@ -255,6 +285,12 @@ class ExperimentResult:
             base = {q: s[measure] for q, s in self.per_query[self.baseline].items()}
             paths["per-query"] = plot_per_query_deltas(base, others, folder / "per-query.png", measure=measure,
                                                        baseline_name=self.baseline)
+        if self.calibration:
+            from rerank.plots import plot_reliability
+
+            paths["reliability"] = plot_reliability(
+                {f"{name} (ECE {c.ece:.3f})": c.reliability for name, c in self.calibration.items()},
+                folder / "reliability.png", title=f"{self.name}: calibrated probability against judgments")
         return paths
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from rerank.errors import EvaluationError, RerankError
-from rerank.experiment.result import Drift, ExperimentResult, PipelineRow, machine, stage_precisions
+from rerank.experiment.result import CalibrationRow, Drift, ExperimentResult, PipelineRow, machine, stage_precisions
 from rerank.experiment.shared import run_shared
 from rerank.experiment.spec import Expectation, ExperimentSpec, load_spec
 from rerank.pipeline import Stage, leaves
@@ -48,7 +48,8 @@ class Experiment:
                  test: str = "t-test", correction: str = "holm", alpha: float = 0.05, batch_size: int = 1,
                  expected: Sequence[Expectation] = (), name: str = "experiment", description: str = "",
                  plot_measure: str | None = None, progress: bool = True,
-                 excluded: Mapping[str, set[str]] | None = None) -> None:
+                 excluded: Mapping[str, set[str]] | None = None, calibration_depth: int = 20,
+                 calibration_relevant: int = 1) -> None:
         from rerank.evaluate import parse_measures
         from rerank.significance import CORRECTIONS, TESTS
 
@@ -70,6 +71,7 @@ class Experiment:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
         self.batch_size = batch_size
         self.plot_measure = plot_measure or self.measures[0]
+        self.calibration_depth, self.calibration_relevant = calibration_depth, calibration_relevant
         self.inputs = [c if isinstance(c, Candidates) else Candidates(c, [], []) for c in inputs]
         ids = [c.query.id for c in self.inputs]
         if len(set(ids)) != len(ids):
@@ -132,7 +134,8 @@ class Experiment:
         experiment = cls(pipelines, inputs, qrels, spec.measures, baseline=spec.baseline, test=spec.test,
                          correction=spec.correction, alpha=spec.alpha, batch_size=spec.batch_size,
                          expected=spec.expected, name=spec.name, description=spec.description,
-                         plot_measure=spec.plot_measure, progress=progress, excluded=read_excluded(spec.qrels))
+                         plot_measure=spec.plot_measure, progress=progress, excluded=read_excluded(spec.qrels),
+                         calibration_depth=spec.calibration_depth, calibration_relevant=spec.calibration_relevant)
         experiment.source = spec.source
         return experiment
 
@@ -189,13 +192,30 @@ class Experiment:
                     row.p_value[measure] = test.p_value
                     row.p_corrected[measure] = test.p_corrected
                     row.significant[measure] = int(np.sign(test.mean_delta)) if test.significant(self.alpha) else 0
+        calibration = {name: self._calibration(self.pipelines[name].calibration, batch)
+                       for name, batch in outputs.items() if self.pipelines[name].calibration is not None}
         drifts = [Drift(e, by_name[e.pipeline].scores[e.measure]) for e in self.expected
                   if abs(by_name[e.pipeline].scores[e.measure] - e.score) > e.tolerance + 1e-12]
         return ExperimentResult(
             name=self.name, measures=self.measures, baseline=self.baseline, test=self.test, correction=self.correction,
             alpha=self.alpha, queries=len(self.qrels), rows=rows, per_query=per_query, runs=dict(outputs),
             expected=self.expected, drifts=drifts, description=self.description, plot_measure=self.plot_measure,
-            machine=machine(stage_precisions(outputs.values())), batch_size=self.batch_size)
+            machine=machine(stage_precisions(outputs.values())), batch_size=self.batch_size, calibration=calibration)
+
+    def _calibration(self, calibrated, batch: list[Candidates]) -> CalibrationRow:
+        """ECE, Brier score and reliability of a calibrated pipeline's probabilities on each
+        query's top ``calibration_depth``, and the ECE of the sigmoid of its raw scores beside them."""
+        from rerank.relevance import brier_score, expected_calibration_error, judged_pairs, reliability
+
+        scores, labels, _ = judged_pairs(batch, self.qrels, depth=self.calibration_depth,
+                                         relevant=self.calibration_relevant)
+        probabilities = calibrated.probabilities(scores)
+        raw = 1 / (1 + np.exp(-np.clip(np.asarray(scores, dtype=np.float64), -700, 700)))
+        return CalibrationRow(method=calibrated.method, pairs=len(scores), relevant=int(sum(labels)),
+                              ece=expected_calibration_error(probabilities, labels),
+                              brier=brier_score(probabilities, labels),
+                              ece_sigmoid=expected_calibration_error(raw, labels),
+                              reliability=reliability(probabilities, labels))
 
 
 def read_inputs(spec: ExperimentSpec, max_queries: int | None = None) -> tuple[list, Qrels]:

@@ -55,7 +55,7 @@ from rerank.experiment.prepare import check_step
 from rerank.registry import PREPARE_STEPS
 
 _TOP = ("name", "description", "precision", "score_cache", "dataset", "input", "prepare", "evaluation", "pipelines",
-        "stages", "expected")
+        "stages", "expected", "calibration")
 
 
 class _Table(BaseModel):
@@ -92,6 +92,10 @@ class EvaluationTable(_Table):
     tolerance: Annotated[float, Field(ge=0)] = 0.002
     batch_size: Annotated[int, Field(gt=0)] = 1
     plot_measure: Optional[str] = None
+    calibration_depth: Annotated[int, Field(gt=0)] = 20
+    """Each query's top results that a calibrated pipeline's ECE and Brier score are measured on."""
+    calibration_relevant: Annotated[int, Field(ge=1)] = 1
+    """The least grade that counts as relevant for calibration (TREC DL: 2)."""
 
 
 @dataclass(frozen=True)
@@ -147,6 +151,8 @@ class ExperimentSpec:
     expected: list[Expectation] = field(default_factory=list)
     precision: str | None = None
     """The top-level ``precision``: every model stage's and prepare step's unless they set their own."""
+    calibration_depth: int = 20
+    calibration_relevant: int = 1
 
 
 class _Locator:
@@ -267,6 +273,11 @@ def load_spec(path: str | Path, *, check_files: bool = True) -> ExperimentSpec:
     if not tables:
         raise ConfigError(f"{source}: needs a [pipelines] table: name = \"expression over [stages]\"")
     stages = data.get("stages", {})
+    calibrations = _typed(data.get("calibration", {}), dict, at.at("calibration"), "[calibration.<pipeline>] tables")
+    unknown = sorted(set(calibrations) - set(tables))
+    if unknown:
+        raise ConfigError(f"{at.at('calibration')}: [calibration.{unknown[0]}] names no pipeline "
+                          f"(pipelines: {', '.join(tables)})")
     pipelines = {}
     for name, expression in tables.items():
         where = at.at("pipelines", name)
@@ -275,6 +286,8 @@ def load_spec(path: str | Path, *, check_files: bool = True) -> ExperimentSpec:
             table = {"pipeline": expression, "stages": stages}
             if "precision" in data:  # the default precision of every model stage
                 table["precision"] = data["precision"]
+            if name in calibrations:  # rerank calibrate's [calibration] table of this pipeline
+                table["calibration"] = calibrations[name]
             if "score_cache" in data:  # rerank.cache: relative to the experiment config's folder
                 cache = Path(str(data["score_cache"])).expanduser()
                 table["score_cache"] = str(cache if cache.is_absolute() else Path(source).parent / cache)
@@ -332,7 +345,8 @@ def load_spec(path: str | Path, *, check_files: bool = True) -> ExperimentSpec:
         skip_missing=inputs.skip_missing if inputs else False, prepare=prepare, measures=measures,
         baseline=baseline, test=evaluation.test, correction=evaluation.correction, alpha=evaluation.alpha,
         batch_size=evaluation.batch_size, plot_measure=plot_measure, pipelines=pipelines, expected=expected,
-        precision=data.get("precision"))
+        precision=data.get("precision"), calibration_depth=evaluation.calibration_depth,
+        calibration_relevant=evaluation.calibration_relevant)
 
 
 def _check_data_path(value: str, where: str) -> None:

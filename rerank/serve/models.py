@@ -312,7 +312,7 @@ def describe_pipeline(pipeline: Stage) -> dict[str, Any]:
 
 def calibrated_probability(pipeline: Stage) -> Callable[[float], float] | None:
     """The pipeline's map from its score to a probability of relevance, if it was calibrated."""
-    return getattr(pipeline, "probability", None)
+    return pipeline.calibration.probability if pipeline.calibration is not None else None
 
 
 def process_rss_mb() -> float:
