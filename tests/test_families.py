@@ -467,12 +467,14 @@ def test_every_family_is_served_behind_the_rerank_api(family, folders, colbert_f
 
     folder = colbert_folder if family == "colbert" else folders[family]
     kind = {"qwen3-reranker": "causal-reranker", "monot5": "t5-reranker", "duot5": "duot5", "colbert": "colbert"}
-    config = tmp_path / "serve.toml"
+    config = tmp_path / "m.toml"  # served as model "m", the file's name
     config.write_text(f'pipeline = "m"\n\n[stages.m]\nkind = "{kind[family]}"\nmodel = "{folder}"\n'
                       f'precision = "fp32"\n\n[serve]\nport = 0\nmax_wait_ms = 20\n', encoding="utf-8")
-    pipeline, settings = load_service(str(config))
-    expected = pipeline.rank(QUERIES[0], PASSAGES)
-    with RerankServer(pipeline, settings) as running, httpx.Client(base_url=running.url, timeout=60) as http:
+    models, settings = load_service(str(config))
+    from rerank.config import build_pipeline
+
+    expected = build_pipeline(config).rank(QUERIES[0], PASSAGES)
+    with RerankServer(models, settings) as running, httpx.Client(base_url=running.url, timeout=60) as http:
         for path in ("/rerank", "/v1/rerank", "/v2/rerank"):
             answer = http.post(path, json={"query": QUERIES[0], "documents": PASSAGES, "raw_scores": True,
                                            "model": "m"})

@@ -258,10 +258,12 @@ def test_serve_table_precision(tmp_path, cache, on_cpu):
     folder = tiny_cross_encoder(tmp_path / "ce", bias=0.0)
     config = tmp_path / "s.toml"
     config.write_text(_pipeline_toml(folder) + '\n[serve]\nprecision = "bf16"\n')
-    pipeline, settings = load_service(config)
-    assert settings.precision == "bf16" and pipeline.precision == "bf16"
-    pipeline, _ = load_service(config, precision="fp32")  # rerank serve --precision fp32
-    assert pipeline.precision == "fp32"
+    from rerank.serve.models import build_model
+
+    models, settings = load_service(config)
+    assert settings.precision == "bf16" and build_model(models[0], settings.precision)[0].precision == "bf16"
+    models, settings = load_service(config, precision="fp32")  # rerank serve --precision fp32
+    assert build_model(models[0], settings.precision)[0].precision == "fp32"
     with pytest.raises(SettingsError):
         ServeSettings.from_table({"precision": "fp16"})
 

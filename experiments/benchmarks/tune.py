@@ -414,10 +414,17 @@ def _load(url: str, bodies: list[dict], clients: int, per_client: int):
 
 
 def _metric(text: str, name: str) -> float:
-    for line in text.splitlines():
-        if line.startswith(name + " "):
-            return float(line.split()[-1])
-    return 0.0
+    """The sum of the samples named ``name`` whose labels include those given (every model's)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    wanted, _, labels = name.partition("{")
+    want = dict(item.split("=", 1) for item in labels.rstrip("}").split(",") if item) if labels else {}
+    total = 0.0
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == wanted and all(sample.labels.get(k) == v.strip('"') for k, v in want.items()):
+                total += sample.value
+    return total
 
 
 def main() -> None:
