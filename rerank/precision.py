@@ -355,3 +355,54 @@ BATCH_SHAPES = {"fp32": BatchShape(32, 2048), "bf16": BatchShape(32, 4096), "int
 kernels want full batches of 32 pairs (128.7 pairs/s at 32 x 4096 tokens against 88.0 at
 32 x 2048); fp32 and int8 gained nothing from larger ones (fp32 stays in cache at 2k tokens).
 Padding lengths up to multiples of 16 did not help (83.4 against 103.3 pairs/s)."""
+
+
+class AnchoredLinear:
+    """A dynamically quantized linear layer whose activation range is fixed (``bound``, from a
+    calibration sample) instead of measured on each call's whole input: torch's dynamic int8
+    takes one scale per call from the input's min and max, so a row's quantization, and so its
+    score, depends on the other rows it is batched with. Clamping to ``[-bound, bound]`` and
+    adding one row holding both ends pins the scale; integer accumulation is then exact, so a
+    row's output is the same in any batch (given the same input row)."""
+
+    def __new__(cls, inner, bound: float):
+        import torch
+
+        class _Anchored(torch.nn.Module):
+            def __init__(self) -> None:
+                super().__init__()
+                self.inner = inner
+                self.bound = float(bound)
+
+            def forward(self, x):
+                shape = x.shape
+                flat = x.reshape(-1, shape[-1]).clamp(-self.bound, self.bound)
+                anchor = flat.new_zeros(1, shape[-1])
+                anchor[0, 0], anchor[0, -1] = -self.bound, self.bound
+                out = self.inner(torch.cat([flat, anchor]))[:-1]
+                return out.reshape(*shape[:-1], out.shape[-1])
+
+        return _Anchored()
+
+
+def anchor_dynamic_int8(model, run_sample: Callable[[], object]) -> int:
+    """Replace every dynamically quantized linear layer of ``model`` by an
+    :class:`AnchoredLinear` whose bound is the largest absolute input it saw while
+    ``run_sample()`` ran; returns how many layers were anchored."""
+    bounds: dict[str, float] = {}
+    hooks = []
+    for name, module in model.named_modules():
+        if type(module).__name__ == "Linear" and "quantized" in type(module).__module__:
+            def record(module, args, name=name):
+                bounds[name] = max(bounds.get(name, 0.0), float(args[0].detach().abs().max()))
+            hooks.append(module.register_forward_pre_hook(record))
+    try:
+        run_sample()
+    finally:
+        for hook in hooks:
+            hook.remove()
+    for name, bound in bounds.items():
+        parent, _, child = name.rpartition(".")
+        owner = model.get_submodule(parent) if parent else model
+        setattr(owner, child, AnchoredLinear(getattr(owner, child), max(bound, 1e-6)))
+    return len(bounds)

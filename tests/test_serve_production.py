@@ -146,7 +146,11 @@ def test_ready_waits_for_every_preloaded_model_while_health_answers_at_once(mode
     server.start(wait_ready=False)
     try:
         assert httpx.get(f"{server.url}/health").status_code == 200
-        waiting = httpx.get(f"{server.url}/ready")
+        for _ in range(600):  # "fast" loads and warms; "slow" waits for the gate
+            waiting = httpx.get(f"{server.url}/ready")
+            if waiting.json()["waiting"] == ["slow"]:
+                break
+            threading.Event().wait(0.05)
         assert waiting.status_code == 503 and waiting.json()["waiting"] == ["slow"]
         gate.set()
         for _ in range(600):

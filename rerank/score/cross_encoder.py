@@ -71,7 +71,8 @@ class CrossEncoder(Scorer, kind="cross-encoder"):
                  max_batch_tokens: int | None = None, precision: str = "auto", normalize: bool = False,
                  threads: int | None = None, device: str = "cpu", progress: bool = False,
                  backend: str = "auto", name: str | None = None, windows: str = "first",
-                 stride: int | None = None, max_windows: int | None = None, streams: int | None = None) -> None:
+                 stride: int | None = None, max_windows: int | None = None, streams: int | None = None,
+                 batch_invariant: bool = False) -> None:
         import torch
 
         from rerank.score.windows import AGGREGATES
@@ -115,6 +116,31 @@ class CrossEncoder(Scorer, kind="cross-encoder"):
         self.net = net
         self.precision = self.choice.precision
         self._use_batch_shape(self.precision, batch_size, max_batch_tokens)
+        self.batch_invariant = False
+        if batch_invariant and not self.make_batch_invariant():
+            raise ValueError(f"batch_invariant: the {self.backend} backend cannot promise batch-independent scores; "
+                             "use backend='torch'")
+
+    INVARIANT_ROWS = 8
+    """Rows of every forward call on the batch-invariant path (short calls are filled with padding rows)."""
+    INVARIANT_BUCKET = 16
+    """A pair's padded length on the batch-invariant path: its own length rounded up to this."""
+
+    def make_batch_invariant(self) -> bool:
+        """Score every pair with kernel shapes fixed by the pair itself, so that its score does
+        not depend on what it is batched with: its own length bucket, a fixed number of rows
+        per call, and for int8 a fixed activation range per layer
+        (:class:`~rerank.precision.AnchoredLinear`). False where this backend cannot (ONNX
+        Runtime, OpenVINO)."""
+        if self.backend != "torch":
+            return False
+        if self.precision == "int8" and not self.batch_invariant:
+            from rerank.precision import anchor_dynamic_int8, calibration_pairs
+
+            pairs = [(p.query, p.passage) for p in calibration_pairs()]
+            anchor_dynamic_int8(self.net, lambda: self.predict(pairs))
+        self.batch_invariant = True
+        return True
 
     def _use_batch_shape(self, precision: str, pairs: int | None = None, tokens: int | None = None) -> None:
         shape = BATCH_SHAPES[precision]
@@ -195,6 +221,8 @@ class CrossEncoder(Scorer, kind="cross-encoder"):
             settings["streams"] = str(self.onnx.streams)
         if self.windows != "first":
             settings["window_stride"] = str(self.stride or "window size")
+        if self.batch_invariant:
+            settings["batch_invariant"] = "true"
         return settings
 
     def passage_budget(self, query: str) -> int:
@@ -270,7 +298,8 @@ class CrossEncoder(Scorer, kind="cross-encoder"):
                 calls = len(order)
             else:
                 for rows, *inputs in self._batches(encoded):
-                    out[rows] = self._to_scores(self._forward(net, *inputs)).cpu().numpy()
+                    scores = self._to_scores(self._forward(net, *inputs)).cpu().numpy()
+                    out[rows] = scores[: len(rows)]  # padding rows of the batch-invariant path dropped
                     calls += 1
                     bar.update(len(rows))
         if owner is not None:
@@ -284,6 +313,9 @@ class CrossEncoder(Scorer, kind="cross-encoder"):
         longest first, each within the batch shape; with several streams the pairs are shared
         so that each round gives every stream an equal batch (20 pairs on 2 streams: 10 and 10)."""
         all_ids, all_types = encoded["input_ids"], encoded.get("token_type_ids")
+        if self.batch_invariant:
+            yield from self._invariant_batches(all_ids, all_types)
+            return
         order = np.argsort([-len(ids) for ids in all_ids], kind="stable")
         cap = self.batch_size
         if streams > 1:
@@ -308,6 +340,32 @@ class CrossEncoder(Scorer, kind="cross-encoder"):
                     types[j, :len(seq)] = all_types[r]
             yield rows, ids, mask, types
             start += len(rows)
+
+    def _invariant_batches(self, all_ids, all_types):
+        """Batches whose shapes depend only on their pairs' own lengths: pairs grouped by length
+        bucket, every call ``INVARIANT_ROWS`` rows of that bucket's length (padding rows fill the
+        last); the rows returned are the real ones."""
+        pad = self.tokenizer.pad_token_id or 0
+        step = self.INVARIANT_BUCKET
+        buckets: dict[int, list[int]] = {}
+        for i, ids in enumerate(all_ids):
+            buckets.setdefault(min(-(-len(ids) // step) * step, self.max_length), []).append(i)
+        rows_per_call = self.INVARIANT_ROWS
+        for length in sorted(buckets, reverse=True):
+            members = buckets[length]
+            for start in range(0, len(members), rows_per_call):
+                rows = np.asarray(members[start:start + rows_per_call])
+                ids = np.full((rows_per_call, length), pad, dtype=np.int64)
+                mask = np.zeros((rows_per_call, length), dtype=np.int64)
+                mask[len(rows):, 0] = 1  # padding rows attend to one token (no empty softmax)
+                types = np.zeros((rows_per_call, length), dtype=np.int64) if all_types is not None else None
+                for j, r in enumerate(rows):
+                    seq = all_ids[r]
+                    ids[j, :len(seq)] = seq
+                    mask[j, :len(seq)] = 1
+                    if types is not None:
+                        types[j, :len(seq)] = all_types[r]
+                yield rows, ids, mask, types
 
     def _forward(self, net, ids: np.ndarray, mask: np.ndarray, types: np.ndarray | None):
         """The logits of one batch from a torch model."""

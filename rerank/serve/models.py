@@ -148,6 +148,7 @@ class _Loaded:
     probability: Callable[[float], float] | None
     loaded_at: float
     load_seconds: float
+    invariance: list = field(default_factory=list)
 
 
 class ModelHost:
@@ -176,12 +177,17 @@ class ModelHost:
         pipeline, own = build_model(self.spec, self.base_settings.precision)
         check_servable(pipeline)
         settings = self.base_settings.override(**own) if own else self.base_settings
+        invariance: list = []
+        if settings.batch_invariance:
+            from rerank.serve.invariance import settle_invariance
+
+            pipeline, invariance = settle_invariance(pipeline)
         planner, costs = (self._planner(pipeline, settings, self.spec.costs) if variables(pipeline) else (None, None))
         batcher = MicroBatcher(pipeline, batching=settings.batching, max_batch_size=settings.max_batch_size,
                                max_wait_ms=settings.max_wait_ms, max_queue=settings.max_queue,
                                on_batch=lambda stats: self.on_batch(self.name, stats), arriving=self.arriving)
         loaded = _Loaded(pipeline, settings, batcher, TextFitter.of(pipeline), planner, costs,
-                         calibrated_probability(pipeline), time.time(), time.perf_counter() - began)
+                         calibrated_probability(pipeline), time.time(), time.perf_counter() - began, invariance)
         if planner is not None:
             batcher.planner = lambda job, behind: self._plan(loaded, job, behind)
             batcher.batching = False
@@ -282,7 +288,11 @@ class ModelHost:
         return {"id": self.name, "object": "model", "aliases": list(self.spec.aliases), "loaded": loaded is not None,
                 "warmed": self.warmed, "preload": self.spec.preload, "loads": self.loads, "unloads": self.unloads,
                 **({"pipeline": str(loaded.pipeline), "calibrated": loaded.probability is not None,
-                    "load_seconds": round(loaded.load_seconds, 3)} if loaded is not None else {}),
+                    "load_seconds": round(loaded.load_seconds, 3),
+                    "batch_invariant": all(r.invariant for r in loaded.invariance),
+                    "invariance": [{"stage": r.stage, "path": r.path, "gap": r.gap, "gap_as_loaded": r.loaded_gap,
+                                    "precision": r.precision} for r in loaded.invariance]}
+                   if loaded is not None else {}),
                 **({"error": self.failure} if self.failure else {}),
                 **self.known}
 

@@ -21,7 +21,7 @@ class SettingsError(RerankError, ValueError):
 
 MODEL_SETTINGS = ("batching", "max_batch_size", "max_wait_ms", "max_queue", "precision", "budget_ms",
                   "budget_headroom", "budget_follow_drift", "cutoff_values", "warmup_sizes", "normalize",
-                  "min_relevance")
+                  "min_relevance", "batch_invariance")
 """Settings one served model may set for itself (its own pipeline config's ``[serve]`` table);
 the rest belong to the whole service."""
 
@@ -86,6 +86,9 @@ class ServeSettings:
     """Drop results whose ``relevance_score`` is below this (a request's own ``min_relevance``
     overrides it); nothing left is an empty list. One threshold means the same for every model
     only where each is calibrated (``rerank calibrate``)."""
+    batch_invariance: bool = True
+    """At load, check that each model's scores do not depend on the batch (alone, 8 and 64
+    merged requests) and keep the fastest path within 1e-5 (:mod:`rerank.serve.invariance`)."""
     default_model: Optional[str] = None
     """The model a request without ``model`` (and every TEI-shaped request) gets; default: the first."""
     preload: bool = True
