@@ -247,6 +247,9 @@ def cmd_serve(args) -> int:
         access.addHandler(handler)
         access.setLevel(logging.INFO)
         access.propagate = False
+    from rerank.serve.models import limit_malloc_arenas
+
+    limit_malloc_arenas()
     server = RerankServer(specs, settings, log_level=args.log_level, keys=keys)
     batching = (f"micro-batching up to {settings.max_batch_size} pairs, {settings.max_wait_ms:g} ms wait"
                 if settings.batching else "no batching")

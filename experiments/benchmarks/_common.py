@@ -127,3 +127,16 @@ def quick_cross_encoder(folder: Path = QUICK_CROSS_ENCODER) -> Path:
     train_cross_encoder(group_triples(triples, 3), {q.id: q for q in queries}, corpus, folder,
                         config=TrainConfig(max_steps=3, groups_per_step=2, save_every=3), progress=False)
     return folder
+
+
+def prometheus_value(text: str, name: str, **labels: str) -> float:
+    """The sum of the samples of a Prometheus exposition named ``name`` whose labels include
+    ``labels`` (every model's, every key's, unless narrowed)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    total = 0.0
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                total += sample.value
+    return total

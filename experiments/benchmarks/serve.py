@@ -39,7 +39,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
-from _common import dl19_workload, machine, print_json, print_table
+from _common import dl19_workload, machine, print_json, print_table, prometheus_value
 from cross_encoder import make_cross_encoder
 
 from rerank.score.cross_encoder import CrossEncoder
@@ -96,10 +96,7 @@ class Server:
         return self
 
     def metric(self, name: str) -> float:
-        for line in httpx.get(f"{self.url}/metrics").text.splitlines():
-            if line.startswith(name + " "):
-                return float(line.split()[-1])
-        return 0.0
+        return prometheus_value(httpx.get(f"{self.url}/metrics").text, name)
 
     def stop(self) -> int:
         self.process.terminate()

@@ -50,7 +50,16 @@ from pathlib import Path
 
 import httpx
 import numpy as np
-from _common import CpuSteal, dl19_workload, machine, print_json, print_table, quick_cross_encoder, run_per_query
+from _common import (
+    CpuSteal,
+    dl19_workload,
+    machine,
+    print_json,
+    print_table,
+    prometheus_value,
+    quick_cross_encoder,
+    run_per_query,
+)
 
 from rerank.data import open_dataset
 from rerank.data.trec import ranked_items
@@ -415,16 +424,9 @@ def _load(url: str, bodies: list[dict], clients: int, per_client: int):
 
 def _metric(text: str, name: str) -> float:
     """The sum of the samples named ``name`` whose labels include those given (every model's)."""
-    from prometheus_client.parser import text_string_to_metric_families
-
     wanted, _, labels = name.partition("{")
     want = dict(item.split("=", 1) for item in labels.rstrip("}").split(",") if item) if labels else {}
-    total = 0.0
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == wanted and all(sample.labels.get(k) == v.strip('"') for k, v in want.items()):
-                total += sample.value
-    return total
+    return prometheus_value(text, wanted, **{k: v.strip('"') for k, v in want.items()})
 
 
 def main() -> None:

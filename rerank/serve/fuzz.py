@@ -68,3 +68,75 @@ def malformed_requests(n: int, settings: ServeSettings | None = None, seed: int 
     for i in range(n):
         name = names[i % len(names)] if i < len(names) else rng.choice(names)
         yield MalformedRequest(name, makers[name]())
+
+
+@dataclass(frozen=True)
+class BadCredential:
+    """A way to present a key that must get 401: extra headers (name, value pairs as sent, byte
+    for byte), a query string, or body fields."""
+
+    kind: str
+    headers: tuple[tuple[str, str], ...] = ()
+    query: str = ""
+    body: tuple[tuple[str, str], ...] = ()
+
+
+def bad_credentials(key: str) -> list[BadCredential]:
+    """Every kind of credential a keyed service must refuse, built around a valid ``key``: none,
+    wrong, truncated, padded, re-cased, the digest instead of the key, wrong schemes, repeated or
+    conflicting headers, control characters, non-ASCII, a long key, and the key where no key is
+    read (the query string, the body)."""
+    import hashlib
+
+    def header(name: str, value: str) -> tuple[tuple[str, str], ...]:
+        return ((name, value),)
+
+    bearer = f"Bearer {key}"
+    return [
+        BadCredential("no header"),
+        BadCredential("wrong key", header("Authorization", "Bearer rk-wrong-key-0000000000")),
+        BadCredential("empty bearer", header("Authorization", "Bearer ")),
+        BadCredential("bearer without token", header("Authorization", "Bearer")),
+        BadCredential("basic scheme", header("Authorization", f"Basic {key}")),
+        BadCredential("no scheme", header("Authorization", key)),
+        BadCredential("token scheme", header("Authorization", f"Token {key}")),
+        BadCredential("truncated key", header("Authorization", f"Bearer {key[:-1]}")),
+        BadCredential("key with a suffix", header("Authorization", f"Bearer {key}x")),
+        BadCredential("padded key", header("Authorization", f"Bearer  {key}")),
+        BadCredential("key with a space inside", header("X-API-Key", f"{key[:5]} {key[5:]}")),
+        BadCredential("upper-cased key", header("Authorization", f"Bearer {key.upper()}")),
+        BadCredential("digest instead of key", header("Authorization", f"Bearer {hashlib.sha256(key.encode()).hexdigest()}")),
+        BadCredential("wrong x-api-key", header("X-API-Key", "rk-nope")),
+        BadCredential("empty x-api-key", header("X-API-Key", "")),
+        BadCredential("key and wrong key", (("Authorization", bearer), ("X-API-Key", "rk-nope"))),
+        BadCredential("key sent twice", (("Authorization", bearer), ("Authorization", bearer))),
+        BadCredential("both headers", (("Authorization", bearer), ("X-API-Key", key))),
+        BadCredential("long key", header("Authorization", "Bearer " + "k" * 5000)),
+        BadCredential("control character", header("X-API-Key", key[:5] + "\t" + key[5:])),
+        BadCredential("non-ascii key", header("X-API-Key", key.replace("k", "\u00e9").encode("utf-8").decode("latin-1"))),
+        BadCredential("key in the query string", query=f"api_key={key}"),
+        BadCredential("key in the body", body=(("api_key", key),)),
+    ]
+
+
+def post_raw(host: str, port: int, path: str, headers, body: dict, timeout: float = 60.0) -> tuple[int, str]:
+    """POST ``body`` as JSON over a plain socket with ``headers`` exactly as given (HTTP clients
+    refuse to send several of the malformed ones an attacker would); the status and body text."""
+    import socket
+
+    payload = json.dumps(body).encode()
+    lines = [f"POST {path} HTTP/1.1", f"Host: {host}:{port}", "Content-Type: application/json",
+             f"Content-Length: {len(payload)}", "Connection: close", *(f"{k}: {v}" for k, v in headers)]
+    with socket.create_connection((host, port), timeout=timeout) as sock:
+        sock.sendall("\r\n".join(lines).encode("latin-1") + b"\r\n\r\n" + payload)
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    head, _, rest = data.partition(b"\r\n\r\n")
+    return int(head.split()[1]), rest.decode("utf-8", "replace")
+
+
+def try_credential(host: str, port: int, credential: BadCredential, body: dict) -> tuple[int, str]:
+    """Send one :class:`BadCredential` with ``body`` to ``/rerank``; the status and body text."""
+    path = "/rerank" + (f"?{credential.query}" if credential.query else "")
+    return post_raw(host, port, path, credential.headers, {**body, **dict(credential.body)})

@@ -168,6 +168,8 @@ class ModelHost:
         self.unloads = 0
         self.warmed = False
         self.failure: str | None = None
+        self.settled: list = []
+        """The batch-invariance reports of the first load (a reload of an invariant-as-loaded model skips the check)."""
         self.known: dict[str, Any] = describe_source(spec)
         self._lock = asyncio.Lock()
 
@@ -178,10 +180,13 @@ class ModelHost:
         check_servable(pipeline)
         settings = self.base_settings.override(**own) if own else self.base_settings
         invariance: list = []
-        if settings.batch_invariance:
+        if settings.batch_invariance and self.settled and all(r.path == "as loaded" for r in self.settled):
+            invariance = self.settled  # reloaded after an unload: the same model, already found invariant as loaded
+        elif settings.batch_invariance:
             from rerank.serve.invariance import settle_invariance
 
             pipeline, invariance = settle_invariance(pipeline)
+            self.settled = invariance
         planner, costs = (self._planner(pipeline, settings, self.spec.costs) if variables(pipeline) else (None, None))
         batcher = MicroBatcher(pipeline, batching=settings.batching, max_batch_size=settings.max_batch_size,
                                max_wait_ms=settings.max_wait_ms, max_queue=settings.max_queue,
@@ -274,6 +279,7 @@ class ModelHost:
             self.warmed = False
         del loaded
         gc.collect()
+        _return_freed_memory()
         log.info("model %s unloaded (least recently used)", self.name)
         return True
 
@@ -295,6 +301,35 @@ class ModelHost:
                    if loaded is not None else {}),
                 **({"error": self.failure} if self.failure else {}),
                 **self.known}
+
+
+def limit_malloc_arenas(arenas: int = 2) -> None:
+    """Cap glibc's malloc arenas: each new thread (a model's worker, reloaded after an unload)
+    may get an arena of its own whose freed memory glibc keeps, so a long-running service that
+    loads and unloads models grows; two arenas hold what the service needs (no-op off glibc)."""
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    if name:
+        try:
+            ctypes.CDLL(name).mallopt(-8, arenas)  # M_ARENA_MAX
+        except (OSError, AttributeError):
+            pass
+
+
+def _return_freed_memory() -> None:
+    """Hand the heap memory an unloaded model freed back to the operating system (glibc keeps it
+    otherwise, and a process that loads and unloads models would look like it leaks)."""
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    if name:
+        try:
+            ctypes.CDLL(name).malloc_trim(0)
+        except (OSError, AttributeError):  # not glibc
+            pass
 
 
 def describe_pipeline(pipeline: Stage) -> dict[str, Any]:
