@@ -231,7 +231,7 @@ def part_long_documents(folder: Path) -> dict:
 
 
 # -- part 3: calibration ---------------------------------------------------------------------
-def part_calibration(folder: Path, quick: bool) -> dict:
+def part_calibration(folder: Path, quick: bool, n_train: int | None, n_test: int | None) -> dict:
     from rerank.calibrate import calibrate
     from rerank.config import build_pipeline
     from rerank.data import open_dataset, write_run
@@ -240,7 +240,9 @@ def part_calibration(folder: Path, quick: bool) -> dict:
     scifact = open_dataset(DL19.parent / "scifact")
     corpus = scifact.corpus()
     bm25 = BM25Index.build(corpus.values(), progress=False)
-    n_train, n_test = (20, 20) if quick else (None, None)
+    # --quick: 15 train and 15 test queries, passages read to 128 tokens (a smoke run of the same code).
+    n_train, n_test = (15, 15) if quick else (n_train, n_test)
+    length = "max_length = 128\n" if quick else ""
     runs = {}
     for split, n in (("train", n_train), ("test", n_test)):
         judged = scifact.qrels(split)
@@ -250,9 +252,9 @@ def part_calibration(folder: Path, quick: bool) -> dict:
     cache = folder / "scores.sqlite"
     configs = {
         "minilm": 'pipeline = "minilm"\n\n[stages.minilm]\nkind = "bi-encoder"\nmodel = "minilm-l6"\n',
-        "splade": 'pipeline = "splade"\n\n[stages.splade]\nkind = "splade"\nmodel = "splade-tiny"\n',
+        "splade": f'pipeline = "splade"\n\n[stages.splade]\nkind = "splade"\nmodel = "splade-tiny"\n{length}',
         "fused": ('pipeline = "fuse(minilm, splade, method=\'zscore\')"\n\n[stages.minilm]\nkind = "bi-encoder"\n'
-                  'model = "minilm-l6"\n\n[stages.splade]\nkind = "splade"\nmodel = "splade-tiny"\n'),
+                  f'model = "minilm-l6"\n\n[stages.splade]\nkind = "splade"\nmodel = "splade-tiny"\n{length}'),
     }
     dl19_queries, dl19_corpus, dl19_run, dl19_qrels = dl19_workload()
     dl19_batch = []
@@ -544,6 +546,9 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="a short run of every part (about 3 minutes on 2 cores)")
     parser.add_argument("--soak-seconds", type=int, default=None, help="Locust soak length (default: 600, quick 30)")
     parser.add_argument("--users", type=int, default=8, help="Locust users in the soak (default: 8)")
+    parser.add_argument("--train-queries", type=int, default=400,
+                        help="SciFact train queries to calibrate on (default: 400, each 20 pairs)")
+    parser.add_argument("--test-queries", type=int, default=None, help="SciFact test queries to measure on (default: all 300)")
     parser.add_argument("--infinity", default=os.environ.get("RERANK_BENCH_INFINITY"),
                         help="path to an `infinity_emb` executable (its own venv), the peer")
     parser.add_argument("--parts", default="models,long,calibration,invariance,soak,infinity",
@@ -570,7 +575,8 @@ def main() -> None:
 
         run("models", "several models, API keys, request options", part_models, args.quick)
         run("long", "long documents: every pointwise recipe at twenty times its limit", part_long_documents)
-        run("calibration", "calibrated relevance (rerank calibrate on SciFact train)", part_calibration, args.quick)
+        run("calibration", "calibrated relevance (rerank calibrate on SciFact train)", part_calibration, args.quick,
+            args.train_queries, args.test_queries)
         run("invariance", "same request, same answer (DL19 BM25 top 100, MiniLM cross-encoder)", part_invariance,
             args.quick)
         run("soak", "Locust soak with unload and reload cycles", part_soak,
