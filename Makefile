@@ -42,7 +42,7 @@ test-fast: install
 # Every benchmark's --quick (each within minutes on 2 cores, with or without native bf16).
 bench-quick: install
 	@for b in bm25 dense cross_encoder cascade idcm llm precision train_step training_turns serve families \
-	          teacher train tune scale openvino_streams ecosystem seeds; do \
+	          teacher train tune scale openvino_streams ecosystem seeds production; do \
 	  echo "== $$b --quick"; $(PY) experiments/benchmarks/$$b.py --quick || exit 1; done
 
 # The committed experiments, one command each (see README: Results), then the README's tables.

@@ -358,3 +358,49 @@ def test_opentelemetry_spans_a_request_and_each_stage(models):
     assert len(children) >= 2 and all(s.name.startswith("stage ") for s in children)
     assert any(s.attributes.get("rerank.documents") == len(DOCS) for s in children)
     assert all("not-checked-here" not in json.dumps(dict(s.attributes)) for s in spans)
+
+
+def test_a_memory_cap_unloads_like_a_model_limit(models):
+    """max_memory_mb below what any model needs: one model stays loaded, every request answered."""
+    with RerankServer({"ce": models["ce"], "ce2": models["ce2"]}, SETTINGS.override(max_memory_mb=1.0)) as server:
+        answers = [httpx.post(f"{server.url}/rerank", json={"model": name, "query": QUERY, "documents": DOCS},
+                              timeout=60) for name in ("ce", "ce2", "ce", "ce2")]
+        listed = httpx.get(f"{server.url}/v1/models").json()["data"]
+    assert all(a.status_code == 200 for a in answers)
+    assert sum(m["loaded"] for m in listed) == 1 and sum(m["unloads"] for m in listed) >= 3
+
+
+def test_keys_from_the_environment_variable_form():
+    ring = KeyRing.parse(f"a:{hash_key(KEY)}, b:{hash_key(OTHER)}:30", "RERANK_API_KEYS")
+    assert [k.name for k in ring.keys] == ["a", "b"] and ring.keys[1].requests_per_minute == 30
+    assert ring.authenticate({"X-API-Key": OTHER}).name == "b"
+
+
+@pytest.mark.slow
+def test_locust_drives_mixed_models_sizes_and_keys_without_a_failure(models, tmp_path):
+    """Locust, headless over loopback (the load tool production.py soaks with), for a few seconds."""
+    import csv
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    pytest.importorskip("locust")
+    keys = tmp_path / "keys.txt"
+    keys.write_text(f"search:{hash_key(KEY)}\nbatch:{hash_key(OTHER)}\n")
+    bodies = tmp_path / "bodies.json"
+    bodies.write_text(json.dumps([{"query": QUERY, "documents": DOCS * 10}, {"query": "what is a gene", "documents": DOCS * 4}]))
+    locustfile = Path(__file__).resolve().parents[1] / "experiments" / "benchmarks" / "locust_production.py"
+    settings = SETTINGS.override(api_keys=str(keys), max_loaded_models=2)
+    with RerankServer({"ce": models["ce"], "ce2": models["ce2"], "qwen": models["qwen"]}, settings) as server:
+        env = {**os.environ, "RERANK_LOCUST_BODIES": str(bodies), "RERANK_LOCUST_MODELS": "ce:3,ce2:3,qwen:1",
+               "RERANK_LOCUST_KEYS": f"{KEY},{OTHER}"}
+        done = subprocess.run([sys.executable, "-m", "locust", "-f", str(locustfile), "--headless", "-u", "4", "-r", "4",
+                               "-t", "6s", "--host", server.url, "--csv", str(tmp_path / "load"), "--only-summary"],
+                              env=env, capture_output=True, text=True, timeout=180)
+        metrics = httpx.get(f"{server.url}/metrics").text
+    with open(tmp_path / "load_stats.csv") as handle:
+        total = {row["Name"]: row for row in csv.DictReader(handle)}["Aggregated"]
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert int(total["Request Count"]) > 5 and int(total["Failure Count"]) == 0
+    assert 'key="search"' in metrics and 'key="batch"' in metrics and KEY not in metrics

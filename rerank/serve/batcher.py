@@ -69,7 +69,8 @@ class MicroBatcher:
                  max_batch_size: int = 512, max_wait_ms: float = 2.0, max_queue: int = 256,
                  on_batch: Callable[[BatchStats], None] | None = None,
                  arriving: Callable[[], int] | None = None,
-                 planner: Callable[[_Job, list[_Job]], tuple[Callable, StageCost]] | None = None) -> None:
+                 planner: Callable[[_Job, list[_Job]], tuple[Callable, StageCost]] | None = None,
+                 executor: ThreadPoolExecutor | None = None) -> None:
         self.run = run
         self.planner = planner
         self.arriving = arriving
@@ -80,7 +81,10 @@ class MicroBatcher:
         self.on_batch = on_batch
         self._queue: deque[_Job] = deque()
         self._arrived: asyncio.Event | None = None
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rerank-model")
+        # A model's worker thread outlives the batcher when its owner passes one in (a model that is
+        # unloaded and loaded again keeps its thread, and the memory allocators' per-thread state).
+        self._owns_executor = executor is None
+        self._executor = executor or ThreadPoolExecutor(max_workers=1, thread_name_prefix="rerank-model")
         self._worker: asyncio.Task | None = None
         self._closing = False
 
@@ -107,7 +111,8 @@ class MicroBatcher:
             self._event().set()
         if self._worker is not None:
             await self._worker
-        self._executor.shutdown(wait=True)
+        if self._owns_executor:
+            self._executor.shutdown(wait=True)
 
     async def submit(self, candidates: Candidates, *, arrived: float | None = None,
                      budget_ms: float | None = None) -> Candidates:

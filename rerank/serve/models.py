@@ -14,6 +14,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -168,6 +169,8 @@ class ModelHost:
         self.unloads = 0
         self.warmed = False
         self.failure: str | None = None
+        self.worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"rerank-model-{spec.name}")
+        """The model's one worker thread, kept across unloads and reloads."""
         self.settled: list = []
         """The batch-invariance reports of the first load (a reload of an invariant-as-loaded model skips the check)."""
         self.known: dict[str, Any] = describe_source(spec)
@@ -190,7 +193,8 @@ class ModelHost:
         planner, costs = (self._planner(pipeline, settings, self.spec.costs) if variables(pipeline) else (None, None))
         batcher = MicroBatcher(pipeline, batching=settings.batching, max_batch_size=settings.max_batch_size,
                                max_wait_ms=settings.max_wait_ms, max_queue=settings.max_queue,
-                               on_batch=lambda stats: self.on_batch(self.name, stats), arriving=self.arriving)
+                               on_batch=lambda stats: self.on_batch(self.name, stats), arriving=self.arriving,
+                               executor=self.worker)
         loaded = _Loaded(pipeline, settings, batcher, TextFitter.of(pipeline), planner, costs,
                          calibrated_probability(pipeline), time.time(), time.perf_counter() - began, invariance)
         if planner is not None:
@@ -284,9 +288,10 @@ class ModelHost:
         return True
 
     async def stop(self) -> None:
-        """Finish queued requests and stop the batcher (shutdown)."""
+        """Finish queued requests and stop the batcher and the worker thread (shutdown)."""
         if self.loaded is not None:
             await self.loaded.batcher.stop()
+        self.worker.shutdown(wait=True)
 
     def describe(self) -> dict[str, Any]:
         """The ``/v1/models`` entry of this model."""
