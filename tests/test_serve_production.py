@@ -380,12 +380,11 @@ def test_keys_from_the_environment_variable_form():
 def test_locust_drives_mixed_models_sizes_and_keys_without_a_failure(models, tmp_path):
     """Locust, headless over loopback (the load tool production.py soaks with), for a few seconds."""
     import csv
+    import importlib.util
     import os
     import subprocess
     import sys
     from pathlib import Path
-
-    import importlib.util
 
     if importlib.util.find_spec("locust") is None:  # not imported here: it patches the process with gevent
         pytest.skip("locust is not installed (the test extra has it)")
