@@ -392,7 +392,7 @@ def test_locust_drives_mixed_models_sizes_and_keys_without_a_failure(models, tmp
     keys.write_text(f"search:{hash_key(KEY)}\nbatch:{hash_key(OTHER)}\n")
     bodies = tmp_path / "bodies.json"
     bodies.write_text(json.dumps([{"query": QUERY, "documents": DOCS * 10}, {"query": "what is a gene", "documents": DOCS * 4}]))
-    locustfile = Path(__file__).resolve().parents[1] / "experiments" / "benchmarks" / "locust_production.py"
+    locustfile = Path(__file__).resolve().parents[1] / "experiments" / "benchmarks" / "_locust_production.py"
     settings = SETTINGS.override(api_keys=str(keys), max_loaded_models=2)
     with RerankServer({"ce": models["ce"], "ce2": models["ce2"], "qwen": models["qwen"]}, settings) as server:
         env = {**os.environ, "RERANK_LOCUST_BODIES": str(bodies), "RERANK_LOCUST_MODELS": "ce:3,ce2:3,qwen:1",

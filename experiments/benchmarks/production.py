@@ -460,7 +460,7 @@ def part_soak(folder: Path, seconds: int, users: int) -> dict:
         for half in ("first", "second"):
             prefix = folder / f"soak-{half}"
             done = subprocess.run([sys.executable, "-m", "locust", "-f",
-                                   str(Path(__file__).with_name("locust_production.py")), "--headless", "-u", str(users),
+                                   str(Path(__file__).with_name("_locust_production.py")), "--headless", "-u", str(users),
                                    "-r", str(users), "-t", f"{seconds // 2}s", "--host", url, "--csv", str(prefix),
                                    "--only-summary", "--loglevel", "WARNING"], env=locust_env, capture_output=True,
                                   text=True)

@@ -101,6 +101,7 @@ class CrossEncoder(Scorer, kind="cross-encoder"):
         self.progress = progress
         self.name = name or f"cross-encoder({os.path.basename(str(model).rstrip('/')) or model})"
         self.truncated_queries = 0
+        self.batch_invariant = False  # calibration below scores on the usual path; make_batch_invariant() switches
         self._use_batch_shape("fp32")  # calibration runs in fp32's shape; the chosen one is set below
         self._torch = torch
         self.onnx = None  # the ONNX Runtime or OpenVINO callable, when one of those backends runs
@@ -116,7 +117,6 @@ class CrossEncoder(Scorer, kind="cross-encoder"):
         self.net = net
         self.precision = self.choice.precision
         self._use_batch_shape(self.precision, batch_size, max_batch_tokens)
-        self.batch_invariant = False
         if batch_invariant and not self.make_batch_invariant():
             raise ValueError(f"batch_invariant: the {self.backend} backend cannot promise batch-independent scores; "
                              "use backend='torch'")
