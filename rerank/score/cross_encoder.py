@@ -329,16 +329,7 @@ class CrossEncoder(Scorer, kind="cross-encoder"):
             # Padding up to a bucket boundary lets batches share kernel shapes.
             longest = min(-(-longest // self.pad_multiple) * self.pad_multiple, self.max_length)
             rows = order[start:start + size]
-            ids = np.full((len(rows), longest), pad, dtype=np.int64)
-            mask = np.zeros((len(rows), longest), dtype=np.int64)
-            types = np.zeros((len(rows), longest), dtype=np.int64) if all_types is not None else None
-            for j, r in enumerate(rows):
-                seq = all_ids[r]
-                ids[j, :len(seq)] = seq
-                mask[j, :len(seq)] = 1
-                if types is not None:
-                    types[j, :len(seq)] = all_types[r]
-            yield rows, ids, mask, types
+            yield (rows, *_padded(all_ids, all_types, rows, len(rows), longest, pad))
             start += len(rows)
 
     def _invariant_batches(self, all_ids, all_types):
@@ -355,16 +346,8 @@ class CrossEncoder(Scorer, kind="cross-encoder"):
             members = buckets[length]
             for start in range(0, len(members), rows_per_call):
                 rows = np.asarray(members[start:start + rows_per_call])
-                ids = np.full((rows_per_call, length), pad, dtype=np.int64)
-                mask = np.zeros((rows_per_call, length), dtype=np.int64)
+                ids, mask, types = _padded(all_ids, all_types, rows, rows_per_call, length, pad)
                 mask[len(rows):, 0] = 1  # padding rows attend to one token (no empty softmax)
-                types = np.zeros((rows_per_call, length), dtype=np.int64) if all_types is not None else None
-                for j, r in enumerate(rows):
-                    seq = all_ids[r]
-                    ids[j, :len(seq)] = seq
-                    mask[j, :len(seq)] = 1
-                    if types is not None:
-                        types[j, :len(seq)] = all_types[r]
                 yield rows, ids, mask, types
 
     def _forward(self, net, ids: np.ndarray, mask: np.ndarray, types: np.ndarray | None):
@@ -401,3 +384,18 @@ class CrossEncoder(Scorer, kind="cross-encoder"):
             counters.append({"documents": len(c), "windows": int(windows[start:start + len(c)].sum())})
             start += len(c)
         return scores, Work(calls, tokens, counters_per_query=counters)
+
+
+def _padded(all_ids, all_types, rows, height: int, length: int, pad: int):
+    """``(input_ids, attention_mask, token_type_ids|None)`` of ``height`` x ``length`` holding the
+    pairs ``rows`` first (rows beyond them stay padding)."""
+    ids = np.full((height, length), pad, dtype=np.int64)
+    mask = np.zeros((height, length), dtype=np.int64)
+    types = np.zeros((height, length), dtype=np.int64) if all_types is not None else None
+    for j, r in enumerate(rows):
+        seq = all_ids[r]
+        ids[j, :len(seq)] = seq
+        mask[j, :len(seq)] = 1
+        if types is not None:
+            types[j, :len(seq)] = all_types[r]
+    return ids, mask, types
