@@ -33,6 +33,7 @@ test: install lint
 lint: install
 	$(PY) -m ruff check rerank tests experiments
 	$(PY) -m mypy
+	$(VENV)/bin/lint-imports
 
 # The edit-test loop: every test that needs no real model weights (checked: such a test fails if it
 # opens them), in well under a minute. `make test` stays the full suite CI runs.

@@ -119,9 +119,10 @@ def cmd_rerank(args) -> int:
         result = rerank_on_ray(args.pipeline, batch, args.out, address=args.address, workers=args.workers,
                                cpus_per_worker=args.cpus_per_worker, gpus_per_worker=args.gpus_per_worker,
                                batch_queries=args.batch_queries, fmt=args.format, tag=args.tag,
-                               precision=args.precision, overwrite=args.overwrite, progress=not args.no_progress)
+                               precision=args.precision, overwrite=args.overwrite, progress=not args.no_progress,
+                               score_cache=args.score_cache)
     else:
-        pipeline = build_pipeline(config, precision=args.precision)
+        pipeline = build_pipeline(config, precision=args.precision, score_cache=args.score_cache)
         print(f"pipeline: {pipeline}", file=sys.stderr)
         result = rerank_to_file(pipeline, batch, args.out, fmt=args.format, tag=args.tag, chunk_size=args.chunk_size,
                                 progress=not args.no_progress, overwrite=args.overwrite)
@@ -190,7 +191,8 @@ def cmd_experiment(args) -> int:
 
     only = [p.strip() for p in args.pipelines.split(",") if p.strip()] if args.pipelines else None
     experiment = Experiment.from_config(args.config, max_queries=args.max_queries, only=only,
-                                        progress=not args.no_progress, precision=args.precision)
+                                        progress=not args.no_progress, precision=args.precision,
+                                        score_cache=args.score_cache)
     out = Path(args.out) if args.out else Path("experiments/results") / experiment.name
     if args.max_queries or only:
         print(f"note: a partial run ({args.max_queries or 'all'} queries, pipelines {only or 'all'}); "
@@ -236,7 +238,7 @@ def cmd_serve(args) -> int:
         budget_ms=args.budget_ms, default_model=args.default_model, max_loaded_models=args.max_loaded_models,
         max_memory_mb=args.max_memory_mb, preload=False if args.lazy else None, api_keys=args.api_keys,
         insecure=True if args.insecure else None, min_relevance=args.min_relevance,
-        tracing=True if args.tracing else None)
+        tracing=True if args.tracing else None, score_cache=args.score_cache)
     keys = None
     if not settings.api_keys and os.environ.get("RERANK_API_KEYS"):
         keys = KeyRing.parse(os.environ["RERANK_API_KEYS"], "RERANK_API_KEYS")
@@ -319,9 +321,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--queries", required=True, help="BEIR folder or name, queries.jsonl, TREC topics or TSV queries")
     p.add_argument("--split", default="test", help="with a BEIR folder: queries judged in this qrels split (default: test)")
     p.add_argument("-k", type=int, default=100, help="results per query (default: 100)")
-    from rerank.fusion import METHODS as FUSION_METHODS
+    from rerank.fusion import FUSION_METHODS
 
-    p.add_argument("--fusion", default="rrf", choices=FUSION_METHODS,
+    p.add_argument("--fusion", default="rrf", choices=FUSION_METHODS.names(),
                    help="how to fuse several indexes (default: rrf)")
     p.add_argument("--out", required=True, help="TREC run file to write (atomically)")
     p.add_argument("--tag", default="rerank", help="run tag, the 6th column (default: rerank)")
@@ -485,7 +487,7 @@ def add_score_cache_option(p: argparse.ArgumentParser) -> None:
     """``--score-cache FILE``: the SQLite score cache of every pointwise model stage (:mod:`rerank.cache`)."""
     p.add_argument("--score-cache", default=None, metavar="FILE",
                    help="keep the scores of the pointwise model stages in this SQLite file (shared by experiments, "
-                        "rerank tune, batch jobs and the service; sets RERANK_SCORE_CACHE); a re-run scores only "
+                        "rerank tune, batch jobs and the service); a re-run scores only "
                         "what changed")
 
 
@@ -497,21 +499,13 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    cache = getattr(args, "score_cache", None) if args.command != "tune" else None
-    before = os.environ.get("RERANK_SCORE_CACHE")
+    if getattr(args, "score_cache", None):  # one absolute path, whatever folder a worker runs in
+        args.score_cache = str(Path(args.score_cache).expanduser().resolve())
     try:
-        if cache:  # every pipeline the command builds (and the worker processes it starts) reads it
-            os.environ["RERANK_SCORE_CACHE"] = str(Path(cache).expanduser().resolve())
         return args.func(args)
     except (RerankError, ValueError, KeyError) as exc:
         print(f"rerank {args.command}: error: {exc}", file=sys.stderr)
         return 2
-    finally:
-        if cache:
-            if before is None:
-                os.environ.pop("RERANK_SCORE_CACHE", None)
-            else:
-                os.environ["RERANK_SCORE_CACHE"] = before
 
 
 if __name__ == "__main__":

@@ -46,7 +46,6 @@ from __future__ import annotations
 import ast
 import difflib
 import inspect
-import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -303,8 +302,7 @@ def build_pipeline(config: PipelineConfig | str | Path | dict, *, built: dict[st
     ``precision`` (``auto``, ``fp32``, ``bf16``, ``int8``) overrides every model stage's own.
     ``score_cache``: a SQLite file keeping the scores of the pointwise model stages
     (:mod:`rerank.cache`); default: the config's top-level ``score_cache`` (relative to the
-    config's folder), else ``$RERANK_SCORE_CACHE`` (what ``--score-cache`` sets), else none;
-    ``False``: none whatever the config says.
+    config's folder), else none; ``False``: none whatever the config says.
     """
     from rerank.pipeline import Fusion, Pipeline
 
@@ -353,7 +351,7 @@ def build_pipeline(config: PipelineConfig | str | Path | dict, *, built: dict[st
 
     pipeline = walk(ast.parse(config.expression, mode="eval"))
     cache_file = None if score_cache is False else (
-        score_cache or _config_cache_file(config) or os.environ.get("RERANK_SCORE_CACHE"))
+        score_cache or score_cache_file(config))
     if cache_file and cache_file is not True:
         from rerank.cache import open_cache, with_score_cache
 
@@ -367,7 +365,8 @@ def build_pipeline(config: PipelineConfig | str | Path | dict, *, built: dict[st
     return pipeline
 
 
-def _config_cache_file(config: PipelineConfig) -> Path | None:
+def score_cache_file(config: PipelineConfig) -> Path | None:
+    """The score cache file a config names (top-level ``score_cache``, relative to its folder), or None."""
     value = config.extra.get("score_cache")
     if value is None:
         return None

@@ -75,10 +75,11 @@ class RayOptions:
 def rerank(pipeline: str | Path, candidates_source: Inputs | Sequence[Candidates], out: str | Path, *,
            address: str = "local", workers: int = 2, cpus_per_worker: float = 1.0, gpus_per_worker: float = 0.0,
            batch_queries: int = 8, fmt: str | None = None, tag: str = "rerank", precision: str | None = None,
-           overwrite: bool = False, progress: bool = True) -> BatchResult:
+           overwrite: bool = False, progress: bool = True, score_cache: str | Path | None = None) -> BatchResult:
     """Re-rank ``candidates_source`` (streamed :class:`~rerank.batch.Inputs` or a list of
     :class:`Candidates`) with the pipeline config ``pipeline`` on a Ray cluster into ``out``,
-    resuming a previous run of the same job; see the module's description."""
+    resuming a previous run of the same job; see the module's description. ``score_cache``: a
+    score cache file every actor's pipeline reads and writes (:mod:`rerank.cache`)."""
     from rerank.config import parse_config
 
     options = RayOptions(address, workers, cpus_per_worker, gpus_per_worker, batch_queries)
@@ -105,7 +106,7 @@ def rerank(pipeline: str | Path, candidates_source: Inputs | Sequence[Candidates
     if pending:
         timing = _run_on_ray(options, config_path.read_text(encoding="utf-8"), str(config_path),
                     (c for c in candidates_source if c.query.id not in done), work, fmt, tag, precision,
-                    len(ids), len(done), progress)
+                    len(ids), len(done), progress, str(score_cache) if score_cache else None)
     traces, failures = work.collect(ids)
     missing = [q for q in ids if q not in traces]
     if failures or missing:
@@ -275,7 +276,7 @@ def _input_blocks(candidates: Iterable[Candidates], rows_per_block: int) -> Iter
 
 def _run_on_ray(options: RayOptions, config_text: str, where: str, candidates: Iterable[Candidates],
                 work: JobFolder, fmt: str, tag: str, precision: str | None, total: int, done: int,
-                progress: bool) -> dict[str, float]:
+                progress: bool, score_cache: str | None = None) -> dict[str, float]:
     import ray
 
     started_here = _connect(options.address)
@@ -298,7 +299,7 @@ def _run_on_ray(options: RayOptions, config_text: str, where: str, candidates: I
             fn_constructor_kwargs={"config_text": config_text, "where": where, "cwd": os.getcwd(),
                                    "shards": str(work.shards.resolve()), "fmt": fmt, "tag": tag,
                                    "precision": precision, "threads": threads,
-                                   "score_cache": os.environ.get("RERANK_SCORE_CACHE")})
+                                   "score_cache": score_cache})
         began = time.perf_counter()
         first = last = None
         after_first = 0

@@ -6,15 +6,17 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
+from rerank.registry import Registry
 from rerank.types import Candidates, Passage, StageCost, sort_candidates
 
 NORMALIZATIONS = ("minmax", "zscore", "none")
 
 
-METHODS = ("rrf", "zscore", "minmax", "sum")
-"""The result-list fusion methods :func:`fuse_results` takes (``rrf``, or score fusion after a normalization)."""
+FUSION_METHODS: Registry[Callable[..., list[Candidates]]] = Registry("fusion method", "fusion_methods")
+"""The result-list fusion methods :func:`fuse_results` takes, each a function of the result lists
+and its options; other packages add methods through the ``rerank.fusion_methods`` entry-point group."""
 
 
 def _normalize(scores: list[float], how: str) -> list[float]:
@@ -92,10 +94,25 @@ def fuse_results(*results: Sequence[Candidates], method: str = "rrf", **options)
     order): ``rrf`` (options ``k``, ``weights``), or score fusion after ``zscore`` or ``minmax``
     normalization or none (``sum``; option ``weights``). To fuse pipeline *stages*, use
     :func:`rerank.pipeline.fuse` (or ``a | b``), which calls this on their outputs."""
-    if method == "rrf":
-        return reciprocal_rank_fusion(*results, **options)
-    if method in ("zscore", "minmax"):
-        return score_fusion(*results, normalization=method, **options)
-    if method == "sum":
-        return score_fusion(*results, normalization="none", **options)
-    raise ValueError(f"unknown fusion method {method!r}; choose one of {', '.join(METHODS)}")
+    return FUSION_METHODS.get(method)(*results, **options)
+
+
+FUSION_METHODS.add("rrf", reciprocal_rank_fusion)
+
+
+@FUSION_METHODS.register("zscore")
+def zscore_fusion(*runs: Sequence[Candidates], weights: Sequence[float] | None = None) -> list[Candidates]:
+    """Score fusion after z-score normalization per query."""
+    return score_fusion(*runs, normalization="zscore", weights=weights)
+
+
+@FUSION_METHODS.register("minmax")
+def minmax_fusion(*runs: Sequence[Candidates], weights: Sequence[float] | None = None) -> list[Candidates]:
+    """Score fusion after min-max normalization per query."""
+    return score_fusion(*runs, normalization="minmax", weights=weights)
+
+
+@FUSION_METHODS.register("sum")
+def sum_fusion(*runs: Sequence[Candidates], weights: Sequence[float] | None = None) -> list[Candidates]:
+    """Score fusion of the raw scores (CombSUM)."""
+    return score_fusion(*runs, normalization="none", weights=weights)

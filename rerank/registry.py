@@ -1,15 +1,20 @@
-"""Named registries for the things the engine can be extended with (index kinds, training
-students, experiment prepare steps). A part registers itself where it is defined, so adding
-one is one new module and no list elsewhere changes::
+"""Named registries: the one way the engine is extended. Every extensible sort of part (stage
+kinds, index kinds, recipes, students, prepare steps, fusion methods, losses, data layouts,
+remote shapes, short model names, CLI commands) is a :class:`Registry`, and a part registers
+itself where it is defined, so adding one is one new module and no list elsewhere changes::
 
-    STUDENTS = Registry("student kind", packages=("rerank.train",))
+    STUDENTS = Registry("student kind", "students", packages=("rerank.train",))
 
     @STUDENTS.register("colbert")
     class ColbertStudent(TrainableModel): ...
 
 A registry imports its ``packages`` (every module in them) the first time it is read, so parts
-defined anywhere in those packages are known without being imported by hand; installed
-packages may add parts under the ``rerank.<group>`` entry-point group.
+defined anywhere in those packages are known without being imported by hand; an installed
+package adds parts through the entry-point group ``rerank.<group>`` (each entry point names a
+module, which registers its parts when imported)::
+
+    [project.entry-points."rerank.stages"]
+    my-scorer = "my_package.scorer"
 """
 from __future__ import annotations
 
@@ -24,23 +29,54 @@ T = TypeVar("T")
 S = TypeVar("S")
 
 
-class Registry(Generic[T]):
-    """Parts of one sort (``what``, e.g. ``"index kind"``) by name."""
+def import_package_modules(package: str) -> None:
+    """Import every module of ``package`` (not its subpackages' modules), so each registers its parts."""
+    module = importlib.import_module(package)
+    for info in pkgutil.iter_modules(getattr(module, "__path__", []), f"{package}."):
+        importlib.import_module(info.name)
 
-    def __init__(self, what: str, *, packages: tuple[str, ...] = (), entry_points: str | None = None) -> None:
+
+def _describe(part: object) -> str:
+    qualname = getattr(part, "__qualname__", None)
+    return f"{getattr(part, '__module__', '?')}.{qualname}" if qualname else repr(part)
+
+
+def _same(known: object, part: object) -> bool:
+    return known is part or known == part or (
+        getattr(known, "__qualname__", None) is not None
+        and getattr(known, "__qualname__", None) == getattr(part, "__qualname__", None)
+        and getattr(known, "__module__", None) == getattr(part, "__module__", None))
+
+
+class Registry(Generic[T]):
+    """Parts of one sort (``what``, e.g. ``"index kind"``) by name, open to other packages
+    through the entry-point group ``rerank.<group>``."""
+
+    def __init__(self, what: str, group: str, *, packages: tuple[str, ...] = ()) -> None:
         self.what = what
+        self.group = f"rerank.{group}"
         self.packages = packages
-        self.entry_points = entry_points
         self._parts: dict[str, T] = {}
         self._loaded = False
 
+    def add(self, name: str, part: T, *, replace: bool = False) -> T:
+        """Register ``part`` under ``name``; a name is taken once unless ``replace`` (the same
+        part again is allowed, as when a module is imported twice)."""
+        known = self._parts.get(name)
+        if known is not None and not replace and not _same(known, part):
+            raise TypeError(f"{self.what} {name!r} is taken by {_describe(known)}")
+        self._parts[name] = part
+        return part
+
+    def registered(self, name: str) -> T | None:
+        """The part registered so far under ``name``, without importing the registry's packages
+        (for a module that registers while it is being imported)."""
+        return self._parts.get(name)
+
     def register(self, name: str) -> Callable[[S], S]:
-        """A decorator that registers its target under ``name`` (a name is taken once)."""
+        """A decorator that registers its target under ``name``."""
         def add(part: S) -> S:
-            known = self._parts.get(name)
-            if known is not None and getattr(known, "__qualname__", known) != getattr(part, "__qualname__", part):
-                raise TypeError(f"{self.what} {name!r} is taken by {known!r}")
-            self._parts[name] = part  # type: ignore[assignment]  # S is a T: the registry's own sort
+            self.add(name, part)  # type: ignore[arg-type]  # S is a T: the registry's own sort
             return part
 
         return add
@@ -50,12 +86,9 @@ class Registry(Generic[T]):
             return
         self._loaded = True
         for package in self.packages:
-            module = importlib.import_module(package)
-            for info in pkgutil.iter_modules(getattr(module, "__path__", []), f"{package}."):
-                importlib.import_module(info.name)
-        if self.entry_points:
-            for entry in importlib.metadata.entry_points(group=self.entry_points):
-                entry.load()
+            import_package_modules(package)
+        for entry in importlib.metadata.entry_points(group=self.group):
+            entry.load()
 
     def names(self) -> list[str]:
         """Every registered name, in registration order."""
@@ -71,18 +104,46 @@ class Registry(Generic[T]):
             raise ValueError(f"unknown {self.what} {name!r}{hint} (choose from {', '.join(self._parts)})")
         return self._parts[name]
 
+    def find(self, name: str) -> T | None:
+        """The part named ``name``, or None."""
+        self._load()
+        return self._parts.get(name)
+
     def items(self) -> Iterator[tuple[str, T]]:
         """``(name, part)`` pairs, in registration order."""
         self._load()
         return iter(list(self._parts.items()))
 
+    def as_dict(self) -> dict[str, T]:
+        """A copy of the registry as a dict."""
+        self._load()
+        return dict(self._parts)
+
     def __contains__(self, name: object) -> bool:
         self._load()
         return name in self._parts
 
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names())
+
+    def __len__(self) -> int:
+        self._load()
+        return len(self._parts)
+
 
 PREPARE_STEPS: Registry[Callable[..., object]] = Registry(
-    "prepare step", packages=("rerank.retrieve", "rerank.train", "rerank.judge"), entry_points="rerank.prepare_steps")
+    "prepare step", "prepare_steps", packages=("rerank.retrieve", "rerank.train", "rerank.judge"))
 """Functions an experiment's ``[[prepare]]`` table can call by name (``step = "index"``): each
 registers itself with ``@PREPARE_STEPS.register(name)``. A step that takes ``**options`` lists
-them with an ``extra_arguments()`` attribute, so a config's typos are caught before it runs."""
+them with an ``extra_arguments()`` attribute, and a step that trains a model sets ``trains = True``
+(see :func:`prepare_step`), so a config's typos are caught before it runs."""
+
+
+def prepare_step(name: str, *, trains: bool = False) -> Callable[[S], S]:
+    """Register an experiment prepare step under ``name``; ``trains`` marks a step that trains a
+    model (an experiment reports its training time apart)."""
+    def add(function: S) -> S:
+        function.trains = trains  # type: ignore[attr-defined]
+        return PREPARE_STEPS.register(name)(function)
+
+    return add

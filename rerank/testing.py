@@ -18,7 +18,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from rerank.score.recipes import recipes
+from rerank.recipes import recipes
 
 CHATML_SPECIALS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<bos>", "<eos>", "<pad>")
 T5_SPECIALS = ("<pad>", "</s>", "<unk>")

@@ -6,6 +6,10 @@ import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
+LANGUAGES = ("en", "zh")
+"""The languages a :class:`Tokenizer` reads (``zh``: Chinese segmentation)."""
+CHINESE_SEGMENTATIONS = ("bigram", "jieba")
+"""How Chinese text is split: character bigrams or jieba words."""
 _CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]+")
 
 
@@ -45,10 +49,10 @@ class Tokenizer:
     chinese: str = "bigram"
 
     def __post_init__(self) -> None:
-        if self.language not in ("en", "zh"):
-            raise ValueError(f"language must be 'en' or 'zh', got {self.language!r}")
-        if self.chinese not in ("bigram", "jieba"):
-            raise ValueError(f"chinese must be 'bigram' or 'jieba', got {self.chinese!r}")
+        if self.language not in LANGUAGES:
+            raise ValueError(f"language must be one of {LANGUAGES}, got {self.language!r}")
+        if self.chinese not in CHINESE_SEGMENTATIONS:
+            raise ValueError(f"chinese must be one of {CHINESE_SEGMENTATIONS}, got {self.chinese!r}")
         if self.stopwords:
             _stopwords(self.stopwords)
         if self.stemmer:

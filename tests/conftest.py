@@ -115,7 +115,7 @@ def scifact_bm25(scifact_corpus):
 
 @pytest.fixture(scope="session")
 def minilm():
-    from rerank.encode import BiEncoder
+    from rerank.encoders.dense import BiEncoder
 
     return BiEncoder("minilm-l6", precision="fp32")  # exact comparisons with references need fp32
 

@@ -139,9 +139,12 @@ def test_a_config_and_the_environment_turn_it_on(tiny_ce_path, tmp_path, monkeyp
     assert "CachedScores" not in repr(leaves(build_pipeline(tmp_path / "p.toml", score_cache=False)))
     (tmp_path / "q.toml").write_text(f'pipeline = "ce"\n\n[stages.ce]\nkind = "cross-encoder"\n'
                                      f'model = "{tiny_ce_path}"\nprecision = "fp32"\n')
+    build_pipeline(tmp_path / "q.toml", score_cache=tmp_path / "given.sqlite")(batch_of(1))
+    assert len(ScoreCache(tmp_path / "given.sqlite")) == 8
+    # No environment variable carries the setting between the engine's modules (issue 43).
     monkeypatch.setenv("RERANK_SCORE_CACHE", str(tmp_path / "env.sqlite"))
     build_pipeline(tmp_path / "q.toml")(batch_of(1))
-    assert len(ScoreCache(tmp_path / "env.sqlite")) == 8
+    assert not (tmp_path / "env.sqlite").exists()
 
 
 def test_the_service_reports_hits_and_misses(tiny_ce_path, tmp_path):
@@ -159,7 +162,7 @@ def test_the_service_reports_hits_and_misses(tiny_ce_path, tmp_path):
     assert 'rerank_score_cache_lookups_total{model="default",outcome="hit",stage="ce"} 5.0' in metrics
 
 
-def test_the_cli_flag_fills_the_cache_and_leaves_the_environment_as_it_was(tiny_ce_path, tmp_path, monkeypatch):
+def test_the_cli_flag_fills_the_cache_passed_as_an_argument_not_through_the_environment(tiny_ce_path, tmp_path, monkeypatch):
     import os
 
     from rerank.cli import main

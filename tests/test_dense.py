@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from rerank.encode import BiEncoder
+from rerank.encoders.dense import BiEncoder
 from rerank.errors import BadIndexError, EmptyQueryError
 from rerank.evaluate import evaluate
 from rerank.fusion import fuse_results as fuse

@@ -15,8 +15,8 @@ import pytest
 import torch
 
 import rerank
+from rerank.recipes import RecipeError, recipe
 from rerank.score.detect import ModelKindError, detect_model
-from rerank.score.recipes import RecipeError, recipe
 from rerank.testing import tiny_model
 from rerank.types import Passage, Query
 
@@ -376,9 +376,10 @@ def test_colbert_stored_embeddings_rank_like_text_and_need_no_passage_encoding(c
 
 
 def test_colbert_maxp_windows_score_a_long_passage_by_its_best_window(colbert_folder, tmp_path):
+    from rerank.encoders.tokens import maxsim
     from rerank.retrieve.build import build_index
     from rerank.retrieve.tokens import TokenEmbeddingIndex
-    from rerank.score.colbert import ColBERT, maxsim
+    from rerank.score.colbert import ColBERT
 
     # A passage far longer than 16 tokens: under "first" only its start counts; under "max" each
     # window is encoded as a passage of its own ([CLS] marker window [SEP]) and the best one counts.
@@ -486,7 +487,7 @@ def test_every_family_is_served_behind_the_rerank_api(family, folders, colbert_f
 
 def test_a_colbert_student_trains_with_margin_mse_and_saves_a_checkpoint_the_stage_loads(colbert_folder, tmp_path):
     from rerank.train.losses import margin_mse
-    from rerank.train.models import build_model, student_kinds
+    from rerank.train.students import build_model, student_kinds
 
     assert "colbert" in student_kinds()  # registered by its own module: rerank train distill --student colbert
     torch.manual_seed(0)

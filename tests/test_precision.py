@@ -322,7 +322,7 @@ def test_bf16_training_computes_on_bf16_copies_while_weights_and_gradients_stay_
     every pair within 1e-4 of the others, below what bf16 resolves, so its gradients are noise."""
     import torch
 
-    from rerank.train.models import build_model
+    from rerank.train.students import build_model
 
     model = build_model(kind, max_length=32)
     model.train(False)  # no dropout: the two passes compute the same function
@@ -354,7 +354,7 @@ def test_bf16_training_computes_on_bf16_copies_while_weights_and_gradients_stay_
 
 def test_a_bf16_training_run_says_how_it_computed(tmp_path, train_like):
     from rerank.train import TrainConfig
-    from rerank.train.models import CrossEncoderModel
+    from rerank.train.students import CrossEncoderModel
     from rerank.train.trainer import TRAINING_FILE, Trainer
 
     init, groups, queries, corpus = train_like

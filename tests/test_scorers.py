@@ -91,7 +91,7 @@ def test_cross_encoder_stage_batches_across_queries_and_traces(tiny_ce, dl19_bat
 
 
 def test_int8_quantizes_linear_layers_and_stays_close_on_a_real_model(tiny_ce_path, minilm, dl19_batch):
-    from rerank.encode import BiEncoder
+    from rerank.encoders.dense import BiEncoder
     from rerank.score.cross_encoder import CrossEncoder
 
     ce = CrossEncoder(str(tiny_ce_path), precision="int8")
@@ -213,7 +213,7 @@ def test_splade_scorer_real_model_fresh_and_cached(dl19_batch, splade_index):
 
 @pytest.mark.models
 def test_splade_expansion_terms_are_sensible():
-    from rerank.sparse_encode import SpladeEncoder
+    from rerank.encoders.sparse import SpladeEncoder
 
     encoder = SpladeEncoder("splade-tiny")
     terms = dict(encoder.terms(encoder.encode(["what is the melting point of ice"])[0], top=10))

@@ -137,10 +137,10 @@ def test_ready_waits_for_every_preloaded_model_while_health_answers_at_once(mode
     gate = threading.Event()
     real = hosting.build_model
 
-    def slow(spec, precision):
+    def slow(spec, precision, score_cache=None):
         if spec.name == "slow":
             gate.wait(30)
-        return real(spec, precision)
+        return real(spec, precision, score_cache)
 
     monkeypatch.setattr(hosting, "build_model", slow)
     server = RerankServer([ModelSpec("fast", models["ce"]), ModelSpec("slow", models["ce2"])], SETTINGS)

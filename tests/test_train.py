@@ -239,7 +239,7 @@ def test_fine_tuned_cross_encoder_learns_saves_a_card_and_loads_by_path(train_da
     assert "SciFact test nDCG@10 | 0.5000" in (tmp_path / "ce" / "README.md").read_text()
     # The checkpoint loads as an inference scorer and scores as the trained network does.
     scorer = CrossEncoder(str(tmp_path / "ce"), max_length=64, precision="fp32")  # the training model's arithmetic
-    from rerank.train.models import CrossEncoderModel
+    from rerank.train.students import CrossEncoderModel
 
     model = CrossEncoderModel(str(tmp_path / "ce"), max_length=64)
     model.train(False)
@@ -348,7 +348,7 @@ def test_distilled_cross_encoder_student_follows_the_teacher(train_data, teacher
 def test_bi_encoder_and_splade_students_save_folders_their_scorers_load(train_data, teacher_groups, tiny_init,
                                                                         tmp_path):
     from rerank.score import BiEncoderScorer, SpladeScorer
-    from rerank.train.models import BiEncoderModel, SpladeModel
+    from rerank.train.students import BiEncoderModel, SpladeModel
 
     queries, corpus, *_ = train_data
     g = teacher_groups[0]

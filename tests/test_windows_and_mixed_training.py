@@ -153,7 +153,7 @@ def test_labels_plus_distillation_trains_and_records_the_weight(teacher_groups, 
 
 def test_the_mixed_loss_is_the_label_loss_plus_the_weighted_distillation_loss(teacher_groups, tiny_init):
     from rerank.train import losses
-    from rerank.train.models import CrossEncoderModel
+    from rerank.train.students import CrossEncoderModel
     from rerank.train.trainer import Trainer
 
     queries, corpus, groups = teacher_groups
@@ -185,7 +185,7 @@ def test_a_distillation_weight_without_teacher_scores_is_refused(teacher_groups,
 
 def test_training_on_windows_records_them_and_loads_as_maxp(teacher_groups, tiny_init, tmp_path):
     from rerank.score import CrossEncoder
-    from rerank.train.models import CrossEncoderModel
+    from rerank.train.students import CrossEncoderModel
 
     queries, corpus, groups = teacher_groups
     for windows in ("lexical", "max"):

@@ -28,14 +28,14 @@ import numpy as np
 from _common import dl19_workload, machine, print_json, print_table, quick_cross_encoder, run_per_query
 
 from rerank.data.trec import ranked_items
-from rerank.encode import BiEncoder
+from rerank.encoders.dense import BiEncoder
+from rerank.encoders.sparse import SpladeEncoder
 from rerank.evaluate import evaluate
 from rerank.pipeline import Identity, fuse
 from rerank.retrieve import DenseIndex, SpladeIndex
 from rerank.score import CrossEncoder
 from rerank.score.bi_encoder import BiEncoderScorer
 from rerank.score.splade import SpladeScorer
-from rerank.sparse_encode import SpladeEncoder
 from rerank.trace import format_costs, summarize
 from rerank.types import Candidates
 

@@ -14,7 +14,7 @@ import time
 import numpy as np
 from _common import machine, print_json, print_table, scifact_workload
 
-from rerank.encode import BiEncoder
+from rerank.encoders.dense import BiEncoder
 from rerank.evaluate import evaluate
 from rerank.fusion import fuse_results as fuse
 from rerank.retrieve import BM25Index, DenseIndex

@@ -213,7 +213,7 @@ def speed(root: Path, family: str, pairs: list[tuple[str, str]], precision: str)
 def _mean_tokens(family: str, folder: Path, pairs: list[tuple[str, str]]) -> float:
     from transformers import AutoTokenizer
 
-    from rerank.score.recipes import recipe
+    from rerank.recipes import recipe
 
     tokenizer = AutoTokenizer.from_pretrained(folder)
     chosen = recipe(family)

@@ -24,7 +24,7 @@ from _common import machine, print_json, print_table, run_per_query
 
 from rerank.cascade.idcm import IntraDocumentCascade, split_windows
 from rerank.data import open_dataset
-from rerank.encode import BiEncoder
+from rerank.encoders.dense import BiEncoder
 from rerank.evaluate import evaluate
 from rerank.retrieve import BM25Index
 from rerank.score.bi_encoder import BiEncoderScorer

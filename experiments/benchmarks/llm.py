@@ -92,12 +92,12 @@ def cheap_pipeline_top(batch, depth: int, quick: bool):
     (with --quick, the BM25 order, to stay under a minute)."""
     if quick:
         return [c.top(depth) for c in batch], "bm25"
-    from rerank.encode import BiEncoder
+    from rerank.encoders.dense import BiEncoder
+    from rerank.encoders.sparse import SpladeEncoder
     from rerank.pipeline import fuse
     from rerank.retrieve import SpladeIndex
     from rerank.score.bi_encoder import BiEncoderScorer
     from rerank.score.splade import SpladeScorer
-    from rerank.sparse_encode import SpladeEncoder
 
     minilm, splade = BiEncoder("minilm-l6"), SpladeEncoder("splade-tiny")
     passages = list({p.id: p for c in batch for p in c.passages}.values())

@@ -291,7 +291,7 @@ def step_rates_in_turns(groups, queries, corpus, rounds: int, precisions=("fp32"
     import torch
 
     from rerank.train import TrainConfig
-    from rerank.train.models import CrossEncoderModel
+    from rerank.train.students import CrossEncoderModel
     from rerank.train.trainer import Trainer
 
     steps: dict = {}

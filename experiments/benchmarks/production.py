@@ -202,7 +202,7 @@ def part_models(folder: Path, quick: bool) -> dict:
 
 # -- part 2: long documents ------------------------------------------------------------------
 def part_long_documents(folder: Path) -> dict:
-    from rerank.score.recipes import recipe
+    from rerank.recipes import recipe
 
     exact = 0
     rows = []
@@ -240,7 +240,8 @@ def part_calibration(folder: Path, quick: bool, n_train: int | None, n_test: int
     scifact = open_dataset(DL19.parent / "scifact")
     corpus = scifact.corpus()
     bm25 = BM25Index.build(corpus.values(), progress=False)
-    # --quick: 15 train and 15 test queries, passages read to 128 tokens (a smoke run of the same code).
+    # --quick: 10 train, 10 test and 10 DL19 queries, SPLADE reading passages to 128 tokens (a smoke
+    # run of the same code).
     n_train, n_test = (10, 10) if quick else (n_train, n_test)
     length = "max_length = 128\n" if quick else ""
     runs = {}
@@ -258,7 +259,7 @@ def part_calibration(folder: Path, quick: bool, n_train: int | None, n_test: int
     }
     dl19_queries, dl19_corpus, dl19_run, dl19_qrels = dl19_workload()
     dl19_batch = []
-    for qid in sorted(dl19_qrels):
+    for qid in sorted(dl19_qrels)[:10 if quick else None]:
         top = sorted(dl19_run.get(qid, {}).items(), key=lambda item: (-item[1], item[0]))[:20]
         if top:
             dl19_batch.append(Candidates(dl19_queries[qid], [dl19_corpus[d] for d, _ in top], [float(s) for _, s in top]))
@@ -340,7 +341,7 @@ def part_invariance(folder: Path, quick: bool) -> dict:
 
     ce_folder = folder / "minilm-ce"
     requests = dl19_requests(1 if quick else 10, 100)
-    pairs = [(q, d) for q, docs, _, _ in requests for d in docs]
+    pairs = [(q, d) for q, docs, _, _ in requests for d in docs][:64 if quick else None]
     today = CrossEncoder(str(ce_folder))  # today's auto: what the CPU is fastest at
     served, [report] = settle_invariance(CrossEncoder(str(ce_folder)))
     auto_rate, invariant_rate = 0.0, 0.0
@@ -601,8 +602,16 @@ def main() -> None:
              "soak_rss_growth": figures.get("soak_rss_growth", 9.0) <= 1.05,
              "soak_errors": figures.get("soak_errors", 1) == 0,
              "throughput_vs_infinity": figures.get("throughput_vs_infinity", 0.0) >= 1.4}
-    figures["missed_goals"] = sorted(name for name, met in goals.items() if not met
-                                     and not (name == "throughput_vs_infinity" and not args.infinity))
+    # A goal is judged only where its part ran; RSS growth needs a soak long enough to mean something.
+    part_of = {"models_served": "models", "model_routing_exact": "models", "auth": "models", "options": "models",
+               "long_docs": "long", "calibration_ece_max": "calibration", "batch_invariant_max_diff": "invariance",
+               "batch_invariant_throughput": "invariance", "soak_rss_growth": "soak", "soak_errors": "soak",
+               "throughput_vs_infinity": "infinity"}
+    judged = {name for name in goals if part_of[name] in timings}
+    if figures.get("soak_seconds", 0) < 300:
+        judged.discard("soak_rss_growth")
+    figures["missed_goals"] = sorted(name for name in judged if not goals[name])
+    figures["goals_not_judged"] = sorted(set(goals) - judged)
     print(f"\ngoals missed: {figures['missed_goals'] or 'none'}; {figures['seconds']} s")
     print_json(figures)
 

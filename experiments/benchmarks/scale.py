@@ -334,7 +334,7 @@ def student_model() -> Path:
         return trained
     folder = WORK / "student-shape"
     if not (folder / "config.json").is_file():
-        from rerank.train.models import CrossEncoderModel
+        from rerank.train.students import CrossEncoderModel
 
         CrossEncoderModel("splade-tiny", layers=2).save(folder)
     return folder

@@ -37,7 +37,7 @@ from _common import CpuSteal, machine, print_json, print_table
 from rerank.data import open_dataset
 from rerank.retrieve import BM25Index
 from rerank.train import TrainConfig, group_triples, mine_triples, split_dev
-from rerank.train.models import CrossEncoderModel
+from rerank.train.students import CrossEncoderModel
 from rerank.train.trainer import Trainer
 from rerank.types import batch_to_run
 

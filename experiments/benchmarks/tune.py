@@ -63,7 +63,8 @@ from _common import (
 
 from rerank.data import open_dataset
 from rerank.data.trec import ranked_items
-from rerank.encode import BiEncoder
+from rerank.encoders.dense import BiEncoder
+from rerank.encoders.sparse import SpladeEncoder
 from rerank.evaluate import evaluate
 from rerank.pipeline import bind, fuse
 from rerank.retrieve import BM25Index, SpladeIndex
@@ -71,7 +72,6 @@ from rerank.retrieve.stage import Retriever
 from rerank.score import CrossEncoder
 from rerank.score.bi_encoder import BiEncoderScorer
 from rerank.score.splade import SpladeScorer
-from rerank.sparse_encode import SpladeEncoder
 from rerank.tuning import combinations, tune
 from rerank.tuning.costs import StageCostModel, traced_seconds
 from rerank.types import Candidates
@@ -194,7 +194,7 @@ def held_out_queries(train_queries) -> list:
     queries they never learned from. Tuning on queries a model was trained on would judge it by
     what it memorised (the first run of this benchmark did: k1=5 scored 0.7281 there, 0.6377 on test)."""
     from rerank.train.data import group_triples, read_teacher_scores
-    from rerank.train.recipes import split_dev
+    from rerank.train.routines import split_dev
 
     _, held = split_dev(group_triples(read_teacher_scores(TRAINED / "teacher.tsv"), 7), 50, seed=0)
     return [q for q in train_queries if q.id in set(held)]

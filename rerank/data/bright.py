@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from rerank.atomic import atomic_directory
+from rerank.data.layouts import LAYOUTS
 from rerank.errors import DataError
 
 PREFIX = "bright:"
@@ -83,6 +84,7 @@ def _ids(value: Any) -> list[str]:
     return [str(v) for v in items if v not in NONE]
 
 
+@LAYOUTS.register("bright:")
 def beir_folder(value: str) -> Path:
     """The BEIR folder of the BRIGHT task ``value`` names, copied on first use."""
     task, long, root = parse_id(value)

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from rerank.atomic import atomic_directory
+from rerank.data.layouts import LAYOUTS
 from rerank.errors import DataError
 from rerank.extras import require
 
@@ -52,6 +53,7 @@ def _text(item: Any, field: str) -> str:
     return str(item.default_text()) if hasattr(item, "default_text") else ""
 
 
+@LAYOUTS.register("irds:")
 def beir_folder(value: str, *, progress: bool = True) -> Path:
     """The BEIR folder holding the ir_datasets dataset ``value`` (``irds:<id>``), copied on first use."""
     dataset_id = value[len(PREFIX):].strip()

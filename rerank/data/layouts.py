@@ -4,16 +4,20 @@ experiment then opens like any other: ``irds:<id>`` (:mod:`rerank.data.irds`),
 (:mod:`rerank.data.t2ranking`)."""
 from __future__ import annotations
 
-import importlib
+from collections.abc import Callable
 from pathlib import Path
 
-# prefix -> module whose ``beir_folder(spec: str) -> Path`` copies the collection on first use
-LAYOUTS = {"irds:": "rerank.data.irds", "bright:": "rerank.data.bright", "t2ranking:": "rerank.data.t2ranking"}
+from rerank.registry import Registry
+
+LAYOUTS: Registry[Callable[[str], Path]] = Registry("data layout", "layouts", packages=("rerank.data",))
+"""Prefix (``"irds:"``) -> the function that copies such a collection into a BEIR folder on first
+use and returns the folder; each layout's module registers its own, and other packages add layouts
+through the ``rerank.layouts`` entry-point group."""
 
 
 def is_layout_id(value: object) -> bool:
     """Whether ``value`` names a collection in another layout (by one of the prefixes)."""
-    return isinstance(value, str) and value.startswith(tuple(LAYOUTS))
+    return isinstance(value, str) and value.startswith(tuple(LAYOUTS.names()))
 
 
 def converted_folder(value: object) -> Path | None:
@@ -21,5 +25,5 @@ def converted_folder(value: object) -> Path | None:
     if not is_layout_id(value):
         return None
     assert isinstance(value, str)
-    prefix = next(p for p in LAYOUTS if value.startswith(p))
-    return importlib.import_module(LAYOUTS[prefix]).beir_folder(value)
+    prefix = next(p for p in LAYOUTS.names() if value.startswith(p))
+    return LAYOUTS.get(prefix)(value)

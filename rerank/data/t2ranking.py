@@ -19,6 +19,7 @@ import os
 from pathlib import Path
 
 from rerank.atomic import atomic_directory
+from rerank.data.layouts import LAYOUTS
 from rerank.errors import DataError
 
 PREFIX = "t2ranking:"
@@ -50,6 +51,7 @@ def _lines(path: Path, columns: tuple[int, ...]):
             raise DataError(path, None, f"not UTF-8: {exc}") from exc
 
 
+@LAYOUTS.register("t2ranking:")
 def beir_folder(value: str) -> Path:
     """The BEIR folder of the T2Ranking folder ``value`` names, copied on first use."""
     root = Path(value[len(PREFIX):]).expanduser()

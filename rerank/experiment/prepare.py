@@ -21,7 +21,7 @@ from rerank.registry import PREPARE_STEPS
 
 
 def step_function(step: str) -> Callable[..., Any]:
-    """The function a step calls (registered with ``@PREPARE_STEPS.register(name)``)."""
+    """The function a step calls (registered with ``@prepare_step(name)``)."""
     return PREPARE_STEPS.get(step)
 
 

@@ -24,6 +24,7 @@ from rerank.experiment.result import CalibrationRow, Drift, ExperimentResult, Pi
 from rerank.experiment.shared import run_shared
 from rerank.experiment.spec import Expectation, ExperimentSpec, load_spec
 from rerank.pipeline import Stage, leaves
+from rerank.registry import PREPARE_STEPS
 from rerank.types import Candidates, Qrels, Query
 
 log = logging.getLogger("rerank.experiment")
@@ -95,11 +96,13 @@ class Experiment:
 
     @classmethod
     def from_config(cls, path: str | Path, *, max_queries: int | None = None, only: Sequence[str] | None = None,
-                    progress: bool = True, prepare: bool = True, precision: str | None = None) -> Experiment:
+                    progress: bool = True, prepare: bool = True, precision: str | None = None,
+                    score_cache: str | Path | None = None) -> Experiment:
         """Build the experiment a TOML config describes: check the config, read the data (checking
         the ids agree), run the ``[[prepare]]`` steps whose output is missing, then load the
         models. ``only`` keeps some pipelines (and the baseline); ``max_queries`` the first N;
-        ``precision`` overrides every model stage's (see :mod:`rerank.precision`)."""
+        ``precision`` overrides every model stage's (see :mod:`rerank.precision`); ``score_cache``: a
+        score cache file for every pipeline (:mod:`rerank.cache`) where a config names none."""
         spec = load_spec(path)
         if only:
             unknown = [p for p in only if p not in spec.pipelines]
@@ -116,11 +119,11 @@ class Experiment:
         inputs, qrels = read_inputs(spec, max_queries or spec.max_queries)
         if prepare and data_first:
             run_prepare(spec, precision or spec.precision)
-        return cls.from_spec(spec, inputs, qrels, progress=progress, precision=precision)
+        return cls.from_spec(spec, inputs, qrels, progress=progress, precision=precision, score_cache=score_cache)
 
     @classmethod
     def from_spec(cls, spec: ExperimentSpec, inputs, qrels: Qrels, *, progress: bool = True,
-                  precision: str | None = None) -> Experiment:
+                  precision: str | None = None, score_cache: str | Path | None = None) -> Experiment:
         """Build the pipelines of a checked spec (stages shared between them, so each model loads
         once) over inputs already read."""
         from rerank.config import build_pipeline
@@ -128,7 +131,7 @@ class Experiment:
 
         built: dict = {}
         began = time.perf_counter()
-        pipelines = {name: build_pipeline(config, built=built, precision=precision)
+        pipelines = {name: build_pipeline(config, built=built, precision=precision, score_cache=score_cache)
                      for name, config in spec.pipelines.items()}
         log.info("built %d pipelines (%d stages) in %.1fs", len(pipelines), len(built), time.perf_counter() - began)
         experiment = cls(pipelines, inputs, qrels, spec.measures, baseline=spec.baseline, test=spec.test,
@@ -265,8 +268,8 @@ def run_prepare(spec: ExperimentSpec, precision: str | None = None) -> None:
             continue
         args = dict(step.args)
         if precision and "precision" not in args and takes_precision(step.step, args):
-            args["precision"] = "fp32" if precision == "int8" and step.step in ("train-cross-encoder", "distill", "adapt") \
-                else precision
+            trains = getattr(PREPARE_STEPS.get(step.step), "trains", False)
+            args["precision"] = "fp32" if precision == "int8" and trains else precision
         print(f"prepare: {step.creates} is missing; running {step.describe()}", flush=True)
         try:
             run_step(step.step, args)

@@ -19,11 +19,11 @@ from rerank.judge.agreement import (
     system_agreement,
 )
 from rerank.judge.grade import JudgeError, JudgeReport, LLMJudge, judgments_to_qrels, pool, pool_pairs
-from rerank.registry import PREPARE_STEPS
+from rerank.registry import prepare_step
 from rerank.types import Qrels, Run
 
 
-@PREPARE_STEPS.register("judge")
+@prepare_step("judge")
 def judge_step(dataset: str, runs: Sequence[str], out: str, *, llm: str = "smollm2-135m", prompt: str = "umbrela",
                depth: int = 10, skip_judged: str | None = None, max_queries: int | None = None,
                max_passage_tokens: int = 384, fallback: str = "logprobs", cache: str | None = None,

@@ -9,9 +9,12 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from rerank.errors import EmptyQueryError
+from rerank.registry import Registry
 from rerank.types import Candidates, Passage, Query
 
-_INDEX_KINDS: dict[str, type[Index]] = {}
+INDEX_KINDS: Registry[type[Index]] = Registry("index kind", "index_kinds", packages=("rerank.retrieve",))
+"""Every index class by manifest kind (a class keyword); other packages add kinds through the
+``rerank.index_kinds`` entry-point group."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,7 +49,7 @@ class Index(ABC):
         super().__init_subclass__(**options)
         if kind:
             cls.kind = kind
-            _INDEX_KINDS[kind] = cls
+            INDEX_KINDS.add(kind, cls)
 
     @classmethod
     @abstractmethod
@@ -105,21 +108,12 @@ def check_search(queries: Sequence[Query], k: int) -> None:
 
 def index_class(kind: str) -> type[Index] | None:
     """The index class whose manifest kind is ``kind`` (``None`` if unknown)."""
-    index_kinds()
-    return _INDEX_KINDS.get(kind)
+    return INDEX_KINDS.find(kind)
 
 
 def index_kinds() -> dict[str, type[Index]]:
-    """Every index kind and its class: every module of :mod:`rerank.retrieve` is imported
-    first, so a new module there registers its kind without being listed anywhere."""
-    import importlib
-    import pkgutil
-
-    import rerank.retrieve as package
-
-    for info in pkgutil.iter_modules(package.__path__, "rerank.retrieve."):
-        importlib.import_module(info.name)
-    return dict(_INDEX_KINDS)
+    """Every index kind and its class (see :data:`INDEX_KINDS`)."""
+    return INDEX_KINDS.as_dict()
 
 
 def build_parameters(kind: str, given: Mapping[str, Any]) -> Any:

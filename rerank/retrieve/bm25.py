@@ -23,6 +23,7 @@ from rerank.atomic import atomic_directory
 from rerank.costs import Stopwatch, record_costs
 from rerank.errors import BadIndexError
 from rerank.order import top_k_positions
+from rerank.registry import Registry
 from rerank.retrieve.base import Index, check_search, parameter
 from rerank.retrieve.docstore import open_index_passages, store_for_index, take_passages
 from rerank.retrieve.store import (
@@ -32,7 +33,7 @@ from rerank.retrieve.store import (
     unique_passages,
     write_manifest,
 )
-from rerank.tokenize import Tokenizer
+from rerank.tokenize import CHINESE_SEGMENTATIONS, LANGUAGES, Tokenizer
 from rerank.types import Candidates, Passage, Query
 
 KIND = "bm25"
@@ -85,6 +86,16 @@ class _Backend(Protocol):
     def save(self, folder: Path) -> None: ...
 
 
+BACKENDS: Registry[type[_Backend]] = Registry("BM25 backend", "bm25_backends")
+"""The BM25 implementations an index can be built with, by name; other packages add one through
+the ``rerank.bm25_backends`` entry-point group."""
+
+
+def _register(backend: type[_Backend]) -> type[_Backend]:
+    return BACKENDS.add(backend.name, backend)
+
+
+@_register
 class _Bm25sBackend:
     name = "bm25s"
 
@@ -150,6 +161,7 @@ def _rank_bm25_class(params: BM25Params):
     return WithIdf
 
 
+@_register
 class _RankBm25Backend:
     name = "rank-bm25"
 
@@ -180,21 +192,18 @@ class _RankBm25Backend:
             return [json.loads(line) for line in fh]
 
 
-BACKENDS: dict[str, type[_Backend]] = {"bm25s": _Bm25sBackend, "rank-bm25": _RankBm25Backend}
-
-
 @dataclasses.dataclass(frozen=True)
 class BM25BuildParameters:
     """How ``rerank index --kind bm25`` builds: the backend, BM25's parameters and the tokenizer."""
 
-    backend: str = parameter("bm25s", "BM25 implementation", choices=("bm25s", "rank-bm25"))
+    backend: str = parameter(_Bm25sBackend.name, "BM25 implementation", choices=BACKENDS.names())
     k1: float = parameter(0.9, "term-frequency saturation (as Anserini)")
     b: float = parameter(0.4, "length normalization (as Anserini)")
     method: str = parameter("lucene", "BM25 variant", choices=METHODS)
     idf: str | None = parameter(None, "override the variant's IDF formula", choices=METHODS)
     language: str = parameter("en", "'zh' splits Chinese into character bigrams (or jieba words, see --chinese)",
-                              choices=("en", "zh"))
-    chinese: str = parameter("bigram", "Chinese segmentation", choices=("bigram", "jieba"))
+                              choices=LANGUAGES)
+    chinese: str = parameter("bigram", "Chinese segmentation", choices=CHINESE_SEGMENTATIONS)
     stopwords: str | None = parameter(None, "stopword list: en, en_plus, zh or 'none' (default: en, or zh for zh)")
     stemmer: str | None = parameter(None, "Snowball stemmer (PyStemmer name) or 'none' (default: english; none for zh)")
 
@@ -225,13 +234,11 @@ class BM25Index(Index, kind=KIND):
     def build(cls, passages: Iterable[Passage], *, tokenizer: Tokenizer | None = None,
               params: BM25Params | None = None, backend: str = "bm25s", progress: bool = True) -> BM25Index:
         """Tokenize ``passages`` (title + text) and index them with ``backend``."""
-        if backend not in BACKENDS:
-            raise ValueError(f"unknown BM25 backend {backend!r}; choose from {sorted(BACKENDS)}")
         passages = unique_passages(passages)
         tokenizer = tokenizer or Tokenizer()
         params = params or BM25Params()
         tokens = _tokenize(tokenizer, [p.full_text for p in passages], progress)
-        engine = BACKENDS[backend].build(tokens, params, progress)
+        engine = BACKENDS.get(backend).build(tokens, params, progress)
         return cls(passages, tokenizer, params, engine, corpus_fingerprint(passages))
 
     @classmethod

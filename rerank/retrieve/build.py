@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from rerank.errors import BadIndexError, RerankError
-from rerank.registry import PREPARE_STEPS
+from rerank.registry import prepare_step
 from rerank.retrieve.base import Index, build_parameters, index_kinds
 from rerank.retrieve.docstore import DEFAULT_NAME, DocStore
 from rerank.retrieve.store import corpus_fingerprint
@@ -21,7 +21,7 @@ def index_kind_names() -> list[str]:
     return [*index_kinds(), "docstore"]
 
 
-@PREPARE_STEPS.register("index")
+@prepare_step("index")
 def build_index(corpus: str | Path, out: str | Path, kind: str = "bm25", *, skip_bad: bool = False,
                 docstore: str | Path | None = None, progress: bool = True, **parameters: Any) -> Index | DocStore:
     """Read ``corpus`` (a BEIR folder or bundled name, ``corpus.jsonl[.gz]`` or a TSV

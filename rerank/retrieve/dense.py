@@ -15,7 +15,7 @@ import numpy as np
 
 from rerank.atomic import atomic_directory
 from rerank.costs import Stopwatch, record_costs
-from rerank.encode import BiEncoder
+from rerank.encoders.dense import BiEncoder
 from rerank.errors import BadIndexError
 from rerank.precision import CHOICES
 from rerank.retrieve.base import Index, check_search, parameter
@@ -75,7 +75,7 @@ class DenseBuildParameters:
 
 
 class DenseIndex(Index, kind=KIND):
-    """Passages encoded by a :class:`~rerank.encode.BiEncoder` and searched with FAISS."""
+    """Passages encoded by a :class:`~rerank.encoders.dense.BiEncoder` and searched with FAISS."""
 
     Parameters = DenseBuildParameters
 
@@ -122,7 +122,7 @@ class DenseIndex(Index, kind=KIND):
     def build(cls, passages: Iterable[Passage], encoder: BiEncoder | str = "minilm-l6", *, factory: str = "Flat",
               batch_size: int = 64, precision: str = "auto", progress: bool = True) -> DenseIndex:
         """Encode ``passages`` (title + text) and index the vectors with FAISS ``factory``;
-        ``precision`` applies when ``encoder`` is a name (see :class:`~rerank.encode.BiEncoder`)
+        ``precision`` applies when ``encoder`` is a name (see :class:`~rerank.encoders.dense.BiEncoder`)
         and is written in the manifest."""
         passages = unique_passages(passages)
         if isinstance(encoder, str):

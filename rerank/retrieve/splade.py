@@ -8,13 +8,13 @@ from pathlib import Path
 
 from rerank.atomic import atomic_directory
 from rerank.costs import Stopwatch, record_costs
+from rerank.encoders.sparse import SpladeEncoder
 from rerank.errors import BadIndexError
 from rerank.order import top_k_positions
 from rerank.precision import CHOICES
 from rerank.retrieve.base import Index, check_search, parameter
 from rerank.retrieve.docstore import open_index_passages, store_for_index, take_passages
 from rerank.retrieve.store import corpus_fingerprint, library_versions, read_manifest, unique_passages, write_manifest
-from rerank.sparse_encode import SpladeEncoder
 from rerank.types import Candidates, Passage, Query
 
 KIND = "splade"

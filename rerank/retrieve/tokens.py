@@ -17,6 +17,7 @@ import numpy as np
 
 from rerank.atomic import atomic_directory
 from rerank.costs import Stopwatch, record_costs
+from rerank.encoders.tokens import WINDOWS, ColBERTEncoder
 from rerank.errors import BadIndexError
 from rerank.precision import CHOICES
 from rerank.retrieve.base import Index, check_search, parameter
@@ -35,7 +36,7 @@ class TokenBuildParameters:
     document_length: int = parameter(180, "most tokens stored per passage, or per window (ColBERT's doc_maxlen)")
     colbert_windows: str = parameter("first", "first: passages cut at document_length (ColBERT's own); max: longer "
                                      "passages stored as overlapping windows, scored by their best (MaxP)",
-                                     choices=("first", "max"))
+                                     choices=WINDOWS)
     colbert_batch_size: int = parameter(32, "passages per ColBERT encoder batch")
     precision: str = parameter("auto", "encoding precision (written in the manifest); auto picks by the CPU and "
                                "checks it against fp32", choices=CHOICES)
@@ -74,16 +75,15 @@ class TokenEmbeddingIndex(Index, kind=KIND):
 
     @property
     def windows(self) -> str:
-        """``first`` or ``max``: how the passages were cut (see :class:`~rerank.score.colbert.ColBERTEncoder`)."""
+        """``first`` or ``max``: how the passages were cut (see :class:`~rerank.encoders.tokens.ColBERTEncoder`)."""
         return str(self.settings.get("windows", "first"))
 
     @classmethod
     def build(cls, passages: Iterable[Passage], encoder: Any = "colbert-ir/colbertv2.0", *,
               document_length: int | None = None, batch_size: int = 32, precision: str = "auto",
               windows: str = "first", progress: bool = True) -> TokenEmbeddingIndex:
-        """Encode every passage (title + text) with a :class:`~rerank.score.colbert.ColBERTEncoder`
+        """Encode every passage (title + text) with a :class:`~rerank.encoders.tokens.ColBERTEncoder`
         (or a model name) and keep its token vectors in float16."""
-        from rerank.score.colbert import ColBERTEncoder
 
         unique = unique_passages(passages)
         if isinstance(encoder, str):
@@ -131,7 +131,6 @@ class TokenEmbeddingIndex(Index, kind=KIND):
     def encoder(self):
         """The query encoder (loaded on first use, from the manifest's model)."""
         if self._encoder is None:
-            from rerank.score.colbert import ColBERTEncoder
 
             self._encoder = ColBERTEncoder(self.model, document_length=int(self.settings.get("document_length", 180)),
                                            query_length=int(self.settings.get("query_length", 32)),

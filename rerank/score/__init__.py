@@ -1,4 +1,5 @@
 """Re-scoring stages: cross-encoders, bi-encoders, SPLADE, BM25 and LLMs (one module per backend)."""
+from rerank.recipes import Recipe, recipe, recipes, register_recipe
 from rerank.score.bi_encoder import BiEncoderScorer
 from rerank.score.bm25 import BM25Scorer
 from rerank.score.causal_lm import CausalLMReranker
@@ -9,7 +10,6 @@ from rerank.score.llm_http import OpenAICompatibleLLM
 from rerank.score.llm_pointwise import QueryLikelihood, YesNoRelevance
 from rerank.score.pairwise import OracleJudge, PairwiseReranker
 from rerank.score.prp import PRP, LLMJudge
-from rerank.score.recipes import Recipe, recipe, recipes, register_recipe
 from rerank.score.splade import SpladeScorer
 from rerank.score.t5 import DuoT5, DuoT5Judge, T5Reranker
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from rerank.encode import BiEncoder
+from rerank.encoders.dense import BiEncoder
 from rerank.pipeline import Scorer, Work
 from rerank.types import Candidates, Passage
 
@@ -16,7 +16,7 @@ from rerank.types import Candidates, Passage
 class BiEncoderScorer(Scorer, kind="bi-encoder"):
     """Score candidates by the similarity of bi-encoder vectors (a cheap student for pruning).
 
-    ``model``: a short name, Hugging Face id or path, or a loaded :class:`~rerank.encode.BiEncoder`.
+    ``model``: a short name, Hugging Face id or path, or a loaded :class:`~rerank.encoders.dense.BiEncoder`.
     ``index``: a :class:`~rerank.retrieve.DenseIndex` (or its folder) built with the same
     model; passages found in it are scored from their stored vectors, so only the query is
     encoded. Passages missing from it are encoded on the fly (and counted in the trace).

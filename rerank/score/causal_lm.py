@@ -19,6 +19,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from rerank.recipes import Recipe, register_recipe
 from rerank.score.llm import _common_prefix
 from rerank.score.recipe_scorer import RecipeScorer
 
@@ -28,7 +29,7 @@ MIN_SHARED_PREFIX = 8
 
 class CausalLMReranker(RecipeScorer, kind="causal-reranker"):
     """Re-rank with a causal LM fine-tuned as a re-ranker, scored by its recipe
-    (:mod:`rerank.score.recipes`): ``qwen3-reranker``, ``bge-reranker-v2-gemma``,
+    (:mod:`rerank.recipes`): ``qwen3-reranker``, ``bge-reranker-v2-gemma``,
     ``mxbai-rerank-v2`` or one of your own. See :class:`~rerank.score.recipe_scorer.RecipeScorer`
     for the options; ``share_prefix`` (default on) runs the tokens a query's pairs have in
     common once per query::
@@ -123,3 +124,54 @@ def _cache_argument(net) -> str:
     forward = getattr(net, "forward", net)
     wrapped = getattr(forward, "__wrapped__", forward)
     return "cache" if "cache" in inspect.signature(wrapped).parameters else "past_key_values"
+
+
+# -- this family's published recipes ------------------------------------------------------
+QWEN3_SYSTEM = ('Judge whether the Document meets the requirements based on the Query and the Instruct provided. '
+                'Note that the answer can only be "yes" or "no".')
+
+register_recipe(Recipe(
+    name="qwen3-reranker", stage="causal-reranker", layout="whole",
+    description="Qwen3-Reranker: a yes/no judgment after the Instruct/Query/Document user turn, with an empty think "
+                "block; P(yes) among yes/no at the last position",
+    prefix=f"<|im_start|>system\n{QWEN3_SYSTEM}<|im_end|>\n<|im_start|>user\n",
+    template="<Instruct>: {instruction}\n<Query>: {query}\n<Document>: {passage}",
+    suffix="<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n",
+    instruction="Given a web search query, retrieve relevant passages that answer the query",
+    max_length=8192, padding_side="left", score="softmax", tokens=("no", "yes"), token_lookup="vocab",
+    network="causal-lm", model_types=("qwen3",), markers=("qwen3-reranker",),
+    card_phrases=("<instruct>:", "judge whether the document meets the requirements"),
+    hub_ids=("Qwen/Qwen3-Reranker-0.6B", "Qwen/Qwen3-Reranker-4B", "Qwen/Qwen3-Reranker-8B"),
+    source="the Qwen3-Reranker model card (transformers usage)"))
+
+
+register_recipe(Recipe(
+    name="bge-reranker-v2-gemma", stage="causal-reranker", layout="split",
+    description="bge-reranker-v2-gemma: <bos>A: query / B: passage / the Yes-or-No prompt; the logit of 'Yes' at "
+                "the last position; the query takes at most 3/4 of the budget",
+    bos=True, query_template="A: {query}", sep="\n", passage_template="B: {passage}",
+    suffix="\nGiven a query A and a passage B, determine whether the passage contains an answer to the query by "
+           "providing a prediction of either 'Yes' or 'No'.",
+    query_share=0.75, max_length=1024, padding_side="left", score="logit", tokens=("Yes",), token_lookup="encode",
+    network="causal-lm", model_types=("gemma",), markers=("bge-reranker-v2-gemma",),
+    card_phrases=("given a query a and a passage b",),
+    hub_ids=("BAAI/bge-reranker-v2-gemma",), source="the bge-reranker-v2-gemma model card (FlagEmbedding)"))
+
+
+register_recipe(Recipe(
+    name="mxbai-rerank-v2", stage="causal-reranker", layout="split",
+    description="mxbai-rerank-v2: a Qwen chat turn holding query / document / the relevance task; logit('1') - "
+                "logit('0') at the last position; the query takes at most 3/4 of the budget",
+    prefix="<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant.<|im_end|>\n"
+           "<|im_start|>user\n",
+    query_template="{instruction}query: {query}", instruction_template="instruction: {instruction}\n",
+    sep="\n", passage_template="document: {passage}",
+    suffix="\nYou are a search relevance expert who evaluates how well documents match search queries. For each "
+           "query-document pair, carefully analyze the semantic relationship between them, then provide your "
+           "binary relevance judgment (0 for not relevant, 1 for relevant).\nRelevance:"
+           "<|im_end|>\n<|im_start|>assistant\n",
+    query_share=0.75, max_length=8192, padding_side="left", score="difference", tokens=("0", "1"),
+    token_lookup="encode", network="causal-lm", model_types=("qwen2",), markers=("mxbai-rerank-base-v2", "mxbai-rerank-large-v2", "mxbai-rerank-v2"),
+    card_phrases=("mxbairerankv2", "you are a search relevance expert"),
+    hub_ids=("mixedbread-ai/mxbai-rerank-base-v2", "mixedbread-ai/mxbai-rerank-large-v2"),
+    source="the mxbai-rerank package (MxbaiRerankV2)"))

@@ -22,6 +22,7 @@ from rerank.hf_tokenizer import tokenize
 from rerank.models import resolve
 from rerank.pipeline import Scorer, Work
 from rerank.precision import BATCH_SHAPES, calibration_pairs, prepare_model
+from rerank.recipes import Recipe, register_recipe
 from rerank.types import Candidates
 
 BACKENDS = ("auto", "torch", "onnx", "openvino")
@@ -399,3 +400,12 @@ def _padded(all_ids, all_types, rows, height: int, length: int, pad: int):
         if types is not None:
             types[j, :len(seq)] = all_types[r]
     return ids, mask, types
+
+
+# -- this family's published recipes ------------------------------------------------------
+register_recipe(Recipe(
+    name="bert-cross-encoder", stage="cross-encoder", layout="pair", score="classifier",
+    description="BERT-style cross-encoder: [CLS] query [SEP] passage [SEP], one relevance logit (or two classes as "
+                "log-odds); only the passage is cut",
+    model_types=("bert", "roberta", "xlm-roberta", "electra", "deberta-v2", "modernbert", "distilbert"),
+    source="sentence-transformers CrossEncoder"))

@@ -5,7 +5,7 @@ the name it was saved under), the model card ``README.md`` (its ``pipeline_tag``
 model, title and usage code), the sentence-transformers or PyLate ``modules.json``, and the
 tokenizer files. :func:`detect_model` reads them and returns a :class:`Detection`: the family
 (``cross-encoder``, ``bi-encoder``, ``splade``, ``llm``, ``reranker``, ``pipeline``) and, for
-the recipe-driven families, the :class:`~rerank.score.recipes.Recipe`.
+the recipe-driven families, the :class:`~rerank.recipes.Recipe`.
 
 Rules that keep a model from being scored under a recipe that is not its own:
 
@@ -31,7 +31,7 @@ from typing import Any
 
 from rerank.errors import RerankError
 from rerank.models import REGISTRY, resolve
-from rerank.score.recipes import Recipe, recipes
+from rerank.recipes import Recipe, recipes
 
 RERANKER_TAGS = ("text-ranking", "reranker", "re-ranker", "rerank", "reranking")
 """Card tags (or ``pipeline_tag`` values) that say a model is a re-ranker."""
@@ -192,7 +192,7 @@ def _choose(files: ModelFiles, network: str, what: str) -> Recipe:
     options = chosen or fitting
     names = ", ".join(r.name for r in options)
     how = (f"pass recipe= one of {names} (rerank.load(path, recipe='{options[0].name}')), or kind= another scorer"
-           if options else f"register a recipe for it (rerank.score.recipes.register_recipe) and pass recipe=, or "
+           if options else f"register a recipe for it (rerank.recipes.register_recipe) and pass recipe=, or "
                            f"run one of {', '.join(r.name for r in family)} on it with recipe=recipe(NAME, "
                            "model_types=())")
     reason = ("its files name several recipes" if len(chosen) > 1 else
@@ -219,7 +219,7 @@ def detect_model(name_or_path: str) -> Detection:
         if local.suffix == ".gguf":
             return Detection("llm", reason="a GGUF file")
         raise ModelKindError(f"{name_or_path}: a file, but neither a GGUF model nor a TOML pipeline")
-    packaged = REGISTRY.get(name_or_path)
+    packaged = REGISTRY.find(name_or_path)
     if local.is_dir() and (packaged and packaged.file and (local / packaged.file).is_file()
                            or any(local.glob("*.gguf"))):
         return Detection("llm", reason="a folder holding a GGUF file")

@@ -20,8 +20,8 @@ from rerank.hardware import apply_threads
 from rerank.models import quiet_transformers, resolve
 from rerank.pipeline import Scorer, Work
 from rerank.precision import BATCH_SHAPES, calibration_pairs, prepare_model
-from rerank.score.recipes import Recipe, RecipeError
-from rerank.score.recipes import recipe as find_recipe
+from rerank.recipes import Recipe, RecipeError
+from rerank.recipes import recipe as find_recipe
 from rerank.types import Candidates
 
 CALIBRATION_PAIRS = 60
@@ -152,12 +152,12 @@ def _position_limit(config) -> int | None:
 
 
 class RecipeScorer(Scorer):
-    """A pointwise re-ranker that runs a :class:`~rerank.score.recipes.Recipe` over a
+    """A pointwise re-ranker that runs a :class:`~rerank.recipes.Recipe` over a
     transformers model. Subclasses set ``kind`` and implement :meth:`_load_network` and
     :meth:`_forward_logits`.
 
     ``model``: a Hugging Face id or local folder. ``recipe``: a recipe name, a
-    :class:`~rerank.score.recipes.Recipe` or a table (``{"base": name, **overrides}``); by
+    :class:`~rerank.recipes.Recipe` or a table (``{"base": name, **overrides}``); by
     default the one the model's files name. ``instruction``: the task instruction of recipes
     that take one (Qwen3-Reranker, mxbai-rerank-v2). ``max_length``: tokens per input (default:
     the recipe's, at most the model's). ``batch_size``/``max_batch_tokens``: pairs and padded
@@ -168,7 +168,7 @@ class RecipeScorer(Scorer):
     fast as a whole-bf16 model on these deep models and far closer to fp32,
     :func:`rerank.precision.bf16_matmuls`).
     ``normalize``: return the
-    recipe's probability instead of its log-odds (see :mod:`rerank.score.recipes`).
+    recipe's probability instead of its log-odds (see :mod:`rerank.recipes`).
     """
 
     pointwise = True  # a pair's score ignores the other candidates (cacheable)

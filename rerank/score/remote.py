@@ -44,6 +44,7 @@ from typing import Any
 from rerank.errors import RerankError
 from rerank.extras import require
 from rerank.pipeline import Scorer, Work
+from rerank.registry import Registry
 from rerank.types import Candidates
 
 
@@ -92,22 +93,30 @@ class RemoteShape:
     takes_model: bool = True
 
 
-SHAPES: dict[str, RemoteShape] = {
-    # Cohere v2 (v1 takes the same body at /v1/rerank; use url=.../v1/rerank).
-    "cohere": RemoteShape("cohere", "/v2/rerank", "documents", _cohere_results, 1000),
-    "jina": RemoteShape("jina", "/v1/rerank", "documents", _cohere_results, 1000, {"return_documents": False}),
-    "voyage": RemoteShape("voyage", "/v1/rerank", "documents", _data_relevance, 1000,
-                          {"return_documents": False, "truncation": True}),
-    "mixedbread": RemoteShape("mixedbread", "/v1/reranking", "input", _data_score, 1000, {"return_input": False}),
-    # TEI refuses more than --max-client-batch-size texts (32 by default); raw logits, not sigmoids.
-    "tei": RemoteShape("tei", "/rerank", "texts", _tei_results, 32, {"raw_scores": True, "truncate": True},
-                       takes_model=False),
-    "infinity": RemoteShape("infinity", "/rerank", "documents", _cohere_results, 1000, {"return_documents": False}),
-    # rerank serve: the Cohere shape with raw scores (the served pipeline's own, comparable with a local stage);
-    # model names one of the models it serves.
-    "rerank": RemoteShape("rerank", "/rerank", "documents", _cohere_results, 1000,
-                          {"raw_scores": True, "return_documents": False}),
-}
+SHAPES: Registry[RemoteShape] = Registry("remote shape", "remote_shapes")
+"""The request and answer shapes of hosted ``/rerank`` endpoints, by name; other packages add shapes
+through the ``rerank.remote_shapes`` entry-point group."""
+
+
+def register_shape(shape: RemoteShape) -> RemoteShape:
+    """Add ``shape`` to :data:`SHAPES` under its own name."""
+    return SHAPES.add(shape.name, shape)
+
+
+# Cohere v2 (v1 takes the same body at /v1/rerank; use url=.../v1/rerank).
+register_shape(RemoteShape("cohere", "/v2/rerank", "documents", _cohere_results, 1000))
+register_shape(RemoteShape("jina", "/v1/rerank", "documents", _cohere_results, 1000, {"return_documents": False}))
+register_shape(RemoteShape("voyage", "/v1/rerank", "documents", _data_relevance, 1000,
+                             {"return_documents": False, "truncation": True}))
+register_shape(RemoteShape("mixedbread", "/v1/reranking", "input", _data_score, 1000, {"return_input": False}))
+# TEI refuses more than --max-client-batch-size texts (32 by default); raw logits, not sigmoids.
+register_shape(RemoteShape("tei", "/rerank", "texts", _tei_results, 32, {"raw_scores": True, "truncate": True},
+                             takes_model=False))
+register_shape(RemoteShape("infinity", "/rerank", "documents", _cohere_results, 1000, {"return_documents": False}))
+# rerank serve: the Cohere shape with raw scores (the served pipeline's own, comparable with a local stage);
+# model names one of the models it serves.
+register_shape(RemoteShape("rerank", "/rerank", "documents", _cohere_results, 1000,
+                             {"raw_scores": True, "return_documents": False}))
 
 
 class _Retry(Exception):
@@ -174,9 +183,7 @@ class Remote(Scorer, kind="remote"):
     def __init__(self, url: str, *, shape: str = "rerank", model: str | None = None, api_key_env: str | None = None,
                  max_documents: int | None = None, concurrency: int = 4, retries: int = 3, backoff: float = 0.5,
                  timeout: float = 30.0, max_retry_after: float = 60.0, name: str | None = None) -> None:
-        if shape not in SHAPES:
-            raise ValueError(f"unknown remote shape {shape!r}; shapes: {', '.join(SHAPES)}")
-        self.shape = SHAPES[shape]
+        self.shape = SHAPES.get(shape)
         if model is not None and not self.shape.takes_model:
             raise ValueError(f"a {shape} endpoint serves one model; model={model!r} would be ignored")
         if max_documents is not None and max_documents < 1:

@@ -8,8 +8,8 @@ from typing import Any
 
 import numpy as np
 
+from rerank.encoders.sparse import SpladeEncoder
 from rerank.pipeline import Scorer, Work
-from rerank.sparse_encode import SpladeEncoder
 from rerank.types import Candidates
 
 

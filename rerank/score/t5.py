@@ -11,9 +11,9 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from rerank.recipes import Recipe, register_recipe
 from rerank.score.pairwise import PairwiseReranker
 from rerank.score.recipe_scorer import CALIBRATION_PAIRS, RecipeModel, RecipeScorer, choose_recipe
-from rerank.score.recipes import Recipe
 from rerank.types import Passage, Query
 
 
@@ -160,3 +160,38 @@ class DuoT5(PairwiseReranker, kind="duot5"):
     def runtime_settings(self) -> dict[str, str]:
         judge = self.judge
         return judge.runtime_settings() if isinstance(judge, DuoT5Judge) else {}
+
+
+# -- this family's published recipes ------------------------------------------------------
+register_recipe(Recipe(
+    name="monot5", stage="t5-reranker", layout="whole",
+    description="monoT5: 'Query: q Document: d Relevant:' through the encoder; softmax of ▁false/▁true at the "
+                "first decoder step; the input is cut at its end to 512 tokens",
+    template="Query: {query} Document: {passage} Relevant:", max_length=512, padding_side="right",
+    score="softmax", tokens=("▁false", "▁true"), token_lookup="vocab", network="seq2seq",
+    model_types=("t5", "mt5"), markers=("monot5", "mt5-base-multi-msmarco", "mono-t5"),
+    hub_ids=("castorini/monot5-base-msmarco", "castorini/monot5-base-msmarco-10k", "castorini/monot5-large-msmarco",
+             "castorini/monot5-3b-msmarco-10k", "unicamp-dl/mt5-base-multi-msmarco"),
+    source="pygaggle MonoT5 (Nogueira et al., 2020)"))
+
+
+register_recipe(Recipe(
+    name="rankt5", stage="t5-reranker", layout="whole",
+    description="RankT5 (encoder-decoder): 'Query: q Document: d' through the encoder; the raw logit of the unused "
+                "token <extra_id_10> at the first decoder step",
+    template="Query: {query} Document: {passage}", max_length=512, padding_side="right", score="logit",
+    tokens=("<extra_id_10>",), token_lookup="vocab", network="seq2seq", model_types=("t5", "mt5"),
+    markers=("rankt5", "rank-t5"),
+    hub_ids=("Soyoung97/RankT5-base", "Soyoung97/RankT5-large", "Soyoung97/RankT5-3b"),
+    source="RankT5 (Zhuang et al., SIGIR 2023)"))
+
+
+register_recipe(Recipe(
+    name="duot5", stage="duot5", layout="whole",
+    description="duoT5: 'Query: q Document0: d0 Document1: d1 Relevant:'; P(▁true) among ▁false/▁true at the "
+                "first decoder step is P(d0 more relevant than d1); each passage is cut to an equal share",
+    template="Query: {query} Document0: {passage} Document1: {second} Relevant:", max_length=512,
+    padding_side="right", score="softmax", tokens=("▁false", "▁true"), token_lookup="vocab", network="seq2seq",
+    model_types=("t5", "mt5"), markers=("duot5", "duo-t5"),
+    hub_ids=("castorini/duot5-base-msmarco", "castorini/duot5-3b-msmarco-10k"),
+    source="pygaggle DuoT5 (Pradeep et al., 2021)"))

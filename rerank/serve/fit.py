@@ -40,7 +40,7 @@ class FittedTexts:
 
 def instruction_families() -> list[str]:
     """The recipes whose models take a task instruction."""
-    from rerank.score.recipes import recipes
+    from rerank.recipes import recipes
 
     return sorted(name for name, r in recipes().items() if r.takes_instruction)
 

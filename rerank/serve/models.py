@@ -98,13 +98,13 @@ class ModelSpec:
                          aliases=tuple(value.get("aliases", ())))
 
 
-def build_model(spec: ModelSpec, precision: str | None) -> tuple[Stage, dict[str, Any]]:
+def build_model(spec: ModelSpec, precision: str | None, score_cache: str | None = None) -> tuple[Stage, dict[str, Any]]:
     """The stage ``spec`` names (models loaded) and the model-level settings its config sets."""
     if isinstance(spec.source, Stage):
         return spec.source, dict(spec.settings)
     source = spec.source
     if source.endswith(".toml"):
-        from rerank.config import build_pipeline, parse_config
+        from rerank.config import build_pipeline, parse_config, score_cache_file
 
         config = parse_config(source)
         table = dict(config.extra.get("serve") or {})
@@ -116,7 +116,8 @@ def build_model(spec: ModelSpec, precision: str | None) -> tuple[Stage, dict[str
             log.warning("model %s: %s [serve] %s belong to the whole service; set them in the service config or "
                         "on the command line", spec.name, source, ", ".join(ignored))
         settings = {**own, **spec.settings}
-        return build_pipeline(config, precision=precision or settings.get("precision")), settings
+        return build_pipeline(config, precision=precision or settings.get("precision"),
+                              score_cache=score_cache_file(config) or score_cache), settings
     from rerank.loading import load
 
     options = {"precision": precision} if precision else {}
@@ -179,7 +180,7 @@ class ModelHost:
     # -- loading ------------------------------------------------------------------------------
     def _build(self) -> _Loaded:
         began = time.perf_counter()
-        pipeline, own = build_model(self.spec, self.base_settings.precision)
+        pipeline, own = build_model(self.spec, self.base_settings.precision, self.base_settings.score_cache)
         check_servable(pipeline)
         settings = self.base_settings.override(**own) if own else self.base_settings
         invariance: list = []

@@ -106,6 +106,8 @@ class ServeSettings:
     """One JSON line per request on the ``rerank.access`` logger."""
     tracing: bool = False
     """OpenTelemetry spans per request and stage (the ``otel`` extra; the process's tracer provider)."""
+    score_cache: Optional[str] = None
+    """A score cache file (:mod:`rerank.cache`) for every served pipeline config that names none."""
 
     def __post_init__(self) -> None:
         from rerank.precision import CHOICES

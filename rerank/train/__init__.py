@@ -3,9 +3,9 @@
 The pieces, each in its own module: :mod:`~rerank.train.data` (triples, teacher-score files,
 hard-negative mining), :mod:`~rerank.train.teacher` (scoring triples with any stage,
 resumable), :mod:`~rerank.train.losses`, :mod:`~rerank.train.curriculum`,
-:mod:`~rerank.train.models` (the trainable cross-encoder, bi-encoder and SPLADE),
+:mod:`~rerank.train.students` (the trainable cross-encoder, bi-encoder and SPLADE),
 :mod:`~rerank.train.trainer` (the loop, checkpoints, resuming) and
-:mod:`~rerank.train.recipes` (the two entry points).
+:mod:`~rerank.train.routines` (the two entry points).
 """
 from rerank.train.card import add_scores
 from rerank.train.curriculum import Curriculum
@@ -21,7 +21,7 @@ from rerank.train.data import (
                                write_teacher_scores,
                                write_triples,
 )
-from rerank.train.recipes import dev_set, distill, split_dev, train_cross_encoder
+from rerank.train.routines import dev_set, distill, split_dev, train_cross_encoder
 from rerank.train.teacher import score_triples
 from rerank.train.trainer import DevSet, TrainConfig, Trainer, TrainingError, TrainResult
 

@@ -32,7 +32,7 @@ from typing import Any
 
 from rerank.atomic import atomic_directory, atomic_file
 from rerank.errors import RerankError
-from rerank.registry import PREPARE_STEPS
+from rerank.registry import prepare_step
 from rerank.train.data import MiningStats
 
 ADAPT_FILE = "adapt.json"
@@ -322,7 +322,7 @@ class Adapter:
             fh.write("\n".join(lines))
 
 
-@PREPARE_STEPS.register("adapt")
+@prepare_step("adapt", trains=True)
 def adapt(corpus: str | Path, out: str | Path, config: AdaptConfig | None = None, *, indexes: str | Path | None = None,
           progress: bool = True, log: Callable[[str], None] = print, **options) -> AdaptResult:
     """Adapt a cross-encoder and a 2-layer student to ``corpus`` without labels (see the module

@@ -33,7 +33,7 @@ def render_card(folder: Path, info: dict) -> str:
     config = info.get("config", {})
     kind = model.get("kind", "cross-encoder")
     init = model.get("init", "")
-    base = REGISTRY[init].hub_id if init in REGISTRY else init  # the Hub's metadata wants a Hub id
+    base = REGISTRY.get(init).hub_id if init in REGISTRY else init  # the Hub's metadata wants a Hub id
     lines = ["---", "library_name: transformers", f"pipeline_tag: {_PIPELINE_TAG.get(kind, 'text-classification')}",
              f"base_model: {base}", "tags:", "- rerank", f"- {kind}", "- passage-reranking"]
     if info.get("dataset"):

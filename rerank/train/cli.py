@@ -170,8 +170,8 @@ def add_train_parser(sub) -> None:
     from rerank.train.adapt import AdaptConfig
     from rerank.train.curriculum import HEURISTICS
     from rerank.train.data import SAMPLINGS
-    from rerank.train.losses import DISTILL_LOSSES, LABEL_LOSSES
-    from rerank.train.models import student_kinds
+    from rerank.train.losses import distill_losses, label_losses
+    from rerank.train.students import student_kinds
 
     train = sub.add_parser("train", help="mine triples, score them with a teacher, fine-tune or distill models",
                            description="Training: 'mine' -> triples, 'teacher-scores' -> Hofstätter's teacher-score "
@@ -223,10 +223,10 @@ def add_train_parser(sub) -> None:
     given.add_argument("--triples", help="triples file from 'rerank train mine'")
     given.add_argument("--teacher-scores", help="teacher-score file from 'rerank train teacher-scores': its triples "
                                                 "train the label loss, its scores the distillation loss")
-    _training_options(p, "listwise", LABEL_LOSSES)
+    _training_options(p, "listwise", tuple(label_losses()))
     p.add_argument("--distill-weight", type=float, default=0.0,
                    help="with --teacher-scores: add this weight times the distillation loss (default: 0)")
-    p.add_argument("--distill-loss", choices=DISTILL_LOSSES, default="margin-mse",
+    p.add_argument("--distill-loss", choices=distill_losses(), default="margin-mse",
                    help="distillation loss added to the label loss (default: margin-mse)")
     p.add_argument("--curriculum", choices=HEURISTICS, default=None,
                    help="weight easy groups first (difficulty from --run), annealed to uniform")
@@ -269,7 +269,7 @@ def add_train_parser(sub) -> None:
     _data_options(p)
     p.add_argument("--teacher-scores", required=True, help="pos_score neg_score qid pid_pos pid_neg file")
     p.add_argument("--student", choices=student_kinds(), default="cross-encoder", help="student kind (default: cross-encoder)")
-    _training_options(p, "margin-mse", DISTILL_LOSSES)
+    _training_options(p, "margin-mse", tuple(distill_losses()))
     p.set_defaults(func=cmd_distill)
 
     p = tsub.add_parser("listwise-labels", help="complete listwise labels: a teacher pipeline orders each training "

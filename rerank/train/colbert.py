@@ -3,7 +3,7 @@ linear projection trained so that MaxSim over token vectors reproduces a teacher
 (Margin-MSE, Hofstätter et al.: the cross-architecture distillation that names ColBERT among
 its students).
 
-Queries and passages are encoded exactly as :class:`~rerank.score.colbert.ColBERTEncoder` does
+Queries and passages are encoded exactly as :class:`~rerank.encoders.tokens.ColBERTEncoder` does
 at inference (markers, ``[MASK]`` query augmentation, projection, normalization, punctuation
 left out of passages), and the saved folder is a ColBERT checkpoint in the Stanford layout
 (``bert.*`` and ``linear.weight``, ``HF_ColBERT``, ``artifact.metadata``), which the ColBERT stage
@@ -16,7 +16,7 @@ import string
 from pathlib import Path
 from typing import Any
 
-from rerank.train.models import STUDENTS, TrainableModel
+from rerank.train.students import STUDENTS, TrainableModel
 
 
 def _network(body, dim: int):

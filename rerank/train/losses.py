@@ -15,11 +15,37 @@ so curriculum weights can scale each group before the mean.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TypeVar
 
-LABEL_LOSSES = ("bce", "pairwise", "listwise")
-DISTILL_LOSSES = ("margin-mse", "mse", "kl")
+from rerank.registry import Registry
+
+F = TypeVar("F", bound=Callable)
+
+LOSSES: Registry[Callable] = Registry("loss", "losses")
+"""Every training loss by name; a loss that needs a teacher's scores has ``distills = True``.
+Other packages add losses through the ``rerank.losses`` entry-point group."""
 
 
+def register_loss(name: str, *, distills: bool) -> Callable[[F], F]:
+    """Register a loss under ``name``; ``distills``: it needs a teacher's scores."""
+    def add(function: F) -> F:
+        function.distills = distills  # type: ignore[attr-defined]
+        return LOSSES.register(name)(function)
+
+    return add
+
+
+def label_losses() -> list[str]:
+    """The losses that learn from labels alone."""
+    return [name for name, loss in LOSSES.items() if not loss.distills]  # type: ignore[attr-defined]
+
+
+def distill_losses() -> list[str]:
+    """The losses that learn from a teacher's scores."""
+    return [name for name, loss in LOSSES.items() if loss.distills]  # type: ignore[attr-defined]
+
+
+@register_loss("bce", distills=False)
 def bce(scores, teacher=None):
     """Pointwise binary cross-entropy per group."""
     import torch
@@ -29,6 +55,7 @@ def bce(scores, teacher=None):
     return torch.nn.functional.binary_cross_entropy_with_logits(scores, labels, reduction="none").mean(1)
 
 
+@register_loss("pairwise", distills=False)
 def pairwise(scores, teacher=None):
     """RankNet loss per group: positive against each negative."""
     import torch
@@ -36,6 +63,7 @@ def pairwise(scores, teacher=None):
     return torch.nn.functional.softplus(scores[:, 1:] - scores[:, :1]).mean(1)
 
 
+@register_loss("listwise", distills=False)
 def listwise(scores, teacher=None):
     """Softmax cross-entropy per group, the positive being the target."""
     import torch
@@ -43,6 +71,7 @@ def listwise(scores, teacher=None):
     return -torch.log_softmax(scores, dim=1)[:, 0]
 
 
+@register_loss("margin-mse", distills=True)
 def margin_mse(scores, teacher):
     """Margin-MSE per group: the student's positive-negative margins against the teacher's."""
     student = scores[:, :1] - scores[:, 1:]
@@ -50,11 +79,13 @@ def margin_mse(scores, teacher):
     return ((student - target) ** 2).mean(1)
 
 
+@register_loss("mse", distills=True)
 def mse(scores, teacher):
     """Plain MSE per group between student and teacher scores."""
     return ((scores - teacher) ** 2).mean(1)
 
 
+@register_loss("kl", distills=True)
 def kl(scores, teacher, temperature: float = 1.0):
     """KL divergence per group from the teacher's softmax distribution to the student's."""
     import torch
@@ -64,13 +95,7 @@ def kl(scores, teacher, temperature: float = 1.0):
     return (target.exp() * (target - student)).sum(1)
 
 
-LOSSES: dict[str, Callable] = {"bce": bce, "pairwise": pairwise, "listwise": listwise,
-                               "margin-mse": margin_mse, "mse": mse, "kl": kl}
-
 
 def get_loss(name: str) -> Callable:
     """The loss function called ``name``; an unknown name lists the known ones."""
-    try:
-        return LOSSES[name]
-    except KeyError:
-        raise ValueError(f"unknown loss {name!r}; choose from {', '.join(LOSSES)}") from None
+    return LOSSES.get(name)

@@ -34,8 +34,8 @@ from rerank.errors import RerankError
 from rerank.train.card import TRAINING_FILE, write_model_card
 from rerank.train.curriculum import Curriculum
 from rerank.train.data import TrainingGroup
-from rerank.train.losses import DISTILL_LOSSES, get_loss
-from rerank.train.models import TrainableModel
+from rerank.train.losses import distill_losses, get_loss
+from rerank.train.students import TrainableModel
 from rerank.types import Candidates, Passage, Qrels, Query, sort_candidates
 
 LOG_FILE = "training_log.jsonl"
@@ -78,8 +78,8 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         get_loss(self.loss)
-        if self.distill_loss not in DISTILL_LOSSES:
-            raise ValueError(f"distill_loss must be one of {', '.join(DISTILL_LOSSES)}, got {self.distill_loss!r}")
+        if self.distill_loss not in distill_losses():
+            raise ValueError(f"distill_loss must be one of {', '.join(distill_losses())}, got {self.distill_loss!r}")
         if self.distill_weight < 0:
             raise ValueError(f"distill_weight must be >= 0, got {self.distill_weight}")
         if self.groups_per_step < 1 or self.epochs < 1 or (self.max_steps is not None and self.max_steps < 1):
@@ -195,7 +195,7 @@ class Trainer:
                  fast_dropout: bool = True, bf16_copies: bool = True) -> None:
         if not groups:
             raise TrainingError("no training groups")
-        if config.loss in DISTILL_LOSSES and any(g.teacher is None for g in groups):
+        if config.loss in distill_losses() and any(g.teacher is None for g in groups):
             raise TrainingError(f"loss {config.loss!r} needs teacher scores for every group (a teacher-score file)")
         if config.distill_weight > 0 and any(g.teacher is None for g in groups):
             raise TrainingError(f"distill_weight {config.distill_weight} needs teacher scores for every group "

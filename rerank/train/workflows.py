@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from rerank.errors import RerankError
-from rerank.registry import PREPARE_STEPS
+from rerank.registry import prepare_step
 from rerank.train.data import SAMPLINGS, TeacherScore, Triple
 from rerank.train.trainer import TrainConfig, TrainResult
 
@@ -20,7 +20,7 @@ def _dataset(dataset: str | Path, skip_bad: bool):
     return opened, {q.id: q for q in opened.queries(None)}, opened.corpus(skip_bad=skip_bad)
 
 
-@PREPARE_STEPS.register("mine")
+@prepare_step("mine")
 def mine(dataset: str | Path, out: str | Path, *, split: str = "train", index: Sequence[str] | str | None = None,
          run: str | Path | None = None, pipeline: str | Path | None = None, depth: int = 100, negatives: int = 7,
          sampling: str = "random", min_relevance: int = 1, max_queries: int | None = None, seed: int = 0,
@@ -101,7 +101,7 @@ def _pipeline_scores(pipeline: str | Path, ranking, qrels, queries, opened, dept
     return scores
 
 
-@PREPARE_STEPS.register("teacher-scores")
+@prepare_step("teacher-scores")
 def teacher_scores(dataset: str | Path, triples: str | Path, out: str | Path, *, model: str | None = None,
                    pipeline: str | Path | None = None, max_length: int | None = None, batch_size: int = 32,
                    skip_bad: bool = False, progress: bool = True, precision: str | None = None,
@@ -135,7 +135,7 @@ def teacher_scores(dataset: str | Path, triples: str | Path, out: str | Path, *,
 
 def _dev(dataset, groups, queries, corpus, split: str, run, dev_queries: int, dev_depth: int, seed: int):
     from rerank.data import read_run
-    from rerank.train.recipes import dev_set, split_dev
+    from rerank.train.routines import dev_set, split_dev
 
     if not dev_queries:
         return groups, None, None
@@ -146,7 +146,7 @@ def _dev(dataset, groups, queries, corpus, split: str, run, dev_queries: int, de
     return groups, dev_set(dev_qids, ranking, queries, corpus, dataset.qrels(split), depth=dev_depth), ranking
 
 
-@PREPARE_STEPS.register("train-cross-encoder")
+@prepare_step("train-cross-encoder", trains=True)
 def train_cross_encoder(dataset: str | Path, triples: str | Path | None, out: str | Path, *, split: str = "train",
                         run: str | Path | None = None, dev_queries: int = 0, dev_depth: int = 20,
                         curriculum: str | None = None, anneal_steps: int | None = None, init: str = "minilm-l6",
@@ -166,7 +166,7 @@ def train_cross_encoder(dataset: str | Path, triples: str | Path | None, out: st
     from rerank.data import read_run
     from rerank.train.curriculum import Curriculum
     from rerank.train.data import group_triples, read_teacher_scores, read_triples
-    from rerank.train.recipes import train_cross_encoder as train
+    from rerank.train.routines import train_cross_encoder as train
 
     if bool(triples) == bool(teacher_scores):
         raise RerankError("give the training triples as a triples file or a teacher-score file, not both")
@@ -199,7 +199,7 @@ def train_cross_encoder(dataset: str | Path, triples: str | Path | None, out: st
                  device=device, windows=windows)
 
 
-@PREPARE_STEPS.register("distill")
+@prepare_step("distill", trains=True)
 def distill(dataset: str | Path, teacher_scores: str | Path, out: str | Path, *, student: str = "cross-encoder",
             split: str = "train", run: str | Path | None = None, dev_queries: int = 0, dev_depth: int = 20,
             init: str | None = None, max_length: int = 128, layers: int | None = None, negatives: int = 7,
@@ -209,7 +209,7 @@ def distill(dataset: str | Path, teacher_scores: str | Path, out: str | Path, *,
     or ``splade``) saved to ``out``; the other arguments as in :func:`train_cross_encoder`
     (the loss defaults to ``margin-mse``)."""
     from rerank.train.data import group_triples, read_teacher_scores
-    from rerank.train.recipes import distill as run_distill
+    from rerank.train.routines import distill as run_distill
 
     config = config or TrainConfig(**{"loss": "margin-mse", **train_options})
     opened, queries, corpus = _dataset(dataset, skip_bad)

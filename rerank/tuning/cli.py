@@ -1,7 +1,6 @@
 """``rerank tune``: choose a pipeline's cut-offs from a latency budget."""
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
@@ -45,7 +44,7 @@ def add_tune_parser(sub) -> None:
 def cmd_tune(args) -> int:
     """Run ``rerank tune``."""
     from rerank.cache import open_cache
-    from rerank.config import ConfigError, _config_cache_file, build_pipeline, parse_config, read_toml
+    from rerank.config import ConfigError, build_pipeline, parse_config, read_toml, score_cache_file
     from rerank.data import open_dataset
     from rerank.evaluate import parse_measures
     from rerank.tuning.output import plot_front, write_tuned_config
@@ -71,7 +70,7 @@ def cmd_tune(args) -> int:
     # Stages are timed without the score cache (a hit is no measure of a stage's cost); the
     # scores of the combinations come through it.
     pipeline = build_pipeline(config, precision=args.precision, score_cache=False)
-    cache_file = args.score_cache or _config_cache_file(config) or os.environ.get("RERANK_SCORE_CACHE")
+    cache_file = args.score_cache or score_cache_file(config)
     result = tune(pipeline, inputs, qrels, grid=config.tune, budget_ms=args.budget_ms, statistic=args.statistic,
                   measure=args.measure, warmup_queries=args.warmup_queries, repeats=args.repeats,
                   tie_alpha=None if args.strict_best else 0.05, progress=not args.no_progress,

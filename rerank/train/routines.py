@@ -9,8 +9,8 @@ from pathlib import Path
 from rerank.data.trec import ranked_items
 from rerank.train.curriculum import Curriculum
 from rerank.train.data import TrainingGroup, check_ids
-from rerank.train.losses import DISTILL_LOSSES, LABEL_LOSSES
-from rerank.train.models import CrossEncoderModel, build_model
+from rerank.train.losses import distill_losses, label_losses
+from rerank.train.students import CrossEncoderModel, build_model
 from rerank.train.trainer import DevSet, TrainConfig, Trainer, TrainResult
 from rerank.types import Candidates, Passage, Qrels, Query, Run
 
@@ -52,10 +52,10 @@ def train_cross_encoder(groups: Sequence[TrainingGroup], queries: Mapping[str, Q
     """Fine-tune ``init`` (any Hugging Face encoder) as a one-logit cross-encoder on labelled
     groups with a ``bce``, ``pairwise`` or ``listwise`` loss, plus ``config.distill_weight``
     times a distillation loss where the groups carry teacher scores; ``windows``: how long
-    passages are read (:class:`~rerank.train.models.CrossEncoderModel`); see :class:`Trainer`."""
+    passages are read (:class:`~rerank.train.students.CrossEncoderModel`); see :class:`Trainer`."""
     config = config or TrainConfig()
-    if config.loss not in LABEL_LOSSES:
-        raise ValueError(f"fine-tuning uses a label loss ({', '.join(LABEL_LOSSES)}); "
+    if config.loss not in label_losses():
+        raise ValueError(f"fine-tuning uses a label loss ({', '.join(label_losses())}); "
                          f"{config.loss!r} needs teacher scores: use distill()")
     check_ids(groups, queries, corpus, "training data")
     _seed(config.seed)
@@ -75,8 +75,8 @@ def distill(groups: Sequence[TrainingGroup], queries: Mapping[str, Query], corpu
     (e.g. ``layers=2`` of MiniLM-L6; ``windows`` as in :func:`train_cross_encoder`),
     ``bi-encoder`` or ``splade``, with ``margin-mse`` (default), ``mse`` or ``kl``."""
     config = config or TrainConfig(loss="margin-mse")
-    if config.loss not in DISTILL_LOSSES:
-        raise ValueError(f"distillation uses a teacher loss ({', '.join(DISTILL_LOSSES)}), got {config.loss!r}")
+    if config.loss not in distill_losses():
+        raise ValueError(f"distillation uses a teacher loss ({', '.join(distill_losses())}), got {config.loss!r}")
     check_ids(groups, queries, corpus, "teacher scores")
     _seed(config.seed)
     model = build_model(student, init, max_length=max_length, layers=layers, windows=windows).to(device)

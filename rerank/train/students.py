@@ -7,8 +7,8 @@
   regularizer that keeps them sparse.
 
 Each saves a Hugging Face folder that the matching inference class loads by path
-(:class:`~rerank.score.CrossEncoder`, :class:`~rerank.encode.BiEncoder`,
-:class:`~rerank.sparse_encode.SpladeEncoder`).
+(:class:`~rerank.score.CrossEncoder`, :class:`~rerank.encoders.dense.BiEncoder`,
+:class:`~rerank.encoders.sparse.SpladeEncoder`).
 """
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from typing import Any
 from rerank.models import resolve
 from rerank.registry import Registry
 
-STUDENTS: Registry[type[TrainableModel]] = Registry("student kind", packages=("rerank.train",))
+STUDENTS: Registry[type[TrainableModel]] = Registry("student kind", "students", packages=("rerank.train",))
 """Trainable model kinds (``rerank train distill --student``): each class registers itself with
 ``@STUDENTS.register(kind)``, so a new student is one new module in :mod:`rerank.train`."""
 
@@ -200,7 +200,7 @@ class CrossEncoderModel(TrainableModel):
 
 
 def _write_sentence_transformers_config(folder: Path, max_length: int) -> None:
-    """Tell :class:`~rerank.encode.BiEncoder` (and sentence-transformers) how to pool: mean,
+    """Tell :class:`~rerank.encoders.dense.BiEncoder` (and sentence-transformers) how to pool: mean,
     no normalization (the model was trained for dot products)."""
     (folder / "1_Pooling").mkdir(exist_ok=True)
     modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},

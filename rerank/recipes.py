@@ -12,7 +12,7 @@ recipe of their family; :func:`rerank.load` picks the recipe from the model's ow
 Add one with :func:`register_recipe` (or pass a :class:`Recipe`, or a name plus overrides, as
 ``recipe=`` to a scorer)::
 
-    from rerank.score.recipes import recipe
+    from rerank.recipes import recipe
     mine = recipe("qwen3-reranker").replace(name="qwen3-legal", instruction="Find the statute that applies")
 
 Two ways to cut an input (``layout``):
@@ -44,6 +44,7 @@ from typing import Any
 
 from rerank.errors import RerankError
 from rerank.hf_tokenizer import tokenize
+from rerank.registry import Registry
 
 LAYOUTS = ("whole", "split", "pair")
 _TUPLE_FIELDS = ("tokens", "model_types", "markers", "card_phrases", "hub_ids", "architectures", "files", "module_types")
@@ -285,20 +286,22 @@ def _ids(tokenizer, text: str) -> list[int]:
     return list(tokenize(tokenizer, text, add_special_tokens=False)["input_ids"]) if text else []
 
 
-_RECIPES: dict[str, Recipe] = {}
+RECIPES: Registry[Recipe] = Registry("recipe", "recipes", packages=("rerank.score",))
+"""Every recipe by name, each registered in its family's module; other packages add recipes
+through the ``rerank.recipes`` entry-point group (a module that calls :func:`register_recipe`)."""
 
 
 def register_recipe(new: Recipe, *, replace_existing: bool = False) -> Recipe:
     """Add ``new`` to the recipes :func:`recipe` and model detection know."""
-    if new.name in _RECIPES and not replace_existing and _RECIPES[new.name] != new:
+    known = RECIPES.registered(new.name)
+    if known is not None and not replace_existing and known != new:
         raise RecipeError(f"a recipe named {new.name!r} exists; pass replace_existing=True to replace it")
-    _RECIPES[new.name] = new
-    return new
+    return RECIPES.add(new.name, new, replace=True)
 
 
 def recipes() -> dict[str, Recipe]:
     """Every registered recipe, by name."""
-    return dict(_RECIPES)
+    return RECIPES.as_dict()
 
 
 def recipe(spec: str | Recipe | Mapping[str, Any], **overrides: Any) -> Recipe:
@@ -307,9 +310,10 @@ def recipe(spec: str | Recipe | Mapping[str, Any], **overrides: Any) -> Recipe:
     if isinstance(spec, Recipe):
         found = spec
     elif isinstance(spec, str):
-        if spec not in _RECIPES:
-            raise RecipeError(f"unknown recipe {spec!r}; known: {', '.join(sorted(_RECIPES))}")
-        found = _RECIPES[spec]
+        known = recipes()
+        if spec not in known:
+            raise RecipeError(f"unknown recipe {spec!r}; known: {', '.join(sorted(known))}")
+        found = known[spec]
     elif isinstance(spec, Mapping):
         table = dict(spec)
         base = table.pop("base", None)
@@ -328,108 +332,9 @@ def recipe(spec: str | Recipe | Mapping[str, Any], **overrides: Any) -> Recipe:
 
 def config_form(chosen: Recipe) -> str | dict[str, Any]:
     """How a config writes ``chosen``: its name when registered unchanged, else every field."""
-    return chosen.name if _RECIPES.get(chosen.name) == chosen else chosen.as_dict()
-
-
-# -- the published recipes ------------------------------------------------------------------
-QWEN3_SYSTEM = ('Judge whether the Document meets the requirements based on the Query and the Instruct provided. '
-                'Note that the answer can only be "yes" or "no".')
-
-register_recipe(Recipe(
-    name="bert-cross-encoder", stage="cross-encoder", layout="pair", score="classifier",
-    description="BERT-style cross-encoder: [CLS] query [SEP] passage [SEP], one relevance logit (or two classes as "
-                "log-odds); only the passage is cut",
-    model_types=("bert", "roberta", "xlm-roberta", "electra", "deberta-v2", "modernbert", "distilbert"),
-    source="sentence-transformers CrossEncoder"))
-
-register_recipe(Recipe(
-    name="qwen3-reranker", stage="causal-reranker", layout="whole",
-    description="Qwen3-Reranker: a yes/no judgment after the Instruct/Query/Document user turn, with an empty think "
-                "block; P(yes) among yes/no at the last position",
-    prefix=f"<|im_start|>system\n{QWEN3_SYSTEM}<|im_end|>\n<|im_start|>user\n",
-    template="<Instruct>: {instruction}\n<Query>: {query}\n<Document>: {passage}",
-    suffix="<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n",
-    instruction="Given a web search query, retrieve relevant passages that answer the query",
-    max_length=8192, padding_side="left", score="softmax", tokens=("no", "yes"), token_lookup="vocab",
-    network="causal-lm", model_types=("qwen3",), markers=("qwen3-reranker",),
-    card_phrases=("<instruct>:", "judge whether the document meets the requirements"),
-    hub_ids=("Qwen/Qwen3-Reranker-0.6B", "Qwen/Qwen3-Reranker-4B", "Qwen/Qwen3-Reranker-8B"),
-    source="the Qwen3-Reranker model card (transformers usage)"))
-
-register_recipe(Recipe(
-    name="bge-reranker-v2-gemma", stage="causal-reranker", layout="split",
-    description="bge-reranker-v2-gemma: <bos>A: query / B: passage / the Yes-or-No prompt; the logit of 'Yes' at "
-                "the last position; the query takes at most 3/4 of the budget",
-    bos=True, query_template="A: {query}", sep="\n", passage_template="B: {passage}",
-    suffix="\nGiven a query A and a passage B, determine whether the passage contains an answer to the query by "
-           "providing a prediction of either 'Yes' or 'No'.",
-    query_share=0.75, max_length=1024, padding_side="left", score="logit", tokens=("Yes",), token_lookup="encode",
-    network="causal-lm", model_types=("gemma",), markers=("bge-reranker-v2-gemma",),
-    card_phrases=("given a query a and a passage b",),
-    hub_ids=("BAAI/bge-reranker-v2-gemma",), source="the bge-reranker-v2-gemma model card (FlagEmbedding)"))
-
-register_recipe(Recipe(
-    name="mxbai-rerank-v2", stage="causal-reranker", layout="split",
-    description="mxbai-rerank-v2: a Qwen chat turn holding query / document / the relevance task; logit('1') - "
-                "logit('0') at the last position; the query takes at most 3/4 of the budget",
-    prefix="<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant.<|im_end|>\n"
-           "<|im_start|>user\n",
-    query_template="{instruction}query: {query}", instruction_template="instruction: {instruction}\n",
-    sep="\n", passage_template="document: {passage}",
-    suffix="\nYou are a search relevance expert who evaluates how well documents match search queries. For each "
-           "query-document pair, carefully analyze the semantic relationship between them, then provide your "
-           "binary relevance judgment (0 for not relevant, 1 for relevant).\nRelevance:"
-           "<|im_end|>\n<|im_start|>assistant\n",
-    query_share=0.75, max_length=8192, padding_side="left", score="difference", tokens=("0", "1"),
-    token_lookup="encode", network="causal-lm", model_types=("qwen2",), markers=("mxbai-rerank-base-v2", "mxbai-rerank-large-v2", "mxbai-rerank-v2"),
-    card_phrases=("mxbairerankv2", "you are a search relevance expert"),
-    hub_ids=("mixedbread-ai/mxbai-rerank-base-v2", "mixedbread-ai/mxbai-rerank-large-v2"),
-    source="the mxbai-rerank package (MxbaiRerankV2)"))
-
-register_recipe(Recipe(
-    name="monot5", stage="t5-reranker", layout="whole",
-    description="monoT5: 'Query: q Document: d Relevant:' through the encoder; softmax of ▁false/▁true at the "
-                "first decoder step; the input is cut at its end to 512 tokens",
-    template="Query: {query} Document: {passage} Relevant:", max_length=512, padding_side="right",
-    score="softmax", tokens=("▁false", "▁true"), token_lookup="vocab", network="seq2seq",
-    model_types=("t5", "mt5"), markers=("monot5", "mt5-base-multi-msmarco", "mono-t5"),
-    hub_ids=("castorini/monot5-base-msmarco", "castorini/monot5-base-msmarco-10k", "castorini/monot5-large-msmarco",
-             "castorini/monot5-3b-msmarco-10k", "unicamp-dl/mt5-base-multi-msmarco"),
-    source="pygaggle MonoT5 (Nogueira et al., 2020)"))
-
-register_recipe(Recipe(
-    name="rankt5", stage="t5-reranker", layout="whole",
-    description="RankT5 (encoder-decoder): 'Query: q Document: d' through the encoder; the raw logit of the unused "
-                "token <extra_id_10> at the first decoder step",
-    template="Query: {query} Document: {passage}", max_length=512, padding_side="right", score="logit",
-    tokens=("<extra_id_10>",), token_lookup="vocab", network="seq2seq", model_types=("t5", "mt5"),
-    markers=("rankt5", "rank-t5"),
-    hub_ids=("Soyoung97/RankT5-base", "Soyoung97/RankT5-large", "Soyoung97/RankT5-3b"),
-    source="RankT5 (Zhuang et al., SIGIR 2023)"))
-
-register_recipe(Recipe(
-    name="duot5", stage="duot5", layout="whole",
-    description="duoT5: 'Query: q Document0: d0 Document1: d1 Relevant:'; P(▁true) among ▁false/▁true at the "
-                "first decoder step is P(d0 more relevant than d1); each passage is cut to an equal share",
-    template="Query: {query} Document0: {passage} Document1: {second} Relevant:", max_length=512,
-    padding_side="right", score="softmax", tokens=("▁false", "▁true"), token_lookup="vocab", network="seq2seq",
-    model_types=("t5", "mt5"), markers=("duot5", "duo-t5"),
-    hub_ids=("castorini/duot5-base-msmarco", "castorini/duot5-3b-msmarco-10k"),
-    source="pygaggle DuoT5 (Pradeep et al., 2021)"))
-
-
-register_recipe(Recipe(
-    name="colbert", stage="colbert", layout="pair", score="maxsim", max_length=180,
-    description="ColBERT: [CLS] [unused0] query [SEP] padded with [MASK] to 32 tokens, [CLS] [unused1] passage "
-                "[SEP] up to 180; linear projection, L2 normalization, MaxSim; passage punctuation dropped",
-    model_types=("bert", "roberta", "xlm-roberta", "electra", "modernbert"), markers=("colbert",),
-    architectures=("HF_ColBERT",), files=("artifact.metadata",), module_types=("pylate",),
-    hub_ids=("colbert-ir/colbertv2.0", "lightonai/colbertv2.0", "answerdotai/answerai-colbert-small-v1"),
-    options={"query_length": 32, "query_marker": "[unused0]", "document_marker": "[unused1]",
-             "mask_punctuation": True, "attend_to_mask_tokens": False},
-    source="ColBERT (Khattab and Zaharia, 2020; Santhanam et al., 2022): colbert/modeling/checkpoint.py"))
+    return chosen.name if RECIPES.find(chosen.name) == chosen else chosen.as_dict()
 
 
 def names_for(stage: str) -> Sequence[str]:
     """The recipes a stage kind runs."""
-    return [name for name, r in _RECIPES.items() if r.stage == stage]
+    return [name for name, r in RECIPES.items() if r.stage == stage]
