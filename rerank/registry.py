@@ -141,7 +141,7 @@ them with an ``extra_arguments()`` attribute, and a step that trains a model set
 
 def prepare_step(name: str, *, trains: bool = False) -> Callable[[S], S]:
     """Register an experiment prepare step under ``name``; ``trains`` marks a step that trains a
-    model (an experiment reports its training time apart)."""
+    model (training has no int8, so an int8 experiment runs such a step in fp32)."""
     def add(function: S) -> S:
         function.trains = trains  # type: ignore[attr-defined]
         return PREPARE_STEPS.register(name)(function)

@@ -268,7 +268,7 @@ def run_prepare(spec: ExperimentSpec, precision: str | None = None) -> None:
             continue
         args = dict(step.args)
         if precision and "precision" not in args and takes_precision(step.step, args):
-            trains = getattr(PREPARE_STEPS.get(step.step), "trains", False)
+            trains = getattr(PREPARE_STEPS.get(step.step), "trains", False)  # a step from a plugin may not say
             args["precision"] = "fp32" if precision == "int8" and trains else precision
         print(f"prepare: {step.creates} is missing; running {step.describe()}", flush=True)
         try:
