@@ -341,11 +341,11 @@ def build_pipeline(config: PipelineConfig | str | Path | dict, *, built: dict[st
         if isinstance(node, ast.BinOp):
             left = walk(node.left)
             if isinstance(node.op, ast.Mod):
-                return left % (node.right.id if isinstance(node.right, ast.Name) else node.right.value)
+                return left % (node.right.id if isinstance(node.right, ast.Name) else ast.literal_eval(node.right))
             right = walk(node.right)
             return Pipeline([left, right]) if isinstance(node.op, ast.RShift) else Fusion([left, right])
         if isinstance(node, ast.Call):
-            options = {kw.arg: ast.literal_eval(kw.value) for kw in node.keywords}
+            options = {str(kw.arg): ast.literal_eval(kw.value) for kw in node.keywords}
             return Fusion([walk(a) for a in node.args], **options)
         raise ConfigError(f"{config.source}: cannot build {ast.dump(node)}")
 

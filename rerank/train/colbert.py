@@ -66,10 +66,11 @@ class ColbertModel(TrainableModel):
                 self.net.linear.weight.copy_(existing)
         self.query_length = query_length
         tok = self.tokenizer
-        self.markers = [tok.convert_tokens_to_ids("[unused0]"), tok.convert_tokens_to_ids("[unused1]")]
-        if tok.unk_token_id in self.markers or None in self.markers or tok.mask_token_id is None:
+        markers = [tok.convert_tokens_to_ids(marker) for marker in ("[unused0]", "[unused1]")]
+        if tok.unk_token_id in markers or None in markers or tok.mask_token_id is None:
             raise ValueError(f"{init}: a ColBERT student needs a BERT-style vocabulary with [unused0], [unused1] "
                              "and [MASK]")
+        self.markers: list[int] = [int(marker) for marker in markers]  # type: ignore[arg-type]  # one token: one id
         self.skip = sorted({ids[0] for c in string.punctuation if (ids := tok(c, add_special_tokens=False)["input_ids"])})
 
     @staticmethod
