@@ -115,3 +115,17 @@ def test_make_bench_quick_runs_every_benchmark():
     assert listed == benchmarks
     for name in benchmarks:  # and each has a --quick
         assert "--quick" in (repo / "experiments" / "benchmarks" / f"{name}.py").read_text()
+
+
+def test_commands_register_themselves_and_judge_compare_is_a_subcommand(capsys):
+    from rerank.cli import build_parser, main
+    from rerank.commands import COMMANDS
+
+    parser = build_parser()
+    subcommands = next(a for a in parser._actions if a.dest == "command").choices
+    assert set(subcommands) == set(COMMANDS.names())
+    assert "judge-compare" not in subcommands
+    assert main(["judge", "--runs", "a.trec"]) == 2  # judging needs --dataset and --out; compare does not
+    assert "--dataset, --out" in capsys.readouterr().err
+    args = parser.parse_args(["judge", "compare", "--qrels", "q.tsv", "--judges", "j.trec"])
+    assert args.func.__name__ == "compare" and args.judges == ["j.trec"]

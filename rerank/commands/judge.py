@@ -1,20 +1,18 @@
-"""``rerank judge`` (grade a pool of runs with an LLM) and ``rerank judge compare`` (how far to
-trust judges), thin layers over :mod:`rerank.judge.workflow`."""
+"""``rerank judge`` (grade a pool of runs with an LLM) and its subcommand ``rerank judge compare``
+(how far to trust judges), thin layers over :mod:`rerank.judge.workflow`."""
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 
+from rerank.commands import Command, register_command
 
-def add_judge_parsers(sub) -> None:
-    """Add ``rerank judge`` and ``rerank judge compare`` (parsed as ``judge-compare``)."""
-    p = sub.add_parser("judge", help="grade the pooled top of runs 0-3 with an LLM and write TREC qrels (resumable)",
-                       description="Pool the top --depth of each run, grade each (query, passage) 0-3 with an LLM "
-                                   "and a judging prompt, and write TREC qrels, a report (tokens, cost, unparseable "
-                                   "answers) and every answer. Judgments are cached, so a killed run resumes. "
-                                   "`rerank judge compare` measures judges against human labels.")
-    p.add_argument("--dataset", required=True, help="BEIR folder, bundled name or irds: id with the queries and passages")
-    p.add_argument("--runs", nargs="+", required=True, help="TREC runs to pool")
+
+def arguments(p: argparse.ArgumentParser) -> None:
+    """``rerank judge``'s flags and its ``compare`` subcommand."""
+    p.add_argument("--dataset", help="BEIR folder, bundled name or irds: id with the queries and passages")
+    p.add_argument("--runs", nargs="+", help="TREC runs to pool")
     p.add_argument("--depth", type=int, default=10, help="pool depth per run (default: 10)")
     p.add_argument("--skip-judged", default=None, help="qrels whose pairs are not judged again (fill their holes)")
     p.add_argument("--llm", default="smollm2-135m",
@@ -28,14 +26,15 @@ def add_judge_parsers(sub) -> None:
     p.add_argument("--price", nargs=2, type=float, metavar=("IN", "OUT"), default=None,
                    help="price per million prompt and generated tokens, for the report's cost")
     p.add_argument("--cache", default=None, help="judgment cache (default: <out>.cache.sqlite)")
-    p.add_argument("--out", required=True, help="LLM qrels to write (TREC)")
+    p.add_argument("--out", help="LLM qrels to write (TREC)")
     from rerank.precision import CHOICES
 
     p.add_argument("--precision", choices=CHOICES, default="auto", help="precision of a local model (default: auto)")
-    p.set_defaults(func=cmd_judge)
 
-    p = sub.add_parser("judge-compare", prog="rerank judge compare",
-                       help="(rerank judge compare) agreement of LLM qrels with human qrels: labels and system order",
+    judge = p.add_subparsers(dest="judge_command", metavar="compare", required=False,
+                             help="compare: agreement of LLM qrels with human qrels (rerank judge compare --help)")
+    p = judge.add_parser("compare",
+                       help="agreement of LLM qrels with human qrels: labels and system order",
                        description="Cohen's kappa (four grades and each binary cut), Krippendorff's alpha and the "
                                    "confusion matrix on the pairs both judge, with bootstrap intervals over queries; "
                                    "with --runs, each run scored under both label sets and the two orderings "
@@ -51,11 +50,15 @@ def add_judge_parsers(sub) -> None:
                    help="add control judges: the human grades with this share flipped (their kappa is known)")
     p.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples over queries (default: 1000)")
     p.add_argument("--out", default=None, help="folder for comparison.json and systems.png")
-    p.set_defaults(func=cmd_judge_compare)
+    p.set_defaults(func=compare)
 
 
-def cmd_judge(args) -> int:
+def run(args: argparse.Namespace) -> int:
     """Grade a pool of runs and write LLM qrels."""
+    missing = [flag for flag, value in (("--dataset", args.dataset), ("--runs", args.runs), ("--out", args.out))
+               if not value]
+    if missing:
+        raise ValueError(f"the following arguments are required: {', '.join(missing)}")
     from rerank.data import read_run
     from rerank.data.detect import read_any_qrels
     from rerank.judge.grade import LLMJudge
@@ -87,7 +90,7 @@ def _named(spec: str) -> tuple[str, str]:
     return (name, path) if sep else (Path(spec).name, spec)
 
 
-def cmd_judge_compare(args) -> int:
+def compare(args: argparse.Namespace) -> int:
     """Compare judges with human labels; print the tables, write JSON and the plot."""
     from rerank.data import read_run
     from rerank.data.detect import read_any_qrels
@@ -134,3 +137,10 @@ def cmd_judge_compare(args) -> int:
                 print(f"(no plot: {exc})")
         print("wrote " + ", ".join(str(p) for p in written))
     return 0
+
+
+register_command(Command("judge", help="grade the pooled top of runs 0-3 with an LLM and write TREC qrels (resumable)",
+                       description="Pool the top --depth of each run, grade each (query, passage) 0-3 with an LLM "
+                                   "and a judging prompt, and write TREC qrels, a report (tokens, cost, unparseable "
+                                   "answers) and every answer. Judgments are cached, so a killed run resumes. "
+                                   "`rerank judge compare` measures judges against human labels.", arguments=arguments, run=run))

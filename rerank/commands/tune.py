@@ -1,19 +1,17 @@
 """``rerank tune``: choose a pipeline's cut-offs from a latency budget."""
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 
+from rerank.commands import Command, register_command
+from rerank.commands.options import add_precision_option
 from rerank.errors import RerankError
 
 
-def add_tune_parser(sub) -> None:
-    """Add ``rerank tune`` to the top-level subparsers."""
-    p = sub.add_parser("tune", help="choose a pipeline's cut-offs (%% k1) from a latency budget",
-                       description="Time each stage of a pipeline with cut-off variables (pipeline = \"bm25 % 100 >> "
-                                   "student % k1 >> ce\", [tune] k1 = [10, 20, 30, 50]) at the sizes it can see, "
-                                   "evaluate every combination on judged queries by re-sorting cached scores, and "
-                                   "write the best one whose predicted latency fits the budget as a runnable config.")
+def arguments(p: argparse.ArgumentParser) -> None:
+    """The command's flags."""
     p.add_argument("--pipeline", required=True, help="pipeline config with cut-off variables and a [tune] table")
     p.add_argument("--dataset", required=True, help="BEIR folder or bundled name with queries and qrels")
     p.add_argument("--split", default="dev", help="queries and qrels to tune on (default: dev)")
@@ -29,19 +27,15 @@ def add_tune_parser(sub) -> None:
                         "worse on the tuning queries (default: prefer the costliest such, paired t-test at 0.05)")
     p.add_argument("--warmup-queries", type=int, default=24, help="queries the stages are timed on (default: 24)")
     p.add_argument("--repeats", type=int, default=1, help="timings per query and size (default: 1)")
-    from rerank.precision import CHOICES
-
-    p.add_argument("--precision", choices=CHOICES, default=None,
-                   help="precision of every model stage (default: the config's, else auto)")
+    add_precision_option(p)
     p.add_argument("--score-cache", default=None, help="SQLite score cache shared with experiments, batch jobs and "
                    "the service (rerank.cache): stages are timed without it, combinations scored through it")
     p.add_argument("--out", required=True, help="tuned config to write (TOML)")
     p.add_argument("--plot", default=None, help="PNG of the front (default: beside --out, <out>.png)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    p.set_defaults(func=cmd_tune)
 
 
-def cmd_tune(args) -> int:
+def run(args: argparse.Namespace) -> int:
     """Run ``rerank tune``."""
     from rerank.cache import open_cache
     from rerank.config import ConfigError, build_pipeline, parse_config, read_toml, score_cache_file
@@ -94,3 +88,10 @@ def cmd_tune(args) -> int:
               file=sys.stderr)
         return 3
     return 0
+
+
+register_command(Command("tune", help="choose a pipeline's cut-offs (%% k1) from a latency budget",
+                       description="Time each stage of a pipeline with cut-off variables (pipeline = \"bm25 % 100 >> "
+                                   "student % k1 >> ce\", [tune] k1 = [10, 20, 30, 50]) at the sizes it can see, "
+                                   "evaluate every combination on judged queries by re-sorting cached scores, and "
+                                   "write the best one whose predicted latency fits the budget as a runnable config.", arguments=arguments, run=run))

@@ -3,7 +3,8 @@ a student. Each subcommand is a thin shell over :mod:`rerank.train`."""
 from __future__ import annotations
 
 import argparse
-import sys
+
+from rerank.commands import Command, register_command
 
 
 def cmd_mine(args) -> int:
@@ -164,8 +165,8 @@ def _training_options(p: argparse.ArgumentParser, loss_default: str, losses: tup
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
-def add_train_parser(sub) -> None:
-    """Add ``rerank train ...`` to the top-level subparsers."""
+def arguments(train: argparse.ArgumentParser) -> None:
+    """The ``train`` subcommands and their flags."""
     from rerank.score.windows import AGGREGATES, TRAINING_WINDOWS
     from rerank.train.adapt import AdaptConfig
     from rerank.train.curriculum import HEURISTICS
@@ -173,10 +174,6 @@ def add_train_parser(sub) -> None:
     from rerank.train.losses import distill_losses, label_losses
     from rerank.train.students import student_kinds
 
-    train = sub.add_parser("train", help="mine triples, score them with a teacher, fine-tune or distill models",
-                           description="Training: 'mine' -> triples, 'teacher-scores' -> Hofstätter's teacher-score "
-                                       "file, 'cross-encoder' fine-tunes on triples, 'distill' trains a student on "
-                                       "teacher scores. Killed and run again, training resumes from its last checkpoint.")
     tsub = train.add_subparsers(dest="train_command", required=True)
 
     p = tsub.add_parser("mine", help="triples from qrels with hard negatives from a first stage")
@@ -302,5 +299,7 @@ def add_train_parser(sub) -> None:
     p.set_defaults(func=cmd_listwise)
 
 
-if __name__ == "__main__":
-    sys.exit("use the 'rerank train' command")
+register_command(Command("train", help="mine triples, score them with a teacher, fine-tune or distill models",
+                           description="Training: 'mine' -> triples, 'teacher-scores' -> Hofstätter's teacher-score "
+                                       "file, 'cross-encoder' fine-tunes on triples, 'distill' trains a student on "
+                                       "teacher scores. Killed and run again, training resumes from its last checkpoint.", arguments=arguments, run=None))
