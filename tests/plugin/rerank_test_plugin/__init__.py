@@ -1,0 +1,1 @@
+"""A plugin for rerank's tests: each module adds one part through an entry point."""
