@@ -14,6 +14,9 @@ from rerank.types import Candidates, Passage, StageCost, sort_candidates
 NORMALIZATIONS = ("minmax", "zscore", "none")
 
 
+DEFAULT_METHOD = "rrf"
+"""The fusion method when none is named: reciprocal rank fusion."""
+
 FUSION_METHODS: Registry[Callable[..., list[Candidates]]] = Registry("fusion method", "fusion_methods")
 """The result-list fusion methods :func:`fuse_results` takes, each a function of the result lists
 and its options; other packages add methods through the ``rerank.fusion_methods`` entry-point group."""
@@ -89,7 +92,7 @@ def score_fusion(*runs: Sequence[Candidates], normalization: str = "zscore",
     return _fuse(runs, contribution, f"fusion({normalization})")
 
 
-def fuse_results(*results: Sequence[Candidates], method: str = "rrf", **options) -> list[Candidates]:
+def fuse_results(*results: Sequence[Candidates], method: str = DEFAULT_METHOD, **options) -> list[Candidates]:
     """Fuse result lists (one list of :class:`Candidates` per system, same queries in the same
     order): ``rrf`` (options ``k``, ``weights``), or score fusion after ``zscore`` or ``minmax``
     normalization or none (``sum``; option ``weights``). To fuse pipeline *stages*, use
@@ -97,7 +100,7 @@ def fuse_results(*results: Sequence[Candidates], method: str = "rrf", **options)
     return FUSION_METHODS.get(method)(*results, **options)
 
 
-FUSION_METHODS.add("rrf", reciprocal_rank_fusion)
+FUSION_METHODS.add(DEFAULT_METHOD, reciprocal_rank_fusion)
 
 
 @FUSION_METHODS.register("zscore")

@@ -22,6 +22,7 @@ from typing import Any
 
 from rerank.costs import Stopwatch, record_costs
 from rerank.errors import EmptyQueryError, RerankError
+from rerank.fusion import DEFAULT_METHOD as DEFAULT_FUSION
 from rerank.fusion import fuse_results
 from rerank.ranking import RankedResults, rank_documents
 from rerank.registry import Registry
@@ -235,7 +236,7 @@ class Fusion(Stage):
     method: str
     options: dict[str, Any]
 
-    def __init__(self, branches: Sequence[Stage], method: str = "rrf", **options: Any) -> None:
+    def __init__(self, branches: Sequence[Stage], method: str = DEFAULT_FUSION, **options: Any) -> None:
         flat: list[Stage] = []
         for branch in branches:
             if isinstance(branch, Fusion) and branch.method == method and branch.options == options:
@@ -270,7 +271,7 @@ class Fusion(Stage):
 
 def _precedence(stage: Stage) -> int:
     if isinstance(stage, Fusion):
-        return 0 if stage.method == "rrf" and not stage.options else 3  # ``fuse(...)`` is atomic
+        return 0 if stage.method == DEFAULT_FUSION and not stage.options else 3  # ``fuse(...)`` is atomic
     return {Pipeline: 1, Cutoff: 2}.get(type(stage), 3)
 
 
@@ -369,7 +370,7 @@ def bind(stage: Stage, values: Mapping[str, int] | None = None, **more: int) -> 
     return rebuild(stage, values=given)
 
 
-def fuse(*branches: Stage, method: str = "rrf", **options: Any) -> Fusion:
+def fuse(*branches: Stage, method: str = DEFAULT_FUSION, **options: Any) -> Fusion:
     """Fuse pipelines, as ``fuse(...)`` in a TOML expression: ``fuse(bm25 % 100, dense % 100,
     method="zscore")``; ``a | b`` is ``fuse(a, b)`` (RRF). Methods and options as in
     :func:`rerank.fusion.fuse_results`, which fuses result lists."""

@@ -1,12 +1,13 @@
 """Named registries: the one way the engine is extended. Every extensible sort of part (stage
 kinds, index kinds, recipes, students, prepare steps, fusion methods, losses, data layouts,
-remote shapes, short model names, CLI commands) is a :class:`Registry`, and a part registers
+remote shapes, BM25 backends, short model names, CLI commands, family detection rules) is a
+:class:`Registry`, and a part registers
 itself where it is defined, so adding one is one new module and no list elsewhere changes::
 
-    STUDENTS = Registry("student kind", "students", packages=("rerank.train",))
+    FUSION_METHODS = Registry("fusion method", "fusion_methods")
 
-    @STUDENTS.register("colbert")
-    class ColbertStudent(TrainableModel): ...
+    @FUSION_METHODS.register("minmax")
+    def minmax_fusion(*runs, weights=None): ...
 
 A registry imports its ``packages`` (every module in them) the first time it is read, so parts
 defined anywhere in those packages are known without being imported by hand; an installed
@@ -22,6 +23,7 @@ import difflib
 import importlib
 import importlib.metadata
 import pkgutil
+import sys
 from collections.abc import Callable, Iterator
 from typing import Generic, TypeVar
 
@@ -34,6 +36,15 @@ def import_package_modules(package: str) -> None:
     module = importlib.import_module(package)
     for info in pkgutil.iter_modules(getattr(module, "__path__", []), f"{package}."):
         importlib.import_module(info.name)
+
+
+def _registering_module() -> str:
+    """The module whose top-level code is running: where a part is registered (as a class keyword,
+    a decorator or a call), whatever helpers sit between it and :meth:`Registry.add`."""
+    frame = sys._getframe(1)
+    while frame is not None and frame.f_code.co_name != "<module>":
+        frame = frame.f_back  # type: ignore[assignment]
+    return frame.f_globals.get("__name__", "?") if frame is not None else "?"
 
 
 def _describe(part: object) -> str:
@@ -57,6 +68,7 @@ class Registry(Generic[T]):
         self.group = f"rerank.{group}"
         self.packages = packages
         self._parts: dict[str, T] = {}
+        self._modules: dict[str, str] = {}
         self._loaded = False
 
     def add(self, name: str, part: T, *, replace: bool = False) -> T:
@@ -66,7 +78,13 @@ class Registry(Generic[T]):
         if known is not None and not replace and not _same(known, part):
             raise TypeError(f"{self.what} {name!r} is taken by {_describe(known)}")
         self._parts[name] = part
+        self._modules[name] = _registering_module()
         return part
+
+    def module_of(self, name: str) -> str:
+        """The module that registered ``name`` (its own module: the one place its name is written)."""
+        self._load()
+        return self._modules[name]
 
     def registered(self, name: str) -> T | None:
         """The part registered so far under ``name``, without importing the registry's packages

@@ -129,3 +129,17 @@ def test_commands_register_themselves_and_judge_compare_is_a_subcommand(capsys):
     assert "--dataset, --out" in capsys.readouterr().err
     args = parser.parse_args(["judge", "compare", "--qrels", "q.tsv", "--judges", "j.trec"])
     assert args.func.__name__ == "compare" and args.judges == ["j.trec"]
+
+
+def test_a_model_card_reads_its_usage_and_pipeline_tag_from_the_student_class(tmp_path):
+    """A trained ColBERT student's card showed the cross-encoder snippet and text-classification,
+    because the card kept its own per-kind tables (issue 43)."""
+    from rerank.train.card import render_card
+    from rerank.train.students import STUDENTS
+
+    for kind in STUDENTS.names():
+        student = STUDENTS.get(kind)
+        card = render_card(tmp_path / "trained", {"model": {"kind": kind, "init": "minilm-l6"}})
+        assert f"pipeline_tag: {student.pipeline_tag}" in card and student.usage.format(path=tmp_path / "trained") in card
+    colbert = render_card(tmp_path / "trained", {"model": {"kind": "colbert"}})
+    assert "pipeline_tag: sentence-similarity" in colbert and "ColBERT(" in colbert and "CrossEncoder(" not in colbert

@@ -15,9 +15,9 @@ def run(args: argparse.Namespace) -> int:
     import dataclasses
 
     from rerank.retrieve.base import index_kinds
-    from rerank.retrieve.build import build_index
+    from rerank.retrieve.build import DEFAULT_KIND, build_index
 
-    kinds = args.kind or ["bm25"]
+    kinds = args.kind or [DEFAULT_KIND]
     given = {name: value for name, value in vars(args).items() if name in _index_parameter_names()}
     declared = {kind: {f.name for f in dataclasses.fields(index_kinds()[kind].Parameters)} if kind in index_kinds()
                 else set() for kind in kinds}

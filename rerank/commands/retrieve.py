@@ -44,9 +44,9 @@ def arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--queries", required=True, help="BEIR folder or name, queries.jsonl, TREC topics or TSV queries")
     p.add_argument("--split", default="test", help="with a BEIR folder: queries judged in this qrels split (default: test)")
     p.add_argument("-k", type=int, default=100, help="results per query (default: 100)")
-    from rerank.fusion import FUSION_METHODS
+    from rerank.fusion import DEFAULT_METHOD, FUSION_METHODS
 
-    p.add_argument("--fusion", default="rrf", choices=FUSION_METHODS.names(),
+    p.add_argument("--fusion", default=DEFAULT_METHOD, choices=FUSION_METHODS.names(),
                    help="how to fuse several indexes (default: rrf)")
     p.add_argument("--out", required=True, help="TREC run file to write (atomically)")
     p.add_argument("--tag", default="rerank", help="run tag, the 6th column (default: rerank)")

@@ -171,8 +171,8 @@ def arguments(train: argparse.ArgumentParser) -> None:
     from rerank.train.adapt import AdaptConfig
     from rerank.train.curriculum import HEURISTICS
     from rerank.train.data import SAMPLINGS
-    from rerank.train.losses import distill_losses, label_losses
-    from rerank.train.students import student_kinds
+    from rerank.train.losses import DEFAULT_DISTILL_LOSS, DEFAULT_LABEL_LOSS, distill_losses, label_losses
+    from rerank.train.students import CrossEncoderModel, student_kinds
 
     tsub = train.add_subparsers(dest="train_command", required=True)
 
@@ -220,11 +220,11 @@ def arguments(train: argparse.ArgumentParser) -> None:
     given.add_argument("--triples", help="triples file from 'rerank train mine'")
     given.add_argument("--teacher-scores", help="teacher-score file from 'rerank train teacher-scores': its triples "
                                                 "train the label loss, its scores the distillation loss")
-    _training_options(p, "listwise", tuple(label_losses()))
+    _training_options(p, DEFAULT_LABEL_LOSS, tuple(label_losses()))
     p.add_argument("--distill-weight", type=float, default=0.0,
                    help="with --teacher-scores: add this weight times the distillation loss (default: 0)")
-    p.add_argument("--distill-loss", choices=distill_losses(), default="margin-mse",
-                   help="distillation loss added to the label loss (default: margin-mse)")
+    p.add_argument("--distill-loss", choices=distill_losses(), default=DEFAULT_DISTILL_LOSS,
+                   help=f"distillation loss added to the label loss (default: {DEFAULT_DISTILL_LOSS})")
     p.add_argument("--curriculum", choices=HEURISTICS, default=None,
                    help="weight easy groups first (difficulty from --run), annealed to uniform")
     p.add_argument("--anneal-steps", type=int, default=None, help="curriculum length in steps (default: half the steps)")
@@ -265,8 +265,9 @@ def arguments(train: argparse.ArgumentParser) -> None:
     p = tsub.add_parser("distill", help="distill teacher scores into a cross-encoder, bi-encoder or SPLADE student")
     _data_options(p)
     p.add_argument("--teacher-scores", required=True, help="pos_score neg_score qid pid_pos pid_neg file")
-    p.add_argument("--student", choices=student_kinds(), default="cross-encoder", help="student kind (default: cross-encoder)")
-    _training_options(p, "margin-mse", tuple(distill_losses()))
+    p.add_argument("--student", choices=student_kinds(), default=CrossEncoderModel.kind,
+                   help=f"student kind (default: {CrossEncoderModel.kind})")
+    _training_options(p, DEFAULT_DISTILL_LOSS, tuple(distill_losses()))
     p.set_defaults(func=cmd_distill)
 
     p = tsub.add_parser("listwise-labels", help="complete listwise labels: a teacher pipeline orders each training "

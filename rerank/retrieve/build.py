@@ -11,8 +11,12 @@ from typing import Any
 from rerank.errors import BadIndexError, RerankError
 from rerank.registry import prepare_step
 from rerank.retrieve.base import Index, build_parameters, index_kinds
+from rerank.retrieve.bm25 import BM25Index
 from rerank.retrieve.docstore import DEFAULT_NAME, DocStore
 from rerank.retrieve.store import corpus_fingerprint
+
+DEFAULT_KIND = BM25Index.kind
+"""The index kind built when none is named."""
 
 log = logging.getLogger("rerank")
 
@@ -22,7 +26,7 @@ def index_kind_names() -> list[str]:
 
 
 @prepare_step("index")
-def build_index(corpus: str | Path, out: str | Path, kind: str = "bm25", *, skip_bad: bool = False,
+def build_index(corpus: str | Path, out: str | Path, kind: str = DEFAULT_KIND, *, skip_bad: bool = False,
                 docstore: str | Path | None = None, progress: bool = True, **parameters: Any) -> Index | DocStore:
     """Read ``corpus`` (a BEIR folder or bundled name, ``corpus.jsonl[.gz]`` or a TSV
     collection), index it as ``kind`` and save the index to ``out`` (atomically).

@@ -10,6 +10,7 @@ import numpy as np
 
 from rerank.encoders.dense import BiEncoder
 from rerank.pipeline import Scorer, Work
+from rerank.score.detect import Detection, ModelFiles, family_rule
 from rerank.types import Candidates, Passage
 
 
@@ -90,3 +91,19 @@ class BiEncoderScorer(Scorer, kind="bi-encoder"):
             # A passage shared by several queries is encoded once; its tokens count for the first.
             tokens[i] += sum(fresh_lengths.pop(p.id, 0) for p in c.passages)
         return scores, Work(self.encoder.forward_calls - calls_before, tokens)
+
+
+@family_rule("sentence-transformers", order=60)
+def _sentence_transformers(files: ModelFiles) -> Detection | None:
+    """Sentence-transformers modules (other than SPLADE's): a bi-encoder."""
+    if files.module_types:
+        return Detection(BiEncoderScorer.model_family or "", reason="sentence-transformers modules")
+    return None
+
+
+@family_rule("bare-encoder", order=80)
+def _bare_encoder(files: ModelFiles) -> Detection | None:
+    """A bare encoder (``BertModel`` and the like): mean-pooled, a bi-encoder."""
+    if any(a.endswith("Model") for a in files.architectures):
+        return Detection(BiEncoderScorer.model_family or "", reason="a bare encoder")
+    return None

@@ -20,6 +20,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from rerank.recipes import Recipe, register_recipe
+from rerank.score.detect import Detection, ModelFiles, choose, family_rule, is_reranker
 from rerank.score.llm import _common_prefix
 from rerank.score.recipe_scorer import RecipeScorer
 
@@ -175,3 +176,16 @@ register_recipe(Recipe(
     card_phrases=("mxbairerankv2", "you are a search relevance expert"),
     hub_ids=("mixedbread-ai/mxbai-rerank-base-v2", "mixedbread-ai/mxbai-rerank-large-v2"),
     source="the mxbai-rerank package (MxbaiRerankV2)"))
+
+
+def _causal(files: ModelFiles) -> bool:
+    return any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in files.architectures) or bool(files.config.get("is_decoder"))
+
+
+@family_rule("causal-lm-reranker", order=40)
+def _causal_reranker(files: ModelFiles) -> Detection | None:
+    """A causal LM whose card says it is a re-ranker runs one of this family's recipes."""
+    if _causal(files) and is_reranker(files):
+        return Detection("reranker", choose(files, "causal-lm", "causal-LM re-ranker by its card"),
+                         "a causal LM whose card says it is a re-ranker")
+    return None

@@ -23,6 +23,7 @@ from rerank.models import resolve
 from rerank.pipeline import Scorer, Work
 from rerank.precision import BATCH_SHAPES, calibration_pairs, prepare_model
 from rerank.recipes import Recipe, register_recipe
+from rerank.score.detect import Detection, ModelFiles, family_rule
 from rerank.types import Candidates
 
 BACKENDS = ("auto", "torch", "onnx", "openvino")
@@ -217,7 +218,7 @@ class CrossEncoder(Scorer, kind="cross-encoder"):
     def runtime_settings(self) -> dict[str, str]:
         """Precision, threads (with the reasons), backend and windows, for the trace."""
         settings = {**self.choice.as_settings(self.threads), "backend": self.backend, "windows": self.windows,
-                    "recipe": "bert-cross-encoder"}
+                    "recipe": BERT_CROSS_ENCODER.name}
         if self.onnx is not None:
             settings["streams"] = str(self.onnx.streams)
         if self.windows != "first":
@@ -403,9 +404,17 @@ def _padded(all_ids, all_types, rows, height: int, length: int, pad: int):
 
 
 # -- this family's published recipes ------------------------------------------------------
-register_recipe(Recipe(
+BERT_CROSS_ENCODER = register_recipe(Recipe(
     name="bert-cross-encoder", stage="cross-encoder", layout="pair", score="classifier",
     description="BERT-style cross-encoder: [CLS] query [SEP] passage [SEP], one relevance logit (or two classes as "
                 "log-odds); only the passage is cut",
     model_types=("bert", "roberta", "xlm-roberta", "electra", "deberta-v2", "modernbert", "distilbert"),
     source="sentence-transformers CrossEncoder"))
+
+
+@family_rule("sequence-classification", order=20)
+def _sequence_classification(files: ModelFiles) -> Detection | None:
+    """A sequence-classification config is a cross-encoder (BERT-style pair input, one logit)."""
+    if any(a.endswith("ForSequenceClassification") for a in files.architectures):
+        return Detection(CrossEncoder.model_family or "", BERT_CROSS_ENCODER, "a sequence-classification config")
+    return None

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,7 @@ from typing import Any
 from rerank.errors import RerankError
 from rerank.models import REGISTRY, resolve
 from rerank.recipes import Recipe, recipes
+from rerank.registry import Registry
 
 RERANKER_TAGS = ("text-ranking", "reranker", "re-ranker", "rerank", "reranking")
 """Card tags (or ``pipeline_tag`` values) that say a model is a re-ranker."""
@@ -58,6 +60,11 @@ class ModelFiles:
     @property
     def architectures(self) -> list[str]:
         return [str(a) for a in self.config.get("architectures") or []]
+
+    @property
+    def module_types(self) -> list[str]:
+        """The ``type`` of each sentence-transformers (or PyLate) module."""
+        return [str(m.get("type", "")) for m in self.modules]
 
     @property
     def model_type(self) -> str:
@@ -96,6 +103,31 @@ class Detection:
     def describe(self) -> str:
         return f"{self.family}" + (f" (recipe {self.recipe.name})" if self.recipe else "") + \
             (f": {self.reason}" if self.reason else "")
+
+
+@dataclass(frozen=True)
+class FamilyRule:
+    """One way a family recognises its models, registered in that family's module: ``applies``
+    returns the detection when the files are the family's, else None. Rules are tried by
+    ``order`` (the strongest evidence first), after the recipes' own signatures."""
+
+    name: str
+    order: int
+    applies: Callable[[ModelFiles], Detection | None]
+
+
+FAMILY_RULES: Registry[FamilyRule] = Registry("family rule", "family_rules", packages=("rerank.score",))
+"""Every family's detection rules; another package adds one through ``rerank.family_rules``."""
+
+
+def family_rule(name: str, order: int) -> Callable[[Callable[[ModelFiles], Detection | None]],
+                                                  Callable[[ModelFiles], Detection | None]]:
+    """Register the decorated function as the detection rule ``name``, tried at ``order``."""
+    def add(applies: Callable[[ModelFiles], Detection | None]) -> Callable[[ModelFiles], Detection | None]:
+        FAMILY_RULES.add(name, FamilyRule(name, order, applies))
+        return applies
+
+    return add
 
 
 def _read(folder: Path | None, hub_id: str, name: str, required: bool = False) -> str | None:
@@ -180,7 +212,7 @@ def _signed(files: ModelFiles) -> list[Recipe]:
             or any(t.lower() in m for t in r.module_types for m in module_types)]
 
 
-def _choose(files: ModelFiles, network: str, what: str) -> Recipe:
+def choose(files: ModelFiles, network: str, what: str) -> Recipe:
     """The one recipe run by ``network`` that the files name, or an error listing those that fit."""
     family = [r for r in recipes().values() if r.network == network]
     fitting = [r for r in family if not r.model_types or files.model_type in r.model_types]
@@ -200,7 +232,8 @@ def _choose(files: ModelFiles, network: str, what: str) -> Recipe:
     raise ModelKindError(f"{files.name}: a {what}, but {reason}; recipes that fit: {names or 'none'}. {how}")
 
 
-def _is_reranker(files: ModelFiles) -> bool:
+def is_reranker(files: ModelFiles) -> bool:
+    """Whether a causal LM's files say it is a re-ranker (a tag, a recipe's name or prompt)."""
     if any(tag in RERANKER_TAGS for tag in files.tags):
         return True
     identity, text = files.identity(), files.text()
@@ -228,31 +261,16 @@ def detect_model(name_or_path: str) -> Detection:
         if known is not None:
             return Detection("reranker", known, f"the Hub id {resolved} is a published {known.name} checkpoint")
     files = read_model_files(name_or_path)
-    architectures = files.architectures
-    module_types = [str(m.get("type", "")) for m in files.modules]
     signed = _signed(files)
     if len(signed) == 1:
         return Detection("reranker", signed[0], f"its files carry recipe {signed[0].name}'s signature")
     if signed:
         raise ModelKindError(f"{files.name}: its files carry the signatures of several recipes "
                              f"({', '.join(r.name for r in signed)}); pass recipe=")
-    if any(a.endswith("ForSequenceClassification") for a in architectures):
-        return Detection("cross-encoder", recipes().get("bert-cross-encoder"), "a sequence-classification config")
-    if files.config.get("is_encoder_decoder") or any(a.endswith("ForConditionalGeneration") for a in architectures):
-        return Detection("reranker", _choose(files, "seq2seq", "sequence-to-sequence model"),
-                         "a sequence-to-sequence model whose files name its recipe")
-    if any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in architectures) or files.config.get("is_decoder"):
-        if _is_reranker(files):
-            return Detection("reranker", _choose(files, "causal-lm", "causal-LM re-ranker by its card"),
-                             "a causal LM whose card says it is a re-ranker")
-        return Detection("llm", reason="a causal LM with no re-ranker card")
-    if any("Splade" in t for t in module_types):
-        return Detection("splade", reason="a SPLADE module")
-    if module_types:
-        return Detection("bi-encoder", reason="sentence-transformers modules")
-    if any(a.endswith("ForMaskedLM") for a in architectures):
-        return Detection("splade", reason="a masked-LM head without pooling modules")
-    if any(a.endswith("Model") for a in architectures):
-        return Detection("bi-encoder", reason="a bare encoder")
+    for rule in sorted(FAMILY_RULES.as_dict().values(), key=lambda rule: rule.order):
+        found = rule.applies(files)
+        if found is not None:
+            return found
+    architectures = files.architectures
     raise ModelKindError(f"{name_or_path}: architectures {architectures or 'not given'} name no known scorer kind; "
                          "pass kind=")

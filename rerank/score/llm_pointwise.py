@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from rerank.pipeline import Scorer, Work
+from rerank.score.detect import Detection, ModelFiles, family_rule
 from rerank.score.llm import LLM, open_llm
 from rerank.score.prompts import QUERY_LIKELIHOOD, YES_NO, FitStats, cut_passage, passage_limit
 from rerank.types import Candidates
@@ -90,3 +91,11 @@ class YesNoRelevance(_LLMPointwise, kind="yes-no"):
 
     def _score(self, logprobs: list[float]) -> float:
         return logprobs[0] - logprobs[1]
+
+
+@family_rule("causal-lm", order=45)
+def _causal_lm(files: ModelFiles) -> Detection | None:
+    """Any other causal LM is an LLM, scoring by query likelihood."""
+    if any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in files.architectures) or files.config.get("is_decoder"):
+        return Detection(QueryLikelihood.model_family or "", reason="a causal LM with no re-ranker card")
+    return None

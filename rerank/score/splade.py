@@ -10,6 +10,7 @@ import numpy as np
 
 from rerank.encoders.sparse import SpladeEncoder
 from rerank.pipeline import Scorer, Work
+from rerank.score.detect import Detection, ModelFiles, family_rule
 from rerank.types import Candidates
 
 
@@ -83,3 +84,19 @@ class SpladeScorer(Scorer, kind="splade"):
             scores.append(np.asarray((matrix @ queries[i].T).toarray()).ravel())
             tokens[i] += sum(lengths.pop(p.id, 0) for p in c.passages)
         return scores, Work(self.encoder.forward_calls - calls_before, tokens)
+
+
+@family_rule("splade-module", order=50)
+def _splade_module(files: ModelFiles) -> Detection | None:
+    """A sentence-transformers SPLADE module."""
+    if any("Splade" in t for t in files.module_types):
+        return Detection(SpladeScorer.model_family or "", reason="a SPLADE module")
+    return None
+
+
+@family_rule("masked-lm", order=70)
+def _masked_lm(files: ModelFiles) -> Detection | None:
+    """A masked-LM head without pooling modules: SPLADE's shape."""
+    if any(a.endswith("ForMaskedLM") for a in files.architectures):
+        return Detection(SpladeScorer.model_family or "", reason="a masked-LM head without pooling modules")
+    return None

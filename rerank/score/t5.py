@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from rerank.recipes import Recipe, register_recipe
+from rerank.score.detect import Detection, ModelFiles, choose, family_rule
 from rerank.score.pairwise import PairwiseReranker
 from rerank.score.recipe_scorer import CALIBRATION_PAIRS, RecipeModel, RecipeScorer, choose_recipe
 from rerank.types import Passage, Query
@@ -195,3 +196,12 @@ register_recipe(Recipe(
     model_types=("t5", "mt5"), markers=("duot5", "duo-t5"),
     hub_ids=("castorini/duot5-base-msmarco", "castorini/duot5-3b-msmarco-10k"),
     source="pygaggle DuoT5 (Pradeep et al., 2021)"))
+
+
+@family_rule("sequence-to-sequence", order=30)
+def _sequence_to_sequence(files: ModelFiles) -> Detection | None:
+    """A T5 (encoder-decoder) model is a re-ranker of one of this family's recipes, named by its files."""
+    if files.config.get("is_encoder_decoder") or any(a.endswith("ForConditionalGeneration") for a in files.architectures):
+        return Detection("reranker", choose(files, "seq2seq", "sequence-to-sequence model"),
+                         "a sequence-to-sequence model whose files name its recipe")
+    return None

@@ -34,6 +34,7 @@ from rerank.atomic import atomic_directory, atomic_file
 from rerank.errors import RerankError
 from rerank.registry import prepare_step
 from rerank.train.data import MiningStats
+from rerank.train.losses import DEFAULT_LABEL_LOSS
 
 ADAPT_FILE = "adapt.json"
 
@@ -58,7 +59,7 @@ class AdaptConfig:
     init: str = "minilm-l6"
     max_length: int = 128
     windows: str = "lexical"
-    loss: str = "listwise"
+    loss: str = DEFAULT_LABEL_LOSS
     distill_weight: float = 0.1
     epochs: int = 1
     max_steps: int | None = None
@@ -163,14 +164,17 @@ class Adapter:
     # -- the steps ----------------------------------------------------------------------------
 
     def _build_indexes(self) -> None:
+        from rerank.retrieve.bm25 import BM25Index
         from rerank.retrieve.build import build_index, kind_parameters
+        from rerank.retrieve.dense import DenseIndex
+        from rerank.retrieve.splade import SpladeIndex
 
         def build(kind: str, folder: Path) -> dict | None:
             options: dict[str, Any] = {"precision": self.config.precision} if "precision" in kind_parameters(kind) else {}
             build_index(self.corpus_source, folder, kind, progress=self.progress, **options)
             return None
 
-        for kind in ("bm25", "dense", "splade"):
+        for kind in (BM25Index.kind, DenseIndex.kind, SpladeIndex.kind):  # the first stages the adapted pipelines fuse
             folder = self.indexes / kind
             self._step(f"index-{kind}", folder, partial(build, kind, folder))
 

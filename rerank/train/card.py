@@ -7,17 +7,7 @@ from pathlib import Path
 
 from rerank.atomic import atomic_file
 from rerank.models import REGISTRY
-
-_USAGE = {
-    "cross-encoder": ("from rerank.score import CrossEncoder\n"
-                      "scorer = CrossEncoder(\"{path}\")\n"
-                      "scores = scorer.predict([(\"a query\", \"a passage\")])"),
-    "bi-encoder": ("from rerank.score import BiEncoderScorer\n"
-                   "scorer = BiEncoderScorer(\"{path}\")  # mean pooling, dot product"),
-    "splade": ("from rerank.score import SpladeScorer\n"
-               "scorer = SpladeScorer(\"{path}\")"),
-}
-_PIPELINE_TAG = {"cross-encoder": "text-classification", "bi-encoder": "feature-extraction", "splade": "fill-mask"}
+from rerank.train.students import STUDENTS, CrossEncoderModel
 
 TRAINING_FILE = "rerank_training.json"
 """What a trained folder records about its training (written last, so it marks a finished model)."""
@@ -31,10 +21,11 @@ def render_card(folder: Path, info: dict) -> str:
     """The text of the model card for a folder described by ``info``."""
     model = info.get("model", {})
     config = info.get("config", {})
-    kind = model.get("kind", "cross-encoder")
+    student = STUDENTS.get(model["kind"]) if model.get("kind") in STUDENTS else CrossEncoderModel
+    kind = student.kind
     init = model.get("init", "")
     base = REGISTRY.get(init).hub_id if init in REGISTRY else init  # the Hub's metadata wants a Hub id
-    lines = ["---", "library_name: transformers", f"pipeline_tag: {_PIPELINE_TAG.get(kind, 'text-classification')}",
+    lines = ["---", "library_name: transformers", f"pipeline_tag: {student.pipeline_tag}",
              f"base_model: {base}", "tags:", "- rerank", f"- {kind}", "- passage-reranking"]
     if info.get("dataset"):
         lines += ["datasets:", f"- {info['dataset']}"]
@@ -72,7 +63,7 @@ def render_card(folder: Path, info: dict) -> str:
         lines += ["Evaluations after training:", "", "| evaluation | value |", "|---|---:|"]
         lines += [f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in scores.items()]
         lines.append("")
-    lines += ["", "## Use", "", "```python", _USAGE.get(kind, _USAGE["cross-encoder"]).format(path=folder), "```", ""]
+    lines += ["", "## Use", "", "```python", student.usage.format(path=folder), "```", ""]
     return "\n".join(lines)
 
 

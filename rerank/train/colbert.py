@@ -16,7 +16,7 @@ import string
 from pathlib import Path
 from typing import Any
 
-from rerank.train.students import STUDENTS, TrainableModel
+from rerank.train.students import TrainableModel
 
 
 def _network(body, dim: int):
@@ -38,14 +38,15 @@ def _network(body, dim: int):
     return ColbertNetwork()
 
 
-@STUDENTS.register("colbert")
-class ColbertModel(TrainableModel):
+class ColbertModel(TrainableModel, kind="colbert"):
     """ColBERT in training: ``init`` is a BERT-style encoder (default all-MiniLM-L6-v2, whose
     vocabulary has the ``[unused0]``/``[unused1]`` markers) or a ColBERT checkpoint;
     ``max_length`` tokens per passage, ``query_length`` per query, ``dim`` dimensions per token
     vector; ``layers`` keeps the first layers of the encoder."""
 
-    kind = "colbert"
+    usage = ("from rerank.score import ColBERT\n"
+             "scorer = ColBERT(\"{path}\")  # late interaction: MaxSim over token vectors")
+    pipeline_tag = "sentence-similarity"
 
     def __init__(self, init: str = "minilm-l6", *, max_length: int = 180, layers: int | None = None,
                  query_length: int = 32, dim: int = 128) -> None:

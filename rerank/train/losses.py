@@ -35,6 +35,12 @@ def register_loss(name: str, *, distills: bool) -> Callable[[F], F]:
     return add
 
 
+DEFAULT_LABEL_LOSS = "listwise"
+"""The loss a cross-encoder is fine-tuned with on labels when none is named."""
+DEFAULT_DISTILL_LOSS = "margin-mse"
+"""The loss a student is distilled with when none is named (Hofstätter et al. 2020)."""
+
+
 def label_losses() -> list[str]:
     """The losses that learn from labels alone."""
     return [name for name, loss in LOSSES.items() if not loss.distills]  # type: ignore[attr-defined]

@@ -9,7 +9,7 @@ from pathlib import Path
 from rerank.data.trec import ranked_items
 from rerank.train.curriculum import Curriculum
 from rerank.train.data import TrainingGroup, check_ids
-from rerank.train.losses import distill_losses, label_losses
+from rerank.train.losses import DEFAULT_DISTILL_LOSS, distill_losses, label_losses
 from rerank.train.students import CrossEncoderModel, build_model
 from rerank.train.trainer import DevSet, TrainConfig, Trainer, TrainResult
 from rerank.types import Candidates, Passage, Qrels, Query, Run
@@ -66,7 +66,7 @@ def train_cross_encoder(groups: Sequence[TrainingGroup], queries: Mapping[str, Q
 
 
 def distill(groups: Sequence[TrainingGroup], queries: Mapping[str, Query], corpus: Mapping[str, Passage],
-            output: str | Path, *, student: str = "cross-encoder", init: str | None = None, max_length: int = 128,
+            output: str | Path, *, student: str = CrossEncoderModel.kind, init: str | None = None, max_length: int = 128,
             layers: int | None = None, config: TrainConfig | None = None, dev: DevSet | None = None,
             resume: bool = True, overwrite: bool = False, progress: bool = True,
             callback: Callable[[int], None] | None = None, card: dict | None = None, device: str = "cpu",
@@ -74,7 +74,7 @@ def distill(groups: Sequence[TrainingGroup], queries: Mapping[str, Query], corpu
     """Distill teacher scores (carried by ``groups``) into a ``student``: ``cross-encoder``
     (e.g. ``layers=2`` of MiniLM-L6; ``windows`` as in :func:`train_cross_encoder`),
     ``bi-encoder`` or ``splade``, with ``margin-mse`` (default), ``mse`` or ``kl``."""
-    config = config or TrainConfig(loss="margin-mse")
+    config = config or TrainConfig(loss=DEFAULT_DISTILL_LOSS)
     if config.loss not in distill_losses():
         raise ValueError(f"distillation uses a teacher loss ({', '.join(distill_losses())}), got {config.loss!r}")
     check_ids(groups, queries, corpus, "teacher scores")

@@ -23,8 +23,9 @@ from rerank.models import resolve
 from rerank.registry import Registry
 
 STUDENTS: Registry[type[TrainableModel]] = Registry("student kind", "students", packages=("rerank.train",))
-"""Trainable model kinds (``rerank train distill --student``): each class registers itself with
-``@STUDENTS.register(kind)``, so a new student is one new module in :mod:`rerank.train`."""
+"""Trainable model kinds (``rerank train distill --student``): each class declares its kind once,
+as a class keyword (``class MyStudent(TrainableModel, kind="my-student")``), which registers it,
+so a new student is one new module in :mod:`rerank.train`."""
 
 
 def student_kinds() -> list[str]:
@@ -46,6 +47,16 @@ class TrainableModel:
     score per pair; ``regularizer()`` any extra loss term of the last call."""
 
     kind = ""
+    usage = ""
+    """How to load a trained folder of this kind (Python; ``{path}`` is the folder), for its model card."""
+    pipeline_tag = "text-classification"
+    """The Hugging Face ``pipeline_tag`` of a trained folder of this kind."""
+
+    def __init_subclass__(cls, kind: str = "", **options: Any) -> None:
+        super().__init_subclass__(**options)
+        if kind:
+            cls.kind = kind
+            STUDENTS.add(kind, cls)
 
     def __init__(self, init: str, max_length: int) -> None:
         from transformers import AutoTokenizer
@@ -137,8 +148,7 @@ class TrainableModel:
                 "parameters": sum(p.numel() for p in self.net.parameters())}
 
 
-@STUDENTS.register("cross-encoder")
-class CrossEncoderModel(TrainableModel):
+class CrossEncoderModel(TrainableModel, kind="cross-encoder"):
     """A cross-encoder in training: ``[CLS] query [SEP] passage [SEP]`` to one logit.
 
     ``layers`` keeps only the first ``layers`` transformer layers of ``init`` (the 2-layer
@@ -148,7 +158,9 @@ class CrossEncoderModel(TrainableModel):
     window, the largest score counts) or ``lexical`` (the window sharing most query terms).
     """
 
-    kind = "cross-encoder"
+    usage = ("from rerank.score import CrossEncoder\n"
+             "scorer = CrossEncoder(\"{path}\")\n"
+             "scores = scorer.predict([(\"a query\", \"a passage\")])")
 
     def __init__(self, init: str = "minilm-l6", *, max_length: int = 128, layers: int | None = None,
                  windows: str = "first") -> None:
@@ -209,12 +221,13 @@ def _write_sentence_transformers_config(folder: Path, max_length: int) -> None:
     (folder / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": max_length}), encoding="utf-8")
 
 
-@STUDENTS.register("bi-encoder")
-class BiEncoderModel(TrainableModel):
+class BiEncoderModel(TrainableModel, kind="bi-encoder"):
     """A bi-encoder in training: mean-pooled vectors, score = dot product (not cosine: a margin
     target of several logits cannot be met by a score bounded to [-1, 1])."""
 
-    kind = "bi-encoder"
+    usage = ("from rerank.score import BiEncoderScorer\n"
+             "scorer = BiEncoderScorer(\"{path}\")  # mean pooling, dot product")
+    pipeline_tag = "feature-extraction"
 
     def __init__(self, init: str = "minilm-l6", *, max_length: int = 128, layers: int | None = None) -> None:
         from transformers import AutoConfig, AutoModel
@@ -254,13 +267,14 @@ class BiEncoderModel(TrainableModel):
         return BiEncoderScorer(str(folder))
 
 
-@STUDENTS.register("splade")
-class SpladeModel(TrainableModel):
+class SpladeModel(TrainableModel, kind="splade"):
     """SPLADE in training: ``max over tokens of log(1 + relu(MLM logits))`` per text, dot
     product, plus the FLOPS regularizer ``lambda * sum_v (mean_i w_iv)^2`` (Paria et al.) on
     queries and passages, which pushes the vectors towards sparsity."""
 
-    kind = "splade"
+    usage = ("from rerank.score import SpladeScorer\n"
+             "scorer = SpladeScorer(\"{path}\")")
+    pipeline_tag = "fill-mask"
 
     def __init__(self, init: str = "splade-tiny", *, max_length: int = 128, flops_query: float = 3e-4,
                  flops_passage: float = 1e-4, layers: int | None = None) -> None:

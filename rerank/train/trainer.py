@@ -34,7 +34,7 @@ from rerank.errors import RerankError
 from rerank.train.card import TRAINING_FILE, write_model_card
 from rerank.train.curriculum import Curriculum
 from rerank.train.data import TrainingGroup
-from rerank.train.losses import distill_losses, get_loss
+from rerank.train.losses import DEFAULT_DISTILL_LOSS, DEFAULT_LABEL_LOSS, distill_losses, get_loss
 from rerank.train.students import TrainableModel
 from rerank.types import Candidates, Passage, Qrels, Query, sort_candidates
 
@@ -57,7 +57,7 @@ class TrainConfig:
     gradients and optimizer state stay fp32 either way, and dev evaluation runs in fp32. A run
     may resume in another precision (on another machine)."""
 
-    loss: str = "listwise"
+    loss: str = DEFAULT_LABEL_LOSS
     epochs: int = 1
     max_steps: int | None = None
     groups_per_step: int = 4
@@ -74,7 +74,7 @@ class TrainConfig:
     distill_weight: float = 0.0
     """With a label loss: add ``distill_weight`` times ``distill_loss`` against the teacher
     scores the groups carry (labels plus distillation, as in ensemble distillation)."""
-    distill_loss: str = "margin-mse"
+    distill_loss: str = DEFAULT_DISTILL_LOSS
 
     def __post_init__(self) -> None:
         get_loss(self.loss)

@@ -10,6 +10,8 @@ from pathlib import Path
 from rerank.errors import RerankError
 from rerank.registry import prepare_step
 from rerank.train.data import SAMPLINGS, TeacherScore, Triple
+from rerank.train.losses import DEFAULT_DISTILL_LOSS
+from rerank.train.students import CrossEncoderModel
 from rerank.train.trainer import TrainConfig, TrainResult
 
 
@@ -200,7 +202,7 @@ def train_cross_encoder(dataset: str | Path, triples: str | Path | None, out: st
 
 
 @prepare_step("distill", trains=True)
-def distill(dataset: str | Path, teacher_scores: str | Path, out: str | Path, *, student: str = "cross-encoder",
+def distill(dataset: str | Path, teacher_scores: str | Path, out: str | Path, *, student: str = CrossEncoderModel.kind,
             split: str = "train", run: str | Path | None = None, dev_queries: int = 0, dev_depth: int = 20,
             init: str | None = None, max_length: int = 128, layers: int | None = None, negatives: int = 7,
             config: TrainConfig | None = None, resume: bool = True, overwrite: bool = False, progress: bool = True,
@@ -211,7 +213,7 @@ def distill(dataset: str | Path, teacher_scores: str | Path, out: str | Path, *,
     from rerank.train.data import group_triples, read_teacher_scores
     from rerank.train.routines import distill as run_distill
 
-    config = config or TrainConfig(**{"loss": "margin-mse", **train_options})
+    config = config or TrainConfig(**{"loss": DEFAULT_DISTILL_LOSS, **train_options})
     opened, queries, corpus = _dataset(dataset, skip_bad)
     groups = group_triples(read_teacher_scores(teacher_scores, skip_bad=skip_bad), negatives)
     groups, dev, _ = _dev(opened, groups, queries, corpus, split, run, dev_queries, dev_depth, config.seed)
