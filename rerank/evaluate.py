@@ -16,6 +16,9 @@ from dataclasses import dataclass, field
 from rerank.errors import EvaluationError
 from rerank.types import Candidates, Qrels, Run, batch_to_run
 
+MISSING_POLICIES = ("zero", "ignore", "error")
+"""What a judged query without results counts as: 0, left out, or an error."""
+
 log = logging.getLogger("rerank.evaluate")
 DEFAULT_MEASURES = ("nDCG@10", "RR@10", "R@100", "AP")
 _NO_RESULT = "__rerank_no_result__"
@@ -69,7 +72,7 @@ def evaluate(run: Run | Sequence[Candidates], qrels: Qrels, measures: Sequence[s
     """
     import ir_measures
 
-    if missing not in ("zero", "ignore", "error"):
+    if missing not in MISSING_POLICIES:
         raise ValueError(f"missing must be 'zero', 'ignore' or 'error', got {missing!r}")
     if not isinstance(run, dict):
         run = batch_to_run(list(run))

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 
 from rerank.commands import Command, register_command
+from rerank.relevance import METHODS as CALIBRATION_METHODS
 
 
 def run(args: argparse.Namespace) -> int:
@@ -33,7 +34,7 @@ def arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--top", type=int, default=20, help="each query's top results that become pairs (default: 20)")
     p.add_argument("--relevant", type=int, default=1, help="least grade counted relevant (default: 1; TREC DL: 2)")
     p.add_argument("--qrels", default=None, help="judgments instead of the dataset's (TREC qrels, e.g. rerank judge's)")
-    p.add_argument("--method", choices=["auto", "platt", "isotonic"], default="auto",
+    p.add_argument("--method", choices=["auto", *CALIBRATION_METHODS], default="auto",
                    help="auto (default): the lower held-out log-loss")
     p.add_argument("--max-queries", type=int, default=None, help="only the first N judged queries")
     p.add_argument("--out", default=None, help="write the calibrated config here instead of in place")

@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 from rerank.commands import Command, register_command
+from rerank.evaluate import MISSING_POLICIES
 
 
 def run(args: argparse.Namespace) -> int:
@@ -69,7 +70,7 @@ def arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-m", "--measures", nargs="+", default=["nDCG@10", "RR@10", "R@100", "AP"],
                    help="ir-measures strings, e.g. nDCG@10 'RR(rel=2)@10' R@100 (default: nDCG@10 RR@10 R@100 AP)")
     p.add_argument("--per-query", action="store_true", help="also print per-query scores")
-    p.add_argument("--missing", choices=["zero", "ignore", "error"], default="zero",
+    p.add_argument("--missing", choices=MISSING_POLICIES, default=MISSING_POLICIES[0],
                    help="judged queries without results: count as 0 (default), leave out, or fail")
     p.add_argument("--min-coverage", type=float, default=0.5,
                    help="fail if the run answers fewer than this share of judged queries (default: 0.5)")

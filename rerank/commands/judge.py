@@ -7,6 +7,8 @@ import json
 from pathlib import Path
 
 from rerank.commands import Command, register_command
+from rerank.judge.agreement import COMBINATIONS
+from rerank.judge.grade import FALLBACKS
 
 
 def arguments(p: argparse.ArgumentParser) -> None:
@@ -18,7 +20,7 @@ def arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--llm", default="smollm2-135m",
                    help="short name, Hub id, path or GGUF of a local model, or an OpenAI-compatible server URL")
     p.add_argument("--prompt", default="umbrela", help="umbrela (default), basic, or a TOML judging prompt")
-    p.add_argument("--fallback", choices=["logprobs", "zero", "skip"], default="logprobs",
+    p.add_argument("--fallback", choices=FALLBACKS, default=FALLBACKS[0],
                    help="grade of an unparseable answer: the likeliest digit (default), 0, or none")
     p.add_argument("--max-passage-tokens", type=int, default=384, help="passage tokens shown (default: 384)")
     p.add_argument("--batch-size", type=int, default=8, help="pairs per LLM call (default: 8)")
@@ -44,7 +46,7 @@ def arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--judges", nargs="+", required=True, help="judges' qrels (name=path or path)")
     p.add_argument("--runs", nargs="*", default=[], help="TREC runs whose ordering is compared")
     p.add_argument("-m", "--measures", nargs="+", default=["nDCG@10"], help="ir-measures strings (default: nDCG@10)")
-    p.add_argument("--combine", nargs="*", choices=["mean", "vote"], default=[],
+    p.add_argument("--combine", nargs="*", choices=COMBINATIONS, default=[],
                    help="also judge with the mean or the vote of all judges")
     p.add_argument("--flip-control", type=float, nargs="*", default=[], metavar="RATE",
                    help="add control judges: the human grades with this share flipped (their kappa is known)")

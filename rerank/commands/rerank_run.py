@@ -7,6 +7,7 @@ import sys
 import time
 from pathlib import Path
 
+from rerank.batch import FORMATS
 from rerank.commands import Command, register_command
 from rerank.commands.options import add_precision_option, add_score_cache_option
 from rerank.errors import RerankError
@@ -61,7 +62,7 @@ def arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--split", default="test", help="with a BEIR folder: queries judged in this split (default: test)")
     p.add_argument("--depth", type=int, default=None, help="re-rank only the top DEPTH candidates of each query")
     p.add_argument("--out", required=True, help="output: a TREC run, or JSONL if the name ends in .jsonl")
-    p.add_argument("--format", choices=["trec", "jsonl"], default=None, help="output format (default: from --out's name)")
+    p.add_argument("--format", choices=FORMATS, default=None, help="output format (default: from --out's name)")
     p.add_argument("--tag", default="rerank", help="run tag for TREC output (default: rerank)")
     p.add_argument("--chunk-size", type=int, default=8, help="queries per pipeline call and per checkpoint (default: 8)")
     p.add_argument("--skip-missing", action="store_true", help="drop run documents missing from the corpus instead of failing")

@@ -5,6 +5,9 @@ from __future__ import annotations
 import argparse
 
 from rerank.commands import Command, register_command
+from rerank.score.windows import AGGREGATES, TRAINING_WINDOWS
+from rerank.train.listwise import LOSSES as LISTWISE_LOSSES
+from rerank.train.trainer import TRAIN_PRECISIONS
 
 
 def cmd_mine(args) -> int:
@@ -138,7 +141,7 @@ def _training_options(p: argparse.ArgumentParser, loss_default: str, losses: tup
     p.add_argument("--layers", type=int, default=None, help="keep only the first N transformer layers (e.g. 2 for a student)")
     p.add_argument("--max-length", type=int, default=128, help="tokens per pair or text (default: 128)")
     p.add_argument("--negatives", type=int, default=7, help="negatives per training group (default: 7)")
-    p.add_argument("--windows", choices=("first", "max", "lexical"), default="first",
+    p.add_argument("--windows", choices=TRAINING_WINDOWS, default=TRAINING_WINDOWS[0],
                    help="cross-encoders: read a passage longer than --max-length by its first window (default), "
                         "every window (MaxP) or the window sharing most query terms (one pair per passage)")
     p.add_argument("--batch-groups", type=int, default=4, help="groups per optimizer step (default: 4)")
@@ -156,8 +159,6 @@ def _training_options(p: argparse.ArgumentParser, loss_default: str, losses: tup
     p.add_argument("--overwrite", action="store_true", help="retrain even if --out holds a finished model")
     p.add_argument("--keep-checkpoints", action="store_true", help="keep the last checkpoint after training")
     p.add_argument("--device", default="cpu", help="torch device to train on: cpu (default), cuda, cuda:1...")
-    from rerank.train.trainer import TRAIN_PRECISIONS
-
     p.add_argument("--precision", choices=TRAIN_PRECISIONS, default="auto",
                    help="bf16: forward and backward on bf16 copies of the weights (weights, gradients and optimizer "
                         "stay fp32); auto: bf16 where "
@@ -167,7 +168,6 @@ def _training_options(p: argparse.ArgumentParser, loss_default: str, losses: tup
 
 def arguments(train: argparse.ArgumentParser) -> None:
     """The ``train`` subcommands and their flags."""
-    from rerank.score.windows import AGGREGATES, TRAINING_WINDOWS
     from rerank.train.adapt import AdaptConfig
     from rerank.train.curriculum import HEURISTICS
     from rerank.train.data import SAMPLINGS
@@ -258,7 +258,7 @@ def arguments(train: argparse.ArgumentParser) -> None:
     p.add_argument("--student-init", default="splade-tiny", help="the student's starting weights (default: splade-tiny)")
     p.add_argument("--student-epochs", type=int, default=defaults.student_epochs, help="student epochs (default: 6)")
     p.add_argument("--seed", type=int, default=0, help="seed for sampling and training (default: 0)")
-    p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto", help="training precision (default: auto)")
+    p.add_argument("--precision", choices=TRAIN_PRECISIONS, default=TRAIN_PRECISIONS[0], help="training precision (default: auto)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_adapt)
 
@@ -285,7 +285,7 @@ def arguments(train: argparse.ArgumentParser) -> None:
                                          "or plain language-modelling loss; resumable)")
     p.add_argument("--labels", required=True, help="listwise labels (rerank train listwise-labels)")
     p.add_argument("--model", default="smollm2-135m", help="causal LM: short name, Hub id, path or GGUF")
-    p.add_argument("--loss", choices=["importance", "lm"], default="importance",
+    p.add_argument("--loss", choices=LISTWISE_LOSSES, default=LISTWISE_LOSSES[0],
                    help="importance: identifier tokens of the passage at rank r weigh 1 + 1/log2(r+1) (default); "
                         "lm: every target token weighs 1")
     p.add_argument("--epochs", type=int, default=1)
@@ -295,7 +295,7 @@ def arguments(train: argparse.ArgumentParser) -> None:
     p.add_argument("--max-passage-tokens", type=int, default=64, help="passage tokens in the prompt (default: 64)")
     p.add_argument("--save-every", type=int, default=25, help="checkpoint every N steps (default: 25)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto")
+    p.add_argument("--precision", choices=TRAIN_PRECISIONS, default=TRAIN_PRECISIONS[0])
     p.add_argument("--out", required=True, help="output folder: the fine-tuned model")
     p.set_defaults(func=cmd_listwise)
 

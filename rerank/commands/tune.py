@@ -8,6 +8,7 @@ from pathlib import Path
 from rerank.commands import Command, register_command
 from rerank.commands.options import add_precision_option
 from rerank.errors import RerankError
+from rerank.tuning.costs import STATISTICS
 
 
 def arguments(p: argparse.ArgumentParser) -> None:
@@ -18,7 +19,7 @@ def arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--run", help="TREC run giving each query's candidates (for a pipeline that does not retrieve)")
     p.add_argument("--depth", type=int, default=100, help="candidates per query taken from --run (default: 100)")
     p.add_argument("--budget-ms", type=float, required=True, help="latency budget per query, in milliseconds")
-    p.add_argument("--statistic", choices=["mean", "p95"], default="mean",
+    p.add_argument("--statistic", choices=STATISTICS, default=STATISTICS[0],
                    help="which latency must fit the budget (default: mean)")
     p.add_argument("--measure", default="nDCG@10", help="ir-measures measure to maximise (default: nDCG@10)")
     p.add_argument("--max-queries", type=int, default=None, help="tune on the first N judged queries only")

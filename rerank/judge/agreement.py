@@ -30,6 +30,9 @@ from rerank.types import Qrels, Run
 CUTS = {"0|123": 1, "01|23": 2, "012|3": 3}
 HEADLINE_CUT = "01|23"
 
+COMBINATIONS = ("mean", "vote")
+"""How several judges combine into one: the mean grade, or the majority vote."""
+
 
 class AgreementError(RerankError):
     """Label sets or runs that cannot be compared: nothing judged by both, grades outside 0–3."""
@@ -241,7 +244,7 @@ def combine(judges: Sequence[Qrels], how: str = "mean") -> Qrels:
     """Several judges as one, on the pairs every one of them judges: ``mean`` (the mean grade
     rounded half up) or ``vote`` (the most common grade; a tie goes to the lowest of the tied
     grades, the cautious reading)."""
-    if how not in ("mean", "vote"):
+    if how not in COMBINATIONS:
         raise AgreementError(f"judges combine by 'mean' or 'vote', not {how!r}")
     if len(judges) < 2:
         raise AgreementError("combining needs at least two judges")

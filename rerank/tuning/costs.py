@@ -32,6 +32,9 @@ from rerank.pipeline import Cutoff, Fusion, Identity, Pipeline, Stage, leaves, r
 from rerank.tuning.grid import combinations
 from rerank.types import Candidates
 
+STATISTICS = ("mean", "p95")
+"""Which latency a budget holds: the mean over queries, or the 95th percentile."""
+
 
 class CostModelError(RerankError):
     """A pipeline the cost model cannot predict (a stage never measured, or measured differently)."""
@@ -177,7 +180,7 @@ class CostModel:
         ``passages_in`` candidates per query (0 when it starts by retrieving), ``batch_size``
         queries per call: the sum of its stages', with each stage's input size followed through
         the cut-offs (a fusion passes on the most any branch returns)."""
-        if statistic not in ("mean", "p95"):
+        if statistic not in STATISTICS:
             raise ValueError(f"statistic must be 'mean' or 'p95', got {statistic!r}")
         if batch_size != self.batch_size:
             raise CostModelError(f"the stage costs were measured at {self.batch_size} quer"

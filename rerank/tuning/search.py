@@ -19,11 +19,9 @@ from dataclasses import dataclass, field
 from rerank.errors import RerankError
 from rerank.pipeline import Stage, bind, leaves
 from rerank.tuning.cache import with_cached_stages
-from rerank.tuning.costs import CostModel, measure_costs
+from rerank.tuning.costs import STATISTICS, CostModel, measure_costs
 from rerank.tuning.grid import check_grid, combinations, label
 from rerank.types import Candidates, Qrels, Query
-
-STATISTICS = ("mean", "p95")
 
 
 class TuneError(RerankError, ValueError):
