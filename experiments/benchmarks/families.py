@@ -101,8 +101,8 @@ def first_exactness(root: Path, pairs: list[tuple[str, str]]) -> dict:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from rerank.runtimes.local_llm import TransformersLLM
     from rerank.score.listwise import ListwiseReranker
-    from rerank.score.llm import TransformersLLM
     from rerank.score.prompts import LISTWISE_FIRST
 
     folder = tiny_model("qwen3-reranker", root / "tiny-first", card=False)
@@ -228,8 +228,8 @@ def first_vs_generation(queries: int) -> dict:
 
     from rerank.data.trec import ranked_items
     from rerank.evaluate import evaluate
+    from rerank.runtimes.local_llm import open_llm
     from rerank.score.listwise import ListwiseReranker
-    from rerank.score.llm import open_llm
     from rerank.types import Candidates
 
     topics, corpus, run, qrels = dl19_workload()

@@ -292,8 +292,8 @@ def listwise_run(stage, batch, key: Path, chunk: int = 8) -> tuple[list[Candidat
 
 
 def part_fullrank(bench: Bench, queries: int = 10, model: str = "smollm2-135m", tag: str = "zero-shot") -> dict:
+    from rerank.runtimes.local_llm import open_llm
     from rerank.score.listwise import ListwiseReranker
-    from rerank.score.llm import open_llm
 
     llm = open_llm(model)
     passage_tokens = 24 if bench.quick else 96  # --quick: fp32 generation without native bf16 is slow

@@ -104,14 +104,14 @@ class JudgmentCache(JsonCache):
 
 
 class LLMJudge:
-    """Grades (query, passage) pairs 0–3 with an LLM (any backend :func:`~rerank.score.llm.open_llm`
+    """Grades (query, passage) pairs 0–3 with an LLM (any backend :func:`~rerank.runtimes.local_llm.open_llm`
     takes: a short name, Hub id or path, a GGUF model, an OpenAI-compatible server URL) and a
     judging prompt (``umbrela``, ``basic`` or a TOML file)."""
 
     def __init__(self, llm: Any = "smollm2-135m", prompt: str | JudgePrompt = "umbrela", *,
                  max_passage_tokens: int = 384, batch_size: int = 8, fallback: str = "logprobs",
                  precision: str = "auto", price_per_million: tuple[float, float] | None = None) -> None:
-        from rerank.score.llm import open_llm
+        from rerank.runtimes.local_llm import open_llm
 
         if fallback not in FALLBACKS:
             raise JudgeError(f"fallback must be one of {FALLBACKS}, got {fallback!r}")

@@ -34,7 +34,7 @@ class ReasoningExpansion(Stage, kind="expand"):
     search with ``query × query_weight + reasoning × reasoning_weight`` (whole repetitions, the
     way query-expansion methods weight text for BM25); nothing else changes.
 
-    ``llm``: any backend :func:`~rerank.score.llm.open_llm` takes (short name, Hub id, path,
+    ``llm``: any backend :func:`~rerank.runtimes.local_llm.open_llm` takes (short name, Hub id, path,
     GGUF, or an OpenAI-compatible server URL). ``prompt``: a template with ``{query}``.
     ``max_new_tokens``: the length of the reasoning. ``cache``: a SQLite file keeping the
     reasoning across runs."""
@@ -44,7 +44,7 @@ class ReasoningExpansion(Stage, kind="expand"):
     def __init__(self, llm: Any = "smollm2-135m", *, prompt: str = REASONING_PROMPT, max_new_tokens: int = 128,
                  query_weight: int = 1, reasoning_weight: int = 1, batch_size: int = 8, cache: str | None = None,
                  precision: str = "auto", name: str | None = None) -> None:
-        from rerank.score.llm import open_llm
+        from rerank.runtimes.local_llm import open_llm
 
         if "{query}" not in prompt:
             raise RerankError("the expansion prompt needs a {query} field")

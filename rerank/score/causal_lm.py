@@ -20,8 +20,8 @@ from collections.abc import Sequence
 import numpy as np
 
 from rerank.recipes import Recipe, register_recipe
+from rerank.runtimes.local_llm import _common_prefix
 from rerank.score.detect import Detection, ModelFiles, choose, family_rule, is_reranker
-from rerank.score.llm import _common_prefix
 from rerank.score.recipe_scorer import RecipeScorer
 
 MIN_SHARED_PREFIX = 8

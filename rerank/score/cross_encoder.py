@@ -195,10 +195,10 @@ class CrossEncoder(Scorer, kind="cross-encoder"):
         uses_types = "token_type_ids" in self.tokenizer.model_input_names
         Runtime: type
         if backend == "onnx":
-            from rerank.score.onnx_runtime import OnnxClassifier
+            from rerank.runtimes.onnx import OnnxClassifier
             Runtime = OnnxClassifier
         else:
-            from rerank.score.openvino_runtime import OpenVinoClassifier
+            from rerank.runtimes.openvino import OpenVinoClassifier
             Runtime = OpenVinoClassifier
         chosen = "fp32" if precision == "auto" else precision
         reason = f"{chosen}: {backend} backend" + (" (its auto choice)" if precision == "auto" else "")

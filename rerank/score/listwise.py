@@ -21,8 +21,8 @@ from typing import Any
 
 from rerank.costs import Stopwatch
 from rerank.pipeline import Scorer, Work
-from rerank.score.llm import LLM, open_llm
-from rerank.score.llm_base import LLMError
+from rerank.runtimes.llm_base import LLMError
+from rerank.runtimes.local_llm import LLM, open_llm
 from rerank.score.prompts import (
     FIRST_IDS,
     LISTWISE,

@@ -11,8 +11,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from rerank.pipeline import Scorer, Work
+from rerank.runtimes.local_llm import LLM, open_llm
 from rerank.score.detect import Detection, ModelFiles, family_rule
-from rerank.score.llm import LLM, open_llm
 from rerank.score.prompts import QUERY_LIKELIHOOD, YES_NO, FitStats, cut_passage, passage_limit
 from rerank.types import Candidates
 

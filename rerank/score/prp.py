@@ -1,6 +1,6 @@
 """Pairwise ranking prompting with an LLM: the judge, and the stage that uses it.
 
-:class:`LLMJudge` asks an :class:`~rerank.score.llm.LLM` PRP's question about two passages:
+:class:`LLMJudge` asks an :class:`~rerank.runtimes.local_llm.LLM` PRP's question about two passages:
 
 * ``mode="scoring"``: compare the log-probabilities of the answers "Passage A" and "Passage B"
   (one forward pass gives both); P(first) = softmax over the two.
@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from rerank.score.llm import LLM, open_llm
+from rerank.runtimes.local_llm import LLM, open_llm
 from rerank.score.pairwise import PairwiseReranker
 from rerank.score.prompts import PAIRWISE, FitStats, cut_passage, passage_limit
 from rerank.types import Passage, Query
@@ -117,7 +117,7 @@ def _two_way(a: float, b: float) -> float:
 
 class PRP(PairwiseReranker, kind="prp"):
     """Pairwise ranking prompting as a stage: an :class:`LLMJudge` on ``llm`` (a short name,
-    Hub id, path or server URL; ``llm_options`` go to :func:`~rerank.score.llm.open_llm`),
+    Hub id, path or server URL; ``llm_options`` go to :func:`~rerank.runtimes.local_llm.open_llm`),
     sorted by ``method`` (``allpair``, ``heapsort`` or ``sliding`` for the top ``top_k``).
 
     The trace counts LLM calls (one per ordered pair asked) and prompt tokens; per-query counters

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from rerank.pipeline import Scorer, Work
-from rerank.score.llm import LLM, open_llm
+from rerank.runtimes.local_llm import LLM, open_llm
 from rerank.score.prompts import passage_text
 from rerank.types import Candidates, Passage
 
@@ -55,7 +55,7 @@ class _Tally:
 
 class SetwiseReranker(Scorer, kind="setwise"):
     """Setwise ranking of each query's candidates with an LLM (``llm``: a short name, Hub id, path
-    or server URL; ``llm_options`` go to :func:`~rerank.score.llm.open_llm`). ``method``:
+    or server URL; ``llm_options`` go to :func:`~rerank.runtimes.local_llm.open_llm`). ``method``:
     ``heapsort`` (default) or ``bubblesort``; ``set_size``: passages per call (llm-rankers'
     ``num_child + 1``, 4 by default); ``top_k``: how many are sorted. The trace counts LLM calls
     and prompt tokens per query, and answers that named no label."""

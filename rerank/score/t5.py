@@ -97,7 +97,7 @@ class DuoT5Judge:
         return first_step_logits(net, ids, mask, self.model.token_ids)
 
     def _cut(self, text: str, limit: int) -> str:
-        from rerank.score.llm_base import truncate_tokens
+        from rerank.runtimes.llm_base import truncate_tokens
 
         return truncate_tokens(self.model.tokenizer, text, limit)[0]
 

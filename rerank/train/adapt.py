@@ -198,7 +198,7 @@ class Adapter:
         queries = ict_queries(corpus, c.ict_queries, seed=c.seed, remove=c.remove_sentence)
         counts = {"passages": len(corpus), "ict_queries": len(queries)}
         if c.generated_queries:
-            from rerank.score.llm import open_llm
+            from rerank.runtimes.local_llm import open_llm
 
             llm = open_llm(c.llm)
             made = generated_queries(corpus, c.generated_queries, llm, seed=c.seed, exclude=[q.source for q in queries],

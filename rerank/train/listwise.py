@@ -115,7 +115,7 @@ class _Fitting:
         return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
     def truncate(self, text: str, max_tokens: int) -> tuple[str, bool]:
-        from rerank.score.llm_base import truncate_tokens
+        from rerank.runtimes.llm_base import truncate_tokens
 
         return truncate_tokens(self.tokenizer, text, max_tokens)
 
@@ -137,7 +137,7 @@ def encode_example(tokenizer, example: ListwiseExample, *, max_context: int, max
                    loss: str = "importance", name: str = "llm") -> tuple[list[int], list[int], list[float]]:
     """Token ids of prompt + target, the labels (-100 on the prompt) and each target token's
     weight: the prompt is the one the listwise stage sends with every candidate in one window."""
-    from rerank.score.llm_base import render_prompt
+    from rerank.runtimes.llm_base import render_prompt
 
     n = len(example.passages)
     fitting = _Fitting(tokenizer, max_context, name)
@@ -199,7 +199,7 @@ class ListwiseConfig:
 
 def _model_folder(model: str) -> str:
     from rerank.models import gguf_file, resolve
-    from rerank.score.llm_base import _dequantized_gguf
+    from rerank.runtimes.llm_base import _dequantized_gguf
 
     path, gguf = resolve(model), gguf_file(model)
     return _dequantized_gguf(path, gguf) if gguf else path

@@ -103,7 +103,7 @@ def usable_query(text: str) -> bool:
 def generated_queries(corpus: Mapping[str, Passage], count: int, llm, *, seed: int = 0, exclude: Sequence[str] = (),
                       max_passage_tokens: int = 200, max_new_tokens: int = 24,
                       progress: bool = True) -> list[PseudoQuery]:
-    """A query written by ``llm`` (an :class:`~rerank.score.llm.LLM`) for each of ``count``
+    """A query written by ``llm`` (an :class:`~rerank.runtimes.local_llm.LLM`) for each of ``count``
     passages (seeded sample, avoiding ``exclude``); answers that are not :func:`usable_query`
     are dropped."""
     rng = random.Random(seed + 1)

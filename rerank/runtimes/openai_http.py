@@ -1,4 +1,4 @@
-"""An OpenAI-compatible HTTP server (vLLM, llama.cpp server, Ollama, TGI) as an :class:`~rerank.score.llm_base.LLM`.
+"""An OpenAI-compatible HTTP server (vLLM, llama.cpp server, Ollama, TGI) as an :class:`~rerank.runtimes.llm_base.LLM`.
 
 * ``api="completions"`` (default): ``/v1/completions``. Log-probabilities of given text come
   from ``echo`` with ``logprobs``: the server scores ``prompt + continuation`` and returns each
@@ -9,7 +9,7 @@
 
 Requests run in parallel up to ``concurrency``; each has a ``timeout``, and a timeout, a refused
 connection, 429 or 5xx is retried ``retries`` times with exponential ``backoff``. Other errors
-and malformed replies raise :class:`~rerank.score.llm_base.LLMError` naming the URL and the reason.
+and malformed replies raise :class:`~rerank.runtimes.llm_base.LLMError` naming the URL and the reason.
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from rerank.score.llm_base import LLMError, LLMUsage, load_tokenizer, render_prompt, truncate_tokens
+from rerank.runtimes.llm_base import LLMError, LLMUsage, load_tokenizer, render_prompt, truncate_tokens
 
 _RETRIED_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
 

@@ -9,7 +9,7 @@ An :class:`LLM` does two things:
 Both take prompts already rendered by :meth:`LLM.render`, which applies the model's chat template
 to a user message and appends the start of the answer. :class:`TransformersLLM` runs a local
 Hugging Face model (causal or seq2seq; safetensors, or GGUF dequantized once and cached);
-:class:`~rerank.score.llm_http.OpenAICompatibleLLM` talks to any OpenAI-compatible server.
+:class:`~rerank.runtimes.openai_http.OpenAICompatibleLLM` talks to any OpenAI-compatible server.
 :func:`open_llm` turns a short name, path or URL into either.
 
 Token boundaries: a continuation's tokens are those of ``prompt + continuation`` (tokenized as
@@ -26,7 +26,7 @@ from pathlib import Path
 
 from rerank.hardware import apply_threads
 from rerank.precision import calibration_pairs, prepare_model
-from rerank.score.llm_base import (
+from rerank.runtimes.llm_base import (
     LLM,
     LLMError,
     LLMUsage,
@@ -35,7 +35,7 @@ from rerank.score.llm_base import (
     render_prompt,
     truncate_tokens,
 )
-from rerank.score.llm_http import OpenAICompatibleLLM
+from rerank.runtimes.openai_http import OpenAICompatibleLLM
 
 LLM_CALIBRATION_PAIRS = 60  # 3 queries x 20 passages: an LLM forward costs more than an encoder's
 
@@ -306,7 +306,7 @@ _LOAD_LOCK = threading.Lock()
 
 def open_llm(spec: str | LLM, **options) -> LLM:
     """An :class:`LLM` for ``spec``: an LLM object (returned as is), an ``http(s)://`` base URL of an
-    OpenAI-compatible server (options go to :class:`~rerank.score.llm_http.OpenAICompatibleLLM`),
+    OpenAI-compatible server (options go to :class:`~rerank.runtimes.openai_http.OpenAICompatibleLLM`),
     or a short name, Hub id or path of a local model (options go to :class:`TransformersLLM`).
     Local models are loaded once per process and shared by every stage that names them."""
     if not isinstance(spec, str):

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rerank.score.onnx_runtime import (
+from rerank.runtimes.onnx import (
     _model_key,
     cache_root,
     feeds_of,

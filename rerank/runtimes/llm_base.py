@@ -1,8 +1,8 @@
 """What every LLM backend shares: the :class:`LLM` interface, usage counters, errors, prompt
 rendering and truncation, and tokenizer loading (a GGUF model's from its dequantized copy).
 
-:mod:`rerank.score.llm` (local models, :func:`~rerank.score.llm.open_llm`) and
-:mod:`rerank.score.llm_http` (OpenAI-compatible servers) both build on this module.
+:mod:`rerank.runtimes.local_llm` (local models, :func:`~rerank.runtimes.local_llm.open_llm`) and
+:mod:`rerank.runtimes.openai_http` (OpenAI-compatible servers) both build on this module.
 """
 from __future__ import annotations
 
