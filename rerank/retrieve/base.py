@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
+from rerank.costs import Stopwatch, record_costs
 from rerank.errors import EmptyQueryError
 from rerank.registry import Registry
+from rerank.retrieve.docstore import take_passages
 from rerank.types import Candidates, Passage, Query
 
 INDEX_KINDS: Registry[type[Index]] = Registry("index kind", "index_kinds", packages=("rerank.retrieve",))
@@ -61,9 +63,31 @@ class Index(ABC):
         """Index ``passages`` with this kind's :attr:`Parameters` (what :func:`build_index` calls)."""
         return cls.build(passages, **dataclasses.asdict(parameters), progress=progress)
 
-    @abstractmethod
-    def search(self, queries: Sequence[Query], k: int = 100) -> list[Candidates]:
-        """The top ``k`` passages per query, best first, under the tie rule of :mod:`rerank.order`."""
+    search_label: str = "index"
+    """How a search is named in the trace."""
+
+    def search(self, queries: Sequence[Query], k: int = 100, **options: Any) -> list[Candidates]:
+        """The top ``k`` passages per query, best first, under the tie rule of :mod:`rerank.order`:
+        the queries are checked, :meth:`top` finds each one's positions and scores (``options``
+        are its own), and the trace gains the time, the model calls and the passages scored."""
+        check_search(queries, k)
+        if not queries:
+            return []
+        with Stopwatch() as watch:
+            hits, model_calls = self.top(queries, min(k, len(self.passages)), **options)
+        found = [Candidates(q, take_passages(self.passages, positions), [float(s) for s in scores])
+                 for q, (positions, scores) in zip(queries, hits)]
+        return record_costs(self.search_label, [Candidates(q, [], []) for q in queries], found, watch.seconds,
+                            model_calls=model_calls, passages_scored=len(self.passages),
+                            settings=self.search_settings(model_calls))
+
+    top: Callable[..., tuple[list[tuple[Any, Any]], int]]
+    """``top(queries, k, **its own options)``: each query's top ``k`` as (positions, scores), best
+    first, and the model calls spent (every kind defines it; :meth:`search` calls it)."""
+
+    def search_settings(self, model_calls: int) -> dict[str, str] | None:
+        """How the search ran, for the trace (an encoder's precision and threads), or None."""
+        return None
 
     @abstractmethod
     def save(self, folder: str | Path) -> Path:

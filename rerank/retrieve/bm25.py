@@ -14,18 +14,17 @@ import math
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 from tqdm.auto import tqdm
 
 from rerank.atomic import atomic_directory
-from rerank.costs import Stopwatch, record_costs
 from rerank.errors import BadIndexError
 from rerank.order import top_k_positions
 from rerank.registry import Registry
 from rerank.retrieve.base import Index, check_search, parameter
-from rerank.retrieve.docstore import open_index_passages, store_for_index, take_passages
+from rerank.retrieve.docstore import open_index_passages, store_for_index
 from rerank.retrieve.store import (
     corpus_fingerprint,
     library_versions,
@@ -34,7 +33,7 @@ from rerank.retrieve.store import (
     write_manifest,
 )
 from rerank.tokenize import CHINESE_SEGMENTATIONS, LANGUAGES, Tokenizer
-from rerank.types import Candidates, Passage, Query
+from rerank.types import Passage, Query
 
 KIND = "bm25"
 METHODS = ("lucene", "robertson", "atire", "bm25l", "bm25+")
@@ -255,30 +254,26 @@ class BM25Index(Index, kind=KIND):
         check_search(queries, 1)
         return self.tokenizer([q.search_text for q in queries])
 
-    def search(self, queries: Sequence[Query], k: int = 100, *, batch_size: int = 1024,
-               progress: bool = False) -> list[Candidates]:
-        """The top ``k`` passages per query, best first; equal scores in collection order (the
-        tie rule of :mod:`rerank.order`), whichever backend scores them.
+    @property
+    def search_label(self) -> str:  # type: ignore[override]  # the backend names the search
+        return f"bm25[{self.backend.name}]"
 
-        Only passages that match at least one query term are returned, so a query made only of
-        stopwords or unknown words gets an empty candidate list (as in Lucene).
-        """
-        check_search(queries, k)
-        k = min(k, len(self.passages))
-        out: list[Candidates] = []
+    def top(self, queries: Sequence[Query], k: int, *, batch_size: int = 1024,
+            progress: bool = False) -> tuple[list[tuple[Any, Any]], int]:
+        """The top ``k`` passages per query; equal scores in collection order (the tie rule of
+        :mod:`rerank.order`), whichever backend scores them. Only passages that match at least
+        one query term are returned, so a query made only of stopwords or unknown words gets an
+        empty candidate list (as in Lucene). Queries are tokenized ``batch_size`` at a time."""
+        hits = []
         for start in tqdm(range(0, len(queries), batch_size), desc="BM25 search", unit="batch",
                           disable=not progress or len(queries) <= batch_size):
             chunk = list(queries[start:start + batch_size])
-            found = []
-            with Stopwatch() as watch:
-                for query, tokens in zip(chunk, self.tokenize_queries(chunk)):
-                    scores = self.backend.scores(tokens)
-                    top = top_k_positions(scores, k)
-                    top = top[scores[top] > 0]
-                    found.append(Candidates(query, take_passages(self.passages, top), [float(s) for s in scores[top]]))
-            out += record_costs(f"bm25[{self.backend.name}]", [Candidates(q, [], []) for q in chunk], found,
-                                watch.seconds, passages_scored=len(self.passages))
-        return out
+            for tokens in self.tokenize_queries(chunk):
+                scores = self.backend.scores(tokens)
+                positions = top_k_positions(scores, k)
+                positions = positions[scores[positions] > 0]
+                hits.append((positions, scores[positions]))
+        return hits, 0
 
     def score(self, query: Query, doc_ids: Sequence[str]) -> list[float]:
         """BM25 scores of the given passages for ``query`` (for re-scoring candidates)."""

@@ -10,16 +10,16 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from rerank.atomic import atomic_directory
-from rerank.costs import Stopwatch, record_costs
 from rerank.encoders.dense import BiEncoder
 from rerank.errors import BadIndexError
 from rerank.precision import CHOICES
-from rerank.retrieve.base import Index, check_search, parameter
-from rerank.retrieve.docstore import open_index_passages, store_for_index, take_passages
+from rerank.retrieve.base import Index, parameter
+from rerank.retrieve.docstore import open_index_passages, store_for_index
 from rerank.retrieve.store import (
     corpus_fingerprint,
     library_versions,
@@ -27,7 +27,7 @@ from rerank.retrieve.store import (
     unique_passages,
     write_manifest,
 )
-from rerank.types import Candidates, Passage, Query
+from rerank.types import Passage, Query
 
 KIND = "dense"
 
@@ -140,37 +140,33 @@ class DenseIndex(Index, kind=KIND):
             raise ValueError(f"{vectors.shape[0]} vectors for {len(passages)} passages")
         return cls(passages, encoder, build_faiss(vectors, factory), vectors, factory, corpus_fingerprint(passages))
 
-    def search(self, queries: Sequence[Query], k: int = 100, *, ef_search: int | None = None,
-               nprobe: int | None = None, query_vectors: np.ndarray | None = None) -> list[Candidates]:
-        """The top ``k`` passages per query by inner product, best first; equal scores in
-        collection order (the tie rule of :mod:`rerank.order`), also across the cut.
+    @property
+    def search_label(self) -> str:  # type: ignore[override]  # the FAISS factory names the search
+        return f"dense[{self.factory}]"
 
-        ``ef_search`` (HNSW) and ``nprobe`` (IVF) trade speed for recall; ``query_vectors``
-        skips query encoding when the caller already has them.
-        """
+    def top(self, queries: Sequence[Query], k: int, *, ef_search: int | None = None, nprobe: int | None = None,
+            query_vectors: np.ndarray | None = None) -> tuple[list[tuple[Any, Any]], int]:
+        """The top ``k`` passages per query by inner product; equal scores in collection order
+        (the tie rule of :mod:`rerank.order`), also across the cut. ``ef_search`` (HNSW) and
+        ``nprobe`` (IVF) trade speed for recall; ``query_vectors`` skips query encoding when the
+        caller already has them."""
         import faiss
 
-        check_search(queries, k)
-        if not queries:
-            return []
         model_calls = 0
-        with Stopwatch() as watch:
-            if query_vectors is None:
-                calls_before = self.encoder.forward_calls
-                query_vectors = self.encoder.encode_queries([q.search_text for q in queries])
-                model_calls = self.encoder.forward_calls - calls_before
-            params = faiss.ParameterSpace()
-            if ef_search is not None:
-                params.set_index_parameter(self.faiss, "efSearch", ef_search)
-            if nprobe is not None:
-                params.set_index_parameter(self.faiss, "nprobe", nprobe)
-            query_vectors = np.ascontiguousarray(query_vectors, dtype=np.float32)
-            ranked = self._search_many(query_vectors, min(k, len(self.passages)))
-        found = [Candidates(q, take_passages(self.passages, row), [float(s) for s in score])
-                 for q, (row, score) in zip(queries, ranked)]
-        return record_costs(f"dense[{self.factory}]", [Candidates(q, [], []) for q in queries], found, watch.seconds,
-                            model_calls=model_calls, passages_scored=len(self.passages),
-                            settings=self.encoder.runtime_settings() if model_calls else None)
+        if query_vectors is None:
+            calls_before = self.encoder.forward_calls
+            query_vectors = self.encoder.encode_queries([q.search_text for q in queries])
+            model_calls = self.encoder.forward_calls - calls_before
+        params = faiss.ParameterSpace()
+        if ef_search is not None:
+            params.set_index_parameter(self.faiss, "efSearch", ef_search)
+        if nprobe is not None:
+            params.set_index_parameter(self.faiss, "nprobe", nprobe)
+        return self._search_many(np.ascontiguousarray(query_vectors, dtype=np.float32), k), model_calls
+
+    def search_settings(self, model_calls: int) -> dict[str, str] | None:
+        """The query encoder's precision and threads, when it ran."""
+        return self.encoder.runtime_settings() if model_calls else None
 
     def _search_many(self, query_vectors: np.ndarray, k: int) -> list[tuple[np.ndarray, np.ndarray]]:
         """One FAISS call for all queries, asking one result more than ``k`` so a tie across the

@@ -5,17 +5,17 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
 from rerank.atomic import atomic_directory
-from rerank.costs import Stopwatch, record_costs
 from rerank.encoders.sparse import SpladeEncoder
 from rerank.errors import BadIndexError
 from rerank.order import top_k_positions
 from rerank.precision import CHOICES
-from rerank.retrieve.base import Index, check_search, parameter
-from rerank.retrieve.docstore import open_index_passages, store_for_index, take_passages
+from rerank.retrieve.base import Index, parameter
+from rerank.retrieve.docstore import open_index_passages, store_for_index
 from rerank.retrieve.store import corpus_fingerprint, library_versions, read_manifest, unique_passages, write_manifest
-from rerank.types import Candidates, Passage, Query
+from rerank.types import Passage, Query
 
 KIND = "splade"
 
@@ -80,23 +80,23 @@ class SpladeIndex(Index, kind=KIND):
         matrix = encoder.encode([p.full_text for p in passages], progress=progress)
         return cls(passages, encoder, matrix, corpus_fingerprint(passages), encoder.max_length)
 
-    def search(self, queries: Sequence[Query], k: int = 100) -> list[Candidates]:
-        """The top ``k`` passages per query by sparse dot product, best first (matches only)."""
-        check_search(queries, k)
-        if not queries:
-            return []
-        found = []
-        with Stopwatch() as watch:
-            calls_before = self.encoder.forward_calls
-            query_matrix = self.encoder.encode([q.search_text for q in queries])
-            model_calls = self.encoder.forward_calls - calls_before
-            for query, row in zip(queries, (query_matrix @ self.matrix.T).toarray()):
-                best = top_k_positions(row, k)
-                best = best[row[best] > 0]
-                found.append(Candidates(query, take_passages(self.passages, best), [float(row[i]) for i in best]))
-        return record_costs("splade", [Candidates(q, [], []) for q in queries], found, watch.seconds,
-                            model_calls=model_calls, passages_scored=len(self.passages),
-                            settings=self.encoder.runtime_settings() if model_calls else None)
+    search_label = "splade"
+
+    def top(self, queries: Sequence[Query], k: int) -> tuple[list[tuple[Any, Any]], int]:
+        """The top ``k`` passages per query by sparse dot product (passages sharing a term only)."""
+        calls_before = self.encoder.forward_calls
+        query_matrix = self.encoder.encode([q.search_text for q in queries])
+        model_calls = self.encoder.forward_calls - calls_before
+        hits = []
+        for row in (query_matrix @ self.matrix.T).toarray():
+            positions = top_k_positions(row, k)
+            positions = positions[row[positions] > 0]
+            hits.append((positions, row[positions]))
+        return hits, model_calls
+
+    def search_settings(self, model_calls: int) -> dict[str, str] | None:
+        """The query encoder's precision and threads, when it ran."""
+        return self.encoder.runtime_settings() if model_calls else None
 
     def save(self, folder: str | Path) -> Path:
         """Write the vectors, passages and manifest atomically."""

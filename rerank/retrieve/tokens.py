@@ -16,14 +16,14 @@ from typing import Any
 import numpy as np
 
 from rerank.atomic import atomic_directory
-from rerank.costs import Stopwatch, record_costs
 from rerank.encoders.tokens import WINDOWS, ColBERTEncoder
 from rerank.errors import BadIndexError
+from rerank.order import top_k_positions
 from rerank.precision import CHOICES
-from rerank.retrieve.base import Index, check_search, parameter
-from rerank.retrieve.docstore import open_index_passages, store_for_index, take_passages
+from rerank.retrieve.base import Index, parameter
+from rerank.retrieve.docstore import open_index_passages, store_for_index
 from rerank.retrieve.store import corpus_fingerprint, library_versions, read_manifest, unique_passages, write_manifest
-from rerank.types import Candidates, Passage, Query
+from rerank.types import Passage, Query
 
 KIND = "colbert"
 
@@ -138,23 +138,20 @@ class TokenEmbeddingIndex(Index, kind=KIND):
                                            stride=int(self.settings["stride"]) if "stride" in self.settings else None)
         return self._encoder
 
-    def search(self, queries: Sequence[Query], k: int = 100) -> list[Candidates]:
-        """The top ``k`` passages per query by MaxSim over every stored passage (exhaustive)."""
-        from rerank.order import top_k_positions
+    search_label = "colbert[exhaustive]"
 
-        check_search(queries, k)
-        if not queries:
-            return []
-        found = []
-        with Stopwatch() as watch:
-            encoded = self.encoder.encode_queries([q.search_text for q in queries])
-            for query, vectors in zip(queries, encoded):
-                totals = self.maxsim_all(vectors)
-                positions = top_k_positions(totals, min(k, len(self.passages)))
-                found.append(Candidates(query, take_passages(self.passages, positions),
-                                        [float(totals[i]) for i in positions]))
-        return record_costs("colbert[exhaustive]", [Candidates(q, [], []) for q in queries], found, watch.seconds,
-                            passages_scored=len(self.passages), settings=self.encoder.runtime_settings())
+    def top(self, queries: Sequence[Query], k: int) -> tuple[list[tuple[Any, Any]], int]:
+        """The top ``k`` passages per query by MaxSim over every stored passage (exhaustive)."""
+        hits = []
+        for vectors in self.encoder.encode_queries([q.search_text for q in queries]):
+            totals = self.maxsim_all(vectors)
+            positions = top_k_positions(totals, k)
+            hits.append((positions, totals[positions]))
+        return hits, 0
+
+    def search_settings(self, model_calls: int) -> dict[str, str] | None:
+        """The query encoder's precision and threads."""
+        return self.encoder.runtime_settings()
 
     def maxsim_all(self, query: np.ndarray, block_tokens: int = 1 << 18) -> np.ndarray:
         """MaxSim of ``query`` (``[query tokens, dim]``) with every passage (its best window's),
