@@ -164,6 +164,41 @@ def test_ready_waits_for_every_preloaded_model_while_health_answers_at_once(mode
         server.stop()
 
 
+def test_models_are_built_one_at_a_time_and_a_failed_load_is_a_clear_503(models, monkeypatch):
+    """Two lazy models asked at once were built in two threads together, and transformers'
+    process-wide loading patches could leave one on the meta device (a bare 500 in the soak test).
+    Here the builder only records overlap (the overlap itself is what the lock forbids)."""
+    import rerank.serve.models as hosting
+
+    real, active, overlaps = hosting.build_model, [0], []
+
+    def watched(spec, precision, score_cache=None):
+        active[0] += 1
+        overlaps.append(active[0])
+        threading.Event().wait(0.3)
+        try:
+            if spec.name == "broken":
+                raise RuntimeError("weights unreadable")
+            return real(spec, precision, score_cache)
+        finally:
+            active[0] -= 1
+
+    monkeypatch.setattr(hosting, "build_model", watched)
+    specs = [ModelSpec("a", models["ce"], preload=False), ModelSpec("b", models["ce2"], preload=False),
+             ModelSpec("broken", models["ce"], preload=False)]
+    with RerankServer(specs, SETTINGS) as server:
+        def ask(name):
+            return httpx.post(f"{server.url}/v2/rerank", json={"model": name, "query": QUERY, "documents": DOCS},
+                              timeout=60)
+
+        with ThreadPoolExecutor(2) as pool:
+            answers = list(pool.map(ask, ["a", "b"]))
+        broken = ask("broken")
+    assert [a.status_code for a in answers] == [200, 200]
+    assert max(overlaps) == 1
+    assert broken.status_code == 503 and "could not be loaded: RuntimeError: weights unreadable" in broken.text
+
+
 # -- API keys ------------------------------------------------------------------------------------
 BAD_CREDENTIALS = bad_credentials(KEY)
 

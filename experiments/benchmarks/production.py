@@ -435,8 +435,12 @@ def part_soak(folder: Path, seconds: int, users: int) -> dict:
 
         def touch(names) -> None:  # one small request each, in order: the last two stay loaded
             for name in names:
-                httpx.post(f"{url}/v2/rerank", json={"model": name, **bodies[0], "documents": bodies[0]["documents"][:5]},
-                           headers=auth, timeout=300).raise_for_status()
+                answer = httpx.post(f"{url}/v2/rerank", json={"model": name, **bodies[0],
+                                                              "documents": bodies[0]["documents"][:5]},
+                                    headers=auth, timeout=300)
+                if answer.status_code != 200:
+                    raise RuntimeError(f"model {name}: HTTP {answer.status_code} {answer.text[:300]}; the server's "
+                                       f"log ends: {stderr_path.read_text()[-3000:]}")
 
         def idle_rss() -> float:
             touch(["splade", "qwen3", "ce", "minilm"])  # every model loaded once more, then the same two kept

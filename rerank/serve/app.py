@@ -106,7 +106,11 @@ class Service:
         index, score) pairs, for a budgeted model what it chose (``cutoffs``, ``budget_ms``,
         ``predicted_ms``, ``fits``), the stages' trace, and the loaded model that answered."""
         host = host or self.host(request.model)
-        loaded = await host.acquire()
+        try:
+            loaded = await host.acquire()
+        except Exception as exc:  # logged by the host; the caller gets a clear answer, not a bare 500
+            raise RequestError(503, "model_unavailable", f"model {host.name!r} could not be loaded: "
+                                                         f"{type(exc).__name__}: {exc}; retry later") from None
         try:
             return (*await self._rerank(host, loaded, request, arrived), loaded)
         finally:

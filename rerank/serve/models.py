@@ -12,6 +12,7 @@ import asyncio
 import gc
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -31,6 +32,12 @@ if TYPE_CHECKING:
     from rerank.tuning.costs import CostModel
 
 log = logging.getLogger(__name__)
+
+_BUILDING = threading.Lock()
+"""One model is built at a time in the process: transformers (through accelerate's
+``init_empty_weights``) patches torch's module constructors process-wide while it loads, so a
+model built in another thread meanwhile can come out on the meta device ("Cannot copy out of
+meta tensor"), as a reload under load did in the soak test."""
 
 
 class ServiceError(RerankError):
@@ -180,7 +187,8 @@ class ModelHost:
     # -- loading ------------------------------------------------------------------------------
     def _build(self) -> _Loaded:
         began = time.perf_counter()
-        pipeline, own = build_model(self.spec, self.base_settings.precision, self.base_settings.score_cache)
+        with _BUILDING:
+            pipeline, own = build_model(self.spec, self.base_settings.precision, self.base_settings.score_cache)
         check_servable(pipeline)
         settings = self.base_settings.override(**own) if own else self.base_settings
         invariance: list = []
@@ -241,6 +249,7 @@ class ModelHost:
             loaded = await loop.run_in_executor(None, self._build)
         except Exception as exc:
             self.failure = f"{type(exc).__name__}: {exc}"
+            log.exception("model %s failed to load", self.name)
             raise
         self.failure = None
         await loaded.batcher.start()
