@@ -462,7 +462,7 @@ def test_cli_serve_answers_then_stops_on_sigterm(tmp_path, tiny_ce_path, tiny_ce
             assert time.monotonic() < deadline, "server did not come up"
             time.sleep(0.2)
         answer = httpx.post(f"{url}/rerank", json={"query": "what is fever", "documents": ["a", "b", "c"],
-                                                   "raw_scores": True})
+                                                   "raw_scores": True}, timeout=120)  # its model may still load
         expected = tiny_ce.score(query_of("what is fever"), passages_of(["a", "b", "c"]))
         assert {r["index"]: r["relevance_score"] for r in answer.json()["results"]} == {
             i: pytest.approx(s, abs=1e-5) for i, s in enumerate(expected)}
