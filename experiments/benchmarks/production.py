@@ -475,7 +475,8 @@ def part_soak(folder: Path, seconds: int, users: int) -> dict:
             exit_codes.append(done.returncode)
             with open(f"{prefix}_stats.csv") as handle:
                 halves.append({row["Name"]: row for row in csv.DictReader(handle)})
-            idle.append(idle_rss())
+            # a short (--quick) soak judges no memory growth: no reload of every model for an idle figure
+            idle.append(idle_rss() if seconds >= 60 else _rss_mb(server.pid))
         stop.set()
         sampler.join()
         listed = {m["id"]: m for m in httpx.get(f"{url}/v1/models", headers=auth).json()["data"]}
