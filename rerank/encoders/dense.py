@@ -15,10 +15,9 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from rerank.hardware import apply_threads
+from rerank.encoders.hf import HFEncoder
 from rerank.hf_tokenizer import tokenize
-from rerank.models import resolve
-from rerank.precision import BATCH_SHAPES, calibration_dot_scores, prepare_model
+from rerank.precision import BATCH_SHAPES, calibration_dot_scores
 
 POOLINGS = ("mean", "cls", "max", "lasttoken")
 
@@ -27,7 +26,7 @@ def _read_json(path: Path) -> Any:
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
 
 
-class BiEncoder:
+class BiEncoder(HFEncoder):
     """Encode queries and passages into dense vectors (float32, one row per text).
 
     ``model`` is a short name from :mod:`rerank.models`, a Hugging Face id or a local path.
@@ -42,16 +41,8 @@ class BiEncoder:
                  max_length: int | None = None, query_prefix: str = "", passage_prefix: str = "",
                  device: str = "cpu", precision: str = "auto", threads: int | None = None) -> None:
         import torch
-        from transformers import AutoModel, AutoTokenizer
 
-        self.name = model
-        self.path = resolve(model)
-        self.tokenizer = AutoTokenizer.from_pretrained(self.path)
-        self.threads = apply_threads(threads)
-        self.model = AutoModel.from_pretrained(self.path).to(device).eval()
-        self.forward_calls = 0
-        self.last_lengths: list[int] = []
-        self.device = device
+        self.model = self.load(model, "AutoModel", device=device, threads=threads)
         st_pooling, st_normalize, st_max = self._sentence_transformers_config(Path(self.path))
         self.pooling = pooling or st_pooling
         if self.pooling not in POOLINGS:
@@ -63,18 +54,11 @@ class BiEncoder:
         self.passage_prefix = passage_prefix
         self.dim = int(self.model.config.hidden_size)
         self._torch = torch
-        self.precision = "fp32"  # calibration encodes in fp32's batch shape
-        self.model, self.choice = prepare_model(self.model, precision, kind="bi-encoder", path=self.path,
-                                                scores_of=self._calibration_scores)
-        self.precision = self.choice.precision
+        self.model = self.settle_precision(self.model, precision, "bi-encoder", self._calibration_scores)
 
     def _calibration_scores(self, net) -> np.ndarray:
         return calibration_dot_scores(lambda texts: self.encode_queries(texts, net=net),
                                       lambda texts: self.encode_passages(texts, net=net))
-
-    def runtime_settings(self) -> dict[str, str]:
-        """Precision and threads, with the reasons, for traces and index manifests."""
-        return self.choice.as_settings(self.threads)
 
     @staticmethod
     def _sentence_transformers_config(folder: Path) -> tuple[str, bool, int | None]:

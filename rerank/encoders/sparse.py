@@ -11,13 +11,12 @@ from collections.abc import Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
-from rerank.hardware import apply_threads
+from rerank.encoders.hf import HFEncoder
 from rerank.hf_tokenizer import tokenize
-from rerank.models import resolve
-from rerank.precision import calibration_dot_scores, prepare_model
+from rerank.precision import calibration_dot_scores
 
 
-class SpladeEncoder:
+class SpladeEncoder(HFEncoder):
     """Encode texts into sparse SPLADE vectors with any ``AutoModelForMaskedLM`` checkpoint.
 
     ``model``: a short name (``splade-tiny``), Hugging Face id or path. Batches are capped by
@@ -30,31 +29,17 @@ class SpladeEncoder:
     def __init__(self, model: str = "splade-tiny", *, max_length: int = 256, max_batch_tokens: int = 2048,
                  device: str = "cpu", precision: str = "auto", threads: int | None = None) -> None:
         import torch
-        from transformers import AutoModelForMaskedLM, AutoTokenizer
 
-        self.name = model
-        self.path = resolve(model)
-        self.tokenizer = AutoTokenizer.from_pretrained(self.path)
-        self.threads = apply_threads(threads)
-        self.model = AutoModelForMaskedLM.from_pretrained(self.path).to(device).eval()
+        self.model = self.load(model, "AutoModelForMaskedLM", device=device, threads=threads)
         self.max_length = min(max_length, int(getattr(self.model.config, "max_position_embeddings", 512)))
         self.max_batch_tokens = max_batch_tokens
         self.vocab_size = int(self.model.config.vocab_size)
-        self.device = device
-        self.forward_calls = 0
-        self.last_lengths: list[int] = []
         self._torch = torch
-        self.model, self.choice = prepare_model(self.model, precision, kind="splade", path=self.path,
-                                                scores_of=self._calibration_scores)
-        self.precision = self.choice.precision
+        self.model = self.settle_precision(self.model, precision, "splade", self._calibration_scores)
 
     def _calibration_scores(self, net) -> np.ndarray:
         encode = lambda texts: self.encode(texts, net=net)  # noqa: E731
         return calibration_dot_scores(encode, encode)
-
-    def runtime_settings(self) -> dict[str, str]:
-        """Precision and threads, with the reasons, for traces and index manifests."""
-        return self.choice.as_settings(self.threads)
 
     def config_reference(self) -> str:
         """How a pipeline config names this encoder: its model name (short name, Hub id or path)."""

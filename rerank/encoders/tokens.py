@@ -24,10 +24,10 @@ from typing import Any
 
 import numpy as np
 
-from rerank.hardware import apply_threads
+from rerank.encoders.hf import HFEncoder
 from rerank.hf_tokenizer import tokenize
-from rerank.models import quiet_transformers, resolve
-from rerank.precision import calibration_pairs, prepare_model
+from rerank.models import resolve
+from rerank.precision import calibration_pairs
 from rerank.recipes import Recipe, RecipeError, register_recipe
 
 COLBERT = register_recipe(Recipe(
@@ -72,7 +72,7 @@ def checkpoint_settings(folder: Path) -> dict[str, Any]:
     return found
 
 
-class ColBERTEncoder:
+class ColBERTEncoder(HFEncoder):
     """A ColBERT checkpoint as token-vector encoders (see the module docstring).
 
     ``query_length``/``document_length``: tokens per query (after augmentation) and at most per
@@ -89,14 +89,10 @@ class ColBERTEncoder:
                  threads: int | None = None, device: str = "cpu", windows: str = "first",
                  stride: int | None = None) -> None:
         import torch
-        from transformers import AutoModel, AutoTokenizer
 
         if windows not in WINDOWS:
             raise ValueError(f"windows must be one of {', '.join(WINDOWS)}, got {windows!r}")
-        self.name = model
-        self.path = resolve(model)
-        folder = Path(self.path)
-        self.threads = apply_threads(threads)
+        folder = Path(resolve(model))
         settings = {**recipe.options, "document_length": recipe.max_length, **checkpoint_settings(folder)}
         self.query_length = int(query_length or settings["query_length"])
         self.document_length = int(document_length or settings["document_length"])
@@ -108,9 +104,7 @@ class ColBERTEncoder:
         if not 0 < self.stride <= span:
             raise ValueError(f"stride must be between 1 and document_length - 3 ({span}), got {stride}")
         self.attend_to_masks = bool(settings.get("attend_to_mask_tokens", False))
-        with quiet_transformers():
-            self.tokenizer = AutoTokenizer.from_pretrained(self.path)
-            body = AutoModel.from_pretrained(self.path).to(device).eval()
+        body = self.load(model, "AutoModel", device=device, threads=threads)
         self.markers = [self._marker(str(settings["query_marker"])), self._marker(str(settings["document_marker"]))]
         weight = self._projection(folder, settings.get("dense_path"))
         linear = torch.nn.Linear(weight.shape[1], weight.shape[0], bias=False)
@@ -121,10 +115,8 @@ class ColBERTEncoder:
         punctuation = string.punctuation if settings.get("mask_punctuation", True) else ""
         self.skip = {int(self.tokenizer(c, add_special_tokens=False)["input_ids"][0]) for c in punctuation
                      if self.tokenizer(c, add_special_tokens=False)["input_ids"]}
-        self.batch_size, self.device = batch_size, device
-        self.net, self.choice = prepare_model(self.net, precision, kind="colbert", path=self.path,
-                                              scores_of=self._calibration_scores)
-        self.precision = self.choice.precision
+        self.batch_size = batch_size
+        self.net = self.settle_precision(self.net, precision, "colbert", self._calibration_scores)
 
     def _marker(self, marker: str) -> int:
         ids = self.tokenizer(marker.strip(), add_special_tokens=False)["input_ids"]
