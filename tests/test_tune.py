@@ -286,11 +286,11 @@ def test_tune_measures_again_when_a_disturbed_warm_up_fits_badly(setup):
     grid = {"k1": [5, 10, 20]}
 
     def spiky(spikes: set[int]):
-        machine = Machine(lambda calls: 4.0 if calls in spikes else 1.0)
+        machine = Machine(lambda calls: 10.0 if calls in spikes else 1.0)
         return bm25 % 30 >> OnMachine(0.001, 0.0, machine, "first") % "k1" >> OnMachine(0.001, 0.001, machine, "last",
                                                                                          tick=True)
 
-    # One call at k1=10 (the inner size) four times as slow and not near a reference: its mean is
+    # One call at k1=10 (the inner size) ten times as slow and not near a reference: its mean is
     # far off the line through the others, so tuning measures again and keeps the second model
     # (BM25 runs for real, inside the reference: its own timing noise stays in the correction).
     pipe = spiky({5})
