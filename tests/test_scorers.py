@@ -183,6 +183,23 @@ def test_bi_encoder_scorer_is_cosine_and_cached_vectors_agree(minilm, dl19_batch
                                       "precision": "fp32"}
 
 
+def test_a_bi_encoder_scorer_reads_texts_to_its_max_length(minilm):
+    from rerank.score.bi_encoder import BiEncoderScorer
+
+    short = BiEncoderScorer("minilm-l6", precision="fp32", max_length=12)
+    assert short.encoder.max_length == 12 and short.config()["max_length"] == 12
+    head = "the cat sat on the mat by the front door of the old house"
+    # Both texts are longer than twelve tokens ([CLS] and [SEP] among them): both are read as the
+    # same ten words, and the words added after them are never read.
+    padded = head + " while the dog barked at the postman for a very long time"
+    [ranked] = short([Candidates(Query("q", "where did the cat sit"), [Passage("a", head), Passage("b", padded)], [0.0, 0.0])])
+    assert ranked.scores[0] == pytest.approx(ranked.scores[1], abs=1e-6)
+    [full] = BiEncoderScorer(minilm)([Candidates(Query("q", "where did the cat sit"), [Passage("a", head), Passage("b", padded)], [0.0, 0.0])])
+    assert abs(full.scores[0] - full.scores[1]) > 1e-3
+
+
+
+
 @pytest.fixture(scope="module")
 def splade_index(dl19_batch, tmp_path_factory):
     from rerank.retrieve.splade import SpladeIndex

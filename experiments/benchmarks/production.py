@@ -240,8 +240,8 @@ def part_calibration(folder: Path, quick: bool, n_train: int | None, n_test: int
     scifact = open_dataset(DL19.parent / "scifact")
     corpus = scifact.corpus()
     bm25 = BM25Index.build(corpus.values(), progress=False)
-    # --quick: 10 train, 10 test and 10 DL19 queries, SPLADE reading passages to 128 tokens (a smoke
-    # run of the same code).
+    # --quick: 10 train, 10 test and 10 DL19 queries, both encoders reading passages to 128 tokens (a
+    # smoke run of the same code).
     n_train, n_test = (10, 10) if quick else (n_train, n_test)
     length = "max_length = 128\n" if quick else ""
     runs = {}
@@ -252,10 +252,10 @@ def part_calibration(folder: Path, quick: bool, n_train: int | None, n_test: int
         write_run(runs[split][1], folder / f"scifact-{split}.trec", tag="bm25")
     cache = folder / "scores.sqlite"
     configs = {
-        "minilm": 'pipeline = "minilm"\n\n[stages.minilm]\nkind = "bi-encoder"\nmodel = "minilm-l6"\n',
+        "minilm": f'pipeline = "minilm"\n\n[stages.minilm]\nkind = "bi-encoder"\nmodel = "minilm-l6"\n{length}',
         "splade": f'pipeline = "splade"\n\n[stages.splade]\nkind = "splade"\nmodel = "splade-tiny"\n{length}',
         "fused": ('pipeline = "fuse(minilm, splade, method=\'zscore\')"\n\n[stages.minilm]\nkind = "bi-encoder"\n'
-                  f'model = "minilm-l6"\n\n[stages.splade]\nkind = "splade"\nmodel = "splade-tiny"\n{length}'),
+                  f'model = "minilm-l6"\n{length}\n[stages.splade]\nkind = "splade"\nmodel = "splade-tiny"\n{length}'),
     }
     dl19_queries, dl19_corpus, dl19_run, dl19_qrels = dl19_workload()
     dl19_batch = []
@@ -309,12 +309,15 @@ def _pairs_per_second(scorer, pairs, rounds: int = 2) -> float:
 
 
 def _gaps(scorer, pairs, alone: int) -> dict[str, float]:
-    merged = scorer.predict(pairs[:64])
+    """Score differences of the first (up to) 64 pairs scored together, alone (the first ``alone``),
+    in batches of 8 and within all of ``pairs`` (the same call when there are no more than 64)."""
+    head = min(64, len(pairs))
+    merged = scorer.predict(pairs[:head])
     single = np.array([scorer.predict([p])[0] for p in pairs[:alone]])
-    eights = np.concatenate([scorer.predict(pairs[i:i + 8]) for i in range(0, 64, 8)])
-    everything = scorer.predict(pairs)
+    eights = np.concatenate([scorer.predict(pairs[i:i + 8]) for i in range(0, head, 8)])
+    everything = scorer.predict(pairs) if len(pairs) > head else scorer.predict(pairs[:head])
     return {"alone": float(np.abs(single - merged[:alone]).max()), "batch_8": float(np.abs(eights - merged).max()),
-            "batch_all": float(np.abs(everything[:64] - merged).max()),
+            "batch_all": float(np.abs(everything[:head] - merged).max()),
             "rankings_same": bool(np.array_equal(np.argsort(-single, kind="stable"),
                                                  np.argsort(-merged[:alone], kind="stable")))}
 
@@ -341,15 +344,16 @@ def part_invariance(folder: Path, quick: bool) -> dict:
 
     ce_folder = folder / "minilm-ce"
     requests = dl19_requests(1 if quick else 10, 100)
-    pairs = [(q, d) for q, docs, _, _ in requests for d in docs][:64 if quick else None]
+    pairs = [(q, d) for q, docs, _, _ in requests for d in docs][:32 if quick else None]
     today = CrossEncoder(str(ce_folder))  # today's auto: what the CPU is fastest at
     served, [report] = settle_invariance(CrossEncoder(str(ce_folder)))
     auto_rate, invariant_rate = 0.0, 0.0
     for _ in range(2):  # interleaved, so that a slow spell of the machine hits both alike
         auto_rate = max(auto_rate, _pairs_per_second(today, pairs, rounds=1))
         invariant_rate = max(invariant_rate, _pairs_per_second(served, pairs, rounds=1))
-    served_requests = [(q, docs[i:i + 12]) for q, docs, _, _ in requests[:1] for i in range(0, 96, 12)]
-    gaps = _gaps(served, pairs, 24 if quick else 50)
+    size = 6 if quick else 12  # 8 requests of one query's passages
+    served_requests = [(q, docs[i:i + size]) for q, docs, _, _ in requests[:1] for i in range(0, 8 * size, size)]
+    gaps = _gaps(served, pairs, 12 if quick else 50)
     gaps["service_merged"] = _served_gap(served, served_requests)
     rows = [{"precision": f"{today.precision} (auto)", "path kept": report.path, "gap as loaded": f"{report.loaded_gap:.1e}",
              "alone": f"{gaps['alone']:.1e}", "batch 8": f"{gaps['batch_8']:.1e}", "all": f"{gaps['batch_all']:.1e}",
@@ -367,13 +371,13 @@ def part_invariance(folder: Path, quick: bool) -> dict:
             print("bf16 has no native kernels on this CPU (emulated, several times slower than fp32; auto never picks "
                   "it here): skipped in --quick")
             continue
-        subset = pairs[:64] if quick or not (precision == "int8" or native_bf16) else pairs  # bf16 emulated: slow
+        subset = pairs if quick else pairs[:64] if not (precision == "int8" or native_bf16) else pairs  # bf16 emulated: slow
         plain = CrossEncoder(str(ce_folder), precision=precision)
         plain_rate = _pairs_per_second(plain, subset, rounds=1)
-        loaded = _gaps(plain, subset, 16)
+        loaded = _gaps(plain, subset, 8 if quick else 16)
         plain.make_batch_invariant()
         rate = _pairs_per_second(plain, subset, rounds=1)
-        fixed = _gaps(plain, subset, 16)
+        fixed = _gaps(plain, subset, 8 if quick else 16)
         others[precision] = {"gap_as_loaded": max(loaded["alone"], loaded["batch_8"]),
                              "gap_invariant": max(fixed["alone"], fixed["batch_8"], fixed["batch_all"]),
                              "invariant_vs_loaded": rate / plain_rate, "invariant_vs_auto": rate / auto_rate,
@@ -408,7 +412,8 @@ def part_soak(folder: Path, seconds: int, users: int) -> dict:
         port = sock.getsockname()[1]
     keys = folder / "soak-keys.txt"
     keys.write_text(f"search:{hash_key(KEY)}\nbatch:{hash_key(OTHER)}\n")
-    bodies = [{"query": q, "documents": docs} for q, docs, _, _ in dl19_requests(20, 50)]
+    long_soak = seconds >= 60  # a short (--quick) soak judges no memory growth: one half, small requests
+    bodies = [{"query": q, "documents": docs} for q, docs, _, _ in dl19_requests(20, 50 if long_soak else 10)]
     (folder / "bodies.json").write_text(json.dumps(bodies))
     models = {"ce": folder / "minilm-ce", "minilm": "minilm-l6", "splade": "splade-tiny", "qwen3": folder / "qwen3-tiny"}
     weights = {"ce": 45, "minilm": 45, "splade": 5, "qwen3": 5}  # two busy models, two that come and go
@@ -416,6 +421,12 @@ def part_soak(folder: Path, seconds: int, users: int) -> dict:
     command = [sys.executable, "-m", "rerank.cli", "serve", "--port", str(port), "--api-keys", str(keys),
                "--max-loaded-models", "2", "--log-level", "warning", "--max-queue", "512",
                *[arg for name, source in models.items() for arg in ("--model", f"{name}={source}")]]
+    if not long_soak:  # quick: the two models that come and go load on first use, inside the soak
+        service = folder / "soak-service.toml"
+        service.write_text("[models]\n" + "".join(
+            f'{name} = {{source = "{source}", preload = {"true" if weights[name] > 10 else "false"}}}\n'
+            for name, source in models.items()))
+        command = [*command[:command.index("--model")], "--pipeline", str(service)]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     with open(stderr_path, "w") as stderr:
         server = subprocess.Popen(command, env=env, stderr=stderr)
@@ -448,7 +459,7 @@ def part_soak(folder: Path, seconds: int, users: int) -> dict:
             return _rss_mb(server.pid)
 
         # after the first loads and calls, which allocate what stays (caches, kernels); --quick skips it
-        rss_start = idle_rss() if seconds >= 60 else _rss_mb(server.pid)
+        rss_start = idle_rss() if long_soak else _rss_mb(server.pid)
         samples: list[tuple[float, float]] = []
         stop = threading.Event()
 
@@ -465,18 +476,18 @@ def part_soak(folder: Path, seconds: int, users: int) -> dict:
         # Two halves: the first sets the allocator's high-water marks (the largest batches), the
         # second must not grow past them (a leak would).
         halves, exit_codes, idle = [], [], []
-        for half in ("first", "second"):
+        for half in ("first", "second") if long_soak else ("only",):
             prefix = folder / f"soak-{half}"
             done = subprocess.run([sys.executable, "-m", "locust", "-f",
                                    str(Path(__file__).with_name("_locust_production.py")), "--headless", "-u", str(users),
-                                   "-r", str(users), "-t", f"{seconds // 2}s", "--host", url, "--csv", str(prefix),
+                                   "-r", str(users), "-t", f"{seconds // 2 if long_soak else seconds}s", "--host", url,
+                                   "--csv", str(prefix),
                                    "--only-summary", "--loglevel", "WARNING"], env=locust_env, capture_output=True,
                                   text=True)
             exit_codes.append(done.returncode)
             with open(f"{prefix}_stats.csv") as handle:
                 halves.append({row["Name"]: row for row in csv.DictReader(handle)})
-            # a short (--quick) soak judges no memory growth: no reload of every model for an idle figure
-            idle.append(idle_rss() if seconds >= 60 else _rss_mb(server.pid))
+            idle.append(idle_rss() if long_soak else _rss_mb(server.pid))
         stop.set()
         sampler.join()
         listed = {m["id"]: m for m in httpx.get(f"{url}/v1/models", headers=auth).json()["data"]}
@@ -493,7 +504,7 @@ def part_soak(folder: Path, seconds: int, users: int) -> dict:
             total["50%"].append(row["50%"])
             total["99%"].append(row["99%"])
     requests, failures = stats["Aggregated"]["Request Count"], stats["Aggregated"]["Failure Count"]
-    rss_mid, rss_after = idle
+    rss_mid, rss_after = idle if long_soak else (rss_start, idle[0])
     growth = rss_after / rss_mid
     unloads = sum(m["unloads"] for m in listed.values())
     log_text = stderr_path.read_text()

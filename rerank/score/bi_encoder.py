@@ -22,6 +22,8 @@ class BiEncoderScorer(StoredVectorScorer, kind="bi-encoder"):
     encoded. Passages missing from it are encoded on the fly (and counted in the trace).
     ``precision``: ``auto`` (default), ``fp32``, ``bf16`` or ``int8`` for the encoder this scorer
     loads (see :mod:`rerank.precision`); a loaded encoder or index object keeps its own.
+    ``max_length``: the tokens a text is read to by the encoder this scorer loads (default: the
+    model's own limit); a loaded encoder or an index's encoder keeps its own.
     """
 
     model_family = "bi-encoder"
@@ -29,8 +31,9 @@ class BiEncoderScorer(StoredVectorScorer, kind="bi-encoder"):
     index_class = DenseIndex
 
     def __init__(self, model: str | BiEncoder = "minilm-l6", *, index=None, precision: str = "auto",
-                 batch_size: int = 64, name: str | None = None) -> None:
-        self.attach(model, index, precision, BiEncoder, lambda: BiEncoder(model, precision=precision))  # type: ignore[arg-type]
+                 batch_size: int = 64, max_length: int | None = None, name: str | None = None) -> None:
+        self.attach(model, index, precision, BiEncoder,
+                    lambda: BiEncoder(model, precision=precision, max_length=max_length))  # type: ignore[arg-type]
         if self.index is not None and self.index.embeddings.shape[1] != self.encoder.dim:
             raise ValueError(f"index vectors have {self.index.embeddings.shape[1]} dimensions, the model "
                              f"{self.encoder.dim}")

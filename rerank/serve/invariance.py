@@ -4,8 +4,8 @@ share its micro-batch.
 A passage's score can move with its batch: padding to the batch's longest input changes the
 kernels' shapes, a small batch takes other code paths, and dynamic int8 takes one activation
 scale per call from all of its rows. :func:`settle_invariance` measures each model stage of a
-served pipeline at load (a sample of pairs scored alone, merged 8 requests at a time and 64 at a
-time, as the service merges them) and keeps the fastest way that stays within ``tolerance``:
+served pipeline at load (32 pairs scored alone, merged 8 requests at a time and all together, as
+the service merges them; a few seconds a model) and keeps the fastest way that stays within ``tolerance``:
 
 1. as loaded (fp32 on most CPUs is already within about 1e-7);
 2. the stage's batch-invariant path (kernel shapes fixed by each pair itself; int8 with fixed
@@ -48,7 +48,7 @@ class InvarianceReport:
         return self.path != "none"
 
 
-def _sample(size: int = 64) -> list[Candidates]:
+def _sample(size: int = 32) -> list[Candidates]:
     from rerank.precision import calibration_pairs
 
     pairs = calibration_pairs()[:size]
@@ -60,9 +60,9 @@ def _scores(stage: Stage, batch: Sequence[Candidates]) -> np.ndarray:
     return np.concatenate([np.asarray(v, dtype=np.float64).reshape(-1) for v in values])
 
 
-def batch_gap(stage: Stage, sample: Sequence[Candidates] | None = None, alone: int = 16) -> float:
+def batch_gap(stage: Stage, sample: Sequence[Candidates] | None = None, alone: int = 8) -> float:
     """The largest score difference of the sample's pairs scored alone (the first ``alone``),
-    merged 8 requests at a time and all (64) in one call."""
+    merged 8 requests at a time and all (32) in one call."""
     sample = list(sample or _sample())
     merged = _scores(stage, sample)
     eights = np.concatenate([_scores(stage, sample[i:i + 8]) for i in range(0, len(sample), 8)])
