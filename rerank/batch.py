@@ -12,14 +12,21 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sqlite3
+import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from rerank.data.candidates import passages_by_id
+from rerank.data.detect import read_queries
+from rerank.data.jsonl import candidates_to_json, iter_candidates
+from rerank.data.run_groups import RunGroups
 from rerank.data.trec import format_score
 from rerank.errors import DataError, RerankError
+from rerank.retrieve.docstore import DocStore
 from rerank.types import Candidates, StageCost
 
 FORMATS = ("trec", "jsonl")
@@ -52,8 +59,6 @@ def output_format(path: str | Path, fmt: str | None = None) -> str:
 def output_lines(cands: Candidates, fmt: str, tag: str) -> list[str]:
     """The lines ``cands`` takes in a batch job's output (TREC run lines, or one JSONL line)."""
     if fmt == "jsonl":
-        from rerank.data.jsonl import candidates_to_json
-
         return [candidates_to_json(cands) + "\n"]
     return [f"{cands.query.id} Q0 {p.id} {rank} {format_score(score)} {tag}\n"
             for rank, (p, score) in enumerate(zip(cands.passages, cands.scores), start=1)]
@@ -119,9 +124,6 @@ def stream_inputs(*, candidates: str | Path | None = None, run: str | Path | Non
     (the run's passages are read into memory), or ``queries`` alone (for a pipeline that
     retrieves). ``depth`` keeps each query's top candidates; an ungrouped run is grouped on disk
     in ``workdir``."""
-    from rerank.data.detect import read_queries
-    from rerank.data.jsonl import iter_candidates
-
     if candidates:
         if run or corpus or docstore:
             raise RerankError("give either candidates (JSONL with texts) or a run with a corpus, not both")
@@ -134,7 +136,6 @@ def stream_inputs(*, candidates: str | Path | None = None, run: str | Path | Non
         return Inputs(list(by_id), lambda: (Candidates(q, [], []) for q in by_id.values()))
     if bool(corpus) == bool(docstore):
         raise RerankError("a run needs the passages' text: give a docstore (or a corpus), exactly one")
-    from rerank.data.run_groups import RunGroups
 
     groups = RunGroups(Path(run), skip_bad=skip_bad, workdir=Path(workdir) if workdir else None)
     unknown = sorted(q for q in groups.query_ids if q not in by_id)
@@ -153,8 +154,6 @@ def stream_inputs(*, candidates: str | Path | None = None, run: str | Path | Non
 
 
 def _docstore_texts(docstore: str | Path, run: str | Path) -> Callable[[list[str], str, bool], dict]:
-    from rerank.retrieve.docstore import DocStore
-
     # Checksummed once here, in the driver: a flipped byte must not be served as passage text.
     # Ray actors reopen the store trusting this verified fingerprint (DocStore.__reduce__).
     store = DocStore.load(docstore, verify=True)
@@ -175,8 +174,6 @@ def _docstore_texts(docstore: str | Path, run: str | Path) -> Callable[[list[str
 
 
 def _corpus_texts(corpus, groups, depth, skip_missing, skip_bad, run) -> Callable[[list[str], str, bool], dict]:
-    from rerank.data.candidates import passages_by_id
-
     wanted = {d for _, ranked in groups for d, _ in (ranked[:depth] if depth else ranked)}
     passages = passages_by_id(corpus, wanted, skip_missing=skip_missing, skip_bad=skip_bad, source=run)
     return lambda ids, query_id, skip: {d: passages[d] for d in ids if d in passages}
@@ -278,9 +275,6 @@ def _truncate_to(partial: Path, done: set[str], fmt: str) -> None:
 def _reorder(partial: Path, ids: list[str], fmt: str) -> None:
     """Rewrite the partial file with queries in input order, grouping its lines on disk (only
     needed when the input was reordered between an interrupted run and its resumption)."""
-    import sqlite3
-    import tempfile
-
     rank = {q: i for i, q in enumerate(ids)}
     fd, name = tempfile.mkstemp(prefix=".reorder.", suffix=".sqlite", dir=partial.parent)
     os.close(fd)

@@ -13,7 +13,14 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+from tqdm.auto import tqdm
+
+from rerank.atomic import atomic_file
 from rerank.config import ConfigError, build_pipeline, parse_config, read_toml
+from rerank.data import open_dataset, read_run
+from rerank.data.trec import ranked_items, read_qrels
+from rerank.pipeline import leaves
 from rerank.relevance import Calibration, brier_score, expected_calibration_error, fit_calibration, judged_pairs
 from rerank.types import Candidates
 
@@ -35,9 +42,6 @@ class CalibrationReport:
 
 
 def _candidates(pipeline, dataset, split: str, run: str | None, depth: int, progress: bool) -> list[Candidates]:
-    from tqdm.auto import tqdm
-
-    from rerank.pipeline import leaves
 
     queries = dataset.queries(split)
     retrieves = any(leaf.retrieves for leaf in leaves(pipeline))
@@ -47,8 +51,6 @@ def _candidates(pipeline, dataset, split: str, run: str | None, depth: int, prog
         if run is None:
             raise ConfigError("the pipeline re-ranks given documents (it retrieves nothing): give --run, a TREC run "
                               "of a first stage over the split's queries, to re-rank its top --depth")
-        from rerank.data import read_run
-        from rerank.data.trec import ranked_items
 
         corpus = dataset.corpus()
         scores = read_run(run)
@@ -69,9 +71,8 @@ def _candidates(pipeline, dataset, split: str, run: str | None, depth: int, prog
 def write_calibration(config_path: str | Path, calibration: Calibration, out: str | Path | None = None) -> Path:
     """``config_path``'s text with its ``[calibration]`` table (and sub-tables) replaced by
     ``calibration``'s, written atomically to ``out`` (default: in place). Comments elsewhere stay."""
-    import tomli_w
+    import tomli_w  # deferred: tomli_w takes long to import
 
-    from rerank.atomic import atomic_file
 
     text, _ = read_toml(config_path, "pipeline config")
     kept, skipping = [], False
@@ -96,11 +97,6 @@ def calibrate(config_path: str | Path, *, dataset: str, split: str = "train", ru
               progress: bool = True) -> CalibrationReport:
     """Run the pipeline of ``config_path`` over ``dataset``'s ``split``, fit its calibration on
     each query's top ``top`` results, and (``write``) write it into the config (or ``out``)."""
-    import numpy as np
-
-    from rerank.data import open_dataset
-    from rerank.data.trec import read_qrels
-
     opened = open_dataset(dataset)
     config = parse_config(config_path)
     config.extra.pop("calibration", None)  # fit on the raw scores, whatever was fitted before

@@ -51,8 +51,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from rerank.cache import open_cache, with_score_cache
 from rerank.errors import RerankError
-from rerank.pipeline import Stage, stage_kinds
+from rerank.pipeline import Fusion, Pipeline, Stage, leaves, render, stage_kinds
+from rerank.precision import CHOICES
+from rerank.relevance import Calibration, CalibrationError
 
 try:
     import tomllib
@@ -209,8 +212,6 @@ def parse_config(source: str | Path | dict, *, text: str | None = None, check_fi
         raise ConfigError(f'{where}: score_cache is the path of a SQLite file, e.g. score_cache = "scores.sqlite"')
     _check_expression(config)
     if "calibration" in config.extra:
-        from rerank.relevance import Calibration, CalibrationError
-
         try:
             Calibration.from_table(config.extra["calibration"], f"{where} [calibration]")
         except CalibrationError as exc:
@@ -222,8 +223,6 @@ def parse_config(source: str | Path | dict, *, text: str | None = None, check_fi
 
 
 def _check_precision(value: Any, at: str) -> None:
-    from rerank.precision import CHOICES
-
     if value is not None and value not in CHOICES:
         raise ConfigError(f"{at} = {value!r}: choose one of {', '.join(CHOICES)}")
 
@@ -304,8 +303,6 @@ def build_pipeline(config: PipelineConfig | str | Path | dict, *, built: dict[st
     (:mod:`rerank.cache`); default: the config's top-level ``score_cache`` (relative to the
     config's folder), else none; ``False``: none whatever the config says.
     """
-    from rerank.pipeline import Fusion, Pipeline
-
     if not isinstance(config, PipelineConfig):
         config = parse_config(config)
     kinds = stage_kinds()
@@ -353,12 +350,8 @@ def build_pipeline(config: PipelineConfig | str | Path | dict, *, built: dict[st
     cache_file = None if score_cache is False else (
         score_cache or score_cache_file(config))
     if cache_file and cache_file is not True:
-        from rerank.cache import open_cache, with_score_cache
-
         pipeline = with_score_cache(pipeline, open_cache(cache_file))
     if "calibration" in config.extra:
-        from rerank.relevance import Calibration
-
         if any(pipeline is stage for stage in built.values()):  # a stage other pipelines share keeps none
             pipeline = Pipeline([pipeline])
         pipeline.calibration = Calibration.from_table(config.extra["calibration"], f"{config.source} [calibration]")
@@ -382,9 +375,8 @@ def dump_pipeline(pipeline, tune: dict[str, list[int]] | None = None) -> str:
     Every leaf stage must have a config (indexes must be saved, models named by id or path).
     Distinct stages with the same name get numbered suffixes.
     """
-    import tomli_w
+    import tomli_w  # deferred: tomli_w takes long to import
 
-    from rerank.pipeline import leaves, render
 
     names: dict[int, str] = {}
     tables: dict[str, dict[str, Any]] = {}

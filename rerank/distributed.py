@@ -31,6 +31,7 @@ import json
 import logging
 import os
 import shutil
+import socket
 import time
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
@@ -42,7 +43,10 @@ from tqdm.auto import tqdm
 
 from rerank.atomic import atomic_file
 from rerank.batch import BatchResult, Inputs, check_unique_ids, output_format, output_lines, trace_to_json
+from rerank.config import build_pipeline, parse_config
 from rerank.errors import RerankError
+from rerank.extras import require
+from rerank.hardware import apply_threads
 from rerank.types import Candidates, Passage, Query, StageCost
 
 log = logging.getLogger("rerank")
@@ -80,10 +84,7 @@ def rerank(pipeline: str | Path, candidates_source: Inputs | Sequence[Candidates
     :class:`Candidates`) with the pipeline config ``pipeline`` on a Ray cluster into ``out``,
     resuming a previous run of the same job; see the module's description. ``score_cache``: a
     score cache file every actor's pipeline reads and writes (:mod:`rerank.cache`)."""
-    from rerank.config import parse_config
-
     options = RayOptions(address, workers, cpus_per_worker, gpus_per_worker, batch_queries)
-    from rerank.extras import require
 
     require("ray.data", "ray", "rerank rerank --engine ray")  # before anything starts
     config_path = Path(pipeline)
@@ -198,9 +199,6 @@ class PipelineWorker:
 
     def __init__(self, config_text: str, where: str, cwd: str, shards: str, fmt: str, tag: str,
                  precision: str | None, threads: int, score_cache: str | None = None) -> None:
-        from rerank.config import build_pipeline, parse_config
-        from rerank.hardware import apply_threads
-
         os.chdir(cwd)  # the TOML's relative paths mean what they mean to the driver
         apply_threads(threads)
         # The driver's score cache (--score-cache), which an actor's environment may not hold.
@@ -251,8 +249,8 @@ def _rows_per_block(queries: int, options: RayOptions) -> int:
 def _input_blocks(candidates: Iterable[Candidates], rows_per_block: int) -> Iterator:
     """The queries as Arrow tables of ``rows_per_block`` rows, put in Ray's object store one at
     a time (it spills to disk what does not fit in memory)."""
-    import pyarrow as pa
-    import ray
+    import pyarrow as pa  # optional: the 'bright' extra
+    import ray  # optional: the 'ray' extra
 
     rows: list[Candidates] = []
 
@@ -277,11 +275,11 @@ def _input_blocks(candidates: Iterable[Candidates], rows_per_block: int) -> Iter
 def _run_on_ray(options: RayOptions, config_text: str, where: str, candidates: Iterable[Candidates],
                 work: JobFolder, fmt: str, tag: str, precision: str | None, total: int, done: int,
                 progress: bool, score_cache: str | None = None) -> dict[str, float]:
-    import ray
+    import ray  # optional: the 'ray' extra
 
     started_here = _connect(options.address)
     try:
-        import ray.data
+        import ray.data  # optional: the 'ray' extra
 
         context = ray.data.DataContext.get_current()
         context.enable_progress_bars = False
@@ -323,7 +321,7 @@ def _run_on_ray(options: RayOptions, config_text: str, where: str, candidates: I
 def _connect(address: str) -> bool:
     """Join (or start) a Ray cluster; whether this call started the connection (and so ends it).
     An unreachable address is a one-line :class:`RerankError`."""
-    import ray
+    import ray  # optional: the 'ray' extra
 
     if ray.is_initialized():
         return False
@@ -342,8 +340,6 @@ def _connect(address: str) -> bool:
 def _check_reachable(address: str, timeout: float = 5.0) -> None:
     """Fail in seconds, not minutes (``ray.init`` retries an unreachable address for a long
     time): a TCP connection to the address's host and port must open."""
-    import socket
-
     host, _, port = address.removeprefix("ray://").rpartition(":")
     if not host or not port.isdigit():
         raise RerankError(f"a Ray address is local, auto, ray://host:port or host:port; got {address!r}")

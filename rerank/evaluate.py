@@ -26,7 +26,7 @@ _NO_RESULT = "__rerank_no_result__"
 
 def parse_measures(measures: Sequence[str]) -> list:
     """Parse ir-measures strings (``nDCG@10``, ``RR(rel=2)@10``...); a typo names close matches."""
-    import ir_measures
+    import ir_measures  # deferred: ir_measures takes long to import
 
     parsed = []
     for text in measures:
@@ -70,7 +70,7 @@ def evaluate(run: Run | Sequence[Candidates], qrels: Qrels, measures: Sequence[s
     ``excluded`` (query id to document ids, as BRIGHT lists them) are removed from the run before
     scoring, so the next results move up, as the collection's own evaluation does.
     """
-    import ir_measures
+    import ir_measures  # deferred: ir_measures takes long to import
 
     if missing not in MISSING_POLICIES:
         raise ValueError(f"missing must be 'zero', 'ignore' or 'error', got {missing!r}")

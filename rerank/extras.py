@@ -20,6 +20,8 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
+from packaging.requirements import Requirement
+
 from rerank.errors import RerankError
 
 
@@ -45,8 +47,6 @@ def _name(distribution: str) -> str:
 def _distributions() -> dict[str, tuple[str, ...]]:
     """Each extra and the distributions it installs, as ``pyproject.toml`` declares them
     (``rerank[client]`` inside another extra followed), so no extra is typed a second time here."""
-    from packaging.requirements import Requirement
-
     direct: dict[str, list[str]] = {}
     for line in _requirements():
         requirement = Requirement(line)

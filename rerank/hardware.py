@@ -111,7 +111,7 @@ def cpu_features(cpuinfo: str | Path = "/proc/cpuinfo") -> CpuFeatures:
         flags, model = frozenset(), ""
     flags = capped_flags(flags, isa_cap())
     try:
-        import torch
+        import torch  # deferred: torch takes long to import
 
         capability = torch.backends.cpu.get_cpu_capability()
     except (ImportError, AttributeError):
@@ -132,7 +132,7 @@ def choose_precision(features: CpuFeatures) -> tuple[str, str]:
 
 def gpu_precision(device: str) -> tuple[str, str]:
     """``auto`` on a GPU: bf16 where the GPU supports it (int8 dynamic quantization is CPU-only)."""
-    import torch
+    import torch  # deferred: torch takes long to import
 
     if device.startswith("cuda") and torch.cuda.is_available() and torch.cuda.is_bf16_supported():
         return "bf16", f"bf16: {torch.cuda.get_device_name()} supports it"
@@ -215,7 +215,7 @@ def apply_threads(threads: int | None = None) -> tuple[int, str]:
     alone; else (once per process) :func:`default_threads`, the physical cores this process may
     use."""
     global _threads_applied
-    import torch
+    import torch  # deferred: torch takes long to import
 
     if threads:
         torch.set_num_threads(threads)

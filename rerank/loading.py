@@ -11,6 +11,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from rerank.config import build_pipeline
+from rerank.pipeline import stage_kinds
 from rerank.recipes import Recipe
 from rerank.recipes import recipe as find_recipe
 from rerank.score.detect import Detection, ModelKindError, detect_model
@@ -20,16 +22,12 @@ __all__ = ["ModelKindError", "auto_kinds", "detect_kind", "load", "loadable_kind
 
 def loadable_kinds() -> list[str]:
     """Stage kinds ``load`` builds: each takes the model (or LLM) as its first argument."""
-    from rerank.pipeline import stage_kinds
-
     return sorted(kind for kind, cls in stage_kinds().items() if getattr(cls, "loads_model", False))
 
 
 def auto_kinds() -> dict[str, str]:
     """What each detected model family becomes when ``kind`` is not given (an LLM scores
     pointwise, by query likelihood)."""
-    from rerank.pipeline import stage_kinds
-
     return {cls.model_family: kind for kind, cls in stage_kinds().items() if cls.model_family is not None}
 
 
@@ -62,9 +60,6 @@ def load(name_or_path: str, kind: str | None = None, *, recipe: str | Recipe | M
         rerank.load("minilm-l6").rank("what is an axon", ["Axons carry nerve signals.", "The cat sat."])
         rerank.load("Qwen/Qwen3-Reranker-0.6B", instruction="Find the paper that supports the claim")
     """
-    from rerank.config import build_pipeline
-    from rerank.pipeline import stage_kinds
-
     if not isinstance(name_or_path, str) or not name_or_path.strip():
         raise ValueError("load() needs a short model name, Hugging Face id, folder or TOML pipeline")
     if recipe is not None:

@@ -69,7 +69,7 @@ def gguf_file(name: str) -> str | None:
 def quiet_transformers() -> Iterator[None]:
     """transformers' logging at errors only while a model loads (its reports of unused or
     freshly initialized weights are expected here), restored afterwards."""
-    import transformers
+    import transformers  # deferred: transformers takes long to import
 
     verbosity = transformers.logging.get_verbosity()
     transformers.logging.set_verbosity_error()

@@ -15,9 +15,11 @@ the CLI, the service and experiments build the same objects.
 """
 from __future__ import annotations
 
+import inspect
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from rerank.costs import Stopwatch, record_costs
@@ -100,8 +102,6 @@ class Stage(ABC):
         the constructor arguments it was given (``name`` and ``None`` values aside; TOML has no null).
         Objects are written by reference: a stage by itself (the config names it), an index or
         encoder by :meth:`config_reference` (a saved folder, a model name)."""
-        import inspect
-
         if self.kind is None:
             raise NotImplementedError(f"{type(self).__name__} has no config kind, so it cannot be written to a config")
         signature = inspect.signature(type(self).__init__)
@@ -447,8 +447,6 @@ class Identity(Stage, kind="identity"):
 def _config_value(stage: Stage, key: str, value: Any) -> Any:
     """``value`` as TOML can hold it (stages stay objects: :func:`rerank.config.dump_pipeline`
     names them)."""
-    from pathlib import Path
-
     if value is None or isinstance(value, (str, bool, int, float, Stage)):
         return value
     if isinstance(value, Path):

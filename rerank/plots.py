@@ -6,6 +6,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from rerank.atomic import atomic_file
+from rerank.extras import require
+from rerank.significance import paired_scores
+
 
 @dataclass(frozen=True)
 class TradeOffPoint:
@@ -28,8 +32,6 @@ def pareto_front(points: Sequence[TradeOffPoint]) -> list[TradeOffPoint]:
 
 
 def _save(fig, path: str | Path) -> Path:
-    from rerank.atomic import atomic_file
-
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_file(path, "wb", encoding=None) as fh:
@@ -39,8 +41,6 @@ def _save(fig, path: str | Path) -> Path:
 
 def pyplot():
     """matplotlib's pyplot on the file-only Agg backend (the ``plots`` extra)."""
-    from rerank.extras import require
-
     require("matplotlib", "plots").use("Agg")
     return require("matplotlib.pyplot", "plots")
 
@@ -82,7 +82,7 @@ def plot_trade_off(points: Sequence[TradeOffPoint], path: str | Path, *, measure
 
 def _plain_log_ticks(ax) -> None:
     """Ticks at 1, 2, 5 x 10^k written as plain numbers, instead of matplotlib's crowded minor labels."""
-    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter  # optional: the 'plots' extra
 
     ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
     ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}" if v >= 1 else f"{v:g}"))
@@ -119,7 +119,6 @@ def plot_per_query_deltas(baseline: Mapping[str, float], systems: Mapping[str, M
     up in green, losses down in red), all panels on the same y scale."""
     plt = pyplot()
 
-    from rerank.significance import paired_scores
 
     if not systems:
         raise ValueError("no systems to compare with the baseline")

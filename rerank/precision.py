@@ -14,6 +14,7 @@ A precision a user names (``fp32``, ``bf16``, ``int8``) is used as given, unchec
 """
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import os
@@ -55,7 +56,7 @@ def calibration_dot_scores(encode_queries: Callable[[list[str]], Any],
                            encode_passages: Callable[[list[str]], Any]) -> np.ndarray:
     """Dot-product scores of the calibration pairs for an encoder (dense rows or a SciPy sparse
     matrix): each distinct query encoded once, every passage once."""
-    import scipy.sparse as sp
+    import scipy.sparse as sp  # deferred: scipy takes long to import
 
     pairs = calibration_pairs()
     queries = list(dict.fromkeys(p.query for p in pairs))
@@ -163,7 +164,7 @@ def machine_key() -> str:
     platform, and the torch version."""
     features = hardware.cpu_features()
     try:
-        import torch
+        import torch  # deferred: torch takes long to import
 
         torch_version = str(torch.__version__)
     except ImportError:
@@ -260,7 +261,7 @@ def bf16_matmuls(model):
     to fp32 than casting the whole model (Qwen3-Reranker-0.6B's shape on random weights: Pearson
     0.9997 against 0.9987) at about the speed of bf16 weights. ``session()`` opens one autocast
     region for many forwards."""
-    import torch
+    import torch  # deferred: torch takes long to import
 
     for module in model.modules():
         if isinstance(module, torch.nn.Linear):
@@ -292,7 +293,7 @@ def quantize(model, precision: str, *, encoder: bool = False, bf16: str = "weigh
     ``encoder``, switches attention to :data:`BF16_ENCODER_ATTENTION`; ``int8`` returns a copy
     whose ``nn.Linear`` layers are dynamically quantized (weights int8, activations quantized
     per batch; uses VNNI)."""
-    import torch
+    import torch  # deferred: torch takes long to import
 
     if precision not in hardware.PRECISIONS:
         raise ValueError(f"precision must be one of {hardware.PRECISIONS}, got {precision!r}")
@@ -318,8 +319,6 @@ def prepare_model(model, requested: str, *, kind: str, path: str | Path, scores_
     calibrate. The fp32 model is kept intact until the verdict is in. ``encoder``: see
     :func:`quantize` (``False`` for a generative LLM). ``bf16``: ``weights`` casts the whole model,
     ``matmuls`` only the linear layers' weights (:func:`bf16_matmuls`)."""
-    import copy
-
     if bf16 not in ("weights", "matmuls"):
         raise ValueError(f"bf16 must be 'weights' or 'matmuls', got {bf16!r}")
     converted: dict[str, object] = {}
@@ -366,7 +365,7 @@ class AnchoredLinear:
     row's output is the same in any batch (given the same input row)."""
 
     def __new__(cls, inner, bound: float):
-        import torch
+        import torch  # deferred: torch takes long to import
 
         class _Anchored(torch.nn.Module):
             def __init__(self) -> None:

@@ -261,7 +261,7 @@ class Recipe:
     # -- scores -----------------------------------------------------------------------------
     def to_scores(self, logits, normalize: bool = False):
         """Scores from the logits of :attr:`tokens` (a ``[pairs, len(tokens)]`` float tensor)."""
-        import torch
+        import torch  # deferred: torch takes long to import
 
         if self.score == "logit":
             return torch.sigmoid(logits[:, 0]) if normalize else logits[:, 0]

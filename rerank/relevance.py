@@ -109,7 +109,7 @@ def _round(value: float) -> float:
 
 
 def _platt(scores: np.ndarray, labels: np.ndarray) -> Calibration:
-    from scipy.optimize import minimize
+    from scipy.optimize import minimize  # deferred: scipy takes long to import
 
     # Platt's targets: (N+ + 1) / (N+ + 2) and 1 / (N- + 2), so a separable sample stays finite.
     positives = labels.sum()
@@ -131,7 +131,7 @@ def _platt(scores: np.ndarray, labels: np.ndarray) -> Calibration:
 
 
 def _isotonic(scores: np.ndarray, labels: np.ndarray, max_points: int = 64) -> Calibration:
-    from scipy.optimize import isotonic_regression
+    from scipy.optimize import isotonic_regression  # deferred: scipy takes long to import
 
     order = np.argsort(scores, kind="stable")
     x, y = scores[order], labels[order].astype(np.float64)

@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+import numpy as np
+
 from rerank.errors import EvaluationError
 
 TESTS = ("t-test", "wilcoxon", "randomization")
@@ -52,8 +54,7 @@ def paired_scores(baseline: Mapping[str, float], system: Mapping[str, float]) ->
 def paired_test(baseline: Sequence[float], system: Sequence[float], test: str = "t-test", *,
                 permutations: int = 10_000, seed: int = 0) -> tuple[float, float]:
     """``(statistic, two-sided p-value)`` of ``system`` against ``baseline``, paired by position."""
-    import numpy as np
-    from scipy import stats
+    from scipy import stats  # deferred: scipy takes long to import
 
     a, b = np.asarray(system, dtype=float), np.asarray(baseline, dtype=float)
     if len(a) != len(b):

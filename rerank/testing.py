@@ -14,6 +14,8 @@ instead (random weights; for speed measurements).
 """
 from __future__ import annotations
 
+import json
+import string
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -41,8 +43,14 @@ def _corpus(texts: Iterable[str] = ()) -> list[str]:
 def byte_bpe_tokenizer(vocab_size: int = 600, padding_side: str = "left", texts: Iterable[str] = ()):
     """A byte-level BPE tokenizer (GPT-2/Qwen style) with ChatML special tokens and ``yes``,
     ``no``, ``Yes``, ``0``, ``1`` as single tokens, trained on the recipes' prompts (and ``texts``)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
+    from tokenizers import (  # deferred: tokenizers takes long to import
+        Tokenizer,
+        decoders,
+        models,
+        pre_tokenizers,
+        trainers,
+    )
+    from transformers import PreTrainedTokenizerFast  # deferred: transformers takes long to import
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -58,10 +66,14 @@ def unigram_tokenizer(extra_ids: int = 16, texts: Iterable[str] = ()):
     """A SentencePiece-style unigram tokenizer (T5 style): ``▁`` word pieces over a small
     vocabulary (every other text falls back to single characters), ``</s>`` after each text,
     ``<extra_id_N>`` tokens, and ``▁true``/``▁false`` as single tokens."""
-    import string
-
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
-    from transformers import PreTrainedTokenizerFast
+    from tokenizers import (  # deferred: tokenizers takes long to import
+        Tokenizer,
+        decoders,
+        models,
+        pre_tokenizers,
+        processors,
+    )
+    from transformers import PreTrainedTokenizerFast  # deferred: transformers takes long to import
 
     words = dict.fromkeys([*_WORDS.split(), "Query", "Document", "Document0", "Document1", "Relevant", "true", "false",
                            *(w for text in texts for w in text.split())])
@@ -80,8 +92,15 @@ def unigram_tokenizer(extra_ids: int = 16, texts: Iterable[str] = ()):
 
 def wordpiece_tokenizer(words: Iterable[str] = ()):
     """A BERT WordPiece tokenizer over a small vocabulary (``[unused0]``, ``[unused1]`` included)."""
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
-    from transformers import PreTrainedTokenizerFast
+    from tokenizers import (  # deferred: tokenizers takes long to import
+        Tokenizer,
+        decoders,
+        models,
+        normalizers,
+        pre_tokenizers,
+        processors,
+    )
+    from transformers import PreTrainedTokenizerFast  # deferred: transformers takes long to import
 
     specials = ["[PAD]", "[unused0]", "[unused1]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
     vocab = list(dict.fromkeys([*specials, *_WORDS.lower().split(), *words, *".,?!;:'\"()-",
@@ -120,7 +139,12 @@ _PUBLISHED: dict[str, dict[str, Any]] = {  # the smallest published checkpoint's
 
 
 def _config(model_type: str, vocab_size: int, shape: str, tokenizer) -> Any:
-    from transformers import GemmaConfig, Qwen2Config, Qwen3Config, T5Config
+    from transformers import (  # deferred: transformers takes long to import
+        GemmaConfig,
+        Qwen2Config,
+        Qwen3Config,
+        T5Config,
+    )
 
     if model_type == "t5":
         sizes: dict[str, Any] = _PUBLISHED["t5"] if shape == "published" else dict(
@@ -147,8 +171,8 @@ def tiny_model(recipe_name: str, folder: str | Path, *, seed: int = 0, shape: st
     its tokenizer and (``card``) a model card naming the recipe; ``model_type`` overrides the
     architecture (to build a model a recipe does not fit); ``texts``: what the tokenizer should
     know well (a BPE of 8,000 tokens is trained on them, or their words join the unigram vocabulary)."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
+    import torch  # deferred: torch takes long to import
+    from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM  # deferred: transformers takes long to import
 
     pipeline_tag, title, default_type = _CARDS[recipe_name]
     model_type = model_type or default_type
@@ -180,11 +204,9 @@ def tiny_model(recipe_name: str, folder: str | Path, *, seed: int = 0, shape: st
 def _tiny_colbert(folder: Path, *, seed: int, shape: str, dim: int = 16) -> Path:
     """A ColBERT checkpoint in the Stanford layout: ``bert.*`` and ``linear.weight`` in one
     safetensors file, ``architectures: ["HF_ColBERT"]`` and ``artifact.metadata``."""
-    import json
-
-    import torch
-    from safetensors.torch import save_file
-    from transformers import BertConfig, BertModel
+    import torch  # deferred: torch takes long to import
+    from safetensors.torch import save_file  # deferred: safetensors takes long to import
+    from transformers import BertConfig, BertModel  # deferred: transformers takes long to import
 
     tokenizer = wordpiece_tokenizer()
     sizes: dict[str, Any] = dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072) \

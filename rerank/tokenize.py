@@ -6,6 +6,8 @@ import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
+from rerank.extras import require
+
 LANGUAGES = ("en", "zh")
 """The languages a :class:`Tokenizer` reads (``zh``: Chinese segmentation)."""
 CHINESE_SEGMENTATIONS = ("bigram", "jieba")
@@ -15,7 +17,7 @@ _CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]+")
 
 @functools.cache
 def _stopwords(name: str) -> frozenset[str]:
-    from bm25s import stopwords as sw
+    from bm25s import stopwords as sw  # deferred: bm25s takes long to import
 
     table = {"en": sw.STOPWORDS_EN, "en_plus": sw.STOPWORDS_EN_PLUS, "zh": sw.STOPWORDS_CHINESE}
     if name not in table:
@@ -25,7 +27,7 @@ def _stopwords(name: str) -> frozenset[str]:
 
 @functools.cache
 def _stemmer(algorithm: str):
-    import Stemmer
+    import Stemmer  # deferred: Stemmer takes long to import
 
     if algorithm not in Stemmer.algorithms():
         raise ValueError(f"unknown stemmer {algorithm!r}; PyStemmer offers {Stemmer.algorithms()}")
@@ -82,8 +84,6 @@ class Tokenizer:
 
     def _chinese_words(self, text: str) -> list[str]:
         if self.chinese == "jieba":
-            from rerank.extras import require
-
             jieba = require("jieba", "chinese", "chinese='jieba'")
 
             jieba.setLogLevel(60)

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from rerank.order import ranking_order
+
 
 @dataclass(frozen=True, slots=True)
 class Query:
@@ -98,8 +100,6 @@ class Candidates:
 def sort_candidates(query: Query, passages: list[Passage], scores: list[float]) -> Candidates:
     """Build :class:`Candidates` from passages and their new scores, sorted under the tie rule
     of :mod:`rerank.order`: score descending, equal scores in the given order."""
-    from rerank.order import ranking_order
-
     order = ranking_order(scores)
     return Candidates(query, [passages[i] for i in order], [float(scores[i]) for i in order])
 

@@ -3,13 +3,12 @@ from __future__ import annotations
 
 import argparse
 
+from rerank.calibrate import calibrate
 from rerank.commands import Command, register_command
 from rerank.relevance import METHODS as CALIBRATION_METHODS
 
 
 def run(args: argparse.Namespace) -> int:
-    from rerank.calibrate import calibrate
-
     report = calibrate(args.pipeline, dataset=args.dataset, split=args.split, run=args.run, depth=args.depth,
                        top=args.top, relevant=args.relevant, method=args.method, qrels=args.qrels, out=args.out,
                        write=not args.dry_run, max_queries=args.max_queries, progress=not args.no_progress)

@@ -8,21 +8,19 @@ import json
 from pathlib import Path
 
 from rerank.commands import Command, register_command
-from rerank.evaluate import MISSING_POLICIES
+from rerank.data import read_run
+from rerank.data.detect import read_any_qrels, read_excluded
+from rerank.evaluate import MISSING_POLICIES, evaluate, parse_measures
+from rerank.judge.workflow import fill_qrels
 
 
 def run(args: argparse.Namespace) -> int:
     """Evaluate one or more TREC runs against qrels and print a table."""
-    from rerank.data import read_run
-    from rerank.data.detect import read_any_qrels, read_excluded
-    from rerank.evaluate import evaluate, parse_measures
-
     parse_measures(args.measures)  # fail on a typo before reading anything
     qrels = read_any_qrels(args.qrels, args.split, skip_bad=args.skip_bad)
     excluded = read_excluded(args.qrels)  # BRIGHT's excluded ids leave every run before scoring
     human = qrels
     if args.fill_qrels:  # LLM labels where people gave none; Judged@k says how much rests on them
-        from rerank.judge.workflow import fill_qrels
 
         qrels = fill_qrels(human, read_any_qrels(args.fill_qrels, skip_bad=args.skip_bad))
     rows = []

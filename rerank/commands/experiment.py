@@ -8,13 +8,12 @@ from pathlib import Path
 
 from rerank.commands import Command, register_command
 from rerank.commands.options import add_precision_option, add_score_cache_option
+from rerank.experiment import Experiment
+from rerank.experiment.result import ExpectationError
 
 
 def run(args: argparse.Namespace) -> int:
     """Run an experiment config: every pipeline over every query, the report under --out."""
-    from rerank.experiment import Experiment
-    from rerank.experiment.result import ExpectationError
-
     only = [p.strip() for p in args.pipelines.split(",") if p.strip()] if args.pipelines else None
     experiment = Experiment.from_config(args.config, max_queries=args.max_queries, only=only,
                                         progress=not args.no_progress, precision=args.precision,

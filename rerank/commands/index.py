@@ -2,21 +2,19 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import time
 from pathlib import Path
 
 from rerank.commands import Command, register_command
 from rerank.errors import RerankError
+from rerank.retrieve.base import index_kinds
+from rerank.retrieve.build import DEFAULT_KIND, build_index, index_kind_names
 
 
 def run(args: argparse.Namespace) -> int:
     """Build indexes of the kinds asked for (and the docstore they share) under
     ``<indexes-dir>/<name>/<kind>/``, each with the build parameters its kind declares."""
-    import dataclasses
-
-    from rerank.retrieve.base import index_kinds
-    from rerank.retrieve.build import DEFAULT_KIND, build_index
-
     kinds = args.kind or [DEFAULT_KIND]
     given = {name: value for name, value in vars(args).items() if name in _index_parameter_names()}
     declared = {kind: {f.name for f in dataclasses.fields(index_kinds()[kind].Parameters)} if kind in index_kinds()
@@ -34,20 +32,12 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _index_parameter_names() -> set[str]:
-    import dataclasses
-
-    from rerank.retrieve.base import index_kinds
-
     return {f.name for cls in index_kinds().values() for f in dataclasses.fields(cls.Parameters)}
 
 
 def _add_index_parameters(p: argparse.ArgumentParser) -> None:
     """One flag per build parameter of every index kind (a group per kind; a parameter two
     kinds share, like ``precision``, gets one flag). A flag left out keeps the kind's default."""
-    import dataclasses
-
-    from rerank.retrieve.base import index_kinds
-
     seen: set[str] = set()
     for kind, cls in index_kinds().items():
         fields = [f for f in dataclasses.fields(cls.Parameters) if f.name not in seen]
@@ -70,7 +60,6 @@ def arguments(p: argparse.ArgumentParser) -> None:
     """The command's flags."""
     p.add_argument("corpus", help="BEIR folder, bundled dataset name, corpus.jsonl[.gz] or TSV collection")
     p.add_argument("--name", required=True, help="index name; files go to <indexes-dir>/<name>/<kind>/")
-    from rerank.retrieve.build import index_kind_names
 
     p.add_argument("--kind", action="append", choices=index_kind_names(),
                    help="index kind; repeat for several (default: bm25). Every index reads passage text from the "

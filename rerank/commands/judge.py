@@ -6,9 +6,16 @@ import argparse
 import json
 from pathlib import Path
 
+from rerank.atomic import atomic_file
 from rerank.commands import Command, register_command
-from rerank.judge.agreement import COMBINATIONS
-from rerank.judge.grade import FALLBACKS
+from rerank.data import read_run
+from rerank.data.detect import read_any_qrels
+from rerank.evaluate import parse_measures
+from rerank.extras import MissingExtraError
+from rerank.judge.agreement import COMBINATIONS, flip_grades, implied_kappa, shared_pairs
+from rerank.judge.grade import FALLBACKS, LLMJudge
+from rerank.judge.workflow import compare_judges, judge_runs, plot_systems
+from rerank.precision import CHOICES
 
 
 def arguments(p: argparse.ArgumentParser) -> None:
@@ -29,7 +36,6 @@ def arguments(p: argparse.ArgumentParser) -> None:
                    help="price per million prompt and generated tokens, for the report's cost")
     p.add_argument("--cache", default=None, help="judgment cache (default: <out>.cache.sqlite)")
     p.add_argument("--out", help="LLM qrels to write (TREC)")
-    from rerank.precision import CHOICES
 
     p.add_argument("--precision", choices=CHOICES, default="auto", help="precision of a local model (default: auto)")
 
@@ -61,10 +67,6 @@ def run(args: argparse.Namespace) -> int:
                if not value]
     if missing:
         raise ValueError(f"the following arguments are required: {', '.join(missing)}")
-    from rerank.data import read_run
-    from rerank.data.detect import read_any_qrels
-    from rerank.judge.grade import LLMJudge
-    from rerank.judge.workflow import judge_runs
 
     runs = {Path(p).name: read_run(p) for p in args.runs}
     skip = read_any_qrels(args.skip_judged) if args.skip_judged else None
@@ -94,12 +96,6 @@ def _named(spec: str) -> tuple[str, str]:
 
 def compare(args: argparse.Namespace) -> int:
     """Compare judges with human labels; print the tables, write JSON and the plot."""
-    from rerank.data import read_run
-    from rerank.data.detect import read_any_qrels
-    from rerank.evaluate import parse_measures
-    from rerank.judge.agreement import flip_grades, implied_kappa, shared_pairs
-    from rerank.judge.workflow import compare_judges, plot_systems
-
     parse_measures(args.measures)
     human = read_any_qrels(args.qrels, args.split)
     judges = {name: read_any_qrels(path) for name, path in map(_named, args.judges)}
@@ -123,16 +119,12 @@ def compare(args: argparse.Namespace) -> int:
         print("\ncontrols (kappa their flip rate implies): " + ", ".join(
             f"flip {r}: {v['implied_kappa']} (binary {v['implied_kappa_binary']})" for r, v in result["controls"].items()))
     if args.out:
-        from rerank.atomic import atomic_file
-
         folder = Path(args.out)
         folder.mkdir(parents=True, exist_ok=True)
         with atomic_file(folder / "comparison.json") as fh:
             json.dump(result, fh, indent=1)
         written = [folder / "comparison.json"]
         if comparison.systems:
-            from rerank.extras import MissingExtraError
-
             try:
                 written.append(plot_systems(comparison, folder / "systems.png", args.measures[0]))
             except MissingExtraError as exc:

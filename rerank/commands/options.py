@@ -3,13 +3,13 @@ from __future__ import annotations
 
 import argparse
 
+from rerank.precision import CHOICES
+
 
 def add_precision_option(p: argparse.ArgumentParser, default: str | None = None,
                          help_text: str = "precision of every model stage (overrides the config's)") -> None:
     """``--precision auto|fp32|bf16|int8``: auto picks by the CPU (bf16 with AMX or AVX-512-BF16,
     int8 with VNNI, else fp32) and keeps it only if it ranks a calibration sample like fp32."""
-    from rerank.precision import CHOICES
-
     p.add_argument("--precision", choices=CHOICES, default=default,
                    help=f"{help_text}; auto picks by the CPU and checks it against fp32"
                         + (f" (default: {default})" if default else " (default: the config's, else auto)"))

@@ -7,20 +7,19 @@ import sys
 import time
 from pathlib import Path
 
-from rerank.batch import FORMATS
+from rerank.batch import FORMATS, rerank_to_file, stream_inputs
 from rerank.commands import Command, register_command
 from rerank.commands.options import add_precision_option, add_score_cache_option
+from rerank.config import build_pipeline, parse_config
+from rerank.distributed import rerank as rerank_on_ray
 from rerank.errors import RerankError
+from rerank.trace import format_costs, summarize
 
 log = logging.getLogger("rerank")
 
 
 def run(args: argparse.Namespace) -> int:
     """Re-rank a run (or JSONL candidates) with a pipeline config, resumably."""
-    from rerank.batch import rerank_to_file, stream_inputs
-    from rerank.config import build_pipeline, parse_config
-    from rerank.trace import format_costs, summarize
-
     config = parse_config(args.pipeline)  # a bad config fails before any data or model loads
     began = time.perf_counter()
     batch = stream_inputs(candidates=args.candidates, run=args.run, corpus=args.corpus, docstore=args.docstore,
@@ -30,8 +29,6 @@ def run(args: argparse.Namespace) -> int:
         raise RerankError("no queries to re-rank")
     log.info("found %d queries in %.1fs", len(batch), time.perf_counter() - began)
     if args.engine == "ray":
-        from rerank.distributed import rerank as rerank_on_ray
-
         result = rerank_on_ray(args.pipeline, batch, args.out, address=args.address, workers=args.workers,
                                cpus_per_worker=args.cpus_per_worker, gpus_per_worker=args.gpus_per_worker,
                                batch_queries=args.batch_queries, fmt=args.format, tag=args.tag,

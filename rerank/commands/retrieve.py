@@ -6,18 +6,17 @@ import logging
 import time
 
 from rerank.commands import Command, register_command
+from rerank.data import write_run
+from rerank.data.detect import read_queries
 from rerank.errors import RerankError
+from rerank.fusion import DEFAULT_METHOD, FUSION_METHODS, fuse_results
+from rerank.retrieve import load_index
 
 log = logging.getLogger("rerank")
 
 
 def run(args: argparse.Namespace) -> int:
     """Search one index, or fuse several, and write a TREC run."""
-    from rerank.data import write_run
-    from rerank.data.detect import read_queries
-    from rerank.fusion import fuse_results
-    from rerank.retrieve import load_index
-
     queries = read_queries(args.queries, args.split, skip_bad=args.skip_bad)
     if not queries:
         raise RerankError(f"no queries in {args.queries} (split {args.split!r})")
@@ -44,7 +43,6 @@ def arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--queries", required=True, help="BEIR folder or name, queries.jsonl, TREC topics or TSV queries")
     p.add_argument("--split", default="test", help="with a BEIR folder: queries judged in this qrels split (default: test)")
     p.add_argument("-k", type=int, default=100, help="results per query (default: 100)")
-    from rerank.fusion import DEFAULT_METHOD, FUSION_METHODS
 
     p.add_argument("--fusion", default=DEFAULT_METHOD, choices=FUSION_METHODS.names(),
                    help="how to fuse several indexes (default: rrf)")

@@ -11,6 +11,7 @@ from rerank.commands.options import add_precision_option, add_score_cache_option
 
 
 def run(args: argparse.Namespace) -> int:
+    # deferred: the service stack (FastAPI, uvicorn: the 'serve' extra) loads only to serve
     from rerank.serve import RerankServer, load_service
     from rerank.serve.auth import KeyRing, new_key_line
 
@@ -40,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
         access.addHandler(handler)
         access.setLevel(logging.INFO)
         access.propagate = False
-    from rerank.serve.models import limit_malloc_arenas
+    from rerank.serve.models import limit_malloc_arenas  # deferred: the 'serve' extra
 
     limit_malloc_arenas()
     server = RerankServer(specs, settings, log_level=args.log_level, keys=keys)

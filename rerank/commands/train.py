@@ -5,16 +5,25 @@ from __future__ import annotations
 import argparse
 
 from rerank.commands import Command, register_command
+from rerank.config import build_pipeline
+from rerank.data import open_dataset, read_run
+from rerank.data.candidates import candidates_from_run
+from rerank.precision import CHOICES
 from rerank.score.windows import AGGREGATES, TRAINING_WINDOWS
+from rerank.train import TrainConfig
+from rerank.train.adapt import AdaptConfig, adapt
+from rerank.train.curriculum import HEURISTICS
+from rerank.train.data import SAMPLINGS, MiningStats
 from rerank.train.listwise import LOSSES as LISTWISE_LOSSES
+from rerank.train.listwise import ListwiseConfig, listwise_labels, train_listwise
+from rerank.train.losses import DEFAULT_DISTILL_LOSS, DEFAULT_LABEL_LOSS, distill_losses, label_losses
+from rerank.train.students import CrossEncoderModel, student_kinds
 from rerank.train.trainer import TRAIN_PRECISIONS
+from rerank.train.workflows import distill, mine, teacher_scores, train_cross_encoder
 
 
 def cmd_mine(args) -> int:
     """Mine (query, positive, hard negative) triples from qrels and a first stage."""
-    from rerank.train.data import MiningStats
-    from rerank.train.workflows import mine
-
     stats = MiningStats()
     triples = mine(args.dataset, args.out, split=args.split, index=args.index, run=args.run, pipeline=args.pipeline,
                    depth=args.depth, negatives=args.negatives, sampling=args.sampling,
@@ -29,8 +38,6 @@ def cmd_mine(args) -> int:
 
 def cmd_teacher_scores(args) -> int:
     """Score triples with a teacher model or pipeline (cached, resumable)."""
-    from rerank.train.workflows import teacher_scores
-
     scores = teacher_scores(args.dataset, args.triples, args.out, model=args.model, pipeline=args.pipeline,
                             max_length=args.max_length, batch_size=args.batch_size, skip_bad=args.skip_bad,
                             progress=not args.no_progress, precision=args.precision, windows=args.windows)
@@ -40,8 +47,6 @@ def cmd_teacher_scores(args) -> int:
 
 def _training(args) -> dict:
     """The arguments both training commands pass on."""
-    from rerank.train import TrainConfig
-
     config = TrainConfig(loss=args.loss, epochs=args.epochs, max_steps=args.max_steps, groups_per_step=args.batch_groups,
                          learning_rate=args.lr, warmup=args.warmup, seed=args.seed, save_every=args.save_every,
                          eval_every=args.eval_every, keep_checkpoints=args.keep_checkpoints, precision=args.precision,
@@ -63,8 +68,6 @@ def _report(result) -> int:
 
 def cmd_cross_encoder(args) -> int:
     """Fine-tune a Hugging Face encoder as a cross-encoder on labelled triples."""
-    from rerank.train.workflows import train_cross_encoder
-
     return _report(train_cross_encoder(args.dataset, args.triples, args.out, curriculum=args.curriculum,
                                        teacher_scores=args.teacher_scores,
                                        anneal_steps=args.anneal_steps, init=args.init or "minilm-l6", **_training(args)))
@@ -72,16 +75,12 @@ def cmd_cross_encoder(args) -> int:
 
 def cmd_distill(args) -> int:
     """Distill teacher scores into a student (Margin-MSE, MSE or KL)."""
-    from rerank.train.workflows import distill
-
     return _report(distill(args.dataset, args.teacher_scores, args.out, student=args.student, init=args.init,
                            **_training(args)))
 
 
 def cmd_adapt(args) -> int:
     """Adapt a cross-encoder and a student to a corpus without queries or labels."""
-    from rerank.train.adapt import AdaptConfig, adapt
-
     config = AdaptConfig(ict_queries=args.ict_queries, generated_queries=args.generated_queries, llm=args.llm,
                          depth=args.depth, negatives=args.negatives, init=args.init, max_length=args.max_length,
                          windows=args.windows, distill_weight=args.distill_weight, epochs=args.epochs,
@@ -104,11 +103,6 @@ def _data_options(p: argparse.ArgumentParser) -> None:
 
 def cmd_listwise_labels(args) -> int:
     """Write complete listwise labels from a teacher pipeline."""
-    from rerank.config import build_pipeline
-    from rerank.data import open_dataset, read_run
-    from rerank.data.candidates import candidates_from_run
-    from rerank.train.listwise import listwise_labels
-
     data = open_dataset(args.dataset)
     queries = {q.id: q for q in data.queries(args.split)}
     run = {q: docs for q, docs in read_run(args.run).items() if q in queries}
@@ -122,8 +116,6 @@ def cmd_listwise_labels(args) -> int:
 
 def cmd_listwise(args) -> int:
     """Fine-tune a causal LM on listwise labels."""
-    from rerank.train.listwise import ListwiseConfig, train_listwise
-
     config = ListwiseConfig(loss=args.loss, epochs=args.epochs, max_steps=args.max_steps, learning_rate=args.lr,
                             gradient_accumulation=args.gradient_accumulation, max_passage_tokens=args.max_passage_tokens,
                             save_every=args.save_every, seed=args.seed, precision=args.precision)
@@ -168,12 +160,6 @@ def _training_options(p: argparse.ArgumentParser, loss_default: str, losses: tup
 
 def arguments(train: argparse.ArgumentParser) -> None:
     """The ``train`` subcommands and their flags."""
-    from rerank.train.adapt import AdaptConfig
-    from rerank.train.curriculum import HEURISTICS
-    from rerank.train.data import SAMPLINGS
-    from rerank.train.losses import DEFAULT_DISTILL_LOSS, DEFAULT_LABEL_LOSS, distill_losses, label_losses
-    from rerank.train.students import CrossEncoderModel, student_kinds
-
     tsub = train.add_subparsers(dest="train_command", required=True)
 
     p = tsub.add_parser("mine", help="triples from qrels with hard negatives from a first stage")
@@ -207,7 +193,6 @@ def arguments(train: argparse.ArgumentParser) -> None:
     p.add_argument("--windows", choices=AGGREGATES, default="first",
                    help="a teacher model reads long passages by their first window (default), the best or the mean")
     p.add_argument("--out", required=True, help="teacher-score file: pos_score neg_score qid pid_pos pid_neg")
-    from rerank.precision import CHOICES
 
     p.add_argument("--precision", choices=CHOICES, default=None,
                    help="the teacher's precision (default: auto for --model, the config's for --pipeline)")

@@ -5,10 +5,17 @@ import argparse
 import sys
 from pathlib import Path
 
+from rerank.cache import open_cache
 from rerank.commands import Command, register_command
 from rerank.commands.options import add_precision_option
+from rerank.config import ConfigError, build_pipeline, parse_config, read_toml, score_cache_file
+from rerank.data import open_dataset, read_run
+from rerank.data.candidates import candidates_from_run
 from rerank.errors import RerankError
+from rerank.evaluate import parse_measures
 from rerank.tuning.costs import STATISTICS
+from rerank.tuning.output import plot_front, write_tuned_config
+from rerank.tuning.search import tune
 
 
 def arguments(p: argparse.ArgumentParser) -> None:
@@ -38,13 +45,6 @@ def arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``rerank tune``."""
-    from rerank.cache import open_cache
-    from rerank.config import ConfigError, build_pipeline, parse_config, read_toml, score_cache_file
-    from rerank.data import open_dataset
-    from rerank.evaluate import parse_measures
-    from rerank.tuning.output import plot_front, write_tuned_config
-    from rerank.tuning.search import tune
-
     parse_measures([args.measure])
     text, data = read_toml(args.pipeline)
     config = parse_config(data, text=text, where=args.pipeline)
@@ -56,9 +56,6 @@ def run(args: argparse.Namespace) -> int:
     queries = [q for q in queries if q.id in qrels][: args.max_queries]
     inputs: list = queries
     if args.run:
-        from rerank.data import read_run
-        from rerank.data.candidates import candidates_from_run
-
         run = read_run(args.run)
         inputs = candidates_from_run({q.id: run[q.id] for q in queries if q.id in run}, {q.id: q for q in queries},
                                      dataset.corpus_path, depth=args.depth)

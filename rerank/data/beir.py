@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rerank.data._lines import parse_lines
+from rerank.data.layouts import converted_folder
+from rerank.datasets import bundled_path
 from rerank.errors import DataError
 from rerank.types import Passage, Qrels, Query
 
@@ -164,9 +166,6 @@ def open_dataset(path_or_name: str | Path) -> BeirDataset:
     another layout, copied once into a BEIR folder (:mod:`rerank.data.layouts`): an ir_datasets id
     (``"irds:beir/scifact/test"``), a BRIGHT task (``"bright:biology:/data/BRIGHT"``) or a
     T2Ranking folder (``"t2ranking:/data/T2Ranking"``)."""
-    from rerank.data.layouts import converted_folder
-    from rerank.datasets import bundled_path
-
     converted = converted_folder(path_or_name)
     if converted is not None:
         return BeirDataset(converted)

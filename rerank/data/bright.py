@@ -25,6 +25,7 @@ from typing import Any
 from rerank.atomic import atomic_directory
 from rerank.data.layouts import LAYOUTS
 from rerank.errors import DataError
+from rerank.extras import require
 
 PREFIX = "bright:"
 MARKER = "rerank-bright.json"
@@ -67,7 +68,6 @@ def _rows(path: Path) -> Iterator[dict[str, Any]]:
                     except json.JSONDecodeError as exc:
                         raise DataError(path, number, f"not JSON: {exc}") from exc
         return
-    from rerank.extras import require
 
     parquet = require("pyarrow.parquet", "bright", "BRIGHT's parquet files")
     try:

@@ -5,6 +5,8 @@ import logging
 from collections.abc import Mapping
 from pathlib import Path
 
+from rerank.data.detect import iter_collection
+from rerank.data.trec import ranked_items
 from rerank.errors import DataError
 from rerank.types import Candidates, Passage, Query, Run
 
@@ -20,8 +22,6 @@ def candidates_from_run(run: Run, queries: Mapping[str, Query], corpus: str | Pa
     A run query missing from ``queries`` is an error; so is a run document missing from the
     corpus, unless ``skip_missing`` drops it (with a warning).
     """
-    from rerank.data.trec import ranked_items
-
     unknown = sorted(q for q in run if q not in queries)
     if unknown:
         raise DataError(source, None, f"{len(unknown)} query id(s) are not in {queries_source}, e.g. {unknown[:5]}")
@@ -39,8 +39,6 @@ def passages_by_id(corpus: str | Path, wanted: set[str], *, skip_missing: bool =
                    source: str | Path = "the run") -> dict[str, Passage]:
     """The passages of ``corpus`` whose ids are ``wanted``, read in one pass. A wanted id the
     corpus lacks is an error naming ``source``, unless ``skip_missing`` drops it (with a warning)."""
-    from rerank.data.detect import iter_collection
-
     texts = {p.id: p for p in iter_collection(corpus, skip_bad=skip_bad) if p.id in wanted}
     missing = sorted(wanted - set(texts))
     if missing and not skip_missing:

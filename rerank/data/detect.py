@@ -5,14 +5,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from rerank.data.beir import iter_corpus, load_queries, open_dataset
+from rerank.data.layouts import is_layout_id
 from rerank.data.trec import read_qrels, read_topics
 from rerank.data.tsv import iter_tsv_collection
 from rerank.types import Passage, Qrels, Query
 
 
 def _is_dataset(path: str | Path) -> bool:
-    from rerank.data.layouts import is_layout_id
-
     if is_layout_id(path):
         return True
     p = Path(path)

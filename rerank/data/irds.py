@@ -20,6 +20,8 @@ import re
 from pathlib import Path
 from typing import Any
 
+from tqdm.auto import tqdm
+
 from rerank.atomic import atomic_directory
 from rerank.data.layouts import LAYOUTS
 from rerank.errors import DataError
@@ -73,8 +75,6 @@ def beir_folder(value: str, *, progress: bool = True) -> Path:
     split = split_of(dataset_id)
     with atomic_directory(folder) as staging:
         if dataset.has_docs():
-            from tqdm.auto import tqdm
-
             total = dataset.docs_count() if hasattr(dataset, "docs_count") else None
             with gzip.open(staging / "corpus.jsonl.gz", "wt", encoding="utf-8", compresslevel=3) as fh:
                 for doc in tqdm(dataset.docs_iter(), total=total, desc=f"Copying {dataset_id}", unit="doc",

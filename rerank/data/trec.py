@@ -9,6 +9,8 @@ from pathlib import Path
 
 from rerank.atomic import atomic_file
 from rerank.data._lines import iter_lines, parse_lines
+from rerank.data.beir import load_qrels_tsv
+from rerank.data.tsv import read_tsv_queries
 from rerank.errors import DataError
 from rerank.types import Candidates, Qrels, Query, Run
 
@@ -26,7 +28,6 @@ def read_topics(path: str | Path, field: str = "title") -> list[Query]:
     text = "\n".join(t for _, t in lines)
     if "<top>" in text.lower():
         return _read_sgml_topics(path, text, field)
-    from rerank.data.tsv import read_tsv_queries
 
     return list(read_tsv_queries(path).values())
 
@@ -54,8 +55,6 @@ def read_qrels(path: str | Path, *, skip_bad: bool = False) -> Qrels:
     """Read qrels: TREC ``qid iter docid grade`` lines, or a BEIR TSV (detected by its tab layout)."""
     first = next(iter_lines(path), (0, ""))[1]
     if first.count("\t") == 2:
-        from rerank.data.beir import load_qrels_tsv
-
         return load_qrels_tsv(path, skip_bad=skip_bad)
 
     def parse(line: str) -> tuple[str, str, int]:

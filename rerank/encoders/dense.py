@@ -40,7 +40,7 @@ class BiEncoder(HFEncoder):
     def __init__(self, model: str = "minilm-l6", *, pooling: str | None = None, normalize: bool | None = None,
                  max_length: int | None = None, query_prefix: str = "", passage_prefix: str = "",
                  device: str = "cpu", precision: str = "auto", threads: int | None = None) -> None:
-        import torch
+        import torch  # deferred: torch takes long to import
 
         self.model = self.load(model, "AutoModel", device=device, threads=threads)
         st_pooling, st_normalize, st_max = self._sentence_transformers_config(Path(self.path))

@@ -26,7 +26,7 @@ class HFEncoder:
     def load(self, model: str, network: str, *, device: str = "cpu", threads: int | None = None) -> Any:
         """Resolve ``model``, load its tokenizer and its ``transformers.<network>`` (``AutoModel``,
         ``AutoModelForMaskedLM``) in eval mode on ``device``, and return the network."""
-        import transformers
+        import transformers  # deferred: transformers takes long to import
 
         self.name, self.path, self.device = model, resolve(model), device
         self.threads = apply_threads(threads)

@@ -28,7 +28,7 @@ class SpladeEncoder(HFEncoder):
 
     def __init__(self, model: str = "splade-tiny", *, max_length: int = 256, max_batch_tokens: int = 2048,
                  device: str = "cpu", precision: str = "auto", threads: int | None = None) -> None:
-        import torch
+        import torch  # deferred: torch takes long to import
 
         self.model = self.load(model, "AutoModelForMaskedLM", device=device, threads=threads)
         self.max_length = min(max_length, int(getattr(self.model.config, "max_position_embeddings", 512)))
@@ -52,7 +52,7 @@ class SpladeEncoder(HFEncoder):
         """A ``len(texts) x vocab`` CSR matrix of term weights, rows in input order (``net``:
         another copy of the model; calibration runs the fp32 one)."""
         net = self.model if net is None else net
-        import scipy.sparse as sp
+        import scipy.sparse as sp  # deferred: scipy takes long to import
 
         torch = self._torch
         encoded = tokenize(self.tokenizer, list(texts), truncation=True, max_length=self.max_length,

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from rerank.encoders.hf import HFEncoder
 from rerank.hf_tokenizer import tokenize
@@ -88,7 +89,7 @@ class ColBERTEncoder(HFEncoder):
                  document_length: int | None = None, batch_size: int = 32, precision: str = "auto",
                  threads: int | None = None, device: str = "cpu", windows: str = "first",
                  stride: int | None = None) -> None:
-        import torch
+        import torch  # deferred: torch takes long to import
 
         if windows not in WINDOWS:
             raise ValueError(f"windows must be one of {', '.join(WINDOWS)}, got {windows!r}")
@@ -130,8 +131,8 @@ class ColBERTEncoder(HFEncoder):
     def _projection(self, folder: Path, dense_path: str | None):
         """The linear projection's weight: ``linear.weight`` beside the encoder (Stanford), or
         PyLate's Dense module."""
-        import torch
-        from safetensors.torch import load_file
+        import torch  # deferred: torch takes long to import
+        from safetensors.torch import load_file  # deferred: safetensors takes long to import
 
         candidates = [folder / (dense_path or "") / name for name in ("model.safetensors", "pytorch_model.bin")] \
             if dense_path else [folder / "model.safetensors", folder / "pytorch_model.bin"]
@@ -199,7 +200,7 @@ class ColBERTEncoder(HFEncoder):
         return out
 
     def _forward(self, net, ids, mask):
-        import torch
+        import torch  # deferred: torch takes long to import
 
         hidden = net["body"](input_ids=torch.from_numpy(ids).to(self.device),
                              attention_mask=torch.from_numpy(mask).to(self.device)).last_hidden_state
@@ -208,7 +209,7 @@ class ColBERTEncoder(HFEncoder):
 
     def encode_queries(self, texts: Sequence[str], *, net=None) -> np.ndarray:
         """``[queries, query_length, dim]`` float32 token vectors."""
-        import torch
+        import torch  # deferred: torch takes long to import
 
         net = self.net if net is None else net
         out = np.zeros((len(texts), self.query_length, self.dim), dtype=np.float32)
@@ -239,8 +240,7 @@ class ColBERTEncoder(HFEncoder):
 
     def _encode_sequences(self, sequences: list[list[int]], *, net=None, progress: bool = False) -> list[np.ndarray]:
         """One ``[tokens, dim]`` array per id sequence, in length-sorted batches."""
-        import torch
-        from tqdm.auto import tqdm
+        import torch  # deferred: torch takes long to import
 
         if not sequences:
             return []

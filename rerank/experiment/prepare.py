@@ -18,6 +18,7 @@ from typing import Any
 
 from rerank.config import ConfigError
 from rerank.registry import PREPARE_STEPS
+from rerank.retrieve.build import DEFAULT_KIND, kind_parameters
 
 
 def step_function(step: str) -> Callable[..., Any]:
@@ -61,8 +62,6 @@ def takes_precision(step: str, args: dict | None = None) -> bool:
     """Whether a step encodes, scores or trains with a model (and so takes ``precision``); for the
     ``index`` step, whether the index kind in ``args`` does (a BM25 index has no model)."""
     if step == "index":
-        from rerank.retrieve.build import DEFAULT_KIND, kind_parameters
-
         kind = (args or {}).get("kind", DEFAULT_KIND)
         return kind != "docstore" and "precision" in kind_parameters(kind)
     return "precision" in step_arguments(step)

@@ -13,8 +13,13 @@ import platform
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from rerank import hardware
+from rerank.atomic import atomic_file
+from rerank.data import write_run
 from rerank.errors import RerankError
 from rerank.experiment.spec import Expectation
+from rerank.extras import MissingExtraError, require
+from rerank.plots import TradeOffPoint, plot_per_query_deltas, plot_reliability, plot_trade_off
 from rerank.trace import StageSummary, format_costs
 from rerank.types import Candidates
 
@@ -84,12 +89,11 @@ def stage_precisions(runs) -> dict[str, str]:
 def machine(precisions: dict[str, str] | None = None) -> str:
     """The machine the latencies come from, in a few words: CPU and what it offers, threads,
     the precision ``auto`` picks there and the precision each model stage ran in."""
-    import torch
+    import torch  # deferred: torch takes long to import
 
-    from rerank.hardware import choose_precision, cpu_features
 
-    features = cpu_features()
-    auto, _ = choose_precision(features)
+    features = hardware.cpu_features()
+    auto, _ = hardware.choose_precision(features)
     line = (f"{features.model or platform.processor() or platform.machine()} ({features.describe()}), "
             f"{os.cpu_count()} cores, torch {torch.__version__} with {torch.get_num_threads()} threads, "
             f"Python {platform.python_version()}; precision auto = {auto}")
@@ -254,11 +258,6 @@ class ExperimentResult:
     def write(self, folder: str | Path) -> dict[str, Path]:
         """Write ``results.md``, ``results.csv``, ``summary.json``, ``runs/<pipeline>.trec.gz``,
         ``trade-off.png`` and ``per-query.png`` under ``folder`` (each atomically); returns the paths."""
-        from rerank.atomic import atomic_file
-        from rerank.data import write_run
-        from rerank.extras import MissingExtraError, require
-        from rerank.plots import TradeOffPoint, plot_per_query_deltas, plot_trade_off
-
         folder = Path(folder)
         (folder / "runs").mkdir(parents=True, exist_ok=True)
         paths = {"markdown": folder / "results.md", "csv": folder / "results.csv", "json": folder / "summary.json"}
@@ -286,8 +285,6 @@ class ExperimentResult:
             paths["per-query"] = plot_per_query_deltas(base, others, folder / "per-query.png", measure=measure,
                                                        baseline_name=self.baseline)
         if self.calibration:
-            from rerank.plots import plot_reliability
-
             paths["reliability"] = plot_reliability(
                 {f"{name} (ECE {c.ece:.3f})": c.reliability for name, c in self.calibration.items()},
                 folder / "reliability.png", title=f"{self.name}: calibrated probability against judgments")

@@ -18,13 +18,23 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
+from tqdm.auto import tqdm
 
+from rerank.config import build_pipeline
+from rerank.data import read_run
+from rerank.data.candidates import candidates_from_run
+from rerank.data.detect import read_any_qrels, read_excluded, read_queries
 from rerank.errors import EvaluationError, RerankError
+from rerank.evaluate import evaluate, parse_measures
+from rerank.experiment.prepare import run_step, takes_precision
 from rerank.experiment.result import CalibrationRow, Drift, ExperimentResult, PipelineRow, machine, stage_precisions
 from rerank.experiment.shared import run_shared
 from rerank.experiment.spec import Expectation, ExperimentSpec, load_spec
 from rerank.pipeline import Stage, leaves
 from rerank.registry import PREPARE_STEPS
+from rerank.relevance import brier_score, expected_calibration_error, judged_pairs, reliability
+from rerank.significance import CORRECTIONS, TESTS, compare_to_baseline
+from rerank.trace import summarize
 from rerank.types import Candidates, Qrels, Query
 
 log = logging.getLogger("rerank.experiment")
@@ -51,9 +61,6 @@ class Experiment:
                  plot_measure: str | None = None, progress: bool = True,
                  excluded: Mapping[str, set[str]] | None = None, calibration_depth: int = 20,
                  calibration_relevant: int = 1) -> None:
-        from rerank.evaluate import parse_measures
-        from rerank.significance import CORRECTIONS, TESTS
-
         if not pipelines:
             raise ValueError("an experiment needs at least one pipeline")
         for label, stage in pipelines.items():
@@ -126,9 +133,6 @@ class Experiment:
                   precision: str | None = None, score_cache: str | Path | None = None) -> Experiment:
         """Build the pipelines of a checked spec (stages shared between them, so each model loads
         once) over inputs already read."""
-        from rerank.config import build_pipeline
-        from rerank.data.detect import read_excluded
-
         built: dict = {}
         began = time.perf_counter()
         pipelines = {name: build_pipeline(config, built=built, precision=precision, score_cache=score_cache)
@@ -146,8 +150,6 @@ class Experiment:
         """Run every pipeline over every query (parts shared between pipelines once per batch),
         evaluate and test; write the report under ``out`` if given; then, with ``check``, raise
         :class:`~rerank.experiment.result.ExpectationError` if an expected score drifted."""
-        from tqdm.auto import tqdm
-
         outputs: dict[str, list[Candidates]] = {name: [] for name in self.pipelines}
         bar = tqdm(total=len(self.inputs), desc=f"experiment {self.name}", unit="q", disable=not self.progress)
         for start in range(0, len(self.inputs), self.batch_size):
@@ -166,10 +168,6 @@ class Experiment:
 
     def evaluate(self, outputs: Mapping[str, list[Candidates]]) -> ExperimentResult:
         """Score already-computed outputs (``{pipeline: ranked candidates per query}``)."""
-        from rerank.evaluate import evaluate
-        from rerank.significance import compare_to_baseline
-        from rerank.trace import summarize
-
         per_query, rows = {}, []
         for name, batch in outputs.items():
             evaluation = evaluate(batch, self.qrels, self.measures, missing="zero", min_coverage=0.0,
@@ -208,8 +206,6 @@ class Experiment:
     def _calibration(self, calibrated, batch: list[Candidates]) -> CalibrationRow:
         """ECE, Brier score and reliability of a calibrated pipeline's probabilities on each
         query's top ``calibration_depth``, and the ECE of the sigmoid of its raw scores beside them."""
-        from rerank.relevance import brier_score, expected_calibration_error, judged_pairs, reliability
-
         scores, labels, _ = judged_pairs(batch, self.qrels, depth=self.calibration_depth,
                                          relevant=self.calibration_relevant)
         probabilities = calibrated.probabilities(scores)
@@ -223,10 +219,6 @@ class Experiment:
 
 def read_inputs(spec: ExperimentSpec, max_queries: int | None = None) -> tuple[list, Qrels]:
     """The queries (or the input run's candidates) and qrels of a spec, checked to agree."""
-    from rerank.data import read_run
-    from rerank.data.candidates import candidates_from_run
-    from rerank.data.detect import read_any_qrels, read_queries
-
     queries = read_queries(spec.queries, spec.split)
     if not queries:
         raise RerankError(f"{spec.source}: no queries in {spec.queries} (split {spec.split!r})")
@@ -260,8 +252,6 @@ def run_prepare(spec: ExperimentSpec, precision: str | None = None) -> None:
     """Run each ``[[prepare]]`` step whose output does not exist yet, in order; ``precision``
     (the experiment's) goes to every step that encodes, scores or trains and sets none itself
     (training has no int8: it trains in fp32 then)."""
-    from rerank.experiment.prepare import run_step, takes_precision
-
     for step in spec.prepare:
         if Path(step.creates).exists():
             log.info("prepare: %s exists", step.creates)

@@ -11,13 +11,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from rerank.pipeline import Cutoff, Fusion, Pipeline, Stage
+from rerank.retrieve.stage import Retriever
 from rerank.types import Candidates
 
 
 def part_key(stage: Stage) -> str:
     """A string that is equal for two stages exactly when they compute the same thing."""
-    from rerank.retrieve.stage import Retriever
-
     if isinstance(stage, Pipeline):
         return " >> ".join(part_key(s) for s in stage.stages)
     if isinstance(stage, Cutoff):

@@ -51,8 +51,11 @@ from typing import Annotated, Any, Optional, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from rerank.config import ConfigError, PipelineConfig, parse_config, read_toml
+from rerank.datasets import bundled_path
+from rerank.evaluate import parse_measures
 from rerank.experiment.prepare import check_step
 from rerank.registry import PREPARE_STEPS
+from rerank.significance import CORRECTIONS, TESTS
 
 _TOP = ("name", "description", "precision", "score_cache", "dataset", "input", "prepare", "evaluation", "pipelines",
         "stages", "expected", "calibration")
@@ -222,9 +225,6 @@ def _table(model: type[T], value: Any, at: _Locator, table: str) -> T:
 def load_spec(path: str | Path, *, check_files: bool = True) -> ExperimentSpec:
     """Read and check an experiment config without reading data or loading models; a
     :class:`~rerank.config.ConfigError` names the file and line of the first problem."""
-    from rerank.evaluate import parse_measures
-    from rerank.significance import CORRECTIONS, TESTS
-
     path = Path(path)
     source = str(path)
     text, data = read_toml(path, "experiment config")
@@ -350,7 +350,5 @@ def load_spec(path: str | Path, *, check_files: bool = True) -> ExperimentSpec:
 
 
 def _check_data_path(value: str, where: str) -> None:
-    from rerank.datasets import bundled_path
-
     if not Path(value).exists() and bundled_path(value) is None:
         raise ConfigError(f"{where}: {value!r} does not exist (and is not a bundled dataset name)")

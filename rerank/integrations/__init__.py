@@ -15,14 +15,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from rerank.config import build_pipeline, dump_pipeline, parse_config
+from rerank.loading import load
 from rerank.pipeline import Stage
 
 
 def saved_reranker(stage: Stage) -> dict[str, str]:
     """A stage object as a framework can save it: ``{"pipeline_toml": <TOML text>}``, which
     :func:`resolve_reranker` builds back (its models named by id or path, as any config)."""
-    from rerank.config import dump_pipeline
-
     return {"pipeline_toml": dump_pipeline(stage)}
 
 
@@ -33,16 +33,10 @@ def resolve_reranker(reranker: Any, **load_options: Any) -> Stage:
     if isinstance(reranker, Stage):
         return reranker
     if isinstance(reranker, dict) and isinstance(reranker.get("pipeline_toml"), str):
-        from rerank.config import build_pipeline, parse_config
-
         return build_pipeline(parse_config("<saved pipeline>", text=reranker["pipeline_toml"], where="<saved pipeline>"))
     if isinstance(reranker, (str, Path)) and str(reranker).endswith(".toml"):
-        from rerank.config import build_pipeline
-
         return build_pipeline(reranker)
     if isinstance(reranker, (str, Path)):
-        from rerank.loading import load
-
         return load(str(reranker), **load_options)
     raise TypeError(f"a re-ranker is a stage, a model name or path, a pipeline .toml file or a saved pipeline; got {type(reranker).__name__}")
 

@@ -60,7 +60,7 @@ class RerankRanker:
 
     def to_dict(self) -> dict[str, Any]:
         """Haystack's serialisation (a stage object is written by its config, as rerank TOML)."""
-        from haystack import default_to_dict
+        from haystack import default_to_dict  # optional: the 'haystack' extra
 
         reranker = self.reranker if isinstance(self.reranker, (str, dict)) else saved_reranker(self._stage)
         return default_to_dict(self, reranker=reranker, top_k=self.top_k, score_threshold=self.score_threshold)
@@ -68,6 +68,6 @@ class RerankRanker:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RerankRanker:
         """The component :meth:`to_dict` wrote (Haystack's deserialisation)."""
-        from haystack import default_from_dict
+        from haystack import default_from_dict  # optional: the 'haystack' extra
 
         return default_from_dict(cls, data)

@@ -24,6 +24,8 @@ from typing import Any
 import numpy as np
 
 from rerank.errors import RerankError
+from rerank.evaluate import evaluate
+from rerank.extras import require
 from rerank.judge.prompts import GRADES
 from rerank.types import Qrels, Run
 
@@ -39,8 +41,6 @@ class AgreementError(RerankError):
 
 
 def _require_extra():
-    from rerank.extras import require
-
     require("sklearn", "judge")
     require("krippendorff", "judge")
 
@@ -61,7 +61,7 @@ def shared_pairs(human: Qrels, judge: Qrels) -> list[tuple[str, str, int, int]]:
 def cohen_kappa(a: Sequence[int], b: Sequence[int], cut: int | None = None) -> float:
     """Cohen's κ of two labelings (binarised as ``grade >= cut`` when ``cut`` is given); NaN when
     chance agreement is total (both constant and equal), where κ is undefined."""
-    from sklearn.metrics import cohen_kappa_score
+    from sklearn.metrics import cohen_kappa_score  # optional: the 'judge' extra
 
     x, y = np.asarray(a), np.asarray(b)
     if cut is not None:
@@ -75,7 +75,7 @@ def cohen_kappa(a: Sequence[int], b: Sequence[int], cut: int | None = None) -> f
 
 def krippendorff_alpha(a: Sequence[int], b: Sequence[int]) -> float:
     """Krippendorff's α (ordinal, grades 0–3) of two coders over the same units."""
-    import krippendorff
+    import krippendorff  # optional: the 'judge' extra
 
     data = np.asarray([a, b], dtype=float)
     if len(set(data.ravel().tolist())) < 2:
@@ -86,7 +86,7 @@ def krippendorff_alpha(a: Sequence[int], b: Sequence[int]) -> float:
 
 def confusion(a: Sequence[int], b: Sequence[int]) -> list[list[int]]:
     """The 4x4 confusion matrix: rows the first labeling's grade, columns the second's."""
-    from sklearn.metrics import confusion_matrix
+    from sklearn.metrics import confusion_matrix  # optional: the 'judge' extra
 
     return confusion_matrix(list(a), list(b), labels=list(GRADES)).tolist()
 
@@ -161,7 +161,7 @@ def label_agreement(human: Qrels, judge: Qrels, *, name: str = "judge", resample
                  for q, r in by_query.items()}
     intervals: dict[str, list[float]] = {}
     if resamples and len(by_query) > 1:
-        from scipy.stats import bootstrap
+        from scipy.stats import bootstrap  # deferred: scipy takes long to import
 
         groups = list(by_query.values())
         for key in overall:
@@ -215,9 +215,8 @@ def system_agreement(human: Qrels, judge: Qrels, runs: Mapping[str, Run], *, mea
                      name: str = "judge") -> SystemAgreement:
     """Each run scored by ``measure`` under both label sets (over the queries both judge), and
     Kendall's τ, τ_AP (the human ordering as the truth) and Spearman's ρ between the orderings."""
-    from scipy.stats import kendalltau, spearmanr
+    from scipy.stats import kendalltau, spearmanr  # deferred: scipy takes long to import
 
-    from rerank.evaluate import evaluate
 
     if len(runs) < 2:
         raise AgreementError("ordering systems needs at least two runs")

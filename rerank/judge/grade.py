@@ -26,6 +26,7 @@ from rerank.data.trec import ranked_items
 from rerank.errors import RerankError
 from rerank.jsoncache import JsonCache
 from rerank.judge.prompts import GRADES, JudgePrompt, load_prompt
+from rerank.runtimes.local_llm import open_llm
 from rerank.score.prompts import passage_text
 from rerank.types import Passage, Qrels, Query, Run
 
@@ -111,8 +112,6 @@ class LLMJudge:
     def __init__(self, llm: Any = "smollm2-135m", prompt: str | JudgePrompt = "umbrela", *,
                  max_passage_tokens: int = 384, batch_size: int = 8, fallback: str = "logprobs",
                  precision: str = "auto", price_per_million: tuple[float, float] | None = None) -> None:
-        from rerank.runtimes.local_llm import open_llm
-
         if fallback not in FALLBACKS:
             raise JudgeError(f"fallback must be one of {FALLBACKS}, got {fallback!r}")
         self.prompt = load_prompt(prompt)

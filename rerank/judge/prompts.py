@@ -16,6 +16,11 @@ from pathlib import Path
 
 from rerank.errors import RerankError
 
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
+
 GRADES = (0, 1, 2, 3)
 
 _SCALE = """Grade how relevant the passage is to the query on a scale of 0 to 3:
@@ -112,11 +117,6 @@ def load_prompt(spec: str | JudgePrompt) -> JudgePrompt:
     path = Path(spec)
     if not path.is_file():
         raise PromptError(f"unknown judging prompt {spec!r}: use one of {sorted(PROMPTS)} or a TOML file")
-    try:
-        import tomllib
-    except ModuleNotFoundError:  # Python 3.10
-        import tomli as tomllib
-
     try:
         table = tomllib.loads(path.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:

@@ -10,6 +10,9 @@ from pathlib import Path
 from typing import Any
 
 from rerank.atomic import atomic_file
+from rerank.data import open_dataset, read_run
+from rerank.data.detect import read_any_qrels
+from rerank.data.trec import write_qrels
 from rerank.judge.agreement import (
     CUTS,
     LabelAgreement,
@@ -19,6 +22,7 @@ from rerank.judge.agreement import (
     system_agreement,
 )
 from rerank.judge.grade import JudgeError, JudgeReport, LLMJudge, judgments_to_qrels, pool, pool_pairs
+from rerank.plots import pyplot
 from rerank.registry import prepare_step
 from rerank.types import Qrels, Run
 
@@ -31,9 +35,6 @@ def judge_step(dataset: str, runs: Sequence[str], out: str, *, llm: str = "smoll
     """``[[prepare]] step = "judge"``: pool the run files ``runs`` at ``depth``, grade the pool
     with ``llm`` and ``prompt`` (as ``rerank judge`` does) and write the qrels ``out``, so that
     an experiment can evaluate under LLM labels (``[dataset] qrels = <out>``)."""
-    from rerank.data import read_run
-    from rerank.data.detect import read_any_qrels
-
     if not runs:
         raise JudgeError("the judge step needs at least one run file (runs = [...])")
     named = {Path(p).name: read_run(p) for p in runs}
@@ -51,8 +52,6 @@ def judge_runs(dataset: str | Path, runs: Mapping[str, Run], out: str | Path, *,
     ``<out>.report.json`` (counts, tokens, seconds, cost) and ``<out>.answers.jsonl`` (each
     pair's answer and how it was read). Resumable: judgments are cached in ``cache`` (default
     ``<out>.cache.sqlite``), so a re-run asks only about the pairs not yet judged."""
-    from rerank.data import open_dataset
-
     out = Path(out)
     pooled = pool(runs, depth, skip=skip)
     if max_queries is not None:
@@ -65,7 +64,6 @@ def judge_runs(dataset: str | Path, runs: Mapping[str, Run], out: str | Path, *,
     pairs = pool_pairs(pooled, queries, corpus)
     judgments, report = judge.judge(pairs, cache=cache or out.with_name(out.name + ".cache.sqlite"),
                                     progress=progress)
-    from rerank.data.trec import write_qrels
 
     write_qrels(judgments_to_qrels(judgments), out)
     with atomic_file(out.with_name(out.name + ".answers.jsonl")) as fh:
@@ -142,8 +140,6 @@ def compare_judges(human: Qrels, judges: Mapping[str, Qrels], runs: Mapping[str,
 def plot_systems(comparison: Comparison, path: str | Path, measure: str = "nDCG@10") -> Path:
     """A scatter of each run's ``measure`` under the human labels (x) against each judge's (y),
     one colour per judge, with the diagonal and τ in the legend."""
-    from rerank.plots import pyplot
-
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 5))
     low, high = 1.0, 0.0

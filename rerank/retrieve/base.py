@@ -11,7 +11,7 @@ from typing import Any, ClassVar
 from rerank.costs import Stopwatch, record_costs
 from rerank.errors import EmptyQueryError
 from rerank.registry import Registry
-from rerank.retrieve.docstore import take_passages
+from rerank.retrieve.docstore import DocStore, take_passages
 from rerank.types import Candidates, Passage, Query
 
 INDEX_KINDS: Registry[type[Index]] = Registry("index kind", "index_kinds", packages=("rerank.retrieve",))
@@ -105,8 +105,6 @@ class Index(ABC):
         """The collection position of each of ``ids`` that the index holds (an id it does not
         hold is left out): from the docstore's id index, or a map built on first use for an
         index whose passages are in memory."""
-        from rerank.retrieve.docstore import DocStore
-
         if isinstance(self.passages, DocStore):
             return {i: pos for i, pos in zip(ids, self.passages.positions(ids)) if pos is not None}
         known = self.__dict__.get("_positions")

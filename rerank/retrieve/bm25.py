@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import gzip
 import json
+import logging
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
@@ -21,6 +22,7 @@ from tqdm.auto import tqdm
 
 from rerank.atomic import atomic_directory
 from rerank.errors import BadIndexError
+from rerank.extras import require
 from rerank.order import top_k_positions
 from rerank.registry import Registry
 from rerank.retrieve.base import Index, check_search, parameter
@@ -104,9 +106,7 @@ class _Bm25sBackend:
 
     @classmethod
     def build(cls, tokens: list[list[str]], params: BM25Params, progress: bool) -> _Bm25sBackend:
-        import logging
-
-        import bm25s
+        import bm25s  # deferred: bm25s takes long to import
 
         logging.getLogger("bm25s").setLevel(logging.WARNING)
         retriever = bm25s.BM25(k1=params.k1, b=params.b, delta=params.delta, method=params.method,
@@ -128,15 +128,13 @@ class _Bm25sBackend:
 
     @classmethod
     def load(cls, folder: Path, mmap: bool) -> _Bm25sBackend:
-        import bm25s
+        import bm25s  # deferred: bm25s takes long to import
 
         retriever = bm25s.BM25.load(folder / "bm25s", mmap=mmap, show_progress=False)
         return cls(retriever)
 
 
 def _rank_bm25_class(params: BM25Params):
-    from rerank.extras import require
-
     rank_bm25 = require("rank_bm25", "rank-bm25", "backend='rank-bm25'")
 
     base = {"lucene": rank_bm25.BM25Okapi, "robertson": rank_bm25.BM25Okapi, "atire": rank_bm25.BM25Okapi,

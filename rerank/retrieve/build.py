@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from rerank.data.detect import iter_collection
 from rerank.errors import BadIndexError, RerankError
 from rerank.registry import prepare_step
 from rerank.retrieve.base import Index, build_parameters, index_kinds
@@ -41,8 +42,6 @@ def build_index(corpus: str | Path, out: str | Path, kind: str = DEFAULT_KIND, *
     absent, shared if it already holds this corpus. ``kind="docstore"`` builds only a docstore,
     at ``out``.
     """
-    from rerank.data.detect import iter_collection
-
     if kind == "docstore":
         if parameters:
             raise ValueError(f"a docstore takes no parameter {sorted(parameters)[0]!r}")
@@ -76,8 +75,6 @@ def _passages(corpus: str | Path, where: Path, *, skip_bad: bool, explicit: bool
     corpus). A docstore of another corpus there is an error when it was asked for by name;
     beside an index by default, the corpus is read into memory and the index's save keeps its
     own docstore instead (:func:`~rerank.retrieve.docstore.store_for_index`)."""
-    from rerank.data.detect import iter_collection
-
     if not where.exists():
         return DocStore.build(iter_collection(corpus, skip_bad=skip_bad), where, progress=progress)
     try:

@@ -8,6 +8,7 @@ stages can score candidates without re-encoding them.
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -34,7 +35,7 @@ KIND = "dense"
 
 def build_faiss(vectors: np.ndarray, factory: str = "Flat", *, seed: int = 0):
     """A FAISS inner-product index of ``vectors`` from a factory string, trained if it needs it."""
-    import faiss
+    import faiss  # deferred: faiss takes long to import
 
     try:
         index = faiss.index_factory(vectors.shape[1], factory, faiss.METRIC_INNER_PRODUCT)
@@ -53,8 +54,6 @@ def build_faiss(vectors: np.ndarray, factory: str = "Flat", *, seed: int = 0):
 
 
 def _training_points_needed(factory: str) -> int:
-    import re
-
     ivf = re.search(r"IVF(\d+)", factory)
     pq = re.search(r"PQ(\d+)(?:x(\d+))?", factory)
     needed = int(ivf.group(1)) if ivf else 1
@@ -150,7 +149,7 @@ class DenseIndex(Index, kind=KIND):
         (the tie rule of :mod:`rerank.order`), also across the cut. ``ef_search`` (HNSW) and
         ``nprobe`` (IVF) trade speed for recall; ``query_vectors`` skips query encoding when the
         caller already has them."""
-        import faiss
+        import faiss  # deferred: faiss takes long to import
 
         model_calls = 0
         if query_vectors is None:
@@ -195,7 +194,7 @@ class DenseIndex(Index, kind=KIND):
 
     def save(self, folder: str | Path) -> Path:
         """Write the FAISS index, the vectors, the passages and the manifest atomically."""
-        import faiss
+        import faiss  # deferred: faiss takes long to import
 
         folder = Path(folder)
         with atomic_directory(folder) as staging:
@@ -221,7 +220,7 @@ class DenseIndex(Index, kind=KIND):
              precision: str = "auto") -> DenseIndex:
         """Load an index written by :meth:`save`; vectors are memory-mapped, the model loads lazily
         (in ``precision``, for queries; the manifest's ``precision`` says how passages were encoded)."""
-        import faiss
+        import faiss  # deferred: faiss takes long to import
 
         folder = Path(folder)
         manifest = read_manifest(folder, cls.kind, verify=verify)

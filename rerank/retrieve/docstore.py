@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from rerank.atomic import atomic_directory
 from rerank.errors import BadIndexError, DataError
-from rerank.retrieve.store import library_versions, read_manifest, write_manifest
+from rerank.retrieve.store import library_versions, read_manifest, read_passages, write_manifest
 from rerank.types import Passage
 
 KIND = "docstore"
@@ -253,8 +253,6 @@ def store_for_index(passages: Sequence[Passage], fingerprint: str, folder: Path,
 def open_index_passages(folder: Path, manifest: dict, *, verify: bool = True) -> Sequence[Passage]:
     """The passages of the index in ``folder``: its docstore (checked to hold the collection
     the index was built from), or the ``passages.jsonl`` of an index written before docstores."""
-    from rerank.retrieve.store import read_passages
-
     relative = manifest.get("docstore")
     if relative is None:
         return read_passages(folder)

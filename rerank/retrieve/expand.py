@@ -18,6 +18,7 @@ from rerank.costs import Stopwatch
 from rerank.errors import RerankError
 from rerank.jsoncache import JsonCache
 from rerank.pipeline import Stage
+from rerank.runtimes.local_llm import open_llm
 from rerank.types import Candidates, StageCost
 
 # BRIGHT's reasoning prompt, in its three steps (the paper's appendix), worded for any query.
@@ -44,8 +45,6 @@ class ReasoningExpansion(Stage, kind="expand"):
     def __init__(self, llm: Any = "smollm2-135m", *, prompt: str = REASONING_PROMPT, max_new_tokens: int = 128,
                  query_weight: int = 1, reasoning_weight: int = 1, batch_size: int = 8, cache: str | None = None,
                  precision: str = "auto", name: str | None = None) -> None:
-        from rerank.runtimes.local_llm import open_llm
-
         if "{query}" not in prompt:
             raise RerankError("the expansion prompt needs a {query} field")
         if query_weight < 0 or reasoning_weight < 0 or query_weight + reasoning_weight == 0:

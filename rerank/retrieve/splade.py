@@ -100,7 +100,7 @@ class SpladeIndex(Index, kind=KIND):
 
     def save(self, folder: str | Path) -> Path:
         """Write the vectors, passages and manifest atomically."""
-        import scipy.sparse as sp
+        import scipy.sparse as sp  # deferred: scipy takes long to import
 
         folder = Path(folder)
         with atomic_directory(folder) as staging:
@@ -120,7 +120,7 @@ class SpladeIndex(Index, kind=KIND):
              precision: str = "auto") -> SpladeIndex:
         """Load an index written by :meth:`save`; the model loads on the first query, in
         ``precision`` (the manifest's ``precision`` says how passages were encoded)."""
-        import scipy.sparse as sp
+        import scipy.sparse as sp  # deferred: scipy takes long to import
 
         folder = Path(folder)
         manifest = read_manifest(folder, cls.kind, verify=verify)

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from rerank.pipeline import Cutoff, Stage
+from rerank.retrieve import load_index
 from rerank.types import Candidates
 
 
@@ -25,8 +26,6 @@ class Retriever(Stage, kind="retrieve"):
 
     def __init__(self, index, *, k: int = 1000, precision: str = "auto", name: str | None = None,
                  **search_options: Any) -> None:
-        from rerank.retrieve import load_index
-
         self.index = load_index(index, precision=precision) if isinstance(index, (str, Path)) else index
         self.k = k
         self.search_options = search_options

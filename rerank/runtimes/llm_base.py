@@ -13,7 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
+from rerank.atomic import atomic_directory
 from rerank.errors import RerankError
+from rerank.models import gguf_file, resolve
 
 
 class LLMError(RerankError):
@@ -83,10 +85,9 @@ def cache_dir() -> Path:
 def _dequantized_gguf(folder: str, gguf: str) -> str:
     """A safetensors copy of a GGUF model, converted on first use (tens of seconds) and cached,
     so later loads take under a second."""
-    import transformers
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    import transformers  # deferred: transformers takes long to import
+    from transformers import AutoModelForCausalLM, AutoTokenizer  # deferred: transformers takes long to import
 
-    from rerank.atomic import atomic_directory
 
     source = Path(folder) / gguf
     stat = source.stat()
@@ -114,9 +115,8 @@ def _dequantized_gguf(folder: str, gguf: str) -> str:
 
 def load_tokenizer(name: str):
     """The tokenizer of a short model name, Hub id or path (a GGUF's from its cached copy)."""
-    from transformers import AutoTokenizer
+    from transformers import AutoTokenizer  # deferred: transformers takes long to import
 
-    from rerank.models import gguf_file, resolve
 
     path, gguf = resolve(name), gguf_file(name)
     return AutoTokenizer.from_pretrained(_dequantized_gguf(path, gguf) if gguf else path)

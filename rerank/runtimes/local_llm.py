@@ -24,7 +24,10 @@ import threading
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
+
 from rerank.hardware import apply_threads
+from rerank.models import gguf_file, resolve
 from rerank.precision import calibration_pairs, prepare_model
 from rerank.runtimes.llm_base import (
     LLM,
@@ -64,10 +67,14 @@ class TransformersLLM:
     def __init__(self, model: str, *, batch_size: int = 8, max_context: int | None = None,
                  prefix_reuse: bool = True, min_shared_prefix: int = 16, threads: int | None = None,
                  device: str = "cpu", precision: str = "auto") -> None:
-        import transformers
-        from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
+        import transformers  # deferred: transformers takes long to import
+        from transformers import (  # deferred: transformers takes long to import
+            AutoConfig,
+            AutoModelForCausalLM,
+            AutoModelForSeq2SeqLM,
+            AutoTokenizer,
+        )
 
-        from rerank.models import gguf_file, resolve
 
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
@@ -110,8 +117,6 @@ class TransformersLLM:
         self.usage = LLMUsage()  # calibration is not the caller's work
 
     def _calibration_scores(self, net):
-        import numpy as np
-
         pairs = calibration_pairs()[:LLM_CALIBRATION_PAIRS]
         saved, self.model = self.model, net
         try:
@@ -187,7 +192,7 @@ class TransformersLLM:
 
     def _log_softmax_at(self, sequences: list[tuple[int, ...]], needed: dict) -> dict:
         """For each sequence, ``{position: log-softmax row}`` at the positions it needs."""
-        import torch
+        import torch  # deferred: torch takes long to import
 
         rows: dict[tuple[int, ...], dict[int, torch.Tensor]] = {}
         for start in range(0, len(sequences), self.batch_size):
@@ -212,7 +217,7 @@ class TransformersLLM:
         return self.model.get_decoder() if hasattr(self.model, "get_decoder") else self.model.base_model
 
     def _forward(self, chunk: list[tuple[int, ...]]):
-        import torch
+        import torch  # deferred: torch takes long to import
 
         width = max(len(s) for s in chunk)
         pad = self.tokenizer.pad_token_id
@@ -222,7 +227,7 @@ class TransformersLLM:
 
     def _forward_with_shared_prefix(self, chunk: list[tuple[int, ...]], shared: int):
         """Run ``chunk[0][:shared]`` once, then every suffix on a copy of its key/value cache."""
-        import torch
+        import torch  # deferred: torch takes long to import
 
         body = self._decoder_body()
         prefix = torch.tensor([list(chunk[0][:shared])], device=self.device)
@@ -240,7 +245,7 @@ class TransformersLLM:
         return torch.cat([first.last_hidden_state.expand(len(chunk), -1, -1), rest], dim=1)
 
     def _seq2seq_logprobs(self, prompts, continuations) -> list[list[float]]:
-        import torch
+        import torch  # deferred: torch takes long to import
 
         pairs = [(p, c, prompt, cont) for p, (prompt, conts) in enumerate(zip(prompts, continuations))
                  for c, cont in enumerate(conts)]
@@ -266,7 +271,7 @@ class TransformersLLM:
 
     # -- generation -------------------------------------------------------------------------
     def generate(self, prompts: Sequence[str], max_new_tokens: int = 32) -> list[str]:
-        import torch
+        import torch  # deferred: torch takes long to import
 
         out: list[str] = []
         tok = self.tokenizer

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
+from rerank.extras import require
+
 
 def cache_root() -> Path:
     """Where exported models live: ``$RERANK_CACHE/onnx`` or ``~/.cache/rerank/onnx``."""
@@ -25,7 +27,7 @@ def cache_root() -> Path:
 def logits_module(net):
     """``net`` (a Hugging Face classifier) as a module from input tensors to its logits, the
     form exporters trace."""
-    import torch
+    import torch  # deferred: torch takes long to import
 
     class Logits(torch.nn.Module):
         def __init__(self, inner):
@@ -86,10 +88,8 @@ class OnnxClassifier:
 
     def __init__(self, net, folder: str | Path, *, uses_token_types: bool, precision: str = "fp32",
                  threads: int | None = None) -> None:
-        from rerank.extras import require
-
         ort = require("onnxruntime", "onnx", "backend='onnx'")
-        import torch
+        import torch  # deferred: torch takes long to import
 
         if precision not in ("fp32", "int8"):
             raise ValueError(f"the ONNX backend runs fp32 or int8, not {precision!r}")
@@ -108,7 +108,7 @@ class OnnxClassifier:
 
     @staticmethod
     def _export(net, target: Path, uses_token_types: bool, precision: str) -> None:
-        import torch
+        import torch  # deferred: torch takes long to import
 
         staging = staging_folder(target)
         names = input_names(uses_token_types)
@@ -120,7 +120,7 @@ class OnnxClassifier:
                               opset_version=17, dynamo=False)
         final = staging / "model.onnx"
         if precision == "int8":
-            from onnxruntime.quantization import QuantType, quantize_dynamic
+            from onnxruntime.quantization import QuantType, quantize_dynamic  # optional: the 'onnx' extra
 
             quantize_dynamic(str(staging / "fp32.onnx"), str(final), weight_type=QuantType.QInt8)
             (staging / "fp32.onnx").unlink()

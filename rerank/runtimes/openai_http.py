@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from rerank.extras import require
 from rerank.runtimes.llm_base import LLMError, LLMUsage, load_tokenizer, render_prompt, truncate_tokens
 
 _RETRIED_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
@@ -38,8 +39,6 @@ class OpenAICompatibleLLM:
     def __init__(self, base_url: str, *, model: str = "default", api: str = "completions",
                  api_key: str | None = None, timeout: float = 60.0, retries: int = 3, backoff: float = 0.5,
                  concurrency: int = 4, tokenizer: str | None = None, max_context: int = 4096) -> None:
-        from rerank.extras import require
-
         httpx = require("httpx", "llm", "the OpenAI-compatible LLM backend")
         require("tenacity", "llm", "the OpenAI-compatible LLM backend")
 
@@ -89,8 +88,14 @@ class OpenAICompatibleLLM:
 
     # -- transport --------------------------------------------------------------------------
     def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
-        import httpx
-        from tenacity import RetryError, Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
+        import httpx  # optional: the 'llm' extra
+        from tenacity import (  # optional: the 'llm' extra
+            RetryError,
+            Retrying,
+            retry_if_exception_type,
+            stop_after_attempt,
+            wait_exponential,
+        )
 
         url = f"{self.base_url}{path}"
 

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from rerank.extras import require
 from rerank.runtimes.onnx import (
     _model_key,
     cache_root,
@@ -42,10 +43,8 @@ class OpenVinoClassifier:
 
     def __init__(self, net, folder: str | Path, *, uses_token_types: bool, precision: str = "fp32",
                  threads: int | None = None, streams: int | None = None) -> None:
-        from rerank.extras import require
-
         ov = require("openvino", "openvino", "backend='openvino'")
-        import torch
+        import torch  # deferred: torch takes long to import
 
         if precision not in INFERENCE_PRECISION:
             raise ValueError(f"the OpenVINO backend runs {' or '.join(INFERENCE_PRECISION)}, not {precision!r}")
@@ -73,8 +72,8 @@ class OpenVinoClassifier:
 
     @staticmethod
     def _convert(net, target: Path, uses_token_types: bool) -> None:
-        import openvino as ov
-        import torch
+        import openvino as ov  # optional: the 'openvino' extra
+        import torch  # deferred: torch takes long to import
 
         names = input_names(uses_token_types)
         example = {name: torch.ones(2, 8, dtype=torch.long) for name in names}

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from rerank.pipeline import Scorer, Work
+from rerank.retrieve import BM25Index
 from rerank.types import Candidates
 
 
@@ -20,8 +21,6 @@ class BM25Scorer(Scorer, kind="bm25"):
     pointwise = True  # a pair's score ignores the other candidates (cacheable)
 
     def __init__(self, index, *, name: str | None = None) -> None:
-        from rerank.retrieve import BM25Index
-
         self.index = BM25Index.load(index) if isinstance(index, (str, Path)) else index
         self.name = name or "bm25-rescore"
 

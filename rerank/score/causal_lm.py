@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import inspect
 from collections.abc import Sequence
 
 import numpy as np
@@ -43,7 +44,7 @@ class CausalLMReranker(RecipeScorer, kind="causal-reranker"):
         super().__init__(model, **options)
 
     def _load_network(self, path: str):
-        from transformers import AutoModelForCausalLM
+        from transformers import AutoModelForCausalLM  # deferred: transformers takes long to import
 
         return AutoModelForCausalLM.from_pretrained(path)
 
@@ -90,7 +91,7 @@ class CausalLMReranker(RecipeScorer, kind="causal-reranker"):
 
     def _run_shared(self, sequences: Sequence[Sequence[int]], rows: list[int], span: int, *, net, precision: str,
                     ) -> tuple[np.ndarray, int]:
-        import torch
+        import torch  # deferred: torch takes long to import
 
         net = self.model.net if net is None else net
         device = self.model.device
@@ -120,8 +121,6 @@ class CausalLMReranker(RecipeScorer, kind="causal-reranker"):
 
 def _cache_argument(net) -> str:
     """What the model's forward calls its key/value cache (newer transformers: ``cache``)."""
-    import inspect
-
     forward = getattr(net, "forward", net)
     wrapped = getattr(forward, "__wrapped__", forward)
     return "cache" if "cache" in inspect.signature(wrapped).parameters else "past_key_values"

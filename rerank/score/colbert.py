@@ -15,6 +15,8 @@ import numpy as np
 from rerank.encoders.tokens import COLBERT, ColBERTEncoder, maxsim_windows
 from rerank.pipeline import Scorer, Work
 from rerank.recipes import Recipe, RecipeError
+from rerank.recipes import recipe as find_recipe
+from rerank.retrieve.tokens import TokenEmbeddingIndex
 from rerank.types import Candidates
 
 
@@ -35,14 +37,10 @@ class ColBERT(Scorer, kind="colbert"):
                  query_length: int | None = None, document_length: int | None = None, batch_size: int = 32,
                  precision: str = "auto", threads: int | None = None, device: str = "cpu",
                  windows: str = "first", stride: int | None = None, name: str | None = None) -> None:
-        from rerank.recipes import recipe as find_recipe
-
         chosen = find_recipe(recipe) if recipe is not None else COLBERT
         if chosen.stage != "colbert":
             raise RecipeError(f"recipe {chosen.name} is run by the {chosen.stage} stage, not colbert")
         if isinstance(index, (str, Path)):
-            from rerank.retrieve.tokens import TokenEmbeddingIndex
-
             index = TokenEmbeddingIndex.load(index)
         stored = getattr(index, "windows", "first") if index is not None else None
         if stored is not None and stored != windows:

@@ -8,9 +8,12 @@ fixed count. Truncation cuts the passage, never the query.
 """
 from __future__ import annotations
 
+import importlib.util
 import os
 import warnings
 from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -21,9 +24,20 @@ from rerank.hardware import apply_threads
 from rerank.hf_tokenizer import tokenize
 from rerank.models import resolve
 from rerank.pipeline import Scorer, Work
-from rerank.precision import BATCH_SHAPES, calibration_pairs, prepare_model
+from rerank.precision import (
+    BATCH_SHAPES,
+    PrecisionChoice,
+    anchor_dynamic_int8,
+    calibration_pairs,
+    model_key,
+    prepare_model,
+    settle_precision,
+)
 from rerank.recipes import Recipe, register_recipe
+from rerank.runtimes.onnx import OnnxClassifier
+from rerank.runtimes.openvino import OpenVinoClassifier
 from rerank.score.detect import Detection, ModelFiles, family_rule
+from rerank.score.windows import AGGREGATES, aggregate, split_windows
 from rerank.types import Candidates
 
 BACKENDS = ("auto", "torch", "onnx", "openvino")
@@ -75,16 +89,18 @@ class CrossEncoder(Scorer, kind="cross-encoder"):
                  backend: str = "auto", name: str | None = None, windows: str = "first",
                  stride: int | None = None, max_windows: int | None = None, streams: int | None = None,
                  batch_invariant: bool = False) -> None:
-        import torch
+        import torch  # deferred: torch takes long to import
 
-        from rerank.score.windows import AGGREGATES
 
         if windows not in AGGREGATES:
             raise ValueError(f"windows must be one of {AGGREGATES}, got {windows!r}")
         if (stride is not None and stride < 1) or (max_windows is not None and max_windows < 1):
             raise ValueError("stride and max_windows must be at least 1")
         self.windows, self.stride, self.max_windows = windows, stride, max_windows
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+        from transformers import (  # deferred: transformers takes long to import
+            AutoModelForSequenceClassification,
+            AutoTokenizer,
+        )
 
         self.threads = apply_threads(threads)
         self.streams = streams
@@ -137,8 +153,6 @@ class CrossEncoder(Scorer, kind="cross-encoder"):
         if self.backend != "torch":
             return False
         if self.precision == "int8" and not self.batch_invariant:
-            from rerank.precision import anchor_dynamic_int8, calibration_pairs
-
             pairs = [(p.query, p.passage) for p in calibration_pairs()]
             anchor_dynamic_int8(self.net, lambda: self.predict(pairs))
         self.batch_invariant = True
@@ -152,9 +166,6 @@ class CrossEncoder(Scorer, kind="cross-encoder"):
     def _choose_backend(self, backend: str, precision: str, device: str) -> str:
         """``backend`` itself, or for ``auto``: OpenVINO where the model will run in bf16 on a CPU
         with native bf16 and OpenVINO is installed, else torch."""
-        import importlib.util
-        from pathlib import Path
-
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
         if backend != "auto":
@@ -167,10 +178,6 @@ class CrossEncoder(Scorer, kind="cross-encoder"):
     def _settle_openvino(self, net) -> None:
         """``auto`` on the OpenVINO backend: bf16 if OpenVINO's bf16 ranks the calibration sample
         like torch's fp32, else torch fp32 (with the guard's warning)."""
-        from dataclasses import replace
-
-        from rerank.precision import model_key, settle_precision
-
         made: dict = {}
 
         def scores(precision: str):
@@ -190,15 +197,11 @@ class CrossEncoder(Scorer, kind="cross-encoder"):
     def _runtime(self, net, backend: str, precision: str):
         """The ONNX Runtime or OpenVINO callable for a named precision, and the choice (ONNX
         Runtime runs ``auto`` in fp32; OpenVINO's ``auto`` goes through :meth:`_settle_openvino`)."""
-        from rerank.precision import PrecisionChoice
-
         uses_types = "token_type_ids" in self.tokenizer.model_input_names
         Runtime: type
         if backend == "onnx":
-            from rerank.runtimes.onnx import OnnxClassifier
             Runtime = OnnxClassifier
         else:
-            from rerank.runtimes.openvino import OpenVinoClassifier
             Runtime = OpenVinoClassifier
         chosen = "fp32" if precision == "auto" else precision
         reason = f"{chosen}: {backend} backend" + (" (its auto choice)" if precision == "auto" else "")
@@ -252,7 +255,6 @@ class CrossEncoder(Scorer, kind="cross-encoder"):
         if self.windows == "first":
             return tokenize(tok, list(queries), list(passages), truncation="only_second", max_length=self.max_length,
                        return_attention_mask=False)
-        from rerank.score.windows import split_windows
 
         cut = split_windows(tok, queries, list(passages), max_length=self.max_length, stride=self.stride,
                             max_windows=self.max_windows)
@@ -305,8 +307,6 @@ class CrossEncoder(Scorer, kind="cross-encoder"):
                     calls += 1
                     bar.update(len(rows))
         if owner is not None:
-            from rerank.score.windows import aggregate
-
             out = aggregate(out, owner, pairs, self.windows)
         return out, calls
 

@@ -137,7 +137,7 @@ def _read(folder: Path | None, hub_id: str, name: str, required: bool = False) -
             return None
     else:
         try:
-            from huggingface_hub import hf_hub_download
+            from huggingface_hub import hf_hub_download  # deferred: huggingface_hub takes long to import
 
             path = Path(hf_hub_download(hub_id, name))
         except Exception as exc:
@@ -167,7 +167,7 @@ def front_matter(readme: str) -> dict[str, Any]:
     if not match:
         return {}
     try:
-        import yaml
+        import yaml  # optional: PyYAML, where installed
 
         loaded = yaml.safe_load(match.group(1))
     except Exception:

@@ -24,6 +24,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from tqdm.auto import tqdm
+
 from rerank.costs import Stopwatch
 from rerank.pipeline import Scorer, Work
 from rerank.types import Candidates, Passage, Qrels, Query
@@ -239,8 +241,6 @@ class PairwiseReranker(Scorer):
     def score_pairs(self, batch: Sequence[Candidates]) -> tuple[Sequence[Any], Work]:
         """Rank-based scores (``n`` for the best of ``n`` down to 1) in the input order, so the
         shared re-sort gives exactly the order the judgments found; the work is per query."""
-        from tqdm.auto import tqdm
-
         scores, seconds, calls, tokens, counters = [], [], [], [], []
         self.last, self.last_stats = [], []
         llm = getattr(self.judge, "llm", None)

@@ -22,7 +22,9 @@ from rerank.pipeline import Scorer, Work
 from rerank.precision import BATCH_SHAPES, calibration_pairs, prepare_model
 from rerank.recipes import Recipe, RecipeError
 from rerank.recipes import recipe as find_recipe
-from rerank.types import Candidates
+from rerank.score.detect import detect_model
+from rerank.score.windows import AGGREGATES, aggregate, text_windows
+from rerank.types import Candidates, Passage, Query
 
 CALIBRATION_PAIRS = 60
 """Calibration pairs for a generative re-ranker (3 queries x 20 passages): its forward costs
@@ -33,8 +35,6 @@ def choose_recipe(path: str, stage: str, given: str | Recipe | Mapping[str, Any]
     """The recipe ``given`` (checked to be one ``stage`` runs) or, when ``None``, the one the
     model's own files name (:func:`rerank.score.detect.detect_model`)."""
     if given is None:
-        from rerank.score.detect import detect_model
-
         detected = detect_model(path)
         if detected.recipe is None or detected.recipe.stage != stage:
             raise RecipeError(f"{path}: its files say it is a {detected.describe()}, not a model the {stage} stage "
@@ -125,7 +125,7 @@ class RecipeModel:
     def run(self, sequences: Sequence[Sequence[int]], forward_logits, *, net=None, precision: str = "fp32",
             progress: bool = False, label: str = "") -> tuple[np.ndarray, int]:
         """Scores of encoded pairs in input order, and the number of forward calls."""
-        import torch
+        import torch  # deferred: torch takes long to import
 
         net = self.net if net is None else net
         out = np.empty(len(sequences), dtype=np.float32)
@@ -180,9 +180,8 @@ class RecipeScorer(Scorer):
                  threads: int | None = None, device: str = "cpu", progress: bool = False,
                  windows: str = "first", window_tokens: int | None = None, stride: int | None = None,
                  max_windows: int | None = None, name: str | None = None) -> None:
-        from transformers import AutoTokenizer
+        from transformers import AutoTokenizer  # deferred: transformers takes long to import
 
-        from rerank.score.windows import AGGREGATES
 
         if max_length is not None and max_length < 8:
             raise ValueError("max_length must be at least 8 tokens")
@@ -269,7 +268,6 @@ class RecipeScorer(Scorer):
         """Scores of (query text, passage text) pairs, in input order."""
         if not pairs:
             return np.zeros(0, dtype=np.float32)
-        from rerank.types import Passage, Query
 
         if self.windows != "first":
             batch = [Candidates(Query(str(i), q), [Passage(str(i), p)], [0.0]) for i, (q, p) in enumerate(pairs)]
@@ -280,8 +278,6 @@ class RecipeScorer(Scorer):
     def _windows(self, batch: Sequence[Candidates]):
         """Each passage's windows (text spans of at most the window size in tokens), as
         :class:`~rerank.score.windows.Windows` over the batch's flattened pairs."""
-        from rerank.score.windows import text_windows
-
         queries = [c.query.text for c in batch for _ in c.passages]
         texts = [p.full_text for c in batch for p in c.passages]
         sizes = {}
@@ -308,8 +304,6 @@ class RecipeScorer(Scorer):
         sequences, cuts = self.model.encode(queries, texts, instructions=[instruction_of[g] for g in groups])
         flat, calls, shared = self._run(sequences, groups, precision=self.precision, progress=self.progress)
         if self.windows != "first":
-            from rerank.score.windows import aggregate
-
             flat = aggregate(flat, owner, len(owner_of), self.windows)
         lengths = np.array([len(s) for s in sequences])
         group_of = np.asarray(groups)

@@ -44,7 +44,7 @@ class SpladeScorer(StoredVectorScorer, kind="splade"):
 
     def similarities(self, query: Any, passages: list[Any]) -> np.ndarray:
         """Sparse passage vectors · the sparse query vector."""
-        import scipy.sparse as sp
+        import scipy.sparse as sp  # deferred: scipy takes long to import
 
         return np.asarray((sp.vstack(passages, format="csr") @ query.T).toarray()).ravel()
 

@@ -11,7 +11,11 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from rerank.hardware import apply_threads
+from rerank.models import quiet_transformers, resolve
+from rerank.precision import calibration_pairs, prepare_model
 from rerank.recipes import Recipe, register_recipe
+from rerank.runtimes.llm_base import truncate_tokens
 from rerank.score.detect import Detection, ModelFiles, choose, family_rule
 from rerank.score.pairwise import PairwiseReranker
 from rerank.score.recipe_scorer import CALIBRATION_PAIRS, RecipeModel, RecipeScorer, choose_recipe
@@ -19,14 +23,14 @@ from rerank.types import Passage, Query
 
 
 def _seq2seq(path: str):
-    from transformers import AutoModelForSeq2SeqLM
+    from transformers import AutoModelForSeq2SeqLM  # deferred: transformers takes long to import
 
     return AutoModelForSeq2SeqLM.from_pretrained(path)
 
 
 def first_step_logits(net, ids, mask, token_ids: Sequence[int]):
     """The logits of ``token_ids`` at the first decoder step of a batch."""
-    import torch
+    import torch  # deferred: torch takes long to import
 
     start = net.config.decoder_start_token_id
     start = net.config.pad_token_id if start is None else start
@@ -62,11 +66,8 @@ class DuoT5Judge:
                  max_length: int | None = None, max_passage_tokens: int | None = None, batch_size: int | None = None,
                  max_batch_tokens: int | None = None, precision: str = "auto", threads: int | None = None,
                  device: str = "cpu") -> None:
-        from transformers import AutoTokenizer
+        from transformers import AutoTokenizer  # deferred: transformers takes long to import
 
-        from rerank.hardware import apply_threads
-        from rerank.models import quiet_transformers, resolve
-        from rerank.precision import calibration_pairs, prepare_model
 
         if max_passage_tokens is not None and max_passage_tokens < 1:
             raise ValueError("max_passage_tokens must be at least 1")
@@ -97,8 +98,6 @@ class DuoT5Judge:
         return first_step_logits(net, ids, mask, self.model.token_ids)
 
     def _cut(self, text: str, limit: int) -> str:
-        from rerank.runtimes.llm_base import truncate_tokens
-
         return truncate_tokens(self.model.tokenizer, text, limit)[0]
 
     def _sequences(self, queries: Sequence[str], firsts: Sequence[str], seconds: Sequence[str]) -> list[list[int]]:

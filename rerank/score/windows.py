@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from rerank.hf_tokenizer import tokenize
+from rerank.tokenize import Tokenizer
 
 AGGREGATES = ("first", "max", "mean")
 TRAINING_WINDOWS = ("first", "max", "lexical")
@@ -117,7 +118,7 @@ def aggregate(scores: np.ndarray, owner: np.ndarray, pairs: int, how: str) -> np
 
 def aggregate_tensor(scores, owner: Sequence[int], pairs: int, how: str):
     """:func:`aggregate` for a torch tensor that keeps its gradients (training on windows)."""
-    import torch
+    import torch  # deferred: torch takes long to import
 
     if how not in AGGREGATES:
         raise ValueError(f"window aggregate must be one of {AGGREGATES}, got {how!r}")
@@ -134,8 +135,6 @@ def aggregate_tensor(scores, owner: Sequence[int], pairs: int, how: str):
 def lexical_windows(windows: Windows) -> list[int]:
     """For each pair, the index (into ``windows``) of its window sharing the most distinct query
     terms (BM25's tokenizer: lowercased, stopwords out, stemmed); the earliest on a tie."""
-    from rerank.tokenize import Tokenizer
-
     tokenize = Tokenizer()
     unique = list(dict.fromkeys(windows.queries))
     terms = {q: set(t) for q, t in zip(unique, tokenize(unique))}

@@ -24,6 +24,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from statistics import median
 
+from rerank.data import open_dataset
 from rerank.pipeline import Stage, bind, variables
 from rerank.tuning.costs import CostModel, measure_costs
 from rerank.tuning.grid import check_grid, combinations
@@ -141,8 +142,6 @@ def allowance_ms(own_left_ms: float, own_cheapest_ms: float, behind: Sequence[tu
 def warmup_candidates(queries: int = 4, documents: int = 200, seed: int = 0) -> list[Candidates]:
     """Request-shaped warm-up input from the bundled SciFact abstracts: each query is one
     abstract's title, its documents ``documents`` other abstracts."""
-    from rerank.data import open_dataset
-
     corpus = list(open_dataset("scifact").corpus().values())
     rng = random.Random(seed)
     out = []

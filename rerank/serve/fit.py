@@ -12,7 +12,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from rerank.hf_tokenizer import tokenize
 from rerank.pipeline import Stage, leaves
+from rerank.recipes import recipes
+from rerank.score.windows import text_windows
 from rerank.serve.protocol import RequestError, RerankRequest
 
 TOKEN_OPTIONS = ("max_tokens_per_doc", "max_chunks_per_doc", "truncate", "truncation_direction")
@@ -40,8 +43,6 @@ class FittedTexts:
 
 def instruction_families() -> list[str]:
     """The recipes whose models take a task instruction."""
-    from rerank.recipes import recipes
-
     return sorted(name for name, r in recipes().items() if r.takes_instruction)
 
 
@@ -71,8 +72,6 @@ class TextFitter:
         return int(self.stage.passage_budget(query))  # type: ignore[attr-defined]
 
     def _offsets(self, text: str) -> list[tuple[int, int]]:
-        from rerank.hf_tokenizer import tokenize
-
         return list(tokenize(self.tokenizer, text, add_special_tokens=False, return_offsets_mapping=True,
                              verbose=False)["offset_mapping"])
 
@@ -102,8 +101,6 @@ class TextFitter:
                                                         f"{getattr(self.stage, 'max_length', '?')}); send truncate=true "
                                                         "to have it cut, or a shorter text")
         if request.max_chunks_per_doc is not None and request.max_chunks_per_doc > 1:
-            from rerank.score.windows import text_windows
-
             cut = text_windows(self.tokenizer, [request.query] * len(texts), texts, [room] * len(texts),
                                max_windows=request.max_chunks_per_doc)
             return FittedTexts(cut.texts, cut.owner, True)

@@ -3,8 +3,10 @@ every one with a 4xx (never a 5xx, never a crash) and keeps working afterwards. 
 tests and by ``experiments/benchmarks/serve.py``; also handy against a deployment."""
 from __future__ import annotations
 
+import hashlib
 import json
 import random
+import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -86,8 +88,6 @@ def bad_credentials(key: str) -> list[BadCredential]:
     wrong, truncated, padded, re-cased, the digest instead of the key, wrong schemes, repeated or
     conflicting headers, control characters, non-ASCII, a long key, and the key where no key is
     read (the query string, the body)."""
-    import hashlib
-
     def header(name: str, value: str) -> tuple[tuple[str, str], ...]:
         return ((name, value),)
 
@@ -122,8 +122,6 @@ def bad_credentials(key: str) -> list[BadCredential]:
 def post_raw(host: str, port: int, path: str, headers, body: dict, timeout: float = 60.0) -> tuple[int, str]:
     """POST ``body`` as JSON over a plain socket with ``headers`` exactly as given (HTTP clients
     refuse to send several of the malformed ones an attacker would); the status and body text."""
-    import socket
-
     payload = json.dumps(body).encode()
     lines = [f"POST {path} HTTP/1.1", f"Host: {host}:{port}", "Content-Type: application/json",
              f"Content-Length: {len(payload)}", "Connection: close", *(f"{k}: {v}" for k, v in headers)]

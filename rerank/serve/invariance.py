@@ -23,7 +23,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from rerank.config import takes_precision
 from rerank.pipeline import Stage, leaves, rebuild
+from rerank.precision import calibration_pairs
 from rerank.types import Candidates, Passage, Query
 
 log = logging.getLogger(__name__)
@@ -49,8 +51,6 @@ class InvarianceReport:
 
 
 def _sample(size: int = 32) -> list[Candidates]:
-    from rerank.precision import calibration_pairs
-
     pairs = calibration_pairs()[:size]
     return [Candidates(Query(f"q{i}", p.query), [Passage(f"p{i}", p.passage)], [0.0]) for i, p in enumerate(pairs)]
 
@@ -77,8 +77,6 @@ def _measurable(stage: Stage) -> bool:
 
 def _in_fp32(stage: Stage) -> Stage | None:
     """The same stage rebuilt in torch and fp32 (None when it has no config to rebuild from)."""
-    from rerank.config import takes_precision
-
     if stage.kind is None or not takes_precision(type(stage)):
         return None
     config = stage.config()

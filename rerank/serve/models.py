@@ -9,6 +9,8 @@ holds it; a request for an unloaded model waits for it to load again.
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import ctypes.util
 import gc
 import logging
 import os
@@ -20,10 +22,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from rerank.config import build_pipeline, parse_config, score_cache_file
 from rerank.errors import RerankError
+from rerank.loading import load
 from rerank.pipeline import Stage, leaves, variables
 from rerank.serve.batcher import MicroBatcher
+from rerank.serve.budget import BudgetPlanner, DriftScale, fit_service_costs
 from rerank.serve.fit import TextFitter, reads_instruction
+from rerank.serve.invariance import settle_invariance
 from rerank.serve.settings import MODEL_SETTINGS, ServeSettings, SettingsError
 from rerank.types import Candidates, Passage, Query, StageCost
 
@@ -111,8 +117,6 @@ def build_model(spec: ModelSpec, precision: str | None, score_cache: str | None 
         return spec.source, dict(spec.settings)
     source = spec.source
     if source.endswith(".toml"):
-        from rerank.config import build_pipeline, parse_config, score_cache_file
-
         config = parse_config(source)
         table = dict(config.extra.get("serve") or {})
         if config.tune and "cutoff_values" not in table:
@@ -125,7 +129,6 @@ def build_model(spec: ModelSpec, precision: str | None, score_cache: str | None 
         settings = {**own, **spec.settings}
         return build_pipeline(config, precision=precision or settings.get("precision"),
                               score_cache=score_cache_file(config) or score_cache), settings
-    from rerank.loading import load
 
     options = {"precision": precision} if precision else {}
     return load(source, **options), dict(spec.settings)
@@ -137,8 +140,6 @@ def describe_source(spec: ModelSpec) -> dict[str, Any]:
         return {"source": str(spec.source)}
     if spec.source.endswith(".toml"):
         try:
-            from rerank.config import parse_config
-
             config = parse_config(spec.source, check_files=False)
             return {"source": spec.source, "families": sorted({config.stages[n].kind for n in config.used()})}
         except RerankError:
@@ -195,8 +196,6 @@ class ModelHost:
         if settings.batch_invariance and self.settled and all(r.path == "as loaded" for r in self.settled):
             invariance = self.settled  # reloaded after an unload: the same model, already found invariant as loaded
         elif settings.batch_invariance:
-            from rerank.serve.invariance import settle_invariance
-
             pipeline, invariance = settle_invariance(pipeline)
             self.settled = invariance
         planner, costs = (self._planner(pipeline, settings, self.spec.costs) if variables(pipeline) else (None, None))
@@ -215,8 +214,6 @@ class ModelHost:
     @staticmethod
     def _planner(pipeline: Stage, settings: ServeSettings, costs: CostModel | None
                  ) -> tuple[BudgetPlanner, CostModel]:
-        from rerank.serve.budget import BudgetPlanner, DriftScale, fit_service_costs
-
         check_budget(pipeline, settings)
         if settings.cutoff_values is None:
             raise ServiceError("a budgeted model needs cut-off values")
@@ -322,9 +319,6 @@ def limit_malloc_arenas(arenas: int = 2) -> None:
     """Cap glibc's malloc arenas: each new thread (a model's worker, reloaded after an unload)
     may get an arena of its own whose freed memory glibc keeps, so a long-running service that
     loads and unloads models grows; two arenas hold what the service needs (no-op off glibc)."""
-    import ctypes
-    import ctypes.util
-
     name = ctypes.util.find_library("c")
     if name:
         try:
@@ -336,9 +330,6 @@ def limit_malloc_arenas(arenas: int = 2) -> None:
 def _return_freed_memory() -> None:
     """Hand the heap memory an unloaded model freed back to the operating system (glibc keeps it
     otherwise, and a process that loads and unloads models would look like it leaks)."""
-    import ctypes
-    import ctypes.util
-
     name = ctypes.util.find_library("c")
     if name:
         try:
@@ -381,7 +372,7 @@ def process_rss_mb() -> float:
         with open(f"/proc/{os.getpid()}/statm") as handle:
             return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
     except (OSError, ValueError, IndexError):
-        import resource
+        import resource  # Unix only (not on Windows)
 
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 

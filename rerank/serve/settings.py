@@ -9,6 +9,7 @@ from pydantic import ConfigDict, Field, ValidationError
 from pydantic.dataclasses import dataclass
 
 from rerank.errors import RerankError
+from rerank.precision import CHOICES
 
 Positive = Annotated[float, Field(gt=0)]
 PositiveInt = Annotated[int, Field(gt=0)]
@@ -110,8 +111,6 @@ class ServeSettings:
     """A score cache file (:mod:`rerank.cache`) for every served pipeline config that names none."""
 
     def __post_init__(self) -> None:
-        from rerank.precision import CHOICES
-
         if self.precision is not None and self.precision not in CHOICES:
             raise SettingsError(f"serve setting precision must be one of {', '.join(CHOICES)}, got {self.precision!r}")
 

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
+from rerank.extras import require
 from rerank.types import StageCost
 
 access_log = logging.getLogger("rerank.access")
@@ -32,8 +33,6 @@ class Tracing:
     global tracer provider, which the team's OpenTelemetry set-up configures)."""
 
     def __init__(self, provider: Any = None) -> None:
-        from rerank.extras import require
-
         trace = require("opentelemetry.trace", "otel", "tracing the service")
         self._trace = trace
         self.tracer = trace.get_tracer("rerank.serve", tracer_provider=provider)

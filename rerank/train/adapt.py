@@ -22,6 +22,7 @@ its checkpoint)::
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from collections.abc import Callable
@@ -31,10 +32,19 @@ from pathlib import Path
 from typing import Any
 
 from rerank.atomic import atomic_directory, atomic_file
+from rerank.config import build_pipeline
+from rerank.data import open_dataset
 from rerank.errors import RerankError
 from rerank.registry import prepare_step
+from rerank.retrieve.bm25 import BM25Index
+from rerank.retrieve.build import build_index, kind_parameters
+from rerank.retrieve.dense import DenseIndex
+from rerank.retrieve.splade import SpladeIndex
+from rerank.runtimes.local_llm import open_llm
 from rerank.train.data import MiningStats
 from rerank.train.losses import DEFAULT_LABEL_LOSS
+from rerank.train.pseudo import generated_queries, ict_queries, round_trip_filter
+from rerank.train.workflows import distill, mine, teacher_scores, train_cross_encoder
 
 ADAPT_FILE = "adapt.json"
 
@@ -164,11 +174,6 @@ class Adapter:
     # -- the steps ----------------------------------------------------------------------------
 
     def _build_indexes(self) -> None:
-        from rerank.retrieve.bm25 import BM25Index
-        from rerank.retrieve.build import build_index, kind_parameters
-        from rerank.retrieve.dense import DenseIndex
-        from rerank.retrieve.splade import SpladeIndex
-
         def build(kind: str, folder: Path) -> dict | None:
             options: dict[str, Any] = {"precision": self.config.precision} if "precision" in kind_parameters(kind) else {}
             build_index(self.corpus_source, folder, kind, progress=self.progress, **options)
@@ -189,17 +194,11 @@ class Adapter:
                     fh.write(text.format(**values))
 
     def _make_queries(self) -> dict:
-        from rerank.config import build_pipeline
-        from rerank.data import open_dataset
-        from rerank.train.pseudo import generated_queries, ict_queries, round_trip_filter
-
         c = self.config
         corpus = open_dataset(self.corpus_source).corpus()
         queries = ict_queries(corpus, c.ict_queries, seed=c.seed, remove=c.remove_sentence)
         counts = {"passages": len(corpus), "ict_queries": len(queries)}
         if c.generated_queries:
-            from rerank.runtimes.local_llm import open_llm
-
             llm = open_llm(c.llm)
             made = generated_queries(corpus, c.generated_queries, llm, seed=c.seed, exclude=[q.source for q in queries],
                                      progress=self.progress)
@@ -235,8 +234,6 @@ class Adapter:
         return counts
 
     def _mine(self) -> dict:
-        from rerank.train.workflows import mine
-
         stats = MiningStats()
         with atomic_directory(self.out / "mined") as staging:
             triples = mine(self.out / "data", staging / "triples.tsv", pipeline=self.out / "pipelines" / "first-stage.toml",
@@ -248,8 +245,6 @@ class Adapter:
                 "dropped_as_false_negatives": stats.dropped}
 
     def _teacher(self) -> dict:
-        from rerank.train.workflows import teacher_scores
-
         scores = teacher_scores(self.out / "data", self.out / "mined" / "triples.tsv", self.out / "teacher.tsv",
                                 pipeline=self.out / "pipelines" / "teacher.toml", progress=self.progress)
         return {"teacher_scores": len(scores)}
@@ -259,8 +254,6 @@ class Adapter:
         return min(self.config.dev_queries, max(0, queries // 10))
 
     def _train(self) -> dict:
-        from rerank.train.workflows import train_cross_encoder
-
         c = self.config
         result = train_cross_encoder(
             self.out / "data", None, self.out / "cross-encoder", teacher_scores=self.out / "teacher.tsv",
@@ -272,8 +265,6 @@ class Adapter:
                 "cross_encoder_dev": result.best_dev}
 
     def _student_teacher(self) -> dict:
-        from rerank.train.workflows import teacher_scores
-
         scores = teacher_scores(self.out / "data", self.out / "mined" / "triples.tsv", self.out / "student-teacher.tsv",
                                 model=str(self.out / "cross-encoder"), max_length=self.config.max_length,
                                 progress=self.progress, precision=self.config.precision,
@@ -281,8 +272,6 @@ class Adapter:
         return {"student_teacher_scores": len(scores)}
 
     def _distill(self) -> dict:
-        from rerank.train.workflows import distill
-
         c = self.config
         result = distill(self.out / "data", self.out / "student-teacher.tsv", self.out / "student",
                          student="cross-encoder", init=c.student_init, layers=c.student_layers,
@@ -336,8 +325,6 @@ def adapt(corpus: str | Path, out: str | Path, config: AdaptConfig | None = None
 
 
 def _adapt_options() -> list[str]:
-    import dataclasses
-
     return [f.name for f in dataclasses.fields(AdaptConfig)]
 
 

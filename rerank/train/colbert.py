@@ -16,11 +16,12 @@ import string
 from pathlib import Path
 from typing import Any
 
+from rerank.score.colbert import ColBERT
 from rerank.train.students import TrainableModel
 
 
 def _network(body, dim: int):
-    import torch
+    import torch  # deferred: torch takes long to import
 
     class ColbertNetwork(torch.nn.Module):
         """The encoder and its projection; ``forward`` gives normalized token vectors."""
@@ -50,8 +51,8 @@ class ColbertModel(TrainableModel, kind="colbert"):
 
     def __init__(self, init: str = "minilm-l6", *, max_length: int = 180, layers: int | None = None,
                  query_length: int = 32, dim: int = 128) -> None:
-        import torch
-        from transformers import AutoConfig, AutoModel
+        import torch  # deferred: torch takes long to import
+        from transformers import AutoConfig, AutoModel  # deferred: transformers takes long to import
 
         super().__init__(init, max_length)
         config = AutoConfig.from_pretrained(self.path)
@@ -76,7 +77,7 @@ class ColbertModel(TrainableModel, kind="colbert"):
 
     @staticmethod
     def _existing_projection(folder: Path):
-        from safetensors.torch import load_file
+        from safetensors.torch import load_file  # deferred: safetensors takes long to import
 
         path = folder / "model.safetensors"
         if folder.is_dir() and path.is_file():
@@ -86,7 +87,7 @@ class ColbertModel(TrainableModel, kind="colbert"):
         return None
 
     def _batch(self, texts, marker: int, length: int, query: bool):
-        import torch
+        import torch  # deferred: torch takes long to import
 
         tok = self.tokenizer
         body = tok(list(texts), add_special_tokens=False, truncation=True, max_length=length - 3)["input_ids"]
@@ -104,7 +105,7 @@ class ColbertModel(TrainableModel, kind="colbert"):
         return self._forward(input_ids=ids, attention_mask=mask)
 
     def _encode_passages(self, texts):
-        import torch
+        import torch  # deferred: torch takes long to import
 
         ids, mask = self._batch(texts, self.markers[1], self.max_length, query=False)
         vectors = self._forward(input_ids=ids, attention_mask=mask)
@@ -127,7 +128,7 @@ class ColbertModel(TrainableModel, kind="colbert"):
 
     def save(self, folder: Path) -> None:
         """A ColBERT checkpoint in the Stanford layout (see the module docstring)."""
-        from safetensors.torch import save_file
+        from safetensors.torch import save_file  # deferred: safetensors takes long to import
 
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
@@ -143,15 +144,13 @@ class ColbertModel(TrainableModel, kind="colbert"):
         self.tokenizer.save_pretrained(folder)
 
     def load_weights(self, folder: Path) -> None:
-        from safetensors.torch import load_file
+        from safetensors.torch import load_file  # deferred: safetensors takes long to import
 
         tensors = load_file(str(Path(folder) / "model.safetensors"), device=str(self.device))
         self.net.bert.load_state_dict({k[len("bert."):]: v for k, v in tensors.items() if k.startswith("bert.")})
         self.net.linear.weight.data.copy_(tensors["linear.weight"])
 
     def inference_scorer(self, folder: Path):
-        from rerank.score.colbert import ColBERT
-
         return ColBERT(str(folder))
 
     def describe(self) -> dict:

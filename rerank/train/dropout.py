@@ -155,7 +155,9 @@ def attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: 
     :func:`fast_dropout` on the probabilities while training a bidirectional encoder; torch's SDPA
     otherwise.
     ``attention_mask`` is the boolean mask (True = attend) that ``sdpa_mask`` builds."""
-    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+    from transformers.integrations.sdpa_attention import (  # deferred: transformers takes long to import
+        sdpa_attention_forward,  # deferred: transformers takes long to import
+    )
 
     if not module.training or dropout == 0.0 or getattr(module, "is_causal", False):
         # causal (decoder) attention keeps torch's own path: its mask may be left to SDPA's is_causal
@@ -184,8 +186,11 @@ def attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: 
 
 
 def _register() -> None:
-    from transformers import AttentionInterface
-    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
+    from transformers import AttentionInterface  # deferred: transformers takes long to import
+    from transformers.masking_utils import (  # deferred: transformers takes long to import
+        ALL_MASK_ATTENTION_FUNCTIONS,
+        sdpa_mask,
+    )
 
     AttentionInterface.register(ATTENTION, attention)
     ALL_MASK_ATTENTION_FUNCTIONS.register(ATTENTION, sdpa_mask)

@@ -29,7 +29,10 @@ from tqdm.auto import tqdm
 
 from rerank.atomic import atomic_directory, atomic_file
 from rerank.errors import RerankError
+from rerank.models import gguf_file, resolve
+from rerank.runtimes.llm_base import _dequantized_gguf, render_prompt, truncate_tokens
 from rerank.score.prompts import LISTWISE, FitStats, fit_passages
+from rerank.train.trainer import training_precision
 from rerank.types import Candidates, Passage
 
 LOSSES = ("importance", "lm")
@@ -115,8 +118,6 @@ class _Fitting:
         return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
     def truncate(self, text: str, max_tokens: int) -> tuple[str, bool]:
-        from rerank.runtimes.llm_base import truncate_tokens
-
         return truncate_tokens(self.tokenizer, text, max_tokens)
 
 
@@ -137,8 +138,6 @@ def encode_example(tokenizer, example: ListwiseExample, *, max_context: int, max
                    loss: str = "importance", name: str = "llm") -> tuple[list[int], list[int], list[float]]:
     """Token ids of prompt + target, the labels (-100 on the prompt) and each target token's
     weight: the prompt is the one the listwise stage sends with every candidate in one window."""
-    from rerank.runtimes.llm_base import render_prompt
-
     n = len(example.passages)
     fitting = _Fitting(tokenizer, max_context, name)
     answer_tokens = 6 * n + 8
@@ -198,9 +197,6 @@ class ListwiseConfig:
 
 
 def _model_folder(model: str) -> str:
-    from rerank.models import gguf_file, resolve
-    from rerank.runtimes.llm_base import _dequantized_gguf
-
     path, gguf = resolve(model), gguf_file(model)
     return _dequantized_gguf(path, gguf) if gguf else path
 
@@ -209,10 +205,9 @@ def train_listwise(labels: str | Path | Sequence[ListwiseExample], out: str | Pa
                    config: ListwiseConfig | None = None, progress: bool = True) -> dict[str, Any]:
     """Fine-tune ``model`` (a causal LM: short name, Hub id, path or GGUF) on listwise labels;
     resumes from ``out``'s checkpoint; returns the training record (also in ``out``)."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    import torch  # deferred: torch takes long to import
+    from transformers import AutoModelForCausalLM, AutoTokenizer  # deferred: transformers takes long to import
 
-    from rerank.train.trainer import training_precision
 
     config = config or ListwiseConfig()
     out = Path(out)
@@ -288,7 +283,7 @@ def example_loss(net, ids: list[int], labels: list[int], weights: list[float]):
     """The weighted cross-entropy of one encoded example's answer tokens. Only the positions
     that predict the answer (which ends the sequence) go through the output layer: the
     prompt's ~1,500 positions times a 49k-token vocabulary would be a tenth of the step."""
-    import torch
+    import torch  # deferred: torch takes long to import
 
     answer = len(labels) - next(i for i, label in enumerate(labels) if label != -100)
     logits = net(input_ids=torch.tensor([ids]), logits_to_keep=answer + 1).logits[0, :-1].float()
@@ -309,7 +304,7 @@ class _null:
 
 def _save_checkpoint(folder: Path, net, tokenizer, optimizer, scheduler, step: int, seconds: float, losses: list,
                      config: ListwiseConfig, examples: int) -> None:
-    import torch
+    import torch  # deferred: torch takes long to import
 
     with atomic_directory(folder) as staging:
         net.save_pretrained(staging)

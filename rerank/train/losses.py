@@ -54,7 +54,7 @@ def distill_losses() -> list[str]:
 @register_loss("bce", distills=False)
 def bce(scores, teacher=None):
     """Pointwise binary cross-entropy per group."""
-    import torch
+    import torch  # deferred: torch takes long to import
 
     labels = torch.zeros_like(scores)
     labels[:, 0] = 1.0
@@ -64,7 +64,7 @@ def bce(scores, teacher=None):
 @register_loss("pairwise", distills=False)
 def pairwise(scores, teacher=None):
     """RankNet loss per group: positive against each negative."""
-    import torch
+    import torch  # deferred: torch takes long to import
 
     return torch.nn.functional.softplus(scores[:, 1:] - scores[:, :1]).mean(1)
 
@@ -72,7 +72,7 @@ def pairwise(scores, teacher=None):
 @register_loss("listwise", distills=False)
 def listwise(scores, teacher=None):
     """Softmax cross-entropy per group, the positive being the target."""
-    import torch
+    import torch  # deferred: torch takes long to import
 
     return -torch.log_softmax(scores, dim=1)[:, 0]
 
@@ -94,7 +94,7 @@ def mse(scores, teacher):
 @register_loss("kl", distills=True)
 def kl(scores, teacher, temperature: float = 1.0):
     """KL divergence per group from the teacher's softmax distribution to the student's."""
-    import torch
+    import torch  # deferred: torch takes long to import
 
     target = torch.log_softmax(teacher / temperature, dim=1)
     student = torch.log_softmax(scores / temperature, dim=1)

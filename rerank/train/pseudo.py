@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 from tqdm.auto import tqdm
 
-from rerank.types import Passage
+from rerank.types import Passage, Query
 
 _SENTENCE = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9(\[])")
 
@@ -128,8 +128,6 @@ def round_trip_filter(queries: Sequence[PseudoQuery], retrieve, *, k: int = 10) 
     """Keep the queries whose source passage ``retrieve`` (queries to ranked
     :class:`~rerank.types.Candidates`, e.g. a pipeline's ``search``) ranks in its top ``k``;
     also returns how many were dropped."""
-    from rerank.types import Query
-
     if not queries:
         return [], 0
     results = retrieve([Query(q.id, q.text) for q in queries])

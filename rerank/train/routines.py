@@ -38,7 +38,7 @@ def dev_set(qids: Sequence[str], run: Run, queries: Mapping[str, Query], corpus:
 
 
 def _seed(seed: int) -> None:
-    import torch
+    import torch  # deferred: torch takes long to import
 
     torch.manual_seed(seed)
 

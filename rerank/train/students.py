@@ -12,6 +12,7 @@ Each saves a Hugging Face folder that the matching inference class loads by path
 """
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 from collections.abc import Iterator, Sequence
@@ -21,6 +22,8 @@ from typing import Any
 
 from rerank.models import resolve
 from rerank.registry import Registry
+from rerank.score import BiEncoderScorer, CrossEncoder, SpladeScorer
+from rerank.score.windows import TRAINING_WINDOWS, aggregate_tensor, lexical_windows, split_windows
 
 STUDENTS: Registry[type[TrainableModel]] = Registry("student kind", "students", packages=("rerank.train",))
 """Trainable model kinds (``rerank train distill --student``): each class declares its kind once,
@@ -34,7 +37,7 @@ def student_kinds() -> list[str]:
 
 
 def _quiet_transformers():
-    import transformers
+    import transformers  # deferred: transformers takes long to import
 
     # Loading an encoder under a new head prints a report of the head's fresh weights; that
     # is the point of fine-tuning, not news.
@@ -59,7 +62,7 @@ class TrainableModel:
             STUDENTS.add(kind, cls)
 
     def __init__(self, init: str, max_length: int) -> None:
-        from transformers import AutoTokenizer
+        from transformers import AutoTokenizer  # deferred: transformers takes long to import
 
         _quiet_transformers()
         self.init = init
@@ -86,7 +89,7 @@ class TrainableModel:
         :meth:`reduced_precision`, on its own weights otherwise."""
         if self._cast_weights is None:
             return self.net(**inputs)
-        from torch.func import functional_call
+        from torch.func import functional_call  # deferred: torch takes long to import
 
         return functional_call(self.net, self._cast_weights, args=(), kwargs=inputs)
 
@@ -132,7 +135,7 @@ class TrainableModel:
 
     def load_weights(self, folder: Path) -> None:
         """Load weights saved by :meth:`save` into this model (resuming)."""
-        from safetensors.torch import load_file
+        from safetensors.torch import load_file  # deferred: safetensors takes long to import
 
         self.net.load_state_dict(load_file(str(Path(folder) / "model.safetensors"), device=str(self.device)))
 
@@ -164,9 +167,11 @@ class CrossEncoderModel(TrainableModel, kind="cross-encoder"):
 
     def __init__(self, init: str = "minilm-l6", *, max_length: int = 128, layers: int | None = None,
                  windows: str = "first") -> None:
-        from transformers import AutoConfig, AutoModelForSequenceClassification
+        from transformers import (  # deferred: transformers takes long to import
+            AutoConfig,
+            AutoModelForSequenceClassification,
+        )
 
-        from rerank.score.windows import TRAINING_WINDOWS
 
         if windows not in TRAINING_WINDOWS:
             raise ValueError(f"training windows must be one of {TRAINING_WINDOWS}, got {windows!r}")
@@ -183,7 +188,6 @@ class CrossEncoderModel(TrainableModel, kind="cross-encoder"):
         windows = windows or self.windows
         if windows == "first":
             return self._forward(**self._tokens(queries, passages)).logits[:, 0].float()
-        from rerank.score.windows import aggregate_tensor, lexical_windows, split_windows
 
         cut = split_windows(self.tokenizer, list(queries), list(passages), max_length=self.max_length)
         if windows == "lexical":
@@ -205,8 +209,6 @@ class CrossEncoderModel(TrainableModel, kind="cross-encoder"):
         return facts
 
     def inference_scorer(self, folder):
-        from rerank.score import CrossEncoder
-
         return CrossEncoder(str(folder), max_length=self.max_length,
                             windows="first" if self.windows == "first" else "max")
 
@@ -230,7 +232,7 @@ class BiEncoderModel(TrainableModel, kind="bi-encoder"):
     pipeline_tag = "feature-extraction"
 
     def __init__(self, init: str = "minilm-l6", *, max_length: int = 128, layers: int | None = None) -> None:
-        from transformers import AutoConfig, AutoModel
+        from transformers import AutoConfig, AutoModel  # deferred: transformers takes long to import
 
         super().__init__(init, max_length)
         config = AutoConfig.from_pretrained(self.path)
@@ -239,7 +241,7 @@ class BiEncoderModel(TrainableModel, kind="bi-encoder"):
         self.net = AutoModel.from_pretrained(self.path, config=config)
 
     def _encode(self, texts):
-        import torch
+        import torch  # deferred: torch takes long to import
 
         batch = self._tokens(texts)
         hidden = self._forward(**batch).last_hidden_state.float()
@@ -262,8 +264,6 @@ class BiEncoderModel(TrainableModel, kind="bi-encoder"):
         _write_sentence_transformers_config(Path(folder), self.max_length)
 
     def inference_scorer(self, folder):
-        from rerank.score import BiEncoderScorer
-
         return BiEncoderScorer(str(folder))
 
 
@@ -278,7 +278,7 @@ class SpladeModel(TrainableModel, kind="splade"):
 
     def __init__(self, init: str = "splade-tiny", *, max_length: int = 128, flops_query: float = 3e-4,
                  flops_passage: float = 1e-4, layers: int | None = None) -> None:
-        from transformers import AutoModelForMaskedLM
+        from transformers import AutoModelForMaskedLM  # deferred: transformers takes long to import
 
         super().__init__(init, max_length)
         if layers is not None:
@@ -289,7 +289,7 @@ class SpladeModel(TrainableModel, kind="splade"):
         self._last_reg = 0.0
 
     def _encode(self, texts):
-        import torch
+        import torch  # deferred: torch takes long to import
 
         batch = self._tokens(texts)
         logits = self._forward(**batch).logits.float()
@@ -312,8 +312,6 @@ class SpladeModel(TrainableModel, kind="splade"):
         return self._last_reg
 
     def inference_scorer(self, folder):
-        from rerank.score import SpladeScorer
-
         return SpladeScorer(str(folder), max_length=self.max_length)
 
 
@@ -322,8 +320,6 @@ def build_model(kind: str, init: str | None = None, *, max_length: int = 128, la
     """A trainable model of ``kind`` (any of :func:`student_kinds`: ``cross-encoder``,
     ``bi-encoder``, ``splade``...) from ``init`` (default: the class's ``default_init``);
     ``windows`` is for the kinds that read long passages in windows (:class:`CrossEncoderModel`)."""
-    import inspect
-
     cls = STUDENTS.get(kind)
     takes_windows = "windows" in inspect.signature(cls.__init__).parameters
     if windows != "first" and not takes_windows:

@@ -16,6 +16,7 @@ Layout of an output folder::
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -28,9 +29,11 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
+from rerank import hardware
 from rerank.atomic import atomic_directory, atomic_file
 from rerank.costs import Stopwatch
 from rerank.errors import RerankError
+from rerank.evaluate import evaluate
 from rerank.train.card import TRAINING_FILE, write_model_card
 from rerank.train.curriculum import Curriculum
 from rerank.train.data import TrainingGroup
@@ -95,17 +98,15 @@ TRAIN_PRECISIONS = ("auto", "fp32", "bf16")
 
 def training_precision(requested: str, device: str = "cpu") -> tuple[str, str]:
     """``bf16`` or ``fp32`` for a training run on ``device``, and why."""
-    from rerank.hardware import choose_precision, cpu_features
-
     if requested != "auto":
         return requested, f"{requested}: chosen by the user"
     if str(device).startswith("cuda"):
-        import torch
+        import torch  # deferred: torch takes long to import
 
         if torch.cuda.is_bf16_supported():
             return "bf16", "bf16: the GPU supports it"
         return "fp32", "fp32: the GPU has no bf16"
-    chosen, reason = choose_precision(cpu_features())
+    chosen, reason = hardware.choose_precision(hardware.cpu_features())
     if chosen != "bf16":
         return "fp32", f"fp32: no native bf16 on this CPU ({reason})"
     return "bf16", reason
@@ -150,7 +151,7 @@ def fingerprint(groups: Sequence[TrainingGroup]) -> str:
 
 
 def _score_in_chunks(model: TrainableModel, pairs: list[tuple[str, str]], chunk: int = 64) -> list[float]:
-    import torch
+    import torch  # deferred: torch takes long to import
 
     out: list[float] = []
     with torch.inference_mode():
@@ -162,8 +163,6 @@ def _score_in_chunks(model: TrainableModel, pairs: list[tuple[str, str]], chunk:
 
 def evaluate_model(model: TrainableModel, dev: DevSet) -> float:
     """Re-rank the dev candidates with the model as it is now and score them."""
-    from rerank.evaluate import evaluate
-
     model.train(False)
     pairs = [(c.query.text, p.full_text) for c in dev.candidates for p in c.passages]
     scores = _score_in_chunks(model, pairs)
@@ -218,7 +217,7 @@ class Trainer:
         self.total_steps = config.max_steps or config.epochs * self.steps_per_epoch
         self.precision, self.precision_reason = training_precision(config.precision, str(model.device))
         # torch's CPU dropout draws a Bernoulli sample per element, a third of a step (rerank.train.dropout)
-        from rerank.train.dropout import use_fast_dropout
+        from rerank.train.dropout import use_fast_dropout  # deferred: imports torch
 
         self.fast_dropout = fast_dropout and use_fast_dropout(model.net) > 0
         self.bf16_copies = bf16_copies
@@ -238,7 +237,7 @@ class Trainer:
     def _optimizer(self):
         """AdamW with weight decay on matrices only; the fused kernel (one pass over all
         parameters instead of a dozen per tensor) where torch has it for the device."""
-        import torch
+        import torch  # deferred: torch takes long to import
 
         decay = [p for n, p in self.model.net.named_parameters() if p.ndim > 1]
         no_decay = [p for n, p in self.model.net.named_parameters() if p.ndim <= 1]
@@ -251,7 +250,7 @@ class Trainer:
 
     def _update(self, loss, optimizer) -> None:
         """Backward pass, gradient clipping and one optimizer step."""
-        import torch
+        import torch  # deferred: torch takes long to import
 
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.max_grad_norm)
@@ -259,9 +258,7 @@ class Trainer:
         optimizer.zero_grad(set_to_none=True)
 
     def _precision_context(self):
-        import contextlib
-
-        import torch
+        import torch  # deferred: torch takes long to import
 
         if self.precision != "bf16":
             return contextlib.nullcontext()
@@ -270,7 +267,7 @@ class Trainer:
         return torch.autocast(torch.device(self.model.device).type, dtype=torch.bfloat16)
 
     def _step_loss(self, indices: list[int], step: int):
-        import torch
+        import torch  # deferred: torch takes long to import
 
         queries, passages, sizes = [], [], []
         for i in indices:
@@ -302,7 +299,7 @@ class Trainer:
         return sorted(root.glob("step-*"), key=lambda p: int(p.name.split("-")[1])) if root.is_dir() else []
 
     def _save_checkpoint(self, step: int, optimizer, scheduler, history: list[dict]) -> None:
-        import torch
+        import torch  # deferred: torch takes long to import
 
         with atomic_directory(self.output / CHECKPOINTS / f"step-{step:07d}") as staging:
             self.model.save(staging)
@@ -316,7 +313,7 @@ class Trainer:
         self._write_log(history)
 
     def _resume(self, optimizer, scheduler) -> tuple[int, list[dict]]:
-        import torch
+        import torch  # deferred: torch takes long to import
 
         checkpoints = self._checkpoints()
         if not checkpoints:
@@ -346,8 +343,8 @@ class Trainer:
 
     def train(self, *, resume: bool = True, overwrite: bool = False) -> TrainResult:
         """Run (or resume) training to the end and write the final model folder."""
-        import torch
-        from transformers import get_linear_schedule_with_warmup
+        import torch  # deferred: torch takes long to import
+        from transformers import get_linear_schedule_with_warmup  # deferred: transformers takes long to import
 
         done_marker = self.output / TRAINING_FILE
         if done_marker.exists() and not overwrite:

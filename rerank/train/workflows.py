@@ -3,21 +3,41 @@
 named, and writes its output atomically (training checkpoints and resumes)."""
 from __future__ import annotations
 
+import dataclasses
 import random
 from collections.abc import Sequence
 from pathlib import Path
 
+from rerank.config import build_pipeline
+from rerank.data import open_dataset, read_run, write_run
+from rerank.data.trec import ranked_items
 from rerank.errors import RerankError
+from rerank.fusion import reciprocal_rank_fusion
 from rerank.registry import prepare_step
-from rerank.train.data import SAMPLINGS, TeacherScore, Triple
+from rerank.retrieve import load_index
+from rerank.score import CrossEncoder
+from rerank.train.curriculum import Curriculum
+from rerank.train.data import (
+    SAMPLINGS,
+    TeacherScore,
+    Triple,
+    group_triples,
+    mine_triples,
+    read_teacher_scores,
+    read_triples,
+    write_triples,
+)
 from rerank.train.losses import DEFAULT_DISTILL_LOSS
+from rerank.train.routines import dev_set, split_dev
+from rerank.train.routines import distill as run_distill
+from rerank.train.routines import train_cross_encoder as train
 from rerank.train.students import CrossEncoderModel
+from rerank.train.teacher import _scores_of, score_triples
 from rerank.train.trainer import TrainConfig, TrainResult
+from rerank.types import Candidates, batch_to_run
 
 
 def _dataset(dataset: str | Path, skip_bad: bool):
-    from rerank.data import open_dataset
-
     opened = open_dataset(dataset)
     return opened, {q.id: q for q in opened.queries(None)}, opened.corpus(skip_bad=skip_bad)
 
@@ -39,10 +59,6 @@ def mine(dataset: str | Path, out: str | Path, *, split: str = "train", index: S
     of ``filter_pipeline`` (a TOML pipeline that scores the passages it is given, e.g. a
     fusion of BM25, MiniLM and SPLADE) or else of the first stage. ``stats``: a
     :class:`~rerank.train.data.MiningStats` to fill in."""
-    from rerank.data import read_run, write_run
-    from rerank.train.data import mine_triples, write_triples
-    from rerank.types import batch_to_run
-
     indexes = [index] if isinstance(index, str) else list(index or [])
     if sum([bool(indexes), bool(run), bool(pipeline)]) != 1:
         raise RerankError("give exactly one first stage: an index (or several), a run or a pipeline")
@@ -58,13 +74,8 @@ def mine(dataset: str | Path, out: str | Path, *, split: str = "train", index: S
         ranking = read_run(run)
     else:
         if pipeline:
-            from rerank.config import build_pipeline
-
             ranked = build_pipeline(pipeline).search(split_queries)
         else:
-            from rerank.fusion import reciprocal_rank_fusion
-            from rerank.retrieve import load_index
-
             results = [load_index(folder).search(split_queries, k=depth) for folder in indexes]
             ranked = results[0] if len(results) == 1 else reciprocal_rank_fusion(*results)
         ranked = [c.top(depth) for c in ranked]
@@ -83,11 +94,6 @@ def mine(dataset: str | Path, out: str | Path, *, split: str = "train", index: S
 
 def _pipeline_scores(pipeline: str | Path, ranking, qrels, queries, opened, depth: int):
     """A teacher pipeline's scores for each judged query's top ``depth`` and its positives."""
-    from rerank.config import build_pipeline
-    from rerank.data.trec import ranked_items
-    from rerank.train.teacher import _scores_of
-    from rerank.types import Candidates
-
     corpus = opened.corpus()
     teacher = build_pipeline(pipeline)
     scores: dict[str, dict[str, float]] = {}
@@ -114,20 +120,13 @@ def teacher_scores(dataset: str | Path, triples: str | Path, out: str | Path, *,
     (default: ``auto`` for a model, the config's for a pipeline; see :mod:`rerank.precision`);
     ``windows``: how a teacher model reads long passages (``first``, ``max``, ``mean``; as
     :class:`~rerank.score.CrossEncoder`)."""
-    from rerank.train.data import read_triples
-    from rerank.train.teacher import score_triples
-
     if bool(model) == bool(pipeline):
         raise RerankError("give the teacher as a model (a cross-encoder) or a pipeline (a TOML config), not both")
     read = read_triples(triples, skip_bad=skip_bad)
     _, queries, corpus = _dataset(dataset, skip_bad)
     if pipeline:
-        from rerank.config import build_pipeline
-
         teacher = build_pipeline(pipeline, precision=precision)
     else:
-        from rerank.score import CrossEncoder
-
         if model is None:
             raise RerankError("give the teacher as a model or a pipeline")
         teacher = CrossEncoder(model, max_length=max_length, batch_size=batch_size, precision=precision or "auto",
@@ -136,9 +135,6 @@ def teacher_scores(dataset: str | Path, triples: str | Path, out: str | Path, *,
 
 
 def _dev(dataset, groups, queries, corpus, split: str, run, dev_queries: int, dev_depth: int, seed: int):
-    from rerank.data import read_run
-    from rerank.train.routines import dev_set, split_dev
-
     if not dev_queries:
         return groups, None, None
     if not run:
@@ -165,11 +161,6 @@ def train_cross_encoder(dataset: str | Path, triples: str | Path | None, out: st
     the negatives came from) gives ``dev_queries`` held-out queries to evaluate on and the
     ``curriculum`` difficulty; ``train_options`` are :class:`TrainConfig` fields (``loss``,
     ``epochs``, ``max_steps``, ``learning_rate``...), or give ``config``."""
-    from rerank.data import read_run
-    from rerank.train.curriculum import Curriculum
-    from rerank.train.data import group_triples, read_teacher_scores, read_triples
-    from rerank.train.routines import train_cross_encoder as train
-
     if bool(triples) == bool(teacher_scores):
         raise RerankError("give the training triples as a triples file or a teacher-score file, not both")
     config = config or TrainConfig(**train_options)
@@ -210,9 +201,6 @@ def distill(dataset: str | Path, teacher_scores: str | Path, out: str | Path, *,
     """Distill the ``teacher_scores`` file into a ``student`` (``cross-encoder``, ``bi-encoder``
     or ``splade``) saved to ``out``; the other arguments as in :func:`train_cross_encoder`
     (the loss defaults to ``margin-mse``)."""
-    from rerank.train.data import group_triples, read_teacher_scores
-    from rerank.train.routines import distill as run_distill
-
     config = config or TrainConfig(**{"loss": DEFAULT_DISTILL_LOSS, **train_options})
     opened, queries, corpus = _dataset(dataset, skip_bad)
     groups = group_triples(read_teacher_scores(teacher_scores, skip_bad=skip_bad), negatives)
@@ -224,8 +212,6 @@ def distill(dataset: str | Path, teacher_scores: str | Path, out: str | Path, *,
 
 
 def _training_options() -> list[str]:
-    import dataclasses
-
     return [f.name for f in dataclasses.fields(TrainConfig)]
 
 

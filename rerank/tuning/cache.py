@@ -14,7 +14,7 @@ import copy
 from collections.abc import Sequence
 from typing import Any
 
-from rerank.pipeline import Scorer, Stage, Work, rebuild
+from rerank.pipeline import Cutoff, Scorer, Stage, Work, rebuild
 from rerank.types import Candidates
 
 
@@ -59,8 +59,6 @@ class CachedRetriever(Stage):
         """Shared by every copy a cut-off makes: query id -> (depth searched, its candidates)."""
 
     def __mod__(self, k: int | str) -> Stage:
-        from rerank.pipeline import Cutoff
-
         if isinstance(k, str):
             return Cutoff(self, k)
         pushed = copy.copy(self)

@@ -99,7 +99,7 @@ def interpolate(sizes: Sequence[int], means: Sequence[float], n: float) -> float
 
 def _line(sizes: np.ndarray, ms: np.ndarray) -> tuple[float, float]:
     """``(fixed, per_passage)`` by non-negative least squares; a constant for one size."""
-    from scipy.optimize import nnls
+    from scipy.optimize import nnls  # deferred: scipy takes long to import
 
     if len(set(sizes.tolist())) == 1:
         return float(ms.mean()), 0.0

@@ -8,6 +8,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from rerank.atomic import atomic_file
+from rerank.plots import TradeOffPoint, _label_points, _save, pareto_front, pyplot
 from rerank.tuning.grid import label
 from rerank.tuning.search import TuneChoice, TuneResult
 
@@ -27,9 +29,8 @@ def write_tuned_config(source: dict[str, Any], result: TuneResult, choice: TuneC
                        tuned_on: str = "") -> Path:
     """Write ``source`` (a pipeline config's data) with the chosen cut-offs in its expression, no
     ``[tune]`` table, a ``[tuned]`` table, and a comment block saying what was predicted."""
-    import tomli_w
+    import tomli_w  # deferred: tomli_w takes long to import
 
-    from rerank.atomic import atomic_file
 
     data = {k: v for k, v in source.items() if k not in ("tune", "tuned", "pipeline")}
     data = {"pipeline": str(choice.pipeline), **data, "tuned": tuned_tables(result, choice)}
@@ -53,8 +54,6 @@ def write_tuned_config(source: dict[str, Any], result: TuneResult, choice: TuneC
 def plot_front(result: TuneResult, path: str | Path, *, budgets: Sequence[float] = (), title: str = "") -> Path:
     """Every evaluated combination's effectiveness against its predicted latency, the Pareto
     front, and a vertical line per budget."""
-    from rerank.plots import TradeOffPoint, _label_points, _save, pareto_front, pyplot
-
     plt = pyplot()
 
     points = [TradeOffPoint(label(r.values), r.predicted_ms, r.score) for r in result.rows if r.score is not None]

@@ -16,8 +16,13 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+from tqdm.auto import tqdm
+
+from rerank.cache import with_score_cache
 from rerank.errors import RerankError
+from rerank.evaluate import evaluate
 from rerank.pipeline import Stage, bind, leaves
+from rerank.significance import paired_test
 from rerank.tuning.cache import with_cached_stages
 from rerank.tuning.costs import STATISTICS, CostModel, measure_costs
 from rerank.tuning.grid import check_grid, combinations, label
@@ -92,8 +97,6 @@ class TuneResult:
         costliest such: a difference the tuning queries cannot tell from noise should not cut the
         candidates the expensive stage sees, and the budget allows them. ``None``: strictly the
         best score (ties: the faster)."""
-        from rerank.significance import paired_test
-
         if statistic not in STATISTICS:
             raise TuneError(f"statistic must be one of {STATISTICS}, got {statistic!r}")
         if not budget_ms > 0:
@@ -155,8 +158,6 @@ def tune(pipeline: Stage, inputs: Sequence[Query] | Sequence[Candidates], qrels:
     3. With ``budget_ms``: :meth:`TuneResult.choose` picks the best that fits (with
        ``tie_alpha``, the costliest fitting one not significantly worse than the best).
     """
-    from rerank.evaluate import evaluate
-
     if statistic not in STATISTICS:
         raise TuneError(f"statistic must be one of {STATISTICS}, got {statistic!r}")
     grid = check_grid(pipeline, grid)
@@ -172,8 +173,6 @@ def tune(pipeline: Stage, inputs: Sequence[Query] | Sequence[Candidates], qrels:
     seconds: dict[str, float] = {}
     largest = {name: max(values) for name, values in grid.items()}
     if score_cache is not None:
-        from rerank.cache import with_score_cache
-
         cached, stand_ins = with_cached_stages(with_score_cache(pipeline, score_cache))
     else:
         cached, stand_ins = with_cached_stages(pipeline)
@@ -230,7 +229,6 @@ def _bar(description: str, enabled: bool):
     def wrap(items):
         if not enabled:
             return items
-        from tqdm.auto import tqdm
 
         return tqdm(items, desc=description, leave=False)
 
