@@ -392,7 +392,7 @@ def anchor_dynamic_int8(model, run_sample: Callable[[], object]) -> int:
     hooks = []
     for name, module in model.named_modules():
         if type(module).__name__ == "Linear" and "quantized" in type(module).__module__:
-            def record(module, args, name=name):
+            def record(module, args, name=name) -> None:
                 bounds[name] = max(bounds.get(name, 0.0), float(args[0].detach().abs().max()))
             hooks.append(module.register_forward_pre_hook(record))
     try:

@@ -12,7 +12,9 @@ RESULTS = ROOT / "experiments" / "results"
 
 
 def _documents() -> str:
-    return "\n".join(p.read_text(encoding="utf-8") for p in [*sorted((ROOT / "docs").rglob("*.md")), ROOT / "README.md"])
+    """The guides, the README and the notes on the runs (experiments/results/notes/)."""
+    paths = [*sorted((ROOT / "docs").rglob("*.md")), ROOT / "README.md", *sorted((RESULTS / "notes").glob("*.md"))]
+    return "\n".join(p.read_text(encoding="utf-8") for p in paths)
 
 
 def _index_module():
@@ -55,3 +57,15 @@ def test_the_index_of_the_runs_of_record_is_up_to_date():
         return re.sub(r"\| (\d{4}-\d\d-\d\d|not committed) \|", "| - |", text)
 
     assert without_dates(index.render()) == without_dates(committed), "run python experiments/results_index.py"
+
+
+def test_the_benchmark_figures_of_docs_results_are_generated_from_the_runs_of_record():
+    index = _index_module()
+    committed = (ROOT / "docs" / "results.md").read_text(encoding="utf-8")
+
+    def without_dates(text: str) -> str:  # a shallow clone has no dates to read
+        return re.sub(r"; (\d{4}-\d\d-\d\d|not committed); \[full output\]", "; -; [full output]", text)
+
+    assert without_dates(index.with_figures(committed)) == without_dates(committed), \
+        "run python experiments/results_index.py"
+    assert "<!-- benchmarks:start -->" in committed

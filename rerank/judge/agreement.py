@@ -40,7 +40,7 @@ class AgreementError(RerankError):
     """Label sets or runs that cannot be compared: nothing judged by both, grades outside 0–3."""
 
 
-def _require_extra():
+def _require_extra() -> None:
     require("sklearn", "judge")
     require("krippendorff", "judge")
 

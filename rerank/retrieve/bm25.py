@@ -152,7 +152,7 @@ def _rank_bm25_class(params: BM25Params):
     formula = formulas[idf]
 
     class WithIdf(base):  # type: ignore[misc,valid-type]
-        def _calc_idf(self, nd):
+        def _calc_idf(self, nd) -> None:
             self.idf = {word: formula(self.corpus_size, df) for word, df in nd.items()}
 
     return WithIdf

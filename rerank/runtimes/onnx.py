@@ -30,7 +30,7 @@ def logits_module(net):
     import torch  # deferred: torch takes long to import
 
     class Logits(torch.nn.Module):
-        def __init__(self, inner):
+        def __init__(self, inner) -> None:
             super().__init__()
             self.inner = inner
 

@@ -36,7 +36,7 @@ def student_kinds() -> list[str]:
     return STUDENTS.names()
 
 
-def _quiet_transformers():
+def _quiet_transformers() -> None:
     import transformers  # deferred: transformers takes long to import
 
     # Loading an encoder under a new head prints a report of the head's fresh weights; that
@@ -124,7 +124,7 @@ class TrainableModel:
         """Scores for dev evaluation, as the inference scorer computes them (default: :meth:`scores`)."""
         return self.scores(queries, passages)
 
-    def regularizer(self):
+    def regularizer(self) -> float:
         """An extra loss term from the last :meth:`scores` call (0 unless overridden)."""
         return 0.0
 
@@ -259,7 +259,7 @@ class BiEncoderModel(TrainableModel, kind="bi-encoder"):
         pi = [p_row[x] for x in passages]
         return (q[qi] * p[pi]).sum(1)
 
-    def save(self, folder):
+    def save(self, folder) -> None:
         super().save(folder)
         _write_sentence_transformers_config(Path(folder), self.max_length)
 
