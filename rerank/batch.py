@@ -17,6 +17,7 @@ import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from tqdm.auto import tqdm
 
@@ -179,7 +180,7 @@ def _corpus_texts(corpus, groups, depth, skip_missing, skip_bad, run) -> Callabl
     return lambda ids, query_id, skip: {d: passages[d] for d in ids if d in passages}
 
 
-def read_inputs(**options) -> list[Candidates]:
+def read_inputs(**options: Any) -> list[Candidates]:
     """:func:`stream_inputs` read whole into a list (small jobs, tests)."""
     return list(stream_inputs(**options))
 

@@ -293,7 +293,7 @@ def _check_spec(spec: StageSpec, kinds: dict, config: PipelineConfig, check_file
 
 
 def build_pipeline(config: PipelineConfig | str | Path | dict, *, built: dict[str, Any] | None = None,
-                   precision: str | None = None, score_cache: str | Path | bool | None = None):
+                   precision: str | None = None, score_cache: str | Path | bool | None = None) -> Stage:
     """Build the :class:`~rerank.pipeline.Stage` a config describes (loading its models).
 
     ``built`` maps stage names to stages already built; new ones are added to it, so several
@@ -368,7 +368,7 @@ def score_cache_file(config: PipelineConfig) -> Path | None:
     return path if path.is_absolute() or not source.is_file() else source.parent / path
 
 
-def dump_pipeline(pipeline, tune: dict[str, list[int]] | None = None) -> str:
+def dump_pipeline(pipeline: Stage, tune: dict[str, list[int]] | None = None) -> str:
     """TOML text that :func:`build_pipeline` turns back into an equal pipeline (with ``tune``,
     the candidate values of its cut-off variables as a ``[tune]`` table).
 

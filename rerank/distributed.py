@@ -37,7 +37,7 @@ import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 from tqdm.auto import tqdm
 
@@ -48,6 +48,9 @@ from rerank.errors import RerankError
 from rerank.extras import require
 from rerank.hardware import apply_threads
 from rerank.types import Candidates, Passage, Query, StageCost
+
+if TYPE_CHECKING:
+    import pyarrow
 
 log = logging.getLogger("rerank")
 
@@ -206,7 +209,7 @@ class PipelineWorker:
                                        score_cache=score_cache)
         self.shards, self.fmt, self.tag = Path(shards), fmt, tag
 
-    def __call__(self, batch) -> dict:
+    def __call__(self, batch: pyarrow.Table) -> dict:
         rows = batch.to_pylist()
         queries = [Candidates(Query(r["query_id"], r["query"]),
                               [Passage(i, t, title) for i, title, t in zip(r["doc_ids"], r["titles"], r["texts"])],
@@ -222,7 +225,7 @@ class PipelineWorker:
         try:
             results = self.pipeline(queries)
             if [r.query.id for r in results] == [c.query.id for c in queries]:
-                return results
+                return list[Candidates | Exception](results)
         except Exception:
             pass
         alone: list[Candidates | Exception] = []

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from rerank.registry import Registry
 from rerank.types import Candidates, Passage, StageCost, sort_candidates
@@ -92,7 +93,7 @@ def score_fusion(*runs: Sequence[Candidates], normalization: str = "zscore",
     return _fuse(runs, contribution, f"fusion({normalization})")
 
 
-def fuse_results(*results: Sequence[Candidates], method: str = DEFAULT_METHOD, **options) -> list[Candidates]:
+def fuse_results(*results: Sequence[Candidates], method: str = DEFAULT_METHOD, **options: Any) -> list[Candidates]:
     """Fuse result lists (one list of :class:`Candidates` per system, same queries in the same
     order): ``rrf`` (options ``k``, ``weights``), or score fusion after ``zscore`` or ``minmax``
     normalization or none (``sum``; option ``weights``). To fuse pipeline *stages*, use

@@ -9,13 +9,16 @@ it as its ``model_family`` (re-rankers with recipes go to the stage their recipe
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rerank.config import build_pipeline
 from rerank.pipeline import stage_kinds
 from rerank.recipes import Recipe
 from rerank.recipes import recipe as find_recipe
 from rerank.score.detect import Detection, ModelKindError, detect_model
+
+if TYPE_CHECKING:
+    from rerank.pipeline import Stage
 
 __all__ = ["ModelKindError", "auto_kinds", "detect_kind", "load", "loadable_kinds"]
 
@@ -48,7 +51,7 @@ def _kind_of(detected: Detection) -> str:
 
 
 def load(name_or_path: str, kind: str | None = None, *, recipe: str | Recipe | Mapping[str, Any] | None = None,
-         **options: Any):
+         **options: Any) -> Stage:
     """A scorer (or pipeline) ready to :meth:`~rerank.pipeline.Stage.rank` strings.
 
     ``name_or_path``: a short name (``minilm-l6``, ``splade-tiny``, ``smollm2-135m``), a Hugging

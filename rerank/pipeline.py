@@ -88,7 +88,7 @@ class Stage(ABC):
             cls.kind = kind
             STAGE_KINDS.add(kind, cls)
 
-    def __new__(cls, *args: Any, **kwargs: Any):
+    def __new__(cls, *args: Any, **kwargs: Any) -> Stage:
         stage = super().__new__(cls)
         stage._arguments = (args, kwargs)  # what config() rebuilds the stage from
         return stage

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 
 from rerank.atomic import atomic_file
 from rerank.extras import require
@@ -39,7 +40,7 @@ def _save(fig, path: str | Path) -> Path:
     return path
 
 
-def pyplot():
+def pyplot() -> ModuleType:
     """matplotlib's pyplot on the file-only Agg backend (the ``plots`` extra)."""
     require("matplotlib", "plots").use("Agg")
     return require("matplotlib.pyplot", "plots")

@@ -24,12 +24,15 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
 from rerank import hardware
 from rerank.atomic import atomic_file
+
+if TYPE_CHECKING:
+    import torch
 
 CHOICES = ("auto", *hardware.PRECISIONS)
 CALIBRATION_FILE = Path(__file__).resolve().parent / "calibration" / "pairs.jsonl"
@@ -253,7 +256,7 @@ than torch's fused CPU SDPA kernel in bf16 (``experiments/benchmarks/precision.p
 the two were even."""
 
 
-def bf16_matmuls(model):
+def bf16_matmuls(model: torch.nn.Module) -> torch.nn.Module:
     """``model`` with its linear layers' weights cast to bf16 (once, in place) and wrapped so
     that every forward runs under ``torch.autocast`` in bf16: the matrix products run on AMX
     with weights that need no cast per call, while embeddings, norms and the residual stream stay
@@ -287,7 +290,8 @@ def bf16_matmuls(model):
     return BF16Matmuls()
 
 
-def quantize(model, precision: str, *, encoder: bool = False, bf16: str = "weights"):
+def quantize(model: torch.nn.Module, precision: str, *, encoder: bool = False,
+             bf16: str = "weights") -> torch.nn.Module:
     """``model`` in ``precision``: ``fp32`` unchanged; ``bf16`` casts the weights in place (fast
     only with AMX or AVX-512-BF16; on AVX2 several times slower than fp32) and, for an
     ``encoder``, switches attention to :data:`BF16_ENCODER_ATTENTION`; ``int8`` returns a copy
@@ -301,7 +305,7 @@ def quantize(model, precision: str, *, encoder: bool = False, bf16: str = "weigh
         return bf16_matmuls(model)
     if precision == "bf16":
         if encoder and hasattr(model, "set_attn_implementation"):
-            model.set_attn_implementation(BF16_ENCODER_ATTENTION)
+            cast(Any, model).set_attn_implementation(BF16_ENCODER_ATTENTION)
         return model.to(torch.bfloat16)
     if precision == "int8":
         with warnings.catch_warnings():
@@ -310,9 +314,9 @@ def quantize(model, precision: str, *, encoder: bool = False, bf16: str = "weigh
     return model
 
 
-def prepare_model(model, requested: str, *, kind: str, path: str | Path, scores_of: Callable[[object], np.ndarray],
+def prepare_model(model: torch.nn.Module, requested: str, *, kind: str, path: str | Path, scores_of: Callable[[object], np.ndarray],
                   tolerance: Tolerance = Tolerance(), query_ids: Sequence[str] | None = None, encoder: bool = True,
-                  bf16: str = "weights"):
+                  bf16: str = "weights") -> tuple[torch.nn.Module, PrecisionChoice]:
     """An fp32 ``model`` (a torch module) converted to the precision :func:`settle_precision`
     settles on, and the :class:`PrecisionChoice`. ``scores_of(net)`` scores the calibration
     pairs with ``net`` (the fp32 model or a converted copy); it runs only when ``auto`` must
@@ -321,7 +325,7 @@ def prepare_model(model, requested: str, *, kind: str, path: str | Path, scores_
     ``matmuls`` only the linear layers' weights (:func:`bf16_matmuls`)."""
     if bf16 not in ("weights", "matmuls"):
         raise ValueError(f"bf16 must be 'weights' or 'matmuls', got {bf16!r}")
-    converted: dict[str, object] = {}
+    converted: dict[str, torch.nn.Module] = {}
 
     def in_precision(precision: str):
         if precision == "fp32":
@@ -364,7 +368,7 @@ class AnchoredLinear:
     adding one row holding both ends pins the scale; integer accumulation is then exact, so a
     row's output is the same in any batch (given the same input row)."""
 
-    def __new__(cls, inner, bound: float):
+    def __new__(cls, inner: torch.nn.Module, bound: float) -> Any:
         import torch  # deferred: torch takes long to import
 
         class _Anchored(torch.nn.Module):
@@ -384,7 +388,7 @@ class AnchoredLinear:
         return _Anchored()
 
 
-def anchor_dynamic_int8(model, run_sample: Callable[[], object]) -> int:
+def anchor_dynamic_int8(model: torch.nn.Module, run_sample: Callable[[], object]) -> int:
     """Replace every dynamically quantized linear layer of ``model`` by an
     :class:`AnchoredLinear` whose bound is the largest absolute input it saw while
     ``run_sample()`` ran; returns how many layers were anchored."""

@@ -40,11 +40,15 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rerank.errors import RerankError
 from rerank.hf_tokenizer import tokenize
 from rerank.registry import Registry
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import PreTrainedTokenizerBase
 
 LAYOUTS = ("whole", "split", "pair")
 _TUPLE_FIELDS = ("tokens", "model_types", "markers", "card_phrases", "hub_ids", "architectures", "files", "module_types")
@@ -165,11 +169,11 @@ class Recipe:
         chosen = self.instruction if instruction is None else instruction
         return self.instruction_template.format(instruction=chosen) if chosen else ""
 
-    def static_ids(self, tokenizer) -> tuple[list[int], list[int], list[int]]:
+    def static_ids(self, tokenizer: PreTrainedTokenizerBase) -> tuple[list[int], list[int], list[int]]:
         """Token ids of the ``prefix``, ``sep`` and ``suffix`` (no special tokens added)."""
         return (_ids(tokenizer, self.prefix), _ids(tokenizer, self.sep), _ids(tokenizer, self.suffix))
 
-    def encode(self, tokenizer, query: str, passage: str, *, instruction: str | None = None,
+    def encode(self, tokenizer: PreTrainedTokenizerBase, query: str, passage: str, *, instruction: str | None = None,
                max_length: int | None = None, static: tuple[list[int], list[int], list[int]] | None = None,
                second: str | None = None) -> tuple[list[int], bool]:
         """Token ids of one (query, passage) pair as the recipe's authors build them, and whether
@@ -234,7 +238,7 @@ class Recipe:
             share -= max(1, (len(ids) - budget + len(slots) - 1) // len(slots))  # word pieces re-merge at the cut
         return None
 
-    def fixed_tokens(self, tokenizer) -> int:
+    def fixed_tokens(self, tokenizer: PreTrainedTokenizerBase) -> int:
         """Tokens every input of this recipe has whatever the pair (template, prefix, suffix)."""
         prefix, sep, suffix = self.static_ids(tokenizer)
         if self.layout == "whole":
@@ -242,9 +246,10 @@ class Recipe:
                 instruction=self.instruction_text(None), query="", passage="", second="")))
         return len(prefix) + len(sep) + len(suffix) + int(self.bos)
 
-    def score_token_ids(self, tokenizer) -> list[int]:
+    def score_token_ids(self, tokenizer: PreTrainedTokenizerBase) -> list[int]:
         """The vocabulary ids of ``tokens``, checked to be single known tokens."""
         ids = []
+        found: Any
         for token in self.tokens:
             if self.token_lookup == "vocab":
                 found = tokenizer.convert_tokens_to_ids(token)
@@ -259,7 +264,7 @@ class Recipe:
         return ids
 
     # -- scores -----------------------------------------------------------------------------
-    def to_scores(self, logits, normalize: bool = False):
+    def to_scores(self, logits: torch.Tensor, normalize: bool = False) -> torch.Tensor:
         """Scores from the logits of :attr:`tokens` (a ``[pairs, len(tokens)]`` float tensor)."""
         import torch  # deferred: torch takes long to import
 

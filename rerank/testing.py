@@ -18,9 +18,12 @@ import json
 import string
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rerank.recipes import recipes
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerFast
 
 CHATML_SPECIALS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<bos>", "<eos>", "<pad>")
 T5_SPECIALS = ("<pad>", "</s>", "<unk>")
@@ -40,7 +43,8 @@ def _corpus(texts: Iterable[str] = ()) -> list[str]:
     return [line for line in lines if line]
 
 
-def byte_bpe_tokenizer(vocab_size: int = 600, padding_side: str = "left", texts: Iterable[str] = ()):
+def byte_bpe_tokenizer(vocab_size: int = 600, padding_side: str = "left",
+                       texts: Iterable[str] = ()) -> PreTrainedTokenizerFast:
     """A byte-level BPE tokenizer (GPT-2/Qwen style) with ChatML special tokens and ``yes``,
     ``no``, ``Yes``, ``0``, ``1`` as single tokens, trained on the recipes' prompts (and ``texts``)."""
     from tokenizers import (  # deferred: tokenizers takes long to import
@@ -62,7 +66,7 @@ def byte_bpe_tokenizer(vocab_size: int = 600, padding_side: str = "left", texts:
                                    padding_side=padding_side)
 
 
-def unigram_tokenizer(extra_ids: int = 16, texts: Iterable[str] = ()):
+def unigram_tokenizer(extra_ids: int = 16, texts: Iterable[str] = ()) -> PreTrainedTokenizerFast:
     """A SentencePiece-style unigram tokenizer (T5 style): ``▁`` word pieces over a small
     vocabulary (every other text falls back to single characters), ``</s>`` after each text,
     ``<extra_id_N>`` tokens, and ``▁true``/``▁false`` as single tokens."""
@@ -90,7 +94,7 @@ def unigram_tokenizer(extra_ids: int = 16, texts: Iterable[str] = ()):
     return fast
 
 
-def wordpiece_tokenizer(words: Iterable[str] = ()):
+def wordpiece_tokenizer(words: Iterable[str] = ()) -> PreTrainedTokenizerFast:
     """A BERT WordPiece tokenizer over a small vocabulary (``[unused0]``, ``[unused1]`` included)."""
     from tokenizers import (  # deferred: tokenizers takes long to import
         Tokenizer,

@@ -22,7 +22,7 @@ from rerank.train.trainer import TRAIN_PRECISIONS
 from rerank.train.workflows import distill, mine, teacher_scores, train_cross_encoder
 
 
-def cmd_mine(args) -> int:
+def cmd_mine(args: argparse.Namespace) -> int:
     """Mine (query, positive, hard negative) triples from qrels and a first stage."""
     stats = MiningStats()
     triples = mine(args.dataset, args.out, split=args.split, index=args.index, run=args.run, pipeline=args.pipeline,
@@ -36,7 +36,7 @@ def cmd_mine(args) -> int:
     return 0
 
 
-def cmd_teacher_scores(args) -> int:
+def cmd_teacher_scores(args: argparse.Namespace) -> int:
     """Score triples with a teacher model or pipeline (cached, resumable)."""
     scores = teacher_scores(args.dataset, args.triples, args.out, model=args.model, pipeline=args.pipeline,
                             max_length=args.max_length, batch_size=args.batch_size, skip_bad=args.skip_bad,
@@ -66,20 +66,20 @@ def _report(result) -> int:
     return 0
 
 
-def cmd_cross_encoder(args) -> int:
+def cmd_cross_encoder(args: argparse.Namespace) -> int:
     """Fine-tune a Hugging Face encoder as a cross-encoder on labelled triples."""
     return _report(train_cross_encoder(args.dataset, args.triples, args.out, curriculum=args.curriculum,
                                        teacher_scores=args.teacher_scores,
                                        anneal_steps=args.anneal_steps, init=args.init or "minilm-l6", **_training(args)))
 
 
-def cmd_distill(args) -> int:
+def cmd_distill(args: argparse.Namespace) -> int:
     """Distill teacher scores into a student (Margin-MSE, MSE or KL)."""
     return _report(distill(args.dataset, args.teacher_scores, args.out, student=args.student, init=args.init,
                            **_training(args)))
 
 
-def cmd_adapt(args) -> int:
+def cmd_adapt(args: argparse.Namespace) -> int:
     """Adapt a cross-encoder and a student to a corpus without queries or labels."""
     config = AdaptConfig(ict_queries=args.ict_queries, generated_queries=args.generated_queries, llm=args.llm,
                          depth=args.depth, negatives=args.negatives, init=args.init, max_length=args.max_length,
@@ -101,7 +101,7 @@ def _data_options(p: argparse.ArgumentParser) -> None:
                    help="skip malformed lines of the corpus and training files; keep the first of a repeated id or triple (counted)")
 
 
-def cmd_listwise_labels(args) -> int:
+def cmd_listwise_labels(args: argparse.Namespace) -> int:
     """Write complete listwise labels from a teacher pipeline."""
     data = open_dataset(args.dataset)
     queries = {q.id: q for q in data.queries(args.split)}
@@ -114,7 +114,7 @@ def cmd_listwise_labels(args) -> int:
     return 0
 
 
-def cmd_listwise(args) -> int:
+def cmd_listwise(args: argparse.Namespace) -> int:
     """Fine-tune a causal LM on listwise labels."""
     config = ListwiseConfig(loss=args.loss, epochs=args.epochs, max_steps=args.max_steps, learning_rate=args.lr,
                             gradient_accumulation=args.gradient_accumulation, max_passage_tokens=args.max_passage_tokens,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -18,6 +18,9 @@ from tqdm.auto import tqdm
 from rerank.encoders.hf import HFEncoder
 from rerank.hf_tokenizer import tokenize
 from rerank.precision import BATCH_SHAPES, calibration_dot_scores
+
+if TYPE_CHECKING:
+    import torch
 
 POOLINGS = ("mean", "cls", "max", "lasttoken")
 
@@ -84,11 +87,11 @@ class BiEncoder(HFEncoder):
     def __repr__(self) -> str:
         return f"BiEncoder({self.name!r}, dim={self.dim}, pooling={self.pooling}, normalize={self.normalize}, max_length={self.max_length})"
 
-    def encode_queries(self, texts: Sequence[str], **kwargs) -> np.ndarray:
+    def encode_queries(self, texts: Sequence[str], **kwargs: Any) -> np.ndarray:
         """Encode query texts (with the query prefix, if any)."""
         return self.encode([self.query_prefix + t for t in texts], **kwargs)
 
-    def encode_passages(self, texts: Sequence[str], **kwargs) -> np.ndarray:
+    def encode_passages(self, texts: Sequence[str], **kwargs: Any) -> np.ndarray:
         """Encode passage texts (with the passage prefix, if any)."""
         return self.encode([self.passage_prefix + t for t in texts], **kwargs)
 
@@ -97,7 +100,7 @@ class BiEncoder(HFEncoder):
         return [len(ids) for ids in tokenize(self.tokenizer, list(texts), truncation=True, max_length=self.max_length)["input_ids"]]
 
     def encode(self, texts: Sequence[str], *, batch_size: int = 64, max_batch_tokens: int | None = None,
-               progress: bool = False, desc: str = "Encoding", net=None) -> np.ndarray:
+               progress: bool = False, desc: str = "Encoding", net: torch.nn.Module | None = None) -> np.ndarray:
         """Vectors for ``texts`` in input order: length-sorted batches of at most ``batch_size``
         texts and ``max_batch_tokens`` padded tokens each (on a 2-core CPU, ~2k-token batches ran
         1.3-1.4x faster than 8k ones: they stay in cache). ``net``: another copy of the model

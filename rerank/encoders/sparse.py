@@ -7,6 +7,7 @@ returned as a SciPy CSR matrix, one row per text.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -14,6 +15,10 @@ from tqdm.auto import tqdm
 from rerank.encoders.hf import HFEncoder
 from rerank.hf_tokenizer import tokenize
 from rerank.precision import calibration_dot_scores
+
+if TYPE_CHECKING:
+    import torch
+    from scipy import sparse
 
 
 class SpladeEncoder(HFEncoder):
@@ -48,7 +53,8 @@ class SpladeEncoder(HFEncoder):
     def __repr__(self) -> str:
         return f"SpladeEncoder({self.name!r}, vocab={self.vocab_size}, max_length={self.max_length})"
 
-    def encode(self, texts: Sequence[str], *, progress: bool = False, desc: str = "SPLADE encoding", net=None):
+    def encode(self, texts: Sequence[str], *, progress: bool = False, desc: str = "SPLADE encoding",
+               net: torch.nn.Module | None = None) -> sparse.csr_matrix:
         """A ``len(texts) x vocab`` CSR matrix of term weights, rows in input order (``net``:
         another copy of the model; calibration runs the fp32 one)."""
         net = self.model if net is None else net
@@ -87,7 +93,7 @@ class SpladeEncoder(HFEncoder):
         data = np.concatenate(values) if values else np.zeros(0, np.float32)
         return sp.csr_matrix((data, indices, indptr), shape=(len(texts), self.vocab_size))
 
-    def terms(self, vector, top: int = 10) -> list[tuple[str, float]]:
+    def terms(self, vector: sparse.csr_matrix, top: int = 10) -> list[tuple[str, float]]:
         """The ``top`` heaviest vocabulary terms of one encoded row (for inspecting expansions)."""
         row = vector.tocsr()
         order = np.argsort(-row.data)[:top]

@@ -20,7 +20,7 @@ import json
 import string
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -30,6 +30,9 @@ from rerank.hf_tokenizer import tokenize
 from rerank.models import resolve
 from rerank.precision import calibration_pairs
 from rerank.recipes import Recipe, RecipeError, register_recipe
+
+if TYPE_CHECKING:
+    import torch
 
 COLBERT = register_recipe(Recipe(
     name="colbert", stage="colbert", layout="pair", score="maxsim", max_length=180,
@@ -207,7 +210,7 @@ class ColBERTEncoder(HFEncoder):
         vectors = net["linear"](hidden).float()
         return torch.nn.functional.normalize(vectors, p=2, dim=-1)
 
-    def encode_queries(self, texts: Sequence[str], *, net=None) -> np.ndarray:
+    def encode_queries(self, texts: Sequence[str], *, net: torch.nn.Module | None = None) -> np.ndarray:
         """``[queries, query_length, dim]`` float32 token vectors."""
         import torch  # deferred: torch takes long to import
 
@@ -221,13 +224,13 @@ class ColBERTEncoder(HFEncoder):
                 out[start:start + len(ids)] = self._forward(net, ids, mask).cpu().numpy()
         return out
 
-    def encode_documents(self, texts: Sequence[str], *, net=None, progress: bool = False) -> list[np.ndarray]:
+    def encode_documents(self, texts: Sequence[str], *, net: torch.nn.Module | None = None, progress: bool = False) -> list[np.ndarray]:
         """One ``[tokens, dim]`` float32 array per passage (punctuation and padding dropped; with
         ``windows="max"`` its windows' vectors one after the other)."""
         return [np.concatenate(w) if len(w) > 1 else w[0]
                 for w in self.encode_document_windows(texts, net=net, progress=progress)]
 
-    def encode_document_windows(self, texts: Sequence[str], *, net=None,
+    def encode_document_windows(self, texts: Sequence[str], *, net: torch.nn.Module | None = None,
                                 progress: bool = False) -> list[list[np.ndarray]]:
         """Each passage's windows (:meth:`document_windows`) as ``[tokens, dim]`` float32 arrays."""
         windows = self.document_windows(texts)

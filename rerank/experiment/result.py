@@ -10,6 +10,7 @@ import logging
 import math
 import os
 import platform
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -75,7 +76,7 @@ class ExpectationError(RerankError):
         super().__init__(f"{len(result.drifts)} score(s) drifted past their tolerance{where}:\n" + "\n".join(lines))
 
 
-def stage_precisions(runs) -> dict[str, str]:
+def stage_precisions(runs: Iterable[Sequence[Candidates]]) -> dict[str, str]:
     """``{stage: precision}`` from the traces of ``runs`` (lists of :class:`Candidates`)."""
     found: dict[str, str] = {}
     for run in runs:

@@ -129,7 +129,7 @@ class Experiment:
         return cls.from_spec(spec, inputs, qrels, progress=progress, precision=precision, score_cache=score_cache)
 
     @classmethod
-    def from_spec(cls, spec: ExperimentSpec, inputs, qrels: Qrels, *, progress: bool = True,
+    def from_spec(cls, spec: ExperimentSpec, inputs: Sequence[Query] | Sequence[Candidates], qrels: Qrels, *, progress: bool = True,
                   precision: str | None = None, score_cache: str | Path | None = None) -> Experiment:
         """Build the pipelines of a checked spec (stages shared between them, so each model loads
         once) over inputs already read."""

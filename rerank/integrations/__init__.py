@@ -13,11 +13,14 @@ scores where its framework expects them (see ``docs/integrations.md``).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rerank.config import build_pipeline, dump_pipeline, parse_config
 from rerank.loading import load
 from rerank.pipeline import Stage
+
+if TYPE_CHECKING:
+    from rerank.ranking import RankedDocument, RankedResults
 
 
 def saved_reranker(stage: Stage) -> dict[str, str]:
@@ -49,7 +52,7 @@ def check_limits(top_n: int | None, score_threshold: float | None) -> None:
         raise ValueError(f"score_threshold must be a number or None, got {score_threshold!r}")
 
 
-def kept(results, top_n: int | None, score_threshold: float | None):
+def kept(results: RankedResults, top_n: int | None, score_threshold: float | None) -> list[RankedDocument]:
     """The results that pass ``score_threshold`` (at least it), at most ``top_n`` of them."""
     chosen = [r for r in results if score_threshold is None or r.score >= score_threshold]
     return chosen[:top_n] if top_n else chosen

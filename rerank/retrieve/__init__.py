@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 from rerank.errors import BadIndexError
 from rerank.retrieve.base import Index, index_class
@@ -12,7 +13,7 @@ from rerank.retrieve.splade import SpladeIndex
 from rerank.retrieve.store import MANIFEST
 
 
-def load_index(folder: str | Path, **options) -> Index:
+def load_index(folder: str | Path, **options: Any) -> Index:
     """Load whichever kind of index ``folder`` holds (read from its manifest)."""
     path = Path(folder) / MANIFEST
     try:

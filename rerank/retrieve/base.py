@@ -55,7 +55,7 @@ class Index(ABC):
 
     @classmethod
     @abstractmethod
-    def build(cls, passages, *args: Any, **kwargs: Any) -> Index:
+    def build(cls, passages: Iterable[Passage], *args: Any, **kwargs: Any) -> Index:
         """Index ``passages`` (an iterable of :class:`~rerank.types.Passage`, ids unique)."""
 
     @classmethod

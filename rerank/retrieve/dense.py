@@ -33,7 +33,7 @@ from rerank.types import Passage, Query
 KIND = "dense"
 
 
-def build_faiss(vectors: np.ndarray, factory: str = "Flat", *, seed: int = 0):
+def build_faiss(vectors: np.ndarray, factory: str = "Flat", *, seed: int = 0) -> Any:
     """A FAISS inner-product index of ``vectors`` from a factory string, trained if it needs it."""
     import faiss  # deferred: faiss takes long to import
 
@@ -78,7 +78,7 @@ class DenseIndex(Index, kind=KIND):
 
     Parameters = DenseBuildParameters
 
-    def __init__(self, passages: Sequence[Passage], encoder: BiEncoder | str, faiss_index, embeddings: np.ndarray,
+    def __init__(self, passages: Sequence[Passage], encoder: BiEncoder | str, faiss_index: Any, embeddings: np.ndarray,
                  factory: str, fingerprint: str, encoder_settings: dict | None = None,
                  precision: dict | None = None) -> None:
         self.passages = passages

@@ -17,7 +17,7 @@ import hashlib
 import os
 import sqlite3
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import overload
 
@@ -134,7 +134,7 @@ class DocStore(Sequence[Passage]):
     @overload
     def __getitem__(self, index: slice) -> list[Passage]: ...
 
-    def __getitem__(self, index):
+    def __getitem__(self, index: int | slice) -> Passage | list[Passage]:
         if isinstance(index, slice):
             return self.take(range(*index.indices(self._size)))
         if not isinstance(index, int):
@@ -209,7 +209,7 @@ class DocStore(Sequence[Passage]):
     def __repr__(self) -> str:
         return f"DocStore({self._size} passages at {self.folder})"
 
-    def __reduce__(self):
+    def __reduce__(self) -> tuple[Callable[[str], DocStore], tuple[str]]:
         return (_reopen, (str(self.folder),))
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rerank.atomic import atomic_directory
 from rerank.encoders.sparse import SpladeEncoder
@@ -16,6 +16,9 @@ from rerank.retrieve.base import Index, parameter
 from rerank.retrieve.docstore import open_index_passages, store_for_index
 from rerank.retrieve.store import corpus_fingerprint, library_versions, read_manifest, unique_passages, write_manifest
 from rerank.types import Passage, Query
+
+if TYPE_CHECKING:
+    from scipy import sparse
 
 KIND = "splade"
 
@@ -41,7 +44,7 @@ class SpladeIndex(Index, kind=KIND):
         return cls.build(passages, parameters.splade_model, precision=parameters.precision, progress=progress)
 
 
-    def __init__(self, passages: Sequence[Passage], encoder: SpladeEncoder | str, matrix, fingerprint: str,
+    def __init__(self, passages: Sequence[Passage], encoder: SpladeEncoder | str, matrix: sparse.csr_matrix, fingerprint: str,
                  max_length: int = 256, precision: dict | None = None) -> None:
         self.passages = passages
         self._encoder = encoder

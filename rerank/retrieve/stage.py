@@ -5,11 +5,14 @@ import copy
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rerank.pipeline import Cutoff, Stage
 from rerank.retrieve import load_index
 from rerank.types import Candidates
+
+if TYPE_CHECKING:
+    from rerank.retrieve.base import Index
 
 
 class Retriever(Stage, kind="retrieve"):
@@ -24,7 +27,7 @@ class Retriever(Stage, kind="retrieve"):
     retrieves = True
     path_arguments = ("index",)
 
-    def __init__(self, index, *, k: int = 1000, precision: str = "auto", name: str | None = None,
+    def __init__(self, index: Index | str | Path, *, k: int = 1000, precision: str = "auto", name: str | None = None,
                  **search_options: Any) -> None:
         self.index = load_index(index, precision=precision) if isinstance(index, (str, Path)) else index
         self.k = k

@@ -128,7 +128,7 @@ class TokenEmbeddingIndex(Index, kind=KIND):
         return out
 
     @property
-    def encoder(self):
+    def encoder(self) -> ColBERTEncoder:
         """The query encoder (loaded on first use, from the manifest's model)."""
         if self._encoder is None:
 

@@ -11,11 +11,14 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from rerank.atomic import atomic_directory
 from rerank.errors import RerankError
 from rerank.models import gguf_file, resolve
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 
 class LLMError(RerankError):
@@ -57,17 +60,17 @@ class LLM(Protocol):
         """``text`` cut to at most ``max_tokens`` tokens, and whether it was cut."""
 
 
-def render_prompt(tokenizer, message: str, answer_prefix: str = "") -> str:
+def render_prompt(tokenizer: PreTrainedTokenizerBase | None, message: str, answer_prefix: str = "") -> str:
     """``message`` as a user turn in ``tokenizer``'s chat template (if it has one) with the
     assistant's answer opened by ``answer_prefix``; plain text otherwise."""
     if tokenizer is not None and getattr(tokenizer, "chat_template", None):
         prompt = tokenizer.apply_chat_template([{"role": "user", "content": message}], tokenize=False,
                                                add_generation_prompt=True)
-        return prompt + answer_prefix
+        return str(prompt) + answer_prefix
     return f"{message}\n{answer_prefix}" if answer_prefix else message
 
 
-def truncate_tokens(tokenizer, text: str, max_tokens: int) -> tuple[str, bool]:
+def truncate_tokens(tokenizer: PreTrainedTokenizerBase, text: str, max_tokens: int) -> tuple[str, bool]:
     """``text`` cut after its first ``max_tokens`` tokens (at a character offset, so the kept
     text is the original's prefix), and whether it was cut."""
     enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
@@ -113,7 +116,7 @@ def _dequantized_gguf(folder: str, gguf: str) -> str:
     return str(target)
 
 
-def load_tokenizer(name: str):
+def load_tokenizer(name: str) -> PreTrainedTokenizerBase:
     """The tokenizer of a short model name, Hub id or path (a GGUF's from its cached copy)."""
     from transformers import AutoTokenizer  # deferred: transformers takes long to import
 

@@ -23,6 +23,7 @@ import inspect
 import threading
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -309,7 +310,7 @@ _LOADED: dict[tuple, LLM] = {}
 _LOAD_LOCK = threading.Lock()
 
 
-def open_llm(spec: str | LLM, **options) -> LLM:
+def open_llm(spec: str | LLM, **options: Any) -> LLM:
     """An :class:`LLM` for ``spec``: an LLM object (returned as is), an ``http(s)://`` base URL of an
     OpenAI-compatible server (options go to :class:`~rerank.runtimes.openai_http.OpenAICompatibleLLM`),
     or a short name, Hub id or path of a local model (options go to :class:`TransformersLLM`).

@@ -12,11 +12,16 @@ import hashlib
 import os
 import shutil
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from rerank.extras import require
+
+if TYPE_CHECKING:
+    import torch
 
 
 def cache_root() -> Path:
@@ -24,7 +29,7 @@ def cache_root() -> Path:
     return Path(os.environ.get("RERANK_CACHE", Path.home() / ".cache" / "rerank")) / "onnx"
 
 
-def logits_module(net):
+def logits_module(net: torch.nn.Module) -> torch.nn.Module:
     """``net`` (a Hugging Face classifier) as a module from input tensors to its logits, the
     form exporters trace."""
     import torch  # deferred: torch takes long to import
@@ -86,7 +91,7 @@ def _model_key(folder: Path, precision: str) -> str:
 class OnnxClassifier:
     """A callable ``(input_ids, attention_mask, token_type_ids|None) -> logits`` (numpy)."""
 
-    def __init__(self, net, folder: str | Path, *, uses_token_types: bool, precision: str = "fp32",
+    def __init__(self, net: torch.nn.Module, folder: str | Path, *, uses_token_types: bool, precision: str = "fp32",
                  threads: int | None = None) -> None:
         ort = require("onnxruntime", "onnx", "backend='onnx'")
         import torch  # deferred: torch takes long to import
@@ -132,7 +137,7 @@ class OnnxClassifier:
         return self.session.run(["logits"], feeds_of(input_ids, attention_mask, token_type_ids,
                                                      self.uses_token_types))[0]
 
-    def run_many(self, batches) -> list[np.ndarray]:
+    def run_many(self, batches: Sequence[tuple[np.ndarray, ...]]) -> list[np.ndarray]:
         """The logits of each ``(input_ids, attention_mask, token_type_ids|None)`` batch of an
         iterable, in order (one after another: the session already uses every thread on each)."""
         return [self(*batch) for batch in batches]

@@ -16,6 +16,7 @@ import threading
 import warnings
 from collections.abc import Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -30,6 +31,9 @@ from rerank.runtimes.onnx import (
     staging_folder,
 )
 
+if TYPE_CHECKING:
+    import torch
+
 INFERENCE_PRECISION = {"fp32": "f32", "bf16": "bf16"}
 
 
@@ -41,7 +45,7 @@ class OpenVinoClassifier:
     """:meth:`run_many` turns ``(input_ids, attention_mask, token_type_ids|None)`` batches into
     logits (numpy), spread over ``streams`` parallel streams (default: one per thread)."""
 
-    def __init__(self, net, folder: str | Path, *, uses_token_types: bool, precision: str = "fp32",
+    def __init__(self, net: torch.nn.Module, folder: str | Path, *, uses_token_types: bool, precision: str = "fp32",
                  threads: int | None = None, streams: int | None = None) -> None:
         ov = require("openvino", "openvino", "backend='openvino'")
         import torch  # deferred: torch takes long to import

@@ -3,6 +3,7 @@ time from raw text or read from a dense index's stored passage vectors."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -30,8 +31,8 @@ class BiEncoderScorer(StoredVectorScorer, kind="bi-encoder"):
 
     index_class = DenseIndex
 
-    def __init__(self, model: str | BiEncoder = "minilm-l6", *, index=None, precision: str = "auto",
-                 batch_size: int = 64, max_length: int | None = None, name: str | None = None) -> None:
+    def __init__(self, model: str | BiEncoder = "minilm-l6", *, index: DenseIndex | str | Path | None = None,
+                 precision: str = "auto", batch_size: int = 64, max_length: int | None = None, name: str | None = None) -> None:
         self.attach(model, index, precision, BiEncoder,
                     lambda: BiEncoder(model, precision=precision, max_length=max_length))  # type: ignore[arg-type]
         if self.index is not None and self.index.embeddings.shape[1] != self.encoder.dim:

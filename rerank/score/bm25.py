@@ -20,7 +20,7 @@ class BM25Scorer(Scorer, kind="bm25"):
 
     pointwise = True  # a pair's score ignores the other candidates (cacheable)
 
-    def __init__(self, index, *, name: str | None = None) -> None:
+    def __init__(self, index: BM25Index | str | Path, *, name: str | None = None) -> None:
         self.index = BM25Index.load(index) if isinstance(index, (str, Path)) else index
         self.name = name or "bm25-rescore"
 

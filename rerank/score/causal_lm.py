@@ -17,6 +17,7 @@ import contextlib
 import copy
 import inspect
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -39,7 +40,7 @@ class CausalLMReranker(RecipeScorer, kind="causal-reranker"):
         CausalLMReranker("Qwen/Qwen3-Reranker-0.6B", instruction="Find the paper that supports the claim")
     """
 
-    def __init__(self, model: str, *, share_prefix: bool = True, **options) -> None:
+    def __init__(self, model: str, *, share_prefix: bool = True, **options: Any) -> None:
         self.share_prefix = share_prefix
         super().__init__(model, **options)
 

@@ -33,7 +33,7 @@ class ColBERT(Scorer, kind="colbert"):
     loads_model = True
     path_arguments = ("index",)
 
-    def __init__(self, model: str, *, index=None, recipe: str | Recipe | None = None,
+    def __init__(self, model: str, *, index: TokenEmbeddingIndex | str | Path | None = None, recipe: str | Recipe | None = None,
                  query_length: int | None = None, document_length: int | None = None, batch_size: int = 32,
                  precision: str = "auto", threads: int | None = None, device: str = "cpu",
                  windows: str = "first", stride: int | None = None, name: str | None = None) -> None:

@@ -6,8 +6,12 @@ RankGPT's ``[1] > [2]`` format; query likelihood follows UPR (Sachan et al., 202
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
 
 from rerank.types import Passage
+
+if TYPE_CHECKING:
+    pass
 
 PAIRWISE = ('Given a query "{query}", which of the following two passages is more relevant to the query?\n\n'
             'Passage A: "{first}"\n\nPassage B: "{second}"\n\nOutput Passage A or Passage B:')
@@ -48,12 +52,25 @@ class FitStats:
     tokens_cut: int = 0
 
 
+class TokenCounter(Protocol):
+    """What fitting passages into a prompt needs of an LLM: its name, context and token counts."""
+
+    name: str
+    max_context: int
+
+    def count_tokens(self, text: str) -> int:
+        """Tokens of ``text``."""
+
+    def truncate(self, text: str, max_tokens: int) -> tuple[str, bool]:
+        """``text`` cut to ``max_tokens`` tokens, and whether it was cut."""
+
+
 def passage_text(passage: Passage) -> str:
     """The text a prompt shows for a passage: its title and body."""
     return passage.full_text.strip()
 
 
-def passage_limit(llm, template: str, count: int, max_passage_tokens: int, extra_answer_tokens: int = 0,
+def passage_limit(llm: TokenCounter, template: str, count: int, max_passage_tokens: int, extra_answer_tokens: int = 0,
                   **fields: str) -> int:
     """Tokens each of ``count`` passages may have so that ``template`` holding them fits
     ``llm.max_context``: at most ``max_passage_tokens``."""
@@ -65,7 +82,7 @@ def passage_limit(llm, template: str, count: int, max_passage_tokens: int, extra
     return min(max_passage_tokens, room // max(count, 1))
 
 
-def cut_passage(llm, passage: Passage, limit: int, stats: FitStats) -> str:
+def cut_passage(llm: TokenCounter, passage: Passage, limit: int, stats: FitStats) -> str:
     """``passage``'s text cut to ``limit`` tokens; a cut is counted in ``stats``."""
     text = passage_text(passage)
     cut, truncated = llm.truncate(text, limit)
@@ -75,7 +92,7 @@ def cut_passage(llm, passage: Passage, limit: int, stats: FitStats) -> str:
     return cut
 
 
-def fit_passages(llm, passages: list[Passage], template: str, max_passage_tokens: int, stats: FitStats,
+def fit_passages(llm: TokenCounter, passages: list[Passage], template: str, max_passage_tokens: int, stats: FitStats,
                  extra_answer_tokens: int = 0, **fields: str) -> list[str]:
     """Each passage's text cut so that ``template`` holding all of them fits the context."""
     limit = passage_limit(llm, template, len(passages), max_passage_tokens, extra_answer_tokens, **fields)

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator, Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -25,6 +25,10 @@ from rerank.recipes import recipe as find_recipe
 from rerank.score.detect import detect_model
 from rerank.score.windows import AGGREGATES, aggregate, text_windows
 from rerank.types import Candidates, Passage, Query
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import PreTrainedTokenizerBase
 
 CALIBRATION_PAIRS = 60
 """Calibration pairs for a generative re-ranker (3 queries x 20 passages): its forward costs
@@ -54,7 +58,8 @@ class RecipeModel:
     batches, pads and turns logits into scores.
     """
 
-    def __init__(self, path: str, chosen: Recipe, tokenizer, net, *, max_length: int | None, batch_size: int | None,
+    def __init__(self, path: str, chosen: Recipe, tokenizer: PreTrainedTokenizerBase,
+                 net: torch.nn.Module, *, max_length: int | None, batch_size: int | None,
                  max_batch_tokens: int | None, normalize: bool, instruction: str | None, device: str) -> None:
         self.path, self.recipe, self.tokenizer, self.net = path, chosen, tokenizer, net
         self.instruction, self.normalize, self.device = instruction, normalize, device
@@ -122,7 +127,8 @@ class RecipeModel:
             yield rows, ids, mask
             start += size
 
-    def run(self, sequences: Sequence[Sequence[int]], forward_logits, *, net=None, precision: str = "fp32",
+    def run(self, sequences: Sequence[Sequence[int]], forward_logits: Callable[..., torch.Tensor], *,
+            net: torch.nn.Module | None = None, precision: str = "fp32",
             progress: bool = False, label: str = "") -> tuple[np.ndarray, int]:
         """Scores of encoded pairs in input order, and the number of forward calls."""
         import torch  # deferred: torch takes long to import
@@ -238,7 +244,7 @@ class RecipeScorer(Scorer):
         return settings
 
     @property
-    def tokenizer(self):
+    def tokenizer(self) -> PreTrainedTokenizerBase:
         """The model's tokenizer."""
         return self.model.tokenizer
 

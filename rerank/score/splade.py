@@ -3,6 +3,7 @@ SPLADE index's stored passage vectors."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -26,7 +27,8 @@ class SpladeScorer(StoredVectorScorer, kind="splade"):
 
     index_class = SpladeIndex
 
-    def __init__(self, model: str | SpladeEncoder = "splade-tiny", *, index=None, max_length: int = 256,
+    def __init__(self, model: str | SpladeEncoder = "splade-tiny", *, index: SpladeIndex | str | Path | None = None,
+                 max_length: int = 256,
                  precision: str = "auto", name: str | None = None) -> None:
         self.attach(model, index, precision, SpladeEncoder,
                     lambda: SpladeEncoder(model, max_length=max_length, precision=precision))  # type: ignore[arg-type]

@@ -8,12 +8,15 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from rerank.pipeline import Scorer, Work
 from rerank.types import Candidates
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 
 class StoredVectorScorer(Scorer):
@@ -50,7 +53,7 @@ class StoredVectorScorer(Scorer):
         return f"{self.kind}({self.model_name}{', cached' if self.index is not None else ''})"
 
     @property
-    def tokenizer(self):
+    def tokenizer(self) -> PreTrainedTokenizerBase:
         """The encoder's tokenizer."""
         return self.encoder.tokenizer
 

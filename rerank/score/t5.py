@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rerank.hardware import apply_threads
 from rerank.models import quiet_transformers, resolve
@@ -21,6 +21,10 @@ from rerank.score.pairwise import PairwiseReranker
 from rerank.score.recipe_scorer import CALIBRATION_PAIRS, RecipeModel, RecipeScorer, choose_recipe
 from rerank.types import Passage, Query
 
+if TYPE_CHECKING:
+    import torch
+    from transformers import PreTrainedModel
+
 
 def _seq2seq(path: str):
     from transformers import AutoModelForSeq2SeqLM  # deferred: transformers takes long to import
@@ -28,7 +32,8 @@ def _seq2seq(path: str):
     return AutoModelForSeq2SeqLM.from_pretrained(path)
 
 
-def first_step_logits(net, ids, mask, token_ids: Sequence[int]):
+def first_step_logits(net: PreTrainedModel, ids: torch.Tensor, mask: torch.Tensor,
+                      token_ids: Sequence[int]) -> torch.Tensor:
     """The logits of ``token_ids`` at the first decoder step of a batch."""
     import torch  # deferred: torch takes long to import
 

@@ -12,11 +12,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from rerank.hf_tokenizer import tokenize
 from rerank.tokenize import Tokenizer
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import PreTrainedTokenizerBase
 
 AGGREGATES = ("first", "max", "mean")
 TRAINING_WINDOWS = ("first", "max", "lexical")
@@ -69,7 +74,7 @@ def window_starts(length: int, size: int, stride: int, max_windows: int | None,
         start = snap(min(start + stride, end), start) if stride < size else end
 
 
-def split_windows(tokenizer, queries: Sequence[str], passages: Sequence[str], *, max_length: int,
+def split_windows(tokenizer: PreTrainedTokenizerBase, queries: Sequence[str], passages: Sequence[str], *, max_length: int,
                   stride: int | None = None, max_windows: int | None = None) -> Windows:
     """Cut every passage into windows of word pieces that fit ``max_length`` beside its query
     (special tokens included), as spans of the passage's text (from the tokenizer's offsets),
@@ -81,7 +86,7 @@ def split_windows(tokenizer, queries: Sequence[str], passages: Sequence[str], *,
     return text_windows(tokenizer, queries, passages, sizes, stride=stride, max_windows=max_windows)
 
 
-def text_windows(tokenizer, queries: Sequence[str], passages: Sequence[str], sizes: Sequence[int], *,
+def text_windows(tokenizer: PreTrainedTokenizerBase, queries: Sequence[str], passages: Sequence[str], sizes: Sequence[int], *,
                  stride: int | None = None, max_windows: int | None = None) -> Windows:
     """Cut passage ``i`` into windows of at most ``sizes[i]`` word pieces, starting every
     ``stride`` pieces (default: the size), as spans of its text that never split a word."""
@@ -116,7 +121,7 @@ def aggregate(scores: np.ndarray, owner: np.ndarray, pairs: int, how: str) -> np
     return out.astype(np.float32)
 
 
-def aggregate_tensor(scores, owner: Sequence[int], pairs: int, how: str):
+def aggregate_tensor(scores: torch.Tensor, owner: Sequence[int], pairs: int, how: str) -> torch.Tensor:
     """:func:`aggregate` for a torch tensor that keeps its gradients (training on windows)."""
     import torch  # deferred: torch takes long to import
 

@@ -147,7 +147,7 @@ class RerankClient:
     def __enter__(self) -> RerankClient:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
 
@@ -208,7 +208,7 @@ class AsyncRerankClient:
     async def __aenter__(self) -> AsyncRerankClient:
         return self
 
-    async def __aexit__(self, *exc) -> None:
+    async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
 
 

@@ -7,7 +7,7 @@ import hashlib
 import json
 import random
 import socket
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from rerank.serve.settings import ServeSettings
@@ -119,7 +119,7 @@ def bad_credentials(key: str) -> list[BadCredential]:
     ]
 
 
-def post_raw(host: str, port: int, path: str, headers, body: dict, timeout: float = 60.0) -> tuple[int, str]:
+def post_raw(host: str, port: int, path: str, headers: Sequence[tuple[str, str]], body: dict, timeout: float = 60.0) -> tuple[int, str]:
     """POST ``body`` as JSON over a plain socket with ``headers`` exactly as given (HTTP clients
     refuse to send several of the malformed ones an attacker would); the status and body text."""
     payload = json.dumps(body).encode()

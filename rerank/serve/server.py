@@ -19,10 +19,16 @@ try:
 except ImportError as error:
     raise missing_extra("serve", "the HTTP service", error) from error
 
+from typing import TYPE_CHECKING
+
 from rerank.pipeline import Stage
 from rerank.serve.app import create_app
 from rerank.serve.models import ModelSpec, service_specs
 from rerank.serve.settings import ServeSettings, SettingsError
+
+if TYPE_CHECKING:
+    from rerank.serve.auth import KeyRing
+    from rerank.tuning.costs import CostModel
 
 
 class _DrainingServer(uvicorn.Server):
@@ -52,7 +58,8 @@ class RerankServer:
     """
 
     def __init__(self, models: Stage | Mapping[str, Any] | Sequence[ModelSpec], settings: ServeSettings | None = None,
-                 *, log_level: str = "warning", costs=None, keys=None, tracer_provider=None) -> None:
+                 *, log_level: str = "warning", costs: CostModel | None = None,
+                 keys: KeyRing | None = None, tracer_provider: Any = None) -> None:
         self.settings = settings or ServeSettings()
         self.app = create_app(models, self.settings, costs=costs, keys=keys, tracer_provider=tracer_provider)
         check_exposure(self.settings.host, self.app.state.service.keys is not None, self.settings.insecure)
@@ -117,7 +124,7 @@ class RerankServer:
     def __enter__(self) -> RerankServer:
         return self.start()
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.stop()
 
 
@@ -142,7 +149,7 @@ def check_exposure(host: str, keyed: bool, insecure: bool) -> None:
                             "checks callers")
 
 
-def load_service(config_path: str | Path | None = None, *, models: Sequence[str] = (), **overrides
+def load_service(config_path: str | Path | None = None, *, models: Sequence[str] = (), **overrides: Any
                  ) -> tuple[list[ModelSpec], ServeSettings]:
     """The models and settings to serve, checked before any model loads.
 

@@ -317,7 +317,7 @@ class Adapter:
 
 @prepare_step("adapt", trains=True)
 def adapt(corpus: str | Path, out: str | Path, config: AdaptConfig | None = None, *, indexes: str | Path | None = None,
-          progress: bool = True, log: Callable[[str], None] = print, **options) -> AdaptResult:
+          progress: bool = True, log: Callable[[str], None] = print, **options: Any) -> AdaptResult:
     """Adapt a cross-encoder and a 2-layer student to ``corpus`` without labels (see the module
     docs); ``options`` are :class:`AdaptConfig` fields. Resumable: run it again after a kill."""
     config = config or AdaptConfig(**options)

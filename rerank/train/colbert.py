@@ -13,11 +13,17 @@ from __future__ import annotations
 
 import json
 import string
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rerank.score.colbert import ColBERT
 from rerank.train.students import TrainableModel
+
+if TYPE_CHECKING:
+    import torch
+
+    from rerank.pipeline import Stage
 
 
 def _network(body, dim: int):
@@ -112,7 +118,7 @@ class ColbertModel(TrainableModel, kind="colbert"):
         keep = mask.bool() & ~torch.isin(ids, torch.tensor(self.skip, device=ids.device))
         return vectors, keep
 
-    def scores(self, queries, passages):
+    def scores(self, queries: Sequence[str], passages: Sequence[str]) -> torch.Tensor:
         """MaxSim of each pair (each distinct text encoded once), differentiable."""
         unique_q = list(dict.fromkeys(queries))
         unique_p = list(dict.fromkeys(passages))
@@ -150,7 +156,7 @@ class ColbertModel(TrainableModel, kind="colbert"):
         self.net.bert.load_state_dict({k[len("bert."):]: v for k, v in tensors.items() if k.startswith("bert.")})
         self.net.linear.weight.data.copy_(tensors["linear.weight"])
 
-    def inference_scorer(self, folder: Path):
+    def inference_scorer(self, folder: Path) -> Stage:
         return ColBERT(str(folder))
 
     def describe(self) -> dict:

@@ -27,6 +27,7 @@ from __future__ import annotations
 import math
 import os
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import numpy as np
 import torch
@@ -150,7 +151,7 @@ class FastDropout(nn.Module):
 
 def attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
               attention_mask: torch.Tensor | None, scaling: float | None = None, dropout: float = 0.0,
-              **kwargs) -> tuple[torch.Tensor, None]:
+              **kwargs: Any) -> tuple[torch.Tensor, None]:
     """Attention for transformers' ``AttentionInterface``: scaled dot product with
     :func:`fast_dropout` on the probabilities while training a bidirectional encoder; torch's SDPA
     otherwise.

@@ -23,7 +23,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tqdm.auto import tqdm
 
@@ -34,6 +34,12 @@ from rerank.runtimes.llm_base import _dequantized_gguf, render_prompt, truncate_
 from rerank.score.prompts import LISTWISE, FitStats, fit_passages
 from rerank.train.trainer import training_precision
 from rerank.types import Candidates, Passage
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import PreTrainedTokenizerBase
+
+    from rerank.pipeline import Stage
 
 LOSSES = ("importance", "lm")
 STATE = "rerank_listwise_state.pt"
@@ -82,7 +88,7 @@ def read_labels(path: str | Path) -> list[ListwiseExample]:
         return [ListwiseExample.from_json(line, f"{path}:{n}") for n, line in enumerate(fh, 1) if line.strip()]
 
 
-def listwise_labels(batch: Sequence[Candidates], teacher, out: str | Path, *, chunk: int = 8,
+def listwise_labels(batch: Sequence[Candidates], teacher: Stage, out: str | Path, *, chunk: int = 8,
                     progress: bool = True) -> Path:
     """Let ``teacher`` (a :class:`~rerank.pipeline.Stage`, e.g. a fusion or cascade that scores
     the candidates it is given) order each query's candidates and append the permutation to
@@ -134,7 +140,7 @@ def target_text(order: Sequence[int]) -> tuple[str, list[tuple[int, int, int]]]:
     return text, spans
 
 
-def encode_example(tokenizer, example: ListwiseExample, *, max_context: int, max_passage_tokens: int,
+def encode_example(tokenizer: PreTrainedTokenizerBase, example: ListwiseExample, *, max_context: int, max_passage_tokens: int,
                    loss: str = "importance", name: str = "llm") -> tuple[list[int], list[int], list[float]]:
     """Token ids of prompt + target, the labels (-100 on the prompt) and each target token's
     weight: the prompt is the one the listwise stage sends with every candidate in one window."""
@@ -279,7 +285,7 @@ def train_listwise(labels: str | Path | Sequence[ListwiseExample], out: str | Pa
     return info
 
 
-def example_loss(net, ids: list[int], labels: list[int], weights: list[float]):
+def example_loss(net: torch.nn.Module, ids: list[int], labels: list[int], weights: list[float]) -> torch.Tensor:
     """The weighted cross-entropy of one encoded example's answer tokens. Only the positions
     that predict the answer (which ends the sequence) go through the output layer: the
     prompt's ~1,500 positions times a 49k-token vocabulary would be a tenth of the step."""

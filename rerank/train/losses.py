@@ -15,9 +15,12 @@ so curriculum weights can scale each group before the mean.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from rerank.registry import Registry
+
+if TYPE_CHECKING:
+    import torch
 
 F = TypeVar("F", bound=Callable)
 
@@ -52,7 +55,7 @@ def distill_losses() -> list[str]:
 
 
 @register_loss("bce", distills=False)
-def bce(scores, teacher=None):
+def bce(scores: torch.Tensor, teacher: torch.Tensor | None = None) -> torch.Tensor:
     """Pointwise binary cross-entropy per group."""
     import torch  # deferred: torch takes long to import
 
@@ -62,7 +65,7 @@ def bce(scores, teacher=None):
 
 
 @register_loss("pairwise", distills=False)
-def pairwise(scores, teacher=None):
+def pairwise(scores: torch.Tensor, teacher: torch.Tensor | None = None) -> torch.Tensor:
     """RankNet loss per group: positive against each negative."""
     import torch  # deferred: torch takes long to import
 
@@ -70,7 +73,7 @@ def pairwise(scores, teacher=None):
 
 
 @register_loss("listwise", distills=False)
-def listwise(scores, teacher=None):
+def listwise(scores: torch.Tensor, teacher: torch.Tensor | None = None) -> torch.Tensor:
     """Softmax cross-entropy per group, the positive being the target."""
     import torch  # deferred: torch takes long to import
 
@@ -78,7 +81,7 @@ def listwise(scores, teacher=None):
 
 
 @register_loss("margin-mse", distills=True)
-def margin_mse(scores, teacher):
+def margin_mse(scores: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
     """Margin-MSE per group: the student's positive-negative margins against the teacher's."""
     student = scores[:, :1] - scores[:, 1:]
     target = teacher[:, :1] - teacher[:, 1:]
@@ -86,13 +89,13 @@ def margin_mse(scores, teacher):
 
 
 @register_loss("mse", distills=True)
-def mse(scores, teacher):
+def mse(scores: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
     """Plain MSE per group between student and teacher scores."""
     return ((scores - teacher) ** 2).mean(1)
 
 
 @register_loss("kl", distills=True)
-def kl(scores, teacher, temperature: float = 1.0):
+def kl(scores: torch.Tensor, teacher: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
     """KL divergence per group from the teacher's softmax distribution to the student's."""
     import torch  # deferred: torch takes long to import
 

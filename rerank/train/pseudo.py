@@ -16,12 +16,17 @@ from __future__ import annotations
 
 import random
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from tqdm.auto import tqdm
 
 from rerank.types import Passage, Query
+
+if TYPE_CHECKING:
+    from rerank.runtimes.llm_base import LLM
+    from rerank.types import Candidates
 
 _SENTENCE = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9(\[])")
 
@@ -100,7 +105,7 @@ def usable_query(text: str) -> bool:
     return 2 <= len(words) <= 20 and len(real) >= 2 and "passage" not in text.lower()
 
 
-def generated_queries(corpus: Mapping[str, Passage], count: int, llm, *, seed: int = 0, exclude: Sequence[str] = (),
+def generated_queries(corpus: Mapping[str, Passage], count: int, llm: LLM, *, seed: int = 0, exclude: Sequence[str] = (),
                       max_passage_tokens: int = 200, max_new_tokens: int = 24,
                       progress: bool = True) -> list[PseudoQuery]:
     """A query written by ``llm`` (an :class:`~rerank.runtimes.local_llm.LLM`) for each of ``count``
@@ -124,7 +129,8 @@ def generated_queries(corpus: Mapping[str, Passage], count: int, llm, *, seed: i
     return out
 
 
-def round_trip_filter(queries: Sequence[PseudoQuery], retrieve, *, k: int = 10) -> tuple[list[PseudoQuery], int]:
+def round_trip_filter(queries: Sequence[PseudoQuery], retrieve: Callable[[list[Query]], Sequence[Candidates]], *,
+                      k: int = 10) -> tuple[list[PseudoQuery], int]:
     """Keep the queries whose source passage ``retrieve`` (queries to ranked
     :class:`~rerank.types.Candidates`, e.g. a pipeline's ``search``) ranks in its top ``k``;
     also returns how many were dropped."""

@@ -18,12 +18,17 @@ import logging
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rerank.models import resolve
 from rerank.registry import Registry
 from rerank.score import BiEncoderScorer, CrossEncoder, SpladeScorer
 from rerank.score.windows import TRAINING_WINDOWS, aggregate_tensor, lexical_windows, split_windows
+
+if TYPE_CHECKING:
+    import torch
+
+    from rerank.pipeline import Stage
 
 STUDENTS: Registry[type[TrainableModel]] = Registry("student kind", "students", packages=("rerank.train",))
 """Trainable model kinds (``rerank train distill --student``): each class declares its kind once,
@@ -94,7 +99,7 @@ class TrainableModel:
         return functional_call(self.net, self._cast_weights, args=(), kwargs=inputs)
 
     @contextmanager
-    def reduced_precision(self, dtype) -> Iterator[None]:
+    def reduced_precision(self, dtype: torch.dtype) -> Iterator[None]:
         """Run forward passes on ``dtype`` copies of the weights, cast once on entry.
 
         The cast is differentiable, so gradients reach the fp32 weights (and the optimizer) in
@@ -108,7 +113,7 @@ class TrainableModel:
         finally:
             self._cast_weights = None
 
-    def parameters(self):
+    def parameters(self) -> Iterator[torch.nn.Parameter]:
         """The parameters to optimize."""
         return self.net.parameters()
 
@@ -116,15 +121,15 @@ class TrainableModel:
         """Switch dropout on (training) or off (evaluation)."""
         self.net.train(mode)
 
-    def scores(self, queries: Sequence[str], passages: Sequence[str]):
+    def scores(self, queries: Sequence[str], passages: Sequence[str]) -> torch.Tensor:
         """One score per (query, passage) pair, as a 1-d tensor with gradients."""
         raise NotImplementedError
 
-    def eval_scores(self, queries: Sequence[str], passages: Sequence[str]):
+    def eval_scores(self, queries: Sequence[str], passages: Sequence[str]) -> torch.Tensor:
         """Scores for dev evaluation, as the inference scorer computes them (default: :meth:`scores`)."""
         return self.scores(queries, passages)
 
-    def regularizer(self) -> float:
+    def regularizer(self) -> torch.Tensor | float:
         """An extra loss term from the last :meth:`scores` call (0 unless overridden)."""
         return 0.0
 
@@ -139,7 +144,7 @@ class TrainableModel:
 
         self.net.load_state_dict(load_file(str(Path(folder) / "model.safetensors"), device=str(self.device)))
 
-    def inference_scorer(self, folder: Path):
+    def inference_scorer(self, folder: Path) -> Stage:
         """The inference-time scorer for a folder written by :meth:`save`."""
         raise NotImplementedError
 
@@ -184,7 +189,8 @@ class CrossEncoderModel(TrainableModel, kind="cross-encoder"):
             config.num_hidden_layers = layers
         self.net = AutoModelForSequenceClassification.from_pretrained(self.path, config=config)
 
-    def scores(self, queries, passages, *, windows: str | None = None):
+    def scores(self, queries: Sequence[str], passages: Sequence[str], *,
+               windows: str | None = None) -> torch.Tensor:
         windows = windows or self.windows
         if windows == "first":
             return self._forward(**self._tokens(queries, passages)).logits[:, 0].float()
@@ -197,7 +203,7 @@ class CrossEncoderModel(TrainableModel, kind="cross-encoder"):
         window_scores = self._forward(**self._tokens(cut.queries, cut.texts)).logits[:, 0].float()
         return aggregate_tensor(window_scores, cut.owner.tolist(), cut.pairs, "max")
 
-    def eval_scores(self, queries, passages):
+    def eval_scores(self, queries: Sequence[str], passages: Sequence[str]) -> torch.Tensor:
         """Scores as the inference scorer gives them: MaxP for a model trained on windows."""
         return self.scores(queries, passages, windows="first" if self.windows == "first" else "max")
 
@@ -208,7 +214,7 @@ class CrossEncoderModel(TrainableModel, kind="cross-encoder"):
             facts["windows"] = self.windows
         return facts
 
-    def inference_scorer(self, folder):
+    def inference_scorer(self, folder: Path) -> Stage:
         return CrossEncoder(str(folder), max_length=self.max_length,
                             windows="first" if self.windows == "first" else "max")
 
@@ -248,7 +254,7 @@ class BiEncoderModel(TrainableModel, kind="bi-encoder"):
         mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
         return (hidden * mask).sum(1) / torch.clamp(mask.sum(1), min=1e-9)
 
-    def scores(self, queries, passages):
+    def scores(self, queries: Sequence[str], passages: Sequence[str]) -> torch.Tensor:
         unique_q = list(dict.fromkeys(queries))
         unique_p = list(dict.fromkeys(passages))
         q = self._encode(unique_q)
@@ -259,11 +265,11 @@ class BiEncoderModel(TrainableModel, kind="bi-encoder"):
         pi = [p_row[x] for x in passages]
         return (q[qi] * p[pi]).sum(1)
 
-    def save(self, folder) -> None:
+    def save(self, folder: Path) -> None:
         super().save(folder)
         _write_sentence_transformers_config(Path(folder), self.max_length)
 
-    def inference_scorer(self, folder):
+    def inference_scorer(self, folder: Path) -> Stage:
         return BiEncoderScorer(str(folder))
 
 
@@ -296,7 +302,7 @@ class SpladeModel(TrainableModel, kind="splade"):
         weights = torch.log1p(torch.relu(logits)) * batch["attention_mask"].unsqueeze(-1)
         return weights.amax(dim=1)
 
-    def scores(self, queries, passages):
+    def scores(self, queries: Sequence[str], passages: Sequence[str]) -> torch.Tensor:
         unique_q = list(dict.fromkeys(queries))
         unique_p = list(dict.fromkeys(passages))
         q = self._encode(unique_q)
@@ -308,10 +314,10 @@ class SpladeModel(TrainableModel, kind="splade"):
         pi = [p_row[x] for x in passages]
         return (q[qi] * p[pi]).sum(1)
 
-    def regularizer(self):
+    def regularizer(self) -> torch.Tensor | float:
         return self._last_reg
 
-    def inference_scorer(self, folder):
+    def inference_scorer(self, folder: Path) -> Stage:
         return SpladeScorer(str(folder), max_length=self.max_length)
 
 

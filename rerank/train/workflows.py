@@ -7,6 +7,7 @@ import dataclasses
 import random
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from rerank.config import build_pipeline
 from rerank.data import open_dataset, read_run, write_run
@@ -36,6 +37,9 @@ from rerank.train.teacher import _scores_of, score_triples
 from rerank.train.trainer import TrainConfig, TrainResult
 from rerank.types import Candidates, batch_to_run
 
+if TYPE_CHECKING:
+    from rerank.train.data import MiningStats
+
 
 def _dataset(dataset: str | Path, skip_bad: bool):
     opened = open_dataset(dataset)
@@ -48,7 +52,7 @@ def mine(dataset: str | Path, out: str | Path, *, split: str = "train", index: S
          sampling: str = "random", min_relevance: int = 1, max_queries: int | None = None, seed: int = 0,
          run_out: str | Path | None = None, absolute_margin: float | None = None,
          relative_margin: float | None = None, filter_pipeline: str | Path | None = None,
-         stats=None) -> list[Triple]:
+         stats: MiningStats | None = None) -> list[Triple]:
     """Mine (query, positive, hard negative) triples for the judged queries of ``split`` and
     write them to ``out``. The negatives come from exactly one first stage: ``index`` (a folder,
     or several fused by RRF), ``run`` (a TREC run) or ``pipeline`` (a TOML pipeline that
@@ -152,7 +156,7 @@ def train_cross_encoder(dataset: str | Path, triples: str | Path | None, out: st
                         config: TrainConfig | None = None, resume: bool = True, overwrite: bool = False,
                         progress: bool = True, device: str = "cpu", skip_bad: bool = False,
                         teacher_scores: str | Path | None = None, windows: str = "first",
-                        **train_options) -> TrainResult:
+                        **train_options: Any) -> TrainResult:
     """Fine-tune ``init`` as a cross-encoder on the labelled ``triples`` file (grouped with
     ``negatives`` negatives per positive) and save it to ``out``. Give ``teacher_scores`` (a
     teacher-score file, whose triples are then the training triples) instead of ``triples`` to
@@ -197,7 +201,7 @@ def distill(dataset: str | Path, teacher_scores: str | Path, out: str | Path, *,
             split: str = "train", run: str | Path | None = None, dev_queries: int = 0, dev_depth: int = 20,
             init: str | None = None, max_length: int = 128, layers: int | None = None, negatives: int = 7,
             config: TrainConfig | None = None, resume: bool = True, overwrite: bool = False, progress: bool = True,
-            device: str = "cpu", skip_bad: bool = False, windows: str = "first", **train_options) -> TrainResult:
+            device: str = "cpu", skip_bad: bool = False, windows: str = "first", **train_options: Any) -> TrainResult:
     """Distill the ``teacher_scores`` file into a ``student`` (``cross-encoder``, ``bi-encoder``
     or ``splade``) saved to ``out``; the other arguments as in :func:`train_cross_encoder`
     (the loss defaults to ``margin-mse``)."""

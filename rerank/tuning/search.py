@@ -15,6 +15,8 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tqdm.auto import tqdm
 
@@ -27,6 +29,9 @@ from rerank.tuning.cache import with_cached_stages
 from rerank.tuning.costs import STATISTICS, CostModel, measure_costs
 from rerank.tuning.grid import check_grid, combinations, label
 from rerank.types import Candidates, Qrels, Query
+
+if TYPE_CHECKING:
+    from rerank.cache import ScoreCache
 
 
 class TuneError(RerankError, ValueError):
@@ -132,7 +137,8 @@ def tune(pipeline: Stage, inputs: Sequence[Query] | Sequence[Candidates], qrels:
          grid: Mapping[str, Sequence[int]], budget_ms: float | None = None, statistic: str = "mean",
          measure: str = "nDCG@10", cost_model: CostModel | None = None, warmup_queries: int = 24,
          repeats: int = 1, evaluate_within_ms: float | None = None, tie_alpha: float | None = 0.05,
-         remeasure_above: float | None = 0.12, progress: bool = True, score_cache=None) -> TuneResult:
+         remeasure_above: float | None = 0.12, progress: bool = True,
+         score_cache: ScoreCache | str | Path | None = None) -> TuneResult:
     """Tune the cut-off variables of ``pipeline`` on ``inputs`` (queries, or candidates to
     re-rank) judged by ``qrels``.
 
