@@ -126,3 +126,29 @@ def test_adapt_is_an_experiment_prepare_step_with_its_options_checked():
         check_step("adapt", {"corpus": "c", "out": "o", "ict_querys": 5}, "here")
     with pytest.raises(ConfigError, match="needs out"):
         check_step("adapt", {"corpus": "c"}, "here")
+
+
+@pytest.mark.parametrize(("argv", "config_class", "expected"), [
+    (["cross-encoder", "--dataset", "d", "--triples", "t", "--out", "o"], "TrainConfig", {}),
+    (["distill", "--dataset", "d", "--teacher-scores", "s", "--out", "o"], "TrainConfig", {"loss": "margin-mse"}),
+    (["adapt", "--corpus", "c", "--out", "o"], "AdaptConfig", {}),
+    (["listwise", "--labels", "l", "--out", "o"], "ListwiseConfig", {}),
+])
+def test_train_flags_come_from_the_settings_classes(argv, config_class, expected):
+    """Each training setting is written once, in its dataclass: every field is a flag, and the
+    flags left out build the class's own defaults (the CLI's learning rate once differed from the API's)."""
+    import dataclasses
+
+    from rerank.cli import build_parser
+    from rerank.commands.options import config_from_args
+    from rerank.train import TrainConfig
+    from rerank.train.adapt import AdaptConfig
+    from rerank.train.listwise import ListwiseConfig
+
+    cls = {"TrainConfig": TrainConfig, "AdaptConfig": AdaptConfig, "ListwiseConfig": ListwiseConfig}[config_class]
+    args = build_parser().parse_args(["train", *argv])
+    skipped = {"distill_weight", "distill_loss"} if argv[0] == "distill" else set()
+    assert {f.name for f in dataclasses.fields(cls)} - skipped <= set(vars(args))
+    assert config_from_args(cls, args) == cls(**expected)
+    changed = build_parser().parse_args(["train", *argv, "--lr", "0.001", "--seed", "7"])
+    assert config_from_args(cls, changed) == cls(**expected, learning_rate=0.001, seed=7)

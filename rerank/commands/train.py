@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from rerank.commands import Command, register_command
+from rerank.commands.options import add_config_flags, config_from_args
 from rerank.config import build_pipeline
 from rerank.data import open_dataset, read_run
 from rerank.data.candidates import candidates_from_run
@@ -20,6 +21,9 @@ from rerank.train.losses import DEFAULT_DISTILL_LOSS, DEFAULT_LABEL_LOSS, distil
 from rerank.train.students import CrossEncoderModel, student_kinds
 from rerank.train.trainer import TRAIN_PRECISIONS
 from rerank.train.workflows import distill, mine, teacher_scores, train_cross_encoder
+
+TRAIN_FLAGS = {"learning_rate": "--lr", "groups_per_step": "--batch-groups"}
+"""Flags whose names are shorter than their ``TrainConfig`` fields."""
 
 
 def cmd_mine(args: argparse.Namespace) -> int:
@@ -45,13 +49,9 @@ def cmd_teacher_scores(args: argparse.Namespace) -> int:
     return 0
 
 
-def _training(args) -> dict:
+def _training(args: argparse.Namespace) -> dict:
     """The arguments both training commands pass on."""
-    config = TrainConfig(loss=args.loss, epochs=args.epochs, max_steps=args.max_steps, groups_per_step=args.batch_groups,
-                         learning_rate=args.lr, warmup=args.warmup, seed=args.seed, save_every=args.save_every,
-                         eval_every=args.eval_every, keep_checkpoints=args.keep_checkpoints, precision=args.precision,
-                         **({"distill_weight": args.distill_weight, "distill_loss": args.distill_loss}
-                            if getattr(args, "distill_weight", None) else {}))
+    config = config_from_args(TrainConfig, args)
     return {"split": args.split, "run": args.run, "dev_queries": args.dev_queries, "dev_depth": args.dev_depth,
             "max_length": args.max_length, "layers": args.layers, "negatives": args.negatives, "config": config,
             "resume": not args.no_resume, "overwrite": args.overwrite, "progress": not args.no_progress,
@@ -81,13 +81,7 @@ def cmd_distill(args: argparse.Namespace) -> int:
 
 def cmd_adapt(args: argparse.Namespace) -> int:
     """Adapt a cross-encoder and a student to a corpus without queries or labels."""
-    config = AdaptConfig(ict_queries=args.ict_queries, generated_queries=args.generated_queries, llm=args.llm,
-                         depth=args.depth, negatives=args.negatives, init=args.init, max_length=args.max_length,
-                         windows=args.windows, distill_weight=args.distill_weight, epochs=args.epochs,
-                         max_steps=args.max_steps, learning_rate=args.lr, student_layers=args.student_layers,
-                         student_init=args.student_init,
-                         student_epochs=args.student_epochs, seed=args.seed, precision=args.precision,
-                         dev_queries=args.dev_queries)
+    config = config_from_args(AdaptConfig, args)
     result = adapt(args.corpus, args.out, config, indexes=args.indexes, progress=not args.no_progress)
     counts = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in result.counts.items())
     print(f"adapted: cross-encoder {result.cross_encoder}, student {result.student}; {counts}")
@@ -116,18 +110,16 @@ def cmd_listwise_labels(args: argparse.Namespace) -> int:
 
 def cmd_listwise(args: argparse.Namespace) -> int:
     """Fine-tune a causal LM on listwise labels."""
-    config = ListwiseConfig(loss=args.loss, epochs=args.epochs, max_steps=args.max_steps, learning_rate=args.lr,
-                            gradient_accumulation=args.gradient_accumulation, max_passage_tokens=args.max_passage_tokens,
-                            save_every=args.save_every, seed=args.seed, precision=args.precision)
+    config = config_from_args(ListwiseConfig, args)
     info = train_listwise(args.labels, args.out, model=args.model, config=config)
     print(f"trained {info['steps']} steps in {info['train_seconds']:.0f}s ({info['precision']}, {info['loss']} loss); "
           f"model in {args.out}")
     return 0
 
 
-def _training_options(p: argparse.ArgumentParser, loss_default: str, losses: tuple[str, ...]) -> None:
+def _training_options(p: argparse.ArgumentParser, loss_default: str, losses: tuple[str, ...],
+                      distills_too: bool = False) -> None:
     p.add_argument("--out", required=True, help="output folder: the trained model (Hugging Face format) and its card")
-    p.add_argument("--loss", default=loss_default, choices=losses, help=f"training loss (default: {loss_default})")
     p.add_argument("--init", default=None, help="starting weights: short name, Hugging Face id or path "
                                                 "(default: minilm-l6; splade-tiny for SPLADE)")
     p.add_argument("--layers", type=int, default=None, help="keep only the first N transformer layers (e.g. 2 for a student)")
@@ -136,26 +128,16 @@ def _training_options(p: argparse.ArgumentParser, loss_default: str, losses: tup
     p.add_argument("--windows", choices=TRAINING_WINDOWS, default=TRAINING_WINDOWS[0],
                    help="cross-encoders: read a passage longer than --max-length by its first window (default), "
                         "every window (MaxP) or the window sharing most query terms (one pair per passage)")
-    p.add_argument("--batch-groups", type=int, default=4, help="groups per optimizer step (default: 4)")
-    p.add_argument("--epochs", type=int, default=1, help="passes over the data (default: 1)")
-    p.add_argument("--max-steps", type=int, default=None, help="stop after this many steps (overrides --epochs)")
-    p.add_argument("--lr", type=float, default=5e-5, help="peak learning rate of AdamW (default: 5e-5)")
-    p.add_argument("--warmup", type=float, default=0.1, help="share of steps for linear warm-up (default: 0.1)")
-    p.add_argument("--seed", type=int, default=0, help="seed for weights, data order and dropout (default: 0)")
-    p.add_argument("--save-every", type=int, default=100, help="checkpoint every N steps (default: 100)")
-    p.add_argument("--eval-every", type=int, default=None, help="evaluate on the dev queries every N steps (default: each epoch)")
     p.add_argument("--run", default=None, help="first-stage TREC run of the training queries (dev candidates, curriculum)")
     p.add_argument("--dev-queries", type=int, default=0, help="hold out N training queries as a dev set (needs --run)")
     p.add_argument("--dev-depth", type=int, default=20, help="dev candidates re-ranked per query (default: 20)")
     p.add_argument("--no-resume", action="store_true", help="ignore checkpoints in --out and start over")
     p.add_argument("--overwrite", action="store_true", help="retrain even if --out holds a finished model")
-    p.add_argument("--keep-checkpoints", action="store_true", help="keep the last checkpoint after training")
     p.add_argument("--device", default="cpu", help="torch device to train on: cpu (default), cuda, cuda:1...")
-    p.add_argument("--precision", choices=TRAIN_PRECISIONS, default="auto",
-                   help="bf16: forward and backward on bf16 copies of the weights (weights, gradients and optimizer "
-                        "stay fp32); auto: bf16 where "
-                        "the CPU has AMX or AVX-512-BF16 (or the GPU bf16), else fp32 (default: auto)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_config_flags(p, TrainConfig, title="training settings (rerank.train.TrainConfig)", flags=TRAIN_FLAGS,
+                     choices={"loss": losses, "precision": TRAIN_PRECISIONS, "distill_loss": tuple(distill_losses())},
+                     defaults={"loss": loss_default}, skip=() if distills_too else ("distill_weight", "distill_loss"))
 
 
 def arguments(train: argparse.ArgumentParser) -> None:
@@ -205,17 +187,12 @@ def arguments(train: argparse.ArgumentParser) -> None:
     given.add_argument("--triples", help="triples file from 'rerank train mine'")
     given.add_argument("--teacher-scores", help="teacher-score file from 'rerank train teacher-scores': its triples "
                                                 "train the label loss, its scores the distillation loss")
-    _training_options(p, DEFAULT_LABEL_LOSS, tuple(label_losses()))
-    p.add_argument("--distill-weight", type=float, default=0.0,
-                   help="with --teacher-scores: add this weight times the distillation loss (default: 0)")
-    p.add_argument("--distill-loss", choices=distill_losses(), default=DEFAULT_DISTILL_LOSS,
-                   help=f"distillation loss added to the label loss (default: {DEFAULT_DISTILL_LOSS})")
+    _training_options(p, DEFAULT_LABEL_LOSS, tuple(label_losses()), distills_too=True)
     p.add_argument("--curriculum", choices=HEURISTICS, default=None,
                    help="weight easy groups first (difficulty from --run), annealed to uniform")
     p.add_argument("--anneal-steps", type=int, default=None, help="curriculum length in steps (default: half the steps)")
     p.set_defaults(func=cmd_cross_encoder)
 
-    defaults = AdaptConfig()
     p = tsub.add_parser("adapt", help="adapt a cross-encoder and a 2-layer student to a corpus without labels",
                         description="Pseudo-queries (ICT sentences and LLM-written queries with a round-trip "
                                     "filter), hard negatives from BM25 + dense, an ensemble teacher's margins, a "
@@ -224,26 +201,9 @@ def arguments(train: argparse.ArgumentParser) -> None:
     p.add_argument("--corpus", required=True, help="BEIR folder (or bundled name) whose corpus.jsonl to adapt to")
     p.add_argument("--out", required=True, help="output folder (indexes, data, models, card)")
     p.add_argument("--indexes", default=None, help="existing bm25/, dense/ and splade/ indexes of the corpus to reuse")
-    p.add_argument("--ict-queries", type=int, default=defaults.ict_queries, help="passages giving a sentence (ICT) query (default: 1000)")
-    p.add_argument("--generated-queries", type=int, default=defaults.generated_queries,
-                   help="passages an LLM writes a query for, before the round-trip filter (default: 200; 0: none)")
-    p.add_argument("--llm", default="smollm2-135m", help="LLM that writes queries (default: smollm2-135m)")
-    p.add_argument("--depth", type=int, default=defaults.depth, help="negatives come from the first stage's top DEPTH (default: 50)")
-    p.add_argument("--negatives", type=int, default=7, help="negatives per query (default: 7)")
-    p.add_argument("--init", default="minilm-l6", help="the cross-encoder's starting weights (default: minilm-l6)")
-    p.add_argument("--max-length", type=int, default=128, help="tokens per pair (default: 128)")
-    p.add_argument("--windows", choices=TRAINING_WINDOWS, default=defaults.windows,
-                   help="how the cross-encoder reads long passages in training (default: lexical)")
-    p.add_argument("--distill-weight", type=float, default=0.1, help="Margin-MSE weight beside the listwise loss (default: 0.1)")
-    p.add_argument("--epochs", type=int, default=defaults.epochs, help="cross-encoder epochs (default: 1)")
-    p.add_argument("--max-steps", type=int, default=None, help="cap the steps of both trainings (smoke runs)")
-    p.add_argument("--lr", type=float, default=5e-5, help="cross-encoder learning rate (default: 5e-5)")
-    p.add_argument("--dev-queries", type=int, default=defaults.dev_queries, help="pseudo-queries held out for dev scores (default: 50)")
-    p.add_argument("--student-layers", type=int, default=defaults.student_layers, help="layers of the distilled student (default: 2)")
-    p.add_argument("--student-init", default="splade-tiny", help="the student's starting weights (default: splade-tiny)")
-    p.add_argument("--student-epochs", type=int, default=defaults.student_epochs, help="student epochs (default: 6)")
-    p.add_argument("--seed", type=int, default=0, help="seed for sampling and training (default: 0)")
-    p.add_argument("--precision", choices=TRAIN_PRECISIONS, default=TRAIN_PRECISIONS[0], help="training precision (default: auto)")
+    add_config_flags(p, AdaptConfig, title="adaptation settings (rerank.train.adapt.AdaptConfig)",
+                     flags={"learning_rate": "--lr"},
+                     choices={"windows": TRAINING_WINDOWS, "precision": TRAIN_PRECISIONS, "loss": tuple(label_losses())})
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_adapt)
 
@@ -270,17 +230,8 @@ def arguments(train: argparse.ArgumentParser) -> None:
                                          "or plain language-modelling loss; resumable)")
     p.add_argument("--labels", required=True, help="listwise labels (rerank train listwise-labels)")
     p.add_argument("--model", default="smollm2-135m", help="causal LM: short name, Hub id, path or GGUF")
-    p.add_argument("--loss", choices=LISTWISE_LOSSES, default=LISTWISE_LOSSES[0],
-                   help="importance: identifier tokens of the passage at rank r weigh 1 + 1/log2(r+1) (default); "
-                        "lm: every target token weighs 1")
-    p.add_argument("--epochs", type=int, default=1)
-    p.add_argument("--max-steps", type=int, default=None)
-    p.add_argument("--lr", type=float, default=1e-5)
-    p.add_argument("--gradient-accumulation", type=int, default=4, help="examples per optimizer step (default: 4)")
-    p.add_argument("--max-passage-tokens", type=int, default=64, help="passage tokens in the prompt (default: 64)")
-    p.add_argument("--save-every", type=int, default=25, help="checkpoint every N steps (default: 25)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--precision", choices=TRAIN_PRECISIONS, default=TRAIN_PRECISIONS[0])
+    add_config_flags(p, ListwiseConfig, title="listwise training settings (rerank.train.listwise.ListwiseConfig)",
+                     flags={"learning_rate": "--lr"}, choices={"loss": LISTWISE_LOSSES, "precision": TRAIN_PRECISIONS})
     p.add_argument("--out", required=True, help="output folder: the fine-tuned model")
     p.set_defaults(func=cmd_listwise)
 

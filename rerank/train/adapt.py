@@ -58,31 +58,48 @@ class AdaptConfig:
     generated_queries: int = 200
     """Passages an LLM writes a query for (before the round-trip filter); 0 skips the LLM."""
     llm: str = "smollm2-135m"
+    """The LLM that writes queries: short name, Hub id, path or GGUF."""
     remove_sentence: float = 0.9
     """Chance that an ICT query's sentence is cut from the passage trained on."""
     round_trip_k: int = 10
     """A generated query is kept if the first stage finds its source in this many."""
     depth: int = 50
+    """Negatives come from the first stage's top ``depth``."""
     negatives: int = 7
+    """Negatives per query."""
     absolute_margin: float = 0.0
     """Candidates the teacher scores within this of the positive are not negatives."""
     init: str = "minilm-l6"
+    """The cross-encoder's starting weights."""
     max_length: int = 128
+    """Tokens per (query, passage) pair."""
     windows: str = "lexical"
+    """How the cross-encoder reads long passages in training (:data:`~rerank.score.windows.TRAINING_WINDOWS`)."""
     loss: str = DEFAULT_LABEL_LOSS
+    """The cross-encoder's label loss."""
     distill_weight: float = 0.1
+    """Weight of the teacher's Margin-MSE beside the label loss."""
     epochs: int = 1
+    """Cross-encoder epochs."""
     max_steps: int | None = None
+    """Cap the steps of both trainings (smoke runs)."""
     learning_rate: float = 5e-5
+    """Cross-encoder learning rate."""
     dev_queries: int = 50
+    """Pseudo-queries held out for dev scores."""
     student_init: str = "splade-tiny"
     """The student's starting weights: SPLADE-tiny's 2-layer MS MARCO BERT keeps 0.99 of its
     teacher on SciFact, the first 2 layers of MiniLM-L6 much less (experiments/benchmarks)."""
     student_layers: int = 2
+    """Layers of the distilled student."""
     student_epochs: int = 6
+    """Student epochs."""
     student_learning_rate: float = 5e-4
+    """Student learning rate."""
     seed: int = 0
+    """Seed for sampling and training."""
     precision: str = "auto"
+    """Training precision (auto: bf16 where the hardware has it natively, else fp32)."""
 
 
 @dataclass

@@ -186,16 +186,28 @@ class ListwiseConfig:
     """Settings of a listwise fine-tuning run (all recorded in the output's training file)."""
 
     loss: str = "importance"
+    """importance: identifier tokens of the passage at rank r weigh 1 + 1/log2(r+1); lm: every
+    target token weighs 1."""
     epochs: int = 1
+    """Passes over the labels."""
     learning_rate: float = 1e-5
+    """Peak learning rate."""
     warmup_steps: int = 10
+    """Steps of linear warm-up."""
     max_steps: int | None = None
+    """Stop after this many optimizer steps."""
     gradient_accumulation: int = 4
+    """Examples per optimizer step."""
     max_passage_tokens: int = 64
+    """Passage tokens in the prompt."""
     max_context: int = 4096
+    """Prompt and answer tokens at most."""
     save_every: int = 25
+    """Write a checkpoint every this many steps."""
     seed: int = 0
+    """Seed for the data order and the weights."""
     precision: str = "auto"
+    """Training precision (auto: bf16 where the hardware has it natively, else fp32)."""
 
     def __post_init__(self) -> None:
         if self.loss not in LOSSES:

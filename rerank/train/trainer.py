@@ -61,23 +61,39 @@ class TrainConfig:
     may resume in another precision (on another machine)."""
 
     loss: str = DEFAULT_LABEL_LOSS
+    """The training loss (:mod:`rerank.train.losses`)."""
     epochs: int = 1
+    """Passes over the data."""
     max_steps: int | None = None
+    """Stop after this many optimizer steps (overrides ``epochs``)."""
     groups_per_step: int = 4
-    learning_rate: float = 3e-5
+    """Groups (a query, its positive and its negatives) per optimizer step."""
+    learning_rate: float = 5e-5
+    """Peak learning rate of AdamW."""
     warmup: float = 0.1
+    """Share of the steps for the linear warm-up."""
     weight_decay: float = 0.01
+    """AdamW weight decay."""
     max_grad_norm: float = 1.0
+    """Gradients are clipped to this norm."""
     seed: int = 0
+    """Seed for the weights, the data order and dropout."""
     save_every: int = 100
+    """Write a checkpoint every this many steps (and at the end)."""
     eval_every: int | None = None
+    """Evaluate on the dev queries every this many steps (default: once per epoch)."""
     log_every: int = 10
+    """Log the loss every this many steps."""
     keep_checkpoints: bool = False
+    """Keep the last checkpoint after training."""
     precision: str = "auto"
+    """auto: forward and backward in bf16 where the hardware has native bf16, else fp32; bf16 or
+    fp32 force one (weights, gradients and optimizer state stay fp32)."""
     distill_weight: float = 0.0
     """With a label loss: add ``distill_weight`` times ``distill_loss`` against the teacher
     scores the groups carry (labels plus distillation, as in ensemble distillation)."""
     distill_loss: str = DEFAULT_DISTILL_LOSS
+    """The distillation loss added to the label loss when ``distill_weight`` is above 0."""
 
     def __post_init__(self) -> None:
         get_loss(self.loss)
