@@ -205,6 +205,7 @@ class ColBERTEncoder(HFEncoder):
     def _forward(self, net, ids, mask):
         import torch  # deferred: torch takes long to import
 
+        self.forward_calls += 1
         hidden = net["body"](input_ids=torch.from_numpy(ids).to(self.device),
                              attention_mask=torch.from_numpy(mask).to(self.device)).last_hidden_state
         vectors = net["linear"](hidden).float()
@@ -216,6 +217,7 @@ class ColBERTEncoder(HFEncoder):
 
         net = self.net if net is None else net
         out = np.zeros((len(texts), self.query_length, self.dim), dtype=np.float32)
+        self.last_lengths = [self.query_length] * len(texts)  # every query is padded to its full length
         if not texts:
             return out
         with torch.inference_mode():
@@ -235,6 +237,7 @@ class ColBERTEncoder(HFEncoder):
         """Each passage's windows (:meth:`document_windows`) as ``[tokens, dim]`` float32 arrays."""
         windows = self.document_windows(texts)
         flat = self._encode_sequences([w for ws in windows for w in ws], net=net, progress=progress)
+        self.last_lengths = [sum(len(w) for w in ws) for ws in windows]
         out, at = [], 0
         for ws in windows:
             out.append(flat[at:at + len(ws)])
