@@ -1,6 +1,7 @@
 """The package's shape in numbers: files, lines, import cycles, upward imports (against the
 floors of ``docs/layout.md``, read from the import-linter layers contract in ``pyproject.toml``),
-imports inside functions, literal ``choices=`` lists, registration tables beside
+imports inside functions (and those of any module without a comment saying why), public
+functions with an unannotated parameter or return, literal ``choices=`` lists, registration tables beside
 ``rerank.registry.Registry``, files in ``experiments/results/benchmarks/`` and bytes of ``docs/``.
 
     python experiments/shape.py [--json]
@@ -163,6 +164,44 @@ def registration_tables(known: dict[str, Path]) -> tuple[list[str], list[str]]:
     return registries, tables
 
 
+def unexplained_function_imports(known: dict[str, Path]) -> list[str]:
+    """Imports inside functions (of any module, the package's or not) with no comment saying why."""
+    found = []
+    for name, path in known.items():
+        lines = path.read_text().splitlines()
+        for node in ast.walk(ast.parse("\n".join(lines))):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                for inner in ast.walk(node):
+                    if isinstance(inner, (ast.Import, ast.ImportFrom)) and "#" not in lines[inner.lineno - 1]:
+                        found.append(f"{name}:{inner.lineno}")
+    return sorted(set(found))
+
+
+def unannotated_public_functions(known: dict[str, Path]) -> list[str]:
+    """Public functions and methods (of public classes) with a parameter or the return unannotated."""
+    found = []
+
+    def visit(body: list, prefix: str, module: str) -> None:
+        for node in body:
+            if isinstance(node, ast.ClassDef) and not node.name.startswith("_"):
+                visit(node.body, f"{prefix}{node.name}.", module)
+            elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                dunder = node.name.startswith("__") and node.name.endswith("__")
+                if node.name.startswith("_") and not dunder:
+                    continue
+                arguments = node.args.posonlyargs + node.args.args + node.args.kwonlyargs
+                if arguments and arguments[0].arg in ("self", "cls"):
+                    arguments = arguments[1:]
+                starred = [a for a in (node.args.vararg, node.args.kwarg) if a is not None]
+                if (any(a.annotation is None for a in arguments + starred)
+                        or (node.returns is None and node.name != "__init__")):
+                    found.append(f"{module}.{prefix}{node.name}")
+
+    for name, path in known.items():
+        visit(ast.parse(path.read_text()).body, "", name)
+    return found
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--list", action="store_true", help="print the offending imports and lists")
@@ -184,6 +223,8 @@ def main() -> None:
         "package_lines": sum(len(p.read_text().splitlines()) for p in known.values()),
         "own_imports": sum(len(v) for v in graph.values()),
         "imports_inside_functions": inside,
+        "function_imports_without_reason": len(unexplained_function_imports(known)),
+        "public_functions_unannotated": len(unannotated_public_functions(known)),
         "import_cycles": len(groups),
         "modules_in_cycles": sum(len(g) for g in groups),
         "upward_imports": len(upward),

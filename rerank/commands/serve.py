@@ -11,9 +11,8 @@ from rerank.commands.options import add_precision_option, add_score_cache_option
 
 
 def run(args: argparse.Namespace) -> int:
-    # deferred: the service stack (FastAPI, uvicorn: the 'serve' extra) loads only to serve
-    from rerank.serve import RerankServer, load_service
-    from rerank.serve.auth import KeyRing, new_key_line
+    from rerank.serve import RerankServer, load_service  # deferred: the 'serve' extra loads only to serve
+    from rerank.serve.auth import KeyRing, new_key_line  # deferred: the 'serve' extra
 
     if args.hash_key:
         key, line = new_key_line(args.hash_key)
