@@ -1,14 +1,12 @@
-"""What the CPU offers, and the precision and thread count that suit it.
+"""What the CPU offers (its instruction-set flags, as the precisions' hardware tests read them)
+and the thread count that suits it.
 
 torch's own report (``torch.backends.cpu.get_cpu_capability()``) names only the widest vector
 ISA (``AVX512`` on a Sapphire Rapids Xeon with AMX), so the instruction-set flags are read from
-``/proc/cpuinfo`` as well. The choice:
-
-* ``bf16`` where AMX (``amx_bf16``) or AVX-512-BF16 (``avx512_bf16``) is present: bf16 matrix
-  products run several times faster than fp32 there;
-* ``int8`` where VNNI (``avx512_vnni`` or ``avx_vnni``) is present but no bf16 support: dynamic
-  int8 quantization uses it;
-* ``fp32`` otherwise (on AVX2-only CPUs bf16 is emulated and several times *slower* than fp32).
+``/proc/cpuinfo`` as well. Which precision each set of flags runs fast is said by the precisions
+themselves (:data:`rerank.precision.PRECISIONS`): bf16 where AMX (``amx_bf16``) or AVX-512-BF16
+(``avx512_bf16``) is present, int8 where VNNI is present but no bf16, fp32 otherwise (on
+AVX2-only CPUs bf16 is emulated and several times *slower* than fp32).
 
 oneDNN's own cap on the instruction set (``ONEDNN_MAX_CPU_ISA``, e.g. ``AVX2``) is honoured: the
 flags it rules out are dropped, so a run capped to AVX2 on a Sapphire Rapids machine chooses
@@ -25,7 +23,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-PRECISIONS = ("fp32", "bf16", "int8")
 BF16_FLAGS = ("amx_bf16", "avx512_bf16")
 VNNI_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
 
@@ -119,17 +116,6 @@ def cpu_features(cpuinfo: str | Path = "/proc/cpuinfo") -> CpuFeatures:
     return CpuFeatures(flags, capability, model)
 
 
-def choose_precision(features: CpuFeatures) -> tuple[str, str]:
-    """The precision for ``precision="auto"`` on a CPU with ``features``, and why."""
-    if features.bf16:
-        found = ", ".join(flag for flag in BF16_FLAGS if flag in features.flags)
-        return "bf16", f"bf16: the CPU has {found}"
-    if features.vnni:
-        found = ", ".join(flag for flag in VNNI_FLAGS if flag in features.flags)
-        return "int8", f"int8: the CPU has {found} but no native bf16"
-    return "fp32", "fp32: the CPU has neither native bf16 (AMX, AVX-512-BF16) nor VNNI"
-
-
 def gpu_precision(device: str) -> tuple[str, str]:
     """``auto`` on a GPU: bf16 where the GPU supports it (int8 dynamic quantization is CPU-only)."""
     import torch  # deferred: torch takes long to import
@@ -137,16 +123,6 @@ def gpu_precision(device: str) -> tuple[str, str]:
     if device.startswith("cuda") and torch.cuda.is_available() and torch.cuda.is_bf16_supported():
         return "bf16", f"bf16: {torch.cuda.get_device_name()} supports it"
     return "fp32", f"fp32: no bf16 support found on {device}"
-
-
-def resolve_precision(precision: str, features: CpuFeatures | None = None) -> tuple[str, str]:
-    """``precision`` itself if it is ``fp32``, ``bf16`` or ``int8`` (a user's choice), or the
-    one :func:`choose_precision` picks for ``auto``; with the reason."""
-    if precision in PRECISIONS:
-        return precision, f"{precision}: chosen by the user"
-    if precision != "auto":
-        raise ValueError(f"precision must be auto or one of {PRECISIONS}, got {precision!r}")
-    return choose_precision(features or cpu_features())
 
 
 def cgroup_cpu_limit(root: str | Path = "/sys/fs/cgroup") -> float | None:

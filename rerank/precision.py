@@ -1,8 +1,11 @@
 """Which precision a model runs in: the hardware's choice for ``auto``, checked against fp32.
 
-``precision="auto"`` (the default of every neural scorer and encoder) asks
-:func:`rerank.hardware.choose_precision` what suits the CPU: bf16 on AMX or AVX-512-BF16, int8
-on VNNI, fp32 otherwise. A reduced precision is only kept if it ranks like fp32: the first time a
+Each precision is a :class:`Precision` registered in :data:`PRECISIONS`, with its hardware
+test, its conversion of an fp32 torch module and its batch shape; another package adds one
+through the ``rerank.precisions`` entry-point group. ``precision="auto"`` (the default of every
+neural scorer and encoder) takes the first precision, in order of preference, whose hardware
+test passes on this CPU (:func:`choose_precision`): bf16 on AMX or AVX-512-BF16, int8 on VNNI,
+fp32 otherwise. A reduced precision is only kept if it ranks like fp32: the first time a
 model runs in it on a machine, :func:`settle_precision` scores the calibration sample shipped
 with the package (200 SciFact pairs, 10 queries x 20 passages; ``rerank/calibration/``) both
 ways and compares each query's ranking (mean Spearman correlation and top-10 overlap). If they
@@ -30,11 +33,11 @@ import numpy as np
 
 from rerank import hardware
 from rerank.atomic import atomic_file
+from rerank.registry import Registry
 
 if TYPE_CHECKING:
     import torch
 
-CHOICES = ("auto", *hardware.PRECISIONS)
 CALIBRATION_FILE = Path(__file__).resolve().parent / "calibration" / "pairs.jsonl"
 
 
@@ -225,7 +228,7 @@ def settle_precision(requested: str, *, kind: str, model: str, scores: Callable[
     if requested == "auto" and device != "cpu":
         chosen, reason = hardware.gpu_precision(device)
     else:
-        chosen, reason = hardware.resolve_precision(requested, features)
+        chosen, reason = resolve_precision(requested, features)
     if requested != "auto" or chosen == "fp32":
         return PrecisionChoice(requested, chosen, reason)
     path = _verdict_file(kind, model, chosen)
@@ -296,22 +299,8 @@ def quantize(model: torch.nn.Module, precision: str, *, encoder: bool = False,
     only with AMX or AVX-512-BF16; on AVX2 several times slower than fp32) and, for an
     ``encoder``, switches attention to :data:`BF16_ENCODER_ATTENTION`; ``int8`` returns a copy
     whose ``nn.Linear`` layers are dynamically quantized (weights int8, activations quantized
-    per batch; uses VNNI)."""
-    import torch  # deferred: torch takes long to import
-
-    if precision not in hardware.PRECISIONS:
-        raise ValueError(f"precision must be one of {hardware.PRECISIONS}, got {precision!r}")
-    if precision == "bf16" and bf16 == "matmuls":
-        return bf16_matmuls(model)
-    if precision == "bf16":
-        if encoder and hasattr(model, "set_attn_implementation"):
-            cast(Any, model).set_attn_implementation(BF16_ENCODER_ATTENTION)
-        return model.to(torch.bfloat16)
-    if precision == "int8":
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # torch.ao's eager quantization is deprecated but still works
-            return torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
-    return model
+    per batch; uses VNNI); another registered precision, its own conversion."""
+    return PRECISIONS.get(precision).convert(model, encoder=encoder, bf16=bf16)
 
 
 def prepare_model(model: torch.nn.Module, requested: str, *, kind: str, path: str | Path, scores_of: Callable[[object], np.ndarray],
@@ -352,12 +341,101 @@ class BatchShape:
     pad_multiple: int = 1
 
 
-BATCH_SHAPES = {"fp32": BatchShape(32, 2048), "bf16": BatchShape(32, 4096), "int8": BatchShape(32, 2048)}
-"""The batch shape of each precision, from the sweep of ``experiments/benchmarks/precision.py``
-(MiniLM-L6 cross-encoder, 500 DL19 pairs of ~100 tokens, 2-core Sapphire Rapids): bf16's AMX
-kernels want full batches of 32 pairs (128.7 pairs/s at 32 x 4096 tokens against 88.0 at
-32 x 2048); fp32 and int8 gained nothing from larger ones (fp32 stays in cache at 2k tokens).
-Padding lengths up to multiples of 16 did not help (83.4 against 103.3 pairs/s)."""
+@dataclass(frozen=True)
+class Precision:
+    """A numeric precision models run in, registered in :data:`PRECISIONS`.
+
+    ``preference``: ``auto`` tries the precisions lowest first. ``native(features)``: the hardware
+    test, the reason ``auto`` picks this precision on a CPU with ``features`` (None where it would
+    not run fast there). ``convert(model, encoder=..., bf16=...)``: an fp32 torch module in this
+    precision (see :func:`quantize`). ``batch_shape``: the forward batch measured fastest in it."""
+
+    name: str
+    preference: int
+    native: Callable[[hardware.CpuFeatures], str | None]
+    convert: Callable[..., Any]
+    batch_shape: BatchShape
+
+
+PRECISIONS: Registry[Precision] = Registry("precision", "precisions")
+"""The precisions by name (:class:`Precision`); a package adds one through the entry-point group
+``rerank.precisions``."""
+
+
+def register_precision(precision: Precision) -> Precision:
+    """Register ``precision`` under its name."""
+    return PRECISIONS.add(precision.name, precision)
+
+
+def _as_is(model: torch.nn.Module, *, encoder: bool = False, bf16: str = "weights") -> torch.nn.Module:
+    return model
+
+
+def _to_bf16(model: torch.nn.Module, *, encoder: bool = False, bf16: str = "weights") -> torch.nn.Module:
+    import torch  # deferred: torch takes long to import
+
+    if bf16 == "matmuls":
+        return bf16_matmuls(model)
+    if encoder and hasattr(model, "set_attn_implementation"):
+        cast(Any, model).set_attn_implementation(BF16_ENCODER_ATTENTION)
+    return model.to(torch.bfloat16)
+
+
+def _to_int8(model: torch.nn.Module, *, encoder: bool = False, bf16: str = "weights") -> torch.nn.Module:
+    import torch  # deferred: torch takes long to import
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.ao's eager quantization is deprecated but still works
+        return torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+
+
+def _flags(features: hardware.CpuFeatures, names: Sequence[str]) -> str:
+    return ", ".join(flag for flag in names if flag in features.flags)
+
+
+# Batch shapes from the sweep of experiments/benchmarks/precision.py (MiniLM-L6 cross-encoder,
+# 500 DL19 pairs of ~100 tokens, 2-core Sapphire Rapids): bf16's AMX kernels want full batches of
+# 32 pairs (128.7 pairs/s at 32 x 4096 tokens against 88.0 at 32 x 2048); fp32 and int8 gained
+# nothing from larger ones (fp32 stays in cache at 2k tokens). Padding lengths up to multiples of
+# 16 did not help (83.4 against 103.3 pairs/s).
+register_precision(Precision(
+    "fp32", preference=99, native=lambda features: "fp32: the CPU has neither native bf16 (AMX, AVX-512-BF16) nor VNNI",
+    convert=_as_is, batch_shape=BatchShape(32, 2048)))
+register_precision(Precision(
+    "bf16", preference=0,
+    native=lambda features: f"bf16: the CPU has {_flags(features, hardware.BF16_FLAGS)}" if features.bf16 else None,
+    convert=_to_bf16, batch_shape=BatchShape(32, 4096)))
+register_precision(Precision(
+    "int8", preference=1,
+    native=lambda features: (f"int8: the CPU has {_flags(features, hardware.VNNI_FLAGS)} but no native bf16"
+                             if features.vnni else None),
+    convert=_to_int8, batch_shape=BatchShape(32, 2048)))
+
+CHOICES = ("auto", *PRECISIONS)
+"""What a ``precision`` setting may say."""
+
+BATCH_SHAPES = {name: precision.batch_shape for name, precision in PRECISIONS.items()}
+"""The batch shape of each precision (:attr:`Precision.batch_shape`)."""
+
+
+def choose_precision(features: hardware.CpuFeatures) -> tuple[str, str]:
+    """The precision for ``precision="auto"`` on a CPU with ``features``, and why: the first by
+    preference whose hardware test passes."""
+    for precision in sorted(PRECISIONS.as_dict().values(), key=lambda p: p.preference):
+        reason = precision.native(features)
+        if reason:
+            return precision.name, reason
+    return "fp32", "fp32: no other precision runs natively on this CPU"
+
+
+def resolve_precision(precision: str, features: hardware.CpuFeatures | None = None) -> tuple[str, str]:
+    """``precision`` itself if it names a registered precision (a user's choice), or the one
+    :func:`choose_precision` picks for ``auto``; with the reason."""
+    if precision in PRECISIONS:
+        return precision, f"{precision}: chosen by the user"
+    if precision != "auto":
+        raise ValueError(f"precision must be auto or one of {tuple(PRECISIONS)}, got {precision!r}")
+    return choose_precision(features or hardware.cpu_features())
 
 
 class AnchoredLinear:

@@ -1,6 +1,7 @@
 """Named registries: the one way the engine is extended. Every extensible sort of part (stage
 kinds, index kinds, recipes, students, prepare steps, fusion methods, losses, data layouts,
-remote shapes, BM25 backends, short model names, CLI commands, family detection rules) is a
+remote shapes, BM25 backends, precisions, short model names, CLI commands, family detection
+rules) is a
 :class:`Registry`, and a part registers
 itself where it is defined, so adding one is one new module and no list elsewhere changes::
 

@@ -8,13 +8,12 @@ from rerank.hardware import (
     CpuFeatures,
     capped_flags,
     cgroup_cpu_limit,
-    choose_precision,
     default_threads,
     isa_cap,
     parse_cpuinfo,
     physical_cores_of,
-    resolve_precision,
 )
+from rerank.precision import choose_precision, resolve_precision
 
 SAPPHIRE_RAPIDS = "fpu sse2 avx2 avx512f avx512bw avx512_vnni avx512_bf16 avx_vnni amx_bf16 amx_int8 amx_tile"
 ICE_LAKE = "fpu sse2 avx2 avx512f avx512bw avx512_vnni"

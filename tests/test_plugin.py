@@ -1,5 +1,5 @@
 """A separate package (tests/plugin, installed by `make install`) adds a stage kind, an index kind,
-a recipe and a command through entry points alone: the engine sees each in `rerank --help`, TOML
+a recipe, a precision and a command through entry points alone: the engine sees each in `rerank --help`, TOML
 configs, `rerank.load` and `rerank index`, with no edit to rerank/ (issue 43)."""
 from __future__ import annotations
 
@@ -67,3 +67,17 @@ def test_a_plugin_recipe_scores_a_model_of_its_family(tmp_path):
         return [r.score for r in sorted(stage.rank("axons", TEXTS), key=lambda r: r.index)]
 
     assert scores(terse) != scores(published)
+
+
+def test_a_plugin_precision_is_chosen_by_name_and_never_by_auto(tiny_ce_path):
+    from rerank.hardware import CpuFeatures
+    from rerank.precision import CHOICES, PRECISIONS, choose_precision
+    from rerank.score import CrossEncoder
+
+    assert "plugin-fp64" in CHOICES and PRECISIONS.module_of("plugin-fp64") == "rerank_test_plugin.precision"
+    for flags in ("avx2", "avx2 avx512_vnni", "avx2 amx_bf16"):  # its hardware test never passes
+        assert choose_precision(CpuFeatures(frozenset(flags.split()), "AVX2"))[0] != "plugin-fp64"
+    pairs = [("what do axons carry", "axons carry nerve signals"), ("what do axons carry", "the cat sat")]
+    wide = CrossEncoder(str(tiny_ce_path), precision="plugin-fp64")
+    assert wide.precision == "plugin-fp64" and wide.batch_size == 16
+    assert wide.predict(pairs) == pytest.approx(CrossEncoder(str(tiny_ce_path), precision="fp32").predict(pairs), abs=1e-5)

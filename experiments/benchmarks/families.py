@@ -47,8 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tests"))
 import test_families as ref
 
 import rerank
-from rerank.hardware import resolve_precision
-from rerank.precision import calibration_pairs
+from rerank.precision import calibration_pairs, resolve_precision
 from rerank.testing import tiny_model
 from rerank.types import Passage, Query
 

@@ -51,8 +51,8 @@ import numpy as np
 from _common import CpuSteal, dl19_workload, machine, print_json, print_table
 
 from rerank.evaluate import evaluate
-from rerank.hardware import choose_precision, cpu_features
-from rerank.precision import BATCH_SHAPES, BatchShape
+from rerank.hardware import cpu_features
+from rerank.precision import BATCH_SHAPES, BatchShape, choose_precision
 from rerank.types import Candidates, sort_candidates
 
 REPO = Path(__file__).resolve().parents[2]

@@ -21,6 +21,7 @@ from rerank.errors import RerankError
 from rerank.experiment.spec import Expectation
 from rerank.extras import MissingExtraError, require
 from rerank.plots import TradeOffPoint, plot_per_query_deltas, plot_reliability, plot_trade_off
+from rerank.precision import choose_precision
 from rerank.trace import StageSummary, format_costs
 from rerank.types import Candidates
 
@@ -94,7 +95,7 @@ def machine(precisions: dict[str, str] | None = None) -> str:
 
 
     features = hardware.cpu_features()
-    auto, _ = hardware.choose_precision(features)
+    auto, _ = choose_precision(features)
     line = (f"{features.model or platform.processor() or platform.machine()} ({features.describe()}), "
             f"{os.cpu_count()} cores, torch {torch.__version__} with {torch.get_num_threads()} threads, "
             f"Python {platform.python_version()}; precision auto = {auto}")

@@ -34,6 +34,7 @@ from rerank.atomic import atomic_directory, atomic_file
 from rerank.costs import Stopwatch
 from rerank.errors import RerankError
 from rerank.evaluate import evaluate
+from rerank.precision import choose_precision
 from rerank.train.card import TRAINING_FILE, write_model_card
 from rerank.train.curriculum import Curriculum
 from rerank.train.data import TrainingGroup
@@ -122,7 +123,7 @@ def training_precision(requested: str, device: str = "cpu") -> tuple[str, str]:
         if torch.cuda.is_bf16_supported():
             return "bf16", "bf16: the GPU supports it"
         return "fp32", "fp32: the GPU has no bf16"
-    chosen, reason = hardware.choose_precision(hardware.cpu_features())
+    chosen, reason = choose_precision(hardware.cpu_features())
     if chosen != "bf16":
         return "fp32", f"fp32: no native bf16 on this CPU ({reason})"
     return "bf16", reason
