@@ -34,6 +34,16 @@ def _stemmer(algorithm: str):
     return Stemmer.Stemmer(algorithm)
 
 
+STEM_CACHE_SIZE = 1_000_000
+"""How many distinct words' stems a process keeps per stemmer (a collection's vocabulary
+repeats, so most words of a new batch were stemmed before); past it the cache starts again."""
+
+
+@functools.cache
+def _stem_cache(algorithm: str) -> dict[str, str]:
+    return {}
+
+
 @dataclass(frozen=True)
 class Tokenizer:
     """Lowercasing, regex word splitting, stopword removal and Snowball stemming (PyStemmer).
@@ -62,15 +72,30 @@ class Tokenizer:
         re.compile(self.pattern)
 
     def __call__(self, texts: Sequence[str]) -> list[list[str]]:
-        """Tokenize many texts; stems are computed once per distinct word."""
-        words = [self._words(t) for t in texts]
+        """Tokenize many texts; stems are computed once per distinct word (and kept, see
+        :data:`STEM_CACHE_SIZE`)."""
+        words = [self.words(t) for t in texts]
         if not self.stemmer:
             return words
-        vocab = sorted({w for ws in words for w in ws if not _CJK.search(w)})
-        stems = dict(zip(vocab, _stemmer(self.stemmer).stemWords(vocab)))
+        stems = self.stem_table({w for ws in words for w in ws})
         return [[stems.get(w, w) for w in ws] for ws in words]
 
-    def _words(self, text: str) -> list[str]:
+    def stem_table(self, distinct: set[str]) -> dict[str, str]:
+        """A table holding the stem of every word of ``distinct`` (Chinese words are left
+        whole: look them up with ``table.get(word, word)``); the process's cache for this
+        stemmer, so later calls stem only words not seen before."""
+        stems = _stem_cache(self.stemmer or "")
+        new = {w for w in distinct if w not in stems}
+        if len(stems) + len(new) > STEM_CACHE_SIZE:
+            stems.clear()
+            new = set(distinct)
+        fresh = sorted(w for w in new if not _CJK.search(w))
+        if fresh and self.stemmer:
+            stems.update(zip(fresh, _stemmer(self.stemmer).stemWords(fresh)))
+        return stems
+
+    def words(self, text: str) -> list[str]:
+        """The words of one text before stemming: lowercased, split, stopwords removed."""
         if self.lowercase:
             text = text.lower()
         if self.language == "zh":

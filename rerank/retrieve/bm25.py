@@ -12,6 +12,10 @@ import gzip
 import json
 import logging
 import math
+import os
+import shutil
+import tempfile
+import weakref
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -26,6 +30,7 @@ from rerank.extras import require
 from rerank.order import top_k_positions
 from rerank.registry import Registry
 from rerank.retrieve.base import Index, check_search, parameter
+from rerank.retrieve.bm25_stream import build_bm25s_streamed, chunks_of
 from rerank.retrieve.docstore import open_index_passages, store_for_index
 from rerank.retrieve.store import (
     corpus_fingerprint,
@@ -38,6 +43,8 @@ from rerank.tokenize import CHINESE_SEGMENTATIONS, LANGUAGES, Tokenizer
 from rerank.types import Passage, Query
 
 KIND = "bm25"
+STREAM_CHUNK = 20_000
+"""Passages tokenized at a time by a streamed build."""
 METHODS = ("lucene", "robertson", "atire", "bm25l", "bm25+")
 
 
@@ -100,9 +107,28 @@ def _register(backend: type[_Backend]) -> type[_Backend]:
 class _Bm25sBackend:
     name = "bm25s"
 
-    def __init__(self, retriever) -> None:
+    def __init__(self, retriever, built_at: Path | None = None) -> None:
         self.retriever = retriever
         self.vocab = retriever.vocab_dict
+        self.built_at = built_at  # the bm25s folder of a streamed build, copied on save
+
+    @classmethod
+    def build_streamed(cls, texts: Iterable[Sequence[str]], total: int, tokenizer: Tokenizer, params: BM25Params,
+                       memory_gb: float, progress: bool) -> _Bm25sBackend:
+        """Build from ``texts`` (in chunks) in shards within ``memory_gb``
+        (:mod:`rerank.retrieve.bm25_stream`), into a temporary folder read memory-mapped."""
+        work = Path(tempfile.mkdtemp(prefix="rerank-bm25-"))
+        try:
+            build_bm25s_streamed(texts, total, tokenizer, k1=params.k1, b=params.b, delta=params.delta,
+                                 method=params.method, idf=params.idf, out=work / "bm25s", memory_gb=memory_gb,
+                                 progress=progress)
+            backend = cls.load(work, mmap=True)
+        except BaseException:
+            shutil.rmtree(work, ignore_errors=True)
+            raise
+        backend.built_at = work / "bm25s"
+        weakref.finalize(backend, shutil.rmtree, work, True)
+        return backend
 
     @classmethod
     def build(cls, tokens: list[list[str]], params: BM25Params, progress: bool) -> _Bm25sBackend:
@@ -124,7 +150,15 @@ class _Bm25sBackend:
         return self.retriever.get_scores_from_ids(self._ids(query_tokens))
 
     def save(self, folder: Path) -> None:
-        self.retriever.save(folder / "bm25s", show_progress=False)
+        if self.built_at is None:
+            self.retriever.save(folder / "bm25s", show_progress=False)
+            return
+        (folder / "bm25s").mkdir()
+        for path in self.built_at.iterdir():
+            try:
+                os.link(path, folder / "bm25s" / path.name)
+            except OSError:  # another file system
+                shutil.copyfile(path, folder / "bm25s" / path.name)
 
     @classmethod
     def load(cls, folder: Path, mmap: bool) -> _Bm25sBackend:
@@ -203,6 +237,8 @@ class BM25BuildParameters:
     chinese: str = parameter("bigram", "Chinese segmentation", choices=CHINESE_SEGMENTATIONS)
     stopwords: str | None = parameter(None, "stopword list: en, en_plus, zh or 'none' (default: en, or zh for zh)")
     stemmer: str | None = parameter(None, "Snowball stemmer (PyStemmer name) or 'none' (default: english; none for zh)")
+    memory_gb: float | None = parameter(None, "build streamed in shards holding about this many GB besides the "
+                                              "vocabulary, for collections larger than memory (bm25s backend)")
 
 
 class BM25Index(Index, kind=KIND):
@@ -229,13 +265,26 @@ class BM25Index(Index, kind=KIND):
 
     @classmethod
     def build(cls, passages: Iterable[Passage], *, tokenizer: Tokenizer | None = None,
-              params: BM25Params | None = None, backend: str = "bm25s", progress: bool = True) -> BM25Index:
-        """Tokenize ``passages`` (title + text) and index them with ``backend``."""
+              params: BM25Params | None = None, backend: str = "bm25s", progress: bool = True,
+              memory_gb: float | None = None) -> BM25Index:
+        """Tokenize ``passages`` (title + text) and index them with ``backend``.
+
+        With ``memory_gb``, the bm25s index is built streamed, in shards holding about that
+        many gigabytes besides the vocabulary (:mod:`rerank.retrieve.bm25_stream`): the same
+        index, for collections whose tokens do not fit in memory. Give the passages as a
+        :class:`~rerank.retrieve.docstore.DocStore` so that they are not held either."""
         passages = unique_passages(passages)
         tokenizer = tokenizer or Tokenizer()
         params = params or BM25Params()
-        tokens = _tokenize(tokenizer, [p.full_text for p in passages], progress)
-        engine = BACKENDS.get(backend).build(tokens, params, progress)
+        engine: _Backend
+        if memory_gb is not None:
+            if backend != _Bm25sBackend.name:
+                raise ValueError(f"a streamed build (memory_gb) needs the {_Bm25sBackend.name} backend, not {backend!r}")
+            texts = chunks_of((p.full_text for p in passages), STREAM_CHUNK)
+            engine = _Bm25sBackend.build_streamed(texts, len(passages), tokenizer, params, memory_gb, progress)
+        else:
+            tokens = _tokenize(tokenizer, [p.full_text for p in passages], progress)
+            engine = BACKENDS.get(backend).build(tokens, params, progress)
         return cls(passages, tokenizer, params, engine, corpus_fingerprint(passages))
 
     @classmethod
@@ -245,7 +294,7 @@ class BM25Index(Index, kind=KIND):
         p = parameters
         return cls.build(passages, tokenizer=tokenizer_for(p.language, p.chinese, p.stopwords, p.stemmer),
                          params=BM25Params(k1=p.k1, b=p.b, method=p.method, idf=p.idf), backend=p.backend,
-                         progress=progress)
+                         progress=progress, memory_gb=p.memory_gb)
 
     def tokenize_queries(self, queries: Sequence[Query]) -> list[list[str]]:
         """Tokenize query texts with the index's tokenizer; an empty query is an error."""
@@ -268,8 +317,8 @@ class BM25Index(Index, kind=KIND):
             chunk = list(queries[start:start + batch_size])
             for tokens in self.tokenize_queries(chunk):
                 scores = self.backend.scores(tokens)
-                positions = top_k_positions(scores, k)
-                positions = positions[scores[positions] > 0]
+                matched = np.flatnonzero(scores > 0)  # ascending, so the tie rule holds within
+                positions = matched[top_k_positions(scores[matched], k)]
                 hits.append((positions, scores[positions]))
         return hits, 0
 
