@@ -24,6 +24,7 @@ Each measurement that needs its own peak RSS runs in a fresh process. Data goes 
 from __future__ import annotations
 
 import argparse
+import filecmp
 import json
 import os
 import random
@@ -133,6 +134,95 @@ print(json.dumps({{'ms_per_query': 1000 * (time.perf_counter() - began) / len(qu
     return {"passages": size, "build_s": round(built["seconds"], 2), "build_peak_rss_mb": round(built["peak_rss_mb"]),
             "bm25_mb": round(folder_mb(index / "bm25"), 1), "docstore_mb": round(folder_mb(index / "docstore"), 1),
             "query_ms": round(searched["ms_per_query"], 2), "search_peak_rss_mb": round(searched["peak_rss_mb"])}
+
+
+def synthetic_folder(size: int) -> Path:
+    """The generator's MS MARCO-shaped collection of ``size`` passages and 1,000 queries with
+    their relevant passage (:mod:`rerank.data.synthetic`), written once and reused."""
+    from rerank.data.synthetic import write_synthetic
+
+    folder = WORK / f"synthetic-{size}"
+    if not (folder / "qrels" / "test.tsv").is_file():
+        began = time.perf_counter()
+        write_synthetic(folder, size, queries=1000, seed=0)
+        print(f"wrote {size:,} synthetic passages in {time.perf_counter() - began:.0f} s")
+    return folder
+
+
+def streamed_bm25_part(size: int, memory_gb: float, n_queries: int) -> dict:
+    """Build BM25 streamed (``rerank index --kind bm25 --memory-gb``) over the synthetic
+    collection in a fresh process, then search it: top-1,000 latency and the recall of the
+    generator's relevant passage."""
+    folder = synthetic_folder(size)
+    out = WORK / f"streamed-{size}"
+    shutil.rmtree(out, ignore_errors=True)
+    built = run_measured(f"""
+import time, json
+from rerank.retrieve.build import build_index
+began = time.perf_counter()
+build_index({str(folder)!r}, {str(out / 'bm25')!r}, 'bm25', memory_gb={memory_gb}, progress=False)
+print(json.dumps({{'seconds': time.perf_counter() - began}}))
+""")
+    searched = run_measured(f"""
+import time, json
+from rerank.data import open_dataset
+from rerank.retrieve import load_index
+data = open_dataset({str(folder)!r})
+queries, qrels = data.queries('test')[:{n_queries}], data.qrels('test')
+began = time.perf_counter()
+index = load_index({str(out / 'bm25')!r})
+load = time.perf_counter() - began
+index.search(queries[:2], k=1000)
+began = time.perf_counter()
+found = [index.search([q], k=1000)[0] for q in queries]
+ms = 1000 * (time.perf_counter() - began) / len(queries)
+recall = sum(any(p.id in qrels[c.query.id] for p in c.passages) for c in found) / len(found)
+print(json.dumps({{'ms_per_query': ms, 'recall_at_1000': recall, 'load_s': load}}))
+""")
+    return {"passages": size, "memory_gb": memory_gb, "build_s": round(built["seconds"], 1),
+            "build_peak_rss_mb": round(built["peak_rss_mb"]), "bm25_mb": round(folder_mb(out / "bm25"), 1),
+            "docstore_mb": round(folder_mb(out / "docstore"), 1), "load_s": round(searched["load_s"], 1),
+            "query_ms": round(searched["ms_per_query"], 1), "queries": n_queries,
+            "recall_at_1000": round(searched["recall_at_1000"], 4), "search_peak_rss_mb": round(searched["peak_rss_mb"])}
+
+
+def stream_identity_part(size: int, memory_gb: float, n_queries: int) -> dict:
+    """The streamed and the in-memory build of one synthetic collection: the bm25s files byte
+    for byte, and the top-1,000 rankings and scores of the generator's queries."""
+    folder = synthetic_folder(size)
+    out = WORK / f"identity-{size}"
+    shutil.rmtree(out, ignore_errors=True)
+    timed = {}
+    for name, option in (("memory", "None"), ("streamed", str(memory_gb))):
+        timed[name] = run_measured(f"""
+import time, json
+from rerank.retrieve.build import build_index
+began = time.perf_counter()
+build_index({str(folder)!r}, {str(out / name)!r}, 'bm25', docstore={str(out / 'docstore')!r}, memory_gb={option},
+            progress=False)
+print(json.dumps({{'seconds': time.perf_counter() - began}}))
+""")
+    memory_files, streamed_files = out / "memory" / "bm25s", out / "streamed" / "bm25s"
+    names = sorted(p.name for p in memory_files.iterdir())
+    _, mismatch, errors = filecmp.cmpfiles(memory_files, streamed_files, names, shallow=False)
+    compared = run_measured(f"""
+import json
+import numpy as np
+from rerank.data import open_dataset
+from rerank.retrieve import load_index
+a, b = load_index({str(out / 'memory')!r}), load_index({str(out / 'streamed')!r})
+queries = open_dataset({str(folder)!r}).queries('test')[:{n_queries}]
+same = all([p.id for p in x.passages] == [p.id for p in y.passages] and np.array_equal(x.scores, y.scores)
+           for x, y in zip(a.search(queries, k=1000), b.search(queries, k=1000)))
+print(json.dumps({{'rankings_identical': same}}))
+""")
+    compared["files_identical"] = not mismatch and not errors
+    return {"passages": size, "memory_gb": memory_gb, "queries": n_queries,
+            "in_memory_build_s": round(timed["memory"]["seconds"], 1),
+            "in_memory_peak_rss_mb": round(timed["memory"]["peak_rss_mb"]),
+            "streamed_build_s": round(timed["streamed"]["seconds"], 1),
+            "streamed_peak_rss_mb": round(timed["streamed"]["peak_rss_mb"]),
+            "files_identical": int(compared["files_identical"]), "rankings_identical": int(compared["rankings_identical"])}
 
 
 def docstore_engines(size: int, corpus: Path, batches: int) -> list[dict]:
@@ -340,49 +430,84 @@ def student_model() -> Path:
     return folder
 
 
+PARTS = ("bm25", "rss", "ray", "msmarco")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="10k and 20k passages, fewer queries (a minute or two: Ray starts twice)")
+    parser.add_argument("--quick", action="store_true",
+                        help="10k and 20k passages, fewer queries, MS MARCO shape at 100k (a few minutes: Ray starts twice)")
     parser.add_argument("--sizes", default=None, help="collection sizes (default: 10000,100000,1000000)")
+    parser.add_argument("--msmarco", type=int, default=None,
+                        help="passages of the streamed BM25 build (default: 8,800,000, MS MARCO's; quick: 100,000)")
+    parser.add_argument("--identity-size", type=int, default=None,
+                        help="passages at which streamed and in-memory builds are compared (default 1,000,000)")
+    parser.add_argument("--memory-gb", type=float, default=2.0, help="the streamed build's memory setting")
+    parser.add_argument("--parts", default=",".join(PARTS), help=f"which parts to run, of {','.join(PARTS)}")
     args = parser.parse_args()
+    parts = set(args.parts.split(","))
+    if parts - set(PARTS):
+        parser.error(f"unknown parts {sorted(parts - set(PARTS))}; choose from {PARTS}")
     sizes = [int(s) for s in (args.sizes or ("10000,20000" if args.quick else "10000,100000,1000000")).split(",")]
     print(machine())
     WORK.mkdir(parents=True, exist_ok=True)
     began = time.perf_counter()
-    pieces, queries = pieces_of_shared_text(), real_queries()
-    print(f"{len(pieces):,} pieces of shared text, {len(queries):,} real queries")
-    bm25_rows, engine_rows = [], []
-    for size in sizes:
-        corpus = synthetic_corpus(size, pieces)
-        bm25_rows.append(bm25_part(size, corpus, queries, 20 if args.quick else 100))
-        engine_rows += docstore_engines(size, corpus, 20 if args.quick else 200)
-    print("\n## BM25 index (bm25s) and its docstore")
-    print_table(bm25_rows, ["passages", "build_s", "build_peak_rss_mb", "bm25_mb", "docstore_mb", "query_ms",
-                            "search_peak_rss_mb"])
-    exponents = {key: growth_exponent(sizes, [r[key] for r in bm25_rows])
-                 for key in ("build_s", "build_peak_rss_mb", "bm25_mb", "query_ms")}
-    print(f"growth exponents (value ~ N^a): {exponents}")
-    print("\n## Docstore engines (random batches of 100 ids)")
-    print_table(engine_rows, ["engine", "passages", "build_s", "mb", "lookups_per_s", "batches_per_s", "error"])
-    rss = rss_part(sizes[-1], queries, 20 if args.quick else 500, 100)
-    print("\n## rerank rerank peak RSS (BM25 re-scoring, top-100)")
-    print_table([{"input": k, **v} for k, v in rss.items()], ["input", "queries", "peak_rss_mb", "seconds"])
-    growth = round(rss["docstore-10x"]["peak_rss_mb"] / rss["docstore-1x"]["peak_rss_mb"], 3)
-    corpus_growth = round(rss["corpus-10x"]["peak_rss_mb"] / rss["corpus-1x"]["peak_rss_mb"], 3)
-    print(f"rss_growth_ratio (--docstore): {growth} (goal <= 1.3); with --corpus: {corpus_growth}")
-    counts = ({"bm25 re-scoring": 200, "2-layer student": 20} if args.quick else
-              {"bm25 re-scoring": 4000, "2-layer student": 400})
-    ray_rows = ray_part(sizes[0], queries, counts, 100, student_model())["rows"]
-    print("\n## Ray (2 actors x 1 CPU) against one process (2 threads)")
-    print_table(ray_rows, ["stage", "queries", "batch", "single q/s", "ray q/s (steady)", "ray startup s",
-                           "ray q/s (whole job)", "ratio", "identical"])
-    ratio = min(r["ratio"] for r in ray_rows)
-    print_json({"quick": args.quick, "sizes": sizes, "bm25": bm25_rows, "bm25_growth_exponents": exponents,
-                "docstore_engines": engine_rows, "rerank_rss": rss, "rss_growth_ratio": growth,
-                "rss_growth_ratio_corpus": corpus_growth, "ray": ray_rows, "ray_vs_single_ratio": ratio,
-                "ray_identical": int(all(r["identical"] for r in ray_rows)),
-                "goals": {"rss_growth_ratio": 1.3, "ray_vs_single_ratio": 0.8},
-                "seconds": round(time.perf_counter() - began, 1)})
+    result: dict = {"quick": args.quick, "parts": sorted(parts)}
+    goals: dict = {}
+    if parts & {"bm25", "rss", "ray"}:
+        pieces, queries = pieces_of_shared_text(), real_queries()
+        print(f"{len(pieces):,} pieces of shared text, {len(queries):,} real queries")
+    if "bm25" in parts:
+        bm25_rows, engine_rows = [], []
+        for size in sizes:
+            corpus = synthetic_corpus(size, pieces)
+            bm25_rows.append(bm25_part(size, corpus, queries, 20 if args.quick else 100))
+            engine_rows += docstore_engines(size, corpus, 20 if args.quick else 200)
+        print("\n## BM25 index (bm25s) and its docstore")
+        print_table(bm25_rows, ["passages", "build_s", "build_peak_rss_mb", "bm25_mb", "docstore_mb", "query_ms",
+                                "search_peak_rss_mb"])
+        exponents = {key: growth_exponent(sizes, [r[key] for r in bm25_rows])
+                     for key in ("build_s", "build_peak_rss_mb", "bm25_mb", "query_ms")}
+        print(f"growth exponents (value ~ N^a): {exponents}")
+        print("\n## Docstore engines (random batches of 100 ids)")
+        print_table(engine_rows, ["engine", "passages", "build_s", "mb", "lookups_per_s", "batches_per_s", "error"])
+        result.update(sizes=sizes, bm25=bm25_rows, bm25_growth_exponents=exponents, docstore_engines=engine_rows)
+    if "rss" in parts:
+        rss = rss_part(sizes[-1], queries, 20 if args.quick else 500, 100)
+        print("\n## rerank rerank peak RSS (BM25 re-scoring, top-100)")
+        print_table([{"input": k, **v} for k, v in rss.items()], ["input", "queries", "peak_rss_mb", "seconds"])
+        growth = round(rss["docstore-10x"]["peak_rss_mb"] / rss["docstore-1x"]["peak_rss_mb"], 3)
+        corpus_growth = round(rss["corpus-10x"]["peak_rss_mb"] / rss["corpus-1x"]["peak_rss_mb"], 3)
+        print(f"rss_growth_ratio (--docstore): {growth} (goal <= 1.3); with --corpus: {corpus_growth}")
+        result.update(rerank_rss=rss, rss_growth_ratio=growth, rss_growth_ratio_corpus=corpus_growth)
+        goals["rss_growth_ratio"] = 1.3
+    if "ray" in parts:
+        counts = ({"bm25 re-scoring": 200, "2-layer student": 20} if args.quick else
+                  {"bm25 re-scoring": 4000, "2-layer student": 400})
+        ray_rows = ray_part(sizes[0], queries, counts, 100, student_model())["rows"]
+        print("\n## Ray (2 actors x 1 CPU) against one process (2 threads)")
+        print_table(ray_rows, ["stage", "queries", "batch", "single q/s", "ray q/s (steady)", "ray startup s",
+                               "ray q/s (whole job)", "ratio", "identical"])
+        result.update(ray=ray_rows, ray_vs_single_ratio=min(r["ratio"] for r in ray_rows),
+                      ray_identical=int(all(r["identical"] for r in ray_rows)))
+        goals["ray_vs_single_ratio"] = 0.8
+    if "msmarco" in parts:
+        identity_size = args.identity_size or (50_000 if args.quick else 1_000_000)
+        identity = stream_identity_part(identity_size, args.memory_gb, 100)
+        print("\n## Streamed BM25 build against the in-memory build (same synthetic collection)")
+        print_table([identity], list(identity))
+        size = args.msmarco or (100_000 if args.quick else 8_800_000)
+        streamed = streamed_bm25_part(size, args.memory_gb, 100 if args.quick else 1000)
+        print(f"\n## Streamed BM25 build at {size:,} MS MARCO-shaped passages (--memory-gb {args.memory_gb})")
+        print_table([streamed], list(streamed))
+        result.update(bm25_stream_identity=identity, bm25_streamed=streamed,
+                      bm25_stream_identical=int(identity["files_identical"] and identity["rankings_identical"]),
+                      bm25_passages_max=size, bm25_build_s=streamed["build_s"],
+                      bm25_build_peak_rss_mb=streamed["build_peak_rss_mb"], bm25_query_ms=streamed["query_ms"],
+                      synthetic_recall_at_1000=streamed["recall_at_1000"])
+        goals.update(bm25_passages_max=8_800_000, bm25_build_peak_rss_mb=6000, bm25_query_ms=100)
+    result.update(goals=goals, seconds=round(time.perf_counter() - began, 1))
+    print_json(result)
 
 
 if __name__ == "__main__":
