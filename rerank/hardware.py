@@ -116,15 +116,6 @@ def cpu_features(cpuinfo: str | Path = "/proc/cpuinfo") -> CpuFeatures:
     return CpuFeatures(flags, capability, model)
 
 
-def gpu_precision(device: str) -> tuple[str, str]:
-    """``auto`` on a GPU: bf16 where the GPU supports it (int8 dynamic quantization is CPU-only)."""
-    import torch  # deferred: torch takes long to import
-
-    if device.startswith("cuda") and torch.cuda.is_available() and torch.cuda.is_bf16_supported():
-        return "bf16", f"bf16: {torch.cuda.get_device_name()} supports it"
-    return "fp32", f"fp32: no bf16 support found on {device}"
-
-
 def cgroup_cpu_limit(root: str | Path = "/sys/fs/cgroup") -> float | None:
     """The CPU quota of this process's cgroup in cores (``cpu.max`` of cgroup v2, or
     ``cpu.cfs_quota_us`` / ``cpu.cfs_period_us`` of v1), or ``None`` when there is none."""

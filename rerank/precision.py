@@ -226,7 +226,7 @@ def settle_precision(requested: str, *, kind: str, model: str, scores: Callable[
     if requested not in CHOICES:
         raise ValueError(f"precision must be one of {CHOICES}, got {requested!r}")
     if requested == "auto" and device != "cpu":
-        chosen, reason = hardware.gpu_precision(device)
+        chosen, reason = gpu_precision(device)
     else:
         chosen, reason = resolve_precision(requested, features)
     if requested != "auto" or chosen == "fp32":
@@ -360,6 +360,8 @@ class Precision:
 PRECISIONS: Registry[Precision] = Registry("precision", "precisions")
 """The precisions by name (:class:`Precision`); a package adds one through the entry-point group
 ``rerank.precisions``."""
+FP32, BF16, INT8 = "fp32", "bf16", "int8"
+"""The built-in precisions' names (registered below), for the code that treats one specially."""
 
 
 def register_precision(precision: Precision) -> Precision:
@@ -399,14 +401,14 @@ def _flags(features: hardware.CpuFeatures, names: Sequence[str]) -> str:
 # nothing from larger ones (fp32 stays in cache at 2k tokens). Padding lengths up to multiples of
 # 16 did not help (83.4 against 103.3 pairs/s).
 register_precision(Precision(
-    "fp32", preference=99, native=lambda features: "fp32: the CPU has neither native bf16 (AMX, AVX-512-BF16) nor VNNI",
+    FP32, preference=99, native=lambda features: "fp32: the CPU has neither native bf16 (AMX, AVX-512-BF16) nor VNNI",
     convert=_as_is, batch_shape=BatchShape(32, 2048)))
 register_precision(Precision(
-    "bf16", preference=0,
+    BF16, preference=0,
     native=lambda features: f"bf16: the CPU has {_flags(features, hardware.BF16_FLAGS)}" if features.bf16 else None,
     convert=_to_bf16, batch_shape=BatchShape(32, 4096)))
 register_precision(Precision(
-    "int8", preference=1,
+    INT8, preference=1,
     native=lambda features: (f"int8: the CPU has {_flags(features, hardware.VNNI_FLAGS)} but no native bf16"
                              if features.vnni else None),
     convert=_to_int8, batch_shape=BatchShape(32, 2048)))
@@ -425,7 +427,16 @@ def choose_precision(features: hardware.CpuFeatures) -> tuple[str, str]:
         reason = precision.native(features)
         if reason:
             return precision.name, reason
-    return "fp32", "fp32: no other precision runs natively on this CPU"
+    return FP32, "fp32: no other precision runs natively on this CPU"
+
+
+def gpu_precision(device: str) -> tuple[str, str]:
+    """``auto`` on a GPU: bf16 where the GPU supports it (int8 dynamic quantization is CPU-only)."""
+    import torch  # deferred: torch takes long to import
+
+    if device.startswith("cuda") and torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+        return BF16, f"bf16: {torch.cuda.get_device_name()} supports it"
+    return FP32, f"fp32: no bf16 support found on {device}"
 
 
 def resolve_precision(precision: str, features: hardware.CpuFeatures | None = None) -> tuple[str, str]:

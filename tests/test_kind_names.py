@@ -19,6 +19,12 @@ OTHER_MEANINGS = {
     "cohere": "the service's own Cohere request shape (serve/protocol.py), which the remote shape mirrors",
     "tei": "the service's own TEI request shape (serve/protocol.py, serve/fit.py)",
     "rank-bm25": "the extra that installs that backend (extras.py)",
+    "train": "the training split's name (`--split train`, ir_datasets splits), also a model card's fallback wording",
+    "serve": "the `serve` extra and the `[serve]` table of a service config",
+    "tune": "the `[tune]` table of cut-off values in a pipeline config",
+    "evaluate": "the evaluation phase's key in a tuning run's timings",
+    "experiment": "an experiment's default name",
+    "causal-lm": "a recipe's network (`recipes.NETWORKS`), after which the causal-LM family rule is named",
 }
 
 KNOWN = {  # (name, module): why it is still typed there
@@ -41,22 +47,27 @@ KNOWN = {  # (name, module): why it is still typed there
     ("distill", "rerank.commands.train"): "`rerank train` subcommands are not yet derived from the prepare steps",
     ("listwise", "rerank.commands.train"): "`rerank train listwise` (the listwise LLM fine-tuning subcommand)",
     ("remote", "rerank.serve.client"): "RemoteReranker's default stage name",
-    ("retrieve", "rerank.commands.retrieve"): "the `rerank retrieve` command's own name",
 }
 
 
 def _registries():
+    from rerank.commands import COMMANDS
+    from rerank.data.layouts import LAYOUTS
     from rerank.fusion import FUSION_METHODS
+    from rerank.models import REGISTRY as SHORT_NAMES
     from rerank.pipeline import STAGE_KINDS
+    from rerank.precision import PRECISIONS
     from rerank.recipes import RECIPES
     from rerank.registry import PREPARE_STEPS
     from rerank.retrieve.base import INDEX_KINDS
     from rerank.retrieve.bm25 import BACKENDS
+    from rerank.score.detect import FAMILY_RULES
     from rerank.score.remote import SHAPES
     from rerank.train.losses import LOSSES
     from rerank.train.students import STUDENTS
 
-    return [STAGE_KINDS, INDEX_KINDS, RECIPES, STUDENTS, PREPARE_STEPS, LOSSES, SHAPES, FUSION_METHODS, BACKENDS]
+    return [STAGE_KINDS, INDEX_KINDS, RECIPES, STUDENTS, PREPARE_STEPS, LOSSES, SHAPES, FUSION_METHODS, BACKENDS,
+            PRECISIONS, SHORT_NAMES, COMMANDS, LAYOUTS, FAMILY_RULES]
 
 
 def _literals(path: Path) -> list[tuple[str, int]]:

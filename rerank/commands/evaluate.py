@@ -14,6 +14,37 @@ from rerank.evaluate import MISSING_POLICIES, evaluate, parse_measures
 from rerank.judge.workflow import fill_qrels
 
 
+def _json(rows: list, *, per_query: bool) -> str:
+    return json.dumps({name: {"aggregate": r.aggregate, "queries": r.judged_queries,
+                              **({"per_query": r.per_query} if per_query else {})} for name, r in rows}, indent=2) + "\n"
+
+
+def _csv(rows: list, *, per_query: bool) -> str:
+    measures = list(rows[0][1].aggregate)
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["run", "query", *measures])
+    for name, r in rows:
+        writer.writerow([name, "all", *(f"{r.aggregate[m]:.4f}" for m in measures)])
+        for qid, values in (r.per_query.items() if per_query else []):
+            writer.writerow([name, qid, *(f"{values.get(m, 0.0):.4f}" for m in measures)])
+    return buffer.getvalue()
+
+
+def _table(rows: list, *, per_query: bool) -> str:
+    measures = list(rows[0][1].aggregate)
+    lines = ["| run | " + " | ".join(measures) + " | queries |", "|---|" + "---:|" * (len(measures) + 1)]
+    for name, r in rows:
+        lines.append(f"| {name} | " + " | ".join(f"{r.aggregate[m]:.4f}" for m in measures) + f" | {r.judged_queries} |")
+        for qid, values in (r.per_query.items() if per_query else []):
+            lines.append(f"| {name}:{qid} | " + " | ".join(f"{values.get(m, 0.0):.4f}" for m in measures) + " | 1 |")
+    return "\n".join(lines) + "\n"
+
+
+OUTPUT_FORMATS = {"table": _table, "csv": _csv, "json": _json}
+"""How ``rerank evaluate`` prints its scores: a Markdown table, CSV or JSON."""
+
+
 def run(args: argparse.Namespace) -> int:
     """Evaluate one or more TREC runs against qrels and print a table."""
     parse_measures(args.measures)  # fail on a typo before reading anything
@@ -35,28 +66,7 @@ def run(args: argparse.Namespace) -> int:
             result.aggregate[f"{judged} (filled)"] = evaluate(
                 run, qrels, [judged], missing=args.missing, min_coverage=args.min_coverage).aggregate[judged]
         rows.append((Path(path).name, result))
-    measures = list(rows[0][1].aggregate)
-    if args.format == "json":
-        print(json.dumps({name: {"aggregate": r.aggregate, "queries": r.judged_queries,
-                                 **({"per_query": r.per_query} if args.per_query else {})} for name, r in rows}, indent=2))
-        return 0
-    if args.format == "csv":
-        buffer = io.StringIO()
-        writer = csv.writer(buffer)
-        writer.writerow(["run", "query", *measures])
-        for name, r in rows:
-            writer.writerow([name, "all", *(f"{r.aggregate[m]:.4f}" for m in measures)])
-            for qid, values in (r.per_query.items() if args.per_query else []):
-                writer.writerow([name, qid, *(f"{values.get(m, 0.0):.4f}" for m in measures)])
-        print(buffer.getvalue(), end="")
-        return 0
-    print("| run | " + " | ".join(measures) + " | queries |")
-    print("|---|" + "---:|" * (len(measures) + 1))
-    for name, r in rows:
-        print(f"| {name} | " + " | ".join(f"{r.aggregate[m]:.4f}" for m in measures) + f" | {r.judged_queries} |")
-        if args.per_query:
-            for qid, values in r.per_query.items():
-                print(f"| {name}:{qid} | " + " | ".join(f"{values.get(m, 0.0):.4f}" for m in measures) + " | 1 |")
+    print(OUTPUT_FORMATS[args.format](rows, per_query=args.per_query), end="")
     return 0
 
 
@@ -72,7 +82,7 @@ def arguments(p: argparse.ArgumentParser) -> None:
                    help="judged queries without results: count as 0 (default), leave out, or fail")
     p.add_argument("--min-coverage", type=float, default=0.5,
                    help="fail if the run answers fewer than this share of judged queries (default: 0.5)")
-    p.add_argument("--format", choices=["table", "csv", "json"], default="table", help="output format (default: table)")
+    p.add_argument("--format", choices=list(OUTPUT_FORMATS), default="table", help="output format (default: table)")
     p.add_argument("--skip-bad", action="store_true", help="skip malformed lines instead of failing")
     p.add_argument("--fill-qrels", default=None,
                    help="LLM qrels (rerank judge) filling the pairs --qrels does not judge; adds Judged@k under the "

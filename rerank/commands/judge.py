@@ -15,6 +15,7 @@ from rerank.extras import MissingExtraError
 from rerank.judge.agreement import COMBINATIONS, flip_grades, implied_kappa, shared_pairs
 from rerank.judge.grade import FALLBACKS, LLMJudge
 from rerank.judge.workflow import compare_judges, judge_runs, plot_systems
+from rerank.models import SMOLLM2_135M
 from rerank.precision import CHOICES
 
 
@@ -24,7 +25,7 @@ def arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--runs", nargs="+", help="TREC runs to pool")
     p.add_argument("--depth", type=int, default=10, help="pool depth per run (default: 10)")
     p.add_argument("--skip-judged", default=None, help="qrels whose pairs are not judged again (fill their holes)")
-    p.add_argument("--llm", default="smollm2-135m",
+    p.add_argument("--llm", default=SMOLLM2_135M,
                    help="short name, Hub id, path or GGUF of a local model, or an OpenAI-compatible server URL")
     p.add_argument("--prompt", default="umbrela", help="umbrela (default), basic, or a TOML judging prompt")
     p.add_argument("--fallback", choices=FALLBACKS, default=FALLBACKS[0],

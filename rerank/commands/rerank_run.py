@@ -5,7 +5,9 @@ import argparse
 import logging
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from rerank.batch import FORMATS, rerank_to_file, stream_inputs
 from rerank.commands import Command, register_command
@@ -18,6 +20,24 @@ from rerank.trace import format_costs, summarize
 log = logging.getLogger("rerank")
 
 
+def _on_ray(args: argparse.Namespace, config: Any, batch: Any) -> Any:
+    return rerank_on_ray(args.pipeline, batch, args.out, address=args.address, workers=args.workers,
+                         cpus_per_worker=args.cpus_per_worker, gpus_per_worker=args.gpus_per_worker,
+                         batch_queries=args.batch_queries, fmt=args.format, tag=args.tag, precision=args.precision,
+                         overwrite=args.overwrite, progress=not args.no_progress, score_cache=args.score_cache)
+
+
+def _in_process(args: argparse.Namespace, config: Any, batch: Any) -> Any:
+    pipeline = build_pipeline(config, precision=args.precision, score_cache=args.score_cache)
+    print(f"pipeline: {pipeline}", file=sys.stderr)
+    return rerank_to_file(pipeline, batch, args.out, fmt=args.format, tag=args.tag, chunk_size=args.chunk_size,
+                          progress=not args.no_progress, overwrite=args.overwrite)
+
+
+ENGINES: dict[str, Callable[[argparse.Namespace, Any, Any], Any]] = {"local": _in_process, "ray": _on_ray}
+"""Where ``rerank rerank --engine`` runs the job: in this process, or on a Ray cluster."""
+
+
 def run(args: argparse.Namespace) -> int:
     """Re-rank a run (or JSONL candidates) with a pipeline config, resumably."""
     config = parse_config(args.pipeline)  # a bad config fails before any data or model loads
@@ -28,17 +48,7 @@ def run(args: argparse.Namespace) -> int:
     if not len(batch):
         raise RerankError("no queries to re-rank")
     log.info("found %d queries in %.1fs", len(batch), time.perf_counter() - began)
-    if args.engine == "ray":
-        result = rerank_on_ray(args.pipeline, batch, args.out, address=args.address, workers=args.workers,
-                               cpus_per_worker=args.cpus_per_worker, gpus_per_worker=args.gpus_per_worker,
-                               batch_queries=args.batch_queries, fmt=args.format, tag=args.tag,
-                               precision=args.precision, overwrite=args.overwrite, progress=not args.no_progress,
-                               score_cache=args.score_cache)
-    else:
-        pipeline = build_pipeline(config, precision=args.precision, score_cache=args.score_cache)
-        print(f"pipeline: {pipeline}", file=sys.stderr)
-        result = rerank_to_file(pipeline, batch, args.out, fmt=args.format, tag=args.tag, chunk_size=args.chunk_size,
-                                progress=not args.no_progress, overwrite=args.overwrite)
+    result = ENGINES[args.engine](args, config, batch)
     if result.resumed:
         print(f"resumed: {result.resumed} queries were already done, {result.done_now} re-ranked now", file=sys.stderr)
     print(format_costs(summarize(result.traces.values())))
@@ -67,7 +77,7 @@ def arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace an existing complete output")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     g = p.add_argument_group("distributed (--engine ray; needs the ray extra: pip install 'rerank[ray]')")
-    g.add_argument("--engine", choices=["local", "ray"], default="local",
+    g.add_argument("--engine", choices=list(ENGINES), default="local",
                    help="local: this process (default); ray: a Ray Data job over a pool of actors")
     g.add_argument("--address", default="local",
                    help="Ray cluster: local (start one here), auto (the cluster this machine is in), "

@@ -9,6 +9,10 @@ import sys
 from rerank.commands import Command, register_command
 from rerank.commands.options import add_precision_option, add_score_cache_option
 
+LOG_LEVELS = [logging.getLevelName(level).lower()
+              for level in (logging.CRITICAL, logging.ERROR, logging.WARNING, logging.INFO, logging.DEBUG)]
+"""The log levels ``rerank serve --log-level`` takes (Python's, which uvicorn's match)."""
+
 
 def run(args: argparse.Namespace) -> int:
     from rerank.serve import RerankServer, load_service  # deferred: the 'serve' extra loads only to serve
@@ -92,7 +96,7 @@ def arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--budget-ms", type=float, default=None,
                    help="latency budget per request: a pipeline with cut-off variables (student %% k1 >> ce, "
                         "[tune] k1 = [...]) gets the cut-offs predicted to fit, request by request")
-    p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"],
+    p.add_argument("--log-level", default="info", choices=LOG_LEVELS,
                    help="uvicorn log level (default info)")
     add_precision_option(p, help_text="precision of every model stage (overrides [serve] and the stages' own)")
     add_score_cache_option(p)

@@ -9,6 +9,7 @@ from rerank.commands.options import add_config_flags, config_from_args
 from rerank.config import build_pipeline
 from rerank.data import open_dataset, read_run
 from rerank.data.candidates import candidates_from_run
+from rerank.models import MINILM_L6, SMOLLM2_135M
 from rerank.precision import CHOICES
 from rerank.score.windows import AGGREGATES, TRAINING_WINDOWS
 from rerank.train import TrainConfig
@@ -70,7 +71,7 @@ def cmd_cross_encoder(args: argparse.Namespace) -> int:
     """Fine-tune a Hugging Face encoder as a cross-encoder on labelled triples."""
     return _report(train_cross_encoder(args.dataset, args.triples, args.out, curriculum=args.curriculum,
                                        teacher_scores=args.teacher_scores,
-                                       anneal_steps=args.anneal_steps, init=args.init or "minilm-l6", **_training(args)))
+                                       anneal_steps=args.anneal_steps, init=args.init or MINILM_L6, **_training(args)))
 
 
 def cmd_distill(args: argparse.Namespace) -> int:
@@ -229,7 +230,7 @@ def arguments(train: argparse.ArgumentParser) -> None:
     p = tsub.add_parser("listwise", help="fine-tune a causal LM to rank a whole list in one pass (importance-aware "
                                          "or plain language-modelling loss; resumable)")
     p.add_argument("--labels", required=True, help="listwise labels (rerank train listwise-labels)")
-    p.add_argument("--model", default="smollm2-135m", help="causal LM: short name, Hub id, path or GGUF")
+    p.add_argument("--model", default=SMOLLM2_135M, help="causal LM: short name, Hub id, path or GGUF")
     add_config_flags(p, ListwiseConfig, title="listwise training settings (rerank.train.listwise.ListwiseConfig)",
                      flags={"learning_rate": "--lr"}, choices={"loss": LISTWISE_LOSSES, "precision": TRAIN_PRECISIONS})
     p.add_argument("--out", required=True, help="output folder: the fine-tuned model")

@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 
 from rerank.encoders.hf import HFEncoder
 from rerank.hf_tokenizer import tokenize
+from rerank.models import MINILM_L6
 from rerank.precision import BATCH_SHAPES, calibration_dot_scores
 
 if TYPE_CHECKING:
@@ -40,7 +41,7 @@ class BiEncoder(HFEncoder):
     ``threads``: torch intra-op threads (default: the physical cores this process may use).
     """
 
-    def __init__(self, model: str = "minilm-l6", *, pooling: str | None = None, normalize: bool | None = None,
+    def __init__(self, model: str = MINILM_L6, *, pooling: str | None = None, normalize: bool | None = None,
                  max_length: int | None = None, query_prefix: str = "", passage_prefix: str = "",
                  device: str = "cpu", precision: str = "auto", threads: int | None = None) -> None:
         import torch  # deferred: torch takes long to import

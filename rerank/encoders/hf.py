@@ -10,7 +10,7 @@ import numpy as np
 
 from rerank.hardware import apply_threads
 from rerank.models import quiet_transformers, resolve
-from rerank.precision import prepare_model
+from rerank.precision import FP32, prepare_model
 
 
 class HFEncoder:
@@ -21,7 +21,7 @@ class HFEncoder:
     name: str
     path: str
     choice: Any
-    precision: str = "fp32"  # until settled: calibration runs in fp32's batch shape
+    precision: str = FP32  # until settled: calibration runs in fp32's batch shape
 
     def load(self, model: str, network: str, *, device: str = "cpu", threads: int | None = None) -> Any:
         """Resolve ``model``, load its tokenizer and its ``transformers.<network>`` (``AutoModel``,

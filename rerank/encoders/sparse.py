@@ -14,6 +14,7 @@ from tqdm.auto import tqdm
 
 from rerank.encoders.hf import HFEncoder
 from rerank.hf_tokenizer import tokenize
+from rerank.models import SPLADE_TINY
 from rerank.precision import calibration_dot_scores
 
 if TYPE_CHECKING:
@@ -31,7 +32,7 @@ class SpladeEncoder(HFEncoder):
     (default: the physical cores this process may use).
     """
 
-    def __init__(self, model: str = "splade-tiny", *, max_length: int = 256, max_batch_tokens: int = 2048,
+    def __init__(self, model: str = SPLADE_TINY, *, max_length: int = 256, max_batch_tokens: int = 2048,
                  device: str = "cpu", precision: str = "auto", threads: int | None = None) -> None:
         import torch  # deferred: torch takes long to import
 

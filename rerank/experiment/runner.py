@@ -31,6 +31,7 @@ from rerank.experiment.result import CalibrationRow, Drift, ExperimentResult, Pi
 from rerank.experiment.shared import run_shared
 from rerank.experiment.spec import Expectation, ExperimentSpec, load_spec
 from rerank.pipeline import Stage, leaves
+from rerank.precision import FP32, INT8
 from rerank.registry import PREPARE_STEPS
 from rerank.relevance import brier_score, expected_calibration_error, judged_pairs, reliability
 from rerank.significance import CORRECTIONS, TESTS, compare_to_baseline
@@ -259,7 +260,7 @@ def run_prepare(spec: ExperimentSpec, precision: str | None = None) -> None:
         args = dict(step.args)
         if precision and "precision" not in args and takes_precision(step.step, args):
             trains = getattr(PREPARE_STEPS.get(step.step), "trains", False)  # a step from a plugin may not say
-            args["precision"] = "fp32" if precision == "int8" and trains else precision
+            args["precision"] = FP32 if precision == INT8 and trains else precision
         print(f"prepare: {step.creates} is missing; running {step.describe()}", flush=True)
         try:
             run_step(step.step, args)

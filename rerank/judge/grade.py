@@ -26,6 +26,7 @@ from rerank.data.trec import ranked_items
 from rerank.errors import RerankError
 from rerank.jsoncache import JsonCache
 from rerank.judge.prompts import GRADES, JudgePrompt, load_prompt
+from rerank.models import SMOLLM2_135M
 from rerank.runtimes.local_llm import open_llm
 from rerank.score.prompts import passage_text
 from rerank.types import Passage, Qrels, Query, Run
@@ -109,7 +110,7 @@ class LLMJudge:
     takes: a short name, Hub id or path, a GGUF model, an OpenAI-compatible server URL) and a
     judging prompt (``umbrela``, ``basic`` or a TOML file)."""
 
-    def __init__(self, llm: Any = "smollm2-135m", prompt: str | JudgePrompt = "umbrela", *,
+    def __init__(self, llm: Any = SMOLLM2_135M, prompt: str | JudgePrompt = "umbrela", *,
                  max_passage_tokens: int = 384, batch_size: int = 8, fallback: str = "logprobs",
                  precision: str = "auto", price_per_million: tuple[float, float] | None = None) -> None:
         if fallback not in FALLBACKS:

@@ -22,13 +22,14 @@ from rerank.judge.agreement import (
     system_agreement,
 )
 from rerank.judge.grade import JudgeError, JudgeReport, LLMJudge, judgments_to_qrels, pool, pool_pairs
+from rerank.models import SMOLLM2_135M
 from rerank.plots import pyplot
 from rerank.registry import prepare_step
 from rerank.types import Qrels, Run
 
 
 @prepare_step("judge")
-def judge_step(dataset: str, runs: Sequence[str], out: str, *, llm: str = "smollm2-135m", prompt: str = "umbrela",
+def judge_step(dataset: str, runs: Sequence[str], out: str, *, llm: str = SMOLLM2_135M, prompt: str = "umbrela",
                depth: int = 10, skip_judged: str | None = None, max_queries: int | None = None,
                max_passage_tokens: int = 384, fallback: str = "logprobs", cache: str | None = None,
                precision: str = "auto") -> JudgeReport:

@@ -18,6 +18,7 @@ import numpy as np
 from rerank.atomic import atomic_directory
 from rerank.encoders.dense import BiEncoder
 from rerank.errors import BadIndexError
+from rerank.models import MINILM_L6
 from rerank.precision import CHOICES
 from rerank.retrieve.base import Index, parameter
 from rerank.retrieve.docstore import open_index_passages, store_for_index
@@ -66,7 +67,7 @@ def _training_points_needed(factory: str) -> int:
 class DenseBuildParameters:
     """How ``rerank index --kind dense`` builds: the bi-encoder, the FAISS factory, batches and precision."""
 
-    model: str = parameter("minilm-l6", "bi-encoder: short name, Hugging Face id or path")
+    model: str = parameter(MINILM_L6, "bi-encoder: short name, Hugging Face id or path")
     factory: str = parameter("Flat", "FAISS factory string: Flat, HNSW32, IVF256,PQ32...")
     batch_size: int = parameter(64, "max texts per encoder batch")
     precision: str = parameter("auto", "encoding precision (written in the manifest); auto picks by the CPU and "
@@ -118,7 +119,7 @@ class DenseIndex(Index, kind=KIND):
                          progress=progress)
 
     @classmethod
-    def build(cls, passages: Iterable[Passage], encoder: BiEncoder | str = "minilm-l6", *, factory: str = "Flat",
+    def build(cls, passages: Iterable[Passage], encoder: BiEncoder | str = MINILM_L6, *, factory: str = "Flat",
               batch_size: int = 64, precision: str = "auto", progress: bool = True) -> DenseIndex:
         """Encode ``passages`` (title + text) and index the vectors with FAISS ``factory``;
         ``precision`` applies when ``encoder`` is a name (see :class:`~rerank.encoders.dense.BiEncoder`)

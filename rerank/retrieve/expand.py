@@ -17,6 +17,7 @@ from typing import Any
 from rerank.costs import Stopwatch
 from rerank.errors import RerankError
 from rerank.jsoncache import JsonCache
+from rerank.models import SMOLLM2_135M
 from rerank.pipeline import Stage
 from rerank.runtimes.local_llm import open_llm
 from rerank.types import Candidates, StageCost
@@ -42,7 +43,7 @@ class ReasoningExpansion(Stage, kind="expand"):
 
     loads_model = True
 
-    def __init__(self, llm: Any = "smollm2-135m", *, prompt: str = REASONING_PROMPT, max_new_tokens: int = 128,
+    def __init__(self, llm: Any = SMOLLM2_135M, *, prompt: str = REASONING_PROMPT, max_new_tokens: int = 128,
                  query_weight: int = 1, reasoning_weight: int = 1, batch_size: int = 8, cache: str | None = None,
                  precision: str = "auto", name: str | None = None) -> None:
         if "{query}" not in prompt:

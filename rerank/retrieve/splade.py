@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 from rerank.atomic import atomic_directory
 from rerank.encoders.sparse import SpladeEncoder
 from rerank.errors import BadIndexError
+from rerank.models import SPLADE_TINY
 from rerank.order import top_k_positions
 from rerank.precision import CHOICES
 from rerank.retrieve.base import Index, parameter
@@ -27,7 +28,7 @@ KIND = "splade"
 class SpladeBuildParameters:
     """How ``rerank index --kind splade`` builds: the SPLADE model and the encoding precision."""
 
-    splade_model: str = parameter("splade-tiny", "SPLADE model: short name, Hugging Face id or path")
+    splade_model: str = parameter(SPLADE_TINY, "SPLADE model: short name, Hugging Face id or path")
     precision: str = parameter("auto", "encoding precision (written in the manifest); auto picks by the CPU and "
                                "checks it against fp32", choices=CHOICES)
 
@@ -73,7 +74,7 @@ class SpladeIndex(Index, kind=KIND):
         return f"SpladeIndex({len(self.passages)} passages, model={self.model_name!r}, {nnz:.0f} terms/passage)"
 
     @classmethod
-    def build(cls, passages: Iterable[Passage], encoder: SpladeEncoder | str = "splade-tiny", *,
+    def build(cls, passages: Iterable[Passage], encoder: SpladeEncoder | str = SPLADE_TINY, *,
               precision: str = "auto", progress: bool = True) -> SpladeIndex:
         """Encode every passage (title + text); ``precision`` applies when ``encoder`` is a name
         and is written in the manifest."""

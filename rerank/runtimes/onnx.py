@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from rerank.extras import require
+from rerank.precision import FP32, INT8
 
 if TYPE_CHECKING:
     import torch
@@ -91,12 +92,12 @@ def _model_key(folder: Path, precision: str) -> str:
 class OnnxClassifier:
     """A callable ``(input_ids, attention_mask, token_type_ids|None) -> logits`` (numpy)."""
 
-    def __init__(self, net: torch.nn.Module, folder: str | Path, *, uses_token_types: bool, precision: str = "fp32",
+    def __init__(self, net: torch.nn.Module, folder: str | Path, *, uses_token_types: bool, precision: str = FP32,
                  threads: int | None = None) -> None:
         ort = require("onnxruntime", "onnx", "backend='onnx'")
         import torch  # deferred: torch takes long to import
 
-        if precision not in ("fp32", "int8"):
+        if precision not in (FP32, INT8):
             raise ValueError(f"the ONNX backend runs fp32 or int8, not {precision!r}")
         folder = Path(folder)
         if not folder.is_dir():
@@ -124,7 +125,7 @@ class OnnxClassifier:
                               output_names=["logits"], dynamic_axes={n: {0: "batch", 1: "tokens"} for n in names},
                               opset_version=17, dynamo=False)
         final = staging / "model.onnx"
-        if precision == "int8":
+        if precision == INT8:
             from onnxruntime.quantization import QuantType, quantize_dynamic  # optional: the 'onnx' extra
 
             quantize_dynamic(str(staging / "fp32.onnx"), str(final), weight_type=QuantType.QInt8)

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from rerank.extras import require
+from rerank.precision import BF16, FP32
 from rerank.runtimes.onnx import (
     _model_key,
     cache_root,
@@ -34,7 +35,7 @@ from rerank.runtimes.onnx import (
 if TYPE_CHECKING:
     import torch
 
-INFERENCE_PRECISION = {"fp32": "f32", "bf16": "bf16"}
+INFERENCE_PRECISION = {FP32: "f32", BF16: BF16}
 
 
 Batch = tuple[np.ndarray, np.ndarray, "np.ndarray | None"]
@@ -45,7 +46,7 @@ class OpenVinoClassifier:
     """:meth:`run_many` turns ``(input_ids, attention_mask, token_type_ids|None)`` batches into
     logits (numpy), spread over ``streams`` parallel streams (default: one per thread)."""
 
-    def __init__(self, net: torch.nn.Module, folder: str | Path, *, uses_token_types: bool, precision: str = "fp32",
+    def __init__(self, net: torch.nn.Module, folder: str | Path, *, uses_token_types: bool, precision: str = FP32,
                  threads: int | None = None, streams: int | None = None) -> None:
         ov = require("openvino", "openvino", "backend='openvino'")
         import torch  # deferred: torch takes long to import

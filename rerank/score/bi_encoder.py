@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from rerank.encoders.dense import BiEncoder
+from rerank.models import MINILM_L6
 from rerank.retrieve.dense import DenseIndex
 from rerank.score.detect import Detection, ModelFiles, family_rule
 from rerank.score.stored import StoredVectorScorer
@@ -31,7 +32,7 @@ class BiEncoderScorer(StoredVectorScorer, kind="bi-encoder"):
 
     index_class = DenseIndex
 
-    def __init__(self, model: str | BiEncoder = "minilm-l6", *, index: DenseIndex | str | Path | None = None,
+    def __init__(self, model: str | BiEncoder = MINILM_L6, *, index: DenseIndex | str | Path | None = None,
                  precision: str = "auto", batch_size: int = 64, max_length: int | None = None, name: str | None = None) -> None:
         self.attach(model, index, precision, BiEncoder,
                     lambda: BiEncoder(model, precision=precision, max_length=max_length))  # type: ignore[arg-type]

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from rerank.precision import FP32
 from rerank.recipes import Recipe, register_recipe
 from rerank.runtimes.local_llm import _common_prefix
 from rerank.score.detect import Detection, ModelFiles, choose, family_rule, is_reranker
@@ -59,7 +60,7 @@ class CausalLMReranker(RecipeScorer, kind="causal-reranker"):
             logits = logits[range(len(last)), last]
         return logits[:, self.model.token_ids]
 
-    def _run(self, sequences: Sequence[Sequence[int]], groups: Sequence[int], *, net=None, precision: str = "fp32",
+    def _run(self, sequences: Sequence[Sequence[int]], groups: Sequence[int], *, net=None, precision: str = FP32,
              progress: bool = False) -> tuple[np.ndarray, int, dict[int, int]]:
         """As :meth:`RecipeScorer._run`, with each group's shared prefix run once: the prefix's
         key/value cache is copied to every batch of the group's suffixes, which are padded on

@@ -26,6 +26,9 @@ from rerank.models import resolve
 from rerank.pipeline import Scorer, Work
 from rerank.precision import (
     BATCH_SHAPES,
+    BF16,
+    FP32,
+    INT8,
     PrecisionChoice,
     anchor_dynamic_int8,
     calibration_pairs,
@@ -120,7 +123,7 @@ class CrossEncoder(Scorer, kind="cross-encoder"):
         self.name = name or f"cross-encoder({os.path.basename(str(model).rstrip('/')) or model})"
         self.truncated_queries = 0
         self.batch_invariant = False  # calibration below scores on the usual path; make_batch_invariant() switches
-        self._use_batch_shape("fp32")  # calibration runs in fp32's shape; the chosen one is set below
+        self._use_batch_shape(FP32)  # calibration runs in fp32's shape; the chosen one is set below
         self._torch = torch
         self.onnx = None  # the ONNX Runtime or OpenVINO callable, when one of those backends runs
         self.net = net  # fp32 torch, for calibration
@@ -152,7 +155,7 @@ class CrossEncoder(Scorer, kind="cross-encoder"):
         Runtime, OpenVINO)."""
         if self.backend != "torch":
             return False
-        if self.precision == "int8" and not self.batch_invariant:
+        if self.precision == INT8 and not self.batch_invariant:
             pairs = [(p.query, p.passage) for p in calibration_pairs()]
             anchor_dynamic_int8(self.net, lambda: self.predict(pairs))
         self.batch_invariant = True
@@ -170,7 +173,7 @@ class CrossEncoder(Scorer, kind="cross-encoder"):
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
         if backend != "auto":
             return backend
-        wants_bf16 = precision in ("auto", "bf16") and device == "cpu" and hardware.cpu_features().bf16
+        wants_bf16 = precision in ("auto", BF16) and device == "cpu" and hardware.cpu_features().bf16
         if wants_bf16 and importlib.util.find_spec("openvino") is not None and Path(self.path).is_dir():
             return "openvino"
         return "torch"
@@ -181,14 +184,14 @@ class CrossEncoder(Scorer, kind="cross-encoder"):
         made: dict = {}
 
         def scores(precision: str):
-            if precision == "fp32":
+            if precision == FP32:
                 return self._calibration_scores(net)
             if precision not in made:
                 made[precision] = self._runtime(net, "openvino", precision)[0]
             return self._calibration_scores(None, runtime=made[precision])
 
         choice = settle_precision("auto", kind="cross-encoder-openvino", model=model_key(self.path), scores=scores)
-        if choice.precision == "fp32":  # the guard said no (or the CPU has no bf16): plain torch fp32
+        if choice.precision == FP32:  # the guard said no (or the CPU has no bf16): plain torch fp32
             self.backend, self.choice = "torch", choice
             return
         self.onnx = made.get(choice.precision) or self._runtime(net, "openvino", choice.precision)[0]
@@ -203,7 +206,7 @@ class CrossEncoder(Scorer, kind="cross-encoder"):
             Runtime = OnnxClassifier
         else:
             Runtime = OpenVinoClassifier
-        chosen = "fp32" if precision == "auto" else precision
+        chosen = FP32 if precision == "auto" else precision
         reason = f"{chosen}: {backend} backend" + (" (its auto choice)" if precision == "auto" else "")
         extra = {"streams": self.streams} if backend == "openvino" else {}
         runtime = Runtime(net, self.path, uses_token_types=uses_types, precision=chosen, threads=self.threads[0], **extra)

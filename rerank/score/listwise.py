@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from rerank.costs import Stopwatch
+from rerank.models import SMOLLM2_135M
 from rerank.pipeline import Scorer, Work
 from rerank.runtimes.llm_base import LLMError
 from rerank.runtimes.local_llm import LLM, open_llm
@@ -148,7 +149,7 @@ class ListwiseReranker(Scorer, kind="listwise"):
 
     loads_model = True
 
-    def __init__(self, llm: LLM | str = "smollm2-135m", *, window: int = 20, step: int = 10, full: bool = False,
+    def __init__(self, llm: LLM | str = SMOLLM2_135M, *, window: int = 20, step: int = 10, full: bool = False,
                  max_passage_tokens: int = 96, mode: str = "generation", llm_options: dict[str, Any] | None = None,
                  overflow: str = "cut", name: str | None = None) -> None:
         if window < 2 or not 1 <= step <= window:

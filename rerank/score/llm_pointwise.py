@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from rerank.models import SMOLLM2_135M
 from rerank.pipeline import Scorer, Work
 from rerank.runtimes.local_llm import LLM, open_llm
 from rerank.score.detect import Detection, ModelFiles, family_rule
@@ -23,7 +24,7 @@ class _LLMPointwise(Scorer):
     pointwise = True  # a pair's score ignores the other candidates (cacheable)
     loads_model = True
 
-    def __init__(self, llm: LLM | str = "smollm2-135m", *, max_passage_tokens: int = 256,
+    def __init__(self, llm: LLM | str = SMOLLM2_135M, *, max_passage_tokens: int = 256,
                  llm_options: dict[str, Any] | None = None, name: str | None = None) -> None:
         if max_passage_tokens < 1:
             raise ValueError("max_passage_tokens must be at least 1")

@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from rerank.models import SMOLLM2_135M
 from rerank.runtimes.local_llm import LLM, open_llm
 from rerank.score.pairwise import PairwiseReranker
 from rerank.score.prompts import PAIRWISE, FitStats, cut_passage, passage_limit
@@ -126,7 +127,7 @@ class PRP(PairwiseReranker, kind="prp"):
 
     loads_model = True
 
-    def __init__(self, llm: LLM | str = "smollm2-135m", *, method: str = "heapsort", top_k: int = 10,
+    def __init__(self, llm: LLM | str = SMOLLM2_135M, *, method: str = "heapsort", top_k: int = 10,
                  mode: str = "scoring", both_orders: bool = True, budget: int | None = None,
                  max_passage_tokens: int = 128, llm_options: dict[str, Any] | None = None,
                  progress: bool = False, name: str | None = None) -> None:

@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 from rerank.hardware import apply_threads
 from rerank.models import quiet_transformers, resolve
 from rerank.pipeline import Scorer, Work
-from rerank.precision import BATCH_SHAPES, calibration_pairs, prepare_model
+from rerank.precision import BATCH_SHAPES, FP32, calibration_pairs, prepare_model
 from rerank.recipes import Recipe, RecipeError
 from rerank.recipes import recipe as find_recipe
 from rerank.score.detect import detect_model
@@ -128,7 +128,7 @@ class RecipeModel:
             start += size
 
     def run(self, sequences: Sequence[Sequence[int]], forward_logits: Callable[..., torch.Tensor], *,
-            net: torch.nn.Module | None = None, precision: str = "fp32",
+            net: torch.nn.Module | None = None, precision: str = FP32,
             progress: bool = False, label: str = "") -> tuple[np.ndarray, int]:
         """Scores of encoded pairs in input order, and the number of forward calls."""
         import torch  # deferred: torch takes long to import
@@ -226,7 +226,7 @@ class RecipeScorer(Scorer):
         sequences, _ = self.model.encode([p.query for p in pairs], [p.passage for p in pairs])
         return self._run(sequences, _groups([p.query for p in pairs]), net=net)[0]
 
-    def _run(self, sequences: Sequence[Sequence[int]], groups: Sequence[int], *, net=None, precision: str = "fp32",
+    def _run(self, sequences: Sequence[Sequence[int]], groups: Sequence[int], *, net=None, precision: str = FP32,
              progress: bool = False) -> tuple[np.ndarray, int, dict[int, int]]:
         """Scores of encoded pairs in input order, forward calls, and the tokens of a prefix
         shared by each group (query) that ran once for the whole group (none here: a subclass

@@ -27,6 +27,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from rerank.models import SMOLLM2_135M
 from rerank.pipeline import Scorer, Work
 from rerank.runtimes.local_llm import LLM, open_llm
 from rerank.score.prompts import passage_text
@@ -62,7 +63,7 @@ class SetwiseReranker(Scorer, kind="setwise"):
 
     loads_model = True
 
-    def __init__(self, llm: LLM | str = "smollm2-135m", *, method: str = "heapsort", set_size: int = 4,
+    def __init__(self, llm: LLM | str = SMOLLM2_135M, *, method: str = "heapsort", set_size: int = 4,
                  top_k: int = 10, scoring: str = "likelihood", max_passage_tokens: int = 128,
                  llm_options: dict[str, Any] | None = None, name: str | None = None) -> None:
         if method not in METHODS:

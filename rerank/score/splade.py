@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from rerank.encoders.sparse import SpladeEncoder
+from rerank.models import SPLADE_TINY
 from rerank.retrieve.splade import SpladeIndex
 from rerank.score.detect import Detection, ModelFiles, family_rule
 from rerank.score.stored import StoredVectorScorer
@@ -27,7 +28,7 @@ class SpladeScorer(StoredVectorScorer, kind="splade"):
 
     index_class = SpladeIndex
 
-    def __init__(self, model: str | SpladeEncoder = "splade-tiny", *, index: SpladeIndex | str | Path | None = None,
+    def __init__(self, model: str | SpladeEncoder = SPLADE_TINY, *, index: SpladeIndex | str | Path | None = None,
                  max_length: int = 256,
                  precision: str = "auto", name: str | None = None) -> None:
         self.attach(model, index, precision, SpladeEncoder,

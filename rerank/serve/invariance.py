@@ -25,7 +25,7 @@ import numpy as np
 
 from rerank.config import takes_precision
 from rerank.pipeline import Stage, leaves, rebuild
-from rerank.precision import calibration_pairs
+from rerank.precision import FP32, calibration_pairs
 from rerank.types import Candidates, Passage, Query
 
 log = logging.getLogger(__name__)
@@ -81,7 +81,7 @@ def _in_fp32(stage: Stage) -> Stage | None:
         return None
     config = stage.config()
     config.pop("kind", None)
-    config["precision"] = "fp32"
+    config["precision"] = FP32
     if "backend" in config or hasattr(stage, "backend"):
         config["backend"] = "torch"
     return type(stage)(**config, name=stage.name)
@@ -101,10 +101,10 @@ def settle_invariance(pipeline: Stage, *, tolerance: float = TOLERANCE) -> tuple
         if gap > tolerance and hasattr(leaf, "make_batch_invariant") and leaf.make_batch_invariant():
             gap, path = batch_gap(leaf, sample), "invariant path"
         choice = getattr(leaf, "choice", None)
-        if gap > tolerance and choice is not None and choice.requested == "auto" and choice.precision != "fp32":
+        if gap > tolerance and choice is not None and choice.requested == "auto" and choice.precision != FP32:
             fallback = _in_fp32(leaf)
             if fallback is not None:
-                chosen, path = fallback, "fp32"
+                chosen, path = fallback, FP32
                 gap = batch_gap(fallback, sample)
                 if gap > tolerance and hasattr(fallback, "make_batch_invariant") and fallback.make_batch_invariant():
                     gap, path = batch_gap(fallback, sample), "fp32 invariant path"

@@ -35,6 +35,8 @@ from rerank.atomic import atomic_directory, atomic_file
 from rerank.config import build_pipeline
 from rerank.data import open_dataset
 from rerank.errors import RerankError
+from rerank.models import MINILM_L6, SMOLLM2_135M, SPLADE_TINY
+from rerank.precision import FP32
 from rerank.registry import prepare_step
 from rerank.retrieve.bm25 import BM25Index
 from rerank.retrieve.build import build_index, kind_parameters
@@ -57,7 +59,7 @@ class AdaptConfig:
     """Passages that give an ICT (sentence) query."""
     generated_queries: int = 200
     """Passages an LLM writes a query for (before the round-trip filter); 0 skips the LLM."""
-    llm: str = "smollm2-135m"
+    llm: str = SMOLLM2_135M
     """The LLM that writes queries: short name, Hub id, path or GGUF."""
     remove_sentence: float = 0.9
     """Chance that an ICT query's sentence is cut from the passage trained on."""
@@ -69,7 +71,7 @@ class AdaptConfig:
     """Negatives per query."""
     absolute_margin: float = 0.0
     """Candidates the teacher scores within this of the positive are not negatives."""
-    init: str = "minilm-l6"
+    init: str = MINILM_L6
     """The cross-encoder's starting weights."""
     max_length: int = 128
     """Tokens per (query, passage) pair."""
@@ -87,7 +89,7 @@ class AdaptConfig:
     """Cross-encoder learning rate."""
     dev_queries: int = 50
     """Pseudo-queries held out for dev scores."""
-    student_init: str = "splade-tiny"
+    student_init: str = SPLADE_TINY
     """The student's starting weights: SPLADE-tiny's 2-layer MS MARCO BERT keeps 0.99 of its
     teacher on SciFact, the first 2 layers of MiniLM-L6 much less (experiments/benchmarks)."""
     student_layers: int = 2
@@ -202,7 +204,7 @@ class Adapter:
 
     def _write_pipelines(self) -> None:
         values = {"depth": self.config.depth, "indexes": self.indexes.resolve().as_posix(),
-                  "precision": "fp32" if self.config.precision == "auto" else self.config.precision}
+                  "precision": FP32 if self.config.precision == "auto" else self.config.precision}
         for name, text in (("first-stage", FIRST_STAGE), ("teacher", TEACHER)):
             path = self.out / "pipelines" / f"{name}.toml"
             if not path.exists():

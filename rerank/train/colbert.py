@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from rerank.models import MINILM_L6
 from rerank.score.colbert import ColBERT
 from rerank.train.students import TrainableModel
 
@@ -55,7 +56,7 @@ class ColbertModel(TrainableModel, kind="colbert"):
              "scorer = ColBERT(\"{path}\")  # late interaction: MaxSim over token vectors")
     pipeline_tag = "sentence-similarity"
 
-    def __init__(self, init: str = "minilm-l6", *, max_length: int = 180, layers: int | None = None,
+    def __init__(self, init: str = MINILM_L6, *, max_length: int = 180, layers: int | None = None,
                  query_length: int = 32, dim: int = 128) -> None:
         import torch  # deferred: torch takes long to import
         from transformers import AutoConfig, AutoModel  # deferred: transformers takes long to import

@@ -29,7 +29,8 @@ from tqdm.auto import tqdm
 
 from rerank.atomic import atomic_directory, atomic_file
 from rerank.errors import RerankError
-from rerank.models import gguf_file, resolve
+from rerank.models import SMOLLM2_135M, gguf_file, resolve
+from rerank.precision import BF16
 from rerank.runtimes.llm_base import _dequantized_gguf, render_prompt, truncate_tokens
 from rerank.score.prompts import LISTWISE, FitStats, fit_passages
 from rerank.train.trainer import training_precision
@@ -219,7 +220,7 @@ def _model_folder(model: str) -> str:
     return _dequantized_gguf(path, gguf) if gguf else path
 
 
-def train_listwise(labels: str | Path | Sequence[ListwiseExample], out: str | Path, *, model: str = "smollm2-135m",
+def train_listwise(labels: str | Path | Sequence[ListwiseExample], out: str | Path, *, model: str = SMOLLM2_135M,
                    config: ListwiseConfig | None = None, progress: bool = True) -> dict[str, Any]:
     """Fine-tune ``model`` (a causal LM: short name, Hub id, path or GGUF) on listwise labels;
     resumes from ``out``'s checkpoint; returns the training record (also in ``out``)."""
@@ -259,7 +260,7 @@ def train_listwise(labels: str | Path | Sequence[ListwiseExample], out: str | Pa
         random.setstate(state["python_rng"])
         torch.set_rng_state(state["torch_rng"])
     order_by_epoch = {}
-    autocast = torch.autocast("cpu", dtype=torch.bfloat16) if precision == "bf16" else None
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16) if precision == BF16 else None
     began = time.perf_counter() - seconds
     with tqdm(total=total, initial=step, desc=f"Training listwise ({config.loss}, {precision})", unit="step",
               disable=not progress) as bar:

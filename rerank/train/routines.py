@@ -7,6 +7,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from rerank.data.trec import ranked_items
+from rerank.models import MINILM_L6
 from rerank.train.curriculum import Curriculum
 from rerank.train.data import TrainingGroup, check_ids
 from rerank.train.losses import DEFAULT_DISTILL_LOSS, distill_losses, label_losses
@@ -44,7 +45,7 @@ def _seed(seed: int) -> None:
 
 
 def train_cross_encoder(groups: Sequence[TrainingGroup], queries: Mapping[str, Query], corpus: Mapping[str, Passage],
-                        output: str | Path, *, init: str = "minilm-l6", max_length: int = 128,
+                        output: str | Path, *, init: str = MINILM_L6, max_length: int = 128,
                         layers: int | None = None, config: TrainConfig | None = None,
                         curriculum: Curriculum | None = None, dev: DevSet | None = None, resume: bool = True,
                         overwrite: bool = False, progress: bool = True, callback: Callable[[int], None] | None = None,

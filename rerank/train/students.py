@@ -20,7 +20,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from rerank.models import resolve
+from rerank.models import MINILM_L6, SPLADE_TINY, resolve
 from rerank.registry import Registry
 from rerank.score import BiEncoderScorer, CrossEncoder, SpladeScorer
 from rerank.score.windows import TRAINING_WINDOWS, aggregate_tensor, lexical_windows, split_windows
@@ -170,7 +170,7 @@ class CrossEncoderModel(TrainableModel, kind="cross-encoder"):
              "scorer = CrossEncoder(\"{path}\")\n"
              "scores = scorer.predict([(\"a query\", \"a passage\")])")
 
-    def __init__(self, init: str = "minilm-l6", *, max_length: int = 128, layers: int | None = None,
+    def __init__(self, init: str = MINILM_L6, *, max_length: int = 128, layers: int | None = None,
                  windows: str = "first") -> None:
         from transformers import (  # deferred: transformers takes long to import
             AutoConfig,
@@ -237,7 +237,7 @@ class BiEncoderModel(TrainableModel, kind="bi-encoder"):
              "scorer = BiEncoderScorer(\"{path}\")  # mean pooling, dot product")
     pipeline_tag = "feature-extraction"
 
-    def __init__(self, init: str = "minilm-l6", *, max_length: int = 128, layers: int | None = None) -> None:
+    def __init__(self, init: str = MINILM_L6, *, max_length: int = 128, layers: int | None = None) -> None:
         from transformers import AutoConfig, AutoModel  # deferred: transformers takes long to import
 
         super().__init__(init, max_length)
@@ -282,7 +282,7 @@ class SpladeModel(TrainableModel, kind="splade"):
              "scorer = SpladeScorer(\"{path}\")")
     pipeline_tag = "fill-mask"
 
-    def __init__(self, init: str = "splade-tiny", *, max_length: int = 128, flops_query: float = 3e-4,
+    def __init__(self, init: str = SPLADE_TINY, *, max_length: int = 128, flops_query: float = 3e-4,
                  flops_passage: float = 1e-4, layers: int | None = None) -> None:
         from transformers import AutoModelForMaskedLM  # deferred: transformers takes long to import
 

@@ -34,7 +34,7 @@ from rerank.atomic import atomic_directory, atomic_file
 from rerank.costs import Stopwatch
 from rerank.errors import RerankError
 from rerank.evaluate import evaluate
-from rerank.precision import choose_precision
+from rerank.precision import BF16, FP32, choose_precision
 from rerank.train.card import TRAINING_FILE, write_model_card
 from rerank.train.curriculum import Curriculum
 from rerank.train.data import TrainingGroup
@@ -110,7 +110,7 @@ class TrainConfig:
             raise ValueError(f"training precision must be one of {TRAIN_PRECISIONS}, got {self.precision!r}")
 
 
-TRAIN_PRECISIONS = ("auto", "fp32", "bf16")
+TRAIN_PRECISIONS = ("auto", FP32, BF16)
 
 
 def training_precision(requested: str, device: str = "cpu") -> tuple[str, str]:
@@ -121,12 +121,12 @@ def training_precision(requested: str, device: str = "cpu") -> tuple[str, str]:
         import torch  # deferred: torch takes long to import
 
         if torch.cuda.is_bf16_supported():
-            return "bf16", "bf16: the GPU supports it"
-        return "fp32", "fp32: the GPU has no bf16"
+            return BF16, "bf16: the GPU supports it"
+        return FP32, "fp32: the GPU has no bf16"
     chosen, reason = choose_precision(hardware.cpu_features())
-    if chosen != "bf16":
-        return "fp32", f"fp32: no native bf16 on this CPU ({reason})"
-    return "bf16", reason
+    if chosen != BF16:
+        return FP32, f"fp32: no native bf16 on this CPU ({reason})"
+    return BF16, reason
 
 
 @dataclass
@@ -149,7 +149,7 @@ class TrainResult:
     pairs_per_second: float
     final_loss: float
     dev: list[dict] = field(default_factory=list)
-    precision: str = "fp32"
+    precision: str = FP32
     """What the forward and backward passes ran in (``bf16`` or ``fp32``)."""
 
     @property
@@ -277,7 +277,7 @@ class Trainer:
     def _precision_context(self):
         import torch  # deferred: torch takes long to import
 
-        if self.precision != "bf16":
+        if self.precision != BF16:
             return contextlib.nullcontext()
         if self.bf16_copies:
             return self.model.reduced_precision(torch.bfloat16)
@@ -430,8 +430,8 @@ class Trainer:
                 "train_seconds": round(seconds, 1), "resumed_at_step": resumed_at, "pairs_per_second": round(rate, 2),
                 "final_loss": round(loss, 6), "precision": self.precision, "precision_reason": self.precision_reason,
                 "dropout": "rerank.train.dropout" if self.fast_dropout else "torch",
-                **({"bf16": "bf16 copies of the weights" if self.bf16_copies else "torch.autocast"}
-                   if self.precision == "bf16" else {}),
+                **({BF16: "bf16 copies of the weights" if self.bf16_copies else "torch.autocast"}
+                   if self.precision == BF16 else {}),
                 "dev": dev, "scores": {}}
         write_model_card(self.output, info)
         with atomic_file(self.output / TRAINING_FILE) as fh:

@@ -14,6 +14,7 @@ from rerank.data import open_dataset, read_run, write_run
 from rerank.data.trec import ranked_items
 from rerank.errors import RerankError
 from rerank.fusion import reciprocal_rank_fusion
+from rerank.models import MINILM_L6
 from rerank.registry import prepare_step
 from rerank.retrieve import load_index
 from rerank.score import CrossEncoder
@@ -151,7 +152,7 @@ def _dev(dataset, groups, queries, corpus, split: str, run, dev_queries: int, de
 @prepare_step("train-cross-encoder", trains=True)
 def train_cross_encoder(dataset: str | Path, triples: str | Path | None, out: str | Path, *, split: str = "train",
                         run: str | Path | None = None, dev_queries: int = 0, dev_depth: int = 20,
-                        curriculum: str | None = None, anneal_steps: int | None = None, init: str = "minilm-l6",
+                        curriculum: str | None = None, anneal_steps: int | None = None, init: str = MINILM_L6,
                         max_length: int = 128, layers: int | None = None, negatives: int = 7,
                         config: TrainConfig | None = None, resume: bool = True, overwrite: bool = False,
                         progress: bool = True, device: str = "cpu", skip_bad: bool = False,
