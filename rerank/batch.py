@@ -21,8 +21,8 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from rerank.data.any_format import read_queries
 from rerank.data.candidates import passages_by_id
-from rerank.data.detect import read_queries
 from rerank.data.jsonl import candidates_to_json, iter_candidates
 from rerank.data.run_groups import RunGroups
 from rerank.data.trec import format_score

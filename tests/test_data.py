@@ -22,7 +22,7 @@ from rerank.data import (
     write_qrels,
     write_run,
 )
-from rerank.data.detect import iter_collection, read_queries
+from rerank.data.any_format import iter_collection, read_queries
 from rerank.errors import DataError
 from rerank.types import Candidates, Passage, Query
 

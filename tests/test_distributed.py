@@ -18,7 +18,7 @@ from conftest import REPO, shared
 
 from rerank.batch import read_inputs, rerank_to_file, stream_inputs
 from rerank.config import build_pipeline
-from rerank.data.detect import read_queries
+from rerank.data.any_format import read_queries
 from rerank.data.trec import ranked_items
 from rerank.errors import RerankError
 from rerank.retrieve.docstore import DocStore
@@ -47,7 +47,7 @@ def ray_job(tmp_path_factory, dl19, tiny_ce_path):
     """The BM25 top-10 of 16 DL19 queries, their docstore, and a cascade of two tiny cross-encoders."""
     from conftest import build_tiny_cross_encoder
 
-    from rerank.data.detect import iter_collection
+    from rerank.data.any_format import iter_collection
 
     root = tmp_path_factory.mktemp("ray-job")
     _, _, run, _ = dl19

@@ -91,7 +91,7 @@ def result(workspace):
 
 def test_report_numbers_match_ir_measures_and_scipy(result, workspace):
     from rerank.data import read_run
-    from rerank.data.detect import read_any_qrels
+    from rerank.data.any_format import read_any_qrels
     from rerank.evaluate import evaluate
 
     root, data, _ = workspace

@@ -258,7 +258,7 @@ def test_serve_table_precision(tmp_path, cache, on_cpu):
     folder = tiny_cross_encoder(tmp_path / "ce", bias=0.0)
     config = tmp_path / "s.toml"
     config.write_text(_pipeline_toml(folder) + '\n[serve]\nprecision = "bf16"\n')
-    from rerank.serve.models import build_model
+    from rerank.serve.hosting import build_model
 
     models, settings = load_service(config)
     assert settings.precision == "bf16" and build_model(models[0], settings.precision)[0].precision == "bf16"

@@ -114,7 +114,7 @@ def test_resume_after_kill_outputs_every_query_exactly_once(job, tiny_llm, tmp_p
     killed with exactly 3 queries recorded, whatever the machine's speed."""
     from openai_server import FirstQueriesOnly, Misbehaviour, OpenAITestServer
 
-    from rerank.data.detect import read_queries
+    from rerank.data.any_format import read_queries
 
     root, qids = job
     texts = {q.id: q.text for q in read_queries(shared(DL19, "queries.jsonl"), "test")}

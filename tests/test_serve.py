@@ -587,7 +587,7 @@ def test_the_queue_policy_keeps_every_request_within_its_budget_when_costs_are_a
     # A simulated clock on which each request takes exactly its predicted time: this checks the
     # policy (allowance and plan) apart from any machine's speed.
     from rerank.serve.budget import BudgetPlanner
-    from rerank.tuning.costs import CostModel, StageCostModel
+    from rerank.tuning.cost_model import CostModel, StageCostModel
 
     costs = CostModel({"cheap": StageCostModel("cheap", 2.5, 0.05), "dear": StageCostModel("dear", 2.5, 2.5)})
     planner = BudgetPlanner(budget_pipeline(2.5), {"k1": [5, 10, 20, 40]}, costs)
@@ -641,7 +641,7 @@ def test_the_budget_follows_the_machine_when_stages_run_slower_than_their_start_
 
 def test_the_drift_scale_is_the_median_ratio_of_recent_requests():
     from rerank.serve.budget import BudgetPlanner, DriftScale
-    from rerank.tuning.costs import CostModel, StageCostModel
+    from rerank.tuning.cost_model import CostModel, StageCostModel
 
     scale = DriftScale(window=4, least=3, bounds=(0.5, 3.0))
     scale.observe(10, 20)

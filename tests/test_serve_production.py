@@ -18,7 +18,7 @@ import rerank
 from rerank.serve import RerankServer, ServeSettings, SettingsError
 from rerank.serve.auth import KeyFileError, KeyRing, hash_key
 from rerank.serve.fuzz import bad_credentials, post_raw, try_credential
-from rerank.serve.models import ModelSpec
+from rerank.serve.hosting import ModelSpec
 from rerank.testing import tiny_model
 from rerank.types import Candidates, Passage, Query
 
@@ -132,7 +132,7 @@ def test_a_model_folder_or_name_is_served_without_a_config(tiny_ce_path, tmp_pat
 
 
 def test_ready_waits_for_every_preloaded_model_while_health_answers_at_once(models, monkeypatch):
-    import rerank.serve.models as hosting
+    import rerank.serve.hosting as hosting
 
     gate = threading.Event()
     real = hosting.build_model
@@ -168,7 +168,7 @@ def test_models_are_built_one_at_a_time_and_a_failed_load_is_a_clear_503(models,
     """Two lazy models asked at once were built in two threads together, and transformers'
     process-wide loading patches could leave one on the meta device (a bare 500 in the soak test).
     Here the builder only records overlap (the overlap itself is what the lock forbids)."""
-    import rerank.serve.models as hosting
+    import rerank.serve.hosting as hosting
 
     real, active, overlaps = hosting.build_model, [0], []
 

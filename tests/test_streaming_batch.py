@@ -32,7 +32,7 @@ def lines(dl19):
 
 @pytest.fixture(scope="module")
 def docstore(tmp_path_factory):
-    from rerank.data.detect import iter_collection
+    from rerank.data.any_format import iter_collection
 
     return DocStore.build(iter_collection(shared(DL19, "corpus.jsonl")), tmp_path_factory.mktemp("ds") / "docstore",
                           progress=False)

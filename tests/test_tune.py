@@ -19,7 +19,7 @@ from rerank.retrieve import BM25Index, BM25Params
 from rerank.retrieve.stage import Retriever
 from rerank.score.bm25 import BM25Scorer
 from rerank.tuning import CostModel, CostModelError, GridError, StageCostModel, fit_stage_cost, measure_costs, tune
-from rerank.tuning.cache import CachedScorer, with_cached_stages
+from rerank.tuning.replay import CachedScorer, with_cached_stages
 from rerank.types import Candidates
 
 

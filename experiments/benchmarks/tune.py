@@ -73,7 +73,7 @@ from rerank.score import CrossEncoder
 from rerank.score.bi_encoder import BiEncoderScorer
 from rerank.score.splade import SpladeScorer
 from rerank.tuning import combinations, tune
-from rerank.tuning.costs import StageCostModel, traced_seconds
+from rerank.tuning.cost_model import StageCostModel, traced_seconds
 from rerank.types import Candidates
 
 REPO = Path(__file__).resolve().parents[2]

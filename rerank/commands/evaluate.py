@@ -9,7 +9,7 @@ from pathlib import Path
 
 from rerank.commands import Command, register_command
 from rerank.data import read_run
-from rerank.data.detect import read_any_qrels, read_excluded
+from rerank.data.any_format import read_any_qrels, read_excluded
 from rerank.evaluate import MISSING_POLICIES, evaluate, parse_measures
 from rerank.judge.workflow import fill_qrels
 

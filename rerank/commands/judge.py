@@ -9,7 +9,7 @@ from pathlib import Path
 from rerank.atomic import atomic_file
 from rerank.commands import Command, register_command
 from rerank.data import read_run
-from rerank.data.detect import read_any_qrels
+from rerank.data.any_format import read_any_qrels
 from rerank.evaluate import parse_measures
 from rerank.extras import MissingExtraError
 from rerank.judge.agreement import COMBINATIONS, flip_grades, implied_kappa, shared_pairs

@@ -7,7 +7,7 @@ import time
 
 from rerank.commands import Command, register_command
 from rerank.data import write_run
-from rerank.data.detect import read_queries
+from rerank.data.any_format import read_queries
 from rerank.errors import RerankError
 from rerank.fusion import DEFAULT_METHOD, FUSION_METHODS, fuse_results
 from rerank.retrieve import load_index

@@ -44,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
         access.addHandler(handler)
         access.setLevel(logging.INFO)
         access.propagate = False
-    from rerank.serve.models import limit_malloc_arenas  # deferred: the 'serve' extra
+    from rerank.serve.hosting import limit_malloc_arenas  # deferred: the 'serve' extra
 
     limit_malloc_arenas()
     server = RerankServer(specs, settings, log_level=args.log_level, keys=keys)

@@ -13,7 +13,7 @@ from rerank.data import open_dataset, read_run
 from rerank.data.candidates import candidates_from_run
 from rerank.errors import RerankError
 from rerank.evaluate import parse_measures
-from rerank.tuning.costs import STATISTICS
+from rerank.tuning.cost_model import STATISTICS
 from rerank.tuning.output import plot_front, write_tuned_config
 from rerank.tuning.search import tune
 

@@ -5,7 +5,7 @@ import logging
 from collections.abc import Mapping
 from pathlib import Path
 
-from rerank.data.detect import iter_collection
+from rerank.data.any_format import iter_collection
 from rerank.data.trec import ranked_items
 from rerank.errors import DataError
 from rerank.types import Candidates, Passage, Query, Run
@@ -17,7 +17,7 @@ def candidates_from_run(run: Run, queries: Mapping[str, Query], corpus: str | Pa
                         skip_missing: bool = False, skip_bad: bool = False, source: str = "the run",
                         queries_source: str = "the queries") -> list[Candidates]:
     """One :class:`Candidates` per query of ``run`` (its top ``depth`` documents, with the run's
-    scores), texts read from ``corpus`` (anything :func:`~rerank.data.detect.iter_collection` reads).
+    scores), texts read from ``corpus`` (anything :func:`~rerank.data.any_format.iter_collection` reads).
 
     A run query missing from ``queries`` is an error; so is a run document missing from the
     corpus, unless ``skip_missing`` drops it (with a warning).

@@ -22,8 +22,8 @@ from tqdm.auto import tqdm
 
 from rerank.config import build_pipeline
 from rerank.data import read_run
+from rerank.data.any_format import read_any_qrels, read_excluded, read_queries
 from rerank.data.candidates import candidates_from_run
-from rerank.data.detect import read_any_qrels, read_excluded, read_queries
 from rerank.errors import EvaluationError, RerankError
 from rerank.evaluate import evaluate, parse_measures
 from rerank.experiment.prepare import run_step, takes_precision

@@ -11,7 +11,7 @@ from typing import Any
 
 from rerank.atomic import atomic_file
 from rerank.data import open_dataset, read_run
-from rerank.data.detect import read_any_qrels
+from rerank.data.any_format import read_any_qrels
 from rerank.data.trec import write_qrels
 from rerank.judge.agreement import (
     CUTS,

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from rerank.data.detect import iter_collection
+from rerank.data.any_format import iter_collection
 from rerank.errors import BadIndexError, RerankError
 from rerank.registry import prepare_step
 from rerank.retrieve.base import Index, build_parameters, index_kinds

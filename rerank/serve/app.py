@@ -27,8 +27,7 @@ from rerank.pipeline import Stage, leaves
 from rerank.serve.auth import UNAUTHORIZED_BODY, KeyRing, RateLimited, Unauthorized
 from rerank.serve.batcher import QueueFullError, ShuttingDownError
 from rerank.serve.fit import fit_request
-from rerank.serve.metrics import ServiceMetrics
-from rerank.serve.models import (
+from rerank.serve.hosting import (
     ModelHost,
     ModelPool,
     ModelSpec,
@@ -37,6 +36,7 @@ from rerank.serve.models import (
     check_servable,
     specs_from,
 )
+from rerank.serve.metrics import ServiceMetrics
 from rerank.serve.protocol import CohereRequest, RequestError, RerankRequest, TeiRequest, parse_request, render_response
 from rerank.serve.settings import ServeSettings
 from rerank.serve.telemetry import Tracing, log_access, no_span
@@ -44,7 +44,7 @@ from rerank.types import Candidates, Passage, Query
 from rerank.version import __version__
 
 if TYPE_CHECKING:
-    from rerank.tuning.costs import CostModel
+    from rerank.tuning.cost_model import CostModel
 
 __all__ = ["Service", "ServiceError", "check_servable", "create_app"]
 
@@ -192,7 +192,7 @@ def create_app(models: Stage | Mapping[str, Any] | Sequence[ModelSpec], settings
                costs: CostModel | None = None, keys: KeyRing | None = None, tracer_provider: Any = None) -> FastAPI:
     """The service for ``models``: one re-ranking :class:`~rerank.pipeline.Stage` (served as
     ``default``), a mapping of names to stages or sources (a pipeline ``.toml``, a folder, Hub id
-    or short name), or :class:`~rerank.serve.models.ModelSpec` s; ready for any ASGI server
+    or short name), or :class:`~rerank.serve.hosting.ModelSpec` s; ready for any ASGI server
     (:class:`~rerank.serve.server.RerankServer` runs it with uvicorn). ``keys``: the API keys
     (default: ``settings.api_keys``' file; none: open). ``tracer_provider``: an OpenTelemetry
     tracer provider (default with ``settings.tracing``: the global one). A pipeline with cut-off

@@ -26,7 +26,7 @@ from statistics import median
 
 from rerank.data import open_dataset
 from rerank.pipeline import Stage, bind, variables
-from rerank.tuning.costs import CostModel, measure_costs
+from rerank.tuning.cost_model import CostModel, measure_costs
 from rerank.tuning.grid import check_grid, combinations
 from rerank.types import Candidates, Passage, Query
 

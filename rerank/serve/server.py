@@ -23,12 +23,12 @@ from typing import TYPE_CHECKING
 
 from rerank.pipeline import Stage
 from rerank.serve.app import create_app
-from rerank.serve.models import ModelSpec, service_specs
+from rerank.serve.hosting import ModelSpec, service_specs
 from rerank.serve.settings import ServeSettings, SettingsError
 
 if TYPE_CHECKING:
     from rerank.serve.auth import KeyRing
-    from rerank.tuning.costs import CostModel
+    from rerank.tuning.cost_model import CostModel
 
 
 class _DrainingServer(uvicorn.Server):
@@ -49,7 +49,7 @@ class _DrainingServer(uvicorn.Server):
 
 class RerankServer:
     """The rerank HTTP service for ``models`` (one stage, a name → stage/source mapping, or
-    :class:`~rerank.serve.models.ModelSpec` s; see :func:`~rerank.serve.app.create_app`) on
+    :class:`~rerank.serve.hosting.ModelSpec` s; see :func:`~rerank.serve.app.create_app`) on
     ``settings.host``:``settings.port`` (port 0 picks a free port; :attr:`url` tells which).
 
     ``run()`` blocks and handles SIGINT/SIGTERM gracefully; ``start()`` serves from a background

@@ -25,9 +25,9 @@ from rerank.errors import RerankError
 from rerank.evaluate import evaluate
 from rerank.pipeline import Stage, bind, leaves
 from rerank.significance import paired_test
-from rerank.tuning.cache import with_cached_stages
-from rerank.tuning.costs import STATISTICS, CostModel, measure_costs
+from rerank.tuning.cost_model import STATISTICS, CostModel, measure_costs
 from rerank.tuning.grid import check_grid, combinations, label
+from rerank.tuning.replay import with_cached_stages
 from rerank.types import Candidates, Qrels, Query
 
 if TYPE_CHECKING:
@@ -145,7 +145,7 @@ def tune(pipeline: Stage, inputs: Sequence[Query] | Sequence[Candidates], qrels:
     1. Cost: every combination runs once on the first input (not kept: it sets up kernels), then
        ``repeats`` times on the first ``warmup_queries`` inputs, one query per call, the
        combinations taking turns ten queries at a time; each stage's cost is fitted to its trace
-       entries (``cost_model`` skips this; see :func:`rerank.tuning.costs.fit_stage_cost`), and
+       entries (``cost_model`` skips this; see :func:`rerank.tuning.cost_model.fit_stage_cost`), and
        every combination's latency per query is predicted from the fitted stage costs. Timing
        many queries once each, as the check or a user's traffic meets them, predicts a new
        query set better than timing a few several times: the time depends on the query's

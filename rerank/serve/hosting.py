@@ -35,7 +35,7 @@ from rerank.types import Candidates, Passage, Query, StageCost
 
 if TYPE_CHECKING:
     from rerank.serve.budget import BudgetPlanner
-    from rerank.tuning.costs import CostModel
+    from rerank.tuning.cost_model import CostModel
 
 log = logging.getLogger(__name__)
 
