@@ -47,11 +47,20 @@ def build_faiss(vectors: np.ndarray, factory: str = "Flat", *, seed: int = 0) ->
         if len(vectors) < needed:
             raise ValueError(f"{factory!r} needs at least {needed} vectors to train, the corpus has {len(vectors)}")
         sample = vectors
-        if len(vectors) > 256 * needed:
-            sample = vectors[np.random.default_rng(seed).choice(len(vectors), 256 * needed, replace=False)]
-        index.train(sample)
-    index.add(vectors)
+        if len(vectors) > TRAINING_POINTS_PER_CENTROID * needed:
+            chosen = np.random.default_rng(seed).choice(len(vectors), TRAINING_POINTS_PER_CENTROID * needed,
+                                                       replace=False)
+            sample = vectors[np.sort(chosen)]  # sorted: a memory-mapped array is read in order
+        index.train(np.ascontiguousarray(sample, dtype=np.float32))
+    for start in range(0, len(vectors), ADD_CHUNK):  # a memory-mapped array never wholly in memory
+        index.add(np.ascontiguousarray(vectors[start:start + ADD_CHUNK], dtype=np.float32))
     return index
+
+
+TRAINING_POINTS_PER_CENTROID = 256
+"""At most this many training vectors per centroid (IVF lists, or PQ's 2^bits codes): a sample."""
+ADD_CHUNK = 100_000
+"""Vectors added to a FAISS index at a time."""
 
 
 def _training_points_needed(factory: str) -> int:
@@ -145,11 +154,14 @@ class DenseIndex(Index, kind=KIND):
         return f"dense[{self.factory}]"
 
     def top(self, queries: Sequence[Query], k: int, *, ef_search: int | None = None, nprobe: int | None = None,
-            query_vectors: np.ndarray | None = None) -> tuple[list[tuple[Any, Any]], int]:
+            rescore: int | None = None, query_vectors: np.ndarray | None = None) -> tuple[list[tuple[Any, Any]], int]:
         """The top ``k`` passages per query by inner product; equal scores in collection order
         (the tie rule of :mod:`rerank.order`), also across the cut. ``ef_search`` (HNSW) and
-        ``nprobe`` (IVF) trade speed for recall; ``query_vectors`` skips query encoding when the
-        caller already has them."""
+        ``nprobe`` (IVF) trade speed for recall. ``rescore`` takes that many candidates (at least
+        ``k``) from a
+        compressed index (PQ, SQ) and orders them by their exact inner products with the full
+        vectors (memory-mapped from the index folder), so only the candidates' vectors are read.
+        ``query_vectors`` skips query encoding when the caller already has them."""
         import faiss  # deferred: faiss takes long to import
 
         model_calls = 0
@@ -162,7 +174,20 @@ class DenseIndex(Index, kind=KIND):
             params.set_index_parameter(self.faiss, "efSearch", ef_search)
         if nprobe is not None:
             params.set_index_parameter(self.faiss, "nprobe", nprobe)
-        return self._search_many(np.ascontiguousarray(query_vectors, dtype=np.float32), k), model_calls
+        vectors = np.ascontiguousarray(query_vectors, dtype=np.float32)
+        if rescore is not None:
+            return self._rescored(vectors, k, max(rescore, k)), model_calls
+        return self._search_many(vectors, k), model_calls
+
+    def _rescored(self, query_vectors: np.ndarray, k: int, depth: int) -> list[tuple[np.ndarray, np.ndarray]]:
+        """The top ``depth`` of the index per query, re-scored exactly from the full vectors."""
+        _, rows = self.faiss.search(query_vectors, min(depth, len(self.passages)))
+        out = []
+        for vector, row in zip(query_vectors, rows):
+            found = np.sort(row[row >= 0])  # ascending: the memory-mapped vectors are read in order
+            exact = np.asarray(self.embeddings[found], dtype=np.float32) @ vector
+            out.append(_tie_ordered(found, exact, k))
+        return out
 
     def search_settings(self, model_calls: int) -> dict[str, str] | None:
         """The query encoder's precision and threads, when it ran."""
