@@ -3,8 +3,9 @@
 The driver streams the input (a chunk of queries at a time, texts from a docstore) into Arrow
 blocks in Ray's object store with one row per query: the query, and its candidates' ids,
 titles, texts and first-stage scores as list columns, so every stage (cascades, listwise, PRP)
-sees whole queries. A Ray Data dataset over those blocks and ``map_batches`` send ``batch_queries`` queries at a time to a
-pool of actors; each actor builds the pipeline once from the same TOML and writes each batch's
+sees whole queries. Blocks of ``batch_queries`` queries go to a pool of actors as they free up;
+each actor builds the pipeline once from the same TOML (and is kept for the driver's next job with
+the same pipeline, so start-up is paid once per driver) and writes each batch's
 output lines to a shard file of its own (atomically: a shard exists complete or not at all),
 then returns only the query ids. When every query is in a shard, the shards are merged into the
 file the single-process command writes: the same queries in the same order, the same lines.
@@ -27,6 +28,7 @@ only the queries they lack.
 """
 from __future__ import annotations
 
+import atexit
 import json
 import logging
 import os
@@ -53,11 +55,6 @@ if TYPE_CHECKING:
     import pyarrow
 
 log = logging.getLogger("rerank")
-
-MAX_ROWS_PER_BLOCK = 512
-"""Most queries per input block (an Arrow table of a few MB in Ray's object store); a small job
-gets smaller blocks, at least four per actor, so that every actor has work."""
-
 
 @dataclass(frozen=True)
 class RayOptions:
@@ -89,7 +86,7 @@ def rerank(pipeline: str | Path, candidates_source: Inputs | Sequence[Candidates
     score cache file every actor's pipeline reads and writes (:mod:`rerank.cache`)."""
     options = RayOptions(address, workers, cpus_per_worker, gpus_per_worker, batch_queries)
 
-    require("ray.data", "ray", "rerank rerank --engine ray")  # before anything starts
+    require("ray", "ray", "rerank rerank --engine ray")  # before anything starts
     config_path = Path(pipeline)
     parse_config(config_path)  # a bad config fails before anything starts
     out = Path(out)
@@ -197,26 +194,32 @@ class JobFolder:
 
 
 class PipelineWorker:
-    """A Ray Data actor: builds the pipeline once, re-ranks batches of query rows, writes each
-    batch's output to a shard and returns the query ids it wrote."""
+    """A Ray actor: builds the pipeline once, then re-ranks batches of query rows, writes each
+    batch's output to a shard of the job it belongs to and returns the query ids it wrote. The
+    driver keeps its actors for its whole life (:func:`shutdown` ends them), so a second job with
+    the same pipeline pays no start-up."""
 
-    def __init__(self, config_text: str, where: str, cwd: str, shards: str, fmt: str, tag: str,
-                 precision: str | None, threads: int, score_cache: str | None = None) -> None:
+    def __init__(self, config_text: str, where: str, cwd: str, precision: str | None, threads: int,
+                 score_cache: str | None = None) -> None:
         os.chdir(cwd)  # the TOML's relative paths mean what they mean to the driver
         apply_threads(threads)
         # The driver's score cache (--score-cache), which an actor's environment may not hold.
         self.pipeline = build_pipeline(parse_config(where, text=config_text, where=where), precision=precision,
                                        score_cache=score_cache)
-        self.shards, self.fmt, self.tag = Path(shards), fmt, tag
 
-    def __call__(self, batch: pyarrow.Table) -> dict:
+    def ready(self) -> bool:
+        """True once the pipeline is built (the driver waits on it to time start-up)."""
+        return True
+
+    def run(self, batch: pyarrow.Table, shards: str, fmt: str, tag: str) -> dict:
+        """Re-rank one block of query rows into a new shard file under ``shards``."""
         rows = batch.to_pylist()
         queries = [Candidates(Query(r["query_id"], r["query"]),
                               [Passage(i, t, title) for i, title, t in zip(r["doc_ids"], r["titles"], r["texts"])],
                               list(r["scores"])) for r in rows]
-        records = [self._record(c, result) for c, result in zip(queries, self._run(queries))]
+        records = [self._record(c, result, fmt, tag) for c, result in zip(queries, self._run(queries))]
         name = f"{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.jsonl"
-        with atomic_file(self.shards / name) as fh:
+        with atomic_file(Path(shards) / name) as fh:
             for record in records:
                 fh.write(json.dumps(record, ensure_ascii=False) + "\n")
         return {"query_id": [r["query_id"] for r in records], "failed": ["error" in r for r in records]}
@@ -236,17 +239,12 @@ class PipelineWorker:
                 alone.append(exc)
         return alone
 
-    def _record(self, given: Candidates, result: Candidates | Exception) -> dict:
+    @staticmethod
+    def _record(given: Candidates, result: Candidates | Exception, fmt: str, tag: str) -> dict:
         if isinstance(result, Exception):
             return {"query_id": given.query.id, "error": f"{type(result).__name__}: {result}"}
-        return {"query_id": given.query.id, "lines": output_lines(result, self.fmt, self.tag),
+        return {"query_id": given.query.id, "lines": output_lines(result, fmt, tag),
                 "trace": trace_to_json(result.trace)}
-
-
-def _rows_per_block(queries: int, options: RayOptions) -> int:
-    per_actor = -(-queries // (4 * options.workers))
-    batches = max(1, -(-per_actor // options.batch_queries))
-    return max(options.batch_queries, min(MAX_ROWS_PER_BLOCK, batches * options.batch_queries))
 
 
 def _input_blocks(candidates: Iterable[Candidates], rows_per_block: int) -> Iterator:
@@ -275,50 +273,81 @@ def _input_blocks(candidates: Iterable[Candidates], rows_per_block: int) -> Iter
         yield put()
 
 
+_ACTORS: dict[tuple, list] = {}
+"""The driver's actors by what builds them (the pipeline, its settings, the resources of each):
+those of the last pipeline run, kept for its next job."""
+
+
+def _actors(options: RayOptions, config_text: str, where: str, precision: str | None,
+            score_cache: str | None) -> list:
+    """``options.workers`` actors for this pipeline: the driver's own from an earlier job where
+    it has them, new ones (spread over the nodes, restarted if they die, their calls retried)
+    for the rest. Another pipeline's actors are ended first, freeing their resources."""
+    import ray  # optional: the 'ray' extra
+
+    threads = max(1, int(options.cpus_per_worker))
+    key = (ray.get_runtime_context().get_job_id(), config_text, where, os.getcwd(), precision, score_cache,
+           options.cpus_per_worker, options.gpus_per_worker)
+    for other in [k for k in _ACTORS if k != key]:  # another pipeline's actors would hold the CPUs
+        for actor in _ACTORS.pop(other):
+            ray.kill(actor)
+    actors = _ACTORS.setdefault(key, [])
+    remote = ray.remote(PipelineWorker).options(
+        num_cpus=options.cpus_per_worker, num_gpus=options.gpus_per_worker or None, max_restarts=-1,
+        max_task_retries=-1, scheduling_strategy="SPREAD")
+    while len(actors) < options.workers:
+        actors.append(remote.remote(config_text, where, os.getcwd(), precision, threads, score_cache))
+    return actors[:options.workers]
+
+
+def release_actors() -> None:
+    """End the actors the driver keeps between jobs, freeing the CPUs (and GPUs) they hold."""
+    import ray  # optional: the 'ray' extra
+
+    for actors in _ACTORS.values():
+        for actor in actors:
+            if ray.is_initialized():
+                ray.kill(actor)
+    _ACTORS.clear()
+
+
+def shutdown() -> None:
+    """:func:`release_actors`, then end Ray where a job of this process started it."""
+    import ray  # optional: the 'ray' extra
+
+    release_actors()
+    if _STARTED_HERE and ray.is_initialized():
+        ray.shutdown()
+    _STARTED_HERE.clear()
+
+
+_STARTED_HERE: list[bool] = []  # non-empty while this module holds a Ray session it started
+
+
 def _run_on_ray(options: RayOptions, config_text: str, where: str, candidates: Iterable[Candidates],
                 work: JobFolder, fmt: str, tag: str, precision: str | None, total: int, done: int,
                 progress: bool, score_cache: str | None = None) -> dict[str, float]:
     import ray  # optional: the 'ray' extra
+    from ray.util import ActorPool  # optional: the 'ray' extra
 
-    started_here = _connect(options.address)
-    try:
-        import ray.data  # optional: the 'ray' extra
-
-        context = ray.data.DataContext.get_current()
-        context.enable_progress_bars = False
-        context.print_on_execution_start = False
-        # Blocks already in the object store need no read task: a file reader would need a CPU
-        # of its own, and the actors may hold every CPU of the cluster.
-        dataset = ray.data.from_arrow_refs(list(_input_blocks(candidates, _rows_per_block(total - done, options))))
-        threads = max(1, int(options.cpus_per_worker))
-        # Ray Data's defaults for an actor pool are what this job needs: actors spread over the
-        # nodes, restarted when they die, and their batches retried.
-        output = dataset.map_batches(
-            PipelineWorker, batch_size=options.batch_queries, batch_format="pyarrow",
-            compute=ray.data.ActorPoolStrategy(size=options.workers),
-            num_cpus=options.cpus_per_worker, num_gpus=options.gpus_per_worker or None,
-            fn_constructor_kwargs={"config_text": config_text, "where": where, "cwd": os.getcwd(),
-                                   "shards": str(work.shards.resolve()), "fmt": fmt, "tag": tag,
-                                   "precision": precision, "threads": threads,
-                                   "score_cache": score_cache})
-        began = time.perf_counter()
-        first = last = None
-        after_first = 0
-        with tqdm(total=total, initial=done, desc="Re-ranking (ray)", unit="query", disable=not progress) as bar:
-            for batch in output.iter_batches(batch_size=None, batch_format="pyarrow"):
-                bar.update(batch.num_rows)  # type: ignore[union-attr]  # pyarrow batches
-                last = time.perf_counter() - began
-                if first is None:
-                    first = last
-                else:
-                    after_first += batch.num_rows  # type: ignore[union-attr]  # pyarrow batches
-        timing = {"seconds": last or 0.0, "startup_s": first or 0.0}
-        if last and first is not None and last > first:
-            timing["steady_queries_per_s"] = after_first / (last - first)
-        return timing
-    finally:
-        if started_here:
-            ray.shutdown()
+    if _connect(options.address) and not _STARTED_HERE:
+        _STARTED_HERE.append(True)
+        atexit.register(shutdown)
+    began = time.perf_counter()
+    actors = _actors(options, config_text, where, precision, score_cache)
+    ray.get([actor.ready.remote() for actor in actors])
+    startup = time.perf_counter() - began
+    shards = str(work.shards.resolve())
+    blocks = list(_input_blocks(candidates, options.batch_queries))  # ActorPool submits them all at once
+    with tqdm(total=total, initial=done, desc="Re-ranking (ray)", unit="query", disable=not progress) as bar:
+        for written in ActorPool(actors).map_unordered(lambda actor, block: actor.run.remote(block, shards, fmt, tag),
+                                                       blocks):
+            bar.update(len(written["query_id"]))
+    seconds = time.perf_counter() - began
+    timing = {"seconds": seconds, "startup_s": startup}
+    if seconds > startup:
+        timing["steady_queries_per_s"] = (total - done) / (seconds - startup)
+    return timing
 
 
 def _connect(address: str) -> bool:

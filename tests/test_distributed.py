@@ -42,6 +42,16 @@ def ray_cluster():
     cluster.shutdown()
 
 
+@pytest.fixture(autouse=True)
+def _release_actors():
+    """Each test starts with the cluster's CPUs free: the driver keeps its actors between jobs."""
+    yield
+    from rerank.distributed import release_actors
+
+    if ray.is_initialized():
+        release_actors()
+
+
 @pytest.fixture(scope="module")
 def ray_job(tmp_path_factory, dl19, tiny_ce_path):
     """The BM25 top-10 of 16 DL19 queries, their docstore, and a cascade of two tiny cross-encoders."""
@@ -100,6 +110,19 @@ def test_a_cascade_on_two_nodes_writes_what_one_process_writes(ray_cluster, ray_
     _assert_same_run(single, tmp_path / "ray.trec")
     assert {c.stage for trace in result.traces.values() for c in trace} >= {"first", "second"}
     assert not (tmp_path / "ray.trec.ray").exists()  # work folder removed once merged
+
+
+def test_a_second_job_of_the_driver_reuses_its_actors(ray_cluster, ray_job, tmp_path):
+    import rerank.distributed as distributed
+
+    root, store = ray_job
+    distributed.rerank(root / "cascade.toml", _inputs(root, store), tmp_path / "a.trec", workers=2, batch_queries=4,
+                       progress=False)
+    actors = [a._actor_id for pool in distributed._ACTORS.values() for a in pool]
+    distributed.rerank(root / "cascade.toml", _inputs(root, store), tmp_path / "b.trec", workers=2, batch_queries=4,
+                       progress=False)
+    assert len(actors) == 2 and [a._actor_id for pool in distributed._ACTORS.values() for a in pool] == actors
+    assert (tmp_path / "a.trec").read_text() == (tmp_path / "b.trec").read_text()
 
 
 def test_a_listwise_llm_stage_sees_whole_queries(ray_cluster, ray_job, tiny_llm_path, tmp_path):

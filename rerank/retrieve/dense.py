@@ -8,7 +8,9 @@ stages can score candidates without re-encoding them.
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
+import shutil
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -225,7 +227,7 @@ class DenseIndex(Index, kind=KIND):
         folder = Path(folder)
         with atomic_directory(folder) as staging:
             faiss.write_index(self.faiss, str(staging / "faiss.index"))
-            np.save(staging / "embeddings.npy", self.embeddings)
+            _save_vectors(self.embeddings, staging / "embeddings.npy")
             docstore = store_for_index(self.passages, self.fingerprint, folder, staging)
             write_manifest(staging, self.kind, {
                 "docstore": docstore,
@@ -271,6 +273,34 @@ class DenseIndex(Index, kind=KIND):
         e = self._encoder
         return {"pooling": e.pooling, "normalize": e.normalize, "max_length": e.max_length,
                 "query_prefix": e.query_prefix, "passage_prefix": e.passage_prefix}
+
+
+def _save_vectors(vectors: np.ndarray, path: Path) -> None:
+    """Write ``vectors`` as ``.npy``. A memory-mapped ``.npy`` file mapped whole is linked or copied
+    as a file, so a collection larger than memory is never read into it."""
+    if _whole_npy_file(vectors):
+        try:
+            os.link(vectors.filename, path)  # type: ignore[attr-defined]
+        except OSError:  # another file system
+            shutil.copyfile(vectors.filename, path)  # type: ignore[attr-defined]
+        return
+    np.save(path, vectors)
+
+
+def _whole_npy_file(vectors: np.ndarray) -> bool:
+    """Whether ``vectors`` is a whole ``.npy`` file memory-mapped (not a slice or a bare buffer)."""
+    if not isinstance(vectors, np.memmap) or not vectors.filename or not vectors.flags.c_contiguous:
+        return False
+    try:
+        with open(vectors.filename, "rb") as fh:
+            version = np.lib.format.read_magic(fh)
+            read = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                    else np.lib.format.read_array_header_2_0)
+            shape, fortran, dtype = read(fh)
+            header = fh.tell()
+    except (OSError, ValueError):
+        return False
+    return (vectors.offset, vectors.shape, vectors.dtype, fortran) == (header, shape, dtype, False)
 
 
 def _tie_ordered(row: np.ndarray, score: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
