@@ -129,3 +129,21 @@ def test_written_runs_keep_the_ranking_order_of_ties(tmp_path):
     assert list(read_run(tmp_path / "run.trec")["q"]) == ranked.ids
     write_run({"q": read_run(tmp_path / "run.trec")["q"]}, tmp_path / "again.trec")
     assert (tmp_path / "again.trec").read_text() == (tmp_path / "run.trec").read_text()
+
+
+def test_top_k_over_a_long_array_finds_the_same_positions_as_a_full_partition():
+    """Arrays past ``SAMPLED_FROM`` go through a sampled threshold; constructed cases with many
+    exact ties (small integers), ties at the cut, all-equal scores and a NaN give the positions
+    of the full partition."""
+    from rerank.order import SAMPLED_FROM, _top_k_all, top_k_positions
+
+    rng = np.random.default_rng(3)
+    n = SAMPLED_FROM + 12_345
+    cases = [rng.integers(0, 50, n).astype(np.float32), rng.random(n).astype(np.float32),
+             np.zeros(n, dtype=np.float32), np.where(rng.random(n) < 0.999, 0.0, 1.0).astype(np.float32)]
+    with_nan = rng.random(n)
+    with_nan[::1000] = np.nan
+    cases.append(with_nan)
+    for scores in cases:
+        for k in (1, 10, 1000, 15_000):
+            assert np.array_equal(top_k_positions(scores, k), _top_k_all(scores, k)), (scores[:5], k)

@@ -317,8 +317,8 @@ class BM25Index(Index, kind=KIND):
             chunk = list(queries[start:start + batch_size])
             for tokens in self.tokenize_queries(chunk):
                 scores = self.backend.scores(tokens)
-                matched = np.flatnonzero(scores > 0)  # ascending, so the tie rule holds within
-                positions = matched[top_k_positions(scores[matched], k)]
+                positions = top_k_positions(scores, k)
+                positions = positions[scores[positions] > 0]
                 hits.append((positions, scores[positions]))
         return hits, 0
 
