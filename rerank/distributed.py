@@ -323,12 +323,14 @@ def shutdown() -> None:
 
 _STARTED_HERE: list[bool] = []  # non-empty while this module holds a Ray session it started
 
+IN_FLIGHT = 2
+"""Blocks queued on each actor at a time: the next is there when one finishes."""
+
 
 def _run_on_ray(options: RayOptions, config_text: str, where: str, candidates: Iterable[Candidates],
                 work: JobFolder, fmt: str, tag: str, precision: str | None, total: int, done: int,
                 progress: bool, score_cache: str | None = None) -> dict[str, float]:
     import ray  # optional: the 'ray' extra
-    from ray.util import ActorPool  # optional: the 'ray' extra
 
     if _connect(options.address) and not _STARTED_HERE:
         _STARTED_HERE.append(True)
@@ -338,11 +340,24 @@ def _run_on_ray(options: RayOptions, config_text: str, where: str, candidates: I
     ray.get([actor.ready.remote() for actor in actors])
     startup = time.perf_counter() - began
     shards = str(work.shards.resolve())
-    blocks = list(_input_blocks(candidates, options.batch_queries))  # ActorPool submits them all at once
+    blocks = _input_blocks(candidates, options.batch_queries)
+    running: dict = {}  # a call in flight -> the actor running it
     with tqdm(total=total, initial=done, desc="Re-ranking (ray)", unit="query", disable=not progress) as bar:
-        for written in ActorPool(actors).map_unordered(lambda actor, block: actor.run.remote(block, shards, fmt, tag),
-                                                       blocks):
-            bar.update(len(written["query_id"]))
+        def submit(actor) -> bool:
+            block = next(blocks, None)
+            if block is not None:
+                running[actor.run.remote(block, shards, fmt, tag)] = actor
+            return block is not None
+
+        # Each actor holds IN_FLIGHT calls, so it never waits for the driver between blocks.
+        for actor in actors:
+            for _ in range(IN_FLIGHT):
+                submit(actor)
+        while running:
+            finished, _ = ray.wait(list(running), num_returns=1)
+            actor = running.pop(finished[0])
+            bar.update(len(ray.get(finished[0])["query_id"]))
+            submit(actor)
     seconds = time.perf_counter() - began
     timing = {"seconds": seconds, "startup_s": startup}
     if seconds > startup:
