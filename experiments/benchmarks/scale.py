@@ -16,10 +16,21 @@ time with a seeded generator; queries are the real queries of the three sets. Me
   (``ray_vs_single_ratio``: queries/s of Ray over one process, goal >= 0.8; ``ray_identical``
   = 1 when the outputs match: same rankings, scores within 1e-5).
 
-Each measurement that needs its own peak RSS runs in a fresh process. Data goes to
+* MS MARCO size (``--parts msmarco``): the generator's collection (:mod:`rerank.data.synthetic`)
+  at 8.8 million passages built by the streamed BM25 build (``--memory-gb``), its build time and
+  peak RSS, top-1,000 latency and the recall of each query's known passage; and, at 1 million,
+  its files and rankings against the in-memory build. ``bm25-search`` searches an index built by
+  an earlier run;
+* compressed dense indexes (``--parts dense``): 8.8 million synthetic clustered vectors in a
+  FAISS IVF-PQ index, bytes per vector in memory, recall@100 against exact search from the codes
+  alone and re-scored from the memory-mapped vectors, latency; ``dense-search`` re-searches it.
+
+``--merge FILE`` takes the figures of the parts not run now from an earlier output of this
+script (named under ``merged_from`` in the JSON line). Each measurement that needs its own peak
+RSS runs in a fresh process. Data goes to
 ``models/scale-bench/`` (reused between runs).
 
-    python experiments/benchmarks/scale.py [--quick] [--sizes 10000,100000,1000000]
+    python experiments/benchmarks/scale.py [--quick] [--sizes 10000,100000,1000000] [--parts ...] [--merge FILE]
 """
 from __future__ import annotations
 
@@ -282,7 +293,8 @@ def exact_top(vectors: Path, queries: np.ndarray, k: int, chunk: int = 500_000) 
     return best_rows
 
 
-def dense_compressed_part(size: int, factory: str, nprobe: int, rescore: int, n_queries: int) -> dict:
+def dense_compressed_part(size: int, factory: str, nprobe: int, rescore: int, n_queries: int, *,
+                          search_only: bool = False) -> dict:
     """A compressed FAISS index (``factory``) over ``size`` synthetic embedding-like vectors, built
     through ``DenseIndex`` (trained on a sample, filled in chunks from the memory-mapped vectors) in
     one process; searched in another, top 100 by the compressed codes alone and re-scored exactly
@@ -300,8 +312,18 @@ def dense_compressed_part(size: int, factory: str, nprobe: int, rescore: int, n_
     truth = exact_top(vectors, queries, 100)
     exact_s = time.perf_counter() - began
     out = WORK / f"dense-{size}"
-    shutil.rmtree(out, ignore_errors=True)
-    built = run_measured(f"""
+    if search_only:
+        if not (out / "manifest.json").is_file():
+            raise SystemExit(f"no built index at {out}: run the dense part first")
+        built = {"seconds": None, "peak_rss_mb": None}  # built by an earlier run
+    else:
+        shutil.rmtree(out, ignore_errors=True)
+        built = _build_dense(store, vectors, factory, out)
+    return _search_dense(out, size, factory, nprobe, rescore, n_queries, truth, exact_s, built)
+
+
+def _build_dense(store: Path, vectors: Path, factory: str, out: Path) -> dict:
+    return run_measured(f"""
 import time, json
 import numpy as np
 from rerank.retrieve import DenseIndex
@@ -313,6 +335,10 @@ built = time.perf_counter() - began
 index.save({str(out)!r})
 print(json.dumps({{'seconds': built}}))
 """)
+
+
+def _search_dense(out: Path, size: int, factory: str, nprobe: int, rescore: int, n_queries: int,
+                  truth: np.ndarray, exact_s: float, built: dict) -> dict:
     searched = run_measured(f"""
 import time, json
 import faiss
@@ -342,7 +368,8 @@ print(json.dumps(out))
         found = np.load(WORK / f"dense-found-{name}.npy")
         recall[name] = float(np.mean([len(set(f.tolist()) & set(t.tolist())) / 100 for f, t in zip(found, truth)]))
     return {"vectors": size, "dim": 384, "factory": factory, "nprobe": nprobe, "rescore": rescore,
-            "queries": n_queries, "build_s": round(built["seconds"], 1), "build_peak_rss_mb": round(built["peak_rss_mb"]),
+            "queries": n_queries, "build_s": built["seconds"] and round(built["seconds"], 1),
+            "build_peak_rss_mb": built["peak_rss_mb"] and round(built["peak_rss_mb"]),
             "bytes_per_vector": round(searched["index_bytes"] / size, 1),
             "flat_bytes_per_vector": 384 * 4, "loaded_rss_mb": round(searched["loaded_rss_mb"]),
             "recall_at_100_compressed": round(recall["compressed"], 4),
@@ -568,7 +595,7 @@ def student_model() -> Path:
     return folder
 
 
-PARTS = ("bm25", "rss", "ray", "msmarco", "bm25-search", "dense")
+PARTS = ("bm25", "rss", "ray", "msmarco", "bm25-search", "dense", "dense-search")
 
 
 def main() -> None:
@@ -667,10 +694,11 @@ def main() -> None:
         print_table([row], list(row))
         result.update(bm25_search=row, bm25_query_ms=row["query_ms"], synthetic_recall_at_1000=row["recall_at_1000"])
         goals.update(bm25_query_ms=100)
-    if "dense" in parts:
+    if parts & {"dense", "dense-search"}:
         size = args.dense_vectors or (200_000 if args.quick else 8_800_000)
         factory = args.dense_factory or ("IVF256,PQ48" if args.quick else "IVF2048,PQ48")
-        row = dense_compressed_part(size, factory, args.nprobe, args.rescore, 100 if args.quick else 200)
+        row = dense_compressed_part(size, factory, args.nprobe, args.rescore, 100 if args.quick else 200,
+                                    search_only="dense" not in parts)
         print(f"\n## Compressed dense index at {size:,} vectors ({factory}, nprobe {args.nprobe}, "
               f"exact re-scoring of the top {args.rescore})")
         print_table([row], list(row))
@@ -680,7 +708,8 @@ def main() -> None:
         goals.update(dense_compressed_recall_at_100=0.95, dense_compressed_bytes_per_vector=64)
     result.update(goals={**goals}, seconds=round(time.perf_counter() - began, 1))
     if args.merge:
-        earlier = json.loads(args.merge.read_text(encoding="utf-8").strip().splitlines()[-1])
+        earlier = json.loads([line for line in args.merge.read_text(encoding="utf-8").splitlines()
+                              if line.startswith("{")][-1])
         kept = {key: value for key, value in earlier.items() if key not in result and key != "merged_from"}
         result = {**kept, **result, "parts": sorted(set(earlier.get("parts", [])) | parts),
                   "goals": {**earlier.get("goals", {}), **goals},
