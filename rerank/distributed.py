@@ -332,9 +332,7 @@ def _run_on_ray(options: RayOptions, config_text: str, where: str, candidates: I
                 progress: bool, score_cache: str | None = None) -> dict[str, float]:
     import ray  # optional: the 'ray' extra
 
-    if _connect(options.address) and not _STARTED_HERE:
-        _STARTED_HERE.append(True)
-        atexit.register(shutdown)
+    connect(options.address)
     began = time.perf_counter()
     actors = _actors(options, config_text, where, precision, score_cache)
     ray.get([actor.ready.remote() for actor in actors])
@@ -363,6 +361,14 @@ def _run_on_ray(options: RayOptions, config_text: str, where: str, candidates: I
     if seconds > startup:
         timing["steady_queries_per_s"] = (total - done) / (seconds - startup)
     return timing
+
+
+def connect(address: str) -> None:
+    """Join (or start) the Ray cluster at ``address`` unless this process already has one; Ray
+    started here is ended when the process exits."""
+    if _connect(address) and not _STARTED_HERE:
+        _STARTED_HERE.append(True)
+        atexit.register(shutdown)
 
 
 def _connect(address: str) -> bool:

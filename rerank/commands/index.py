@@ -4,12 +4,27 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from rerank.commands import Command, register_command
+from rerank.distributed_index import OnRay
 from rerank.errors import RerankError
 from rerank.retrieve.base import index_kinds
 from rerank.retrieve.build import DEFAULT_KIND, build_index, index_kind_names
+from rerank.retrieve.shards import SHARD_PASSAGES, ShardReport, ShardRunner
+
+
+def _in_process(args: argparse.Namespace) -> ShardRunner | None:
+    return None
+
+
+def _on_ray(args: argparse.Namespace) -> ShardRunner | None:
+    return OnRay(args.address, args.workers, args.cpus_per_worker, args.gpus_per_worker)
+
+
+ENGINES: dict[str, Callable[[argparse.Namespace], ShardRunner | None]] = {"local": _in_process, "ray": _on_ray}
+"""Where ``rerank index --engine`` encodes a model-encoded kind: in this process, or on a Ray cluster."""
 
 
 def run(args: argparse.Namespace) -> int:
@@ -23,11 +38,17 @@ def run(args: argparse.Namespace) -> int:
     if unused:
         raise RerankError(f"--{unused[0].replace('_', '-')} applies to no index kind asked for ({', '.join(kinds)})")
     root = Path(args.indexes_dir) / args.name
+    runner = ENGINES[args.engine](args)
     for kind in kinds:
         began = time.perf_counter()
         options = {k: v for k, v in given.items() if k in declared[kind]}
-        index = build_index(args.corpus, root / kind, kind, skip_bad=args.skip_bad, **options)
+        report: list[ShardReport] = []
+        index = build_index(args.corpus, root / kind, kind, skip_bad=args.skip_bad, encode_with=runner,
+                            shard_passages=args.shard_passages, report=report, **options)
         print(f"{kind}: {index!r} -> {index.folder} ({time.perf_counter() - began:.1f}s)")
+        if report and report[0].reused:
+            print(f"{kind}: resumed: {len(report[0].reused)} of {report[0].shards} shards were already encoded, "
+                  f"{len(report[0].encoded)} encoded now")
     return 0
 
 
@@ -66,6 +87,19 @@ def arguments(p: argparse.ArgumentParser) -> None:
                         "docstore <indexes-dir>/<name>/docstore/, built with the first index if absent")
     p.add_argument("--indexes-dir", default="indexes", help="where indexes live (default: indexes)")
     p.add_argument("--skip-bad", action="store_true", help="skip malformed lines (their count is reported) instead of failing")
+    p.add_argument("--shard-passages", type=int, default=SHARD_PASSAGES,
+                   help="model-encoded kinds (dense, splade, colbert) are encoded in shards of this many passages, "
+                        f"kept until the index is saved: a killed build resumes (default: {SHARD_PASSAGES})")
+    g = p.add_argument_group("distributed encoding (--engine ray; needs the ray extra: pip install 'rerank[ray]')")
+    g.add_argument("--engine", choices=list(ENGINES), default="local",
+                   help="local: encode in this process (default); ray: encode the shards on a Ray cluster (the "
+                        "same index; only the driver reads the corpus and writes the index)")
+    g.add_argument("--address", default="local",
+                   help="Ray cluster: local (start one here), auto (the cluster this machine is in), "
+                        "ray://host:port or host:port (default: local)")
+    g.add_argument("--workers", type=int, default=2, help="actors, each with one copy of the encoder (default: 2)")
+    g.add_argument("--cpus-per-worker", type=float, default=1.0, help="CPUs per actor (default: 1)")
+    g.add_argument("--gpus-per-worker", type=float, default=0.0, help="GPUs per actor (default: 0)")
     _add_index_parameters(p)
 
 

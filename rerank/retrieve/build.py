@@ -14,6 +14,7 @@ from rerank.registry import prepare_step
 from rerank.retrieve.base import Index, build_parameters, index_kinds
 from rerank.retrieve.bm25 import BM25Index
 from rerank.retrieve.docstore import DEFAULT_NAME, DocStore
+from rerank.retrieve.shards import SHARD_PASSAGES, EncodedIndex, ShardReport, ShardRunner, build_encoded, remove_work
 from rerank.retrieve.store import corpus_fingerprint
 
 DEFAULT_KIND = BM25Index.kind
@@ -28,7 +29,9 @@ def index_kind_names() -> list[str]:
 
 @prepare_step("index")
 def build_index(corpus: str | Path, out: str | Path, kind: str = DEFAULT_KIND, *, skip_bad: bool = False,
-                docstore: str | Path | None = None, progress: bool = True, **parameters: Any) -> Index | DocStore:
+                docstore: str | Path | None = None, progress: bool = True, encode_with: ShardRunner | None = None,
+                shard_passages: int = SHARD_PASSAGES, report: list[ShardReport] | None = None,
+                **parameters: Any) -> Index | DocStore:
     """Read ``corpus`` (a BEIR folder or bundled name, ``corpus.jsonl[.gz]`` or a TSV
     collection), index it as ``kind`` and save the index to ``out`` (atomically).
 
@@ -41,18 +44,35 @@ def build_index(corpus: str | Path, out: str | Path, kind: str = DEFAULT_KIND, *
     default the folder ``docstore`` beside ``out``: built there from the corpus (streamed) if
     absent, shared if it already holds this corpus. ``kind="docstore"`` builds only a docstore,
     at ``out``.
+
+    A kind a model encodes (dense, SPLADE, ColBERT: :class:`~rerank.retrieve.shards.EncodedIndex`)
+    is encoded in shards of ``shard_passages`` by ``encode_with`` (default: this process; a Ray
+    cluster: :class:`rerank.distributed_index.OnRay`), kept in ``<out>.shards/`` until the index
+    is saved, so a killed build run again encodes only the shards it lacks; ``report`` receives
+    a :class:`~rerank.retrieve.shards.ShardReport`.
     """
     if kind == "docstore":
         if parameters:
             raise ValueError(f"a docstore takes no parameter {sorted(parameters)[0]!r}")
         return DocStore.build(iter_collection(corpus, skip_bad=skip_bad), out, progress=progress)
     chosen = build_parameters(kind, parameters)  # a bad parameter fails before the corpus is read
+    cls = index_kinds()[kind]
+    if encode_with is not None and not issubclass(cls, EncodedIndex):
+        encoded_kinds = [k for k, c in index_kinds().items() if issubclass(c, EncodedIndex)]
+        raise RerankError(f"a {kind} index is not encoded by a model, so it is built in this process; a cluster "
+                          f"encodes {', '.join(encoded_kinds)}")
     began = time.perf_counter()
     passages = _passages(corpus, Path(docstore) if docstore else Path(out).parent / DEFAULT_NAME, skip_bad=skip_bad,
                          explicit=docstore is not None, progress=progress)
     log.info("read %d passages from %s in %.1fs", len(passages), corpus, time.perf_counter() - began)
-    index = index_kinds()[kind].build_from(passages, chosen, progress=progress)
+    if not issubclass(cls, EncodedIndex):
+        index = cls.build_from(passages, chosen, progress=progress)
+        index.save(out)
+        return index
+    work = Path(out).with_name(Path(out).name + ".shards")
+    index = build_encoded(cls, passages, chosen, work=work, runner=encode_with, shard_passages=shard_passages, progress=progress, report=report)
     index.save(out)
+    remove_work(work)
     return index
 
 

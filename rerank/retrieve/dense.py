@@ -8,12 +8,10 @@ stages can score candidates without re-encoding them.
 from __future__ import annotations
 
 import dataclasses
-import os
 import re
-import shutil
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -22,13 +20,14 @@ from rerank.encoders.dense import BiEncoder
 from rerank.errors import BadIndexError
 from rerank.models import MINILM_L6
 from rerank.precision import CHOICES
-from rerank.retrieve.base import Index, parameter
+from rerank.retrieve.base import parameter
 from rerank.retrieve.docstore import open_index_passages, store_for_index
+from rerank.retrieve.shards import Arrays, EncodedIndex, EncodedShards, InProcess, build_encoded, concatenated
 from rerank.retrieve.store import (
     corpus_fingerprint,
     library_versions,
     read_manifest,
-    unique_passages,
+    save_array,
     write_manifest,
 )
 from rerank.types import Passage, Query
@@ -85,7 +84,7 @@ class DenseBuildParameters:
                                "checks it against fp32", choices=CHOICES)
 
 
-class DenseIndex(Index, kind=KIND):
+class DenseIndex(EncodedIndex, kind=KIND):
     """Passages encoded by a :class:`~rerank.encoders.dense.BiEncoder` and searched with FAISS."""
 
     Parameters = DenseBuildParameters
@@ -122,25 +121,44 @@ class DenseIndex(Index, kind=KIND):
         return f"DenseIndex({len(self.passages)} passages, model={self.model_name!r}, faiss={self.factory!r})"
 
     @classmethod
-    def build_from(cls, passages: Iterable[Passage], parameters: DenseBuildParameters, *,
-                   progress: bool = True) -> DenseIndex:
-        """Index ``passages`` as ``parameters`` say."""
-        p = parameters
-        return cls.build(passages, p.model, factory=p.factory, batch_size=p.batch_size, precision=p.precision,
-                         progress=progress)
-
-    @classmethod
     def build(cls, passages: Iterable[Passage], encoder: BiEncoder | str = MINILM_L6, *, factory: str = "Flat",
               batch_size: int = 64, precision: str = "auto", progress: bool = True) -> DenseIndex:
-        """Encode ``passages`` (title + text) and index the vectors with FAISS ``factory``;
-        ``precision`` applies when ``encoder`` is a name (see :class:`~rerank.encoders.dense.BiEncoder`)
-        and is written in the manifest."""
-        passages = unique_passages(passages)
-        if isinstance(encoder, str):
-            encoder = BiEncoder(encoder, precision=precision)
-        vectors = encoder.encode_passages([p.full_text for p in passages], batch_size=batch_size,
-                                          progress=progress, desc="Encoding corpus")
-        return cls.from_vectors(passages, encoder, vectors, factory=factory)
+        """Encode ``passages`` (title + text, in shards: :mod:`rerank.retrieve.shards`) and index
+        the vectors with FAISS ``factory``; ``precision`` applies when ``encoder`` is a name (see
+        :class:`~rerank.encoders.dense.BiEncoder`) and is written in the manifest."""
+        name = encoder if isinstance(encoder, str) else encoder.name
+        parameters = DenseBuildParameters(name, factory, batch_size, precision)
+        runner = InProcess(None if isinstance(encoder, str) else encoder)
+        index = cast(DenseIndex, build_encoded(cls, passages, parameters, progress=progress, runner=runner))
+        if not isinstance(encoder, str):
+            index._encoder = encoder  # the caller's encoder also encodes the queries
+        return index
+
+    @classmethod
+    def load_encoder(cls, parameters: DenseBuildParameters) -> BiEncoder:
+        """The bi-encoder ``parameters`` name, in their precision."""
+        return BiEncoder(parameters.model, precision=parameters.precision)
+
+    @classmethod
+    def encoder_settings(cls, encoder: BiEncoder) -> dict[str, Any]:
+        """Pooling, lengths and prefixes, and the precision the passages were encoded in."""
+        return {"encoder": _encoder_settings(encoder), "precision": encoder.choice.as_settings()}
+
+    @classmethod
+    def encode_shard(cls, encoder: BiEncoder, texts: list[str], parameters: DenseBuildParameters, *,
+                     progress: bool = False) -> Arrays:
+        """The shard's passage vectors (``vectors``, float32)."""
+        return {"vectors": encoder.encode_passages(texts, batch_size=parameters.batch_size, progress=progress,
+                                                   desc="Encoding shard")}
+
+    @classmethod
+    def from_shards(cls, passages: Sequence[Passage], shards: EncodedShards,
+                    parameters: DenseBuildParameters) -> DenseIndex:
+        """Stack the shards' vectors (memory-mapped in the build's work folder when it has one) and
+        index them with FAISS."""
+        vectors = concatenated(shards, "vectors", np.float32, "embeddings.npy")
+        return cls(passages, parameters.model, build_faiss(vectors, parameters.factory), vectors, parameters.factory,
+                   corpus_fingerprint(passages), shards.settings.get("encoder"), shards.settings.get("precision"))
 
     @classmethod
     def from_vectors(cls, passages: Sequence[Passage], encoder: BiEncoder | str, vectors: np.ndarray, *,
@@ -227,7 +245,7 @@ class DenseIndex(Index, kind=KIND):
         folder = Path(folder)
         with atomic_directory(folder) as staging:
             faiss.write_index(self.faiss, str(staging / "faiss.index"))
-            _save_vectors(self.embeddings, staging / "embeddings.npy")
+            save_array(self.embeddings, staging / "embeddings.npy")
             docstore = store_for_index(self.passages, self.fingerprint, folder, staging)
             write_manifest(staging, self.kind, {
                 "docstore": docstore,
@@ -238,6 +256,7 @@ class DenseIndex(Index, kind=KIND):
                 "corpus_fingerprint": self.fingerprint,
                 "encoder": self._settings(),
                 "precision": self.precision,
+                "shard_passages": self.shard_passages,
                 "libraries": library_versions("faiss-cpu", "transformers", "torch"),
             })
         self.folder = folder
@@ -268,39 +287,12 @@ class DenseIndex(Index, kind=KIND):
         return loaded
 
     def _settings(self) -> dict:
-        if isinstance(self._encoder, str):
-            return self._encoder_settings
-        e = self._encoder
-        return {"pooling": e.pooling, "normalize": e.normalize, "max_length": e.max_length,
-                "query_prefix": e.query_prefix, "passage_prefix": e.passage_prefix}
+        return self._encoder_settings if isinstance(self._encoder, str) else _encoder_settings(self._encoder)
 
 
-def _save_vectors(vectors: np.ndarray, path: Path) -> None:
-    """Write ``vectors`` as ``.npy``. A memory-mapped ``.npy`` file mapped whole is linked or copied
-    as a file, so a collection larger than memory is never read into it."""
-    if _whole_npy_file(vectors):
-        try:
-            os.link(vectors.filename, path)  # type: ignore[attr-defined]
-        except OSError:  # another file system
-            shutil.copyfile(vectors.filename, path)  # type: ignore[attr-defined]
-        return
-    np.save(path, vectors)
-
-
-def _whole_npy_file(vectors: np.ndarray) -> bool:
-    """Whether ``vectors`` is a whole ``.npy`` file memory-mapped (not a slice or a bare buffer)."""
-    if not isinstance(vectors, np.memmap) or not vectors.filename or not vectors.flags.c_contiguous:
-        return False
-    try:
-        with open(vectors.filename, "rb") as fh:
-            version = np.lib.format.read_magic(fh)
-            read = (np.lib.format.read_array_header_1_0 if version == (1, 0)
-                    else np.lib.format.read_array_header_2_0)
-            shape, fortran, dtype = read(fh)
-            header = fh.tell()
-    except (OSError, ValueError):
-        return False
-    return (vectors.offset, vectors.shape, vectors.dtype, fortran) == (header, shape, dtype, False)
+def _encoder_settings(e: BiEncoder) -> dict[str, Any]:
+    return {"pooling": e.pooling, "normalize": e.normalize, "max_length": e.max_length,
+            "query_prefix": e.query_prefix, "passage_prefix": e.passage_prefix}
 
 
 def _tie_ordered(row: np.ndarray, score: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

@@ -5,7 +5,9 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
+
+import numpy as np
 
 from rerank.atomic import atomic_directory
 from rerank.encoders.sparse import SpladeEncoder
@@ -13,9 +15,10 @@ from rerank.errors import BadIndexError
 from rerank.models import SPLADE_TINY
 from rerank.order import top_k_positions
 from rerank.precision import CHOICES
-from rerank.retrieve.base import Index, parameter
+from rerank.retrieve.base import parameter
 from rerank.retrieve.docstore import open_index_passages, store_for_index
-from rerank.retrieve.store import corpus_fingerprint, library_versions, read_manifest, unique_passages, write_manifest
+from rerank.retrieve.shards import Arrays, EncodedIndex, EncodedShards, InProcess, build_encoded
+from rerank.retrieve.store import corpus_fingerprint, library_versions, read_manifest, write_manifest
 from rerank.types import Passage, Query
 
 if TYPE_CHECKING:
@@ -33,16 +36,10 @@ class SpladeBuildParameters:
                                "checks it against fp32", choices=CHOICES)
 
 
-class SpladeIndex(Index, kind=KIND):
+class SpladeIndex(EncodedIndex, kind=KIND):
     """SPLADE vectors of a passage collection (a ``passages x vocab`` CSR matrix)."""
 
     Parameters = SpladeBuildParameters
-
-    @classmethod
-    def build_from(cls, passages: Iterable[Passage], parameters: SpladeBuildParameters, *,
-                   progress: bool = True) -> SpladeIndex:
-        """Index ``passages`` as ``parameters`` say."""
-        return cls.build(passages, parameters.splade_model, precision=parameters.precision, progress=progress)
 
 
     def __init__(self, passages: Sequence[Passage], encoder: SpladeEncoder | str, matrix: sparse.csr_matrix, fingerprint: str,
@@ -76,13 +73,45 @@ class SpladeIndex(Index, kind=KIND):
     @classmethod
     def build(cls, passages: Iterable[Passage], encoder: SpladeEncoder | str = SPLADE_TINY, *,
               precision: str = "auto", progress: bool = True) -> SpladeIndex:
-        """Encode every passage (title + text); ``precision`` applies when ``encoder`` is a name
-        and is written in the manifest."""
-        passages = unique_passages(passages)
-        if isinstance(encoder, str):
-            encoder = SpladeEncoder(encoder, precision=precision)
-        matrix = encoder.encode([p.full_text for p in passages], progress=progress)
-        return cls(passages, encoder, matrix, corpus_fingerprint(passages), encoder.max_length)
+        """Encode every passage (title + text, in shards: :mod:`rerank.retrieve.shards`);
+        ``precision`` applies when ``encoder`` is a name and is written in the manifest."""
+        name = encoder if isinstance(encoder, str) else encoder.name
+        runner = InProcess(None if isinstance(encoder, str) else encoder)
+        parameters = SpladeBuildParameters(name, precision)
+        index = cast(SpladeIndex, build_encoded(cls, passages, parameters, progress=progress, runner=runner))
+        if not isinstance(encoder, str):
+            index._encoder = encoder  # the caller's encoder also encodes queries
+        return index
+
+    @classmethod
+    def load_encoder(cls, parameters: SpladeBuildParameters) -> SpladeEncoder:
+        """The SPLADE encoder ``parameters`` name, in their precision."""
+        return SpladeEncoder(parameters.splade_model, precision=parameters.precision)
+
+    @classmethod
+    def encoder_settings(cls, encoder: SpladeEncoder) -> dict[str, Any]:
+        """The passage length and the precision the passages were encoded in."""
+        return {"max_length": encoder.max_length, "precision": encoder.choice.as_settings()}
+
+    @classmethod
+    def encode_shard(cls, encoder: SpladeEncoder, texts: list[str], parameters: SpladeBuildParameters, *,
+                     progress: bool = False) -> Arrays:
+        """The shard's sparse vectors as CSR arrays (``data``, ``indices``, ``indptr``, ``shape``)."""
+        matrix = encoder.encode(texts, progress=progress, desc="Encoding shard").tocsr()
+        return {"data": matrix.data, "indices": matrix.indices, "indptr": matrix.indptr,
+                "shape": np.asarray(matrix.shape, dtype=np.int64)}
+
+    @classmethod
+    def from_shards(cls, passages: Sequence[Passage], shards: EncodedShards,
+                    parameters: SpladeBuildParameters) -> SpladeIndex:
+        """Stack the shards' sparse rows into one matrix."""
+        import scipy.sparse as sp  # deferred: scipy takes long to import
+
+        parts = [sp.csr_matrix((s["data"], s["indices"], s["indptr"]), shape=tuple(int(x) for x in s["shape"]))
+                 for s in shards]
+        matrix = sp.vstack(parts, format="csr") if len(parts) > 1 else parts[0]
+        return cls(passages, parameters.splade_model, matrix, corpus_fingerprint(passages),
+                   int(shards.settings.get("max_length", 256)), shards.settings.get("precision"))
 
     search_label = "splade"
 
@@ -114,7 +143,7 @@ class SpladeIndex(Index, kind=KIND):
                 "docstore": docstore,
                 "model": self.model_name, "max_length": self.max_length, "vocab": int(self.matrix.shape[1]),
                 "n_passages": len(self.passages), "corpus_fingerprint": self.fingerprint,
-                "precision": self.precision, "libraries": library_versions("scipy", "transformers", "torch"),
+                "precision": self.precision, "shard_passages": self.shard_passages, "libraries": library_versions("scipy", "transformers", "torch"),
             })
         self.folder = folder
         return folder

@@ -10,10 +10,14 @@ from __future__ import annotations
 import hashlib
 import importlib.metadata
 import json
+import os
+import shutil
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Protocol, runtime_checkable
+
+import numpy as np
 
 from rerank.atomic import atomic_file
 from rerank.errors import BadIndexError
@@ -144,3 +148,31 @@ def read_manifest(folder: str | Path, kind: str, *, verify: bool = True) -> dict
         if verify and _sha256(file) != expected["sha256"]:
             raise BadIndexError(f"{file}: checksum mismatch (corrupted); rebuild the index")
     return manifest
+
+
+def save_array(vectors: np.ndarray, path: Path) -> None:
+    """Write ``vectors`` as ``.npy``. A memory-mapped ``.npy`` file mapped whole is linked or copied
+    as a file, so a collection larger than memory is never read into it."""
+    if _whole_npy_file(vectors):
+        try:
+            os.link(vectors.filename, path)  # type: ignore[attr-defined]
+        except OSError:  # another file system
+            shutil.copyfile(vectors.filename, path)  # type: ignore[attr-defined]
+        return
+    np.save(path, vectors)
+
+
+def _whole_npy_file(vectors: np.ndarray) -> bool:
+    """Whether ``vectors`` is a whole ``.npy`` file memory-mapped (not a slice or a bare buffer)."""
+    if not isinstance(vectors, np.memmap) or not vectors.filename or not vectors.flags.c_contiguous:
+        return False
+    try:
+        with open(vectors.filename, "rb") as fh:
+            version = np.lib.format.read_magic(fh)
+            read = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                    else np.lib.format.read_array_header_2_0)
+            shape, fortran, dtype = read(fh)
+            header = fh.tell()
+    except (OSError, ValueError):
+        return False
+    return (vectors.offset, vectors.shape, vectors.dtype, fortran) == (header, shape, dtype, False)

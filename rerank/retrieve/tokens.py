@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -20,9 +20,10 @@ from rerank.encoders.tokens import WINDOWS, ColBERTEncoder
 from rerank.errors import BadIndexError
 from rerank.order import top_k_positions
 from rerank.precision import CHOICES
-from rerank.retrieve.base import Index, parameter
+from rerank.retrieve.base import parameter
 from rerank.retrieve.docstore import open_index_passages, store_for_index
-from rerank.retrieve.store import corpus_fingerprint, library_versions, read_manifest, unique_passages, write_manifest
+from rerank.retrieve.shards import Arrays, EncodedIndex, EncodedShards, InProcess, build_encoded, concatenated
+from rerank.retrieve.store import corpus_fingerprint, library_versions, read_manifest, save_array, write_manifest
 from rerank.types import Passage, Query
 
 KIND = "colbert"
@@ -42,7 +43,7 @@ class TokenBuildParameters:
                                "checks it against fp32", choices=CHOICES)
 
 
-class TokenEmbeddingIndex(Index, kind=KIND):
+class TokenEmbeddingIndex(EncodedIndex, kind=KIND):
     """Token vectors of a passage collection (ColBERT), flat on disk; see the module docstring."""
 
     Parameters = TokenBuildParameters
@@ -82,33 +83,62 @@ class TokenEmbeddingIndex(Index, kind=KIND):
     def build(cls, passages: Iterable[Passage], encoder: Any = "colbert-ir/colbertv2.0", *,
               document_length: int | None = None, batch_size: int = 32, precision: str = "auto",
               windows: str = "first", progress: bool = True) -> TokenEmbeddingIndex:
-        """Encode every passage (title + text) with a :class:`~rerank.encoders.tokens.ColBERTEncoder`
-        (or a model name) and keep its token vectors in float16."""
-
-        unique = unique_passages(passages)
+        """Encode every passage (title + text, in shards: :mod:`rerank.retrieve.shards`) with a
+        :class:`~rerank.encoders.tokens.ColBERTEncoder` (or a model name) and keep its token
+        vectors in float16."""
         if isinstance(encoder, str):
             encoder = ColBERTEncoder(encoder, document_length=document_length, batch_size=batch_size,
                                      precision=precision, windows=windows)
-        by_passage = encoder.encode_document_windows([p.full_text for p in unique], progress=progress)
-        encoded = [w for ws in by_passage for w in ws]
-        offsets = np.zeros(len(encoded) + 1, dtype=np.int64)
-        offsets[1:] = np.cumsum([len(e) for e in encoded])
-        window_offsets = np.zeros(len(unique) + 1, dtype=np.int64)
-        window_offsets[1:] = np.cumsum([len(ws) for ws in by_passage])
-        matrix = np.concatenate(encoded).astype(np.float16) if encoded else np.zeros((0, encoder.dim), np.float16)
-        index = cls(unique, encoder.name, matrix, offsets, corpus_fingerprint(unique), encoder.runtime_settings(),
-                    window_offsets)
-        index._encoder = encoder
+        parameters = TokenBuildParameters(encoder.name, encoder.document_length, encoder.windows, batch_size,
+                                          precision)
+        built = build_encoded(cls, passages, parameters, progress=progress, runner=InProcess(encoder))
+        index = cast(TokenEmbeddingIndex, built)
+        index._encoder = encoder  # the same encoder encodes the queries
         return index
 
     @classmethod
     def build_from(cls, passages: Iterable[Passage], parameters: TokenBuildParameters, *,
                    progress: bool = True) -> TokenEmbeddingIndex:
         """Index ``passages`` as ``parameters`` say."""
+        return build_encoded(cls, passages, parameters, progress=progress)  # type: ignore[return-value]
+
+    @classmethod
+    def load_encoder(cls, parameters: TokenBuildParameters) -> ColBERTEncoder:
+        """The ColBERT encoder ``parameters`` name, with their lengths, windows and precision."""
         p = parameters
-        return cls.build(passages, p.colbert_model, document_length=p.document_length,
-                         batch_size=p.colbert_batch_size, precision=p.precision, windows=p.colbert_windows,
-                         progress=progress)
+        return ColBERTEncoder(p.colbert_model, document_length=p.document_length, batch_size=p.colbert_batch_size,
+                              precision=p.precision, windows=p.colbert_windows)
+
+    @classmethod
+    def encoder_settings(cls, encoder: ColBERTEncoder) -> dict[str, Any]:
+        """The encoder's recipe, lengths, windows and precision (the manifest's ``encoder``)."""
+        return {"model": encoder.name, "settings": encoder.runtime_settings()}
+
+    @classmethod
+    def encode_shard(cls, encoder: ColBERTEncoder, texts: list[str], parameters: TokenBuildParameters, *,
+                     progress: bool = False) -> Arrays:
+        """The shard's token vectors (``vectors``, float16, all windows one after the other), the
+        tokens of each window (``tokens``) and the windows of each passage (``windows``)."""
+        by_passage = encoder.encode_document_windows(texts, progress=progress)
+        encoded = [w for ws in by_passage for w in ws]
+        vectors = np.concatenate(encoded).astype(np.float16) if encoded else np.zeros((0, encoder.dim), np.float16)
+        return {"vectors": vectors, "tokens": np.asarray([len(e) for e in encoded], dtype=np.int64),
+                "windows": np.asarray([len(ws) for ws in by_passage], dtype=np.int64)}
+
+    @classmethod
+    def from_shards(cls, passages: Sequence[Passage], shards: EncodedShards,
+                    parameters: TokenBuildParameters) -> TokenEmbeddingIndex:
+        """Stack the shards' token vectors (memory-mapped in the build's work folder when it has
+        one) and their offsets."""
+        matrix = concatenated(shards, "vectors", np.float16, "vectors.npy")
+        tokens = np.concatenate([s["tokens"] for s in shards])
+        windows = np.concatenate([s["windows"] for s in shards])
+        offsets = np.zeros(len(tokens) + 1, dtype=np.int64)
+        offsets[1:] = np.cumsum(tokens)
+        window_offsets = np.zeros(len(windows) + 1, dtype=np.int64)
+        window_offsets[1:] = np.cumsum(windows)
+        return cls(passages, shards.settings.get("model", parameters.colbert_model), matrix, offsets,
+                   corpus_fingerprint(passages), shards.settings.get("settings"), window_offsets)
 
     def vectors(self, ids: Sequence[str]) -> dict[str, np.ndarray]:
         """The stored token vectors (float16 views of the memory map) of the ``ids`` it holds (all
@@ -178,7 +208,7 @@ class TokenEmbeddingIndex(Index, kind=KIND):
         """Write the vectors, offsets, passages and manifest atomically."""
         folder = Path(folder)
         with atomic_directory(folder) as staging:
-            np.save(staging / "vectors.npy", np.ascontiguousarray(self.matrix))
+            save_array(self.matrix, staging / "vectors.npy")
             np.save(staging / "offsets.npy", self.offsets)
             if len(self.window_offsets) != len(self.offsets):  # windows="max": passages of several windows
                 np.save(staging / "windows.npy", self.window_offsets)
@@ -187,6 +217,7 @@ class TokenEmbeddingIndex(Index, kind=KIND):
                 "docstore": docstore, "model": self.model, "dim": int(self.matrix.shape[1]),
                 "n_passages": len(self.passages), "n_vectors": len(self.matrix),
                 "corpus_fingerprint": self.fingerprint, "encoder": self.settings,
+                "shard_passages": self.shard_passages,
                 "libraries": library_versions("transformers", "torch"),
             })
         self.folder = folder
