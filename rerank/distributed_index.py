@@ -58,6 +58,8 @@ class OnRay:
     gpus_per_worker: float = 0.0
     on_shard: Callable[[int], None] | None = None
     timing: dict[str, float] = field(default_factory=dict)
+    actors: list[Any] = field(default_factory=list, repr=False)
+    """The actors of the build in progress."""
 
     def __post_init__(self) -> None:
         RayOptions(self.address, self.workers, self.cpus_per_worker, self.gpus_per_worker)  # checks the values
@@ -75,8 +77,8 @@ class OnRay:
         remote = ray.remote(ShardWorker).options(
             num_cpus=self.cpus_per_worker, num_gpus=self.gpus_per_worker or None, max_restarts=-1,
             max_task_retries=-1, scheduling_strategy="SPREAD")
-        actors: list[Any] = [remote.remote(kind.kind, parameters, max(1, int(self.cpus_per_worker)))
-                  for _ in range(min(self.workers, len(todo)))]
+        actors = self.actors = [remote.remote(kind.kind, parameters, max(1, int(self.cpus_per_worker)))
+                                for _ in range(min(self.workers, len(todo)))]
         try:
             settings = ray.get([a.settings.remote() for a in actors])[0]
             self.timing["startup_s"] = time.perf_counter() - began
@@ -106,4 +108,5 @@ class OnRay:
         finally:
             for actor in actors:
                 ray.kill(actor)
+            self.actors = []
         self.timing["seconds"] = time.perf_counter() - began
