@@ -247,3 +247,14 @@ def test_a_worker_node_killed_mid_job_and_the_job_completes(ray_cluster, ray_job
     _assert_same_run(_single(root, store, root / "cascade.toml", tmp_path / "single.trec"), out)
     queries = [line.split()[0] for line in out.read_text().splitlines()]
     assert len(dict.fromkeys(queries)) == 16 and len(queries) == 16 * 6  # every query once, its top 6
+
+
+def test_queries_travel_to_the_actors_whole():
+    from rerank.distributed import pack_queries, unpack_queries
+    from rerank.types import Candidates, Passage, Query
+
+    queries = [Candidates(Query("q1", "what is é?", expansion="reasoning", instruction="judge"),
+                          [Passage("d\x1f1", "text with \x1f and \x00 inside", "Title é"), Passage("d2", "", "")],
+                          [1.5, -0.25]),
+               Candidates(Query("q2", "empty"), [], [])]
+    assert unpack_queries(pack_queries(queries)) == queries
