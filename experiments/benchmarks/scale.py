@@ -718,7 +718,7 @@ def main() -> None:
     parser.add_argument("--nprobe", type=int, default=64, help="IVF lists searched per query")
     parser.add_argument("--rescore", type=int, default=1000, help="candidates re-scored exactly per query")
     parser.add_argument("--ray-index-passages", type=int, default=None,
-                        help="DL19 passages encoded by the ray-index part (default: all 19,383; quick: 1,000)")
+                        help="DL19 passages encoded by the ray-index part (default: 8,192; quick: 300)")
     parser.add_argument("--parts", default=",".join(PARTS), help=f"which parts to run, of {','.join(PARTS)}")
     parser.add_argument("--merge", type=Path, default=None,
                         help="an earlier output of this script whose figures fill in the parts not run now "
@@ -776,8 +776,8 @@ def main() -> None:
         goals["ray_whole_job_vs_single"] = 0.8
         goals["ray_vs_single_ratio"] = 0.8
     if "ray-index" in parts:
-        count = args.ray_index_passages or (1_000 if args.quick else 19_383)
-        encoded = ray_index_part(count, 64 if args.quick else 512)
+        count = args.ray_index_passages or (300 if args.quick else 8_192)
+        encoded = ray_index_part(count, 50 if args.quick else 512)
         print(f"\n## Dense index encoding of {count:,} MS MARCO passages: Ray (2 actors x 1 CPU) against one process")
         print_table(encoded["rows"], list(encoded["rows"][0]))
         print("\nkilled (SIGKILL) once a third of the shards were written, then run again:")

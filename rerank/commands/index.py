@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -12,7 +13,7 @@ from rerank.distributed_index import OnRay
 from rerank.errors import RerankError
 from rerank.retrieve.base import index_kinds
 from rerank.retrieve.build import DEFAULT_KIND, build_index, index_kind_names
-from rerank.retrieve.shards import SHARD_PASSAGES, ShardReport, ShardRunner
+from rerank.retrieve.shards import SHARD_PASSAGES, EncodedIndex, ShardReport, ShardRunner
 
 
 def _in_process(args: argparse.Namespace) -> ShardRunner | None:
@@ -43,7 +44,11 @@ def run(args: argparse.Namespace) -> int:
         began = time.perf_counter()
         options = {k: v for k, v in given.items() if k in declared[kind]}
         report: list[ShardReport] = []
-        index = build_index(args.corpus, root / kind, kind, skip_bad=args.skip_bad, encode_with=runner,
+        encoded = issubclass(index_kinds().get(kind, object), EncodedIndex)
+        if runner is not None and not encoded:
+            print(f"{kind}: no model encodes it, so it is built in this process", file=sys.stderr)
+        index = build_index(args.corpus, root / kind, kind, skip_bad=args.skip_bad,
+                            encode_with=runner if encoded else None,
                             shard_passages=args.shard_passages, report=report, **options)
         print(f"{kind}: {index!r} -> {index.folder} ({time.perf_counter() - began:.1f}s)")
         if report and report[0].reused:
@@ -92,8 +97,9 @@ def arguments(p: argparse.ArgumentParser) -> None:
                         f"kept until the index is saved: a killed build resumes (default: {SHARD_PASSAGES})")
     g = p.add_argument_group("distributed encoding (--engine ray; needs the ray extra: pip install 'rerank[ray]')")
     g.add_argument("--engine", choices=list(ENGINES), default="local",
-                   help="local: encode in this process (default); ray: encode the shards on a Ray cluster (the "
-                        "same index; only the driver reads the corpus and writes the index)")
+                   help="local: encode in this process (default); ray: encode the shards of dense, splade and colbert "
+                        "indexes on a Ray cluster (the same index; only the driver reads the corpus and writes "
+                        "the index; bm25 and docstores are built here)")
     g.add_argument("--address", default="local",
                    help="Ray cluster: local (start one here), auto (the cluster this machine is in), "
                         "ray://host:port or host:port (default: local)")

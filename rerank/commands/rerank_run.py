@@ -78,7 +78,7 @@ def arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     g = p.add_argument_group("distributed (--engine ray; needs the ray extra: pip install 'rerank[ray]')")
     g.add_argument("--engine", choices=list(ENGINES), default="local",
-                   help="local: this process (default); ray: a Ray Data job over a pool of actors")
+                   help="local: this process (default); ray: a pool of Ray actors, each with the pipeline")
     g.add_argument("--address", default="local",
                    help="Ray cluster: local (start one here), auto (the cluster this machine is in), "
                         "ray://host:port or host:port (default: local)")
