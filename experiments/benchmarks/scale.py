@@ -16,6 +16,12 @@ time with a seeded generator; queries are the real queries of the three sets. Me
   (``ray_vs_single_ratio``: queries/s of Ray over one process, goal >= 0.8; ``ray_identical``
   = 1 when the outputs match: same rankings, scores within 1e-5).
 
+* Ray index encoding (``--parts ray-index``): ``rerank index --kind dense`` of real MS MARCO
+  passages (DL19's corpus) by 2 Ray actors x 1 CPU against one process (1 and 2 threads):
+  passages/s per core (``ray_index_vs_single``, goal >= 0.8), the index files byte for byte
+  (``ray_index_identical``), and a Ray build killed part-way and run again
+  (``ray_index_resumed_shards_redone``: finished shards encoded again, goal 0);
+
 * MS MARCO size (``--parts msmarco``): the generator's collection (:mod:`rerank.data.synthetic`)
   at 8.8 million passages built by the streamed BM25 build (``--memory-gb``), its build time and
   peak RSS, top-1,000 latency and the recall of each query's known passage; and, at 1 million,
