@@ -69,3 +69,19 @@ def test_a_memory_mapped_collection_is_added_in_chunks_and_reloads(tmp_path, col
     assert isinstance(loaded.embeddings, np.memmap)
     c = loaded.search(asked, k=10, query_vectors=queries, nprobe=16, rescore=len(passages))
     assert [[p.id for p in x.passages] for x in c] == [_exact(vectors, q, 10) for q in queries]
+
+
+def test_hnsw_with_scalar_quantisation_takes_ef_search_per_query_and_rescores(tmp_path, collection):
+    passages, vectors, queries, asked = collection
+    assert dense._training_points_needed("HNSW32,SQ8") == 256  # trained on a sample of 256 x 256
+    index = DenseIndex.from_vectors(passages, "unused", vectors, factory="HNSW32,SQ8")
+    loaded = load_index(index.save(tmp_path / "hnsw"))
+
+    def recall(**options) -> float:
+        found = loaded.search(asked, k=10, query_vectors=queries, **options)
+        return float(np.mean([len({p.id for p in c.passages} & set(_exact(vectors, q, 10))) / 10
+                              for c, q in zip(found, queries)]))
+
+    narrow, wide = recall(ef_search=10), recall(ef_search=200)
+    assert wide >= narrow and wide >= 0.9
+    assert recall(ef_search=200, rescore=200) >= wide

@@ -68,7 +68,7 @@ def _assert_same_files(a: Path, b: Path, kind: str) -> None:
 def test_dense_splade_and_colbert_on_two_nodes_write_what_one_process_writes(ray_cluster, one_thread, tmp_path):
     from rerank.distributed_index import OnRay
 
-    corpus = _corpus(tmp_path, 40)
+    corpus = _corpus(tmp_path, 30)
     colbert = str(tiny_model("colbert", tmp_path / "colbert"))
     options = {"dense": {"precision": "fp32"}, "splade": {"precision": "fp32"},
                "colbert": {"colbert_model": colbert, "document_length": 24, "colbert_windows": "max",
@@ -80,7 +80,7 @@ def test_dense_splade_and_colbert_on_two_nodes_write_what_one_process_writes(ray
                     progress=False, **parameters)
         build_index(corpus, tmp_path / "one" / kind, kind, shard_passages=6, progress=False, **parameters)
         _assert_same_files(tmp_path / "ray" / kind, tmp_path / "one" / kind, kind)
-        assert report == [ShardReport(shards=7, encoded=list(range(7)), reused=[])]
+        assert report == [ShardReport(shards=5, encoded=list(range(5)), reused=[])]
         assert runner.timing["seconds"] >= runner.timing["startup_s"] > 0
         assert not (tmp_path / "ray" / f"{kind}.shards").exists()
 
@@ -108,9 +108,9 @@ def test_an_actor_killed_mid_build_is_restarted_and_the_index_is_the_same(ray_cl
 
 @pytest.mark.models
 def test_a_driver_killed_and_run_again_encodes_only_the_shards_it_lacks(ray_cluster, one_thread, tmp_path):
-    corpus = _corpus(tmp_path, 400)
+    corpus = _corpus(tmp_path, 200)
     command = [sys.executable, "-m", "rerank.cli", "index", str(corpus), "--name", "ray", "--kind", "dense",
-               "--indexes-dir", str(tmp_path / "indexes"), "--precision", "fp32", "--shard-passages", "8",
+               "--indexes-dir", str(tmp_path / "indexes"), "--precision", "fp32", "--shard-passages", "4",
                "--engine", "ray", "--address", ray_cluster.address]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     driver = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -125,6 +125,6 @@ def test_a_driver_killed_and_run_again_encodes_only_the_shards_it_lacks(ray_clus
     rerun = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     assert f"dense: resumed: {before} of 50 shards were already encoded, {50 - before} encoded now" in rerun.stdout
-    build_index(corpus, tmp_path / "one" / "dense", "dense", precision="fp32", shard_passages=8, progress=False)
+    build_index(corpus, tmp_path / "one" / "dense", "dense", precision="fp32", shard_passages=4, progress=False)
     _assert_same_files(tmp_path / "indexes" / "ray" / "dense", tmp_path / "one" / "dense", "dense")
-    assert json.loads((tmp_path / "indexes" / "ray" / "dense" / "manifest.json").read_text())["n_passages"] == 400
+    assert json.loads((tmp_path / "indexes" / "ray" / "dense" / "manifest.json").read_text())["n_passages"] == 200

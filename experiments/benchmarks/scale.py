@@ -29,7 +29,8 @@ time with a seeded generator; queries are the real queries of the three sets. Me
   an earlier run;
 * compressed dense indexes (``--parts dense``): 8.8 million synthetic clustered vectors in a
   FAISS IVF-PQ index, bytes per vector in memory, recall@100 against exact search from the codes
-  alone and re-scored from the memory-mapped vectors, latency; ``dense-search`` re-searches it.
+  alone and re-scored from the memory-mapped vectors, latency; ``dense-search`` re-searches it;
+  ``dense-hnsw`` the same for HNSW32 over 8-bit scalar-quantised vectors (efSearch per query).
 
 ``--merge FILE`` takes the figures of the parts not run now from an earlier output of this
 script (named under ``merged_from`` in the JSON line). Each measurement that needs its own peak
@@ -299,7 +300,7 @@ def exact_top(vectors: Path, queries: np.ndarray, k: int, chunk: int = 500_000) 
     return best_rows
 
 
-def dense_compressed_part(size: int, factory: str, nprobe: int, rescore: int, n_queries: int, *,
+def dense_compressed_part(size: int, factory: str, search: dict, rescore: int, n_queries: int, *,
                           search_only: bool = False) -> dict:
     """A compressed FAISS index (``factory``) over ``size`` synthetic embedding-like vectors, built
     through ``DenseIndex`` (trained on a sample, filled in chunks from the memory-mapped vectors) in
@@ -317,7 +318,7 @@ def dense_compressed_part(size: int, factory: str, nprobe: int, rescore: int, n_
     began = time.perf_counter()
     truth = exact_top(vectors, queries, 100)
     exact_s = time.perf_counter() - began
-    out = WORK / f"dense-{size}"
+    out = WORK / (f"dense-{size}" if factory.startswith("IVF") else f"dense-{size}-{factory.replace(',', '-')}")
     if search_only:
         if not (out / "manifest.json").is_file():
             raise SystemExit(f"no built index at {out}: run the dense part first")
@@ -325,7 +326,7 @@ def dense_compressed_part(size: int, factory: str, nprobe: int, rescore: int, n_
     else:
         shutil.rmtree(out, ignore_errors=True)
         built = _build_dense(store, vectors, factory, out)
-    return _search_dense(out, size, factory, nprobe, rescore, n_queries, truth, exact_s, built)
+    return _search_dense(out, size, factory, search, rescore, n_queries, truth, exact_s, built)
 
 
 def _build_dense(store: Path, vectors: Path, factory: str, out: Path) -> dict:
@@ -343,7 +344,7 @@ print(json.dumps({{'seconds': built}}))
 """)
 
 
-def _search_dense(out: Path, size: int, factory: str, nprobe: int, rescore: int, n_queries: int,
+def _search_dense(out: Path, size: int, factory: str, search: dict, rescore: int, n_queries: int,
                   truth: np.ndarray, exact_s: float, built: dict) -> dict:
     searched = run_measured(f"""
 import time, json
@@ -360,9 +361,9 @@ queries = np.load({str(WORK / 'dense-queries.npy')!r})
 asked = [Query(str(i), 'q') for i in range(len(queries))]
 out = {{'index_bytes': int(faiss.serialize_index(index.faiss).nbytes), 'loaded_rss_mb': loaded}}
 for name, options in (('compressed', {{}}), ('rescored', {{'rescore': {rescore}}})):
-    index.top(asked[:2], 100, query_vectors=queries[:2], nprobe={nprobe}, **options)
+    index.top(asked[:2], 100, query_vectors=queries[:2], **{search!r}, **options)
     began = time.perf_counter()
-    rows = [index.top([q], 100, query_vectors=v[None, :], nprobe={nprobe}, **options)[0][0][0]
+    rows = [index.top([q], 100, query_vectors=v[None, :], **{search!r}, **options)[0][0][0]
             for q, v in zip(asked, queries)]
     out[name + '_ms'] = 1000 * (time.perf_counter() - began) / len(asked)
     np.save({str(WORK)!r} + '/dense-found-' + name + '.npy', np.array([np.pad(r, (0, 100 - len(r)), constant_values=-1)
@@ -373,7 +374,7 @@ print(json.dumps(out))
     for name in ("compressed", "rescored"):
         found = np.load(WORK / f"dense-found-{name}.npy")
         recall[name] = float(np.mean([len(set(f.tolist()) & set(t.tolist())) / 100 for f, t in zip(found, truth)]))
-    return {"vectors": size, "dim": 384, "factory": factory, "nprobe": nprobe, "rescore": rescore,
+    return {"vectors": size, "dim": 384, "factory": factory, **search, "rescore": rescore,
             "queries": n_queries, "build_s": built["seconds"] and round(built["seconds"], 1),
             "build_peak_rss_mb": built["peak_rss_mb"] and round(built["peak_rss_mb"]),
             "bytes_per_vector": round(searched["index_bytes"] / size, 1),
@@ -579,7 +580,7 @@ def ray_part(size: int, queries: list[str], counts: dict[str, int], depth: int, 
     return {"rows": rows}
 
 
-def ray_index_part(passages: int, shard_passages: int) -> dict:
+def ray_index_part(passages: int, shard_passages: int, *, two_threads: bool = True) -> dict:
     """``rerank index --kind dense`` (all-MiniLM-L6-v2, fp32) of the first ``passages`` real MS
     MARCO passages (TREC DL 2019's corpus), each build in a fresh process: one process with 1
     and with 2 threads, and 2 Ray actors x 1 CPU on a local Ray (2 CPUs). Throughput per core is
@@ -601,9 +602,9 @@ def ray_index_part(passages: int, shard_passages: int) -> dict:
     build_index(corpus, work / "docstore", "docstore", progress=False)
     builds = {}
     cores = {"one process, 1 thread": 1, "one process, 2 threads": 2, "ray, 2 actors x 1 CPU": 2}
-    for name, threads, ray_cpus, folder in (("one process, 1 thread", 1, 0, work / "single-1"),
-                                            ("one process, 2 threads", 2, 0, work / "single-2"),
-                                            ("ray, 2 actors x 1 CPU", 1, 2, work / "ray")):
+    runs = [("one process, 1 thread", 1, 0, work / "single-1"), ("one process, 2 threads", 2, 0, work / "single-2"),
+            ("ray, 2 actors x 1 CPU", 1, 2, work / "ray")]
+    for name, threads, ray_cpus, folder in [r for r in runs if two_threads or r[1] == 1]:
         engine = "" if not ray_cpus else f"""
 import ray
 from rerank.distributed_index import OnRay
@@ -679,7 +680,8 @@ print(json.dumps({{'written': written, 'reused': report[0].reused}}))
                "identical": int(same_files(work / "resumed" / "dense"))}
     return {"rows": rows, "resumed": resumed,
             "vs_single_per_core": round(per_core["ray, 2 actors x 1 CPU"] / per_core["one process, 1 thread"], 3),
-            "vs_two_threads": round(per_core["ray, 2 actors x 1 CPU"] / per_core["one process, 2 threads"], 3),
+            "vs_two_threads": round(per_core["ray, 2 actors x 1 CPU"] / per_core["one process, 2 threads"], 3)
+            if two_threads else None,
             "identical": int(all(r["identical"] for r in rows) and resumed["identical"])}
 
 
@@ -705,26 +707,29 @@ def student_model() -> Path:
     return folder
 
 
-PARTS = ("bm25", "rss", "ray", "ray-index", "msmarco", "bm25-search", "dense", "dense-search")
+PARTS = ("bm25", "rss", "ray", "ray-index", "msmarco", "bm25-search", "dense", "dense-search", "dense-hnsw")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true",
-                        help="10k and 20k passages, fewer queries, MS MARCO shape at 100k (a few minutes: Ray starts twice)")
+                        help="small sizes of every part (about 3 minutes; Ray starts 5 times)")
     parser.add_argument("--sizes", default=None, help="collection sizes (default: 10000,100000,1000000)")
     parser.add_argument("--msmarco", type=int, default=None,
-                        help="passages of the streamed BM25 build (default: 8,800,000, MS MARCO's; quick: 100,000)")
+                        help="passages of the streamed BM25 build (default: 8,800,000, MS MARCO's; quick: 50,000)")
     parser.add_argument("--identity-size", type=int, default=None,
                         help="passages at which streamed and in-memory builds are compared (default 1,000,000)")
     parser.add_argument("--memory-gb", type=float, default=2.0, help="the streamed build's memory setting")
     parser.add_argument("--dense-vectors", type=int, default=None,
-                        help="vectors of the compressed dense index (default 8,800,000; quick: 200,000)")
+                        help="vectors of the compressed dense index (default 8,800,000; quick: 50,000)")
     parser.add_argument("--dense-factory", default=None, help="its FAISS factory (default IVF2048,PQ48)")
     parser.add_argument("--nprobe", type=int, default=64, help="IVF lists searched per query")
+    parser.add_argument("--hnsw-vectors", type=int, default=None,
+                        help="vectors of the HNSW32,SQ8 index (part dense-hnsw; default 500,000; quick: 20,000)")
+    parser.add_argument("--ef-search", type=int, default=128, help="HNSW candidates explored per query")
     parser.add_argument("--rescore", type=int, default=1000, help="candidates re-scored exactly per query")
     parser.add_argument("--ray-index-passages", type=int, default=None,
-                        help="DL19 passages encoded by the ray-index part (default: 8,192; quick: 300)")
+                        help="DL19 passages encoded by the ray-index part (default: 8,192; quick: 120)")
     parser.add_argument("--parts", default=",".join(PARTS), help=f"which parts to run, of {','.join(PARTS)}")
     parser.add_argument("--merge", type=Path, default=None,
                         help="an earlier output of this script whose figures fill in the parts not run now "
@@ -733,7 +738,7 @@ def main() -> None:
     parts = set(args.parts.split(","))
     if parts - set(PARTS):
         parser.error(f"unknown parts {sorted(parts - set(PARTS))}; choose from {PARTS}")
-    sizes = [int(s) for s in (args.sizes or ("10000,20000" if args.quick else "10000,100000,1000000")).split(",")]
+    sizes = [int(s) for s in (args.sizes or ("5000,10000" if args.quick else "10000,100000,1000000")).split(",")]
     print(machine())
     WORK.mkdir(parents=True, exist_ok=True)
     began = time.perf_counter()
@@ -782,8 +787,8 @@ def main() -> None:
         goals["ray_whole_job_vs_single"] = 0.8
         goals["ray_vs_single_ratio"] = 0.8
     if "ray-index" in parts:
-        count = args.ray_index_passages or (300 if args.quick else 8_192)
-        encoded = ray_index_part(count, 50 if args.quick else 512)
+        count = args.ray_index_passages or (120 if args.quick else 8_192)
+        encoded = ray_index_part(count, 20 if args.quick else 512, two_threads=not args.quick)
         print(f"\n## Dense index encoding of {count:,} MS MARCO passages: Ray (2 actors x 1 CPU) against one process")
         print_table(encoded["rows"], list(encoded["rows"][0]))
         print("\nkilled (SIGKILL) once a third of the shards were written, then run again:")
@@ -794,11 +799,11 @@ def main() -> None:
                       ray_index_resumed_shards_redone=encoded["resumed"]["redone"])
         goals.update(ray_index_vs_single=0.8)
     if "msmarco" in parts:
-        identity_size = args.identity_size or (50_000 if args.quick else 1_000_000)
+        identity_size = args.identity_size or (20_000 if args.quick else 1_000_000)
         identity = stream_identity_part(identity_size, args.memory_gb, 100)
         print("\n## Streamed BM25 build against the in-memory build (same synthetic collection)")
         print_table([identity], list(identity))
-        size = args.msmarco or (100_000 if args.quick else 8_800_000)
+        size = args.msmarco or (50_000 if args.quick else 8_800_000)
         streamed = streamed_bm25_part(size, args.memory_gb, 100 if args.quick else 1000)
         print(f"\n## Streamed BM25 build at {size:,} MS MARCO-shaped passages (--memory-gb {args.memory_gb})")
         print_table([streamed], list(streamed))
@@ -809,7 +814,7 @@ def main() -> None:
                       synthetic_recall_at_1000=streamed["recall_at_1000"])
         goals.update(bm25_passages_max=8_800_000, bm25_build_peak_rss_mb=6000, bm25_query_ms=100)
     if "bm25-search" in parts and "msmarco" not in parts:
-        size = args.msmarco or (100_000 if args.quick else 8_800_000)
+        size = args.msmarco or (50_000 if args.quick else 8_800_000)
         searched = streamed_bm25_search(size, 100 if args.quick else 1000)
         row = {"passages": size, "load_s": round(searched["load_s"], 1), "query_ms": round(searched["ms_per_query"], 1),
                "recall_at_1000": round(searched["recall_at_1000"], 4),
@@ -819,9 +824,9 @@ def main() -> None:
         result.update(bm25_search=row, bm25_query_ms=row["query_ms"], synthetic_recall_at_1000=row["recall_at_1000"])
         goals.update(bm25_query_ms=100)
     if parts & {"dense", "dense-search"}:
-        size = args.dense_vectors or (200_000 if args.quick else 8_800_000)
-        factory = args.dense_factory or ("IVF256,PQ48" if args.quick else "IVF2048,PQ48")
-        row = dense_compressed_part(size, factory, args.nprobe, args.rescore, 100 if args.quick else 200,
+        size = args.dense_vectors or (50_000 if args.quick else 8_800_000)
+        factory = args.dense_factory or ("IVF64,PQ48x4" if args.quick else "IVF2048,PQ48")
+        row = dense_compressed_part(size, factory, {"nprobe": args.nprobe}, args.rescore, 100 if args.quick else 200,
                                     search_only="dense" not in parts)
         print(f"\n## Compressed dense index at {size:,} vectors ({factory}, nprobe {args.nprobe}, "
               f"exact re-scoring of the top {args.rescore})")
@@ -830,6 +835,15 @@ def main() -> None:
                       dense_compressed_bytes_per_vector=row["bytes_per_vector"],
                       dense_compressed_query_ms=row["query_ms_rescored"], dense_vectors=size)
         goals.update(dense_compressed_recall_at_100=0.95, dense_compressed_bytes_per_vector=64)
+    if "dense-hnsw" in parts:
+        size = args.hnsw_vectors or (20_000 if args.quick else 500_000)
+        row = dense_compressed_part(size, "HNSW32,SQ8", {"ef_search": args.ef_search}, args.rescore,
+                                    100 if args.quick else 200)
+        print(f"\n## HNSW with 8-bit scalar quantisation at {size:,} vectors (HNSW32,SQ8, efSearch "
+              f"{args.ef_search}, exact re-scoring of the top {args.rescore})")
+        print_table([row], list(row))
+        result.update(dense_hnsw=row, dense_hnsw_recall_at_100=row["recall_at_100_rescored"],
+                      dense_hnsw_bytes_per_vector=row["bytes_per_vector"], dense_hnsw_query_ms=row["query_ms_rescored"])
     result.update(goals={**goals}, seconds=round(time.perf_counter() - began, 1))
     if args.merge:
         earlier = json.loads([line for line in args.merge.read_text(encoding="utf-8").splitlines()

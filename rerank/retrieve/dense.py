@@ -65,11 +65,15 @@ ADD_CHUNK = 100_000
 
 
 def _training_points_needed(factory: str) -> int:
+    """Centroids (or codes) the factory trains: IVF lists, PQ's 2^bits codes, and 256 levels for a
+    scalar quantizer (``SQ8``, ``SQfp16``...), whose ranges a sample of a few hundred misses."""
     ivf = re.search(r"IVF(\d+)", factory)
     pq = re.search(r"PQ(\d+)(?:x(\d+))?", factory)
     needed = int(ivf.group(1)) if ivf else 1
     if pq:
         needed = max(needed, 2 ** int(pq.group(2) or 8))
+    if re.search(r"SQ", factory):
+        needed = max(needed, 256)
     return needed
 
 
