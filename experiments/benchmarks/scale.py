@@ -769,8 +769,8 @@ def main() -> None:
         print("\n## Docstore engines (random batches of 100 ids)")
         print_table(engine_rows, ["engine", "passages", "build_s", "mb", "lookups_per_s", "batches_per_s", "error"])
         result.update(sizes=sizes, bm25=bm25_rows, bm25_growth_exponents=exponents, docstore_engines=engine_rows)
-    print(f"\n[{time.perf_counter() - began:.0f} s elapsed]")
     if "rss" in parts:
+        print(f"\n[{time.perf_counter() - began:.0f} s elapsed]")
         rss = rss_part(sizes[-1], queries, 20 if args.quick else 500, 100)
         print("\n## rerank rerank peak RSS (BM25 re-scoring, top-100)")
         print_table([{"input": k, **v} for k, v in rss.items()], ["input", "queries", "peak_rss_mb", "seconds"])
@@ -779,8 +779,8 @@ def main() -> None:
         print(f"rss_growth_ratio (--docstore): {growth} (goal <= 1.3); with --corpus: {corpus_growth}")
         result.update(rerank_rss=rss, rss_growth_ratio=growth, rss_growth_ratio_corpus=corpus_growth)
         goals["rss_growth_ratio"] = 1.3
-    print(f"\n[{time.perf_counter() - began:.0f} s elapsed]")
     if "ray" in parts:
+        print(f"\n[{time.perf_counter() - began:.0f} s elapsed]")
         counts = ({"bm25 re-scoring": 200} if args.quick else
                   {"bm25 re-scoring": 4000, "2-layer student": 400})
         ray_rows = ray_part(sizes[0], queries, counts, 100, student_model() if len(counts) > 1 else None)["rows"]
@@ -795,8 +795,8 @@ def main() -> None:
                       ray_whole_job_vs_single=short["2nd job whole ratio"])
         goals["ray_whole_job_vs_single"] = 0.8
         goals["ray_vs_single_ratio"] = 0.8
-    print(f"\n[{time.perf_counter() - began:.0f} s elapsed]")
     if "ray-index" in parts:
+        print(f"\n[{time.perf_counter() - began:.0f} s elapsed]")
         count = args.ray_index_passages or (120 if args.quick else 8_192)
         encoded = ray_index_part(count, 20 if args.quick else 512, two_threads=not args.quick, resume=not args.quick)
         print(f"\n## Dense index encoding of {count:,} MS MARCO passages: Ray (2 actors x 1 CPU) against one process")
@@ -811,8 +811,8 @@ def main() -> None:
                       ray_index_vs_two_threads=encoded["vs_two_threads"],
                       ray_index_resumed_shards_redone=encoded["resumed"] and encoded["resumed"]["redone"])
         goals.update(ray_index_vs_single=0.8)
-    print(f"\n[{time.perf_counter() - began:.0f} s elapsed]")
     if "msmarco" in parts:
+        print(f"\n[{time.perf_counter() - began:.0f} s elapsed]")
         identity_size = args.identity_size or (20_000 if args.quick else 1_000_000)
         identity = stream_identity_part(identity_size, args.memory_gb, 100)
         print("\n## Streamed BM25 build against the in-memory build (same synthetic collection)")
@@ -827,8 +827,8 @@ def main() -> None:
                       bm25_build_peak_rss_mb=streamed["build_peak_rss_mb"], bm25_query_ms=streamed["query_ms"],
                       synthetic_recall_at_1000=streamed["recall_at_1000"])
         goals.update(bm25_passages_max=8_800_000, bm25_build_peak_rss_mb=6000, bm25_query_ms=100)
-    print(f"\n[{time.perf_counter() - began:.0f} s elapsed]")
     if "bm25-search" in parts and "msmarco" not in parts:
+        print(f"\n[{time.perf_counter() - began:.0f} s elapsed]")
         size = args.msmarco or (50_000 if args.quick else 8_800_000)
         searched = streamed_bm25_search(size, 100 if args.quick else 1000)
         row = {"passages": size, "load_s": round(searched["load_s"], 1), "query_ms": round(searched["ms_per_query"], 1),
@@ -838,8 +838,8 @@ def main() -> None:
         print_table([row], list(row))
         result.update(bm25_search=row, bm25_query_ms=row["query_ms"], synthetic_recall_at_1000=row["recall_at_1000"])
         goals.update(bm25_query_ms=100)
-    print(f"\n[{time.perf_counter() - began:.0f} s elapsed]")
     if parts & {"dense", "dense-search"}:
+        print(f"\n[{time.perf_counter() - began:.0f} s elapsed]")
         size = args.dense_vectors or (50_000 if args.quick else 8_800_000)
         factory = args.dense_factory or ("IVF64,PQ48x4" if args.quick else "IVF2048,PQ48")
         row = dense_compressed_part(size, factory, {"nprobe": args.nprobe}, args.rescore, 100 if args.quick else 200,
@@ -851,8 +851,8 @@ def main() -> None:
                       dense_compressed_bytes_per_vector=row["bytes_per_vector"],
                       dense_compressed_query_ms=row["query_ms_rescored"], dense_vectors=size)
         goals.update(dense_compressed_recall_at_100=0.95, dense_compressed_bytes_per_vector=64)
-    print(f"\n[{time.perf_counter() - began:.0f} s elapsed]")
     if "dense-hnsw" in parts:
+        print(f"\n[{time.perf_counter() - began:.0f} s elapsed]")
         size = args.hnsw_vectors or (20_000 if args.quick else 500_000)
         row = dense_compressed_part(size, "HNSW32,SQ8", {"ef_search": args.ef_search}, args.rescore,
                                     100 if args.quick else 200)
@@ -861,7 +861,6 @@ def main() -> None:
         print_table([row], list(row))
         result.update(dense_hnsw=row, dense_hnsw_recall_at_100=row["recall_at_100_rescored"],
                       dense_hnsw_bytes_per_vector=row["bytes_per_vector"], dense_hnsw_query_ms=row["query_ms_rescored"])
-    print(f"\n[{time.perf_counter() - began:.0f} s elapsed]")
     result.update(goals={**goals}, seconds=round(time.perf_counter() - began, 1))
     if args.merge:
         earlier = json.loads([line for line in args.merge.read_text(encoding="utf-8").splitlines()
