@@ -9,6 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from rerank.commands import Command, register_command
+from rerank.commands.options import add_ray_options
 from rerank.distributed_index import OnRay
 from rerank.errors import RerankError
 from rerank.retrieve.base import index_kinds
@@ -95,17 +96,10 @@ def arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--shard-passages", type=int, default=SHARD_PASSAGES,
                    help="model-encoded kinds (dense, splade, colbert) are encoded in shards of this many passages, "
                         f"kept until the index is saved: a killed build resumes (default: {SHARD_PASSAGES})")
-    g = p.add_argument_group("distributed encoding (--engine ray; needs the ray extra: pip install 'rerank[ray]')")
-    g.add_argument("--engine", choices=list(ENGINES), default="local",
-                   help="local: encode in this process (default); ray: encode the shards of dense, splade and colbert "
-                        "indexes on a Ray cluster (the same index; only the driver reads the corpus and writes "
-                        "the index; bm25 and docstores are built here)")
-    g.add_argument("--address", default="local",
-                   help="Ray cluster: local (start one here), auto (the cluster this machine is in), "
-                        "ray://host:port or host:port (default: local)")
-    g.add_argument("--workers", type=int, default=2, help="actors, each with one copy of the encoder (default: 2)")
-    g.add_argument("--cpus-per-worker", type=float, default=1.0, help="CPUs per actor (default: 1)")
-    g.add_argument("--gpus-per-worker", type=float, default=0.0, help="GPUs per actor (default: 0)")
+    add_ray_options(p, ENGINES, copy="encoder",
+                    engine_help="local: encode in this process (default); ray: encode the shards of dense, splade "
+                                "and colbert indexes on a Ray cluster (the same index; only the driver reads the "
+                                "corpus and writes the index; bm25 and docstores are built here)")
     _add_index_parameters(p)
 
 

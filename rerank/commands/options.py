@@ -1,4 +1,4 @@
-"""Flags several commands share: ``--precision`` and ``--score-cache``."""
+"""Flags several commands share: ``--precision``, ``--score-cache``, the Ray options and settings dataclasses' fields."""
 from __future__ import annotations
 
 import argparse
@@ -29,6 +29,19 @@ def add_score_cache_option(p: argparse.ArgumentParser) -> None:
                    help="keep the scores of the pointwise model stages in this SQLite file (shared by experiments, "
                         "rerank tune, batch jobs and the service); a re-run scores only "
                         "what changed")
+
+
+def add_ray_options(p: argparse.ArgumentParser, engines: Iterable[str], *, engine_help: str, copy: str) -> None:
+    """``--engine`` (one of ``engines``) and where and how wide a Ray job runs: ``--address``,
+    ``--workers`` (each holding one ``copy``), ``--cpus-per-worker``, ``--gpus-per-worker``."""
+    g = p.add_argument_group("distributed (--engine ray; needs the ray extra: pip install 'rerank[ray]')")
+    g.add_argument("--engine", choices=list(engines), default="local", help=engine_help)
+    g.add_argument("--address", default="local",
+                   help="Ray cluster: local (start one here), auto (the cluster this machine is in), "
+                        "ray://host:port or host:port (default: local)")
+    g.add_argument("--workers", type=int, default=2, help=f"actors, each with one copy of the {copy} (default: 2)")
+    g.add_argument("--cpus-per-worker", type=float, default=1.0, help="CPUs per actor (default: 1)")
+    g.add_argument("--gpus-per-worker", type=float, default=0.0, help="GPUs per actor (default: 0)")
 
 
 def field_docs(cls: type) -> dict[str, str]:

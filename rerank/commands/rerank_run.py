@@ -11,7 +11,7 @@ from typing import Any
 
 from rerank.batch import FORMATS, rerank_to_file, stream_inputs
 from rerank.commands import Command, register_command
-from rerank.commands.options import add_precision_option, add_score_cache_option
+from rerank.commands.options import add_precision_option, add_ray_options, add_score_cache_option
 from rerank.config import build_pipeline, parse_config
 from rerank.distributed import rerank as rerank_on_ray
 from rerank.errors import RerankError
@@ -76,16 +76,10 @@ def arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--skip-bad", action="store_true", help="skip malformed input lines instead of failing")
     p.add_argument("--overwrite", action="store_true", help="replace an existing complete output")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    g = p.add_argument_group("distributed (--engine ray; needs the ray extra: pip install 'rerank[ray]')")
-    g.add_argument("--engine", choices=list(ENGINES), default="local",
-                   help="local: this process (default); ray: a pool of Ray actors, each with the pipeline")
-    g.add_argument("--address", default="local",
-                   help="Ray cluster: local (start one here), auto (the cluster this machine is in), "
-                        "ray://host:port or host:port (default: local)")
-    g.add_argument("--workers", type=int, default=2, help="actors, each with one copy of the pipeline (default: 2)")
-    g.add_argument("--cpus-per-worker", type=float, default=1.0, help="CPUs per actor (default: 1)")
-    g.add_argument("--gpus-per-worker", type=float, default=0.0, help="GPUs per actor (default: 0)")
-    g.add_argument("--batch-queries", type=int, default=8, help="queries per actor call and per shard (default: 8)")
+    add_ray_options(p, ENGINES, copy="pipeline",
+                    engine_help="local: this process (default); ray: a pool of Ray actors, each with the pipeline")
+    p.add_argument("--batch-queries", type=int, default=8,
+                   help="with --engine ray: queries per actor call and per shard (default: 8)")
     add_precision_option(p)
     add_score_cache_option(p)
 
