@@ -22,7 +22,7 @@ from rerank.models import MINILM_L6
 from rerank.precision import CHOICES
 from rerank.retrieve.base import parameter
 from rerank.retrieve.docstore import open_index_passages, store_for_index
-from rerank.retrieve.shards import Arrays, EncodedIndex, EncodedShards, InProcess, build_encoded, concatenated
+from rerank.retrieve.shards import Arrays, EncodedIndex, EncodedShards, build_in_process, concatenated
 from rerank.retrieve.store import (
     corpus_fingerprint,
     library_versions,
@@ -132,11 +132,8 @@ class DenseIndex(EncodedIndex, kind=KIND):
         :class:`~rerank.encoders.dense.BiEncoder`) and is written in the manifest."""
         name = encoder if isinstance(encoder, str) else encoder.name
         parameters = DenseBuildParameters(name, factory, batch_size, precision)
-        runner = InProcess(None if isinstance(encoder, str) else encoder)
-        index = cast(DenseIndex, build_encoded(cls, passages, parameters, progress=progress, runner=runner))
-        if not isinstance(encoder, str):
-            index._encoder = encoder  # the caller's encoder also encodes the queries
-        return index
+        given = None if isinstance(encoder, str) else encoder
+        return cast(DenseIndex, build_in_process(cls, passages, parameters, given, progress=progress))
 
     @classmethod
     def load_encoder(cls, parameters: DenseBuildParameters) -> BiEncoder:

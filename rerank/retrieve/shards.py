@@ -50,6 +50,8 @@ class EncodedIndex(Index):
 
     shard_passages: int | None = None
     """The shard size it was encoded in (recorded in the manifest: it decides the batches)."""
+    _encoder: Any
+    """The query encoder, or its name until first used."""
 
     @classmethod
     @abstractmethod
@@ -207,6 +209,16 @@ def build_encoded(kind: type[EncodedIndex], passages: Iterable[Passage], paramet
         report.append(ShardReport(count, todo, sorted(finished)))
     index = kind.from_shards(collection, shards, parameters)
     index.shard_passages = shard_passages
+    return index
+
+
+def build_in_process(kind: type[EncodedIndex], passages: Iterable[Passage], parameters: Any, encoder: Any = None, *,
+                     progress: bool = True) -> EncodedIndex:
+    """:func:`build_encoded` in this process with ``encoder`` (one already loaded, which then also
+    encodes the index's queries; None: the one ``parameters`` name, loaded here)."""
+    index = build_encoded(kind, passages, parameters, runner=InProcess(encoder), progress=progress)
+    if encoder is not None:
+        index._encoder = encoder
     return index
 
 

@@ -17,7 +17,7 @@ from rerank.order import top_k_positions
 from rerank.precision import CHOICES
 from rerank.retrieve.base import parameter
 from rerank.retrieve.docstore import open_index_passages, store_for_index
-from rerank.retrieve.shards import Arrays, EncodedIndex, EncodedShards, InProcess, build_encoded
+from rerank.retrieve.shards import Arrays, EncodedIndex, EncodedShards, build_in_process
 from rerank.retrieve.store import corpus_fingerprint, library_versions, read_manifest, write_manifest
 from rerank.types import Passage, Query
 
@@ -76,12 +76,9 @@ class SpladeIndex(EncodedIndex, kind=KIND):
         """Encode every passage (title + text, in shards: :mod:`rerank.retrieve.shards`);
         ``precision`` applies when ``encoder`` is a name and is written in the manifest."""
         name = encoder if isinstance(encoder, str) else encoder.name
-        runner = InProcess(None if isinstance(encoder, str) else encoder)
+        given = None if isinstance(encoder, str) else encoder
         parameters = SpladeBuildParameters(name, precision)
-        index = cast(SpladeIndex, build_encoded(cls, passages, parameters, progress=progress, runner=runner))
-        if not isinstance(encoder, str):
-            index._encoder = encoder  # the caller's encoder also encodes queries
-        return index
+        return cast(SpladeIndex, build_in_process(cls, passages, parameters, given, progress=progress))
 
     @classmethod
     def load_encoder(cls, parameters: SpladeBuildParameters) -> SpladeEncoder:

@@ -22,7 +22,7 @@ from rerank.order import top_k_positions
 from rerank.precision import CHOICES
 from rerank.retrieve.base import parameter
 from rerank.retrieve.docstore import open_index_passages, store_for_index
-from rerank.retrieve.shards import Arrays, EncodedIndex, EncodedShards, InProcess, build_encoded, concatenated
+from rerank.retrieve.shards import Arrays, EncodedIndex, EncodedShards, build_encoded, build_in_process, concatenated
 from rerank.retrieve.store import corpus_fingerprint, library_versions, read_manifest, save_array, write_manifest
 from rerank.types import Passage, Query
 
@@ -91,10 +91,7 @@ class TokenEmbeddingIndex(EncodedIndex, kind=KIND):
                                      precision=precision, windows=windows)
         parameters = TokenBuildParameters(encoder.name, encoder.document_length, encoder.windows, batch_size,
                                           precision)
-        built = build_encoded(cls, passages, parameters, progress=progress, runner=InProcess(encoder))
-        index = cast(TokenEmbeddingIndex, built)
-        index._encoder = encoder  # the same encoder encodes the queries
-        return index
+        return cast(TokenEmbeddingIndex, build_in_process(cls, passages, parameters, encoder, progress=progress))
 
     @classmethod
     def build_from(cls, passages: Iterable[Passage], parameters: TokenBuildParameters, *,
