@@ -187,18 +187,29 @@ def test_cross_encoder_runs_the_hardware_precision_and_traces_it(tmp_path, cache
     assert ce8.choice.agreement is not None and ce8.precision in ("int8", "fp32")
 
 
-def test_auto_backend_is_openvino_only_for_bf16_on_a_bf16_cpu(tmp_path, cache, on_cpu, monkeypatch):
+def test_auto_backend_is_openvino_where_auto_precision_is_bf16_or_fp32(tmp_path, cache, on_cpu, monkeypatch):
     import importlib.util
 
     from rerank.score import CrossEncoder
 
     folder = tiny_cross_encoder(tmp_path / "ce", bias=0.0)
+    installed = importlib.util.find_spec("openvino") is not None
     on_cpu(AVX2)
     ce = CrossEncoder(str(folder))
-    assert ce.backend == "torch" and ce.runtime_settings()["backend"] == "torch"
+    reference = CrossEncoder(str(folder), precision="fp32")  # an explicit precision keeps torch
+    assert reference.backend == "torch"
+    pairs = [("what is a cell", "a cell is the unit of life"), ("what is a cell", "b"), ("q", "a longer passage " * 9)]
+    if installed:
+        assert ce.backend == "openvino" and ce.runtime_settings()["backend"] == "openvino"
+        assert ce.precision == "fp32" and "OpenVINO" in ce.choice.reason and ce.choice.requested == "auto"
+        np.testing.assert_allclose(ce.predict(pairs), reference.predict(pairs), atol=1e-5)
+    else:
+        assert ce.backend == "torch"
     choose = ce._choose_backend
+    assert choose("auto", "auto", "cpu", batch_invariant=True) == "torch"  # only torch promises it
+    on_cpu(VNNI_ONLY)
+    assert choose("auto", "auto", "cpu") == "torch"  # auto runs torch's dynamic int8 there
     on_cpu(AMX)
-    installed = importlib.util.find_spec("openvino") is not None
     assert choose("auto", "auto", "cpu") == ("openvino" if installed else "torch")
     assert choose("auto", "bf16", "cpu") == ("openvino" if installed else "torch")
     assert choose("auto", "fp32", "cpu") == "torch" and choose("auto", "int8", "cpu") == "torch"

@@ -10,7 +10,8 @@ the service merges them; a few seconds a model) and keeps the fastest way that s
 1. as loaded (fp32 on most CPUs is already within about 1e-7);
 2. the stage's batch-invariant path (kernel shapes fixed by each pair itself; int8 with fixed
    activation ranges: :meth:`~rerank.score.cross_encoder.CrossEncoder.make_batch_invariant`);
-3. where the precision was chosen by ``auto``: the stage again in torch and fp32.
+3. where the precision (and with it the backend) was chosen by ``auto``: the stage again in
+   torch and fp32.
 
 A stage that still differs (a precision asked for explicitly) is served as asked and reported
 (``/v1/models``: ``batch_invariant: false`` with the gap).
@@ -101,7 +102,8 @@ def settle_invariance(pipeline: Stage, *, tolerance: float = TOLERANCE) -> tuple
         if gap > tolerance and hasattr(leaf, "make_batch_invariant") and leaf.make_batch_invariant():
             gap, path = batch_gap(leaf, sample), "invariant path"
         choice = getattr(leaf, "choice", None)
-        if gap > tolerance and choice is not None and choice.requested == "auto" and choice.precision != FP32:
+        chosen_by_auto = choice is not None and choice.requested == "auto"
+        if gap > tolerance and chosen_by_auto and (choice.precision != FP32 or getattr(leaf, "backend", "torch") != "torch"):
             fallback = _in_fp32(leaf)
             if fallback is not None:
                 chosen, path = fallback, FP32
