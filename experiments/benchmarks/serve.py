@@ -68,13 +68,14 @@ def request_bodies(n_queries: int, depth: int = 20) -> list[dict]:
 
 
 class Server:
-    """A `rerank serve` subprocess on a free loopback port."""
+    """A `rerank serve` subprocess on a free loopback port (``backend``: the cross-encoder's)."""
 
-    def __init__(self, model: Path, batching: bool, folder: Path) -> None:
+    def __init__(self, model: Path, batching: bool, folder: Path, backend: str = "auto") -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        config = folder / f"serve-{'on' if batching else 'off'}.toml"
-        config.write_text(f'pipeline = "ce"\n\n[stages.ce]\nkind = "cross-encoder"\nmodel = "{model}"\n\n'
+        config = folder / f"serve-{'on' if batching else 'off'}{'' if backend == 'auto' else '-' + backend}.toml"
+        config.write_text(f'pipeline = "ce"\n\n[stages.ce]\nkind = "cross-encoder"\nmodel = "{model}"\n'
+                          f'backend = "{backend}"\n\n'
                           f"[serve]\nport = {self.port}\nbatching = {'true' if batching else 'false'}\n"
                           "request_timeout_s = 120\n")
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}

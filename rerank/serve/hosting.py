@@ -309,7 +309,7 @@ class ModelHost:
                     "load_seconds": round(loaded.load_seconds, 3),
                     "batch_invariant": all(r.invariant for r in loaded.invariance),
                     "invariance": [{"stage": r.stage, "path": r.path, "gap": r.gap, "gap_as_loaded": r.loaded_gap,
-                                    "precision": r.precision} for r in loaded.invariance]}
+                                    "precision": r.precision, "backend": r.backend} for r in loaded.invariance]}
                    if loaded is not None else {}),
                 **({"error": self.failure} if self.failure else {}),
                 **self.known}

@@ -37,13 +37,15 @@ TOLERANCE = 1e-5
 @dataclass(frozen=True)
 class InvarianceReport:
     """How one model stage was made batch-invariant: its name, the gap as loaded, the path
-    kept (``as loaded``, ``invariant path``, ``fp32``, or ``none``) and the gap of that path."""
+    kept (``as loaded``, ``invariant path``, ``fp32``, or ``none``), the gap of that path, and
+    the precision and backend it runs."""
 
     stage: str
     loaded_gap: float
     path: str
     gap: float
     precision: str
+    backend: str = ""
 
     @property
     def invariant(self) -> bool:
@@ -115,7 +117,8 @@ def settle_invariance(pipeline: Stage, *, tolerance: float = TOLERANCE) -> tuple
             log.warning("%s: scores move by up to %.2e with the batch (precision %s asked for explicitly); served "
                         "as asked", leaf.name, gap, getattr(leaf, "precision", "?"))
         replaced[id(leaf)] = chosen
-        reports.append(InvarianceReport(leaf.name, loaded, path, gap, str(getattr(chosen, "precision", ""))))
+        reports.append(InvarianceReport(leaf.name, loaded, path, gap, str(getattr(chosen, "precision", "")),
+                                        str(getattr(chosen, "backend", ""))))
     if any(replaced[k] is not leaf for leaf in leaves(pipeline) for k in [id(leaf)] if k in replaced):
         calibration = pipeline.calibration
         pipeline = rebuild(pipeline, lambda leaf: replaced.get(id(leaf), leaf))
