@@ -80,6 +80,28 @@ def test_auto_falls_back_to_fp32_where_a_backend_cannot_promise_it(tiny_ce_path)
     assert asked.path == "none" and kept is forced  # asked for explicitly: served as asked, and reported
 
 
+def test_an_auto_backend_that_moves_with_the_batch_falls_back_to_torch_fp32(tiny_ce_path):
+    """auto's OpenVINO fp32 is served as loaded where it holds (about 4e-8 here); one whose scores
+    moved with the batch (constructed: a shift by the call's size) is served in torch fp32."""
+    pytest.importorskip("openvino")  # the openvino extra; make install and CI have it
+    from rerank.score.cross_encoder import CrossEncoder
+
+    stage = CrossEncoder(str(tiny_ce_path), backend="openvino", precision="fp32", name="ce")
+    stage.choice = dataclasses.replace(stage.choice, requested="auto")
+    _, [held] = settle_invariance(stage)
+    assert held.path == "as loaded" and held.backend == "openvino" and held.gap <= TOLERANCE
+    score_pairs = stage.score_pairs
+
+    def moving(batch):
+        scores, work = score_pairs(batch)
+        return [np.asarray(s) + 1e-3 * len(batch) for s in scores], work
+
+    stage.score_pairs = moving  # type: ignore[method-assign]
+    served, [report] = settle_invariance(stage)
+    assert report.loaded_gap > TOLERANCE and report.path == "fp32" and report.backend == "torch"
+    assert served is not stage and served.backend == "torch" and batch_gap(served) <= TOLERANCE
+
+
 def test_the_service_answers_a_request_the_same_alone_and_merged_with_others(tiny_ce_path):
     from concurrent.futures import ThreadPoolExecutor
 

@@ -104,8 +104,9 @@ def settle_invariance(pipeline: Stage, *, tolerance: float = TOLERANCE) -> tuple
         if gap > tolerance and hasattr(leaf, "make_batch_invariant") and leaf.make_batch_invariant():
             gap, path = batch_gap(leaf, sample), "invariant path"
         choice = getattr(leaf, "choice", None)
-        chosen_by_auto = choice is not None and choice.requested == "auto"
-        if gap > tolerance and chosen_by_auto and (choice.precision != FP32 or getattr(leaf, "backend", "torch") != "torch"):
+        # auto chose the precision (and with it the backend): torch fp32 may do better than either.
+        off_fp32_torch = choice is not None and (choice.precision != FP32 or getattr(leaf, "backend", "torch") != "torch")
+        if gap > tolerance and choice is not None and choice.requested == "auto" and off_fp32_torch:
             fallback = _in_fp32(leaf)
             if fallback is not None:
                 chosen, path = fallback, FP32
