@@ -90,6 +90,14 @@ def _in_fp32(stage: Stage) -> Stage | None:
     return type(stage)(**config, name=stage.name)
 
 
+def _auto_chose_other_than_torch_fp32(stage: Stage) -> bool:
+    """Whether ``auto`` chose the stage's precision, and with it its backend, away from torch fp32."""
+    choice = getattr(stage, "choice", None)
+    if choice is None or choice.requested != "auto":
+        return False
+    return choice.precision != FP32 or getattr(stage, "backend", "torch") != "torch"
+
+
 def settle_invariance(pipeline: Stage, *, tolerance: float = TOLERANCE) -> tuple[Stage, list[InvarianceReport]]:
     """``pipeline`` with each model stage on the fastest path whose scores stay within
     ``tolerance`` of themselves whatever the batch (see the module docstring), and a report per stage."""
@@ -103,10 +111,7 @@ def settle_invariance(pipeline: Stage, *, tolerance: float = TOLERANCE) -> tuple
         chosen, path, gap = leaf, "as loaded", loaded
         if gap > tolerance and hasattr(leaf, "make_batch_invariant") and leaf.make_batch_invariant():
             gap, path = batch_gap(leaf, sample), "invariant path"
-        choice = getattr(leaf, "choice", None)
-        # auto chose the precision (and with it the backend): torch fp32 may do better than either.
-        off_fp32_torch = choice is not None and (choice.precision != FP32 or getattr(leaf, "backend", "torch") != "torch")
-        if gap > tolerance and choice is not None and choice.requested == "auto" and off_fp32_torch:
+        if gap > tolerance and _auto_chose_other_than_torch_fp32(leaf):
             fallback = _in_fp32(leaf)
             if fallback is not None:
                 chosen, path = fallback, FP32
