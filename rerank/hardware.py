@@ -46,8 +46,11 @@ class CpuFeatures:
         return any(flag in self.flags for flag in VNNI_FLAGS)
 
     def describe(self) -> str:
-        """A short line for traces and tables, e.g. ``AVX512 + amx_bf16, avx512_bf16, avx512_vnni``."""
-        shown = [flag for flag in (*BF16_FLAGS, *VNNI_FLAGS, "avx512f", "avx2") if flag in self.flags]
+        """A short line for traces and tables, e.g. ``AVX512 + amx_bf16, avx512_bf16, avx512_vnni``:
+        torch's capability, then the flags it does not already name (``avx512f`` under an AVX2 cap)."""
+        implied = {"AVX512": ("avx512f", "avx2"), "AVX2": ("avx2",)}.get(self.torch_capability, ())
+        shown = [flag for flag in (*BF16_FLAGS, *VNNI_FLAGS, "avx512f", "avx2")
+                 if flag in self.flags and flag not in implied]
         return f"{self.torch_capability or 'unknown'}" + (f" + {', '.join(shown)}" if shown else "")
 
 
